@@ -1,0 +1,307 @@
+"""Configuration: one TOML file loaded into frozen dataclasses, CENTRAL_* overrides on top.
+
+Every key and its default is documented in config.example.toml. A bad file or value raises
+ConfigError with one line naming the key and what is wrong; nothing starts half-configured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line that names the key."""
+
+
+def default_data_dir() -> Path:
+    """Where the database and the central's key live unless configured."""
+    env = os.environ.get("CENTRAL_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/central")
+    return Path.home() / ".local" / "share" / "central"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Turn 10, 2.5, "90s", "5m", "48h", "14d" or "2w" into seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like 10s, 5m or 48h, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(f"{key}: expected a duration like 10s, 5m or 48h, got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{key}: must not be negative, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = "127.0.0.1"
+    port: int = 9083
+    # Host header values accepted besides the listen address and localhost (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # False lets Prometheus scrape /metrics without a token.
+    metrics_auth: bool = True
+    max_body_bytes: int = 1_048_576
+    session_max_age: float = 12 * 3600.0
+    # File holding the cookie-signing secret; created on first start when empty.
+    session_secret_file: str = ""
+    login_attempts_per_minute: int = 10
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str = ""  # empty: <data_dir>/central.db
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    interval: float = 10.0
+    timeout: float = 5.0
+    offline_after: int = 3
+    max_response_bytes: int = 4 * 1024 * 1024
+    # Monitor the central's own host as server "local", collected in-process.
+    local: bool = True
+    local_name: str = "local"
+    # How often the poller re-reads the server list (servers added by the CLI show up).
+    reload_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    key_path: str = ""  # empty: <data_dir>/id_ed25519
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    max_concurrent_connects: int = 50
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    ciphers: tuple[str, ...] = (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "aes128-ctr",
+        "aes256-ctr",
+    )
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    raw: float = 48 * 3600.0
+    minute: float = 14 * 86400.0
+    hour: float = 400 * 86400.0
+    # How often rollup and pruning run.
+    maintenance_interval: float = 300.0
+    # How long inventory history and the action audit log are kept.
+    events: float = 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = ""
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    ssh: SSHConfig = field(default_factory=SSHConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    source: str = ""  # the file this came from, for messages
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a Path."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite database file."""
+        return Path(self.database.path) if self.database.path else self.data_path / "central.db"
+
+    @property
+    def key_path(self) -> Path:
+        """The central's private SSH key."""
+        return Path(self.ssh.key_path) if self.ssh.key_path else self.data_path / "id_ed25519"
+
+    @property
+    def session_secret_path(self) -> Path:
+        """The file with the secret that signs session cookies."""
+        if self.http.session_secret_file:
+            return Path(self.http.session_secret_file)
+        return self.data_path / "session.key"
+
+
+# Keys whose values are durations (accept "5m" as well as seconds).
+_DURATIONS = {
+    "http.session_max_age",
+    "poll.interval",
+    "poll.timeout",
+    "poll.reload_interval",
+    "ssh.connect_timeout",
+    "ssh.keepalive_interval",
+    "ssh.backoff_initial",
+    "ssh.backoff_max",
+    "retention.raw",
+    "retention.minute",
+    "retention.hour",
+    "retention.maintenance_interval",
+    "retention.events",
+}
+_POSITIVE = {
+    "http.max_body_bytes",
+    "http.login_attempts_per_minute",
+    "poll.interval",
+    "poll.timeout",
+    "poll.offline_after",
+    "poll.max_response_bytes",
+    "poll.reload_interval",
+    "ssh.connect_timeout",
+    "ssh.max_concurrent_connects",
+    "ssh.backoff_initial",
+    "ssh.backoff_max",
+    "retention.raw",
+    "retention.minute",
+    "retention.hour",
+    "retention.maintenance_interval",
+}
+
+
+def _coerce(key: str, tp: object, value: object) -> object:
+    """Check and convert one value to the dataclass field's type."""
+    if key in _DURATIONS:
+        return parse_duration(value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported setting")  # pragma: no cover
+
+
+def _build(cls: type, data: dict, prefix: str) -> object:
+    """Build a frozen dataclass from a dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = prefix + f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], key + ".")
+        else:
+            value = _coerce(key, tp, data[f.name])
+            if key in _POSITIVE and value <= 0:
+                raise ConfigError(f"{key}: must be greater than 0, got {data[f.name]!r}")
+            kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> dict:
+    """Map CENTRAL_SECTION_KEY=value (and CENTRAL_DATA_DIR) onto the config tree."""
+    hints = typing.get_type_hints(Config)
+    sections = {name for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
+    out: dict = {}
+    for name, value in env.items():
+        if not name.startswith("CENTRAL_"):
+            continue
+        rest = name[len("CENTRAL_"):].lower()
+        if rest == "data_dir":
+            out["data_dir"] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def default_config_path(env: typing.Mapping[str, str] | None = None) -> Path | None:
+    """The config file used when none is named: $CENTRAL_CONFIG, or <data_dir>/config.toml if present."""
+    env = os.environ if env is None else env
+    if env.get("CENTRAL_CONFIG"):
+        return Path(env["CENTRAL_CONFIG"])
+    candidate = default_data_dir() / "config.toml"
+    return candidate if candidate.exists() else None
+
+
+def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Load the config file (if any), apply CENTRAL_* overrides and validate everything."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    source = ""
+    if path is None:
+        path = default_config_path(env)
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            with open(p, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    data = _merge(data, _env_overrides(env))
+    cfg = _build(Config, data, "")
+    if cfg.poll.timeout >= cfg.poll.interval * 10:
+        raise ConfigError(f"poll.timeout: {cfg.poll.timeout:g}s is far longer than poll.interval {cfg.poll.interval:g}s")
+    if not (0 < cfg.http.port < 65536):
+        raise ConfigError(f"http.port: must be between 1 and 65535, got {cfg.http.port}")
+    if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
+        raise ConfigError("retention: expected raw <= minute <= hour")
+    return dataclasses.replace(cfg, source=source)

@@ -1,0 +1,124 @@
+"""Checking an agent document and pulling the key figures out of it.
+
+A host is untrusted input: a document is accepted only when its shape matches
+docs/agent-protocol.md, and every figure is taken only if it is a finite number.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from .model import BAD_PAYLOAD, PollError
+
+# Key figures stored per sample (and rolled up), in column order.
+METRICS = (
+    "cpu", "mem", "swap", "load1", "load5", "load15", "disk",
+    "net_rx", "net_tx", "disk_read", "disk_write", "procs",
+)
+TOP_N = 5
+_MAX_TEXT = 200
+
+
+def _num(value: object) -> float | None:
+    """A finite int/float (not bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _get(doc: dict, section: str) -> dict:
+    part = doc.get(section)
+    return part if isinstance(part, dict) else {}
+
+
+def _text(value: object, limit: int = _MAX_TEXT) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def parse_document(body: bytes) -> tuple[dict, str]:
+    """Decode and check an /api/all body; returns (document, its text). Raises PollError."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PollError(BAD_PAYLOAD, f"agent answer is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PollError(BAD_PAYLOAD, f"agent answer is not JSON: {str(exc)[:120]}") from None
+    check_document(doc)
+    return doc, text
+
+
+def check_document(doc: object) -> dict:
+    """Raise PollError unless doc looks like an /api/all document."""
+    if not isinstance(doc, dict):
+        raise PollError(BAD_PAYLOAD, f"agent answer is a JSON {type(doc).__name__}, not an object")
+    if _num(doc.get("timestamp")) is None:
+        raise PollError(BAD_PAYLOAD, "agent document has no numeric timestamp")
+    if not isinstance(doc.get("hostname"), str):
+        raise PollError(BAD_PAYLOAD, "agent document has no hostname")
+    for section in ("cpu", "memory", "load", "processes", "network", "disk_io", "agent"):
+        if doc.get(section) is not None and not isinstance(doc[section], dict):
+            raise PollError(BAD_PAYLOAD, f"agent document field {section!r} is not an object")
+    if doc.get("filesystems") is not None and not isinstance(doc["filesystems"], list):
+        raise PollError(BAD_PAYLOAD, "agent document field 'filesystems' is not a list")
+    return doc
+
+
+def _top(processes: dict) -> list:
+    """Compact top-N list [[pid, name, cpu_percent, rss], ...] from the agent's top_cpu."""
+    out = []
+    entries = processes.get("top_cpu")
+    if not isinstance(entries, list):
+        return out
+    for p in entries[:TOP_N]:
+        if not isinstance(p, dict):
+            continue
+        pid = p.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            continue
+        out.append([pid, _text(p.get("name"), 64) or "?", _num(p.get("cpu_percent")), _num(p.get("rss"))])
+    return out
+
+
+def extract_sample(doc: dict) -> dict:
+    """The key figures of a checked document, as {metric: float|None, 'top': [...]}"""
+    cpu, mem, load = _get(doc, "cpu"), _get(doc, "memory"), _get(doc, "load")
+    net, dio, procs = _get(doc, "network"), _get(doc, "disk_io"), _get(doc, "processes")
+    disk = None
+    fss = doc.get("filesystems")
+    if isinstance(fss, list):
+        percents = [_num(fs.get("percent")) for fs in fss if isinstance(fs, dict)]
+        percents = [p for p in percents if p is not None]
+        disk = max(percents) if percents else None
+    count = _num(procs.get("count"))
+    return {
+        "cpu": _num(cpu.get("percent")),
+        "mem": _num(mem.get("percent")),
+        "swap": _num(mem.get("swap_percent")),
+        "load1": _num(load.get("load1")),
+        "load5": _num(load.get("load5")),
+        "load15": _num(load.get("load15")),
+        "disk": disk,
+        "net_rx": _num(net.get("rx_rate")),
+        "net_tx": _num(net.get("tx_rate")),
+        "disk_read": _num(dio.get("read_rate")),
+        "disk_write": _num(dio.get("write_rate")),
+        "procs": int(count) if count is not None else None,
+        "top": _top(procs),
+    }
+
+
+def agent_identity(doc: dict) -> tuple[str | None, str | None]:
+    """(version, sha256) the agent reports about itself."""
+    agent = _get(doc, "agent")
+    return _text(agent.get("version"), 64), _text(agent.get("sha256"), 64)
+
+
+def inventory_hash(doc: dict) -> str | None:
+    """The agent's inventory hash, if it is a sane string."""
+    value = doc.get("inventory_hash")
+    if isinstance(value, str) and 0 < len(value) <= 128:
+        return value
+    return None

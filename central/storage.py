@@ -1,0 +1,461 @@
+"""All of central's SQL: one aiosqlite connection per process, WAL mode, batched writes.
+
+The serving process is the single writer for poll data (the poller hands it batches); the
+CLI opens its own short-lived connection for administrative changes, which WAL and a busy
+timeout make safe alongside it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import aiosqlite
+
+from .bundled import schema_text
+from .model import Conflict, NotFound, PollOutcome, Server
+from .sample import METRICS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TIER_MINUTE, TIER_HOUR = 60, 3600
+# Migrations from version N-1 to N: (N, [statements]). Each must be idempotent.
+MIGRATIONS: list[tuple[int, list[str]]] = []
+
+_SAMPLE_COLS = ", ".join(METRICS)
+_SERVER_UPDATABLE = {
+    "host", "port", "user", "key_path", "agent_port", "tags", "interval_s",
+    "host_key", "host_key_fingerprint", "status", "status_reason", "last_error",
+    "consecutive_failures", "agent_version", "agent_sha256", "hostname", "inventory_hash",
+}
+
+
+def _rollup_select(source_min: str, source_avg: str, source_max: str, weight: str) -> str:
+    cols = []
+    for m in METRICS:
+        cols.append(f"min({source_min.format(m=m)})")
+        cols.append(f"sum({source_avg.format(m=m)} * {weight}) / nullif(sum(CASE WHEN {source_avg.format(m=m)} IS NOT NULL THEN {weight} END), 0)")
+        cols.append(f"max({source_max.format(m=m)})")
+    return ", ".join(cols)
+
+
+_ROLLUP_COLS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in METRICS)
+# 1-minute buckets from raw samples.
+_ROLLUP_RAW = (
+    f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS}) "
+    f"SELECT server_id, {TIER_MINUTE}, CAST(ts / {TIER_MINUTE} AS INTEGER) * {TIER_MINUTE} AS b, count(*), "
+    + _rollup_select("{m}", "{m}", "{m}", "1")
+    + " FROM samples WHERE server_id = ? AND ts >= ? AND ts < ? GROUP BY b"
+)
+# 1-hour buckets from 1-minute ones (weighted by sample count).
+_ROLLUP_MIN = (
+    f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS}) "
+    f"SELECT server_id, {TIER_HOUR}, CAST(ts / {TIER_HOUR} AS INTEGER) * {TIER_HOUR} AS b, sum(n), "
+    + _rollup_select("{m}_min", "{m}_avg", "{m}_max", "n")
+    + f" FROM rollups WHERE server_id = ? AND tier = {TIER_MINUTE} AND ts >= ? AND ts < ? GROUP BY b"
+)
+
+
+class Storage:
+    """The database: open with `await Storage.open(path)`, close with `await storage.close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path):
+        self.db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> "Storage":
+        """Open (creating if needed) the database and bring its schema up to date."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        self = cls(db, path)
+        try:
+            await self._setup()
+        except Exception:
+            await db.close()
+            raise
+        return self
+
+    async def _setup(self) -> None:
+        await self.db.execute("PRAGMA busy_timeout = 10000")
+        await self.db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
+        # only a power loss can take the last few commits back.
+        await self.db.execute("PRAGMA synchronous = NORMAL")
+        await self.db.execute("PRAGMA foreign_keys = ON")
+        async with self.db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: database schema version {version} is newer than this central "
+                f"({SCHEMA_VERSION}); upgrade central"
+            )
+        await self.db.executescript(schema_text())
+        for target, statements in MIGRATIONS:
+            if version < target:
+                await self.db.execute("BEGIN IMMEDIATE")
+                for stmt in statements:
+                    await self.db.execute(stmt)
+                await self.db.execute(f"PRAGMA user_version = {target}")
+                await self.db.execute("COMMIT")
+        if version < SCHEMA_VERSION:
+            await self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        """Close the connection (a checkpoint keeps the WAL file small)."""
+        try:
+            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            await self.db.close()
+
+    async def _one(self, sql: str, args: Sequence = ()):
+        async with self.db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Sequence = ()) -> list:
+        async with self.db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+        """Run statements in one transaction."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                await self.db.execute(sql, args)
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    # servers
+
+    async def add_server(
+        self,
+        name: str,
+        host: str,
+        *,
+        kind: str = "ssh",
+        port: int = 22,
+        user: str = "root",
+        key_path: str | None = None,
+        agent_port: int = 8083,
+        tags: Sequence[str] = (),
+        interval_s: float | None = None,
+        host_key: str | None = None,
+        host_key_fingerprint: str | None = None,
+    ) -> Server:
+        """Insert a server; Conflict if the name is taken."""
+        try:
+            await self._write([(
+                "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
+                " interval_s, host_key, host_key_fingerprint, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
+                 interval_s, host_key, host_key_fingerprint, time.time()),
+            )])
+        except aiosqlite.IntegrityError:
+            raise Conflict(f"a server named {name!r} already exists") from None
+        return await self.get_server(name)
+
+    async def get_server(self, name: str) -> Server:
+        """The server called name; NotFound otherwise."""
+        row = await self._one("SELECT * FROM servers WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no server named {name!r}")
+        return Server.from_row(row)
+
+    async def find_server(self, name: str) -> Server | None:
+        """The server called name, or None."""
+        row = await self._one("SELECT * FROM servers WHERE name = ?", (name,))
+        return Server.from_row(row) if row else None
+
+    async def get_server_by_id(self, server_id: int) -> Server | None:
+        """The server with this id, or None."""
+        row = await self._one("SELECT * FROM servers WHERE id = ?", (server_id,))
+        return Server.from_row(row) if row else None
+
+    async def list_servers(self) -> list[Server]:
+        """Every server, by name."""
+        return [Server.from_row(r) for r in await self._all("SELECT * FROM servers ORDER BY name")]
+
+    async def update_server(self, name: str, **fields) -> Server:
+        """Change stored fields of a server (only known columns)."""
+        bad = set(fields) - _SERVER_UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        if "tags" in fields:
+            fields["tags"] = json.dumps(list(fields["tags"]))
+        if fields:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            await self._write([(f"UPDATE servers SET {sets} WHERE name = ?", (*fields.values(), name))])
+        return await self.get_server(name)
+
+    async def remove_server(self, name: str) -> None:
+        """Delete a server and everything stored about it."""
+        server = await self.get_server(name)
+        await self._write([("DELETE FROM servers WHERE id = ?", (server.id,))])
+
+    async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
+        """Pin a (new) host key and clear a host-key-mismatch status."""
+        await self._write([(
+            "UPDATE servers SET host_key = ?, host_key_fingerprint = ?, consecutive_failures = 0,"
+            " status = CASE WHEN status_reason IN ('host_key_mismatch', 'host_key_unknown') THEN 'unknown' ELSE status END,"
+            " status_reason = CASE WHEN status_reason IN ('host_key_mismatch', 'host_key_unknown') THEN NULL ELSE status_reason END"
+            " WHERE name = ?",
+            (host_key, fingerprint, name),
+        )])
+        return await self.get_server(name)
+
+    # polls
+
+    async def write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
+        """Store one batch of poll outcomes in a single transaction."""
+        if not outcomes:
+            return
+        ok = [o for o in outcomes if o.ok]
+        failed = [o for o in outcomes if not o.ok]
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if ok:
+                await self.db.executemany(
+                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                    " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
+                    " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
+                    " hostname = coalesce(?, hostname) WHERE id = ?",
+                    [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
+                )
+                await self.db.executemany(
+                    "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
+                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                    [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                )
+                await self.db.executemany(
+                    f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+                    f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
+                    [
+                        (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
+                         json.dumps(o.sample.get("top") or [], separators=(",", ":")))
+                        for o in ok if o.sample is not None
+                    ],
+                )
+            if failed:
+                # offline after N consecutive failures; a host-key mismatch or an agent-side
+                # problem is 'error' at once (SSH works, so the host itself is not offline).
+                await self.db.executemany(
+                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
+                    " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
+                    " status = CASE"
+                    "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
+                    "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
+                    "   ELSE status END"
+                    " WHERE id = ?",
+                    [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
+                )
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
+        """(ts, /api/all document) of the server's newest successful poll."""
+        row = await self._one("SELECT ts, doc FROM latest WHERE server_id = ?", (server_id,))
+        return (row["ts"], json.loads(row["doc"])) if row else None
+
+    async def latest_samples(self) -> dict[int, dict]:
+        """The newest sample of every server, by server id."""
+        rows = await self._all(
+            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM samples s"
+            " JOIN (SELECT server_id, max(ts) AS ts FROM samples GROUP BY server_id) m"
+            " ON s.server_id = m.server_id AND s.ts = m.ts"
+        )
+        out = {}
+        for r in rows:
+            d = dict(r)
+            d["top"] = json.loads(d["top"] or "[]")
+            out[d.pop("server_id")] = d
+        return out
+
+    async def samples(self, server_id: int, start: float, end: float) -> list[dict]:
+        """Raw samples of a server in [start, end), oldest first."""
+        rows = await self._all(
+            f"SELECT ts, {_SAMPLE_COLS}, top FROM samples WHERE server_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (server_id, start, end),
+        )
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["top"] = json.loads(d["top"] or "[]")
+            out.append(d)
+        return out
+
+    async def history(
+        self, server_id: int, start: float, end: float, *, max_points: int = 500,
+        retention_raw: float, retention_minute: float, now: float | None = None,
+        metrics: Sequence[str] = METRICS,
+    ) -> dict:
+        """Key figures over [start, end) in at most max_points buckets, from the finest tier that covers the range."""
+        now = time.time() if now is None else now
+        bad = set(metrics) - set(METRICS)
+        if bad:
+            raise ValueError(f"unknown metrics: {sorted(bad)}")
+        span = max(end - start, 1.0)
+        step = span / max_points
+        if start >= now - retention_raw and step < TIER_MINUTE:
+            source, resolution = "raw", 0
+        elif start >= now - retention_minute and step < TIER_HOUR:
+            source, resolution = "minute", TIER_MINUTE
+        else:
+            source, resolution = "hour", TIER_HOUR
+        step = max(step, float(resolution), 1.0)
+        step = math.ceil(step)
+        if source == "raw":
+            cols = ", ".join(f"avg({m}), min({m}), max({m})" for m in metrics)
+            sql = (f"SELECT CAST(ts / {step} AS INTEGER) * {step} AS b, {cols} FROM samples"
+                   " WHERE server_id = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b")
+            args: tuple = (server_id, start, end)
+        else:
+            tier = TIER_MINUTE if source == "minute" else TIER_HOUR
+            cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0), min({m}_min), max({m}_max)" for m in metrics)
+            sql = (f"SELECT CAST(ts / {step} AS INTEGER) * {step} AS b, {cols} FROM rollups"
+                   " WHERE server_id = ? AND tier = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b")
+            args = (server_id, tier, start, end)
+        rows = await self._all(sql, args)
+        series: dict = {"ts": [r[0] for r in rows]}
+        for i, m in enumerate(metrics):
+            series[m] = [r[1 + 3 * i] for r in rows]
+            series[m + "_min"] = [r[2 + 3 * i] for r in rows]
+            series[m + "_max"] = [r[3 + 3 * i] for r in rows]
+        return {"source": source, "step": step, "start": start, "end": end, "series": series}
+
+    # inventory
+
+    async def inventory_latest(self, server_id: int) -> dict | None:
+        """{ts, hash, doc} of the server's current inventory."""
+        row = await self._one("SELECT ts, hash, doc FROM inventory_latest WHERE server_id = ?", (server_id,))
+        return {"ts": row["ts"], "hash": row["hash"], "doc": json.loads(row["doc"])} if row else None
+
+    async def write_inventory(self, server_id: int, ts: float, hash_: str, doc: dict,
+                              change_type: str, summary: str) -> None:
+        """Store a new inventory as latest and add it to the history."""
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+        await self._write([
+            ("INSERT INTO inventory_latest (server_id, ts, hash, doc) VALUES (?, ?, ?, ?)"
+             " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, doc = excluded.doc",
+             (server_id, ts, hash_, text)),
+            ("INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
+             " VALUES (?, ?, ?, ?, ?, ?)", (server_id, ts, change_type, summary, hash_, text)),
+            ("UPDATE servers SET inventory_hash = ? WHERE id = ?", (hash_, server_id)),
+        ])
+
+    async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
+        """Inventory changes of a server, newest first (without the documents)."""
+        rows = await self._all(
+            "SELECT id, ts, change_type, change_summary, hash FROM inventory_history"
+            " WHERE server_id = ? ORDER BY ts DESC, id DESC LIMIT ?", (server_id, limit))
+        return [dict(r) for r in rows]
+
+    # retention
+
+    async def _progress(self, tier: int) -> float | None:
+        row = await self._one("SELECT done_until FROM rollup_progress WHERE tier = ?", (tier,))
+        return row[0] if row else None
+
+    async def rollup(self, now: float | None = None, lag: float = 120.0) -> dict:
+        """Roll complete buckets of raw samples into 1-minute and 1-minute into 1-hour rollups."""
+        now = time.time() if now is None else now
+        ids = [r[0] for r in await self._all("SELECT id FROM servers")]
+        done = {}
+        for tier, sql, source_start in (
+            (TIER_MINUTE, _ROLLUP_RAW, "SELECT min(ts) FROM samples"),
+            (TIER_HOUR, _ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
+        ):
+            until = math.floor((now - lag) / tier) * tier
+            begin = await self._progress(tier)
+            if begin is None:
+                first = (await self._one(source_start))[0]
+                if first is None:
+                    continue
+                begin = math.floor(first / tier) * tier
+            if until <= begin:
+                continue
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
+                await self.db.execute(
+                    "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                    " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+            done[tier] = (begin, until)
+        return done
+
+    async def prune(self, *, raw: float, minute: float, hour: float, events: float,
+                    now: float | None = None) -> dict:
+        """Delete what has passed each tier's retention; returns rows deleted per table."""
+        now = time.time() if now is None else now
+        ids = [(r[0],) for r in await self._all("SELECT id FROM servers")]
+        counts = {}
+        # Never delete raw samples that have not been rolled up yet.
+        rolled = await self._progress(TIER_MINUTE) or 0.0
+        raw_cut = min(now - raw, rolled)
+        minute_cut = min(now - minute, await self._progress(TIER_HOUR) or 0.0)
+        before = self.db.total_changes
+        await self._write_many([
+            ("DELETE FROM samples WHERE server_id = ? AND ts < ?", [(i, raw_cut) for (i,) in ids]),
+        ])
+        counts["samples"] = self.db.total_changes - before
+        before = self.db.total_changes
+        await self._write_many([
+            (f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_MINUTE} AND ts < ?", [(i, minute_cut) for (i,) in ids]),
+            (f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_HOUR} AND ts < ?", [(i, now - hour) for (i,) in ids]),
+        ])
+        counts["rollups"] = self.db.total_changes - before
+        before = self.db.total_changes
+        await self._write_many([
+            ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"
+             " (SELECT max(id) FROM inventory_history GROUP BY server_id)", [(now - events,)]),
+            ("DELETE FROM audit WHERE ts < ?", [(now - events,)]),
+            ("DELETE FROM notifications WHERE ts < ?", [(now - events,)]),
+            ("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?", [(now - events,)]),
+        ])
+        counts["events"] = self.db.total_changes - before
+        return counts
+
+    async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in batches:
+                await self.db.executemany(sql, rows)
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    # status
+
+    async def database_size(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+    async def meta_get(self, key: str) -> str | None:
+        """A value from the meta table."""
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    async def meta_set(self, key: str, value: str) -> None:
+        """Store a value in the meta table."""
+        await self._write([("INSERT INTO meta (key, value) VALUES (?, ?)"
+                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))])
