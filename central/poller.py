@@ -1,0 +1,293 @@
+"""The poll schedule: every server at its own phase of the interval, results stored in batches.
+
+Each server gets a small task that sleeps until its slot (offset = hash(id) mod interval, so
+a fleet's polls spread evenly instead of bursting), polls, and queues the outcome. One writer
+task stores queued outcomes in one transaction per batch and then runs the hooks (alert
+evaluation) on the batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from typing import Awaitable, Callable, Sequence
+
+from . import inventory
+from .bundled import agent_module
+from .config import Config
+from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
+from .sample import agent_identity, check_document, extract_sample, inventory_hash, parse_document
+from .sshpool import SSHPool, server_log
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
+# Reasons that stop polling until an operator acts (DESIGN.md "Hosts and keys").
+BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
+
+
+def phase(server_id: int, interval: float) -> float:
+    """The server's fixed offset within the interval, from a stable hash of its id."""
+    h = int.from_bytes(hashlib.sha1(str(server_id).encode()).digest()[:8], "big")
+    return (h / 2**64) * interval
+
+
+class LocalCollector:
+    """Collects the central's own host in-process with the bundled agent's collectors."""
+
+    def __init__(self):
+        self._collector = None
+
+    def _get(self):
+        if self._collector is None:
+            self._collector = agent_module().Collector()
+        return self._collector
+
+    def all(self) -> dict:
+        """One /api/all document."""
+        return self._get().all()
+
+    def inventory(self) -> dict:
+        """The /api/inventory document."""
+        return self._get().inventory()
+
+
+class Poller:
+    """Schedules polls, stores their outcomes, and runs hooks on each stored batch."""
+
+    def __init__(self, config: Config, storage: Storage, pool: SSHPool):
+        self.config = config
+        self.storage = storage
+        self.pool = pool
+        self.local = LocalCollector()
+        self.hooks: list[Hook] = []
+        self._queue: asyncio.Queue[PollOutcome] = asyncio.Queue()
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._servers: dict[int, Server] = {}
+        self._main: list[asyncio.Task] = []
+        self._flushed = asyncio.Event()
+        self.lag: float = 0.0  # how late the last poll started, seconds
+        self.polls = 0
+        self.errors_by_reason: dict[str, int] = {}
+        self.durations: list[float] = []  # recent poll durations, for the histogram
+        self.started_at = time.time()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Load the server list and start the schedule and the writer."""
+        await self.reload()
+        self._main = [
+            asyncio.create_task(self._reload_loop(), name="poller-reload"),
+            asyncio.create_task(self._writer_loop(), name="poller-writer"),
+            asyncio.create_task(self._maintenance_loop(), name="poller-maintenance"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel every task and store what is still queued."""
+        tasks = list(self._tasks.values()) + self._main
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._flush_queue()
+
+    async def reload(self) -> None:
+        """Pick up added, removed and changed servers."""
+        servers = {s.id: s for s in await self.storage.list_servers()}
+        for sid in list(self._tasks):
+            if sid not in servers:
+                self._tasks.pop(sid).cancel()
+                self.pool.forget(sid)
+        for sid, server in servers.items():
+            old = self._servers.get(sid)
+            if old is not None and old.connection_key != server.connection_key:
+                self.pool.forget(sid)
+            if old is not None and old.status_reason in BLOCKING and server.status_reason not in BLOCKING:
+                self.pool.reset_backoff(sid)
+            self._servers[sid] = server
+            if sid not in self._tasks:
+                self._tasks[sid] = asyncio.create_task(self._server_loop(sid), name=f"poll-{server.name}")
+        for sid in list(self._servers):
+            if sid not in servers:
+                del self._servers[sid]
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll.reload_interval)
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001 - a failed reload must not stop polling
+                log.exception("reloading the server list failed")
+
+    # scheduling
+
+    def interval_of(self, server: Server) -> float:
+        """The server's poll interval."""
+        return server.interval_s or self.config.poll.interval
+
+    async def _server_loop(self, sid: int) -> None:
+        server = self._servers[sid]
+        interval = self.interval_of(server)
+        now = time.time()
+        slot = (now // interval) * interval + phase(sid, interval)
+        if slot < now:
+            slot += interval
+        while True:
+            await asyncio.sleep(max(0.0, slot - time.time()))
+            server = self._servers.get(sid)
+            if server is None:
+                return
+            started = time.time()
+            self.lag = started - slot
+            if server.status_reason not in BLOCKING:
+                outcome = await self.poll(server)
+                self._queue.put_nowait(outcome)
+                if outcome.reason in BLOCKING:
+                    # Remember at once, before the writer and the next reload catch up.
+                    self._servers[sid] = _with(server, status="error", status_reason=outcome.reason)
+            new_interval = self.interval_of(self._servers.get(sid, server))
+            if new_interval != interval:
+                interval = new_interval
+                slot = (time.time() // interval) * interval + phase(sid, interval)
+            slot += interval
+            if slot < time.time():  # overran: skip missed slots rather than burst
+                slot += ((time.time() - slot) // interval + 1) * interval
+
+    async def poll(self, server: Server) -> PollOutcome:
+        """Poll one server now; never raises for a failed poll (the outcome says why)."""
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            if server.kind == "local":
+                doc, text = await self._poll_local()
+                inv = None
+                if inventory_hash(doc) != server.inventory_hash:
+                    inv = await asyncio.to_thread(self.local.inventory)
+            else:
+                doc, text = await self._poll_remote(server)
+                inv = None
+                if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
+                    inv = await self._fetch_inventory(server)
+        except PollError as err:
+            self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
+            server_log(log, server.name).info("poll failed: %s", err)
+            return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
+                               ok=False, reason=err.reason, error=err.message)
+        version, sha = agent_identity(doc)
+        outcome = PollOutcome(
+            server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
+            doc_text=text, sample=extract_sample(doc), agent_version=version, agent_sha256=sha,
+            hostname=doc.get("hostname")[:255], inventory_hash=inventory_hash(doc),
+        )
+        if inv is not None:
+            outcome.extra["inventory"] = inv
+        self.polls += 1
+        self._record_duration(outcome.duration)
+        return outcome
+
+    def _record_duration(self, d: float) -> None:
+        self.durations.append(d)
+        if len(self.durations) > 10000:
+            del self.durations[:5000]
+
+    async def _poll_local(self) -> tuple[dict, str]:
+        try:
+            doc = await asyncio.to_thread(self.local.all)
+        except Exception as exc:  # noqa: BLE001 - the in-process agent failing is an agent error
+            raise PollError(AGENT_ERROR, f"local collection failed: {exc}") from None
+        check_document(doc)
+        return doc, json.dumps(doc, separators=(",", ":"))
+
+    async def _poll_remote(self, server: Server) -> tuple[dict, str]:
+        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
+        status, body = await client.request("GET", "/api/all", timeout=self.config.poll.timeout)
+        if status != 200:
+            raise PollError(AGENT_ERROR, f"GET /api/all answered {status}")
+        return parse_document(body)
+
+    async def _fetch_inventory(self, server: Server) -> dict | None:
+        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
+        try:
+            status, doc = await client.request_json("GET", "/api/inventory", timeout=self.config.poll.timeout)
+        except PollError as err:
+            server_log(log, server.name).warning("inventory fetch failed: %s", err)
+            return None
+        if status != 200 or not isinstance(doc, dict):
+            server_log(log, server.name).warning("inventory fetch answered %s", status)
+            return None
+        return doc
+
+    # writing
+
+    async def _writer_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            # Gather what arrives within a short window into one transaction.
+            await asyncio.sleep(0.2)
+            batch = [first]
+            while not self._queue.empty() and len(batch) < 2000:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self.store(batch)
+            except Exception:  # noqa: BLE001 - keep polling; the batch is logged as lost
+                log.exception("storing %d poll outcomes failed", len(batch))
+
+    async def _flush_queue(self) -> None:
+        batch = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if batch:
+            await self.store(batch)
+
+    async def store(self, batch: Sequence[PollOutcome]) -> None:
+        """Write a batch of outcomes, record inventory changes, run hooks."""
+        await self.storage.write_polls(batch, self.config.poll.offline_after)
+        for o in batch:
+            inv = o.extra.get("inventory")
+            if inv is not None:
+                await self._store_inventory(o, inv)
+        by_id = {o.server_id: self._servers.get(o.server_id) for o in batch}
+        for hook in self.hooks:
+            try:
+                await hook(batch, by_id)
+            except Exception:  # noqa: BLE001 - a broken hook must not stop storage
+                log.exception("poll hook %r failed", hook)
+        self._flushed.set()
+        self._flushed = asyncio.Event()
+
+    async def _store_inventory(self, outcome: PollOutcome, inv: dict) -> None:
+        old = await self.storage.inventory_latest(outcome.server_id)
+        new_hash = outcome.inventory_hash or inventory.digest(inv)
+        if old is not None and old["hash"] == new_hash:
+            return
+        change_type, summary = inventory.classify_change(old["doc"] if old else None, inv)
+        await self.storage.write_inventory(outcome.server_id, outcome.ts, new_hash, inv, change_type, summary)
+        server = self._servers.get(outcome.server_id)
+        if server is not None:
+            self._servers[outcome.server_id] = _with(server, inventory_hash=new_hash)
+
+    async def wait_flushed(self) -> None:
+        """Wait until the writer has stored the next batch (for callers that need the data)."""
+        await self._flushed.wait()
+
+    # retention
+
+    async def _maintenance_loop(self) -> None:
+        r = self.config.retention
+        while True:
+            try:
+                await self.storage.rollup()
+                await self.storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events)
+            except Exception:  # noqa: BLE001 - retry next round
+                log.exception("rollup/prune failed")
+            await asyncio.sleep(r.maintenance_interval)
+
+
+def _with(server: Server, **changes) -> Server:
+    return dataclasses.replace(server, **changes)
+

@@ -1,0 +1,261 @@
+"""One persistent SSH connection per server, with pinned host keys and classified failures.
+
+Connections open lazily on first use, are kept alive with SSH keepalives, and are reopened
+after a failure with exponential backoff and jitter; connect attempts are bounded across
+the whole fleet so a mass reconnect does not overwhelm the central.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from .config import SSHConfig
+from .model import (
+    AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE, PollError, Server,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ServerLog(logging.LoggerAdapter):
+    """Prefixes every line with the server it concerns."""
+
+    def process(self, msg, kwargs):
+        return f"[{self.extra['server']}] {msg}", kwargs
+
+
+def server_log(logger: logging.Logger, name: str) -> ServerLog:
+    """A logger adapter for one server."""
+    return ServerLog(logger, {"server": name})
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """SHA256 fingerprint as ssh-keygen -l prints it."""
+    return key.get_fingerprint("sha256")
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """The key in OpenSSH 'type base64' form, without a comment."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+def classify(exc: BaseException) -> PollError:
+    """Map an exception from connecting to a classified PollError."""
+    if isinstance(exc, PollError):
+        return exc
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return PollError(HOST_KEY_MISMATCH, f"host key does not match the pinned key ({exc.reason})")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return PollError(AUTH_FAILED, f"SSH authentication failed: {exc.reason}")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return PollError(TIMEOUT, "SSH connection timed out")
+    if isinstance(exc, asyncssh.DisconnectError):
+        return PollError(UNREACHABLE, f"SSH disconnected: {exc.reason}")
+    if isinstance(exc, ConnectionRefusedError):
+        return PollError(UNREACHABLE, "connection refused (is sshd running?)")
+    if isinstance(exc, OSError):
+        return PollError(UNREACHABLE, exc.strerror or str(exc) or type(exc).__name__)
+    if isinstance(exc, asyncssh.Error):
+        return PollError(UNREACHABLE, f"SSH error: {exc.reason}")
+    return PollError(UNREACHABLE, f"{type(exc).__name__}: {exc}")
+
+
+def load_client_key(path: str | Path) -> asyncssh.SSHKey:
+    """Read a private key, with a clear error when it is missing or unreadable."""
+    try:
+        return asyncssh.read_private_key(str(path))
+    except FileNotFoundError:
+        raise PollError(AUTH_FAILED, f"SSH key {path} does not exist (run `central init`)") from None
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise PollError(AUTH_FAILED, f"cannot read SSH key {path}: {exc}") from None
+
+
+def connect_options(ssh: SSHConfig) -> dict:
+    """asyncssh.connect keyword arguments shared by every connection of the central."""
+    return dict(
+        connect_timeout=ssh.connect_timeout,
+        keepalive_interval=ssh.keepalive_interval,
+        keepalive_count_max=ssh.keepalive_count_max,
+        encryption_algs=list(ssh.ciphers),
+        # The operator's ~/.ssh/config and ssh-agent must not change how the central
+        # connects: it uses exactly its own key and the pinned host key.
+        config=None,
+        agent_path=None,
+        preferred_auth="publickey",
+    )
+
+
+async def fetch_host_key(host: str, port: int, ssh: SSHConfig) -> asyncssh.SSHKey:
+    """The host key a server presents (for trust on first use); raises PollError."""
+    try:
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(host, port, config=None), ssh.connect_timeout)
+    except BaseException as exc:  # noqa: BLE001 - classified below
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise classify(exc) from None
+    if key is None:
+        raise PollError(UNREACHABLE, f"{host}:{port} sent no host key")
+    return key
+
+
+@dataclass
+class _Entry:
+    """Connection state of one server."""
+
+    key: tuple
+    conn: asyncssh.SSHClientConnection | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: PollError | None = None
+    agent: object | None = None  # central.agentclient.AgentClient, kept with the connection
+
+
+class SSHPool:
+    """Hands out each server's connection, connecting and reconnecting as needed."""
+
+    def __init__(self, ssh: SSHConfig, default_key_path: str | Path):
+        self.ssh = ssh
+        self.default_key_path = Path(default_key_path)
+        self._entries: dict[int, _Entry] = {}
+        self._connect_slots = asyncio.Semaphore(ssh.max_concurrent_connects)
+        self._keys: dict[str, asyncssh.SSHKey] = {}
+        self._options = connect_options(ssh)
+        self.connects = 0  # successful connects, for status and tests
+
+    def _client_key(self, server: Server) -> asyncssh.SSHKey:
+        path = server.key_path or str(self.default_key_path)
+        key = self._keys.get(path)
+        if key is None:
+            key = self._keys[path] = load_client_key(path)
+        return key
+
+    def _entry(self, server: Server) -> _Entry:
+        entry = self._entries.get(server.id)
+        if entry is None or entry.key != server.connection_key:
+            if entry is not None:
+                self._close_entry(entry)
+            entry = self._entries[server.id] = _Entry(key=server.connection_key)
+        return entry
+
+    @property
+    def size(self) -> int:
+        """Open connections."""
+        return sum(1 for e in self._entries.values() if e.conn is not None and not e.conn.is_closed())
+
+    async def connection(self, server: Server) -> asyncssh.SSHClientConnection:
+        """The server's open connection, connecting if needed; raises a classified PollError."""
+        entry = self._entry(server)
+        conn = entry.conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        async with entry.lock:
+            if entry.conn is not None and not entry.conn.is_closed():
+                return entry.conn
+            entry.conn = None
+            entry.agent = None
+            now = time.monotonic()
+            if now < entry.retry_at and entry.last_error is not None:
+                err = entry.last_error
+                raise PollError(err.reason, f"{err.message} (next retry in {entry.retry_at - now:.0f}s)")
+            try:
+                entry.conn = await self._connect(server)
+            except PollError as err:
+                self._backoff(entry, err)
+                raise
+            entry.failures = 0
+            entry.last_error = None
+            self.connects += 1
+            return entry.conn
+
+    def _backoff(self, entry: _Entry, err: PollError) -> None:
+        entry.failures += 1
+        entry.last_error = err
+        delay = min(self.ssh.backoff_max, self.ssh.backoff_initial * 2 ** (entry.failures - 1))
+        # "Equal jitter": at least half the delay, so a dead host is not hammered, and
+        # spread so a fleet that lost its network does not reconnect in lockstep.
+        entry.retry_at = time.monotonic() + delay / 2 + random.uniform(0, delay / 2)
+
+    async def _connect(self, server: Server) -> asyncssh.SSHClientConnection:
+        slog = server_log(log, server.name)
+        if not server.host_key:
+            raise PollError(HOST_KEY_UNKNOWN, "no host key pinned; run `central server trust`")
+        try:
+            pinned = asyncssh.import_public_key(server.host_key)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise PollError(HOST_KEY_MISMATCH, f"the pinned host key cannot be read: {exc}") from None
+        client_key = self._client_key(server)
+        async with self._connect_slots:
+            try:
+                conn = await asyncio.wait_for(asyncssh.connect(
+                    server.host, server.port,
+                    username=server.user,
+                    client_keys=[client_key],
+                    known_hosts=([pinned], [], []),
+                    **self._options,
+                ), self.ssh.connect_timeout + 1)
+            except BaseException as exc:  # noqa: BLE001 - classified below
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                err = classify(exc)
+                slog.info("connect failed: %s", err)
+                raise err from None
+        slog.info("connected to %s:%s", server.host, server.port)
+        return conn
+
+    def agent_client(self, server: Server, max_bytes: int):
+        """The server's kept agent client (one HTTP/1.1 channel reused across polls)."""
+        from .agentclient import AgentClient
+
+        entry = self._entry(server)
+        if entry.agent is None or entry.agent.server.agent_port != server.agent_port:
+            entry.agent = AgentClient(self, server, max_bytes)
+        else:
+            entry.agent.server = server
+        return entry.agent
+
+    def failed(self, server: Server, err: PollError) -> None:
+        """Forget a connection that broke mid-use, so the next use reconnects."""
+        entry = self._entries.get(server.id)
+        if entry is not None and entry.conn is not None and entry.conn.is_closed():
+            entry.conn = None
+
+    def forget(self, server_id: int) -> None:
+        """Close and drop a server's connection (removed server, changed settings)."""
+        entry = self._entries.pop(server_id, None)
+        if entry is not None:
+            self._close_entry(entry)
+
+    def reset_backoff(self, server_id: int) -> None:
+        """Allow an immediate reconnect (after an operator fixed something)."""
+        entry = self._entries.get(server_id)
+        if entry is not None:
+            entry.retry_at = 0.0
+            entry.failures = 0
+
+    @staticmethod
+    def _close_entry(entry: _Entry) -> None:
+        if entry.agent is not None:
+            entry.agent.close()
+        if entry.conn is not None:
+            entry.conn.close()
+
+    async def close(self) -> None:
+        """Close every connection and wait for them to finish."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            self._close_entry(entry)
+        for entry in entries:
+            if entry.conn is not None:
+                try:
+                    await asyncio.wait_for(entry.conn.wait_closed(), 5)
+                except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                    pass
