@@ -1,0 +1,423 @@
+"""The `central` command: thin click commands over central.service, rich output."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .model import REASON_TEXT, CentralError, PollError
+from .service import Central, ensure_key_pair, restricted_key_line
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.find_root().obj
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("config_path"))
+        except ConfigError as exc:
+            raise click.ClickException(f"config: {exc}") from None
+    return obj["config"]
+
+
+async def _with_central(config: Config, fn):
+    central = await Central.open(config)
+    try:
+        return await fn(central)
+    finally:
+        await central.close()
+
+
+def central_command(fn):
+    """Run an async command body with an opened Central; map domain errors to one line."""
+
+    @functools.wraps(fn)
+    @click.pass_context
+    def wrapper(ctx, *args, **kwargs):
+        config = _config(ctx)
+        try:
+            return _run(_with_central(config, lambda c: fn(c, *args, **kwargs)))
+        except PollError as exc:
+            hint = f" ({REASON_TEXT.get(exc.reason, '')})" if exc.reason in REASON_TEXT else ""
+            raise click.ClickException(f"{exc.reason}: {exc.message}{hint}") from None
+        except CentralError as exc:
+            detail = f" [{exc.detail}]" if exc.detail else ""
+            raise click.ClickException(exc.message + detail) from None
+        except (OSError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    d = max(0, time.time() - ts)
+    if d < 90:
+        return f"{d:.0f}s ago"
+    if d < 5400:
+        return f"{d / 60:.0f}m ago"
+    if d < 172800:
+        return f"{d / 3600:.0f}h ago"
+    return f"{d / 86400:.0f}d ago"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.0f}%"
+
+
+def _status_text(status: str, reason: str | None) -> str:
+    colour = {"online": "green", "offline": "red", "error": "yellow"}.get(status, "dim")
+    text = f"[{colour}]{status}[/{colour}]"
+    return text + (f" ({reason})" if reason else "")
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CENTRAL_CONFIG",
+              help="Config file (default: $CENTRAL_CONFIG or <data dir>/config.toml).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="central")
+@click.pass_context
+def cli(ctx, config_path, verbose):
+    """central: one page for every host, over SSH.
+
+    \b
+    Example:
+      central init
+      central server add web1 10.0.0.5 --user root
+      central serve
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.pass_context
+def init(ctx):
+    """Create the data directory, the database and the central's SSH key pair.
+
+    Prints the public key and the restricted authorized_keys line to install on hosts
+    (scripts/deploy-agent.sh does that for you). Safe to run again.
+
+    \b
+    Example:
+      central init
+    """
+    config = _config(ctx)
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    line, created = ensure_key_pair(config.key_path)
+
+    async def setup(central: Central):
+        hooks = getattr(central, "init_hooks", [])
+        return [await h(central) for h in hooks]
+
+    try:
+        extra = _run(_with_central(config, setup))
+    except (CentralError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"database: {config.database_path}")
+    console.print(f"SSH key:  {config.key_path} ({'created' if created else 'exists'})")
+    console.print("\nThe central's public key:")
+    click.echo(line)
+    console.print("\nRestricted authorized_keys line (forwarding to the agent only, no shell):")
+    click.echo(restricted_key_line(line))
+    for message in extra:
+        if message:
+            click.echo(message)
+
+
+@cli.command()
+@click.option("--listen", help="Address to listen on (overrides http.listen).")
+@click.option("--port", type=int, help="Port to listen on (overrides http.port).")
+@click.pass_context
+def serve(ctx, listen, port):
+    """Run the central: poller, alerting and the HTTP API and page.
+
+    \b
+    Example:
+      central serve --listen 127.0.0.1 --port 9083
+    """
+    import dataclasses
+
+    config = _config(ctx)
+    if listen or port:
+        http = dataclasses.replace(config.http, **{k: v for k, v in (("listen", listen), ("port", port)) if v})
+        config = dataclasses.replace(config, http=http)
+    if not config.key_path.exists():
+        raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    from .web.app import run_app
+
+    try:
+        run_app(config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.http.listen}:{config.http.port}: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome and the whole agent document as JSON.")
+@central_command
+async def poll(central: Central, name, as_json):
+    """Poll one server now and print what it reported (nothing is stored).
+
+    \b
+    Example:
+      central poll web1
+    """
+    result = await central.poll_now(name)
+    if as_json:
+        _echo_json(result)
+        return
+    if not result["ok"]:
+        raise PollError(result["reason"], result["error"])
+    s, doc = result["sample"], result["document"]
+    console.print(f"[bold]{name}[/bold] ({doc.get('hostname')}) polled in {result['duration_ms']:.1f} ms")
+    console.print(f"cpu {_pct(s['cpu'])}  mem {_pct(s['mem'])}  swap {_pct(s['swap'])}  disk {_pct(s['disk'])}  "
+                  f"load {s['load1']} {s['load5']} {s['load15']}  processes {s['procs']}")
+    if s["top"]:
+        t = Table("pid", "name", "cpu %", "rss MB", title="top processes")
+        for pid, pname, cpu, rss in s["top"]:
+            t.add_row(str(pid), pname, "-" if cpu is None else f"{cpu:.1f}", "-" if rss is None else f"{rss / 1e6:.1f}")
+        console.print(t)
+    if doc.get("errors"):
+        console.print(f"[yellow]collector errors:[/yellow] {doc['errors']}")
+
+
+@cli.group()
+def server():
+    """Add, list, inspect, test, trust and remove servers.
+
+    \b
+    Example:
+      central server list
+    """
+
+
+def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
+    """The fingerprint the operator confirmed (interactively or by option)."""
+    from .service import normalise_fingerprint
+
+    if expected:
+        if normalise_fingerprint(expected) != probed["fingerprint"]:
+            raise click.ClickException(
+                f"host_key_mismatch: {probed['host']}:{probed['port']} presents {probed['fingerprint']}, "
+                f"not {normalise_fingerprint(expected)}; not pinned")
+        return probed["fingerprint"]
+    click.echo(f"{probed['host']}:{probed['port']} presents a {probed['algorithm']} host key:")
+    click.echo(f"  {probed['fingerprint']}")
+    if accept:
+        return probed["fingerprint"]
+    if not sys.stdin.isatty():
+        raise click.ClickException("cannot confirm the host key without a terminal: "
+                                   "pass --host-key-fingerprint FP (or --accept-host-key)")
+    if not click.confirm("Is this the host's key (compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)?"):
+        raise click.ClickException("host key not confirmed; nothing added")
+    return probed["fingerprint"]
+
+
+@server.command("add")
+@click.argument("name")
+@click.argument("host")
+@click.option("--user", default="root", show_default=True, help="SSH user.")
+@click.option("--port", default=22, show_default=True, type=int, help="SSH port.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (default: the central's key).")
+@click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+@click.option("--interval", type=float, help="Poll interval in seconds (default: poll.interval).")
+@click.option("--agent-port", default=8083, show_default=True, type=int, help="Agent port on the host's loopback.")
+@click.option("--accept-host-key", is_flag=True, help="Pin the key the host presents without asking.")
+@click.option("--host-key-fingerprint", "fp", help="Pin only if the host presents this SHA256 fingerprint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@central_command
+async def server_add(central: Central, name, host, user, port, key_path, tags, interval, agent_port,
+                     accept_host_key, fp, as_json):
+    """Add a server: show its host key fingerprint, pin it once confirmed, check the agent.
+
+    An unreachable host or a refused key is an error and nothing is added. When the agent
+    does not answer yet the server is added anyway and the command says how to deploy it.
+
+    \b
+    Example:
+      central server add web1 10.0.0.5 --tag prod --host-key-fingerprint SHA256:abc...
+      central server add db1 db1.lan --user monitor --accept-host-key
+    """
+    from .service import check_host, check_name
+
+    check_name(name)
+    check_host(host)
+    if await central.storage.find_server(name) is not None:
+        raise CentralError(f"a server named {name!r} already exists")
+    probed = await central.probe(host, port)
+    confirmed = _confirm_key(probed, accept_host_key, fp)
+    result = await central.add_server(name, host, port=port, user=user, key_path=key_path, tags=list(tags),
+                                      interval=interval, agent_port=agent_port, fingerprint=confirmed)
+    if as_json:
+        _echo_json(result)
+        return
+    agent = result["agent"]
+    click.echo(f"added {name} ({user}@{host}:{port}), host key {confirmed} pinned")
+    if agent["ok"]:
+        outdated = " [outdated: redeploy with `central deploy --upgrade-outdated`]" if agent.get("outdated") else ""
+        click.echo(f"agent {agent.get('version')} answers{outdated}")
+    else:
+        click.echo(f"warning: {agent['reason']}: {agent['error']}")
+        click.echo(agent["hint"])
+
+
+@server.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--tag", help="Only servers with this tag.")
+@click.option("--status", type=click.Choice(["online", "offline", "error", "unknown"]), help="Only servers in this status.")
+@central_command
+async def server_list(central: Central, as_json, tag, status):
+    """List servers with status, CPU, memory, disk, load and last seen.
+
+    \b
+    Example:
+      central server list --tag prod
+      central server list --json | jq '.[] | select(.status != "online") | .name'
+    """
+    rows = await central.server_overview()
+    rows = [r for r in rows if (not tag or tag in r["tags"]) and (not status or r["status"] == status)]
+    if as_json:
+        _echo_json(rows)
+        return
+    t = Table("name", "host", "status", "cpu", "mem", "disk", "load", "last seen", "tags")
+    for r in rows:
+        s = r["sample"] or {}
+        load = "-" if s.get("load1") is None else f"{s['load1']:.2f}"
+        host = "(this host)" if r["kind"] == "local" else f"{r['user']}@{r['host']}:{r['port']}"
+        t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
+                  _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
+    console.print(t)
+
+
+@server.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def server_show(central: Central, name, as_json):
+    """Show one server: settings, status, agent, inventory and recent changes.
+
+    \b
+    Example:
+      central server show web1
+    """
+    d = await central.server_detail(name)
+    if as_json:
+        _echo_json(d)
+        return
+    s = d["server"]
+    t = Table(show_header=False, box=None)
+    for key in ("name", "host", "port", "user", "tags", "status", "status_reason", "last_error", "last_seen",
+                "host_key_fingerprint", "agent_version", "agent_sha256", "hostname"):
+        value = s.get(key)
+        if key == "last_seen":
+            value = _age(value)
+        elif key == "tags":
+            value = ", ".join(value)
+        t.add_row(key, "-" if value in (None, "") else str(value))
+    if d["agent_outdated"]:
+        t.add_row("agent", "[yellow]outdated[/yellow]")
+    console.print(t)
+    inv = (d["inventory"] or {}).get("doc") or {}
+    if inv:
+        console.print(f"inventory: {json.dumps(inv, sort_keys=True)[:400]}")
+    for change in d["inventory_changes"][:5]:
+        console.print(f"  {_age(change['ts'])}: {change['change_type']}: {change['change_summary']}")
+
+
+@server.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@central_command
+async def server_remove(central: Central, name, yes):
+    """Remove a server and all its stored history.
+
+    \b
+    Example:
+      central server remove web1 --yes
+    """
+    await central.storage.get_server(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CentralError("refusing to remove without confirmation: pass --yes")
+        if not click.confirm(f"Remove {name} and all its history?"):
+            raise CentralError("not removed")
+    await central.remove_server(name)
+    click.echo(f"removed {name}")
+
+
+@server.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def server_test(central: Central, name, as_json):
+    """Check SSH with the pinned key and the agent's health.
+
+    \b
+    Example:
+      central server test web1
+    """
+    result = await central.test_server(name)
+    if as_json:
+        _echo_json(result)
+    elif result.get("ok"):
+        click.echo(f"{name}: ok" + (f", agent {result['version']}" if result.get("version") else "")
+                   + (" (outdated)" if result.get("outdated") else ""))
+    else:
+        click.echo(f"{name}: {result['reason']}: {result['error']}")
+        if result.get("hint"):
+            click.echo(result["hint"])
+    if not result.get("ok"):
+        sys.exit(1)
+
+
+@server.command("trust")
+@click.argument("name")
+@click.option("--accept-host-key", is_flag=True, help="Pin the key the host presents now without asking.")
+@click.option("--host-key-fingerprint", "fp", help="Pin only if the host presents this SHA256 fingerprint.")
+@central_command
+async def server_trust(central: Central, name, accept_host_key, fp):
+    """Re-pin a server's host key after you verified the change (resumes polling).
+
+    \b
+    Example:
+      central server trust web1 --host-key-fingerprint SHA256:abc...
+    """
+    server = await central.storage.get_server(name)
+    probed = await central.probe(server.host, server.port)
+    if server.host_key_fingerprint:
+        click.echo(f"pinned now: {server.host_key_fingerprint}")
+    confirmed = _confirm_key(probed, accept_host_key, fp)
+    result = await central.trust_server(name, confirmed)
+    click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
+
+
+def main() -> None:
+    """Entry point of the `central` command."""
+    cli(prog_name="central")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

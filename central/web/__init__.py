@@ -1,0 +1,1 @@
+"""The HTTP side of central: JSON API and HTML pages over central.service."""
