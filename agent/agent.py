@@ -1,0 +1,2069 @@
+#!/usr/bin/env python3
+"""central agent: a small HTTP/1.1 JSON server reporting this host's state.
+
+One file, Python standard library only, Python 3.6 or later. The central reaches it over
+an SSH direct-tcpip channel to 127.0.0.1:8083; docs/agent-protocol.md is the contract.
+
+Run:   agent.py [--listen 127.0.0.1] [--port 8083] [--policy /etc/central-agent.json]
+Debug: agent.py --once /api/all
+
+In-process use (the central monitors its own host this way): load this file with
+importlib and use ``Collector(proc="/proc", sys="/sys", policy=None)`` and its
+``all()``, ``inventory()`` and ``health()`` methods. Importing has no side effects.
+
+Action policy
+-------------
+Actions (kill a process, start/stop/restart a systemd service or a docker container) are
+executed by the agent itself under a host-side JSON policy file (``--policy``, default
+/etc/central-agent.json). Keys not given in the file take the defaults below:
+
+    {"actions": {"kill": true, "service": true, "docker": true},
+     "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
+     "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
+                             "systemd-logind", "dbus-daemon", "dbus-broker"],
+     "service_patterns": ["*"],
+     "protected_units": ["ssh.service", "sshd.service", "dbus.service",
+                         "dbus-broker.service", "systemd-*", "central-agent.service",
+                         "getty@*", "serial-getty@*", "user@*", "user-runtime-dir@*"],
+     "container_patterns": ["*"],
+     "protected_containers": [],
+     "watched_units": [],
+     "watched_processes": []}
+
+Why this default when the file is absent: the actions are fixed verbs on named objects
+(no shell, no arguments of the caller's choosing reach a command line), every request is
+role-checked and audited by the central, and the SSH key the central uses is restricted
+to this port. The worst a wrong or malicious request can do is stop something, so the
+default allows the feature but protects what keeps the host reachable and manageable
+(sshd, systemd, dbus, this agent, logins): a mistaken click cannot lock the operator out.
+An operator who wants a read-only agent writes
+``{"actions": {"kill": false, "service": false, "docker": false}}``.
+
+A policy file that exists but cannot be read, is not valid JSON, has keys of the wrong
+type, or is writable by group/others or owned by another user than root/the agent
+refuses every action (fail closed) and says why in the 403 detail and in /api/health.
+"""
+
+import errno
+import fnmatch
+import heapq
+import json
+import logging
+import os
+import pwd
+import queue
+import re
+import selectors
+import signal
+import socket
+import stat as stat_mod
+import sys as sys_mod
+import threading
+import time
+from urllib.parse import parse_qs, quote, urlsplit
+
+VERSION = "1.0.0"
+
+log = logging.getLogger("central-agent")
+
+DEFAULT_POLICY_PATH = "/etc/central-agent.json"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+TOP_N = 10
+CMDLINE_MAX = 200
+PF_KTHREAD = 0x00200000
+
+DEFAULT_POLICY = {
+    "actions": {"kill": True, "service": True, "docker": True},
+    "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
+    "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
+                            "systemd-logind", "dbus-daemon", "dbus-broker"],
+    "service_patterns": ["*"],
+    "protected_units": ["ssh.service", "sshd.service", "dbus.service", "dbus-broker.service",
+                        "systemd-*", "central-agent.service", "getty@*", "serial-getty@*",
+                        "user@*", "user-runtime-dir@*"],
+    "container_patterns": ["*"],
+    "protected_containers": [],
+    "watched_units": [],
+    "watched_processes": [],
+}
+
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}$")
+CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERBS = ("start", "stop", "restart")
+# Local block-device filesystems worth reporting; network filesystems are left out on
+# purpose: statvfs on a dead NFS server hangs the collector.
+REAL_FSTYPES = frozenset(["ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "vfat", "exfat",
+                          "f2fs", "jfs", "reiserfs", "ntfs", "ntfs3", "hfsplus", "bcachefs",
+                          "nilfs2"])
+SKIP_NET = frozenset(["lo"])
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_SHA256 = []
+# http.client, hashlib (OpenSSL), subprocess and ipaddress are imported where used: on a
+# host without docker they would cost several MB of resident memory for nothing.
+
+
+def _sha256_hex(data):
+    """sha256 hex digest, preferring the builtin module over OpenSSL's (3 MB less RSS)."""
+    for name in ("_sha256", "_sha2"):
+        try:
+            mod = __import__(name)
+            return mod.sha256(data).hexdigest()
+        except (ImportError, AttributeError):
+            continue
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _which(program):
+    """Find an executable in the usual system directories and PATH (like shutil.which)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/usr/bin", "/sbin",
+                                                            "/bin"]
+    for d in dirs:
+        path = os.path.join(d, program)
+        if d and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _python_version():
+    return "%d.%d.%d" % sys_mod.version_info[:3]
+_START_MONOTONIC = time.monotonic()
+
+
+def agent_sha256():
+    """Return the hex sha256 of this agent file (computed once per process)."""
+    if not _SHA256:
+        try:
+            with open(os.path.abspath(__file__), "rb") as f:
+                _SHA256.append(_sha256_hex(f.read()))
+        except OSError:
+            return None
+    return _SHA256[0]
+
+
+# ---------------------------------------------------------------------------- reading
+
+def _read_bytes(path, size=65536):
+    """Read up to size bytes of a (usually /proc or /sys) file with one syscall pair."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_text(path, size=262144):
+    """Read a small text file as str."""
+    return _read_bytes(path, size).decode("utf-8", "replace")
+
+
+def _read_opt(path):
+    """Read a small text file, stripped; None when it is missing or unreadable."""
+    try:
+        return _read_text(path).strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _read_int(path):
+    """Read an integer file; None when missing, unreadable or not a number."""
+    value = _read_opt(path)
+    if value is None:
+        return None
+    try:
+        return int(value.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _kv_file(path, scale=1):
+    """Parse 'key value' lines (memory.stat, cpu.stat, meminfo-style) into ints."""
+    out = {}
+    for line in _read_text(path).splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2:
+            try:
+                out[parts[0]] = int(parts[1]) * scale
+            except ValueError:
+                pass
+    return out
+
+
+def _pct(part, whole):
+    """Percentage rounded to 0.1 (0.0 of nothing), or None when a figure is unknown."""
+    if part is None or whole is None:
+        return None
+    if whole == 0:
+        return 0.0
+    return round(100.0 * part / whole, 1)
+
+
+def _parse_cpu_list(text):
+    """Count CPUs in a kernel list like '0-3,8,10-11'."""
+    count = 0
+    for chunk in (text or "").strip().split(","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        if "-" in chunk:
+            lo, hi = chunk.split("-", 1)
+            count += int(hi) - int(lo) + 1
+        else:
+            count += 1
+    return count
+
+
+def _mounts(proc):
+    """List (device, mountpoint, fstype, options) from <proc>/self/mounts."""
+    try:
+        text = _read_text(os.path.join(proc, "self", "mounts"), 4 << 20)
+    except OSError:
+        text = _read_text(os.path.join(proc, "mounts"), 4 << 20)
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            out.append((_unescape_mount(parts[0]), _unescape_mount(parts[1]), parts[2],
+                        parts[3]))
+    return out
+
+
+def _unescape_mount(field):
+    """Undo the octal escaping (\\040 for space) of /proc/mounts fields."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _sys_path(sys, mountpoint):
+    """Map an absolute /sys/... mountpoint under a (possibly captured) sys root."""
+    if mountpoint == "/sys" or mountpoint.startswith("/sys/"):
+        return os.path.join(sys, mountpoint[len("/sys/"):]) if mountpoint != "/sys" else sys
+    return mountpoint
+
+
+# ----------------------------------------------------------------------------- cgroups
+
+def detect_cgroup(proc="/proc", sys="/sys"):
+    """Describe the cgroup hierarchy around PID 1 (the container's init) and LXCFS mounts.
+
+    Returns {"version": 1|2|None, "lxcfs": [paths], "v1": {controller: [dirs]},
+    "v2": [dirs]} where each list of dirs runs from the visible hierarchy root down to
+    PID 1's cgroup: the effective limit is the smallest one along that chain.
+    """
+    mounts = _mounts(proc)
+    lxcfs = sorted(mp for dev, mp, fstype, opts in mounts if fstype == "fuse.lxcfs")
+    v1_mounts = {}
+    v2_mount = None
+    for dev, mp, fstype, opts in mounts:
+        if fstype == "cgroup":
+            for opt in opts.split(","):
+                if opt in ("memory", "cpu", "cpuacct", "cpuset") and opt not in v1_mounts:
+                    v1_mounts[opt] = _sys_path(sys, mp)
+        elif fstype == "cgroup2" and v2_mount is None:
+            v2_mount = _sys_path(sys, mp)
+    membership = {}
+    for name in ("1", "self"):
+        try:
+            text = _read_text(os.path.join(proc, name, "cgroup"))
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                for ctl in (parts[1].split(",") if parts[1] else [""]):
+                    membership[ctl] = parts[2]
+        break
+
+    def chain(mount, path):
+        dirs = [mount]
+        cur = mount
+        for part in [p for p in (path or "/").split("/") if p]:
+            cur = os.path.join(cur, part)
+            if not os.path.isdir(cur):
+                break  # a cgroup namespace: the path is relative to a root we cannot see
+            dirs.append(cur)
+        return dirs
+
+    v1 = {}
+    for ctl, mount in v1_mounts.items():
+        v1[ctl] = chain(mount, membership.get(ctl, "/"))
+    v2 = chain(v2_mount, membership.get("", "/")) if v2_mount else []
+    version = None
+    if "memory" in v1 or "cpu" in v1:
+        version = 1
+    elif v2:
+        controllers = _read_opt(os.path.join(v2[0], "cgroup.controllers")) or ""
+        if "memory" in controllers.split() or "cpu" in controllers.split() or len(v2) > 1:
+            version = 2
+    return {"version": version, "lxcfs": lxcfs, "v1": v1, "v2": v2}
+
+
+def _cgroup_memory_limit(cg):
+    """(limit_bytes, dir) of the smallest memory limit on the chain, or (None, None)."""
+    best = (None, None)
+    if cg["version"] == 1:
+        dirs, fname = cg["v1"].get("memory", []), "memory.limit_in_bytes"
+    elif cg["version"] == 2:
+        dirs, fname = cg["v2"], "memory.max"
+    else:
+        return best
+    for d in dirs:
+        value = _read_opt(os.path.join(d, fname))
+        if value is None or value == "max":
+            continue
+        try:
+            limit = int(value)
+        except ValueError:
+            continue
+        if limit >= (1 << 62):
+            continue  # v1 "unlimited"
+        if best[0] is None or limit < best[0]:
+            best = (limit, d)
+    return best
+
+
+def _cgroup_cpu_limit(cg):
+    """(cpus as float, dir whose usage to read) for the cgroup CPU limit, or (None, None)."""
+    limit, where = None, None
+    if cg["version"] == 1:
+        for d in cg["v1"].get("cpu", []):
+            quota = _read_int(os.path.join(d, "cpu.cfs_quota_us"))
+            period = _read_int(os.path.join(d, "cpu.cfs_period_us"))
+            if quota and quota > 0 and period:
+                cpus = float(quota) / period
+                if limit is None or cpus < limit:
+                    limit, where = cpus, d
+        cpuset_dirs = cg["v1"].get("cpuset", [])
+        if cpuset_dirs:
+            d = cpuset_dirs[-1]
+            text = _read_opt(os.path.join(d, "cpuset.effective_cpus"))
+            if text is None:
+                text = _read_opt(os.path.join(d, "cpuset.cpus"))
+            n = _parse_cpu_list(text) if text else 0
+            if n and (limit is None or n < limit):
+                limit, where = float(n), d
+    elif cg["version"] == 2:
+        for d in cg["v2"]:
+            text = _read_opt(os.path.join(d, "cpu.max"))
+            if text:
+                parts = text.split()
+                if len(parts) == 2 and parts[0] != "max":
+                    cpus = float(parts[0]) / float(parts[1])
+                    if limit is None or cpus < limit:
+                        limit, where = cpus, d
+        if cg["v2"]:
+            d = cg["v2"][-1]
+            text = _read_opt(os.path.join(d, "cpuset.cpus.effective"))
+            n = _parse_cpu_list(text) if text else 0
+            if n and (limit is None or n < limit):
+                limit, where = float(n), d
+    return limit, where
+
+
+def _cgroup_cpu_usage(cg, where):
+    """Cumulative cgroup CPU usage as (total_ns, user_ns, system_ns); parts may be None."""
+    if cg["version"] == 2:
+        d = where if where and where in cg["v2"] else cg["v2"][0]
+        st = _kv_file(os.path.join(d, "cpu.stat"))
+        def ns(key):
+            return st[key] * 1000 if key in st else None
+        return ns("usage_usec"), ns("user_usec"), ns("system_usec")
+    # v1: cpuacct may be its own hierarchy; use the same relative path as the limit.
+    acct = cg["v1"].get("cpuacct", [])
+    if not acct:
+        return None, None, None
+    d = acct[-1]
+    if where:
+        for ctl in ("cpu", "cpuset"):
+            dirs = cg["v1"].get(ctl, [])
+            if where in dirs:
+                rel = os.path.relpath(where, dirs[0])
+                candidate = os.path.normpath(os.path.join(acct[0], rel))
+                if os.path.isdir(candidate):
+                    d = candidate
+                break
+    total = _read_int(os.path.join(d, "cpuacct.usage"))
+    user = system = None
+    try:
+        st = _kv_file(os.path.join(d, "cpuacct.stat"))
+        ns_per_tick = 1e9 / _CLK_TCK
+        if "user" in st:
+            user = st["user"] * ns_per_tick
+        if "system" in st:
+            system = st["system"] * ns_per_tick
+    except OSError:
+        pass
+    return total, user, system
+
+
+# -------------------------------------------------------------------------- collectors
+
+def collect_memory(proc="/proc", cgroup=None):
+    """Memory and swap figures; cgroup limits replace /proc figures inside a container."""
+    info = _kv_file(os.path.join(proc, "meminfo"), 1024)
+    total = info.get("MemTotal")
+    available = info.get("MemAvailable")
+    if available is None and total is not None:
+        available = info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0)
+    swap_total = info.get("SwapTotal")
+    swap_used = None if swap_total is None else swap_total - info.get("SwapFree", 0)
+    source = "proc"
+    lxcfs = cgroup and os.path.join("/proc", "meminfo") in cgroup.get("lxcfs", [])
+    if lxcfs:
+        source = "lxcfs"
+    elif cgroup and cgroup.get("version"):
+        limit, d = _cgroup_memory_limit(cgroup)
+        if limit is not None and (total is None or limit < total):
+            if cgroup["version"] == 1:
+                usage = _read_int(os.path.join(d, "memory.usage_in_bytes"))
+                st = _kv_file(os.path.join(d, "memory.stat"))
+                inactive = st.get("total_inactive_file", st.get("inactive_file", 0))
+                msw_limit = _read_int(os.path.join(d, "memory.memsw.limit_in_bytes"))
+                msw_usage = _read_int(os.path.join(d, "memory.memsw.usage_in_bytes"))
+                if msw_limit is not None and msw_limit < (1 << 62) and msw_usage is not None:
+                    swap_total = max(0, msw_limit - limit)
+                    swap_used = max(0, msw_usage - (usage or 0))
+                source = "cgroup-v1"
+            else:
+                usage = _read_int(os.path.join(d, "memory.current"))
+                st = _kv_file(os.path.join(d, "memory.stat"))
+                inactive = st.get("inactive_file", 0)
+                sw_max = _read_opt(os.path.join(d, "memory.swap.max"))
+                sw_cur = _read_int(os.path.join(d, "memory.swap.current"))
+                if sw_max is not None and sw_max != "max" and sw_cur is not None:
+                    swap_total, swap_used = int(sw_max), sw_cur
+                source = "cgroup-v2"
+            used = None if usage is None else max(0, usage - inactive)
+            total = limit
+            avail_cg = None if used is None else max(0, limit - used)
+            available = avail_cg if available is None else min(available, avail_cg or 0)
+            return {"total": total, "available": available, "used": used,
+                    "percent": _pct(used, total), "swap_total": swap_total,
+                    "swap_used": swap_used, "swap_percent": _pct(swap_used, swap_total),
+                    "source": source}
+    used = None if total is None or available is None else total - available
+    return {"total": total, "available": available, "used": used,
+            "percent": _pct(used, total), "swap_total": swap_total, "swap_used": swap_used,
+            "swap_percent": _pct(swap_used, swap_total), "source": source}
+
+
+def read_cpu_sample(proc="/proc", cgroup=None):
+    """Cumulative CPU counters (for rates): /proc/stat lines, plus cgroup usage if limited."""
+    total = None
+    cores = []
+    for line in _read_text(os.path.join(proc, "stat")).splitlines():
+        if not line.startswith("cpu"):
+            break
+        parts = line.split()
+        values = [int(v) for v in parts[1:9]] + [0] * max(0, 8 - len(parts[1:9]))
+        if parts[0] == "cpu":
+            total = values
+        else:
+            cores.append(values)
+    sample = {"t": time.monotonic(), "total": total, "cores": cores, "count": len(cores),
+              "source": "proc", "limit": None, "usage": None}
+    if cgroup and os.path.join("/proc", "stat") in cgroup.get("lxcfs", []):
+        sample["source"] = "lxcfs"
+    elif cgroup and cgroup.get("version"):
+        limit, where = _cgroup_cpu_limit(cgroup)
+        if limit is not None and limit < len(cores):
+            sample["limit"] = limit
+            sample["usage"] = _cgroup_cpu_usage(cgroup, where)
+            sample["source"] = "cgroup-v%d" % cgroup["version"]
+    return sample
+
+
+def _cpu_split(prev, cur):
+    """Percent breakdown between two /proc/stat rows (user nice system idle iowait irq softirq steal)."""
+    d = [c - p for c, p in zip(cur, prev)]
+    total = sum(d)
+    if total <= 0:
+        return None
+    busy = total - d[3] - d[4]
+    return {"percent": round(100.0 * busy / total, 1),
+            "user": round(100.0 * (d[0] + d[1]) / total, 1),
+            "system": round(100.0 * (d[2] + d[5] + d[6]) / total, 1),
+            "iowait": round(100.0 * d[4] / total, 1),
+            "steal": round(100.0 * d[7] / total, 1)}
+
+
+def cpu_rates(prev, cur):
+    """The cpu section of /api/all from two read_cpu_sample() results."""
+    out = {"percent": None, "user": None, "system": None, "iowait": None, "steal": None,
+           "count": cur["count"], "per_core": None, "limit": cur["limit"],
+           "source": cur["source"]}
+    if cur["source"].startswith("cgroup"):
+        out["count"] = int(-(-cur["limit"] // 1))
+        if prev and prev.get("usage") and cur["usage"] and cur["usage"][0] is not None \
+                and prev["usage"][0] is not None:
+            wall_ns = (cur["t"] - prev["t"]) * 1e9 * cur["limit"]
+            if wall_ns > 0:
+                def rate(i):
+                    if cur["usage"][i] is None or prev["usage"][i] is None:
+                        return None
+                    return round(min(100.0, max(0.0, 100.0 * (cur["usage"][i] - prev["usage"][i])
+                                                / wall_ns)), 1)
+                out["percent"], out["user"], out["system"] = rate(0), rate(1), rate(2)
+        return out
+    if prev and prev.get("total") and cur["total"]:
+        split = _cpu_split(prev["total"], cur["total"])
+        if split:
+            out.update(split)
+        if len(prev["cores"]) == len(cur["cores"]):
+            per = []
+            for p, c in zip(prev["cores"], cur["cores"]):
+                s = _cpu_split(p, c)
+                per.append(s["percent"] if s else 0.0)
+            out["per_core"] = per
+    return out
+
+
+def collect_load(proc="/proc"):
+    """Load averages from /proc/loadavg."""
+    parts = _read_text(os.path.join(proc, "loadavg")).split()
+    return {"load1": float(parts[0]), "load5": float(parts[1]), "load15": float(parts[2])}
+
+
+def collect_uptime(proc="/proc"):
+    """Seconds since boot (from /proc/uptime)."""
+    return float(_read_text(os.path.join(proc, "uptime")).split()[0])
+
+
+def collect_hostname(proc="/proc"):
+    """The host name (kernel UTS name)."""
+    name = _read_opt(os.path.join(proc, "sys", "kernel", "hostname"))
+    return name or socket.gethostname()
+
+
+def list_filesystems(proc="/proc"):
+    """Real local filesystems as (device, mountpoint, fstype), bind mounts folded."""
+    seen = {}
+    for dev, mp, fstype, opts in _mounts(proc):
+        if fstype not in REAL_FSTYPES:
+            continue
+        if fstype not in ("zfs", "btrfs") and not dev.startswith("/"):
+            continue
+        key = dev if fstype != "btrfs" else dev  # one entry per device
+        if key in seen and len(seen[key][1]) <= len(mp):
+            continue
+        seen[key] = (dev, mp, fstype)
+    return sorted(seen.values(), key=lambda x: x[1])
+
+
+def collect_filesystems(proc="/proc", root=""):
+    """Usage of every real filesystem (statvfs under root, '' for the live system)."""
+    out = []
+    for dev, mp, fstype in list_filesystems(proc):
+        entry = {"device": dev, "mountpoint": mp, "fstype": fstype, "total": None,
+                 "used": None, "free": None, "percent": None, "inodes_total": None,
+                 "inodes_used": None, "inodes_percent": None}
+        try:
+            st = os.statvfs(root + mp if root else mp)
+        except OSError:
+            out.append(entry)
+            continue
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        inodes_used = st.f_files - st.f_ffree
+        entry.update({"total": total, "used": used, "free": free,
+                      # as df: used / (used + available to unprivileged users)
+                      "percent": _pct(used, used + free),
+                      "inodes_total": st.f_files, "inodes_used": inodes_used,
+                      "inodes_percent": _pct(inodes_used, st.f_files)})
+        out.append(entry)
+    return out
+
+
+def read_disk_sample(proc="/proc", sys="/sys"):
+    """Cumulative read/write bytes per whole disk from /proc/diskstats."""
+    try:
+        disks = set(os.listdir(os.path.join(sys, "block")))
+    except OSError:
+        disks = None
+    devices = {}
+    for line in _read_text(os.path.join(proc, "diskstats"), 1 << 20).splitlines():
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        name = parts[2]
+        if name.startswith(("loop", "ram", "zram", "fd", "sr")):
+            continue
+        if disks is not None and name not in disks:
+            continue  # a partition: counted in its disk already
+        devices[name] = (int(parts[5]) * 512, int(parts[9]) * 512)
+    return {"t": time.monotonic(), "devices": devices}
+
+
+def disk_rates(prev, cur):
+    """The disk_io section from two read_disk_sample() results."""
+    dt = (cur["t"] - prev["t"]) if prev else 0
+    devs = []
+    total_r = total_w = 0.0 if dt > 0 else None
+    for name in sorted(cur["devices"]):
+        r, w = cur["devices"][name]
+        entry = {"name": name, "read_rate": None, "write_rate": None,
+                 "read_bytes": r, "write_bytes": w}
+        if dt > 0 and name in prev["devices"]:
+            pr, pw = prev["devices"][name]
+            entry["read_rate"] = round(max(0, r - pr) / dt, 1)
+            entry["write_rate"] = round(max(0, w - pw) / dt, 1)
+            total_r += entry["read_rate"]
+            total_w += entry["write_rate"]
+        devs.append(entry)
+    return {"read_rate": None if total_r is None else round(total_r, 1),
+            "write_rate": None if total_w is None else round(total_w, 1),
+            "devices": devs}
+
+
+def read_net_sample(proc="/proc"):
+    """Cumulative counters per interface from /proc/net/dev (loopback left out)."""
+    ifaces = {}
+    for line in _read_text(os.path.join(proc, "net", "dev"), 1 << 20).splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        if not name or name in SKIP_NET:
+            continue
+        f = rest.split()
+        if len(f) < 16:
+            continue
+        ifaces[name] = (int(f[0]), int(f[8]), int(f[2]), int(f[10]), int(f[3]), int(f[11]))
+    return {"t": time.monotonic(), "ifaces": ifaces}
+
+
+def net_rates(prev, cur):
+    """The network section from two read_net_sample() results."""
+    dt = (cur["t"] - prev["t"]) if prev else 0
+    out = []
+    rx_total = tx_total = 0.0 if dt > 0 else None
+    for name in sorted(cur["ifaces"]):
+        rx, tx, rxe, txe, rxd, txd = cur["ifaces"][name]
+        entry = {"name": name, "rx_bytes": rx, "tx_bytes": tx, "rx_rate": None,
+                 "tx_rate": None, "rx_errors": rxe, "tx_errors": txe, "rx_drops": rxd,
+                 "tx_drops": txd}
+        if dt > 0 and name in prev["ifaces"]:
+            p = prev["ifaces"][name]
+            entry["rx_rate"] = round(max(0, rx - p[0]) / dt, 1)
+            entry["tx_rate"] = round(max(0, tx - p[1]) / dt, 1)
+            rx_total += entry["rx_rate"]
+            tx_total += entry["tx_rate"]
+        out.append(entry)
+    return {"rx_rate": None if rx_total is None else round(rx_total, 1),
+            "tx_rate": None if tx_total is None else round(tx_total, 1),
+            "interfaces": out}
+
+
+def parse_stat(data):
+    """Parse /proc/PID/stat bytes into (name, fields after the name); fields[0] is state."""
+    lp = data.find(b"(")
+    rp = data.rfind(b")")
+    if lp < 0 or rp < 0:
+        raise ValueError("malformed stat")
+    return data[lp + 1:rp].decode("utf-8", "replace"), data[rp + 2:].split()
+
+
+def scan_processes(proc="/proc"):
+    """One pass over <proc>/PID/stat: {(pid, start_time): (ticks, rss_bytes, name)}.
+
+    Only the stat file is read per process (the cheap part); a process that vanishes
+    or cannot be read mid-scan is skipped.
+    """
+    table = {}
+    page = _PAGE_SIZE
+    prefix = proc.rstrip("/") + "/"
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            fd = os.open(prefix + entry + "/stat", os.O_RDONLY)
+            try:
+                data = os.read(fd, 2048)
+            finally:
+                os.close(fd)
+            rp = data.rfind(b")")
+            f = data[rp + 2:].split()
+            table[(int(entry), int(f[19]))] = (int(f[11]) + int(f[12]), int(f[21]) * page,
+                                              data[data.find(b"(") + 1:rp])
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+_USER_CACHE = {}
+
+
+def _user_name(uid):
+    """User name for a uid, cached (numeric string when unknown)."""
+    name = _USER_CACHE.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            name = str(uid)
+        if len(_USER_CACHE) > 4096:
+            _USER_CACHE.clear()
+        _USER_CACHE[uid] = name
+    return name
+
+
+def process_details(proc, pid):
+    """(user, cmdline) for one process; None fields when it vanished or is unreadable."""
+    base = os.path.join(proc, str(pid))
+    try:
+        user = _user_name(os.stat(base).st_uid)
+    except OSError:
+        user = None
+    try:
+        raw = _read_bytes(os.path.join(base, "cmdline"), 4096)
+        cmdline = raw.replace(b"\0", b" ").strip().decode("utf-8", "replace")[:CMDLINE_MAX]
+    except OSError:
+        cmdline = None
+    return user, cmdline
+
+
+def process_entries(proc, prev, cur, dt, keys):
+    """Build process dicts for the given (pid, start_time) keys with cpu percent since prev."""
+    out = []
+    for key in keys:
+        ticks, rss, comm = cur[key]
+        user, cmdline = process_details(proc, key[0])
+        out.append({"pid": key[0], "start_time": key[1], "user": user,
+                    "name": comm.decode("utf-8", "replace"), "cmdline": cmdline,
+                    "cpu_percent": _proc_cpu(prev, cur, dt, key), "rss": rss})
+    return out
+
+
+def _proc_cpu(prev, cur, dt, key):
+    """Percent of one core used by a process since the previous scan (None: no baseline)."""
+    if prev is None or dt <= 0:
+        return None
+    before = prev["table"].get(key)
+    if before is None:
+        # Started after the previous scan: everything it used counts; else unknown (0).
+        if key[1] >= prev["boot_ticks"]:
+            delta = cur[key][0]
+        else:
+            delta = 0
+    else:
+        delta = cur[key][0] - before[0]
+    return round(max(0.0, 100.0 * delta / _CLK_TCK / dt), 1)
+
+
+def collect_systemd(watched=(), systemctl=None, timeout=5.0):
+    """Failed units and the state of the watched units, via systemctl (argv list, no shell)."""
+    exe = systemctl or _which("systemctl")
+    booted = os.path.isdir("/run/systemd/system")
+    if not exe or not os.path.exists(exe) or (systemctl is None and not booted):
+        return {"available": False, "failed": [], "watched": {u: None for u in watched}}
+    res = _run([exe, "list-units", "--state=failed", "--no-legend", "--plain", "--no-pager",
+                "--full"], timeout)
+    if res[0] != 0:
+        raise RuntimeError("systemctl list-units exited %s: %s" % (res[0], res[1][:200]))
+    failed = [line.split()[0] for line in res[1].splitlines() if line.split()]
+    states = {}
+    if watched:
+        code, text = _run([exe, "is-active", "--"] + list(watched), timeout)
+        lines = text.splitlines()
+        for i, unit in enumerate(watched):
+            states[unit] = lines[i].strip() if i < len(lines) else None
+    return {"available": True, "failed": failed, "watched": states}
+
+
+def _run(argv, timeout):
+    """Run argv (never through a shell); return (exit status, combined output)."""
+    import subprocess
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, close_fds=True,
+                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
+                              "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        return None, "timed out after %.0f s: %s" % (timeout, out.decode("utf-8", "replace"))
+    return p.returncode, out.decode("utf-8", "replace")
+
+
+_UNIX_HTTP = []
+
+
+def _unix_http_class():
+    """http.client.HTTPConnection over an AF_UNIX socket, defined on first use."""
+    if not _UNIX_HTTP:
+        import http.client
+
+        class UnixHTTPConnection(http.client.HTTPConnection):
+            def __init__(self, path, timeout):
+                http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+                self._unix_path = path
+
+            def connect(self):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(self.timeout)
+                try:
+                    s.connect(self._unix_path)
+                except Exception:
+                    s.close()
+                    raise
+                self.sock = s
+
+        _UNIX_HTTP.append(UnixHTTPConnection)
+    return _UNIX_HTTP[0]
+
+
+class DockerError(Exception):
+    """The Docker Engine API could not be reached or answered garbage."""
+
+
+def docker_request(sock_path, method, path, timeout=5.0):
+    """One Engine API request; returns (status, parsed JSON or text or None)."""
+    import http.client
+    conn = _unix_http_class()(sock_path, timeout)
+    try:
+        conn.request(method, path, headers={"Host": "docker", "Content-Length": "0"}
+                     if method == "POST" else {"Host": "docker"})
+        resp = conn.getresponse()
+        raw = resp.read(8 << 20)
+        body = None
+        if raw:
+            try:
+                body = json.loads(raw.decode("utf-8", "replace"))
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        return resp.status, body
+    except (OSError, http.client.HTTPException) as e:
+        raise DockerError("docker API on %s: %s" % (sock_path, e))
+    finally:
+        conn.close()
+
+
+def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
+    """Containers from the Docker Engine API on the unix socket (never the docker CLI)."""
+    if not sock_path or not os.path.exists(sock_path):
+        return {"available": False, "containers": []}
+    status, body = docker_request(sock_path, "GET", "/containers/json?all=1", timeout)
+    if status != 200 or not isinstance(body, list):
+        raise RuntimeError("docker API answered %s" % status)
+    out = []
+    for c in body[:200]:
+        names = c.get("Names") or []
+        out.append({"name": names[0].lstrip("/") if names else None,
+                    "id": (c.get("Id") or "")[:12] or None, "image": c.get("Image"),
+                    "state": c.get("State"), "status": c.get("Status")})
+    out.sort(key=lambda c: c["name"] or "")
+    return {"available": True, "containers": out}
+
+
+# --------------------------------------------------------------------------- inventory
+
+def parse_os_release(text):
+    """KEY=value lines of os-release into a dict (quotes removed)."""
+    out = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            v = v.strip()
+            if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+                v = v[1:-1]
+            out[k.strip()] = v
+    return out
+
+
+def detect_virtualization(proc="/proc", sys="/sys", root=""):
+    """'lxc', 'docker', 'podman', 'kvm', 'vmware', ... or 'none' (systemd-detect-virt's clues)."""
+    try:
+        env = _read_bytes(os.path.join(proc, "1", "environ"), 65536).split(b"\0")
+        for item in env:
+            if item.startswith(b"container="):
+                return item[len(b"container="):].decode("ascii", "replace") or "container"
+    except OSError:
+        pass
+    value = _read_opt(root + "/run/systemd/container")
+    if value:
+        return value
+    if os.path.exists(root + "/.dockerenv"):
+        return "docker"
+    if os.path.exists(root + "/run/.containerenv"):
+        return "podman"
+    vendor = " ".join(filter(None, [
+        _read_opt(os.path.join(sys, "class", "dmi", "id", "sys_vendor")),
+        _read_opt(os.path.join(sys, "class", "dmi", "id", "product_name"))])).lower()
+    for clue, name in (("qemu", "kvm"), ("kvm", "kvm"), ("vmware", "vmware"),
+                       ("virtualbox", "oracle"), ("microsoft", "microsoft"), ("xen", "xen"),
+                       ("amazon ec2", "amazon"), ("google", "google")):
+        if clue in vendor:
+            return name
+    try:
+        head = _read_text(os.path.join(proc, "cpuinfo"), 16384)
+        if " hypervisor" in head:
+            return "vm"
+    except OSError:
+        pass
+    return "none"
+
+
+def _iface_ipv4(name):
+    """Primary IPv4 address/prefix of a live interface via ioctl, or None."""
+    import ipaddress
+    try:
+        import fcntl
+        import struct
+    except ImportError:
+        return None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", name.encode()[:15])
+        addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])
+        mask = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891B, req)[20:24])
+        prefix = ipaddress.IPv4Network("0.0.0.0/" + mask).prefixlen
+        return "%s/%d" % (addr, prefix)
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=True):
+    """The stable description of the host: OS, kernel, hardware, disks, interfaces."""
+    osr = {}
+    for path in (os.path.join(etc, "os-release"), "/usr/lib/os-release" if live else ""):
+        if path and os.path.exists(path):
+            osr = parse_os_release(_read_text(path))
+            break
+    cpu_model = None
+    try:
+        for line in _read_text(os.path.join(proc, "cpuinfo"), 16384).splitlines():
+            if line.startswith(("model name", "Processor", "cpu model", "Model")):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu_count = _parse_cpu_list(_read_opt(os.path.join(sys, "devices", "system", "cpu",
+                                                       "online"))) or None
+    mem_total = None
+    try:
+        mem = collect_memory(proc, cgroup)
+        mem_total = mem["total"]
+    except (OSError, ValueError, KeyError):
+        pass
+    cpu_limit = None
+    if cgroup and cgroup.get("version") and \
+            os.path.join("/proc", "stat") not in cgroup.get("lxcfs", []):
+        limit, _ = _cgroup_cpu_limit(cgroup)
+        if limit is not None and (cpu_count is None or limit < cpu_count):
+            cpu_limit = limit
+    disks = []
+    block = os.path.join(sys, "block")
+    try:
+        names = sorted(os.listdir(block))
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(("loop", "ram", "zram", "fd")):
+            continue
+        d = os.path.join(block, name)
+        size = _read_int(os.path.join(d, "size"))
+        disks.append({"name": name, "size": None if size is None else size * 512,
+                      "model": _read_opt(os.path.join(d, "device", "model")),
+                      "rotational": _read_int(os.path.join(d, "queue", "rotational")) == 1,
+                      "removable": _read_int(os.path.join(d, "removable")) == 1})
+    fss = []
+    try:
+        for dev, mp, fstype in list_filesystems(proc):
+            total = None
+            if live:
+                try:
+                    st = os.statvfs(mp)
+                    total = st.f_blocks * st.f_frsize
+                except OSError:
+                    pass
+            fss.append({"device": dev, "mountpoint": mp, "fstype": fstype, "total": total})
+    except OSError:
+        pass
+    import ipaddress
+    ifaces = []
+    v6 = {}
+    try:
+        for line in _read_text(os.path.join(proc, "net", "if_inet6")).splitlines():
+            f = line.split()
+            if len(f) >= 6:
+                addr = str(ipaddress.IPv6Address(int(f[0], 16)))
+                v6.setdefault(f[5], []).append("%s/%d" % (addr, int(f[2], 16)))
+    except (OSError, ValueError):
+        pass
+    net = os.path.join(sys, "class", "net")
+    try:
+        names = sorted(os.listdir(net))
+    except OSError:
+        names = []
+    for name in names:
+        if name == "lo":
+            continue
+        addrs = []
+        v4 = _iface_ipv4(name) if live else None
+        if v4:
+            addrs.append(v4)
+        addrs.extend(sorted(v6.get(name, [])))
+        ifaces.append({"name": name, "mac": _read_opt(os.path.join(net, name, "address")),
+                       "addresses": addrs, "mtu": _read_int(os.path.join(net, name, "mtu"))})
+    uname = os.uname()
+    return {
+        "hostname": collect_hostname(proc),
+        "os": {"id": osr.get("ID"), "name": osr.get("NAME"),
+               "version_id": osr.get("VERSION_ID"), "pretty_name": osr.get("PRETTY_NAME")},
+        "kernel": _read_opt(os.path.join(proc, "sys", "kernel", "osrelease")) or uname.release,
+        "arch": uname.machine,
+        "virtualization": detect_virtualization(proc, sys, "" if live else "/nonexistent"),
+        "cpu": {"model": cpu_model, "count": cpu_count, "limit": cpu_limit},
+        "memory_total": mem_total,
+        "block_devices": disks,
+        "filesystems": fss,
+        "interfaces": ifaces,
+    }
+
+
+def inventory_hash(inventory):
+    """Hash of the inventory's stable content: changes exactly when the document does."""
+    blob = json.dumps(inventory, sort_keys=True, separators=(",", ":")).encode()
+    return _sha256_hex(blob)
+
+
+# ------------------------------------------------------------------------------ policy
+
+def load_policy(source):
+    """Return (policy dict, status string). source: None (defaults), a dict, or a path.
+
+    Any problem with an existing file yields a policy with every action disabled.
+    """
+    if source is None:
+        return _merge_policy({}), "default"
+    if isinstance(source, dict):
+        try:
+            return _merge_policy(source), "given"
+        except ValueError as e:
+            reason = "%s" % e
+        return _closed_policy(reason), reason
+    try:
+        st = os.stat(source)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return _merge_policy({}), "default (no %s)" % source
+        reason = "cannot stat %s: %s" % (source, e.strerror)
+        return _closed_policy(reason), reason
+    if st.st_mode & (stat_mod.S_IWGRP | stat_mod.S_IWOTH):
+        reason = "%s is writable by group or others" % source
+        return _closed_policy(reason), reason
+    if st.st_uid not in (0, os.geteuid()):
+        reason = "%s is owned by uid %d" % (source, st.st_uid)
+        return _closed_policy(reason), reason
+    try:
+        with open(source, "rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("top level is not an object")
+        return _merge_policy(data), "file %s" % source
+    except (OSError, ValueError) as e:
+        reason = "%s: %s" % (source, e)
+        return _closed_policy(reason), reason
+
+
+def _closed_policy(reason):
+    pol = _merge_policy({})
+    pol["actions"] = {"kill": False, "service": False, "docker": False}
+    pol["_refusal"] = "the host policy file is invalid, so every action is refused: " + reason
+    return pol
+
+
+def _merge_policy(data):
+    """Defaults overlaid with data, type-checked (ValueError on a wrong type)."""
+    pol = json.loads(json.dumps(DEFAULT_POLICY))
+    for key, value in data.items():
+        if key not in DEFAULT_POLICY:
+            raise ValueError("unknown key %r" % key)
+        if key == "actions":
+            if not isinstance(value, dict):
+                raise ValueError("actions must be an object")
+            for k, v in value.items():
+                if k not in pol["actions"] or not isinstance(v, bool):
+                    raise ValueError("actions.%s must be one of kill/service/docker with a "
+                                     "boolean value" % k)
+                pol["actions"][k] = v
+        else:
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError("%s must be a list of strings" % key)
+            pol[key] = list(value)
+    pol["kill_signals"] = [_signal_name(s) or s for s in pol["kill_signals"]]
+    return pol
+
+
+def _signal_name(name):
+    """Normalise 'SIGTERM'/'term'/'TERM' to 'TERM' if it is a real signal, else None."""
+    if not isinstance(name, str):
+        return None
+    n = name.upper()
+    if n.startswith("SIG"):
+        n = n[3:]
+    return n if hasattr(signal, "SIG" + n) and not n.startswith(("_", "RT")) \
+        and n not in ("IGN", "DFL") else None
+
+
+# ----------------------------------------------------------------------------- actions
+
+class ActionError(Exception):
+    """An action refused or impossible: carries the HTTP status, error code and detail."""
+
+    def __init__(self, status, code, detail):
+        Exception.__init__(self, detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def _bad(field, why):
+    return ActionError(400, "bad_request", "%s: %s" % (field, why))
+
+
+def _forbidden(why):
+    return ActionError(403, "forbidden", why)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def action_kill(body, policy, proc="/proc", own_pid=None):
+    """Signal a process after checking pid, start time, kernel-thread status and policy."""
+    pid, start_time, sig = body.get("pid"), body.get("start_time"), body.get("signal", "TERM")
+    if not _is_int(pid) or pid <= 0:
+        raise _bad("pid", "must be a positive integer")
+    if not _is_int(start_time) or start_time < 0:
+        raise _bad("start_time", "must be a non-negative integer (field 22 of /proc/PID/stat)")
+    name = _signal_name(sig)
+    if name is None:
+        raise _bad("signal", "unknown signal %r" % (sig,))
+    if not policy["actions"]["kill"]:
+        raise _forbidden(policy.get("_refusal") or "kill actions are disabled by the host policy")
+    if name not in policy["kill_signals"]:
+        raise _forbidden("signal %s is not in the policy's kill_signals" % name)
+    if pid == 1:
+        raise _forbidden("refusing to signal pid 1 (init)")
+    if pid == (own_pid or os.getpid()):
+        raise _forbidden("refusing to signal the agent itself")
+    started = time.monotonic()
+    pidfd = None
+    pidfd_open = getattr(os, "pidfd_open", None)
+    send = getattr(signal, "pidfd_send_signal", None)
+    if pidfd_open and send and proc == "/proc":
+        try:
+            pidfd = pidfd_open(pid)  # pins the process: no pid reuse between check and kill
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise ActionError(404, "no_such_process", "no process with pid %d" % pid)
+            pidfd = None
+    try:
+        try:
+            data = _read_bytes(os.path.join(proc, str(pid), "stat"), 2048)
+            comm, f = parse_stat(data)
+            ppid, flags, st = int(f[1]), int(f[6]), int(f[19])
+        except (OSError, ValueError, IndexError):
+            raise ActionError(404, "no_such_process", "no process with pid %d" % pid)
+        if st != start_time:
+            raise ActionError(409, "stale_pid", "pid %d has start_time %d, not %d: the process "
+                              "you saw is gone" % (pid, st, start_time))
+        if pid == 2 or ppid == 2 or flags & PF_KTHREAD:
+            raise _forbidden("refusing to signal kernel thread %d (%s)" % (pid, comm))
+        for pattern in policy["protected_processes"]:
+            if fnmatch.fnmatchcase(comm, pattern):
+                raise _forbidden("process %s is protected by the policy (%s)" % (comm, pattern))
+        signum = getattr(signal, "SIG" + name)
+        try:
+            if pidfd is not None:
+                send(pidfd, signum)
+            else:
+                os.kill(pid, signum)
+        except OSError as e:
+            return {"ok": False, "exit_status": e.errno, "output": "kill %d: %s" % (pid, e.strerror),
+                    "duration_ms": _ms(started)}
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return {"ok": True, "exit_status": 0, "output": "sent SIG%s to %d (%s)" % (name, pid, comm),
+            "duration_ms": _ms(started)}
+
+
+def _ms(started):
+    return round((time.monotonic() - started) * 1000.0, 2)
+
+
+def _check_verb(body):
+    verb = body.get("verb")
+    if verb not in VERBS:
+        raise _bad("verb", "must be one of start, stop, restart")
+    return verb
+
+
+def action_service(body, policy, systemctl=None, timeout=90.0):
+    """start/stop/restart a systemd service with systemctl (argv list, timeout)."""
+    unit = body.get("unit")
+    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.startswith("-") \
+            or ".." in unit:
+        raise _bad("unit", "must match %s" % UNIT_RE.pattern)
+    verb = _check_verb(body)
+    # Only services: 'reboot.target' becomes 'reboot.target.service', which does not exist.
+    if not unit.endswith(".service"):
+        unit += ".service"
+    if not policy["actions"]["service"]:
+        raise _forbidden(policy.get("_refusal") or "service actions are disabled by the host policy")
+    for pattern in policy["protected_units"]:
+        if fnmatch.fnmatchcase(unit, pattern):
+            raise _forbidden("unit %s is protected by the policy (%s)" % (unit, pattern))
+    if not any(fnmatch.fnmatchcase(unit, p) for p in policy["service_patterns"]):
+        raise _forbidden("unit %s matches none of the policy's service_patterns" % unit)
+    exe = systemctl or _which("systemctl")
+    if not exe or not os.access(exe, os.X_OK):
+        raise ActionError(503, "unavailable", "systemctl not found on this host")
+    started = time.monotonic()
+    try:
+        code, out = _run([exe, verb, "--no-ask-password", "--", unit], timeout)
+    except OSError as e:
+        raise ActionError(503, "unavailable", "cannot run systemctl: %s" % e.strerror)
+    return {"ok": code == 0, "exit_status": code, "output": out[-4000:],
+            "duration_ms": _ms(started)}
+
+
+def action_docker(body, policy, sock_path=DEFAULT_DOCKER_SOCKET, timeout=90.0):
+    """start/stop/restart a container through the Engine API on the unix socket."""
+    name = body.get("container")
+    if not isinstance(name, str) or not CONTAINER_RE.match(name):
+        raise _bad("container", "must match %s" % CONTAINER_RE.pattern)
+    verb = _check_verb(body)
+    if not policy["actions"]["docker"]:
+        raise _forbidden(policy.get("_refusal") or "docker actions are disabled by the host policy")
+    if not sock_path or not os.path.exists(sock_path):
+        raise ActionError(503, "unavailable", "no docker socket at %s" % sock_path)
+    started = time.monotonic()
+    try:
+        status, listing = docker_request(sock_path, "GET", "/containers/json?all=1", 10.0)
+    except DockerError as e:
+        raise ActionError(503, "unavailable", str(e))
+    if status != 200 or not isinstance(listing, list):
+        raise ActionError(502, "docker_error", "docker API answered %s" % status)
+    match = None
+    for c in listing:
+        names = [n.lstrip("/") for n in (c.get("Names") or [])]
+        cid = c.get("Id") or ""
+        if name in names or (len(name) >= 12 and cid.startswith(name)):
+            match = (names, cid)
+            break
+    if match is None:
+        raise ActionError(404, "no_such_container", "no container named %s" % name)
+    candidates = match[0] + [match[1][:12]]
+    for pattern in policy["protected_containers"]:
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            raise _forbidden("container %s is protected by the policy (%s)" % (name, pattern))
+    if not any(fnmatch.fnmatchcase(c, p) for p in policy["container_patterns"]
+               for c in candidates):
+        raise _forbidden("container %s matches none of the policy's container_patterns" % name)
+    path = "/containers/%s/%s" % (quote(match[1] or name, safe=""), verb)
+    if verb in ("stop", "restart"):
+        path += "?t=10"
+    try:
+        status, resp = docker_request(sock_path, "POST", path, timeout)
+    except DockerError as e:
+        return {"ok": False, "exit_status": None, "output": str(e),
+                "duration_ms": _ms(started)}
+    ok = status in (204, 304)
+    if isinstance(resp, dict):
+        text = resp.get("message", "")
+    else:
+        text = resp or ""
+    if status == 304:
+        text = text or "already %s" % ("started" if verb == "start" else "stopped")
+    return {"ok": ok, "exit_status": 0 if ok else status, "output": str(text)[:4000],
+            "duration_ms": _ms(started)}
+
+
+# --------------------------------------------------------------------------- collector
+
+class Collector(object):
+    """Collects the documents the agent serves; keeps previous counters for rates.
+
+    Thread-safe. ``all()`` is what the central stores per poll.
+    """
+
+    CGROUP_TTL = 60.0
+    # inventory_hash in all() reuses an inventory at most this old (seconds): collecting
+    # it costs about a quarter of a poll, and inventory changes are rare.
+    INVENTORY_TTL = 25.0
+
+    def __init__(self, proc="/proc", sys="/sys", policy=None, etc="/etc",
+                 docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None):
+        self.proc = proc
+        self.sys = sys
+        self.etc = etc
+        self.policy_source = policy
+        self.docker_socket = docker_socket
+        self.systemctl = systemctl
+        self.live = (proc == "/proc") if live is None else live
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._cgroup = None
+        self._cgroup_at = 0.0
+        self._prev = {}
+        self._inventory_cache = None  # (monotonic time, inventory, hash)
+        self._cpu_model = None
+        try:
+            self._baseline("all")
+        except Exception:  # a broken /proc must not make the agent unstartable
+            log.exception("baseline failed")
+
+    # --- shared state
+
+    def cgroup(self):
+        """The cgroup layout, re-detected at most once a minute."""
+        now = time.monotonic()
+        if self._cgroup is None or now - self._cgroup_at > self.CGROUP_TTL:
+            try:
+                self._cgroup = detect_cgroup(self.proc, self.sys)
+            except OSError:
+                self._cgroup = {"version": None, "lxcfs": [], "v1": {}, "v2": []}
+            self._cgroup_at = now
+        return self._cgroup
+
+    def policy(self):
+        """(policy, status), re-read each time so edits apply without a restart."""
+        return load_policy(self.policy_source)
+
+    def _boot_ticks(self):
+        return int(collect_uptime(self.proc) * _CLK_TCK)
+
+    def _proc_snapshot(self):
+        return {"t": time.monotonic(), "boot_ticks": self._boot_ticks(),
+                "table": scan_processes(self.proc)}
+
+    def _baseline(self, channel):
+        state = self._prev.setdefault(channel, {})
+        cg = self.cgroup()
+        state["cpu"] = read_cpu_sample(self.proc, cg)
+        state["disk"] = read_disk_sample(self.proc, self.sys)
+        state["net"] = read_net_sample(self.proc)
+        state["procs"] = self._proc_snapshot()
+
+    # --- documents
+
+    def _section(self, doc, errors, name, fn):
+        try:
+            doc[name] = fn()
+        except Exception as e:  # one broken collector never fails the document
+            doc[name] = None
+            errors[name] = "%s: %s" % (type(e).__name__, e)
+
+    def _system(self, doc, errors, state):
+        cg = self.cgroup()
+
+        def cpu():
+            cur = read_cpu_sample(self.proc, cg)
+            prev, state["cpu"] = state.get("cpu"), cur
+            return cpu_rates(prev, cur)
+
+        def disk():
+            cur = read_disk_sample(self.proc, self.sys)
+            prev, state["disk"] = state.get("disk"), cur
+            return disk_rates(prev, cur)
+
+        def net():
+            cur = read_net_sample(self.proc)
+            prev, state["net"] = state.get("net"), cur
+            return net_rates(prev, cur)
+
+        self._section(doc, errors, "hostname", lambda: collect_hostname(self.proc))
+        self._section(doc, errors, "uptime", lambda: collect_uptime(self.proc))
+        self._section(doc, errors, "cpu", cpu)
+        self._section(doc, errors, "load", lambda: collect_load(self.proc))
+        self._section(doc, errors, "memory", lambda: collect_memory(self.proc, cg))
+        self._section(doc, errors, "filesystems",
+                      lambda: collect_filesystems(self.proc, "" if self.live else "/nonexistent"))
+        self._section(doc, errors, "disk_io", disk)
+        self._section(doc, errors, "network", net)
+
+    def _head(self):
+        return {"agent": {"version": VERSION, "sha256": agent_sha256(),
+                          "python": _python_version()},
+                "timestamp": round(time.time(), 3)}
+
+    def _processes_summary(self, state, watched):
+        cur = self._proc_snapshot()
+        prev, state["procs"] = state.get("procs"), cur
+        dt = cur["t"] - prev["t"] if prev else 0.0
+        table = cur["table"]
+        prev_table = prev["table"] if prev else {}
+
+        def delta(key):
+            before = prev_table.get(key)
+            if before is not None:
+                return table[key][0] - before[0]
+            return table[key][0] if prev and key[1] >= prev["boot_ticks"] else 0
+
+        top_cpu = heapq.nlargest(TOP_N, table, key=delta)
+        top_mem = heapq.nlargest(TOP_N, table, key=lambda k: table[k][1])
+        out = {"count": len(table),
+               "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu),
+               "top_memory": process_entries(self.proc, prev, table, dt, top_mem)}
+        if watched:
+            counts = dict((w, 0) for w in watched)
+            for ticks, rss, name in table.values():
+                n = name.decode("utf-8", "replace")
+                if n in counts:
+                    counts[n] += 1
+            out["watched"] = counts
+        return out
+
+    def all(self):
+        """The /api/all document (rates since the previous all() call)."""
+        with self._lock:
+            doc = self._head()
+            errors = {}
+            state = self._prev.setdefault("all", {})
+            policy, _ = self.policy()
+            self._system(doc, errors, state)
+            self._section(doc, errors, "processes",
+                          lambda: self._processes_summary(state, policy["watched_processes"]))
+            self._section(doc, errors, "systemd",
+                          lambda: collect_systemd(policy["watched_units"], self.systemctl))
+            self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket))
+            self._section(doc, errors, "inventory_hash", self._inventory_hash)
+            doc["errors"] = errors
+            return doc
+
+    def system(self):
+        """The /api/system document (its own rate baseline, independent of all())."""
+        with self._lock:
+            doc = self._head()
+            errors = {}
+            self._system(doc, errors, self._prev.setdefault("system", {}))
+            doc["errors"] = errors
+            return doc
+
+    def processes(self, sort="cpu", limit=None):
+        """The full process list (user and cmdline included), sorted and limited."""
+        with self._lock:
+            state = self._prev.setdefault("processes", {})
+            cur = self._proc_snapshot()
+            prev, state["procs"] = state.get("procs"), cur
+        dt = cur["t"] - prev["t"] if prev else 0.0
+        table = cur["table"]
+        rows = [(key, _proc_cpu(prev, table, dt, key)) for key in table]
+        if sort == "cpu":
+            rows.sort(key=lambda r: (-(r[1] or 0.0), r[0][0]))
+        elif sort == "memory":
+            rows.sort(key=lambda r: (-table[r[0]][1], r[0][0]))
+        elif sort == "name":
+            rows.sort(key=lambda r: (table[r[0]][2], r[0][0]))
+        else:
+            rows.sort(key=lambda r: r[0][0])
+        if limit is not None:
+            rows = rows[:limit]
+        out = []
+        for key, cpu in rows:
+            user, cmdline = process_details(self.proc, key[0])
+            out.append({"pid": key[0], "start_time": key[1], "user": user,
+                        "name": table[key][2].decode("utf-8", "replace"), "cmdline": cmdline,
+                        "cpu_percent": cpu, "rss": table[key][1]})
+        return {"timestamp": round(time.time(), 3), "count": len(table), "sort": sort,
+                "processes": out}
+
+    def services(self):
+        """The /api/services document."""
+        policy, _ = self.policy()
+        return collect_systemd(policy["watched_units"], self.systemctl)
+
+    def docker(self):
+        """The /api/docker document."""
+        return collect_docker(self.docker_socket)
+
+    def inventory(self):
+        """The /api/inventory document (also refreshes the cached inventory_hash)."""
+        if self._cpu_model is None:
+            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+            self._cpu_model = inv["cpu"]["model"]
+        else:
+            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+        self._inventory_cache = (time.monotonic(), inv, inventory_hash(inv))
+        return inv
+
+    def _inventory_hash(self):
+        cached = self._inventory_cache
+        if cached is None or time.monotonic() - cached[0] >= self.INVENTORY_TTL:
+            self.inventory()
+            cached = self._inventory_cache
+        return cached[2]
+
+    def health(self):
+        """The /api/health document."""
+        _, status = self.policy()
+        return {"status": "ok", "version": VERSION, "sha256": agent_sha256(),
+                "uptime": round(time.time() - self.started, 3),
+                "python": _python_version(), "pid": os.getpid(), "policy": status}
+
+    def action(self, kind, body):
+        """Run a validated action; returns the answer dict or raises ActionError."""
+        policy, _ = self.policy()
+        if kind == "kill":
+            return action_kill(body, policy, self.proc)
+        if kind == "service":
+            return action_service(body, policy, self.systemctl)
+        if kind == "docker":
+            return action_docker(body, policy, self.docker_socket)
+        raise ActionError(404, "not_found", "no such action %r" % kind)
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class Request(object):
+    """A parsed HTTP request."""
+
+    __slots__ = ("method", "path", "query", "version", "headers", "body", "keep_alive")
+
+    def __init__(self, method, path, query, version, headers, body, keep_alive):
+        self.method, self.path, self.query, self.version = method, path, query, version
+        self.headers, self.body, self.keep_alive = headers, body, keep_alive
+
+
+class HTTPError(Exception):
+    """A request the server answers with an error status and then closes."""
+
+    def __init__(self, status, code, detail):
+        Exception.__init__(self, detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def parse_request(buf, max_header, max_body):
+    """Parse one request from the front of buf.
+
+    Returns (Request, consumed bytes), or None if more bytes are needed; raises HTTPError
+    for garbage or limits.
+    """
+    start = 0
+    while buf[start:start + 2] == b"\r\n":
+        start += 2
+    end = buf.find(b"\r\n\r\n", start)
+    if end < 0:
+        if len(buf) - start > max_header:
+            raise HTTPError(431, "headers_too_large", "request head exceeds %d bytes" % max_header)
+        if b"\n" in buf[start:start + 8192] and not buf[start:start + 16].strip(
+                b"\r\n ").split(b" ")[0].isalpha():
+            raise HTTPError(400, "bad_request", "malformed request line")
+        return None
+    if end - start > max_header:
+        raise HTTPError(431, "headers_too_large", "request head exceeds %d bytes" % max_header)
+    head = bytes(buf[start:end])
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "bad_request", "non-ASCII bytes in the request head")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not TOKEN_RE.match(parts[0]) or not parts[1].startswith("/"):
+        raise HTTPError(400, "bad_request", "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        if version.startswith("HTTP/") and re.match(r"^HTTP/\d\.\d$", version):
+            raise HTTPError(505, "bad_version", "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise HTTPError(400, "bad_request", "malformed request line")
+    if len(lines) > 101:
+        raise HTTPError(431, "headers_too_large", "more than 100 header lines")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not TOKEN_RE.match(name):
+            raise HTTPError(400, "bad_request", "malformed header line")
+        name = name.lower()
+        value = value.strip(" \t")
+        if name in headers and name == "content-length" and headers[name] != value:
+            raise HTTPError(400, "bad_request", "conflicting Content-Length headers")
+        headers[name] = value if name not in headers or name == "content-length" \
+            else headers[name] + ", " + value
+    if "transfer-encoding" in headers:
+        raise HTTPError(501, "not_implemented", "Transfer-Encoding is not supported; "
+                        "send Content-Length")
+    length = 0
+    if "content-length" in headers:
+        cl = headers["content-length"]
+        if not cl.isdigit() or len(cl) > 12:
+            raise HTTPError(400, "bad_request", "invalid Content-Length")
+        length = int(cl)
+        if length > max_body:
+            raise HTTPError(413, "body_too_large", "request body exceeds %d bytes" % max_body)
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    body = bytes(buf[end + 4:total])
+    conn_hdr = headers.get("connection", "").lower()
+    if version == "HTTP/1.1":
+        keep_alive = "close" not in conn_hdr
+    else:
+        keep_alive = "keep-alive" in conn_hdr
+    split = urlsplit(target)
+    query = parse_qs(split.query, keep_blank_values=True)
+    return Request(method, split.path, query, version, headers, body, keep_alive), total
+
+
+def render_response(status, payload, keep_alive, extra_headers=()):
+    """Serialise a JSON response with Content-Length."""
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    head = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")),
+            "Content-Type: application/json", "Content-Length: %d" % len(body),
+            "Connection: %s" % ("keep-alive" if keep_alive else "close"),
+            "Cache-Control: no-store"]
+    for name, value in extra_headers:
+        head.append("%s: %s" % (name, value))
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+class _Conn(object):
+    __slots__ = ("sock", "buf", "started", "last", "closed")
+
+    def __init__(self, sock, now):
+        self.sock = sock
+        self.buf = bytearray()
+        self.started = None  # monotonic time the current request's first byte arrived
+        self.last = now
+        self.closed = False
+
+
+class Server(object):
+    """HTTP/1.1 server: one selector thread does all reading, N workers build answers.
+
+    The selector thread reads bytes into per-connection buffers and enforces deadlines
+    (a whole request head+body within request_timeout; idle keep-alive connections closed
+    after idle_timeout), so a slow client costs a buffer, never a worker. Complete requests
+    go through a bounded queue to a fixed pool of workers; when the queue is full the
+    client gets 503. Connections beyond max_connections get 503 and are closed.
+    """
+
+    def __init__(self, handler, host="127.0.0.1", port=8083, workers=4, queue_size=32,
+                 max_connections=128, request_timeout=10.0, idle_timeout=300.0,
+                 send_timeout=10.0, max_header=16384, max_body=65536):
+        self.handler = handler
+        self.workers_n = workers
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.max_header = max_header
+        self.max_body = max_body
+        self.max_connections = max_connections
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind((host, port))
+            self.listener.listen(128)
+        except Exception:
+            self.listener.close()
+            raise
+        self.listener.setblocking(False)
+        self.address = self.listener.getsockname()
+        self.queue = queue.Queue(maxsize=queue_size)
+        self.conns = set()
+        self.returned = []
+        self.returned_lock = threading.Lock()
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        self.sel = selectors.DefaultSelector()
+        self.stopping = False
+        self.threads = []
+
+    # --- lifecycle
+
+    def serve_forever(self):
+        """Run the selector loop in this thread until shutdown()."""
+        for i in range(self.workers_n):
+            t = threading.Thread(target=self._worker, name="agent-worker-%d" % i)
+            t.daemon = True
+            t.start()
+            self.threads.append(t)
+        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        try:
+            self._loop()
+        finally:
+            self._close_all()
+
+    def shutdown(self):
+        """Ask the loop to stop (safe from signal handlers and other threads)."""
+        self.stopping = True
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    def _close_all(self):
+        for t in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join(timeout=15)
+        for conn in list(self.conns):
+            self._close(conn)
+        try:
+            self.sel.close()
+        finally:
+            self.listener.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    # --- selector thread
+
+    def _loop(self):
+        last_sweep = time.monotonic()
+        while not self.stopping:
+            events = self.sel.select(0.5)
+            now = time.monotonic()
+            for key, _ in events:
+                if key.data == "listen":
+                    self._accept(now)
+                elif key.data == "wake":
+                    self._drain_wake(now)
+                else:
+                    self._read(key.data, now)
+            if now - last_sweep >= 0.25:
+                self._sweep(now)
+                last_sweep = now
+
+    def _accept(self, now):
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("accept failed: %s", e)  # e.g. EMFILE: keep serving others
+                return
+            if len(self.conns) >= self.max_connections:
+                self._refuse(sock, 503, "busy", "too many connections")
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            conn = _Conn(sock, now)
+            self.conns.add(conn)
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, sock, status, code, detail):
+        try:
+            sock.setblocking(False)
+            sock.send(render_response(status, {"error": code, "detail": detail}, False))
+        except OSError:
+            pass
+        sock.close()
+
+    def _drain_wake(self, now):
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        with self.returned_lock:
+            back, self.returned = self.returned, []
+        for conn in back:
+            if conn.closed:
+                self.conns.discard(conn)
+                continue
+            conn.last = now
+            self.sel.register(conn.sock, selectors.EVENT_READ, conn)
+            if conn.buf:
+                conn.started = now
+                self._dispatch(conn, now)
+
+    def _read(self, conn, now):
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        if conn.started is None:
+            conn.started = now
+        conn.last = now
+        conn.buf += data
+        self._dispatch(conn, now)
+
+    def _dispatch(self, conn, now):
+        try:
+            parsed = parse_request(conn.buf, self.max_header, self.max_body)
+        except HTTPError as e:
+            self._fail(conn, e.status, e.code, e.detail)
+            return
+        if parsed is None:
+            return
+        req, used = parsed
+        del conn.buf[:used]
+        conn.started = now if conn.buf else None
+        self.sel.unregister(conn.sock)
+        try:
+            self.queue.put_nowait((conn, req))
+        except queue.Full:
+            self._fail(conn, 503, "busy", "all workers are busy; retry shortly", registered=False)
+
+    def _fail(self, conn, status, code, detail, registered=True):
+        if registered:
+            try:
+                self.sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+        self.conns.discard(conn)
+        conn.closed = True
+        self._refuse(conn.sock, status, code, detail)
+
+    def _close(self, conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.discard(conn)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _sweep(self, now):
+        for conn in list(self.conns):
+            try:
+                self.sel.get_key(conn.sock)
+            except (KeyError, ValueError):
+                continue  # with a worker right now
+            if conn.started is not None and now - conn.started > self.request_timeout:
+                self._fail(conn, 408, "timeout", "request not complete within %.0f s"
+                           % self.request_timeout)
+            elif conn.started is None and now - conn.last > self.idle_timeout:
+                self._close(conn)
+
+    # --- workers
+
+    def _worker(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            conn, req = item
+            keep = False
+            try:
+                keep = self._answer(conn, req)
+            except Exception:
+                log.exception("worker failed")
+            if not keep:
+                conn.closed = True
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
+            with self.returned_lock:
+                self.returned.append(conn)
+            try:
+                os.write(self.wake_w, b"x")
+            except OSError:
+                pass
+
+    def _answer(self, conn, req):
+        try:
+            status, payload, extra = self.handler(req)
+        except Exception as e:
+            log.exception("handler failed for %s %s", req.method, req.path)
+            status, payload, extra = 500, {"error": "internal", "detail": type(e).__name__}, ()
+        keep = req.keep_alive and not self.stopping
+        data = render_response(status, payload, keep, extra)
+        sock = conn.sock
+        sock.settimeout(self.send_timeout)
+        try:
+            sock.sendall(data)
+        except OSError:
+            return False
+        finally:
+            try:
+                sock.setblocking(False)
+            except OSError:
+                pass
+        return keep
+
+
+class Agent(object):
+    """Routes HTTP requests to a Collector."""
+
+    GET_ROUTES = ("/api/health", "/api/all", "/api/system", "/api/processes",
+                  "/api/services", "/api/docker", "/api/inventory")
+    POST_ROUTES = ("/api/actions/kill", "/api/actions/service", "/api/actions/docker")
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    def __call__(self, req):
+        path = req.path.rstrip("/") or "/"
+        if path in self.GET_ROUTES:
+            if req.method != "GET":
+                return 405, {"error": "method_not_allowed", "detail": "use GET"}, \
+                    [("Allow", "GET")]
+            return self.get(path, req.query)
+        if path in self.POST_ROUTES:
+            if req.method != "POST":
+                return 405, {"error": "method_not_allowed", "detail": "use POST"}, \
+                    [("Allow", "POST")]
+            return self.post(path.rsplit("/", 1)[1], req)
+        return 404, {"error": "not_found", "detail": "no such endpoint %s" % path[:100]}, ()
+
+    def get(self, path, query):
+        """Serve one GET endpoint."""
+        c = self.collector
+        try:
+            return 200, endpoint(c, path, query), ()
+        except ValueError as e:
+            return 400, {"error": "bad_request", "detail": str(e)}, ()
+
+    def post(self, kind, req):
+        """Serve one action."""
+        ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
+        if ctype != "application/json":
+            return 400, {"error": "bad_request", "detail": "body must be application/json"}, ()
+        try:
+            body = json.loads(req.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return 400, {"error": "bad_request", "detail": "body: not valid JSON"}, ()
+        if not isinstance(body, dict):
+            return 400, {"error": "bad_request", "detail": "body: must be a JSON object"}, ()
+        try:
+            return 200, self.collector.action(kind, body), ()
+        except ActionError as e:
+            return e.status, {"error": e.code, "detail": e.detail}, ()
+
+
+def endpoint(collector, path, query=None):
+    """The document of a GET endpoint (raises ValueError for a bad query parameter)."""
+    query = query or {}
+    if path == "/api/health":
+        return collector.health()
+    if path == "/api/all":
+        return collector.all()
+    if path == "/api/system":
+        return collector.system()
+    if path == "/api/processes":
+        sort = (query.get("sort") or ["cpu"])[-1]
+        if sort not in ("cpu", "memory", "pid", "name"):
+            raise ValueError("sort: must be one of cpu, memory, pid, name")
+        limit = (query.get("limit") or [None])[-1]
+        if limit is not None:
+            if not limit.isdigit() or not 1 <= int(limit) <= 100000:
+                raise ValueError("limit: must be an integer from 1 to 100000")
+            limit = int(limit)
+        return collector.processes(sort, limit)
+    if path == "/api/services":
+        return collector.services()
+    if path == "/api/docker":
+        return collector.docker()
+    if path == "/api/inventory":
+        return collector.inventory()
+    raise KeyError(path)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser():
+    """The command-line parser."""
+    import argparse
+    p = argparse.ArgumentParser(prog="agent.py", description="central monitoring agent")
+    p.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8083, help="TCP port (default 8083)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --listen address")
+    p.add_argument("--policy", default=DEFAULT_POLICY_PATH,
+                   help="action policy file (default %s)" % DEFAULT_POLICY_PATH)
+    p.add_argument("--once", metavar="PATH", help="print one endpoint's JSON and exit")
+    p.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
+    p.add_argument("--sys", default="/sys", help=argparse.SUPPRESS)
+    p.add_argument("--docker-socket", default=DEFAULT_DOCKER_SOCKET,
+                   help="Docker Engine API socket (default %s)" % DEFAULT_DOCKER_SOCKET)
+    p.add_argument("--systemctl", default=None, help="systemctl binary (default: from PATH)")
+    p.add_argument("--workers", type=int, default=4, help="worker threads (default 4)")
+    p.add_argument("--max-connections", type=int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--request-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--idle-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version="central-agent " + VERSION)
+    return p
+
+
+def main(argv=None):
+    """Entry point: serve, or print one endpoint with --once."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys_mod.stderr,
+                        format="%(asctime)s central-agent %(levelname)s %(message)s")
+    collector = Collector(args.proc, args.sys, args.policy, docker_socket=args.docker_socket,
+                          systemctl=args.systemctl)
+    if args.once:
+        path = urlsplit(args.once)
+        if path.path not in Agent.GET_ROUTES:
+            sys_mod.stderr.write("agent.py: --once needs one of %s\n" % ", ".join(Agent.GET_ROUTES))
+            return 2
+        if path.path in ("/api/all", "/api/system"):
+            time.sleep(0.25)  # so rates cover a real interval
+            if path.path == "/api/system":
+                collector.system()
+                time.sleep(0.25)
+        try:
+            doc = endpoint(collector, path.path, parse_qs(path.query))
+        except ValueError as e:
+            sys_mod.stderr.write("agent.py: %s\n" % e)
+            return 2
+        sys_mod.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not _is_loopback(args.listen) and not args.allow_remote:
+        sys_mod.stderr.write("agent.py: refusing to listen on non-loopback address %s "
+                             "without --allow-remote\n" % args.listen)
+        return 2
+    host = "127.0.0.1" if args.listen == "localhost" else args.listen
+    try:
+        server = Server(Agent(collector), host, args.port, workers=max(1, args.workers),
+                        max_connections=args.max_connections,
+                        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
+    except OSError as e:
+        sys_mod.stderr.write("agent.py: cannot listen on %s:%d: %s\n"
+                             % (args.listen, args.port, e.strerror or e))
+        return 1
+
+    def stop(signum, frame):
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s:%d (version %s, policy: %s)", server.address[0],
+             server.address[1], VERSION, collector.policy()[1])
+    server.serve_forever()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys_mod.exit(main())
