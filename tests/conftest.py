@@ -1,0 +1,36 @@
+"""Shared fixtures: a config with its own data directory, an opened Central."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from central.config import Config, PollConfig, RetentionConfig, SSHConfig, load_config
+from central.service import Central, ensure_key_pair
+
+
+def make_config(tmp_path, **poll) -> Config:
+    """A config whose data lives in tmp_path, with fast polling and quick reconnects."""
+    cfg = load_config(env={"CENTRAL_DATA_DIR": str(tmp_path / "data")})
+    return dataclasses.replace(
+        cfg,
+        data_dir=str(tmp_path / "data"),
+        poll=dataclasses.replace(PollConfig(), interval=1.0, timeout=3.0, reload_interval=0.5, **poll),
+        ssh=dataclasses.replace(SSHConfig(), connect_timeout=3.0, backoff_initial=0.2, backoff_max=1.0),
+        retention=RetentionConfig(),
+    )
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    cfg = make_config(tmp_path)
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    ensure_key_pair(cfg.key_path)
+    return cfg
+
+
+@pytest.fixture
+async def central(config):
+    c = await Central.open(config)
+    yield c
+    await c.close()
