@@ -8,6 +8,8 @@ import pytest
 from central.config import Config, PollConfig, RetentionConfig, SSHConfig, load_config
 from central.service import Central, ensure_key_pair
 
+pytest_plugins = ["tests.hostfixtures"]
+
 
 def make_config(tmp_path, **poll) -> Config:
     """A config whose data lives in tmp_path, with fast polling and quick reconnects."""
@@ -34,3 +36,4 @@ async def central(config):
     c = await Central.open(config)
     yield c
     await c.close()
+
