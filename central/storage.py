@@ -305,7 +305,8 @@ class Storage:
         if bad:
             raise ValueError(f"unknown metrics: {sorted(bad)}")
         span = max(end - start, 1.0)
-        step = span / max_points
+        # Buckets are aligned to multiples of step, so a range can touch one more than span/step.
+        step = span / max(max_points - 1, 1)
         if start >= now - retention_raw and step < TIER_MINUTE:
             source, resolution = "raw", 0
         elif start >= now - retention_minute and step < TIER_HOUR:
