@@ -15,7 +15,7 @@ APT_PACKAGES=(
   lxc debootstrap lxcfs rsync
   prometheus prometheus-alertmanager
   chromium fonts-dejavu-core
-  shellcheck sqlite3 python3
+  shellcheck sqlite3 python3 python3-venv
 )
 
 if [ "$(id -u)" -ne 0 ]; then
