@@ -95,7 +95,9 @@ def missing_requirements():
 
 
 def default_agent_path():
-    """The real agent (agent/agent.py in the repository) if present, else the test stand-in."""
+    """$CENTRAL_TEST_AGENT, else the real agent/agent.py if present, else the test stand-in."""
+    if os.environ.get("CENTRAL_TEST_AGENT"):
+        return Path(os.environ["CENTRAL_TEST_AGENT"]).resolve()
     real = REPO_DIR / "agent" / "agent.py"
     return real if real.exists() else STANDIN_AGENT
 
