@@ -465,6 +465,7 @@ class LxcFarm:
         self.containers.clear()
         if self.bridge:
             _run(["ip", "link", "del", self.bridge], check=False)
+            shutil.rmtree(str(self.state_dir), ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
