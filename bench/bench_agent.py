@@ -11,7 +11,7 @@ Glances only computes fresh data once per refresh period (-t 1), so its requests
 spaced 1.05 s apart and its CPU per request includes the background work between them:
 that is what one fresh /api/4/all costs it.
 
-Usage: python3 bench/bench_agent.py [--requests 300] [--glances-requests 25]
+Usage: python3 bench/bench_agent.py [--requests 300] [--glances-requests 25] [--target-processes 400]
        [--python /usr/bin/python3] [--glances .venv-bench/bin/glances]
 Raw results go to bench/results/agent-<time>.json; a markdown table is printed.
 """
@@ -20,7 +20,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -126,6 +125,15 @@ def start_targets(args):
     port = free_port()
     targets.append(Target("agent", [args.python, AGENT, "--port", str(port),
                                     "--policy", "/nonexistent"], port, "/api/all"))
+    # The same agent started from its compiled bytecode (no compile at start-up).
+    pyc = os.path.join(HERE, "results", "agent.pyc")
+    os.makedirs(os.path.dirname(pyc), exist_ok=True)
+    subprocess.check_call([args.python, "-c", "import py_compile, sys; "
+                           "py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)",
+                           AGENT, pyc])
+    port = free_port()
+    targets.append(Target("agent (.pyc)", [args.python, pyc, "--port", str(port),
+                                           "--policy", "/nonexistent"], port, "/api/all"))
     port = free_port()
     targets.append(Target("node_exporter", [args.node_exporter,
                                             "--web.listen-address=127.0.0.1:%d" % port],
@@ -159,7 +167,7 @@ def table(results):
     for sc in results["scenarios"]:
         ne = sc.get("node_exporter", {}).get("cpu_ms_per_request")
         gl = sc.get("glances", {}).get("cpu_ms_per_request")
-        for name in ("agent", "node_exporter", "glances"):
+        for name in ("agent", "agent (.pyc)", "node_exporter", "glances"):
             r = sc.get(name)
             if not r:
                 continue
@@ -175,7 +183,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--glances-requests", type=int, default=25)
-    p.add_argument("--extra-processes", type=int, default=330)
+    p.add_argument("--target-processes", type=int, default=400,
+                   help="spawn sleep processes until about this many exist (second scenario)")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3")
                    else sys.executable)
     p.add_argument("--node-exporter", default="/usr/bin/prometheus-node-exporter")
@@ -191,7 +200,7 @@ def main():
     sleepers = []
     try:
         results["scenarios"].append(run_scenario(targets, args))
-        for _ in range(args.extra_processes):
+        for _ in range(max(0, args.target_processes - process_count())):
             sleepers.append(subprocess.Popen(["sleep", "3600"]))
         results["scenarios"].append(run_scenario(targets, args))
     finally:

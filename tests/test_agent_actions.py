@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import socketserver
-import stat
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import request, wait_for
+from conftest import request
 
 
 def start_time_of(pid):
