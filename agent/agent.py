@@ -1329,7 +1329,6 @@ class Collector(object):
         self._cgroup_at = 0.0
         self._prev = {}
         self._inventory_cache = None  # (monotonic time, inventory, hash)
-        self._cpu_model = None
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1501,11 +1500,7 @@ class Collector(object):
 
     def inventory(self):
         """The /api/inventory document (also refreshes the cached inventory_hash)."""
-        if self._cpu_model is None:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
-            self._cpu_model = inv["cpu"]["model"]
-        else:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+        inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
         self._inventory_cache = (time.monotonic(), inv, inventory_hash(inv))
         return inv
 
