@@ -87,8 +87,8 @@ DEFAULT_POLICY = {
     "watched_processes": [],
 }
 
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}$")
-CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
+CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERBS = ("start", "stop", "restart")
 # Local block-device filesystems worth reporting; network filesystems are left out on
 # purpose: statvfs on a dead NFS server hangs the collector.
@@ -154,9 +154,25 @@ def _read_bytes(path, size=65536):
         os.close(fd)
 
 
-def _read_text(path, size=262144):
-    """Read a small text file as str."""
-    return _read_bytes(path, size).decode("utf-8", "replace")
+def _read_text(path, size=1 << 20):
+    """Read a text file (at most size bytes) as str, in 64 KiB reads.
+
+    One big os.read() would allocate a buffer of the full size each time, and glibc then
+    keeps such sizes on the heap: reading in chunks keeps the agent's RSS flat.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        total = 0
+        while total < size:
+            chunk = os.read(fd, min(65536, size - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _read_opt(path):
@@ -684,7 +700,7 @@ def scan_processes(proc="/proc"):
             finally:
                 os.close(fd)
             rp = data.rfind(b")")
-            f = data[rp + 2:].split()
+            f = data[rp + 2:].split(None, 22)  # fields 3..24 are all we need
             table[(int(entry), int(f[19]))] = (int(f[11]) + int(f[12]), int(f[21]) * page,
                                               data[data.find(b"(") + 1:rp])
         except (OSError, ValueError, IndexError):
@@ -1207,7 +1223,7 @@ def _check_verb(body):
 def action_service(body, policy, systemctl=None, timeout=90.0):
     """start/stop/restart a systemd service with systemctl (argv list, timeout)."""
     unit = body.get("unit")
-    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.startswith("-") \
+    if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit) or unit.startswith("-") \
             or ".." in unit:
         raise _bad("unit", "must match %s" % UNIT_RE.pattern)
     verb = _check_verb(body)
@@ -1236,7 +1252,7 @@ def action_service(body, policy, systemctl=None, timeout=90.0):
 def action_docker(body, policy, sock_path=DEFAULT_DOCKER_SOCKET, timeout=90.0):
     """start/stop/restart a container through the Engine API on the unix socket."""
     name = body.get("container")
-    if not isinstance(name, str) or not CONTAINER_RE.match(name):
+    if not isinstance(name, str) or not CONTAINER_RE.fullmatch(name):
         raise _bad("container", "must match %s" % CONTAINER_RE.pattern)
     verb = _check_verb(body)
     if not policy["actions"]["docker"]:
@@ -1313,7 +1329,6 @@ class Collector(object):
         self._cgroup_at = 0.0
         self._prev = {}
         self._inventory_cache = None  # (monotonic time, inventory, hash)
-        self._cpu_model = None
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1485,11 +1500,7 @@ class Collector(object):
 
     def inventory(self):
         """The /api/inventory document (also refreshes the cached inventory_hash)."""
-        if self._cpu_model is None:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
-            self._cpu_model = inv["cpu"]["model"]
-        else:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+        inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
         self._inventory_cache = (time.monotonic(), inv, inventory_hash(inv))
         return inv
 
@@ -1526,7 +1537,7 @@ REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
-TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class Request(object):
@@ -1573,7 +1584,7 @@ def parse_request(buf, max_header, max_body):
         raise HTTPError(400, "bad_request", "non-ASCII bytes in the request head")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not TOKEN_RE.match(parts[0]) or not parts[1].startswith("/"):
+    if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]) or not parts[1].startswith("/"):
         raise HTTPError(400, "bad_request", "malformed request line")
     method, target, version = parts
     if version not in ("HTTP/1.1", "HTTP/1.0"):
@@ -1585,7 +1596,7 @@ def parse_request(buf, max_header, max_body):
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not TOKEN_RE.match(name):
+        if not sep or not TOKEN_RE.fullmatch(name):
             raise HTTPError(400, "bad_request", "malformed header line")
         name = name.lower()
         value = value.strip(" \t")
@@ -2015,6 +2026,22 @@ def build_parser():
     return p
 
 
+def _tune_malloc():
+    """Keep glibc from giving each worker thread its own malloc arena (RSS creep).
+
+    With one arena per thread, every worker's JSON buffers and /proc reads stay resident
+    in its own heap; one shared arena keeps the agent's RSS flat. Also hand back what the
+    start-up left free. A no-op where glibc or ctypes is missing.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+        libc.malloc_trim(0)
+    except Exception:  # best effort only
+        pass
+
+
 def main(argv=None):
     """Entry point: serve, or print one endpoint with --once."""
     args = build_parser().parse_args(argv)
@@ -2058,6 +2085,7 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _tune_malloc()
     log.info("listening on %s:%d (version %s, policy: %s)", server.address[0],
              server.address[1], VERSION, collector.policy()[1])
     server.serve_forever()
