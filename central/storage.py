@@ -67,9 +67,11 @@ class Storage:
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self.db = db
         self.path = path
-        # Transactions span awaits on one shared connection: without this, two coroutines
-        # writing at once (poll batches, alert state, the notification log) would collide.
-        self.write_lock = asyncio.Lock()
+        # One transaction at a time on the shared connection: without it a second
+        # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
+        # while the first one awaits inside its transaction (an action's audit row
+        # written during a poll batch, say).
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path) -> "Storage":
@@ -128,7 +130,7 @@ class Storage:
 
     async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
         """Run statements in one transaction."""
-        async with self.write_lock:
+        async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, args in statements:
@@ -223,53 +225,50 @@ class Storage:
         """Store one batch of poll outcomes in a single transaction."""
         if not outcomes:
             return
-        async with self.write_lock:
-            await self._write_polls(outcomes, offline_after)
-
-    async def _write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
         ok = [o for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            if ok:
-                await self.db.executemany(
-                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                    " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
-                    " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
-                    " hostname = coalesce(?, hostname) WHERE id = ?",
-                    [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
-                )
-                await self.db.executemany(
-                    "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
-                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
-                    [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
-                )
-                await self.db.executemany(
-                    f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
-                    f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
-                    [
-                        (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
-                         json.dumps(o.sample.get("top") or [], separators=(",", ":")))
-                        for o in ok if o.sample is not None
-                    ],
-                )
-            if failed:
-                # offline after N consecutive failures; a host-key mismatch or an agent-side
-                # problem is 'error' at once (SSH works, so the host itself is not offline).
-                await self.db.executemany(
-                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
-                    " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
-                    " status = CASE"
-                    "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
-                    "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
-                    "   ELSE status END"
-                    " WHERE id = ?",
-                    [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
-                )
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if ok:
+                    await self.db.executemany(
+                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                        " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
+                        " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
+                        " hostname = coalesce(?, hostname) WHERE id = ?",
+                        [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
+                    )
+                    await self.db.executemany(
+                        "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
+                        " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                        [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                    )
+                    await self.db.executemany(
+                        f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+                        f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
+                        [
+                            (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
+                             json.dumps(o.sample.get("top") or [], separators=(",", ":")))
+                            for o in ok if o.sample is not None
+                        ],
+                    )
+                if failed:
+                    # offline after N consecutive failures; a host-key mismatch or an agent-side
+                    # problem is 'error' at once (SSH works, so the host itself is not offline).
+                    await self.db.executemany(
+                        "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
+                        " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
+                        " status = CASE"
+                        "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
+                        "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
+                        "   ELSE status END"
+                        " WHERE id = ?",
+                        [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
+                    )
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -314,7 +313,8 @@ class Storage:
         if bad:
             raise ValueError(f"unknown metrics: {sorted(bad)}")
         span = max(end - start, 1.0)
-        step = span / max_points
+        # Buckets are aligned to multiples of step, so a range can touch one more than span/step.
+        step = span / max(max_points - 1, 1)
         if start >= now - retention_raw and step < TIER_MINUTE:
             source, resolution = "raw", 0
         elif start >= now - retention_minute and step < TIER_HOUR:
@@ -393,11 +393,17 @@ class Storage:
                 begin = math.floor(first / tier) * tier
             if until <= begin:
                 continue
-            await self._write_many([
-                (sql, [(sid, begin, until) for sid in ids]),
-                ("INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
-                 " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", [(tier, until)]),
-            ])
+            async with self._write_lock:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
+                    await self.db.execute(
+                        "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                        " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
             done[tier] = (begin, until)
         return done
 
@@ -434,7 +440,7 @@ class Storage:
         return counts
 
     async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
-        async with self.write_lock:
+        async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in batches:
@@ -479,7 +485,7 @@ class Storage:
         """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
         cols = self._ALERT_COLUMNS
         ids = []
-        async with self.write_lock:
+        async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 for row in inserts:
@@ -551,7 +557,7 @@ class Storage:
     async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,
                           created_by: str, kind: str = "silence") -> int:
         """Store a silence (or maintenance window); its id."""
-        async with self.write_lock:
+        async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 cur = await self.db.execute(
