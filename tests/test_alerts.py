@@ -466,3 +466,11 @@ async def test_silence_input_is_checked(storage):
     assert [r["id"] for r in await alerts.list_silences(storage, now=1030.0)] == [s["id"]]
     assert await alerts.list_silences(storage, now=1060.0) == []
     assert len(await alerts.list_silences(storage, active_only=False, now=1060.0)) == 1
+
+
+def test_example_config_loads():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "config.example.toml", env={})
+    assert [r.name for r in cfg.alerts.rules] == ["cpu_high", "inodes_low"]
+    assert [n.type for n in cfg.notifiers] == ["webhook", "alertmanager", "command"]
