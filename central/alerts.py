@@ -399,19 +399,17 @@ class AlertEngine:
     def _metric_values(self, metric: str, server_id: int, outcome: PollOutcome, facts: dict,
                        cache: dict) -> list[tuple[str, float | None, str | None]]:
         """[(label, value, text)] of a metric in one poll."""
-        s = outcome.sample or {}
-        simple = {
-            "cpu.percent": s.get("cpu"), "memory.percent": s.get("mem"), "swap.percent": s.get("swap"),
-            "load.1": s.get("load1"), "load.5": s.get("load5"), "load.15": s.get("load15"),
-            "network.rx_rate": s.get("net_rx"), "network.tx_rate": s.get("net_tx"),
-            "disk_io.read_rate": s.get("disk_read"), "disk_io.write_rate": s.get("disk_write"),
-            "process.count": s.get("procs"), "cpu.iowait": facts.get("iowait"), "cpu.steal": facts.get("steal"),
-            "uptime": facts.get("uptime"), "systemd.failed": facts.get("systemd_failed"),
-            "agent.collector_errors": facts.get("collector_errors"),
-        }
+        simple = cache.get("simple")
+        if simple is None:
+            simple = cache["simple"] = _simple_values(outcome.sample or {}, facts)
         if metric in simple:
             v = simple[metric]
             return [("", None if v is None else float(v), None)]
+        return self._labelled_values(metric, server_id, outcome, facts, cache)
+
+    def _labelled_values(self, metric: str, server_id: int, outcome: PollOutcome, facts: dict,
+                         cache: dict) -> list[tuple[str, float | None, str | None]]:
+        """Metrics with one value per mount, interface, unit or process name."""
         if metric == "disk.percent":
             return [(fs[0], fs[1], None) for fs in facts.get("filesystems", ())]
         if metric == "inode.percent":
@@ -630,6 +628,19 @@ class AlertEngine:
             "fired_at": st.fired_at, "resolved_at": st.resolved_at, "acked_by": st.acked_by,
             "url": f"{base.rstrip('/')}/alerts/{st.id}",
         }
+
+
+def _simple_values(s: dict, facts: dict) -> dict:
+    """The one-value-per-server metrics of a poll."""
+    return {
+        "cpu.percent": s.get("cpu"), "memory.percent": s.get("mem"), "swap.percent": s.get("swap"),
+        "load.1": s.get("load1"), "load.5": s.get("load5"), "load.15": s.get("load15"),
+        "network.rx_rate": s.get("net_rx"), "network.tx_rate": s.get("net_tx"),
+        "disk_io.read_rate": s.get("disk_read"), "disk_io.write_rate": s.get("disk_write"),
+        "process.count": s.get("procs"), "cpu.iowait": facts.get("iowait"), "cpu.steal": facts.get("steal"),
+        "uptime": facts.get("uptime"), "systemd.failed": facts.get("systemd_failed"),
+        "agent.collector_errors": facts.get("collector_errors"),
+    }
 
 
 def _facts_from_text(text: str) -> dict:
