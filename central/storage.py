@@ -481,31 +481,30 @@ class Storage:
         rows = await self._all("SELECT * FROM alerts WHERE state IN ('pending', 'firing') ORDER BY id")
         return [_alert_dict(r) for r in rows]
 
-    async def save_alerts(self, inserts: Sequence[dict], updates: Sequence[dict], deletes: Sequence[int]) -> list[int]:
-        """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
-        cols = self._ALERT_COLUMNS
+    async def _write_returning_ids(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """Run statements in one transaction; the lastrowid of each."""
         ids = []
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                for row in inserts:
-                    cur = await self.db.execute(
-                        f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        [_alert_column(row, c) for c in cols])
-                    ids.append(cur.lastrowid)
-                if updates:
-                    sets = ", ".join(f"{c} = ?" for c in cols if c not in ("rule", "server_id", "label"))
-                    await self.db.executemany(
-                        f"UPDATE alerts SET {sets} WHERE id = ?",
-                        [[_alert_column(row, c) for c in cols if c not in ("rule", "server_id", "label")] + [row["id"]]
-                         for row in updates])
-                if deletes:
-                    await self.db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in deletes])
+                for sql, args in statements:
+                    ids.append((await self.db.execute(sql, args)).lastrowid)
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
         return ids
+
+    async def save_alerts(self, inserts: Sequence[dict], updates: Sequence[dict], deletes: Sequence[int]) -> list[int]:
+        """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
+        cols = self._ALERT_COLUMNS
+        mutable = [c for c in cols if c not in ("rule", "server_id", "label")]
+        insert = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        update = f"UPDATE alerts SET {', '.join(f'{c} = ?' for c in mutable)} WHERE id = ?"
+        statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
+        statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
+        statements += [("DELETE FROM alerts WHERE id = ?", (i,)) for i in deletes]
+        return (await self._write_returning_ids(statements))[:len(inserts)]
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:
@@ -557,18 +556,11 @@ class Storage:
     async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,
                           created_by: str, kind: str = "silence") -> int:
         """Store a silence (or maintenance window); its id."""
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = await self.db.execute(
-                    "INSERT INTO silences (matcher, starts_at, ends_at, comment, created_by, created_at, kind)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (json.dumps(matcher, sort_keys=True), starts_at, ends_at, comment, created_by, starts_at, kind))
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
-        return cur.lastrowid
+        [silence_id] = await self._write_returning_ids([(
+            "INSERT INTO silences (matcher, starts_at, ends_at, comment, created_by, created_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (json.dumps(matcher, sort_keys=True), starts_at, ends_at, comment, created_by, starts_at, kind))])
+        return silence_id
 
     async def get_silence(self, silence_id: int) -> dict:
         """One silence; NotFound otherwise."""
