@@ -4,7 +4,8 @@ A :class:`HostFarm` owns one private bridge (no route off the machine, no NAT) w
 address block 10.98.N.0/24 picked so that concurrent farms on one machine never collide.
 Each :class:`TestHost` is a network namespace with a veth on that bridge, inside which an
 ``unshare --uts --mount --pid --fork --mount-proc`` tree runs (tests/hostinit.py as PID 1,
-tmpfs over /root, /tmp, /opt and /var/tmp, its own hostname), and in it the machine's real
+tmpfs over /root, /tmp, /opt and /var/tmp, copy-on-write overlays of /etc and /var, its own
+hostname), and in it the machine's real
 ``/usr/sbin/sshd`` with its own ed25519 host key, plus optionally the agent.
 
 Everything is torn down by host-side PID (the PidFile in a PID namespace would say 1).
@@ -46,6 +47,9 @@ HOST_PYTHON = "/usr/bin/python3"
 SSHD = "/usr/sbin/sshd"
 AGENT_PORT = 8083
 OVERLAYS = ("/root", "/tmp", "/opt", "/var/tmp")
+#: copy-on-write per host, so what a host writes there (a deployed agent's policy file,
+#: /etc/rc.local, logs) never reaches the machine or another host
+COW_DIRS = ("/etc", "/var")
 HOST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -91,7 +95,9 @@ def missing_requirements():
 
 
 def default_agent_path():
-    """The real agent (agent/agent.py in the repository) if present, else the test stand-in."""
+    """$CENTRAL_TEST_AGENT, else the real agent/agent.py if present, else the test stand-in."""
+    if os.environ.get("CENTRAL_TEST_AGENT"):
+        return Path(os.environ["CENTRAL_TEST_AGENT"]).resolve()
     real = REPO_DIR / "agent" / "agent.py"
     return real if real.exists() else STANDIN_AGENT
 
@@ -474,7 +480,7 @@ class TestHost:
     # ----- agent
 
     def _start_agent_process(self, argv_extra=(), policy=None, agent_path=None, port=AGENT_PORT):
-        path = Path(agent_path or self.farm.agent_path)
+        path = self.farm.visible(agent_path or self.farm.agent_path)
         argv = [HOST_PYTHON, str(path), "--listen", "127.0.0.1", "--port", str(port)]
         if policy is not None:
             policy_path = self.state_dir / "agent-policy.json"
@@ -518,7 +524,7 @@ class TestHost:
         if mode not in FAKE_AGENT_MODES:
             raise ValueError("unknown fake agent mode %r (one of %s)" % (mode, FAKE_AGENT_MODES))
         self.stop_agent()
-        self.agent = self.spawn([HOST_PYTHON, str(FAKE_AGENT), mode, "--port", str(port)],
+        self.agent = self.spawn([HOST_PYTHON, str(self.farm.visible(FAKE_AGENT)), mode, "--port", str(port)],
                                 log_name="agent.log")
         self._agent_port = port
         self._wait_agent(timeout)
@@ -632,6 +638,20 @@ class HostFarm:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/")
 
+    def visible(self, path):
+        """A path the hosts can read: files under a directory hidden inside hosts (the
+        checkout may live under /tmp or /root) are copied into the farm's state directory."""
+        path = Path(path).resolve()
+        if not any(path == Path(h) or Path(h) in path.parents for h in OVERLAYS):
+            return path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        copy = self.base_dir / "files" / ("%s-%s" % (digest, path.name))
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(path), str(copy) + ".tmp")
+            os.replace(str(copy) + ".tmp", str(copy))
+        return copy
+
     # ----- hosts
 
     def __enter__(self):
@@ -706,7 +726,13 @@ class HostFarm:
     def _launch_init(self, host):
         argv = ["ip", "netns", "exec", host.netns,
                 "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name] + list(OVERLAYS)
+                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name]
+        for path in COW_DIRS:  # before the tmpfs mounts: /var/tmp lies inside /var
+            upper = host.state_dir / "cow" / path.strip("/")
+            (upper / "upper").mkdir(parents=True, exist_ok=True)
+            (upper / "work").mkdir(parents=True, exist_ok=True)
+            argv.append("overlay=%s:%s:%s" % (path, upper / "upper", upper / "work"))
+        argv += list(OVERLAYS)
         with open(host.state_dir / "init.log", "ab") as log:
             host._unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=log,
