@@ -90,7 +90,10 @@ class Storage:
 
     async def _setup(self) -> None:
         await self.db.execute("PRAGMA busy_timeout = 10000")
-        await self.db.execute("PRAGMA journal_mode = WAL")
+        # journal_mode answers with a row: close the cursor, or the unfinished statement makes
+        # the checkpoint in close() fail with "database table is locked" until it is collected.
+        async with self.db.execute("PRAGMA journal_mode = WAL"):
+            pass
         # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
         # only a power loss can take the last few commits back.
         await self.db.execute("PRAGMA synchronous = NORMAL")
@@ -116,7 +119,10 @@ class Storage:
     async def close(self) -> None:
         """Close the connection (a checkpoint keeps the WAL file small)."""
         try:
-            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
+        except aiosqlite.OperationalError as exc:  # only housekeeping: never fail a shutdown on it
+            log.warning("WAL checkpoint on close failed: %s", exc)
         finally:
             await self.db.close()
 

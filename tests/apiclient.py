@@ -59,9 +59,14 @@ async def start_api(config, **http) -> Api:
     client = TestClient(TestServer(create_app(config)))
     await client.start_server()
     api = Api(client)
-    for role in ("viewer", "operator", "admin"):
-        await api.central.storage.add_user(role + "1", role, password_hash())
-        api.tokens[role], _ = await api.central.auth.create_token(role + "1", "tests")
+    try:
+        for role in ("viewer", "operator", "admin"):
+            if await api.central.storage.find_user(role + "1") is None:  # a restart keeps them
+                await api.central.storage.add_user(role + "1", role, password_hash())
+            api.tokens[role], _ = await api.central.auth.create_token(role + "1", "tests")
+    except BaseException:
+        await client.close()
+        raise
     return api
 
 
