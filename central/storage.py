@@ -231,11 +231,15 @@ class Storage:
         """Store one batch of poll outcomes in a single transaction."""
         if not outcomes:
             return
-        ok = [o for o in outcomes if o.ok]
-        failed = [o for o in outcomes if not o.ok]
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
+                # A server removed while its poll was queued: drop that outcome, not the batch
+                # (its samples would break the foreign key and roll back everyone's).
+                async with self.db.execute("SELECT id FROM servers") as cur:
+                    existing = {r[0] for r in await cur.fetchall()}
+                ok = [o for o in outcomes if o.ok and o.server_id in existing]
+                failed = [o for o in outcomes if not o.ok and o.server_id in existing]
                 if ok:
                     await self.db.executemany(
                         "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"

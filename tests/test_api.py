@@ -251,3 +251,19 @@ async def test_responses_are_compact_json(api):
     status, text, resp = await api.request("GET", "/api/v1/fleet")
     raw = await (await api.client.get("/api/v1/fleet", headers=api.headers())).text()
     assert json.loads(raw)["total"] == 1 and ", " not in raw
+
+
+async def test_a_server_removed_while_its_poll_is_queued_does_not_lose_the_batch(api):
+    from central.model import PollOutcome
+
+    storage = api.central.storage
+    gone = await storage.add_server("gone", "127.0.0.1", port=1)
+    stays = await storage.add_server("stays", "127.0.0.1", port=1)
+    now = time.time()
+    sample = dict.fromkeys(METRICS, 1.0) | {"top": []}
+    batch = [PollOutcome(server_id=s.id, ts=now, duration=0.01, ok=True, doc_text="{}", sample=sample)
+             for s in (gone, stays)]
+    await storage.remove_server("gone")
+    await storage.write_polls(batch, offline_after=3)
+    assert (await storage.get_server("stays")).status == "online"
+    assert stays.id in await storage.latest_samples()
