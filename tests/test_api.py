@@ -267,3 +267,24 @@ async def test_a_server_removed_while_its_poll_is_queued_does_not_lose_the_batch
     await storage.write_polls(batch, offline_after=3)
     assert (await storage.get_server("stays")).status == "online"
     assert stays.id in await storage.latest_samples()
+
+
+def test_config_example_documents_every_key_with_its_default():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from central.config import Config, load_config
+
+    path = Path(__file__).resolve().parent.parent / "config.example.toml"
+    text = path.read_text()
+    data = tomllib.loads(text)
+    defaults = load_config(env={})
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else getattr(defaults, f.name)):
+            section = getattr(defaults, f.name)
+            for key in dataclasses.fields(section):
+                assert key.name in data.get(f.name, {}), f"[{f.name}] {key.name} is not documented"
+    loaded = load_config(path, env={})
+    assert dataclasses.replace(loaded, source="") == dataclasses.replace(defaults, source="")
+    assert "# data_dir" in text
