@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from tests.helpers import wait_for
+
 from central import metrics
 from central.poller import Histogram
 from tests.apiclient import api, start_api  # noqa: F401
@@ -46,7 +48,11 @@ async def _metrics_text(api, role="viewer"):
 
 async def test_metrics_content(api):
     await api.central.storage.add_server("web1", "127.0.0.1", port=1)
-    await api.central.poller.wait_flushed()  # the local server's first poll is stored
+
+    async def local_online():
+        return (await api.central.storage.get_server("local")).status == "online"
+
+    await wait_for(local_online, what="the local server's first poll stored")
     text = await _metrics_text(api)
     assert 'central_server_up{server="local"} 1' in text
     assert 'central_server_up{server="web1"} 0' in text
