@@ -87,8 +87,8 @@ DEFAULT_POLICY = {
     "watched_processes": [],
 }
 
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}$")
-CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
+CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERBS = ("start", "stop", "restart")
 # Local block-device filesystems worth reporting; network filesystems are left out on
 # purpose: statvfs on a dead NFS server hangs the collector.
@@ -1207,7 +1207,7 @@ def _check_verb(body):
 def action_service(body, policy, systemctl=None, timeout=90.0):
     """start/stop/restart a systemd service with systemctl (argv list, timeout)."""
     unit = body.get("unit")
-    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.startswith("-") \
+    if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit) or unit.startswith("-") \
             or ".." in unit:
         raise _bad("unit", "must match %s" % UNIT_RE.pattern)
     verb = _check_verb(body)
@@ -1236,7 +1236,7 @@ def action_service(body, policy, systemctl=None, timeout=90.0):
 def action_docker(body, policy, sock_path=DEFAULT_DOCKER_SOCKET, timeout=90.0):
     """start/stop/restart a container through the Engine API on the unix socket."""
     name = body.get("container")
-    if not isinstance(name, str) or not CONTAINER_RE.match(name):
+    if not isinstance(name, str) or not CONTAINER_RE.fullmatch(name):
         raise _bad("container", "must match %s" % CONTAINER_RE.pattern)
     verb = _check_verb(body)
     if not policy["actions"]["docker"]:
@@ -1526,7 +1526,7 @@ REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
-TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class Request(object):
@@ -1573,7 +1573,7 @@ def parse_request(buf, max_header, max_body):
         raise HTTPError(400, "bad_request", "non-ASCII bytes in the request head")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not TOKEN_RE.match(parts[0]) or not parts[1].startswith("/"):
+    if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]) or not parts[1].startswith("/"):
         raise HTTPError(400, "bad_request", "malformed request line")
     method, target, version = parts
     if version not in ("HTTP/1.1", "HTTP/1.0"):
@@ -1585,7 +1585,7 @@ def parse_request(buf, max_header, max_body):
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not TOKEN_RE.match(name):
+        if not sep or not TOKEN_RE.fullmatch(name):
             raise HTTPError(400, "bad_request", "malformed header line")
         name = name.lower()
         value = value.strip(" \t")

@@ -150,7 +150,7 @@ def request(sock, method, path, body=None, headers=None):
     """Send one request on a kept-alive socket and read its response."""
     data = b"" if body is None else json.dumps(body).encode()
     head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method, path)
-    if body is not None:
+    if body is not None and "Content-Type" not in (headers or {}):
         head += "Content-Type: application/json\r\n"
     for k, v in (headers or {}).items():
         head += "%s: %s\r\n" % (k, v)
