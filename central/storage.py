@@ -128,17 +128,20 @@ class Storage:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements in one transaction."""
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
+        """Run statements in one transaction; returns the last statement's lastrowid."""
+        last = None
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, args in statements:
-                    await self.db.execute(sql, args)
+                    cur = await self.db.execute(sql, args)
+                    last = cur.lastrowid
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+        return last
 
     # servers
 
@@ -448,6 +451,41 @@ class Storage:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+
+    # audit
+
+    async def add_audit(
+        self, *, actor: str, role: str, server_id: int | None, server_name: str, action: str,
+        arguments: dict, result: str, exit_status: int | None = None, output: str = "",
+        duration_ms: float | None = None, ts: float | None = None,
+    ) -> int:
+        """Record one action request and its outcome; returns the row id."""
+        return await self._write([(
+            "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
+            " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
+             json.dumps(arguments, separators=(",", ":"), sort_keys=True), result, exit_status,
+             output, duration_ms),
+        )])
+
+    async def audit_log(self, server_name: str | None = None, limit: int = 100,
+                        before_id: int | None = None) -> list[dict]:
+        """Audit rows, newest first: optionally one server's, and older than before_id (paging)."""
+        where, args = [], []
+        if server_name is not None:
+            where.append("server_name = ?")
+            args.append(server_name)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["arguments"] = json.loads(d["arguments"])
+            out.append(d)
+        return out
 
     # status
 
