@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from conftest import AGENT_PATH, read_response, request, wait_for
+from tests.conftest import AGENT_PATH, read_response, request, wait_for
 
 
 def test_keep_alive_serves_several_requests_on_one_socket(start_agent):
