@@ -4,7 +4,8 @@ A :class:`HostFarm` owns one private bridge (no route off the machine, no NAT) w
 address block 10.98.N.0/24 picked so that concurrent farms on one machine never collide.
 Each :class:`TestHost` is a network namespace with a veth on that bridge, inside which an
 ``unshare --uts --mount --pid --fork --mount-proc`` tree runs (tests/hostinit.py as PID 1,
-tmpfs over /root, /tmp, /opt and /var/tmp, its own hostname), and in it the machine's real
+tmpfs over /root, /tmp, /opt and /var/tmp, copy-on-write overlays of /etc and /var, its own
+hostname), and in it the machine's real
 ``/usr/sbin/sshd`` with its own ed25519 host key, plus optionally the agent.
 
 Everything is torn down by host-side PID (the PidFile in a PID namespace would say 1).
@@ -46,6 +47,9 @@ HOST_PYTHON = "/usr/bin/python3"
 SSHD = "/usr/sbin/sshd"
 AGENT_PORT = 8083
 OVERLAYS = ("/root", "/tmp", "/opt", "/var/tmp")
+#: copy-on-write per host, so what a host writes there (a deployed agent's policy file,
+#: /etc/rc.local, logs) never reaches the machine or another host
+COW_DIRS = ("/etc", "/var")
 HOST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -91,7 +95,9 @@ def missing_requirements():
 
 
 def default_agent_path():
-    """The real agent (agent/agent.py in the repository) if present, else the test stand-in."""
+    """$CENTRAL_TEST_AGENT, else the real agent/agent.py if present, else the test stand-in."""
+    if os.environ.get("CENTRAL_TEST_AGENT"):
+        return Path(os.environ["CENTRAL_TEST_AGENT"]).resolve()
     real = REPO_DIR / "agent" / "agent.py"
     return real if real.exists() else STANDIN_AGENT
 
@@ -706,7 +712,13 @@ class HostFarm:
     def _launch_init(self, host):
         argv = ["ip", "netns", "exec", host.netns,
                 "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name] + list(OVERLAYS)
+                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name]
+        for path in COW_DIRS:  # before the tmpfs mounts: /var/tmp lies inside /var
+            upper = host.state_dir / "cow" / path.strip("/")
+            (upper / "upper").mkdir(parents=True, exist_ok=True)
+            (upper / "work").mkdir(parents=True, exist_ok=True)
+            argv.append("overlay=%s:%s:%s" % (path, upper / "upper", upper / "work"))
+        argv += list(OVERLAYS)
         with open(host.state_dir / "init.log", "ab") as log:
             host._unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=log,

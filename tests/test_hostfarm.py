@@ -272,3 +272,14 @@ def test_reaper_cleans_up_after_owner_is_killed():
         owner.wait()
     hostfarm._wait_for(lambda: not _leftovers(info["netns"], info["bridge"], info["pids"]),
                        10, "the reaper to clean up")
+
+
+def test_etc_and_var_are_copy_on_write(test_host):
+    host, other = test_host.many(2, agent=False)
+    host.run(["sh", "-c", "echo mine > /etc/central-hostfarm-probe; "
+              "mkdir -p /var/log && echo x > /var/log/central-hostfarm-probe"])
+    assert host.run(["cat", "/etc/central-hostfarm-probe"]).stdout == "mine\n"
+    assert not os.path.exists("/etc/central-hostfarm-probe")
+    assert not os.path.exists("/var/log/central-hostfarm-probe")
+    assert other.run(["ls", "/etc/central-hostfarm-probe"], check=False).returncode != 0
+    assert host.run(["cat", "/etc/os-release"]).stdout == open("/etc/os-release").read()
