@@ -1169,7 +1169,7 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
         try:
             data = _read_bytes(os.path.join(proc, str(pid), "stat"), 2048)
             comm, f = parse_stat(data)
-            ppid, flags, st = int(f[1]), int(f[6]), int(f[19])
+            flags, st = int(f[6]), int(f[19])
         except (OSError, ValueError, IndexError):
             raise ActionError(404, "no_such_process", "no process with pid %d" % pid)
         # /proc/TID/stat exists for every thread, and kill(TID) signals the whole process:
@@ -1181,7 +1181,9 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
         if st != start_time:
             raise ActionError(409, "stale_pid", "pid %d has start_time %d, not %d: the process "
                               "you saw is gone" % (pid, st, start_time))
-        if pid == 2 or ppid == 2 or flags & PF_KTHREAD:
+        # PF_KTHREAD alone: inside a PID namespace (LXC, docker) pid 2 and its children are
+        # ordinary processes, and kernel threads are not visible at all.
+        if flags & PF_KTHREAD:
             raise _forbidden("refusing to signal kernel thread %d (%s)" % (pid, comm))
         for pattern in policy["protected_processes"]:
             if fnmatch.fnmatchcase(comm, pattern):
