@@ -267,3 +267,22 @@ def test_the_agent_and_the_central_allow_the_same_signals():
 
     assert set(actions.SIGNALS) == set(agent_module().DEFAULT_POLICY["kill_signals"])
     assert sys.modules["central_agent"].VERBS == actions.VERBS
+
+
+async def test_a_kernel_thread_is_refused_on_local(central):
+    kthreads = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            fields = data[data.rfind(b")") + 2:].split()
+            if int(fields[6]) & 0x00200000:  # PF_KTHREAD
+                kthreads.append(int(entry))
+    assert kthreads, "no kernel threads visible"
+    for pid in kthreads[:3]:
+        with pytest.raises(Forbidden, match="kernel thread %d" % pid):
+            await run_action(central, "cli:tester", "admin", "local", "kill", {"pid": pid, "signal": "KILL"})
+        assert (await last_audit(central))["result"] == "refused"
