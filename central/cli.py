@@ -473,6 +473,13 @@ async def _act(central: Central, server_name: str, kind: str, args: dict, yes: b
         sys.exit(1)
 
 
+def _action_options(fn):
+    """--yes and --json, and the async body run with an opened Central."""
+    fn = central_command(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
 @action.command("kill")
 @click.argument("server_name", metavar="SERVER")
 @click.argument("pid", metavar="PID")
@@ -481,9 +488,7 @@ async def _act(central: Central, server_name: str, kind: str, args: dict, yes: b
 @click.option("--start-time", metavar="TICKS",
               help="The process start time (field 22 of /proc/PID/stat) you expect; default: "
                    "what the central saw last, so a reused pid is never signalled.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@central_command
+@_action_options
 async def action_kill(central: Central, server_name, pid, sig, start_time, yes, as_json):
     """Send a signal to a process on a server (shows the process and asks first).
 
@@ -502,9 +507,7 @@ async def action_kill(central: Central, server_name, pid, sig, start_time, yes, 
 @click.argument("server_name", metavar="SERVER")
 @click.argument("unit", metavar="UNIT")
 @click.argument("verb", metavar="start|stop|restart")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@central_command
+@_action_options
 async def action_service(central: Central, server_name, unit, verb, yes, as_json):
     """Start, stop or restart a systemd service on a server (within the host's policy).
 
@@ -520,9 +523,7 @@ async def action_service(central: Central, server_name, unit, verb, yes, as_json
 @click.argument("server_name", metavar="SERVER")
 @click.argument("container", metavar="CONTAINER")
 @click.argument("verb", metavar="start|stop|restart")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@central_command
+@_action_options
 async def action_docker(central: Central, server_name, container, verb, yes, as_json):
     """Start, stop or restart a docker container on a server (through the Engine API).
 

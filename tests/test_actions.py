@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,28 +15,9 @@ from central import actions
 from central.actions import Cancelled, audit_log, run_action, validate
 from central.model import Conflict, Forbidden, Invalid, NotFound
 from tests.conftest import make_config
+from tests.test_agent_actions import sleeper, start_time_of  # noqa: F401 - a fixture
 
 
-def start_time_of(pid):
-    with open("/proc/%d/stat" % pid, "rb") as f:
-        data = f.read()
-    return int(data[data.rfind(b")") + 2:].split()[19])
-
-
-@pytest.fixture
-def sleeper():
-    procs = []
-
-    def spawn():
-        p = subprocess.Popen(["sleep", "1000"])
-        procs.append(p)
-        return p
-
-    yield spawn
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
 
 
 async def last_audit(central):
@@ -219,7 +199,7 @@ async def test_confirmation_sees_the_process_and_a_no_sends_nothing(central, sle
     with pytest.raises(Cancelled):
         await run_action(central, "cli:tester", "admin", "local", "kill", {"pid": p.pid, "signal": "KILL"}, confirm=no)
     assert p.poll() is None
-    assert seen[0]["process"]["name"] == "sleep" and seen[0]["process"]["cmdline"] == "sleep 1000"
+    assert seen[0]["process"]["name"] == "sleep" and seen[0]["process"]["cmdline"] == "sleep 300"
     assert seen[0]["text"].startswith("send SIGKILL to pid %d (sleep" % p.pid)
     assert await central.storage.audit_log() == []
 

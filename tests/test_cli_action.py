@@ -1,12 +1,12 @@
 """`central action ...` through click's CliRunner, acting on the `local` server for real."""
 import getpass
 import json
-import subprocess
 
 import pytest
 from click.testing import CliRunner
 
 from central.cli import cli
+from tests.test_agent_actions import sleeper  # noqa: F401 - a fixture
 
 
 @pytest.fixture
@@ -19,21 +19,6 @@ def run(tmp_path):
     return invoke
 
 
-@pytest.fixture
-def sleeper():
-    procs = []
-
-    def spawn():
-        p = subprocess.Popen(["sleep", "1000"])
-        procs.append(p)
-        return p
-
-    yield spawn
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
 
 def audit(run):
     res = run("action", "log", "--json")
@@ -45,7 +30,7 @@ def test_kill_with_yes_shows_the_process_and_kills_it(run, sleeper):
     p = sleeper()
     res = run("action", "kill", "local", str(p.pid), "--signal", "kill", "--yes")
     assert res.exit_code == 0, res.output
-    assert f"send SIGKILL to pid {p.pid} (sleep" in res.output and "sleep 1000" in res.output
+    assert f"send SIGKILL to pid {p.pid} (sleep" in res.output and "sleep 300" in res.output
     assert "ok (exit status 0" in res.output
     assert p.wait(10) == -9
     row = audit(run)[0]
