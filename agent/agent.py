@@ -157,9 +157,25 @@ def _read_bytes(path, size=65536):
         os.close(fd)
 
 
-def _read_text(path, size=262144):
-    """Read a small text file as str."""
-    return _read_bytes(path, size).decode("utf-8", "replace")
+def _read_text(path, size=1 << 20):
+    """Read a text file (at most size bytes) as str, in 64 KiB reads.
+
+    One big os.read() would allocate a buffer of the full size each time, and glibc then
+    keeps such sizes on the heap: reading in chunks keeps the agent's RSS flat.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        total = 0
+        while total < size:
+            chunk = os.read(fd, min(65536, size - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _read_opt(path):
@@ -687,7 +703,7 @@ def scan_processes(proc="/proc"):
             finally:
                 os.close(fd)
             rp = data.rfind(b")")
-            f = data[rp + 2:].split()
+            f = data[rp + 2:].split(None, 22)  # fields 3..24 are all we need
             table[(int(entry), int(f[19]))] = (int(f[11]) + int(f[12]), int(f[21]) * page,
                                               data[data.find(b"(") + 1:rp])
         except (OSError, ValueError, IndexError):
@@ -1365,7 +1381,6 @@ class Collector(object):
         self._cgroup_at = 0.0
         self._prev = {}
         self._inventory_cache = None  # (monotonic time, inventory, hash)
-        self._cpu_model = None
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1537,11 +1552,7 @@ class Collector(object):
 
     def inventory(self):
         """The /api/inventory document (also refreshes the cached inventory_hash)."""
-        if self._cpu_model is None:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
-            self._cpu_model = inv["cpu"]["model"]
-        else:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+        inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
         self._inventory_cache = (time.monotonic(), inv, inventory_hash(inv))
         return inv
 
@@ -2067,6 +2078,22 @@ def build_parser():
     return p
 
 
+def _tune_malloc():
+    """Keep glibc from giving each worker thread its own malloc arena (RSS creep).
+
+    With one arena per thread, every worker's JSON buffers and /proc reads stay resident
+    in its own heap; one shared arena keeps the agent's RSS flat. Also hand back what the
+    start-up left free. A no-op where glibc or ctypes is missing.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+        libc.malloc_trim(0)
+    except Exception:  # best effort only
+        pass
+
+
 def main(argv=None):
     """Entry point: serve, or print one endpoint with --once."""
     args = build_parser().parse_args(argv)
@@ -2110,6 +2137,7 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _tune_malloc()
     log.info("listening on %s:%d (version %s, policy: %s)", server.address[0],
              server.address[1], VERSION, collector.policy()[1])
     server.serve_forever()

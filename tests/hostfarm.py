@@ -480,7 +480,7 @@ class TestHost:
     # ----- agent
 
     def _start_agent_process(self, argv_extra=(), policy=None, agent_path=None, port=AGENT_PORT):
-        path = Path(agent_path or self.farm.agent_path)
+        path = self.farm.visible(agent_path or self.farm.agent_path)
         argv = [HOST_PYTHON, str(path), "--listen", "127.0.0.1", "--port", str(port)]
         if policy is not None:
             policy_path = self.state_dir / "agent-policy.json"
@@ -524,7 +524,7 @@ class TestHost:
         if mode not in FAKE_AGENT_MODES:
             raise ValueError("unknown fake agent mode %r (one of %s)" % (mode, FAKE_AGENT_MODES))
         self.stop_agent()
-        self.agent = self.spawn([HOST_PYTHON, str(FAKE_AGENT), mode, "--port", str(port)],
+        self.agent = self.spawn([HOST_PYTHON, str(self.farm.visible(FAKE_AGENT)), mode, "--port", str(port)],
                                 log_name="agent.log")
         self._agent_port = port
         self._wait_agent(timeout)
@@ -637,6 +637,20 @@ class HostFarm:
             [HOST_PYTHON, "-I", str(Path(__file__).resolve()), "--reap", str(self.base_dir)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/")
+
+    def visible(self, path):
+        """A path the hosts can read: files under a directory hidden inside hosts (the
+        checkout may live under /tmp or /root) are copied into the farm's state directory."""
+        path = Path(path).resolve()
+        if not any(path == Path(h) or Path(h) in path.parents for h in OVERLAYS):
+            return path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        copy = self.base_dir / "files" / ("%s-%s" % (digest, path.name))
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(path), str(copy) + ".tmp")
+            os.replace(str(copy) + ".tmp", str(copy))
+        return copy
 
     # ----- hosts
 

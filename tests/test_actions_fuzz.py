@@ -26,7 +26,7 @@ from central.actions import run_action
 from central.cli import cli
 from central.model import Conflict, Forbidden, Invalid, NotFound
 from central.service import Central
-from tests.conftest import request
+from tests.agentutil import request
 from tests.test_agent_actions import FakeEngine
 
 pytestmark = pytest.mark.hosts

@@ -15,7 +15,7 @@ import pytest
 from central.actions import audit_log, run_action
 from central.model import Conflict, Forbidden, Invalid, NotFound, PollError
 from central.service import Central
-from tests.conftest import wait_for
+from tests.agentutil import wait_for
 from tests.test_agent_actions import FakeEngine
 
 pytestmark = pytest.mark.hosts

@@ -13,7 +13,7 @@ from central.actions import audit_log, run_action
 from central.bundled import agent_path
 from central.model import Forbidden
 from central.service import Central
-from tests.conftest import wait_for
+from tests.agentutil import wait_for
 from tests.lxc import ECHO_UNIT
 
 pytestmark = pytest.mark.lxc

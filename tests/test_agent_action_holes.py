@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import request, wait_for
+from tests.agentutil import request, wait_for
 
 
 def post(agent_proc, kind, **body):

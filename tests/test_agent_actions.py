@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import socketserver
-import stat
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.conftest import request, wait_for
+from tests.agentutil import request
 
 
 def start_time_of(pid):
@@ -156,7 +155,7 @@ def test_kill_body_must_be_a_json_object(start_agent):
     for raw in (b"not json", b"[1,2]"):
         s.sendall(b"POST /api/actions/kill HTTP/1.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
-        from tests.conftest import read_response
+        from tests.agentutil import read_response
         status, _, doc, _ = read_response(s)
         assert status == 400 and doc["detail"].startswith("body")
     # A browser-style form post (cross-site request) is not accepted.

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import DATA
+from tests.agentutil import DATA
 
 GIB = 1 << 30
 
@@ -307,7 +307,7 @@ def test_inventory_hash_changes_exactly_with_stable_fields(agent, tmp_path):
 def test_import_has_no_side_effects():
     import subprocess
     import sys
-    from tests.conftest import AGENT_PATH
+    from tests.agentutil import AGENT_PATH
     code = ("import importlib.util, threading, signal, sys\n"
             "before = signal.getsignal(signal.SIGTERM)\n"
             "s = importlib.util.spec_from_file_location('a', %r)\n"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import AGENT_PATH
+from tests.agentutil import AGENT_PATH
 
 
 def test_agent_runs_on_python_3_6():

@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-from tests.conftest import AGENT_PATH, read_response, request, wait_for
+from tests.agentutil import AGENT_PATH, read_response, request, wait_for
 
 
 def test_keep_alive_serves_several_requests_on_one_socket(start_agent):
