@@ -118,7 +118,8 @@ def init(ctx):
     """Create the data directory, the database and the central's SSH key pair.
 
     Prints the public key and the restricted authorized_keys line to install on hosts
-    (scripts/deploy-agent.sh does that for you). Safe to run again.
+    (scripts/deploy-agent.sh does that for you). When no user exists yet it creates the
+    admin user "admin" and prints its random password once. Safe to run again.
 
     \b
     Example:
@@ -128,12 +129,8 @@ def init(ctx):
     config.data_path.mkdir(parents=True, exist_ok=True)
     line, created = ensure_key_pair(config.key_path)
 
-    async def setup(central: Central):
-        hooks = getattr(central, "init_hooks", [])
-        return [await h(central) for h in hooks]
-
     try:
-        extra = _run(_with_central(config, setup))
+        password = _run(_with_central(config, lambda c: c.auth.ensure_first_admin("admin")))
     except (CentralError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"database: {config.database_path}")
@@ -142,9 +139,10 @@ def init(ctx):
     click.echo(line)
     console.print("\nRestricted authorized_keys line (forwarding to the agent only, no shell):")
     click.echo(restricted_key_line(line))
-    for message in extra:
-        if message:
-            click.echo(message)
+    if password:
+        click.echo("\nCreated the first user: admin (role admin). Its password, shown only this once:")
+        click.echo(f"  {password}")
+        click.echo("Change it with `central user passwd admin`.")
 
 
 @cli.command()
@@ -412,6 +410,192 @@ async def server_trust(central: Central, name, accept_host_key, fp):
     confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await central.trust_server(name, confirmed)
     click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
+
+def _read_password(password_stdin: bool, confirm: bool = True) -> str:
+    """A password from stdin (one line) or an interactive prompt; never from argv."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if not sys.stdin.isatty():
+        raise click.ClickException("no terminal to ask for the password: pipe it in with --password-stdin")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+@cli.group()
+def user():
+    """Manage the users of the HTTP API and page (roles: viewer, operator, admin).
+
+    viewer reads everything; operator may also act (remote actions, acknowledge alerts, test
+    servers); admin also manages servers, users and tokens.
+
+    \b
+    Example:
+      central user add alice --role operator
+      central user list
+    """
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer", show_default=True,
+              help="What the user may do.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@central_command
+async def user_add(central: Central, name, role, password_stdin):
+    """Add a user; the password is prompted for (or read from stdin).
+
+    \b
+    Example:
+      central user add alice --role operator
+      printf '%s\\n' "$PASSWORD" | central user add ci --role viewer --password-stdin
+    """
+    from .auth import check_password, check_username
+
+    check_username(name)
+    if await central.storage.find_user(name) is not None:
+        raise CentralError(f"a user named {name!r} already exists")
+    password = check_password(_read_password(password_stdin))
+    await central.auth.add_user(name, role, password)
+    click.echo(f"added user {name} ({role})")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of stdin.")
+@central_command
+async def user_passwd(central: Central, name, password_stdin):
+    """Set a user's password (their open browser sessions end).
+
+    \b
+    Example:
+      central user passwd admin
+    """
+    await central.storage.get_user(name)
+    await central.auth.set_password(name, _read_password(password_stdin))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "operator", "admin"]))
+@central_command
+async def user_role(central: Central, name, role):
+    """Change a user's role (the last admin stays admin).
+
+    \b
+    Example:
+      central user role alice admin
+    """
+    await central.auth.set_role(name, role)
+    click.echo(f"{name} is now {role}")
+
+
+@user.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@central_command
+async def user_remove(central: Central, name, yes):
+    """Remove a user and revoke their API tokens (the last admin cannot be removed).
+
+    \b
+    Example:
+      central user remove alice --yes
+    """
+    await central.storage.get_user(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CentralError("refusing to remove without confirmation: pass --yes")
+        if not click.confirm(f"Remove user {name} and their API tokens?"):
+            raise CentralError("not removed")
+    await central.auth.remove_user(name)
+    click.echo(f"removed user {name}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def user_list(central: Central, as_json):
+    """List users and their roles.
+
+    \b
+    Example:
+      central user list --json
+    """
+    users = await central.auth.list_users()
+    if as_json:
+        _echo_json(users)
+        return
+    t = Table("name", "role", "created")
+    for u in users:
+        t.add_row(u["name"], u["role"], _age(u["created_at"]))
+    console.print(t)
+
+
+@cli.group()
+def token():
+    """Create, list and revoke API tokens for scripts (Authorization: Bearer <token>).
+
+    \b
+    Example:
+      central token create grafana --user admin
+    """
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--user", "owner", default="admin", show_default=True, help="The user the token acts as.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (including the token).")
+@central_command
+async def token_create(central: Central, name, owner, as_json):
+    """Create an API token; it is printed once and stored only as a hash.
+
+    \b
+    Example:
+      central token create prometheus --user viewer1
+      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9083/api/v1/servers
+    """
+    secret, record = await central.auth.create_token(owner, name)
+    if as_json:
+        _echo_json({**record, "token": secret})
+        return
+    click.echo(f"token {record['id']} ({name}) for {owner}; shown only this once:")
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--user", "owner", help="Only this user's tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def token_list(central: Central, owner, as_json):
+    """List API tokens (never the tokens themselves).
+
+    \b
+    Example:
+      central token list --user admin
+    """
+    tokens = await central.auth.list_tokens(owner)
+    if as_json:
+        _echo_json(tokens)
+        return
+    t = Table("id", "name", "user", "created", "last used", "state")
+    for tk in tokens:
+        t.add_row(str(tk["id"]), tk["name"], tk["user"], _age(tk["created_at"]), _age(tk["last_used"]),
+                  "revoked" if tk["revoked_at"] else "active")
+    console.print(t)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@central_command
+async def token_revoke(central: Central, token_id):
+    """Revoke an API token by id (it stops working at once).
+
+    \b
+    Example:
+      central token revoke 3
+    """
+    record = await central.auth.revoke_token(token_id)
+    click.echo(f"revoked token {record['id']} ({record['name']})")
 
 
 @cli.group()

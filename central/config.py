@@ -57,6 +57,8 @@ class HTTPConfig:
     metrics_auth: bool = True
     max_body_bytes: int = 1_048_576
     session_max_age: float = 12 * 3600.0
+    # Mark the session cookie Secure (only sent over https): set when a TLS proxy fronts central.
+    cookie_secure: bool = False
     # File holding the cookie-signing secret; created on first start when empty.
     session_secret_file: str = ""
     login_attempts_per_minute: int = 10

@@ -8,6 +8,7 @@ evaluation) on the batch.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,32 @@ log = logging.getLogger(__name__)
 Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
 # Reasons that stop polling until an operator acts (DESIGN.md "Hosts and keys").
 BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
+
+
+class Histogram:
+    """Cumulative-bucket counts of observed values (Prometheus style); O(log buckets) per observation."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS):
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """Count one value into its bucket."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, count of values <= it) per bucket, ending with (inf, count)."""
+        out, total = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
 
 
 def phase(server_id: int, interval: float) -> float:
@@ -75,10 +102,15 @@ class Poller:
         self._main: list[asyncio.Task] = []
         self._flushed = asyncio.Event()
         self.lag: float = 0.0  # how late the last poll started, seconds
-        self.polls = 0
+        self.polls = 0  # successful polls
         self.errors_by_reason: dict[str, int] = {}
-        self.durations: list[float] = []  # recent poll durations, for the histogram
+        self.durations = Histogram()  # every poll's duration, failed ones included
         self.started_at = time.time()
+
+    @property
+    def scheduled(self) -> int:
+        """How many servers have a poll schedule."""
+        return len(self._tasks)
 
     # lifecycle
 
@@ -180,7 +212,9 @@ class Poller:
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
             server_log(log, server.name).info("poll failed: %s", err)
-            return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
+            duration = time.perf_counter() - t0
+            self.durations.observe(duration)
+            return PollOutcome(server_id=server.id, ts=started, duration=duration,
                                ok=False, reason=err.reason, error=err.message)
         version, sha = agent_identity(doc)
         outcome = PollOutcome(
@@ -192,13 +226,8 @@ class Poller:
             outcome.extra["inventory"] = inv
         outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
         self.polls += 1
-        self._record_duration(outcome.duration)
+        self.durations.observe(outcome.duration)
         return outcome
-
-    def _record_duration(self, d: float) -> None:
-        self.durations.append(d)
-        if len(self.durations) > 10000:
-            del self.durations[:5000]
 
     async def _poll_local(self) -> tuple[dict, str]:
         try:

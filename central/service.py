@@ -17,6 +17,8 @@ import asyncssh
 
 from .agentclient import AgentClient
 from .alerts import AlertEngine
+
+from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
 from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
@@ -126,6 +128,7 @@ class Central:
         self.storage = storage
         self.pool = pool
         self.poller = Poller(config, storage, pool)
+        self.auth = Auth(storage)
         self.started_at = time.time()
         self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
@@ -166,6 +169,20 @@ class Central:
         key = await fetch_host_key(host, port, self.config.ssh)
         return {"host": host, "port": port, "host_key": public_key_line(key),
                 "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
+
+    async def probe_new(self, name: str, host: str, port: int = 22) -> dict:
+        """The first step of adding a server: check the name is free, return the host key to confirm."""
+        check_name(name)
+        if await self.storage.find_server(name) is not None:
+            raise Conflict(f"a server named {name!r} already exists")
+        return await self.probe(check_host(host), port)
+
+    async def probe_server(self, name: str) -> dict:
+        """The first step of re-trusting: the key the server presents now and the pinned fingerprint."""
+        server = await self.storage.get_server(name)
+        if server.kind == "local":
+            raise Invalid(f"{name} is the central's own host; it has no SSH host key")
+        return {"probe": await self.probe(server.host, server.port), "pinned": server.host_key_fingerprint}
 
     async def add_server(
         self, name: str, host: str, *, port: int = 22, user: str = "root",

@@ -90,7 +90,10 @@ class Storage:
 
     async def _setup(self) -> None:
         await self.db.execute("PRAGMA busy_timeout = 10000")
-        await self.db.execute("PRAGMA journal_mode = WAL")
+        # journal_mode answers with a row: close the cursor, or the unfinished statement makes
+        # the checkpoint in close() fail with "database table is locked" until it is collected.
+        async with self.db.execute("PRAGMA journal_mode = WAL"):
+            pass
         # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
         # only a power loss can take the last few commits back.
         await self.db.execute("PRAGMA synchronous = NORMAL")
@@ -116,7 +119,10 @@ class Storage:
     async def close(self) -> None:
         """Close the connection (a checkpoint keeps the WAL file small)."""
         try:
-            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
+        except aiosqlite.OperationalError as exc:  # only housekeeping: never fail a shutdown on it
+            log.warning("WAL checkpoint on close failed: %s", exc)
         finally:
             await self.db.close()
 
@@ -225,11 +231,15 @@ class Storage:
         """Store one batch of poll outcomes in a single transaction."""
         if not outcomes:
             return
-        ok = [o for o in outcomes if o.ok]
-        failed = [o for o in outcomes if not o.ok]
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
+                # A server removed while its poll was queued: drop that outcome, not the batch
+                # (its samples would break the foreign key and roll back everyone's).
+                async with self.db.execute("SELECT id FROM servers") as cur:
+                    existing = {r[0] for r in await cur.fetchall()}
+                ok = [o for o in outcomes if o.ok and o.server_id in existing]
+                failed = [o for o in outcomes if not o.ok and o.server_id in existing]
                 if ok:
                     await self.db.executemany(
                         "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
@@ -277,10 +287,12 @@ class Storage:
 
     async def latest_samples(self) -> dict[int, dict]:
         """The newest sample of every server, by server id."""
+        # One primary-key seek per server (samples is keyed (server_id, ts)): a GROUP BY over
+        # the whole table scanned every raw row, 2.6 s at 1,000 servers x 48 h (BENCHMARKS.md).
         rows = await self._all(
-            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM samples s"
-            " JOIN (SELECT server_id, max(ts) AS ts FROM samples GROUP BY server_id) m"
-            " ON s.server_id = m.server_id AND s.ts = m.ts"
+            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM servers v"
+            " JOIN samples s ON s.server_id = v.id"
+            " AND s.ts = (SELECT max(ts) FROM samples WHERE server_id = v.id)"
         )
         out = {}
         for r in rows:
@@ -486,7 +498,120 @@ class Storage:
             out.append(d)
         return out
 
+    async def import_samples(self, rows: Sequence[tuple]) -> None:
+        """Bulk-insert raw samples (server_id, ts, *METRICS, top_json): imports, benchmarks, tests."""
+        await self._write_many([(
+            f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+            f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)", list(rows))])
+
+    async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
+        """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric)."""
+        await self._write_many([(
+            f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS})"
+            f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(METRICS)))})", list(rows))])
+
+    # users and API tokens
+
+    async def add_user(self, name: str, role: str, password_hash: str) -> dict:
+        """Insert a user; Conflict if the name is taken."""
+        try:
+            await self._write([("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                                (name, role, password_hash, time.time()))])
+        except aiosqlite.IntegrityError:
+            raise Conflict(f"a user named {name!r} already exists") from None
+        return await self.get_user(name)
+
+    async def get_user(self, name: str) -> dict:
+        """The user called name (with password_hash); NotFound otherwise."""
+        row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return dict(row)
+
+    async def find_user(self, name: str) -> dict | None:
+        """The user called name, or None."""
+        row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
+        return dict(row) if row else None
+
+    async def get_user_by_id(self, user_id: int) -> dict | None:
+        """The user with this id, or None."""
+        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        return dict(row) if row else None
+
+    async def list_users(self) -> list[dict]:
+        """Every user (without password hashes), by name."""
+        return [dict(r) for r in await self._all("SELECT id, name, role, created_at FROM users ORDER BY name")]
+
+    async def count_users(self, role: str | None = None) -> int:
+        """How many users there are (with this role)."""
+        if role is None:
+            return (await self._one("SELECT count(*) FROM users"))[0]
+        return (await self._one("SELECT count(*) FROM users WHERE role = ?", (role,)))[0]
+
+    async def set_user_password(self, name: str, password_hash: str) -> None:
+        """Replace a user's password hash."""
+        await self.get_user(name)
+        await self._write([("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))])
+
+    async def set_user_role(self, name: str, role: str) -> None:
+        """Change a user's role."""
+        await self.get_user(name)
+        await self._write([("UPDATE users SET role = ? WHERE name = ?", (role, name))])
+
+    async def remove_user(self, name: str) -> None:
+        """Delete a user and their API tokens."""
+        user = await self.get_user(name)
+        await self._write([("DELETE FROM users WHERE id = ?", (user["id"],))])
+
+    async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:
+        """Store a new API token's hash; returns the token row."""
+        now = time.time()
+        await self._write([("INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                            (user_id, name, token_hash, now))])
+        row = await self._one("SELECT id, user_id, name, created_at, last_used, revoked_at FROM api_tokens"
+                              " WHERE token_hash = ?", (token_hash,))
+        return dict(row)
+
+    async def token_user(self, token_hash: str) -> dict | None:
+        """The unrevoked token with this hash joined with its user, or None."""
+        row = await self._one(
+            "SELECT t.id AS token_id, t.name AS token_name, t.last_used, u.id AS user_id, u.name AS user,"
+            " u.role FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND t.revoked_at IS NULL", (token_hash,))
+        return dict(row) if row else None
+
+    async def list_tokens(self, user: str | None = None) -> list[dict]:
+        """API tokens (never their hashes), newest first; only one user's when named."""
+        sql = ("SELECT t.id, t.name, u.name AS user, t.created_at, t.last_used, t.revoked_at FROM api_tokens t"
+               " JOIN users u ON u.id = t.user_id")
+        if user is None:
+            return [dict(r) for r in await self._all(sql + " ORDER BY t.id DESC")]
+        return [dict(r) for r in await self._all(sql + " WHERE u.name = ? ORDER BY t.id DESC", (user,))]
+
+    async def revoke_token(self, token_id: int) -> dict:
+        """Mark a token revoked (kept for the record); NotFound if there is no such token."""
+        row = await self._one("SELECT id, revoked_at FROM api_tokens WHERE id = ?", (token_id,))
+        if row is None:
+            raise NotFound(f"no API token with id {token_id}")
+        if row["revoked_at"] is None:
+            await self._write([("UPDATE api_tokens SET revoked_at = ? WHERE id = ?", (time.time(), token_id))])
+        return dict(await self._one("SELECT id, name, created_at, last_used, revoked_at FROM api_tokens WHERE id = ?",
+                                    (token_id,)))
+
+    async def touch_tokens(self, last_used: dict[int, float]) -> None:
+        """Record when tokens were last used (batched by the caller)."""
+        if last_used:
+            await self._write_many([("UPDATE api_tokens SET last_used = ? WHERE id = ?",
+                                     [(ts, tid) for tid, ts in last_used.items()])])
+
     # status
+
+    async def alert_counts(self) -> dict[str, int]:
+        """Open alerts by state (pending, firing)."""
+        rows = await self._all("SELECT state, count(*) FROM alerts WHERE state IN ('pending', 'firing') GROUP BY state")
+        counts = {"pending": 0, "firing": 0}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
 
     async def database_size(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
