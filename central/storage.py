@@ -6,6 +6,7 @@ timeout make safe alongside it.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -66,6 +67,11 @@ class Storage:
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self.db = db
         self.path = path
+        # One transaction at a time on the shared connection: without it a second
+        # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
+        # while the first one awaits inside its transaction (an action's audit row
+        # written during a poll batch, say).
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path) -> "Storage":
@@ -122,16 +128,20 @@ class Storage:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements in one transaction."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, args in statements:
-                await self.db.execute(sql, args)
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
+        """Run statements in one transaction; returns the last statement's lastrowid."""
+        last = None
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    cur = await self.db.execute(sql, args)
+                    last = cur.lastrowid
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+        return last
 
     # servers
 
@@ -220,47 +230,48 @@ class Storage:
             return
         ok = [o for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            if ok:
-                await self.db.executemany(
-                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                    " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
-                    " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
-                    " hostname = coalesce(?, hostname) WHERE id = ?",
-                    [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
-                )
-                await self.db.executemany(
-                    "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
-                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
-                    [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
-                )
-                await self.db.executemany(
-                    f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
-                    f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
-                    [
-                        (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
-                         json.dumps(o.sample.get("top") or [], separators=(",", ":")))
-                        for o in ok if o.sample is not None
-                    ],
-                )
-            if failed:
-                # offline after N consecutive failures; a host-key mismatch or an agent-side
-                # problem is 'error' at once (SSH works, so the host itself is not offline).
-                await self.db.executemany(
-                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
-                    " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
-                    " status = CASE"
-                    "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
-                    "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
-                    "   ELSE status END"
-                    " WHERE id = ?",
-                    [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
-                )
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if ok:
+                    await self.db.executemany(
+                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                        " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
+                        " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
+                        " hostname = coalesce(?, hostname) WHERE id = ?",
+                        [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
+                    )
+                    await self.db.executemany(
+                        "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
+                        " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                        [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                    )
+                    await self.db.executemany(
+                        f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+                        f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
+                        [
+                            (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
+                             json.dumps(o.sample.get("top") or [], separators=(",", ":")))
+                            for o in ok if o.sample is not None
+                        ],
+                    )
+                if failed:
+                    # offline after N consecutive failures; a host-key mismatch or an agent-side
+                    # problem is 'error' at once (SSH works, so the host itself is not offline).
+                    await self.db.executemany(
+                        "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
+                        " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
+                        " status = CASE"
+                        "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
+                        "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
+                        "   ELSE status END"
+                        " WHERE id = ?",
+                        [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
+                    )
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -385,16 +396,17 @@ class Storage:
                 begin = math.floor(first / tier) * tier
             if until <= begin:
                 continue
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
-                await self.db.execute(
-                    "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
-                    " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
+            async with self._write_lock:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
+                    await self.db.execute(
+                        "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                        " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
             done[tier] = (begin, until)
         return done
 
@@ -431,14 +443,50 @@ class Storage:
         return counts
 
     async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, rows in batches:
-                await self.db.executemany(sql, rows)
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in batches:
+                    await self.db.executemany(sql, rows)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    # audit
+
+    async def add_audit(
+        self, *, actor: str, role: str, server_id: int | None, server_name: str, action: str,
+        arguments: dict, result: str, exit_status: int | None = None, output: str = "",
+        duration_ms: float | None = None, ts: float | None = None,
+    ) -> int:
+        """Record one action request and its outcome; returns the row id."""
+        return await self._write([(
+            "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
+            " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
+             json.dumps(arguments, separators=(",", ":"), sort_keys=True), result, exit_status,
+             output, duration_ms),
+        )])
+
+    async def audit_log(self, server_name: str | None = None, limit: int = 100,
+                        before_id: int | None = None) -> list[dict]:
+        """Audit rows, newest first: optionally one server's, and older than before_id (paging)."""
+        where, args = [], []
+        if server_name is not None:
+            where.append("server_name = ?")
+            args.append(server_name)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["arguments"] = json.loads(d["arguments"])
+            out.append(d)
+        return out
 
     # status
 
