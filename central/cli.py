@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from . import __version__, alerts
+from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
@@ -679,6 +679,207 @@ async def action_log(central: Central, server_name, limit, before_id, as_json):
                   "-" if r["exit_status"] is None else str(r["exit_status"]),
                   "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
                   output[-1][:80] if output else "")
+def _duration(ctx, param, value: str) -> float:
+    """click callback: a duration option ("30m", "2h") in seconds."""
+    try:
+        seconds = parse_duration(value, "--duration")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be longer than 0")
+    return seconds
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _until(ts: float) -> str:
+    d = ts - time.time()
+    if d <= 0:
+        return "ended " + _when(ts)
+    return f"{_when(ts)} (in {d / 3600:.1f}h)" if d >= 5400 else f"{_when(ts)} (in {max(d / 60, 1):.0f}m)"
+
+
+@server.command("maintenance")
+@click.argument("name")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 1h, 2d.")
+@click.option("--comment", required=True, help="Why (shown with the window).")
+@click.option("--json", "as_json", is_flag=True, help="Print the window as JSON.")
+@central_command
+async def server_maintenance(central: Central, name, duration, comment, as_json):
+    """Start a maintenance window: the server's alerts are recorded but not notified.
+
+    The window is a silence of kind "maintenance" for this one server; end it early with
+    `central alert unsilence ID`.
+
+    \b
+    Example:
+      central server maintenance web1 --duration 1h --comment "kernel update"
+    """
+    window = await alerts.create_silence(central.storage, server=name, duration=duration,
+                                         comment=comment, user=alerts.cli_user(), maintenance=True)
+    if as_json:
+        _echo_json(window)
+        return
+    click.echo(f"maintenance window {window['id']} for {name} until {_until(window['ends_at'])}")
+
+
+@cli.group()
+def alert():
+    """List, acknowledge and silence alerts.
+
+    \b
+    Example:
+      central alert list --firing
+    """
+
+
+_STATE_COLOUR = {"firing": "red", "pending": "yellow", "resolved": "green"}
+
+
+@alert.command("list")
+@click.option("--firing", is_flag=True, help="Only firing alerts.")
+@click.option("--open", "open_only", is_flag=True, help="Only pending and firing alerts.")
+@click.option("--server", help="Only this server's alerts.")
+@click.option("--limit", default=100, show_default=True, type=int, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_list(central: Central, firing, open_only, server, limit, as_json):
+    """List alerts: firing first, then pending, then resolved (newest first).
+
+    \b
+    Example:
+      central alert list --firing
+      central alert list --server web1 --json | jq '.[] | select(.severity == "critical")'
+    """
+    rows = await alerts.list_alerts(central.storage, firing_only=firing, server=server, limit=limit,
+                                    open_only=open_only)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no alerts")
+        return
+    t = Table("id", "state", "severity", "server", "rule", "label", "since", "acked", "summary")
+    for r in rows:
+        colour = _STATE_COLOUR.get(r["state"], "dim")
+        since = r["resolved_at"] if r["state"] == "resolved" else (r["fired_at"] or r["started_at"])
+        t.add_row(str(r["id"]), f"[{colour}]{r['state']}[/{colour}]", r["severity"], r["server"] or "-", r["rule"],
+                  r["label"] or "", _age(since), r["acked_by"] or "", r["summary"])
+    console.print(t)
+
+
+@alert.command("show")
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_show(central: Central, alert_id, as_json):
+    """Show one alert with the values seen and its delivery log.
+
+    \b
+    Example:
+      central alert show 42
+    """
+    a = await alerts.get_alert(central.storage, alert_id)
+    if as_json:
+        _echo_json(a)
+        return
+    t = Table(show_header=False, box=None)
+    for key in ("id", "state", "severity", "server", "rule", "label", "summary", "value"):
+        t.add_row(key, "-" if a.get(key) in (None, "") else str(a[key]))
+    for key in ("started_at", "fired_at", "last_evaluated", "resolved_at", "acked_at"):
+        t.add_row(key, _when(a.get(key)))
+    t.add_row("acked_by", a.get("acked_by") or "-")
+    seen = a["details"]
+    t.add_row("values", f"first {seen.get('first')}, min {seen.get('min')}, max {seen.get('max')}")
+    console.print(t)
+    for n in a["notifications"]:
+        console.print(f"  {_when(n['ts'])} {n['channel']} {n['event']} attempt {n['attempt']}: "
+                      f"{'ok' if n['ok'] else 'failed'} {n['detail']}")
+
+
+@alert.command("ack")
+@click.argument("alert_id", metavar="ID", type=int)
+@central_command
+async def alert_ack(central: Central, alert_id):
+    """Acknowledge an alert as cli:<your OS user>: it stops repeating (resolution is still sent).
+
+    \b
+    Example:
+      central alert ack 42
+    """
+    a = await alerts.ack(central.storage, alert_id, alerts.cli_user())
+    click.echo(f"alert {a['id']} ({a['rule']} on {a['server']}) acknowledged by {a['acked_by']}")
+
+
+@alert.command("silence")
+@click.option("--server", help="Server name (glob, e.g. 'web*').")
+@click.option("--rule", help="Rule name (glob, e.g. 'disk_*').")
+@click.option("--tag", help="Server tag (glob).")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 2h, 1d.")
+@click.option("--comment", required=True, help="Why (shown with the silence).")
+@click.option("--json", "as_json", is_flag=True, help="Print the silence as JSON.")
+@central_command
+async def alert_silence(central: Central, server, rule, tag, duration, comment, as_json):
+    """Mute notifications for matching alerts (all given selectors must match); alerts are still recorded.
+
+    An alert still firing when the silence ends is notified then.
+
+    \b
+    Example:
+      central alert silence --server web1 --duration 2h --comment "disk swap"
+      central alert silence --rule disk_almost_full --tag lab --duration 1d --comment "lab is full"
+    """
+    if not (server or rule or tag):
+        raise click.UsageError("give --server, --rule or --tag")
+    s = await alerts.create_silence(central.storage, server=server, rule=rule, tag=tag,
+                                    duration=duration, comment=comment, user=alerts.cli_user())
+    if as_json:
+        _echo_json(s)
+        return
+    what = ", ".join(f"{k} {v}" for k, v in s["matcher"].items())
+    click.echo(f"silence {s['id']} ({what}) until {_until(s['ends_at'])}")
+
+
+@alert.command("unsilence")
+@click.argument("silence_id", metavar="ID", type=int)
+@central_command
+async def alert_unsilence(central: Central, silence_id):
+    """End a silence or maintenance window now (it stays in the history).
+
+    \b
+    Example:
+      central alert unsilence 7
+    """
+    s = await alerts.delete_silence(central.storage, silence_id)
+    click.echo(f"{s['kind']} {s['id']} ended")
+
+
+@alert.command("silences")
+@click.option("--all", "show_all", is_flag=True, help="Include ended silences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_silences(central: Central, show_all, as_json):
+    """List silences and maintenance windows (current and upcoming unless --all).
+
+    \b
+    Example:
+      central alert silences
+    """
+    rows = await alerts.list_silences(central.storage, active_only=not show_all)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no silences")
+        return
+    t = Table("id", "kind", "matches", "until", "by", "comment")
+    for r in rows:
+        t.add_row(str(r["id"]), r["kind"], ", ".join(f"{k}={v}" for k, v in r["matcher"].items()),
+                  _until(r["ends_at"]), r["created_by"], r["comment"])
     console.print(t)
 
 
