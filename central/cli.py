@@ -679,6 +679,9 @@ async def action_log(central: Central, server_name, limit, before_id, as_json):
                   "-" if r["exit_status"] is None else str(r["exit_status"]),
                   "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
                   output[-1][:80] if output else "")
+    console.print(t)
+
+
 def _duration(ctx, param, value: str) -> float:
     """click callback: a duration option ("30m", "2h") in seconds."""
     try:
