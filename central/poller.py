@@ -74,6 +74,10 @@ class LocalCollector:
             self._collector = agent_module().Collector()
         return self._collector
 
+    def prime(self) -> None:
+        """Create the collector (it records its first counters) ahead of the first poll."""
+        self._get()
+
     def all(self) -> dict:
         """One /api/all document."""
         return self._get().all()
@@ -117,6 +121,9 @@ class Poller:
     async def start(self) -> None:
         """Load the server list and start the schedule and the writer."""
         await self.reload()
+        if any(s.kind == "local" for s in self._servers.values()):
+            # Take the CPU baseline now, so the first local poll has figures to compare with.
+            await asyncio.to_thread(self.local.prime)
         self._main = [
             asyncio.create_task(self._reload_loop(), name="poller-reload"),
             asyncio.create_task(self._writer_loop(), name="poller-writer"),

@@ -49,10 +49,13 @@ async def _metrics_text(api, role="viewer"):
 async def test_metrics_content(api):
     await api.central.storage.add_server("web1", "127.0.0.1", port=1)
 
-    async def local_online():
-        return (await api.central.storage.get_server("local")).status == "online"
+    async def local_sampled():
+        server = await api.central.storage.get_server("local")
+        sample = (await api.central.storage.latest_samples()).get(server.id)
+        # The first poll may come within one clock tick of the baseline: no CPU figure yet.
+        return server.status == "online" and sample and sample["cpu"] is not None
 
-    await wait_for(local_online, what="the local server's first poll stored")
+    await wait_for(local_sampled, what="a local sample with a CPU figure")
     text = await _metrics_text(api)
     assert 'central_server_up{server="local"} 1' in text
     assert 'central_server_up{server="web1"} 0' in text
