@@ -19,8 +19,9 @@ executed by the agent itself under a host-side JSON policy file (``--policy``, d
 
     {"actions": {"kill": true, "service": true, "docker": true},
      "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
-     "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
-                             "systemd-logind", "dbus-daemon", "dbus-broker"],
+     "protected_processes": ["sshd", "sshd-session", "sshd-auth", "systemd", "init",
+                             "systemd-journal", "systemd-logind", "dbus-daemon",
+                             "dbus-broker"],
      "service_patterns": ["*"],
      "protected_units": ["ssh.service", "sshd.service", "dbus.service",
                          "dbus-broker.service", "systemd-*", "central-agent.service",
@@ -71,12 +72,14 @@ DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 TOP_N = 10
 CMDLINE_MAX = 200
 PF_KTHREAD = 0x00200000
+PID_MAX_LIMIT = 4194304  # the kernel's ceiling for pid_max (larger ints overflow os.kill)
 
 DEFAULT_POLICY = {
     "actions": {"kill": True, "service": True, "docker": True},
     "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
-    "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
-                            "systemd-logind", "dbus-daemon", "dbus-broker"],
+    # sshd-session / sshd-auth: OpenSSH 9.8+ runs each connection (the central's too) in them.
+    "protected_processes": ["sshd", "sshd-session", "sshd-auth", "systemd", "init",
+                            "systemd-journal", "systemd-logind", "dbus-daemon", "dbus-broker"],
     "service_patterns": ["*"],
     "protected_units": ["ssh.service", "sshd.service", "dbus.service", "dbus-broker.service",
                         "systemd-*", "central-agent.service", "getty@*", "serial-getty@*",
@@ -1152,8 +1155,8 @@ def _is_int(value):
 def action_kill(body, policy, proc="/proc", own_pid=None):
     """Signal a process after checking pid, start time, kernel-thread status and policy."""
     pid, start_time, sig = body.get("pid"), body.get("start_time"), body.get("signal", "TERM")
-    if not _is_int(pid) or pid <= 0:
-        raise _bad("pid", "must be a positive integer")
+    if not _is_int(pid) or not 0 < pid <= PID_MAX_LIMIT:
+        raise _bad("pid", "must be an integer from 1 to %d" % PID_MAX_LIMIT)
     if not _is_int(start_time) or start_time < 0:
         raise _bad("start_time", "must be a non-negative integer (field 22 of /proc/PID/stat)")
     name = _signal_name(sig)
@@ -1182,13 +1185,21 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
         try:
             data = _read_bytes(os.path.join(proc, str(pid), "stat"), 2048)
             comm, f = parse_stat(data)
-            ppid, flags, st = int(f[1]), int(f[6]), int(f[19])
+            flags, st = int(f[6]), int(f[19])
         except (OSError, ValueError, IndexError):
             raise ActionError(404, "no_such_process", "no process with pid %d" % pid)
+        # /proc/TID/stat exists for every thread, and kill(TID) signals the whole process:
+        # without this, a worker thread's id would bypass the checks below (and kill the
+        # agent through one of its own threads).
+        tgid = _thread_group(proc, pid)
+        if tgid != pid:
+            raise _bad("pid", "%d is a thread of process %s, not a process" % (pid, tgid))
         if st != start_time:
             raise ActionError(409, "stale_pid", "pid %d has start_time %d, not %d: the process "
                               "you saw is gone" % (pid, st, start_time))
-        if pid == 2 or ppid == 2 or flags & PF_KTHREAD:
+        # PF_KTHREAD alone: inside a PID namespace (LXC, docker) pid 2 and its children are
+        # ordinary processes, and kernel threads are not visible at all.
+        if flags & PF_KTHREAD:
             raise _forbidden("refusing to signal kernel thread %d (%s)" % (pid, comm))
         for pattern in policy["protected_processes"]:
             if fnmatch.fnmatchcase(comm, pattern):
@@ -1207,6 +1218,17 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
             os.close(pidfd)
     return {"ok": True, "exit_status": 0, "output": "sent SIG%s to %d (%s)" % (name, pid, comm),
             "duration_ms": _ms(started)}
+
+
+def _thread_group(proc, pid):
+    """The Tgid (process id) of a task id from <proc>/PID/status; None if unreadable."""
+    try:
+        for line in _read_bytes(os.path.join(proc, str(pid), "status"), 4096).splitlines():
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _ms(started):
@@ -1241,12 +1263,42 @@ def action_service(body, policy, systemctl=None, timeout=90.0):
     if not exe or not os.access(exe, os.X_OK):
         raise ActionError(503, "unavailable", "systemctl not found on this host")
     started = time.monotonic()
+    # An alias must not get past the policy: dbus-org.freedesktop.login1.service is
+    # systemd-logind.service, autovt@tty1.service is getty@tty1.service.
+    try:
+        names, unit_id = _unit_names(exe, unit, min(timeout, 15.0))
+    except OSError as e:
+        raise ActionError(503, "unavailable", "cannot run systemctl: %s" % e.strerror)
+    for pattern in policy["protected_units"]:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if hit:
+            raise _forbidden("unit %s is %s, protected by the policy (%s)" % (unit, hit[0], pattern))
+    if not any(fnmatch.fnmatchcase(unit_id, p) for p in policy["service_patterns"]):
+        raise _forbidden("unit %s is %s, which matches none of the policy's service_patterns"
+                         % (unit, unit_id))
     try:
         code, out = _run([exe, verb, "--no-ask-password", "--", unit], timeout)
     except OSError as e:
         raise ActionError(503, "unavailable", "cannot run systemctl: %s" % e.strerror)
     return {"ok": code == 0, "exit_status": code, "output": out[-4000:],
             "duration_ms": _ms(started)}
+
+
+def _unit_names(systemctl, unit, timeout):
+    """(every name systemd knows the unit by, its canonical Id) via systemctl show."""
+    code, out = _run([systemctl, "show", "--property=Id", "--property=Names", "--", unit], timeout)
+    if code != 0:
+        raise ActionError(503, "unavailable", "systemctl show %s exited %s: %s"
+                          % (unit, code, out.strip()[:200]))
+    names, unit_id = [unit], unit
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key == "Id" and value.strip():
+            unit_id = value.strip()
+            names.append(unit_id)
+        elif key == "Names":
+            names.extend(value.split())
+    return names, unit_id
 
 
 def action_docker(body, policy, sock_path=DEFAULT_DOCKER_SOCKET, timeout=90.0):

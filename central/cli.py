@@ -598,6 +598,162 @@ async def token_revoke(central: Central, token_id):
     click.echo(f"revoked token {record['id']} ({record['name']})")
 
 
+@cli.group()
+def action():
+    """Run remote actions on a server (kill, service, docker) and read the audit trail.
+
+    Every request is checked (arguments, the host's policy), confirmed, and recorded in
+    the audit log with its outcome, refusals included. The CLI acts as role admin, with
+    actor cli:<your unix user>.
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action service web1 nginx restart
+      central action log web1
+    """
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        return f"cli:uid{os.getuid()}"
+
+
+def _cli_value(text: str | None):
+    """A number typed on the command line as an int; anything else goes to validation as is."""
+    if text is not None and text.isascii() and text.isdigit():
+        return int(text)
+    return text
+
+
+async def _act(central: Central, server_name: str, kind: str, args: dict, yes: bool, as_json: bool) -> None:
+    from .actions import LOCAL_OPERATOR_ROLE, Cancelled, run_action
+
+    async def confirm(preview: dict) -> bool:
+        if not as_json:
+            click.echo(preview["text"])
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise Cancelled("refusing to act without confirmation: no terminal, pass --yes")
+        return click.confirm("Go ahead?", default=False)
+
+    result = await run_action(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, kind, args, confirm=confirm)
+    if as_json:
+        _echo_json(result)
+    else:
+        state = "[green]ok[/green]" if result["ok"] else "[red]failed[/red]"
+        took = "" if result["duration_ms"] is None else f", {result['duration_ms']:.0f} ms"
+        console.print(f"{state} (exit status {result['exit_status']}{took}, audit #{result['audit_id']})")
+        if result["output"].strip():
+            click.echo(result["output"].rstrip())
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def _action_options(fn):
+    """--yes and --json, and the async body run with an opened Central."""
+    fn = central_command(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
+@action.command("kill")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("pid", metavar="PID")
+@click.option("--signal", "sig", default="TERM", show_default=True,
+              help="TERM, KILL, HUP, INT, QUIT, USR1 or USR2 (the SIG prefix is optional).")
+@click.option("--start-time", metavar="TICKS",
+              help="The process start time (field 22 of /proc/PID/stat) you expect; default: "
+                   "what the central saw last, so a reused pid is never signalled.")
+@_action_options
+async def action_kill(central: Central, server_name, pid, sig, start_time, yes, as_json):
+    """Send a signal to a process on a server (shows the process and asks first).
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action kill web1 4242 --signal KILL --yes
+    """
+    args = {"pid": _cli_value(pid), "signal": sig}
+    if start_time is not None:
+        args["start_time"] = _cli_value(start_time)
+    await _act(central, server_name, "kill", args, yes, as_json)
+
+
+@action.command("service")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("unit", metavar="UNIT")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_service(central: Central, server_name, unit, verb, yes, as_json):
+    """Start, stop or restart a systemd service on a server (within the host's policy).
+
+    \b
+    Example:
+      central action service web1 nginx restart
+      central action service web1 app-worker@2.service stop --yes
+    """
+    await _act(central, server_name, "service", {"unit": unit, "verb": verb}, yes, as_json)
+
+
+@action.command("docker")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("container", metavar="CONTAINER")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_docker(central: Central, server_name, container, verb, yes, as_json):
+    """Start, stop or restart a docker container on a server (through the Engine API).
+
+    \b
+    Example:
+      central action docker web1 redis restart
+      central action docker web1 3f2a9c1b7d0e stop --yes
+    """
+    await _act(central, server_name, "docker", {"container": container, "verb": verb}, yes, as_json)
+
+
+@action.command("log")
+@click.argument("server_name", metavar="[SERVER]", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
+@click.option("--before", "before_id", type=int, help="Only rows older than this audit id (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def action_log(central: Central, server_name, limit, before_id, as_json):
+    """Show the audit trail of actions, newest first: who, what, where, and the outcome.
+
+    \b
+    Example:
+      central action log
+      central action log web1 --limit 20
+      central action log --json | jq '.[] | select(.result != "ok")'
+    """
+    from .actions import audit_log
+
+    rows = await audit_log(central, server_name, limit, before_id)
+    if as_json:
+        _echo_json(rows)
+        return
+    colours = {"ok": "green", "failed": "red", "refused": "yellow", "invalid": "yellow", "error": "red"}
+    t = Table("id", "when", "actor", "server", "action", "arguments", "result", "exit", "ms", "output")
+    for r in rows:
+        colour = colours.get(r["result"], "white")
+        args = " ".join(f"{k}={v}" for k, v in r["arguments"].items() if v is not None)
+        output = (r["output"] or "").strip().splitlines()
+        t.add_row(str(r["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["actor"],
+                  r["server_name"], r["action"], args, f"[{colour}]{r['result']}[/{colour}]",
+                  "-" if r["exit_status"] is None else str(r["exit_status"]),
+                  "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
+                  output[-1][:80] if output else "")
+    console.print(t)
+
+
 def _duration(ctx, param, value: str) -> float:
     """click callback: a duration option ("30m", "2h") in seconds."""
     try:

@@ -213,6 +213,18 @@ class NotifierConfig:
 
 
 @dataclass(frozen=True)
+class ActionsConfig:
+    # How long the central waits for an action's answer (the agent gives systemctl 90 s).
+    timeout: float = 120.0
+    # Audit rows keep at most this many bytes of an action's output.
+    output_max_bytes: int = 4096
+    # Actions on the `local` server (the central's own host) run in-process under this
+    # policy file, read like the agent reads its own (absent: the agent's default policy).
+    local: bool = True
+    local_policy: str = "/etc/central-agent.json"
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = ""
     http: HTTPConfig = field(default_factory=HTTPConfig)
@@ -220,6 +232,7 @@ class Config:
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     notifiers: tuple[NotifierConfig, ...] = ()
     source: str = ""  # the file this came from, for messages
@@ -262,6 +275,7 @@ _DURATIONS = {
     "retention.hour",
     "retention.maintenance_interval",
     "retention.events",
+    "actions.timeout",
     "alerts.disk_full_for",
     "alerts.unit_inactive_for",
     "alerts.process_missing_for",
@@ -293,6 +307,8 @@ _POSITIVE = {
     "retention.minute",
     "retention.hour",
     "retention.maintenance_interval",
+    "actions.timeout",
+    "actions.output_max_bytes",
     "alerts.unreachable_after",
     "alerts.agent_failures_after",
     "alerts.queue_size",

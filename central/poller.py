@@ -82,6 +82,10 @@ class LocalCollector:
         """The /api/inventory document."""
         return self._get().inventory()
 
+    def processes(self) -> dict:
+        """The /api/processes document: every process, by pid (actions look pids up here)."""
+        return self._get().processes("pid", None)
+
 
 class Poller:
     """Schedules polls, stores their outcomes, and runs hooks on each stored batch."""
