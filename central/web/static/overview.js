@@ -80,12 +80,13 @@
     fTag.value = tags.includes(chosen) ? chosen : "";
   }
 
-  // CPU over the last hour as an SVG polyline (0..100 %), from the history endpoint.
+  // CPU over the last hour as an SVG polyline (0..100 %), from the history endpoint: 120 points
+  // keep its step under a minute, so it reads raw samples and a new server shows a line at once.
   async function drawSpark(tr) {
     const name = tr.dataset.name;
     sparkAt.set(name, Date.now());
     try {
-      const h = await api("GET", `/api/v1/servers/${encodeURIComponent(name)}/history?range=1h&metrics=cpu&points=60`);
+      const h = await api("GET", `/api/v1/servers/${encodeURIComponent(name)}/history?range=1h&metrics=cpu&points=120`);
       const ts = h.series.ts, cpu = h.series.cpu, svg = cell(tr, "spark").querySelector("svg");
       const pts = [];
       for (let i = 0; i < ts.length; i++) {
@@ -101,6 +102,8 @@
       }
       line.setAttribute("points", pts.join(" "));
       svg.dataset.points = String(pts.length);
+      // a new server has no line yet: try again on the next refresh rather than in 30 s
+      if (pts.length < 2) sparkAt.set(name, Date.now() - SPARK_MS + REFRESH_MS - 500);
     } catch (err) {
       sparkAt.delete(name);
     }

@@ -18,6 +18,7 @@
   ];
   const plots = new Map();
   let range = "1h";
+  let sparse = true;  // a new server: redraw on every refresh until there is a line to draw
 
   function chartOpts(c, width) {
     return {
@@ -42,6 +43,7 @@
       return;
     }
     document.getElementById("history-source").textContent = `${h.series.ts.length} points, ${h.source} data, step ${h.step}s`;
+    sparse = h.series.ts.length < 2;
     for (const c of CHARTS) {
       const node = document.getElementById(c.id);
       const data = [h.series.ts, ...c.metrics.map((m) => h.series[m])];
@@ -155,6 +157,6 @@
     if (document.hidden) return;
     refreshStatus();
     refreshProcesses();
-    if (++tick % 6 === 0) drawCharts();  // every 30 s
+    if (++tick % 6 === 0 || sparse) drawCharts();  // every 30 s
   }, REFRESH_MS);
 })();
