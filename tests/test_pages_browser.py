@@ -9,7 +9,6 @@ artifacts/ (gitignored).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import shutil
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from central.actions import audit_log
-from tests.apiclient import PASSWORD, start_api
+from tests.apiclient import PASSWORD
+from tests.test_api_hosts import host_api  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.browser]
 
@@ -45,12 +45,9 @@ async def browser():
 
 
 @pytest.fixture
-async def app(config, client_key):
+def app(host_api):
     """The real app, its SSH pool using the key the test hosts authorize."""
-    cfg = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, key_path=str(client_key.path)))
-    api = await start_api(cfg)
-    yield api
-    await api.client.close()
+    return host_api
 
 
 def base_url(api) -> str:
@@ -241,4 +238,30 @@ async def test_logout_and_a_wrong_password(app, browser):
     await page.wait_for_url(re.compile(r"/login$"))
     await page.goto(base_url(app) + "/")
     assert "/login?next=" in page.url
+    assert page.errors == []
+
+
+async def test_an_hour_of_history_draws_full_charts_and_sparklines(app, browser):
+    """Samples imported for the last hour (as bench/ does): the charts and the sparkline span it."""
+    import math
+    import time
+
+    server = await app.central.storage.get_server("local")
+    now = time.time()
+    rows = []
+    for i in range(360):  # one sample every 10 s
+        ts = now - 3600 + i * 10
+        wave = (math.sin(i / 25) + 1) / 2
+        rows.append((server.id, ts, 20 + 60 * wave, 40 + 10 * wave, 1.0, 0.5 + wave, 0.4, 0.3, 55.0,
+                     2e5 * wave, 5e4 + 1e5 * (1 - wave), 1e4, 2e4, 120, "[]"))
+    await app.central.storage.import_samples(rows)
+    page = await new_page(browser, app)
+    await log_in(page, app, "operator1", "/servers/local")
+    for chart in ("chart-cpu", "chart-mem", "chart-disk", "chart-net"):
+        await playwright_api.expect(page.locator(f"#{chart}")).to_have_attribute("data-points", re.compile(r"^\d{3,}$"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "server-hour.png"), full_page=True)
+    await page.goto(base_url(app) + "/")
+    await playwright_api.expect(row(page, "local").locator("svg")).to_have_attribute("data-points", re.compile(r"^\d{2,}$"))
+    await page.screenshot(path=str(ARTIFACTS / "overview-hour.png"))
     assert page.errors == []

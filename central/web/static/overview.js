@@ -67,7 +67,8 @@
       if (tr.hidden === ok) tr.hidden = !ok;
       if (ok) shown++;
     }
-    document.getElementById("shown").textContent = shown === total ? `${total} servers` : `${shown} of ${total} servers`;
+    const noun = total === 1 ? "server" : "servers";
+    document.getElementById("shown").textContent = shown === total ? `${total} ${noun}` : `${shown} of ${total} ${noun}`;
     document.getElementById("no-match").hidden = shown > 0 || total === 0;
   }
 
@@ -92,7 +93,7 @@
       for (let i = 0; i < ts.length; i++) {
         if (cpu[i] == null) continue;
         const x = ((ts[i] - h.start) / (h.end - h.start)) * 100;
-        const y = 23 - (Math.min(100, Math.max(0, cpu[i])) / 100) * 22;
+        const y = 22 - (Math.min(100, Math.max(0, cpu[i])) / 100) * 20;
         pts.push(x.toFixed(1) + "," + y.toFixed(1));
       }
       let line = svg.querySelector("polyline");

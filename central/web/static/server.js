@@ -24,7 +24,7 @@
     return {
       width, height: 180, title: document.getElementById(c.id).dataset.title,
       scales: {x: {time: true}, y: c.pct ? {range: [0, 100]} : {auto: true}},
-      axes: [{}, {size: 60, values: (u, vals) => vals.map((v) => c.pct ? v + "%" : fmtBytes(v) + "/s")}],
+      axes: [{}, {size: c.pct ? 50 : 80, values: (u, vals) => vals.map((v) => c.pct ? v + "%" : fmtBytes(v) + "/s")}],
       series: [{}, ...c.metrics.map((m, i) => ({
         label: c.labels[i], stroke: COLORS[i], width: 1.5, fill: i === 0 ? COLORS[i] + "22" : undefined,
         value: (u, v) => v == null ? "\u2013" : c.pct ? v.toFixed(1) + "%" : fmtBytes(v) + "/s",
