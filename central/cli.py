@@ -598,6 +598,119 @@ async def token_revoke(central: Central, token_id):
     click.echo(f"revoked token {record['id']} ({record['name']})")
 
 
+
+_STATE_STYLE = {"ok": "green", "failed": "red", "skipped": "cyan", "running": "yellow", "waiting": "dim"}
+
+
+def _deploy_table(results, final: bool) -> Table:
+    """One row per server: the step it is at (live) or how it ended (summary)."""
+    if final:
+        t = Table("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
+    else:
+        t = Table("server", "target", "state", "step")
+    for r in results:
+        style = _STATE_STYLE.get(r.state, "")
+        state = f"[{style}]{r.state}[/{style}]" if style else r.state
+        if final:
+            message = r.message
+            if r.state == "failed":
+                message = f"at {r.step}: {r.message}. {r.hint}"
+            t.add_row(r.server, r.target, state, r.version or "-", (r.sha256 or "-")[:12], message)
+        else:
+            t.add_row(r.server, r.target, state, r.step or "-")
+    return t
+
+
+@cli.command()
+@click.argument("servers", nargs=-1)
+@click.option("--all", "all_servers", is_flag=True, help="Every server central knows (except its own host).")
+@click.option("--upgrade-outdated", is_flag=True,
+              help="Only servers whose agent reports another sha256 than the bundled agent (or none).")
+@click.option("--no-actions", is_flag=True, help="The agent refuses every action (kill, service, docker).")
+@click.option("--allow-actions", metavar="LIST", help="Comma-separated subset of kill,service,docker (default: all).")
+@click.option("--service-pattern", "service_patterns", multiple=True, metavar="GLOB",
+              help="Units actions may touch (repeatable; default '*').")
+@click.option("--container-pattern", "container_patterns", multiple=True, metavar="GLOB",
+              help="Docker containers actions may touch (repeatable; default '*').")
+@click.option("--watch-unit", "watch_units", multiple=True, metavar="UNIT", help="Unit whose state the agent reports (repeatable).")
+@click.option("--full-access", is_flag=True, help="Install the central's key without restrictions (allows a shell).")
+@click.option("--identity", type=click.Path(dir_okay=False), help="Your SSH private key to log in with.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False),
+              help="known_hosts file to check host keys against (default: yours, as ssh uses).")
+@click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
+@central_command
+async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
+                 service_patterns, container_patterns, watch_units, full_access, identity, known_hosts,
+                 pinned_host_key, ssh_config, jobs, as_json):
+    """Install or upgrade the agent on servers over your own SSH access.
+
+    The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
+    with your keys, ssh-agent and ~/.ssh/config as the server's user (root or passwordless
+    sudo), upload the bundled agent, write its policy, install the central's key restricted
+    to the agent port (unless --full-access), (re)start the agent, check /api/health, then
+    check that the central reaches the agent with its own key. Host keys are checked
+    against your known_hosts, or with --pinned-host-key against the keys central pinned.
+
+    \b
+    Example:
+      central deploy web1 web2
+      central deploy --all --upgrade-outdated
+      central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
+    """
+    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
+
+    if no_actions and allow_actions:
+        raise click.UsageError("--no-actions and --allow-actions exclude each other")
+    actions = () if no_actions else (tuple(a for a in allow_actions.split(",") if a) if allow_actions is not None
+                                     else ACTION_KINDS)
+    options = DeployOptions(actions=actions, service_patterns=service_patterns, container_patterns=container_patterns,
+                            watch_units=watch_units, full_access=full_access, identity=identity,
+                            known_hosts=known_hosts, pinned_host_key=pinned_host_key,
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+    targets = await select_servers(central, servers, all_servers)
+    if not targets:
+        raise CentralError("no servers to deploy to: add them with `central server add` first")
+    results: list = []
+    live = None
+    if not as_json and err_console.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=err_console, auto_refresh=False, transient=True)
+
+        def on_change(result):
+            if result not in results:
+                results.append(result)
+            live.update(_deploy_table(results, final=False), refresh=True)
+    else:
+        def on_change(result):
+            if result not in results:
+                results.append(result)
+            elif not as_json and result.state in ("running", "ok", "failed", "skipped"):
+                detail = f": {result.message}" if result.state in ("failed", "skipped") else ""
+                err_console.print(f"[{result.server}] {result.state if result.state != 'running' else result.step}{detail}",
+                                  markup=False, highlight=False)
+
+    deployer = Deployer(central, options, on_change)
+    if live is not None:
+        with live:
+            results = await deployer.run(targets, upgrade_outdated)
+    else:
+        results = await deployer.run(targets, upgrade_outdated)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    else:
+        console.print(_deploy_table(results, final=True))
+        done = sum(1 for r in results if r.state == "ok")
+        skipped = sum(1 for r in results if r.state == "skipped")
+        console.print(f"{done} deployed, {skipped} skipped, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
 @cli.group()
 def action():
     """Run remote actions on a server (kill, service, docker) and read the audit trail.

@@ -134,17 +134,19 @@ class Storage:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements in one transaction."""
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
+        """Run statements in one transaction; returns each statement's lastrowid."""
+        ids = []
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
                 for sql, args in statements:
-                    await self.db.execute(sql, args)
+                    ids.append((await self.db.execute(sql, args)).lastrowid)
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+        return ids
 
     # servers
 
@@ -471,7 +473,7 @@ class Storage:
         duration_ms: float | None = None, ts: float | None = None,
     ) -> int:
         """Record one action request and its outcome; returns the row id."""
-        (audit_id,) = await self._write_returning_ids([(
+        (audit_id,) = await self._write([(
             "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
             " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
@@ -643,20 +645,6 @@ class Storage:
         rows = await self._all("SELECT * FROM alerts WHERE state IN ('pending', 'firing') ORDER BY id")
         return [_alert_dict(r) for r in rows]
 
-    async def _write_returning_ids(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
-        """Run statements in one transaction; the lastrowid of each."""
-        ids = []
-        async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    ids.append((await self.db.execute(sql, args)).lastrowid)
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
-        return ids
-
     async def save_alerts(self, inserts: Sequence[dict], updates: Sequence[dict], deletes: Sequence[int]) -> list[int]:
         """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
         cols = self._ALERT_COLUMNS
@@ -666,7 +654,7 @@ class Storage:
         statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
         statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
         statements += [("DELETE FROM alerts WHERE id = ?", (i,)) for i in deletes]
-        return (await self._write_returning_ids(statements))[:len(inserts)]
+        return (await self._write(statements))[:len(inserts)]
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:
@@ -718,7 +706,7 @@ class Storage:
     async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,
                           created_by: str, kind: str = "silence") -> int:
         """Store a silence (or maintenance window); its id."""
-        [silence_id] = await self._write_returning_ids([(
+        [silence_id] = await self._write([(
             "INSERT INTO silences (matcher, starts_at, ends_at, comment, created_by, created_at, kind)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (json.dumps(matcher, sort_keys=True), starts_at, ends_at, comment, created_by, starts_at, kind))])

@@ -144,148 +144,9 @@ key_b64=$(b64 "$key_line")
 work=$(mktemp -d "${TMPDIR:-/tmp}/deploy-agent.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# Runs on the host as root (sh -s). Arguments are base64 or checked tokens; the uploaded
-# file waits in /opt/central-agent/agent.py.new.
-cat >"$work/install.sh" <<'REMOTE'
-set -eu
-sha=$1 port=$2 policy_b64=$3 key_b64=$4 key_home_b64=$5 key_owner_b64=$6 py=$7 blob=$8
-dir=/opt/central-agent
-STEP=verify-upload
-fail() { echo "FAIL $STEP: $*"; exit 1; }
-unb64() { "$py" -c 'import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())' "$1"; }
-got=$("$py" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$dir/agent.py.new") \
-    || fail "cannot read the uploaded file"
-[ "$got" = "$sha" ] || fail "uploaded agent.py has sha256 $got, expected $sha"
-chmod 0644 "$dir/agent.py.new"
-mv -f "$dir/agent.py.new" "$dir/agent.py"
-
-STEP=policy
-umask 022
-unb64 "$policy_b64" > /etc/central-agent.json.new || fail "cannot write /etc/central-agent.json"
-chown 0:0 /etc/central-agent.json.new && chmod 0644 /etc/central-agent.json.new
-mv -f /etc/central-agent.json.new /etc/central-agent.json
-
-STEP=authorized-key
-key=$(unb64 "$key_b64")
-if [ -n "$key" ]; then
-    home=$(unb64 "$key_home_b64") owner=$(unb64 "$key_owner_b64")
-    ak="$home/.ssh/authorized_keys"
-    mkdir -p "$home/.ssh" || fail "cannot create $home/.ssh"
-    touch "$ak" || fail "cannot write $ak"
-    # drop every line holding this key (restricted or not), then add the wanted one
-    { grep -v -F -e "$blob" "$ak" || true; printf '%s\n' "$key"; } > "$ak.central-new" \
-        || fail "cannot write $ak"
-    chmod 0600 "$ak.central-new"
-    chown "$owner" "$ak.central-new" "$home/.ssh" 2>/dev/null || true
-    chmod 0700 "$home/.ssh"
-    mv -f "$ak.central-new" "$ak"
-fi
-
-cmd="$py $dir/agent.py --listen 127.0.0.1 --port $port --policy /etc/central-agent.json"
-if [ -d /run/systemd/system ] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
-    STEP=systemd-unit
-    cat > /etc/systemd/system/central-agent.service.new <<EOF
-[Unit]
-Description=central monitoring agent (reached by the central over SSH on 127.0.0.1:$port)
-After=network.target
-
-[Service]
-ExecStart=$cmd
-Restart=always
-RestartSec=2
-User=root
-Nice=5
-
-[Install]
-WantedBy=multi-user.target
-EOF
-    mv -f /etc/systemd/system/central-agent.service.new /etc/systemd/system/central-agent.service
-    systemctl daemon-reload || fail "systemctl daemon-reload failed"
-    systemctl enable central-agent.service >/dev/null 2>&1 || fail "systemctl enable failed"
-    STEP=start
-    systemctl restart central-agent.service \
-        || fail "systemctl restart failed; see journalctl -u central-agent"
-    echo "MODE systemd"
-else
-    STEP=fallback-wrapper
-    cat > "$dir/run-agent.sh.new" <<EOF
-#!/bin/sh
-# Keeps the central agent running on a host without systemd (installed by deploy-agent.sh).
-echo \$\$ > $dir/wrapper.pid
-trap 'kill \$child 2>/dev/null; exit 0' TERM INT
-while :; do
-    $cmd &
-    child=\$!
-    echo \$child > $dir/agent.pid
-    wait \$child
-    sleep 2
-done
-EOF
-    chmod 0755 "$dir/run-agent.sh.new"
-    mv -f "$dir/run-agent.sh.new" "$dir/run-agent.sh"
-    STEP=boot-entry
-    boot="$dir/run-agent.sh >>/var/log/central-agent.log 2>&1 &"
-    if command -v crontab >/dev/null 2>&1; then
-        { crontab -l 2>/dev/null | grep -v -F "$dir/run-agent.sh" || true
-          echo "@reboot $boot"; } | crontab - || fail "cannot install the @reboot crontab entry"
-        echo "BOOT crontab"
-    else
-        if [ ! -f /etc/rc.local ]; then
-            printf '#!/bin/sh\nexit 0\n' > /etc/rc.local
-        fi
-        if ! grep -q -F "$dir/run-agent.sh" /etc/rc.local; then
-            { grep -v '^exit 0' /etc/rc.local; echo "$boot"; echo "exit 0"; } > /etc/rc.local.new
-            mv -f /etc/rc.local.new /etc/rc.local
-        fi
-        chmod 0755 /etc/rc.local
-        echo "BOOT rc.local"
-    fi
-    STEP=start
-    for f in wrapper.pid agent.pid; do
-        pid=$(cat "$dir/$f" 2>/dev/null || true)
-        case $pid in ''|*[!0-9]*) continue ;; esac
-        # only our own processes: the pid file may be stale after a reboot
-        if grep -q -F -e run-agent.sh -e agent.py "/proc/$pid/cmdline" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-        fi
-    done
-    i=0
-    while [ $i -lt 50 ]; do
-        alive=0
-        for f in wrapper.pid agent.pid; do
-            pid=$(cat "$dir/$f" 2>/dev/null || true)
-            case $pid in ''|*[!0-9]*) continue ;; esac
-            grep -q -F -e run-agent.sh -e agent.py "/proc/$pid/cmdline" 2>/dev/null && alive=1
-        done
-        [ $alive = 0 ] && break
-        sleep 0.1; i=$((i + 1))
-    done
-    mkdir -p /var/log
-    if command -v setsid >/dev/null 2>&1; then
-        nohup setsid "$dir/run-agent.sh" >>/var/log/central-agent.log 2>&1 </dev/null &
-    else
-        nohup "$dir/run-agent.sh" >>/var/log/central-agent.log 2>&1 </dev/null &
-    fi
-    echo "MODE fallback"
-fi
-REMOTE
-
-# Runs on the host with its python: waits for /api/health, prints "version sha256".
-cat >"$work/health.py" <<'REMOTE'
-import json, sys, time, urllib.request
-url = "http://127.0.0.1:%s/api/health" % sys.argv[1]
-deadline, err = time.time() + 20, None
-while time.time() < deadline:
-    try:
-        doc = json.loads(urllib.request.urlopen(url, timeout=3).read().decode())
-        print("%s %s" % (doc.get("version"), doc.get("sha256")))
-        sys.exit(0)
-    except Exception as exc:
-        err = exc
-        time.sleep(0.3)
-print("no answer from %s: %s" % (url, err))
-sys.exit(1)
-REMOTE
+# The remote half (shared with `central deploy`): runs on the host as root under `sh -s`.
+installer="$SCRIPT_DIR/agent-install.sh"
+[[ -r $installer ]] || die "installer $installer not found (incomplete checkout?)"
 
 last_line() { tail -n1 "$1" | tr -d '\r'; }
 
@@ -308,36 +169,18 @@ deploy_host() {
 
     say "connecting"
     # shellcheck disable=SC2016  # expanded by the remote shell, on purpose
-    if ! out=$("${ssh_cmd[@]}" "$target" 'echo "ok $(id -u) $(id -un)"; printf "%s\n" "$HOME"' 2>"$log"); then
+    if ! out=$("${ssh_cmd[@]}" "$target" 'echo "ok $(id -u) $(id -un)"' 2>"$log"); then
         fail connect "cannot log in over SSH ($(last_line "$log"))" \
             "Check that the host is up, that 'ssh $target' works without a password prompt (ssh-copy-id), and that its host key is in known_hosts"
     fi
-    local uid user home
-    read -r _ uid user <<<"$(head -n1 <<<"$out")"
-    home=$(sed -n 2p <<<"$out")
+    local uid user
+    read -r _ uid user <<<"$out"
     local sudo=""
     if [[ $uid != 0 ]]; then
         sudo="sudo -n"
         "${ssh_cmd[@]}" "$target" 'sudo -n true' >"$log" 2>&1 \
             || fail privileges "$user is not root and 'sudo -n' failed" \
                 "Log in as root or allow $user passwordless sudo"
-    fi
-
-    say "checking python3"
-    # shellcheck disable=SC2016  # expanded by the remote shell, on purpose
-    out=$("${ssh_cmd[@]}" "$target" 'p=$(command -v python3) && v=$("$p" -c "import sys; print(\"%d %d\" % sys.version_info[:2])" 2>/dev/null) && echo "$p $v" || echo none' 2>"$log") \
-        || fail python "the python3 check failed ($(last_line "$log"))" "Run again"
-    local py major minor
-    read -r py major minor <<<"$out"
-    if [[ $py == none ]]; then
-        fail python "python3 not found on the host (or it does not run)" \
-            "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again"
-    fi
-    [[ $py =~ ^/[A-Za-z0-9._/+-]+$ && $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] \
-        || fail python "unexpected answer '$out'" "Check python3 and PATH on the host"
-    if (( major < 3 || (major == 3 && minor < 6) )); then
-        fail python "python3 is $major.$minor; the agent needs 3.6 or later" \
-            "Install a newer python3 and run again"
     fi
 
     say "uploading agent.py ($(cut -c1-12 <<<"$agent_sha"))"
@@ -347,32 +190,18 @@ deploy_host() {
             "Check free space and that /opt is writable"
 
     say "installing"
-    local args
-    args=$(printf ' %q' "$agent_sha" "$agent_port" "$policy_b64" "$key_b64" \
-        "$(b64 "$home")" "$(b64 "$user")" "$py" "${key_blob:-none}")
-    out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$work/install.sh" 2>&1) || {
-        local failed
-        failed=$(grep '^FAIL ' <<<"$out" | tail -n1)
-        if [[ -n $failed ]]; then
-            read -r _ step msg <<<"$failed"
-            fail "${step%:}" "$msg" "Fix that on the host and run again"
+    local args line step msg hint mode="" version="" sha=""
+    args=$(printf ' %q' "$agent_sha" "$agent_port" "$policy_b64" "$key_b64" "${key_blob:-none}")
+    out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$installer" 2>&1) || {
+        line=$(grep '^FAIL ' <<<"$out" | tail -n1)
+        if [[ -n $line ]]; then
+            IFS=$'\t' read -r step msg hint <<<"${line#FAIL }"
+            fail "$step" "$msg" "$hint"
         fi
         fail install "$(tail -n1 <<<"$out")" "Run again; if it persists, check the host by hand"
     }
-    local mode
     mode=$(sed -n 's/^MODE //p' <<<"$out")
-
-    say "checking /api/health ($mode)"
-    if ! out=$("${ssh_cmd[@]}" "$target" "$(printf '%q - %q' "$py" "$agent_port")" <"$work/health.py" 2>"$log"); then
-        local where="journalctl -u central-agent"
-        [[ $mode == systemd ]] || where="/var/log/central-agent.log"
-        fail health "the agent does not answer on 127.0.0.1:$agent_port ($(tail -n1 <<<"$out"))" \
-            "See $where on the host"
-    fi
-    local version sha
-    read -r version sha <<<"$out"
-    [[ $sha == "$agent_sha" ]] || fail health "the agent answering reports sha256 ${sha:0:12}, deployed ${agent_sha:0:12}" \
-        "Another process may hold port $agent_port: stop it and run again"
+    read -r version sha <<<"$(sed -n 's/^AGENT //p' <<<"$out")"
     "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
     say "done: agent $version ($mode)"
     result "$target" "ok" "$version" "${sha:0:12}" "$mode"

@@ -275,7 +275,48 @@ class HostProcess:
             self.argv[0], self.ns_pid, self.host_pid, self.host.name)
 
 
-class TestHost:
+class PinnedSSHTarget(object):
+    """SSH access to a test machine with its host key pinned; needs .address, .port,
+    .host_key_path and ._known_hosts_path()."""
+
+    @property
+    def host_public_key(self):
+        """The machine's public host key as an OpenSSH line: ``ssh-ed25519 AAAA... comment``."""
+        return Path(str(self.host_key_path) + ".pub").read_text().strip()
+
+    @property
+    def fingerprint(self):
+        """``SHA256:...`` of the current host key, as ``ssh-keygen -l`` prints it."""
+        return fingerprint_of(self.host_public_key)
+
+    def known_hosts_line(self):
+        """A known_hosts line pinning this machine's key to its address."""
+        kind, blob = self.host_public_key.split()[:2]
+        return "%s %s %s" % (self.address, kind, blob)
+
+    def write_known_hosts(self, path):
+        """Write a known_hosts file holding just this machine's key; returns the path."""
+        Path(path).write_text(self.known_hosts_line() + "\n")
+        return Path(path)
+
+    def ssh_argv(self, identity, known_hosts=None, user="root", options=()):
+        """argv prefix for OpenSSH ``ssh`` to this machine with its key pinned (append a command).
+
+        Ignores ~/.ssh/config; known_hosts defaults to a file in the machine's state dir.
+        """
+        if known_hosts is None:
+            known_hosts = self.write_known_hosts(self._known_hosts_path())
+        argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(self.port),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts,
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                "-o", "LogLevel=ERROR"]
+        for opt in options:
+            argv += ["-o", opt]
+        return argv + ["%s@%s" % (user, self.address)]
+
+
+class TestHost(PinnedSSHTarget):
     """One test host: netns + veth, UTS/mount/PID namespaces, sshd, optionally the agent."""
 
     __test__ = False  # not a pytest test class
@@ -304,43 +345,8 @@ class TestHost:
     def __repr__(self):
         return "<TestHost %s %s>" % (self.name, self.address)
 
-    # ----- keys
-
-    @property
-    def host_public_key(self):
-        """The host's public key as an OpenSSH line: ``ssh-ed25519 AAAA... comment``."""
-        return Path(str(self.host_key_path) + ".pub").read_text().strip()
-
-    @property
-    def fingerprint(self):
-        """``SHA256:...`` of the current host key, as ``ssh-keygen -l`` prints it."""
-        return fingerprint_of(self.host_public_key)
-
-    def known_hosts_line(self):
-        """A known_hosts line pinning this host's key to its address."""
-        kind, blob = self.host_public_key.split()[:2]
-        return "%s %s %s" % (self.address, kind, blob)
-
-    def write_known_hosts(self, path):
-        """Write a known_hosts file holding just this host's key; returns the path."""
-        Path(path).write_text(self.known_hosts_line() + "\n")
-        return Path(path)
-
-    def ssh_argv(self, identity, known_hosts=None, user="root", options=()):
-        """argv prefix for OpenSSH ``ssh`` to this host with its key pinned (append a command).
-
-        Ignores ~/.ssh/config; known_hosts defaults to a file in the host's state dir.
-        """
-        if known_hosts is None:
-            known_hosts = self.write_known_hosts(self.state_dir / "known_hosts")
-        argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(self.port),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts,
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-                "-o", "LogLevel=ERROR"]
-        for opt in options:
-            argv += ["-o", opt]
-        return argv + ["%s@%s" % (user, self.address)]
+    def _known_hosts_path(self):
+        return self.state_dir / "known_hosts"
 
     def authorize(self, public_key_line):
         """Append a line to the host's authorized_keys (options allowed in front)."""

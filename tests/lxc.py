@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.hostfarm import _wait_for, fingerprint_of, generate_key
+from tests.hostfarm import PinnedSSHTarget, _wait_for, generate_key
 
 BASE_NAME = "central-test-base"
 #: bump when the recipe changes: a cached base with another recipe is rebuilt
@@ -210,7 +210,7 @@ def _cgroup_memory_key():
     return "lxc.cgroup2.memory.max"
 
 
-class Container:
+class Container(PinnedSSHTarget):
     """One overlay clone of the base container."""
 
     port = 22
@@ -232,38 +232,8 @@ class Container:
     def __repr__(self):
         return "<Container %s %s>" % (self.name, self.address)
 
-    @property
-    def host_public_key(self):
-        """The container's ssh host public key (OpenSSH line)."""
-        return Path(str(self.host_key_path) + ".pub").read_text().strip()
-
-    @property
-    def fingerprint(self):
-        """``SHA256:...`` of the host key, as ``ssh-keygen -l`` prints it."""
-        return fingerprint_of(self.host_public_key)
-
-    def known_hosts_line(self):
-        """A known_hosts line pinning this container's key to its address."""
-        kind, blob = self.host_public_key.split()[:2]
-        return "%s %s %s" % (self.address, kind, blob)
-
-    def write_known_hosts(self, path):
-        """Write a known_hosts file with just this container's key; returns the path."""
-        Path(path).write_text(self.known_hosts_line() + "\n")
-        return Path(path)
-
-    def ssh_argv(self, identity, known_hosts=None, user="root", options=()):
-        """argv prefix for OpenSSH ``ssh`` to the container with its key pinned."""
-        if known_hosts is None:
-            known_hosts = self.write_known_hosts(self.farm.state_dir / (self.lxc_name + ".known"))
-        argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(self.port),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts,
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-                "-o", "LogLevel=ERROR"]
-        for opt in options:
-            argv += ["-o", opt]
-        return argv + ["%s@%s" % (user, self.address)]
+    def _known_hosts_path(self):
+        return self.farm.state_dir / (self.lxc_name + ".known")
 
     def _write_identity(self, authorized_keys):
         # written into the overlay's upper dir while stopped: the clone sees them, the

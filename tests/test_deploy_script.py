@@ -69,8 +69,9 @@ def test_help_and_shellcheck():
     assert res.returncode == 2
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
-    res = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout
+    for script in (SCRIPT, SCRIPT.with_name("agent-install.sh")):
+        res = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout
 
 
 def test_deploy_three_hosts_with_restricted_central_key(test_host, operator_key, client_key,

@@ -174,7 +174,9 @@ def test_start_process_and_kill_it_inside(test_host):
     host = test_host(agent=False)
     proc = host.start_process(["sleep", "1000"])
     assert proc.alive()
-    assert host.run(["cat", "/proc/%d/comm" % proc.ns_pid]).stdout.strip() == "sleep"
+    # The pid exists from fork on; its name becomes "sleep" at exec.
+    hostfarm._wait_for(lambda: host.run(["cat", "/proc/%d/comm" % proc.ns_pid]).stdout.strip() == "sleep",
+                       10, "sleep to exec")
     host.run(["kill", "-TERM", str(proc.ns_pid)])
     assert proc.wait(10) == -signal.SIGTERM
 

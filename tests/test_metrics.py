@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 
+from tests.helpers import wait_for
+
 from central import metrics
 from central.poller import Histogram
-from tests.apiclient import api, start_api, wait_online  # noqa: F401
+from tests.apiclient import api, start_api  # noqa: F401
 
 
 def test_histogram_buckets_are_cumulative():
@@ -46,7 +48,11 @@ async def _metrics_text(api, role="viewer"):
 
 async def test_metrics_content(api):
     await api.central.storage.add_server("web1", "127.0.0.1", port=1)
-    await wait_online(api)
+
+    async def local_online():
+        return (await api.central.storage.get_server("local")).status == "online"
+
+    await wait_for(local_online, what="the local server's first poll stored")
     text = await _metrics_text(api)
     assert 'central_server_up{server="local"} 1' in text
     assert 'central_server_up{server="web1"} 0' in text
@@ -76,7 +82,7 @@ async def test_poll_errors_are_counted_by_reason(api, unused_tcp_port):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 async def test_promtool_accepts_the_metrics(api):
-    await wait_online(api)
+    await api.central.poller.wait_flushed()
     text = await _metrics_text(api)
     proc = await asyncio.create_subprocess_exec("promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
