@@ -289,12 +289,13 @@ class Storage:
 
     async def latest_samples(self) -> dict[int, dict]:
         """The newest sample of every server, by server id."""
-        # One primary-key seek per server (samples is keyed (server_id, ts)): a GROUP BY over
-        # the whole table scanned every raw row, 2.6 s at 1,000 servers x 48 h (BENCHMARKS.md).
+        # Two primary-key seeks per server (samples is keyed (server_id, ts)). The former
+        # GROUP BY over all samples scanned every raw row: 136 ms at 50 servers x 48 h, seconds
+        # at 1,000. CROSS JOIN pins the join order, or the planner scans samples again.
         rows = await self._all(
-            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM servers v"
-            " JOIN samples s ON s.server_id = v.id"
-            " AND s.ts = (SELECT max(ts) FROM samples WHERE server_id = v.id)"
+            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM"
+            " (SELECT v.id AS sid, (SELECT max(ts) FROM samples WHERE server_id = v.id) AS mts FROM servers v) m"
+            " CROSS JOIN samples s ON s.server_id = m.sid AND s.ts = m.mts"
         )
         out = {}
         for r in rows:

@@ -76,3 +76,12 @@ async def api(config):
     a = await start_api(config)
     yield a
     await a.client.close()
+
+
+async def wait_online(api: Api, name: str = "local", batches: int = 20) -> None:
+    """Wait (batch by batch, no sleeping) until the poller has stored name as online."""
+    for _ in range(batches):
+        if (await api.central.storage.get_server(name)).status == "online":
+            return
+        await api.central.poller.wait_flushed()
+    raise AssertionError(f"{name} did not come online within {batches} stored batches")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from central.sample import METRICS
-from tests.apiclient import api, start_api  # noqa: F401
+from tests.apiclient import api, start_api, wait_online  # noqa: F401
 
 GETS = ["/api/v1/servers", "/api/v1/servers/local", "/api/v1/servers/local/history",
         "/api/v1/servers/local/processes", "/api/v1/servers/local/inventory", "/api/v1/fleet",
@@ -18,7 +18,7 @@ async def test_every_endpoint_but_health_and_readiness_needs_auth(api):
     from central.web.keys import ENDPOINTS
 
     for ep in api.app[ENDPOINTS]:
-        path = ep.path.replace("{name}", "local")
+        path = ep.path.replace("{name}", "local").replace("{id}", "1")
         status, body, resp = await api.request(ep.method, path, role=None, json={})
         if ep.path in ("/health", "/readiness", "/api/v1/login"):
             assert status != 401, ep.path
@@ -91,7 +91,7 @@ async def test_list_filters_and_pages(api):
 
 
 async def test_list_carries_latest_key_figures(api):
-    await api.central.poller.wait_flushed()  # the local server's first poll is stored
+    await wait_online(api)
     status, body, _ = await api.get("/api/v1/servers?name=local")
     row = body["servers"][0]
     assert row["status"] == "online" and row["sample"] is not None
@@ -114,7 +114,7 @@ async def test_fleet_counts_firing_alerts_from_the_alerts_table(api):
 
 
 async def test_status(api):
-    await api.central.poller.wait_flushed()
+    await wait_online(api)
     status, body, _ = await api.get("/api/v1/status", role="viewer")
     assert body["version"] and body["uptime"] >= 0 and body["database"]["bytes"] > 0
     assert body["poller"]["servers"] == 1 and body["poller"]["polls"] >= 1
@@ -122,7 +122,7 @@ async def test_status(api):
 
 
 async def test_processes_and_inventory_of_the_local_server(api):
-    await api.central.poller.wait_flushed()
+    await wait_online(api)
     status, body, _ = await api.get("/api/v1/servers/local/processes")
     assert status == 200 and body["count"] > 0 and body["top_cpu"]
     assert {"pid", "name", "cpu_percent", "rss"} <= set(body["top_cpu"][0])

@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 from central.web.app import ENDPOINT_MODULES
 from central.web.keys import ENDPOINTS
 from central.web.openapi import build_openapi
+from central.web.pages import PAGE_ROUTE_NAMES
 from central.web.registry import Registry, obj, string
 from tests.apiclient import api  # noqa: F401
 
@@ -21,7 +22,7 @@ from tests.apiclient import api  # noqa: F401
 def _routes(app) -> set[tuple[str, str]]:
     out = set()
     for route in app.router.routes():
-        if route.method in ("HEAD", "*"):
+        if route.method in ("HEAD", "*") or route.resource.name in PAGE_ROUTE_NAMES:
             continue
         info = route.resource.get_info()
         out.add((route.method.lower(), info.get("formatter") or info.get("path")))

@@ -11,9 +11,10 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_servers, api_session, api_system
+from . import api_actions, api_alerts, api_servers, api_session, api_system
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
+from .pages import install_pages
 from .security import host_check, session_storage
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ ENDPOINT_MODULES = (
     api_system,
     api_session,
     api_servers,
+    api_alerts,
+    api_actions,
 )
 
 
@@ -49,6 +52,7 @@ def create_app(config: Config) -> web.Application:
     app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
     app.cleanup_ctx.append(_central_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
+    install_pages(app)
     return app
 
 

@@ -1,0 +1,119 @@
+// Shared by every page: API calls with the session's CSRF token, formatting, the modal.
+"use strict";
+
+const central = (() => {
+  const csrfToken = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  // fetch() a JSON endpoint; throws an Error carrying the API's {"error", "detail"}.
+  async function api(method, url, body) {
+    const opts = {method, headers: {"Accept": "application/json"}, credentials: "same-origin", cache: "no-store"};
+    if (method !== "GET") opts.headers["X-CSRF-Token"] = csrfToken();
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const resp = await fetch(url, opts);
+    let data = null;
+    try { data = await resp.json(); } catch (e) { data = null; }
+    if (resp.status === 401 && method === "GET") {
+      location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+    }
+    if (!resp.ok) {
+      const err = new Error((data && data.detail) || resp.status + " " + resp.statusText);
+      err.status = resp.status;
+      err.data = data;
+      throw err;
+    }
+    return data;
+  }
+
+  const dash = "\u2013";
+  const fmtPct = (v) => v == null ? dash : v.toFixed(1) + "%";
+  const fmtNum = (v, digits = 2) => v == null ? dash : v.toFixed(digits);
+  function fmtBytes(v) {
+    if (v == null) return dash;
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return i === 0 ? v.toFixed(0) + " B" : v.toFixed(1) + " " + units[i];
+  }
+  function fmtAgo(ts, now) {
+    if (ts == null || ts === "") return "never";
+    const s = Math.max(0, Math.floor(now - ts));
+    if (s < 60) return s + "s ago";
+    if (s < 3600) return Math.floor(s / 60) + "m ago";
+    if (s < 86400) return Math.floor(s / 3600) + "h ago";
+    return Math.floor(s / 86400) + "d ago";
+  }
+  function fmtTime(ts) {
+    if (ts == null) return dash;
+    const d = new Date(ts * 1000), p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+  const level = (v, warn = 75, crit = 90) => v == null ? "" : v >= crit ? "crit" : v >= warn ? "warn" : "ok";
+
+  // el("td", {class: "num"}, "text", child) - builds DOM without innerHTML (no markup injection).
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v == null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  // The one modal: ask() resolves true/false, show() resolves when closed.
+  const modal = document.getElementById("modal");
+  let settle = null;
+  function open(title, text, output, okLabel, cancel) {
+    document.getElementById("modal-title").textContent = title;
+    document.getElementById("modal-body").textContent = text || "";
+    const pre = document.getElementById("modal-output");
+    pre.textContent = output || "";
+    pre.hidden = !output;
+    document.getElementById("modal-ok").textContent = okLabel;
+    document.getElementById("modal-cancel").hidden = !cancel;
+    return new Promise((resolve) => {
+      settle = resolve;
+      modal.showModal();
+      document.getElementById(cancel ? "modal-cancel" : "modal-ok").focus();
+    });
+  }
+  function close(answer) {
+    if (modal.open) modal.close();
+    if (settle) { const s = settle; settle = null; s(answer); }
+  }
+  if (modal) {
+    document.getElementById("modal-ok").addEventListener("click", () => close(true));
+    document.getElementById("modal-cancel").addEventListener("click", () => close(false));
+    modal.addEventListener("cancel", (ev) => { ev.preventDefault(); close(false); });
+  }
+  const ask = (title, text, okLabel = "Confirm") => open(title, text, "", okLabel, true);
+  const show = (title, text, output) => open(title, text, output, "Close", false);
+
+  // Ask, call, and show the outcome (the host's exit status and output for actions).
+  async function act(question, title, call, describe) {
+    if (!(await ask(title, question))) return null;
+    try {
+      const result = await call();
+      const [heading, text, output] = describe(result);
+      await show(heading, text, output);
+      return result;
+    } catch (err) {
+      await show("Failed", err.message + (err.status ? ` (HTTP ${err.status})` : ""), "");
+      return null;
+    }
+  }
+
+  const logout = document.getElementById("logout");
+  if (logout) {
+    logout.addEventListener("click", async () => {
+      try { await api("POST", "/api/v1/logout"); } finally { location.assign("/login"); }
+    });
+  }
+
+  return {api, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
+})();

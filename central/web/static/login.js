@@ -1,0 +1,16 @@
+// Log in with JSON (so a wrong password shows as a message, not a JSON page), then go on.
+"use strict";
+
+document.getElementById("login").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = ev.target, error = document.getElementById("login-error");
+  error.hidden = true;
+  try {
+    await central.api("POST", "/api/v1/login", {username: form.username.value, password: form.password.value});
+    const next = form.next.value;
+    location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+});

@@ -1,0 +1,153 @@
+"""The HTML pages through the real app (aiohttp's test client): login redirects, roles, headers.
+
+The browser tests (tests/test_pages_browser.py) drive the same pages in real Chromium.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from central.web import pages
+from tests.apiclient import PASSWORD, api, wait_online  # noqa: F401  (fixture)
+
+PAGES = ("/", "/servers/local", "/alerts")
+ACTION_MARKERS = ("data-kill", "data-service=", "data-container=", "data-ack=", "data-unsilence=",
+                  'id="add-server"', 'id="silence-form"')
+
+
+async def login(api, user: str) -> str:
+    async with api.client.post("/api/v1/login", json={"username": user, "password": PASSWORD}) as resp:
+        assert resp.status == 200, await resp.text()
+        return (await resp.json())["csrf_token"]
+
+
+async def page(api, path: str, **kw):
+    async with api.client.get(path, allow_redirects=False, **kw) as resp:
+        return resp.status, await resp.text(), resp
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/servers/nosuch"])
+async def test_pages_redirect_to_login_without_a_session(api, path):
+    status, _, resp = await page(api, path + "?x=1")
+    assert status == 302
+    location = URL(resp.headers["Location"])
+    assert location.path == "/login" and location.query["next"] == path + "?x=1"
+
+
+async def test_login_page_renders_and_a_logged_in_user_goes_on(api):
+    status, html, resp = await page(api, "/login?next=/alerts")
+    assert status == 200 and resp.content_type == "text/html"
+    assert 'action="/api/v1/login"' in html and 'name="next" value="/alerts"' in html
+    await login(api, "viewer1")
+    status, _, resp = await page(api, "/login?next=/alerts")
+    assert status == 302 and resp.headers["Location"] == "/alerts"
+    status, _, resp = await page(api, "/login?next=//evil.example/")
+    assert status == 302 and resp.headers["Location"] == "/"
+
+
+async def test_html_form_login_redirects_to_next(api):
+    async with api.client.post("/api/v1/login", allow_redirects=False,
+                               data={"username": "viewer1", "password": PASSWORD, "next": "/alerts"}) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/alerts"
+    status, html, _ = await page(api, "/alerts")
+    assert status == 200 and "Open alerts" in html
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+async def test_every_page_renders_for_every_role(api, role):
+    await wait_online(api)
+    csrf = await login(api, role + "1")
+    for path in PAGES:
+        status, html, resp = await page(api, path)
+        assert status == 200, (path, html[:500])
+        assert f'<meta name="csrf-token" content="{csrf}">' in html
+        assert f'data-role="{role}"' in html
+        assert "<script>" not in html and " style=" not in html  # the CSP allows neither
+    status, html, _ = await page(api, "/")
+    assert 'data-name="local"' in html and 'href="/servers/local"' in html
+    status, html, _ = await page(api, "/servers/local")
+    assert "Top processes" in html and 'id="chart-cpu"' in html
+    assert "/static/vendor/uplot/uPlot.iife.min.js" in html
+
+
+async def test_a_viewer_gets_no_action_buttons_or_forms(api):
+    await wait_online(api)
+    await login(api, "viewer1")
+    for path in PAGES:
+        _, html, _ = await page(api, path)
+        for marker in ACTION_MARKERS:
+            assert marker not in html, (path, marker)
+
+
+async def test_operators_get_kill_buttons_and_only_admins_the_add_form(api):
+    await wait_online(api)
+    await login(api, "operator1")
+    _, html, _ = await page(api, "/servers/local")
+    assert "data-kill=" in html and "data-start-time=" in html
+    _, html, _ = await page(api, "/")
+    assert 'id="add-server"' not in html
+    _, html, _ = await page(api, "/alerts")
+    assert 'id="silence-form"' in html
+    await login(api, "admin1")
+    _, html, _ = await page(api, "/")
+    assert 'id="add-server"' in html
+
+
+async def test_security_headers_on_pages_static_files_and_redirects(api):
+    checked = []
+    for path in ("/", "/login"):  # a redirect and the login form, before logging in
+        checked.append(await page(api, path))
+    await login(api, "viewer1")
+    for path in ("/", "/static/common.js", "/static/vendor/uplot/uPlot.iife.min.js", "/api/v1/fleet"):
+        checked.append(await page(api, path))
+    assert [status for status, _, _ in checked] == [302, 200, 200, 200, 200, 200]
+    for _, _, resp in checked:
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+    _, _, resp = await page(api, "/static/common.js")
+    assert resp.content_type in ("application/javascript", "text/javascript")
+
+
+async def test_unknown_server_page_is_an_html_404(api):
+    await login(api, "viewer1")
+    status, html, resp = await page(api, "/servers/nosuch")
+    assert status == 404 and resp.content_type == "text/html" and "nosuch" in html
+
+
+async def test_pages_refuse_a_foreign_host_header(api):
+    await login(api, "viewer1")
+    status, _, _ = await page(api, "/", headers={"Host": "rebound.example"})
+    assert status == 421
+
+
+async def test_page_text_is_escaped(api):
+    await api.central.storage.add_audit(actor="<b>x</b>", role="admin", server_id=None, server_name="local",
+                                        action="kill", arguments={"pid": 5}, result="failed",
+                                        output="<script>alert(1)</script>")
+    await login(api, "viewer1")
+    _, html, _ = await page(api, "/servers/local")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<b>x</b>" not in html
+
+
+def test_static_files_referenced_by_templates_exist():
+    templates = Path(pages.__file__).parent / "templates"
+    refs = set()
+    for t in templates.glob("*.html"):
+        refs |= set(re.findall(r'(?:src|href)="/static/([^"]+)"', t.read_text()))
+    assert refs, "templates reference static files"
+    for ref in refs:
+        assert (pages.STATIC_DIR / ref).is_file(), ref
+    assert (pages.STATIC_DIR / "vendor/uplot/LICENSE").is_file()
+
+
+def test_number_formatting_matches_the_pages_javascript():
+    assert pages.fmt_pct(12.345) == "12.3%" and pages.fmt_pct(None) == "–"
+    assert pages.fmt_bytes(512) == "512 B" and pages.fmt_bytes(1536) == "1.5 KiB"
+    assert pages.fmt_bytes(3 * 1024 ** 3) == "3.0 GiB"
+    assert pages.fmt_ago(100, now=159) == "59s ago" and pages.fmt_ago(0, now=7200) == "2h ago"
+    assert pages.fmt_ago(None) == "never"
