@@ -336,19 +336,27 @@ class Storage:
             source, resolution = "minute", TIER_MINUTE
         else:
             source, resolution = "hour", TIER_HOUR
-        step = max(step, float(resolution), 1.0)
-        step = math.ceil(step)
-        if source == "raw":
-            cols = ", ".join(f"avg({m}), min({m}), max({m})" for m in metrics)
-            sql = (f"SELECT CAST(ts / {step} AS INTEGER) * {step} AS b, {cols} FROM samples"
-                   " WHERE server_id = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b")
-            args: tuple = (server_id, start, end)
+        step = math.ceil(max(step, float(resolution), 1.0))
+        # Each tier answers for the time it has rolled up; what is newer comes from the next
+        # finer tier, so a range never misses its newest minutes (or a new server's data).
+        minute_done = await self._progress(TIER_MINUTE) or 0.0
+        hour_done = await self._progress(TIER_HOUR) or 0.0
+        parts, args = [], []
+        if source == "hour":
+            parts.append(self._history_part("rollups", metrics, step, f"tier = {TIER_HOUR}"))
+            args += [server_id, start, min(end, hour_done)]
+        if source in ("hour", "minute"):
+            lo = max(start, hour_done) if source == "hour" else start
+            parts.append(self._history_part("rollups", metrics, step, f"tier = {TIER_MINUTE}"))
+            args += [server_id, lo, min(end, minute_done)]
+            start_raw = max(start, minute_done, hour_done if source == "hour" else 0.0)
         else:
-            tier = TIER_MINUTE if source == "minute" else TIER_HOUR
-            cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0), min({m}_min), max({m}_max)" for m in metrics)
-            sql = (f"SELECT CAST(ts / {step} AS INTEGER) * {step} AS b, {cols} FROM rollups"
-                   " WHERE server_id = ? AND tier = ? AND ts >= ? AND ts < ? GROUP BY b ORDER BY b")
-            args = (server_id, tier, start, end)
+            start_raw = start
+        parts.append(self._history_part("samples", metrics, step))
+        args += [server_id, start_raw, end]
+        cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0),"
+                         f" min({m}_min), max({m}_max)" for m in metrics)
+        sql = f"SELECT b, {cols} FROM ({' UNION ALL '.join(parts)}) GROUP BY b ORDER BY b"
         rows = await self._all(sql, args)
         series: dict = {"ts": [r[0] for r in rows]}
         for i, m in enumerate(metrics):
@@ -356,6 +364,18 @@ class Storage:
             series[m + "_min"] = [r[2 + 3 * i] for r in rows]
             series[m + "_max"] = [r[3 + 3 * i] for r in rows]
         return {"source": source, "step": step, "start": start, "end": end, "series": series}
+
+    @staticmethod
+    def _history_part(table: str, metrics: Sequence[str], step: int, where: str = "1") -> str:
+        """One source of history() as rows (bucket, n, then avg/min/max per metric)."""
+        if table == "samples":
+            cols = ", ".join(f"{m} AS {m}_avg, {m} AS {m}_min, {m} AS {m}_max" for m in metrics)
+            n = "1 AS n"
+        else:
+            cols = ", ".join(f"{m}_avg, {m}_min, {m}_max" for m in metrics)
+            n = "n"
+        return (f"SELECT CAST(ts / {step} AS INTEGER) * {step} AS b, {n}, {cols} FROM {table}"
+                f" WHERE server_id = ? AND {where} AND ts >= ? AND ts < ?")
 
     # inventory
 
@@ -508,10 +528,18 @@ class Storage:
             f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)", list(rows))])
 
     async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
-        """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric)."""
-        await self._write_many([(
-            f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS})"
-            f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(METRICS)))})", list(rows))])
+        """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric); the tier
+        then counts as rolled up to the end of the newest imported bucket."""
+        rows = list(rows)
+        if not rows:
+            return
+        until = max(r[1] for r in rows) + tier
+        await self._write_many([
+            (f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS})"
+             f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(METRICS)))})", rows),
+            ("INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?) ON CONFLICT (tier)"
+             " DO UPDATE SET done_until = max(done_until, excluded.done_until)", [(int(tier), until)]),
+        ])
 
     # users and API tokens
 

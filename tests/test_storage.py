@@ -168,3 +168,19 @@ async def test_inventory_history(storage):
     assert inv["hash"] == "h2" and inv["doc"] == {"kernel": "6.2"}
     assert [h["change_type"] for h in await storage.inventory_history(a.id)] == ["os_change", "initial"]
     assert (await storage.get_server("a")).inventory_hash == "h2"
+
+
+async def test_history_reaches_past_the_last_rollup(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    # Two days of samples, rolled up until 30 minutes ago; the last 30 minutes are raw only.
+    await fill(storage, a.id, NOW - 2 * DAY, NOW, 60.0, lambda ts: 10.0 if ts < NOW - 1800 else 90.0)
+    await storage.rollup(now=NOW - 1800, lag=0)
+    h = await storage.history(a.id, NOW - DAY, NOW, max_points=200, retention_raw=2 * DAY,
+                              retention_minute=14 * DAY, now=NOW)
+    assert h["source"] == "minute"
+    cpu = h["series"]["cpu"]
+    assert cpu[0] == pytest.approx(10.0) and cpu[-1] == pytest.approx(90.0)
+    # Nothing is counted twice where the tiers meet: every bucket's average stays within the data.
+    assert all(10.0 - 1e-9 <= v <= 90.0 + 1e-9 for v in cpu)
+    n_points = sum(1 for v in cpu if v is not None)
+    assert n_points == len(h["series"]["ts"]) <= 200
