@@ -91,7 +91,7 @@ def start_agent(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("the agent did not start")
 
 
-def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float) -> tuple[subprocess.Popen, int, str]:
+def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float, live_inventory: bool = False) -> tuple[subprocess.Popen, int, str]:
     """The loopback farm process; returns (process, port, its host key line)."""
     host_key = workdir / "farm_host_key"
     if not host_key.exists():
@@ -99,7 +99,7 @@ def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float) -> 
         host_key.write_bytes(key.export_private_key())
     line = public_key_line(asyncssh.read_private_key(str(host_key)))
     argv = [sys.executable, str(REPO / "bench" / "loopfarm.py"), "--host-key", str(host_key),
-            "--authorized-keys", str(pub), "--cache-ttl", str(ttl)]
+            "--authorized-keys", str(pub), "--cache-ttl", str(ttl)] + (["--live-inventory"] if live_inventory else [])
     for p in agent_ports:
         argv += ["--agent", f"127.0.0.1:{p}"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(workdir / "farm.log", "w"), text=True)
@@ -126,7 +126,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     data_dir.mkdir(parents=True)
     spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
             "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
-            "profile": profile}
+            "profile": profile if profile == "cprofile" else None}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -138,11 +138,17 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         msg = json.loads(line)
         if msg["event"] == "window_start":
             o0, m0 = proc_cpu(pids), machine_busy()
+            if profile == "py-spy":
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),
+                                        "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif msg["event"] == "window_end":
             o1, m1 = proc_cpu(pids), machine_busy()
         elif msg["event"] == "result":
             result = msg
     proc.wait()
+    if profile == "py-spy":
+        spy.wait()
     if result is None:
         raise RuntimeError(f"{name}: the driver failed; see {data_dir / 'driver.log'}")
     win = result["window_s"]
@@ -154,7 +160,9 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     )
     print(f"  {name}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
           f"cipher {result['cipher']}, farm+agents {result['others_core_fraction']:.2f} core, "
-          f"machine {result['machine_busy_cores']:.2f} cores busy", flush=True)
+          f"machine {result['machine_busy_cores']:.2f} cores busy; back-to-back {result['b2b_total_ms']:.3f} ms/poll "
+          f"(request {result['b2b_request_ms']:.3f}, parse {result['b2b_parse_ms']:.3f}, poll {result['b2b_poll_ms']:.3f}, "
+          f"store {result['b2b_store_ms']:.3f})", flush=True)
     return result
 
 
@@ -343,7 +351,8 @@ def main() -> None:
     p.add_argument("--measure-intervals", type=int, default=3)
     p.add_argument("--real-hosts", type=int, default=20)
     p.add_argument("--cache-ttl", type=float, default=1.0)
-    p.add_argument("--profile", choices=["cprofile"], default=None, help="profile the central at the largest scale")
+    p.add_argument("--live-inventory", action="store_true", help="farm passes the agent's changing inventory_hash through")
+    p.add_argument("--profile", choices=["cprofile", "py-spy"], default=None, help="profile the central at the largest scale")
     args = p.parse_args()
     if args.quick:
         args.scales, args.measure_intervals, args.real_hosts = "20,100", 1, 5
@@ -366,7 +375,7 @@ def main() -> None:
     try:
         body = agent_document(agent_port)
         if not args.only_db:
-            farm, farm_port, farm_key = start_farm(workdir, pub, [agent_port], args.cache_ttl)
+            farm, farm_port, farm_key = start_farm(workdir, pub, [agent_port], args.cache_ttl, args.live_inventory)
             others = [farm.pid, agent.pid]
             scales = [int(s) for s in args.scales.split(",")]
             small = args.real_hosts

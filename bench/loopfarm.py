@@ -28,9 +28,11 @@ import asyncssh
 class Upstream:
     """Fetches answers from the real agent(s), round-robin, with a short single-flight cache."""
 
-    def __init__(self, agents: list[tuple[str, int]], ttl: float):
+    def __init__(self, agents: list[tuple[str, int]], ttl: float, freeze_inventory: bool):
         self.agents = agents
         self.ttl = ttl
+        self.freeze_inventory = freeze_inventory
+        self._inventory_hash: bytes | None = None
         self._next = 0
         self._cache: dict[bytes, tuple[float, bytes]] = {}
         self._inflight: dict[bytes, asyncio.Future] = {}
@@ -61,9 +63,28 @@ class Upstream:
             writer.close()
         head, sep, body = data.partition(b"\r\n\r\n")
         head = head.replace(b"Connection: close", b"Connection: keep-alive")
+        if self.freeze_inventory:
+            body = self._freeze(body)
         answer = head + sep + body
         self._cache[request_line] = (time.monotonic(), answer)
         return answer
+
+
+    def _freeze(self, body: bytes) -> bytes:
+        # The agent's inventory_hash covers the network interfaces, and on a shared test machine
+        # other test runs add and remove veths all the time: every host of the farm would then
+        # see an "inventory change" at once. Keep the first hash (same length, so
+        # Content-Length holds), as on a host whose hardware and network do not change.
+        start = body.find(b'"inventory_hash":"')
+        if start < 0:
+            return body
+        start += len(b'"inventory_hash":"')
+        end = body.index(b'"', start)
+        if self._inventory_hash is None:
+            self._inventory_hash = body[start:end]
+        if len(self._inventory_hash) != end - start:
+            return body
+        return body[:start] + self._inventory_hash + body[end:]
 
 
 class AgentChannel(asyncssh.SSHTCPSession):
@@ -124,11 +145,12 @@ async def main() -> None:
     p.add_argument("--agent", action="append", required=True, help="HOST:PORT of a real agent (repeatable)")
     p.add_argument("--agent-port", type=int, default=8083, help="the port the central asks for")
     p.add_argument("--cache-ttl", type=float, default=1.0)
+    p.add_argument("--live-inventory", action="store_true", help="pass the agent's inventory_hash through unchanged")
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     agents = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.agent]
-    upstream = Upstream(agents, args.cache_ttl)
+    upstream = Upstream(agents, args.cache_ttl, not args.live_inventory)
     server = await asyncssh.create_server(
         lambda: FarmServer(upstream, args.agent_port), "127.0.0.1", 0,
         server_host_keys=[args.host_key], authorized_client_keys=args.authorized_keys,
