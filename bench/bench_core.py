@@ -118,6 +118,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM in the driver
+
+
 def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
                other_pids, interval: float, measure_intervals: int, profile: str | None = None) -> dict:
     """Run the central driver on these servers; returns its result plus the others' CPU."""
@@ -126,7 +129,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     data_dir.mkdir(parents=True)
     spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
             "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
-            "profile": profile if profile == "cprofile" else None}
+            "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -308,16 +311,19 @@ def markdown(results: dict) -> str:
                f"until every host had been polled, plus one interval, then measured over {results['measure_intervals']} intervals. "
                "`bench/bench_core.py`.")
     out.append("")
-    out.append("| run | hosts | cipher | polls | central CPU ms/poll | central core share | poll p50 / p99 ms | "
-               "sched lag p50 / p99 ms | start→stored p50 / p99 ms | farm+agents core share | machine busy cores |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| run | hosts | interval s | cipher | polls | central CPU ms/poll | user / sys ms | central core share | "
+               "poll p50 / p99 ms | sched lag p50 / p99 ms | start→stored p50 / p99 ms | farm+agents core share | "
+               "machine busy cores | back-to-back ms/poll (request / parse / store) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         cipher = (r["cipher"] or "?").split("@")[0]
         out.append(
-            f"| {r['name']} | {r['hosts']} | {cipher} | {r['polls_stored']} | **{ms(r['cpu_ms_per_poll'])}** | "
+            f"| {r['name']} | {r['hosts']} | {r['interval']:g} | {cipher} | {r['polls_stored']} | **{ms(r['cpu_ms_per_poll'])}** | "
+            f"{ms(r['user_s'] / r['polls_stored'] * 1000)} / {ms(r['sys_s'] / r['polls_stored'] * 1000)} | "
             f"{r['cpu_core_fraction']:.3f} | {ms(r['duration_ms_p50'])} / {ms(r['duration_ms_p99'])} | "
             f"{ms(r['lag_ms_p50'])} / {ms(r['lag_ms_p99'])} | {ms(r['start_to_stored_ms_p50'])} / {ms(r['start_to_stored_ms_p99'])} | "
-            f"{r['others_core_fraction']:.3f} | {r['machine_busy_cores']:.2f} |")
+            f"{r['others_core_fraction']:.3f} | {r['machine_busy_cores']:.2f} | "
+            f"{ms(r['b2b_total_ms'])} ({ms(r['b2b_request_ms'])} / {ms(r['b2b_parse_ms'])} / {ms(r['b2b_store_ms'])}) |")
     out.append("")
     ratios = results.get("ratios", {})
     for k, v in ratios.items():
@@ -336,7 +342,8 @@ def markdown(results: dict) -> str:
         for k, v in d["rows_per_host"].items():
             out.append(f"| rows {k} | {v:.0f} |")
         for k, v in d["table_bytes_per_host"].items():
-            out.append(f"| dbstat {k} | {v / 1e6:.2f} MB |")
+            if v >= 5000:
+                out.append(f"| dbstat {k} | {v / 1e6:.2f} MB |")
     return "\n".join(out) + "\n"
 
 
@@ -350,17 +357,24 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--measure-intervals", type=int, default=3)
     p.add_argument("--real-hosts", type=int, default=20)
+    p.add_argument("--rate-interval", type=float, default=1.0,
+                   help="also run the largest scale at this interval (0: skip)")
     p.add_argument("--cache-ttl", type=float, default=1.0)
     p.add_argument("--live-inventory", action="store_true", help="farm passes the agent's changing inventory_hash through")
     p.add_argument("--profile", choices=["cprofile", "py-spy"], default=None, help="profile the central at the largest scale")
+    p.add_argument("--phase-quantum", type=float, default=None, help="override the poller's phase quantum (0: off)")
+    p.add_argument("--skip-chacha", action="store_true")
     args = p.parse_args()
+    global PHASE_QUANTUM
+    PHASE_QUANTUM = args.phase_quantum
     if args.quick:
-        args.scales, args.measure_intervals, args.real_hosts = "20,100", 1, 5
+        args.scales, args.measure_intervals, args.real_hosts, args.rate_interval = "20,100", 1, 5, 0
     import sqlite3
     import platform
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), "?")
     results = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "interval": args.interval,
+               "phase_quantum": args.phase_quantum,
                "measure_intervals": args.measure_intervals, "cache_ttl": args.cache_ttl,
                "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
                            "asyncssh": asyncssh.__version__, "sqlite": sqlite3.sqlite_version},
@@ -401,8 +415,15 @@ def main() -> None:
                 results["runs"].append(run_driver(workdir, f"loop-aes-{n}", loop_servers(n, farm_port, farm_key), AES, key,
                                                   others, args.interval, args.measure_intervals, profile))
             big = max(scales)
-            results["runs"].append(run_driver(workdir, f"loop-chacha-{big}", loop_servers(big, farm_port, farm_key), CHACHA,
-                                              key, others, args.interval, args.measure_intervals))
+            if args.rate_interval:
+                # The poll rate of 10x the hosts at the default interval: what "one core carries
+                # 10,000 hosts at 10 s" means for the event loop.
+                results["runs"].append(run_driver(
+                    workdir, f"loop-aes-{big}-at-{args.rate_interval:g}s", loop_servers(big, farm_port, farm_key), AES, key,
+                    others, args.rate_interval, int(args.interval * args.measure_intervals / args.rate_interval)))
+            if not args.skip_chacha:
+                results["runs"].append(run_driver(workdir, f"loop-chacha-{big}", loop_servers(big, farm_port, farm_key), CHACHA,
+                                                  key, others, args.interval, args.measure_intervals))
             by = {r["name"]: r for r in results["runs"]}
             ratios = {}
             if f"loop-chacha-{big}" in by:

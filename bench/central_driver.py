@@ -19,6 +19,7 @@ import sys
 import time
 
 from central.config import PollConfig, SSHConfig, load_config
+from central import poller as poller_module
 from central.poller import phase
 from central.service import Central
 
@@ -90,6 +91,8 @@ async def run(spec: dict) -> dict:
         poll=dataclasses.replace(PollConfig(), interval=interval, local=False),
         ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"])),
     )
+    if spec.get("phase_quantum") is not None:
+        poller_module.PHASE_QUANTUM = spec["phase_quantum"]
     central = await Central.open(cfg)
     for s in spec["servers"]:
         await central.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
