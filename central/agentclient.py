@@ -12,7 +12,7 @@ import logging
 
 import asyncssh
 
-from .model import AGENT_DOWN, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, PollError, Server
+from .model import AGENT_DOWN, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, UNREACHABLE, PollError, Server
 from .sshpool import classify, server_log
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class AgentClient:
         self._lock = asyncio.Lock()
         self.log = server_log(log, server.name)
         self.channels_opened = 0
+        self._connecting = False  # waiting for the SSH connection (a timeout then means unreachable)
 
     def close(self) -> None:
         """Drop the channel (the connection stays)."""
@@ -46,7 +47,11 @@ class AgentClient:
         self._buf = bytearray()
 
     async def _open(self) -> None:
-        conn = await self.pool.connection(self.server)
+        self._connecting = True
+        try:
+            conn = await self.pool.connection(self.server)
+        finally:
+            self._connecting = False
         try:
             self._reader, self._writer = await conn.open_connection("127.0.0.1", self.server.agent_port)
         except asyncssh.ChannelOpenError as exc:
@@ -71,6 +76,12 @@ class AgentClient:
                     return await self._request(method, path, body)
             except TimeoutError:
                 self.close()
+                if self._connecting:
+                    # no SSH session yet: the host is not answering (a stopped machine whose
+                    # address still sits in the neighbour cache swallows SYNs), not the agent
+                    self._connecting = False
+                    raise PollError(UNREACHABLE, f"no SSH connection to {self.server.host}:{self.server.port} "
+                                                 f"within {timeout:g}s") from None
                 raise PollError(TIMEOUT, f"the agent did not answer {method} {path} within {timeout:g}s") from None
             except PollError:
                 self.close()

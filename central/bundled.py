@@ -1,4 +1,4 @@
-"""Files central ships inside its wheel: the schema and the agent.
+"""Files central ships inside its wheel: the schema, the agent and its installer.
 
 An installed wheel carries them as central/_bundled/*; a source checkout (or an editable
 install) reads them from the repository root.
@@ -42,6 +42,11 @@ def agent_path() -> Path:
 def agent_sha256() -> str:
     """sha256 of the bundled agent, to spot outdated agents."""
     return hashlib.sha256(agent_path().read_bytes()).hexdigest()
+
+
+def installer_path() -> Path:
+    """scripts/agent-install.sh, the remote half of every deploy (run on the host by sh -s)."""
+    return _find("agent-install.sh", "scripts/agent-install.sh")
 
 
 @lru_cache(maxsize=1)

@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from . import __version__, alerts
+from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
@@ -118,7 +118,8 @@ def init(ctx):
     """Create the data directory, the database and the central's SSH key pair.
 
     Prints the public key and the restricted authorized_keys line to install on hosts
-    (scripts/deploy-agent.sh does that for you). Safe to run again.
+    (scripts/deploy-agent.sh does that for you). When no user exists yet it creates the
+    admin user "admin" and prints its random password once. Safe to run again.
 
     \b
     Example:
@@ -128,12 +129,8 @@ def init(ctx):
     config.data_path.mkdir(parents=True, exist_ok=True)
     line, created = ensure_key_pair(config.key_path)
 
-    async def setup(central: Central):
-        hooks = getattr(central, "init_hooks", [])
-        return [await h(central) for h in hooks]
-
     try:
-        extra = _run(_with_central(config, setup))
+        password = _run(_with_central(config, lambda c: c.auth.ensure_first_admin("admin")))
     except (CentralError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"database: {config.database_path}")
@@ -142,9 +139,10 @@ def init(ctx):
     click.echo(line)
     console.print("\nRestricted authorized_keys line (forwarding to the agent only, no shell):")
     click.echo(restricted_key_line(line))
-    for message in extra:
-        if message:
-            click.echo(message)
+    if password:
+        click.echo("\nCreated the first user: admin (role admin). Its password, shown only this once:")
+        click.echo(f"  {password}")
+        click.echo("Change it with `central user passwd admin`.")
 
 
 @cli.command()
@@ -412,6 +410,665 @@ async def server_trust(central: Central, name, accept_host_key, fp):
     confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await central.trust_server(name, confirmed)
     click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
+
+def _read_password(password_stdin: bool, confirm: bool = True) -> str:
+    """A password from stdin (one line) or an interactive prompt; never from argv."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    if not sys.stdin.isatty():
+        raise click.ClickException("no terminal to ask for the password: pipe it in with --password-stdin")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+@cli.group()
+def user():
+    """Manage the users of the HTTP API and page (roles: viewer, operator, admin).
+
+    viewer reads everything; operator may also act (remote actions, acknowledge alerts, test
+    servers); admin also manages servers, users and tokens.
+
+    \b
+    Example:
+      central user add alice --role operator
+      central user list
+    """
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer", show_default=True,
+              help="What the user may do.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@central_command
+async def user_add(central: Central, name, role, password_stdin):
+    """Add a user; the password is prompted for (or read from stdin).
+
+    \b
+    Example:
+      central user add alice --role operator
+      printf '%s\\n' "$PASSWORD" | central user add ci --role viewer --password-stdin
+    """
+    from .auth import check_password, check_username
+
+    check_username(name)
+    if await central.storage.find_user(name) is not None:
+        raise CentralError(f"a user named {name!r} already exists")
+    password = check_password(_read_password(password_stdin))
+    await central.auth.add_user(name, role, password)
+    click.echo(f"added user {name} ({role})")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of stdin.")
+@central_command
+async def user_passwd(central: Central, name, password_stdin):
+    """Set a user's password (their open browser sessions end).
+
+    \b
+    Example:
+      central user passwd admin
+    """
+    await central.storage.get_user(name)
+    await central.auth.set_password(name, _read_password(password_stdin))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "operator", "admin"]))
+@central_command
+async def user_role(central: Central, name, role):
+    """Change a user's role (the last admin stays admin).
+
+    \b
+    Example:
+      central user role alice admin
+    """
+    await central.auth.set_role(name, role)
+    click.echo(f"{name} is now {role}")
+
+
+@user.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@central_command
+async def user_remove(central: Central, name, yes):
+    """Remove a user and revoke their API tokens (the last admin cannot be removed).
+
+    \b
+    Example:
+      central user remove alice --yes
+    """
+    await central.storage.get_user(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CentralError("refusing to remove without confirmation: pass --yes")
+        if not click.confirm(f"Remove user {name} and their API tokens?"):
+            raise CentralError("not removed")
+    await central.auth.remove_user(name)
+    click.echo(f"removed user {name}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def user_list(central: Central, as_json):
+    """List users and their roles.
+
+    \b
+    Example:
+      central user list --json
+    """
+    users = await central.auth.list_users()
+    if as_json:
+        _echo_json(users)
+        return
+    t = Table("name", "role", "created")
+    for u in users:
+        t.add_row(u["name"], u["role"], _age(u["created_at"]))
+    console.print(t)
+
+
+@cli.group()
+def token():
+    """Create, list and revoke API tokens for scripts (Authorization: Bearer <token>).
+
+    \b
+    Example:
+      central token create grafana --user admin
+    """
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--user", "owner", default="admin", show_default=True, help="The user the token acts as.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (including the token).")
+@central_command
+async def token_create(central: Central, name, owner, as_json):
+    """Create an API token; it is printed once and stored only as a hash.
+
+    \b
+    Example:
+      central token create prometheus --user viewer1
+      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9083/api/v1/servers
+    """
+    secret, record = await central.auth.create_token(owner, name)
+    if as_json:
+        _echo_json({**record, "token": secret})
+        return
+    click.echo(f"token {record['id']} ({name}) for {owner}; shown only this once:")
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--user", "owner", help="Only this user's tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def token_list(central: Central, owner, as_json):
+    """List API tokens (never the tokens themselves).
+
+    \b
+    Example:
+      central token list --user admin
+    """
+    tokens = await central.auth.list_tokens(owner)
+    if as_json:
+        _echo_json(tokens)
+        return
+    t = Table("id", "name", "user", "created", "last used", "state")
+    for tk in tokens:
+        t.add_row(str(tk["id"]), tk["name"], tk["user"], _age(tk["created_at"]), _age(tk["last_used"]),
+                  "revoked" if tk["revoked_at"] else "active")
+    console.print(t)
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@central_command
+async def token_revoke(central: Central, token_id):
+    """Revoke an API token by id (it stops working at once).
+
+    \b
+    Example:
+      central token revoke 3
+    """
+    record = await central.auth.revoke_token(token_id)
+    click.echo(f"revoked token {record['id']} ({record['name']})")
+
+
+
+_STATE_STYLE = {"ok": "green", "failed": "red", "skipped": "cyan", "running": "yellow", "waiting": "dim"}
+
+
+def _deploy_table(results, final: bool) -> Table:
+    """One row per server: the step it is at (live) or how it ended (summary)."""
+    if final:
+        t = Table("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
+    else:
+        t = Table("server", "target", "state", "step")
+    for r in results:
+        style = _STATE_STYLE.get(r.state, "")
+        state = f"[{style}]{r.state}[/{style}]" if style else r.state
+        if final:
+            message = r.message
+            if r.state == "failed":
+                message = f"at {r.step}: {r.message}. {r.hint}"
+            t.add_row(r.server, r.target, state, r.version or "-", (r.sha256 or "-")[:12], message)
+        else:
+            t.add_row(r.server, r.target, state, r.step or "-")
+    return t
+
+
+@cli.command()
+@click.argument("servers", nargs=-1)
+@click.option("--all", "all_servers", is_flag=True, help="Every server central knows (except its own host).")
+@click.option("--upgrade-outdated", is_flag=True,
+              help="Only servers whose agent reports another sha256 than the bundled agent (or none).")
+@click.option("--no-actions", is_flag=True, help="The agent refuses every action (kill, service, docker).")
+@click.option("--allow-actions", metavar="LIST", help="Comma-separated subset of kill,service,docker (default: all).")
+@click.option("--service-pattern", "service_patterns", multiple=True, metavar="GLOB",
+              help="Units actions may touch (repeatable; default '*').")
+@click.option("--container-pattern", "container_patterns", multiple=True, metavar="GLOB",
+              help="Docker containers actions may touch (repeatable; default '*').")
+@click.option("--watch-unit", "watch_units", multiple=True, metavar="UNIT", help="Unit whose state the agent reports (repeatable).")
+@click.option("--full-access", is_flag=True, help="Install the central's key without restrictions (allows a shell).")
+@click.option("--identity", type=click.Path(dir_okay=False), help="Your SSH private key to log in with.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False),
+              help="known_hosts file to check host keys against (default: yours, as ssh uses).")
+@click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
+@central_command
+async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
+                 service_patterns, container_patterns, watch_units, full_access, identity, known_hosts,
+                 pinned_host_key, ssh_config, jobs, as_json):
+    """Install or upgrade the agent on servers over your own SSH access.
+
+    The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
+    with your keys, ssh-agent and ~/.ssh/config as the server's user (root or passwordless
+    sudo), upload the bundled agent, write its policy, install the central's key restricted
+    to the agent port (unless --full-access), (re)start the agent, check /api/health, then
+    check that the central reaches the agent with its own key. Host keys are checked
+    against your known_hosts, or with --pinned-host-key against the keys central pinned.
+
+    \b
+    Example:
+      central deploy web1 web2
+      central deploy --all --upgrade-outdated
+      central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
+    """
+    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
+
+    if no_actions and allow_actions:
+        raise click.UsageError("--no-actions and --allow-actions exclude each other")
+    actions = () if no_actions else (tuple(a for a in allow_actions.split(",") if a) if allow_actions is not None
+                                     else ACTION_KINDS)
+    options = DeployOptions(actions=actions, service_patterns=service_patterns, container_patterns=container_patterns,
+                            watch_units=watch_units, full_access=full_access, identity=identity,
+                            known_hosts=known_hosts, pinned_host_key=pinned_host_key,
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+    targets = await select_servers(central, servers, all_servers)
+    if not targets:
+        raise CentralError("no servers to deploy to: add them with `central server add` first")
+    results: list = []
+    live = None
+    if not as_json and err_console.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=err_console, auto_refresh=False, transient=True)
+
+        def on_change(result):
+            if result not in results:
+                results.append(result)
+            live.update(_deploy_table(results, final=False), refresh=True)
+    else:
+        def on_change(result):
+            if result not in results:
+                results.append(result)
+            elif not as_json and result.state in ("running", "ok", "failed", "skipped"):
+                detail = f": {result.message}" if result.state in ("failed", "skipped") else ""
+                err_console.print(f"[{result.server}] {result.state if result.state != 'running' else result.step}{detail}",
+                                  markup=False, highlight=False)
+
+    deployer = Deployer(central, options, on_change)
+    if live is not None:
+        with live:
+            results = await deployer.run(targets, upgrade_outdated)
+    else:
+        results = await deployer.run(targets, upgrade_outdated)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    else:
+        console.print(_deploy_table(results, final=True))
+        done = sum(1 for r in results if r.state == "ok")
+        skipped = sum(1 for r in results if r.state == "skipped")
+        console.print(f"{done} deployed, {skipped} skipped, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+@cli.group()
+def action():
+    """Run remote actions on a server (kill, service, docker) and read the audit trail.
+
+    Every request is checked (arguments, the host's policy), confirmed, and recorded in
+    the audit log with its outcome, refusals included. The CLI acts as role admin, with
+    actor cli:<your unix user>.
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action service web1 nginx restart
+      central action log web1
+    """
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        return f"cli:uid{os.getuid()}"
+
+
+def _cli_value(text: str | None):
+    """A number typed on the command line as an int; anything else goes to validation as is."""
+    if text is not None and text.isascii() and text.isdigit():
+        return int(text)
+    return text
+
+
+async def _act(central: Central, server_name: str, kind: str, args: dict, yes: bool, as_json: bool) -> None:
+    from .actions import LOCAL_OPERATOR_ROLE, Cancelled, run_action
+
+    async def confirm(preview: dict) -> bool:
+        if not as_json:
+            click.echo(preview["text"])
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise Cancelled("refusing to act without confirmation: no terminal, pass --yes")
+        return click.confirm("Go ahead?", default=False)
+
+    result = await run_action(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, kind, args, confirm=confirm)
+    if as_json:
+        _echo_json(result)
+    else:
+        state = "[green]ok[/green]" if result["ok"] else "[red]failed[/red]"
+        took = "" if result["duration_ms"] is None else f", {result['duration_ms']:.0f} ms"
+        console.print(f"{state} (exit status {result['exit_status']}{took}, audit #{result['audit_id']})")
+        if result["output"].strip():
+            click.echo(result["output"].rstrip())
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def _action_options(fn):
+    """--yes and --json, and the async body run with an opened Central."""
+    fn = central_command(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
+@action.command("kill")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("pid", metavar="PID")
+@click.option("--signal", "sig", default="TERM", show_default=True,
+              help="TERM, KILL, HUP, INT, QUIT, USR1 or USR2 (the SIG prefix is optional).")
+@click.option("--start-time", metavar="TICKS",
+              help="The process start time (field 22 of /proc/PID/stat) you expect; default: "
+                   "what the central saw last, so a reused pid is never signalled.")
+@_action_options
+async def action_kill(central: Central, server_name, pid, sig, start_time, yes, as_json):
+    """Send a signal to a process on a server (shows the process and asks first).
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action kill web1 4242 --signal KILL --yes
+    """
+    args = {"pid": _cli_value(pid), "signal": sig}
+    if start_time is not None:
+        args["start_time"] = _cli_value(start_time)
+    await _act(central, server_name, "kill", args, yes, as_json)
+
+
+@action.command("service")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("unit", metavar="UNIT")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_service(central: Central, server_name, unit, verb, yes, as_json):
+    """Start, stop or restart a systemd service on a server (within the host's policy).
+
+    \b
+    Example:
+      central action service web1 nginx restart
+      central action service web1 app-worker@2.service stop --yes
+    """
+    await _act(central, server_name, "service", {"unit": unit, "verb": verb}, yes, as_json)
+
+
+@action.command("docker")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("container", metavar="CONTAINER")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_docker(central: Central, server_name, container, verb, yes, as_json):
+    """Start, stop or restart a docker container on a server (through the Engine API).
+
+    \b
+    Example:
+      central action docker web1 redis restart
+      central action docker web1 3f2a9c1b7d0e stop --yes
+    """
+    await _act(central, server_name, "docker", {"container": container, "verb": verb}, yes, as_json)
+
+
+@action.command("log")
+@click.argument("server_name", metavar="[SERVER]", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
+@click.option("--before", "before_id", type=int, help="Only rows older than this audit id (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def action_log(central: Central, server_name, limit, before_id, as_json):
+    """Show the audit trail of actions, newest first: who, what, where, and the outcome.
+
+    \b
+    Example:
+      central action log
+      central action log web1 --limit 20
+      central action log --json | jq '.[] | select(.result != "ok")'
+    """
+    from .actions import audit_log
+
+    rows = await audit_log(central, server_name, limit, before_id)
+    if as_json:
+        _echo_json(rows)
+        return
+    colours = {"ok": "green", "failed": "red", "refused": "yellow", "invalid": "yellow", "error": "red"}
+    t = Table("id", "when", "actor", "server", "action", "arguments", "result", "exit", "ms", "output")
+    for r in rows:
+        colour = colours.get(r["result"], "white")
+        args = " ".join(f"{k}={v}" for k, v in r["arguments"].items() if v is not None)
+        output = (r["output"] or "").strip().splitlines()
+        t.add_row(str(r["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["actor"],
+                  r["server_name"], r["action"], args, f"[{colour}]{r['result']}[/{colour}]",
+                  "-" if r["exit_status"] is None else str(r["exit_status"]),
+                  "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
+                  output[-1][:80] if output else "")
+    console.print(t)
+
+
+def _duration(ctx, param, value: str) -> float:
+    """click callback: a duration option ("30m", "2h") in seconds."""
+    try:
+        seconds = parse_duration(value, "--duration")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be longer than 0")
+    return seconds
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _until(ts: float) -> str:
+    d = ts - time.time()
+    if d <= 0:
+        return "ended " + _when(ts)
+    return f"{_when(ts)} (in {d / 3600:.1f}h)" if d >= 5400 else f"{_when(ts)} (in {max(d / 60, 1):.0f}m)"
+
+
+@server.command("maintenance")
+@click.argument("name")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 1h, 2d.")
+@click.option("--comment", required=True, help="Why (shown with the window).")
+@click.option("--json", "as_json", is_flag=True, help="Print the window as JSON.")
+@central_command
+async def server_maintenance(central: Central, name, duration, comment, as_json):
+    """Start a maintenance window: the server's alerts are recorded but not notified.
+
+    The window is a silence of kind "maintenance" for this one server; end it early with
+    `central alert unsilence ID`.
+
+    \b
+    Example:
+      central server maintenance web1 --duration 1h --comment "kernel update"
+    """
+    window = await alerts.create_silence(central.storage, server=name, duration=duration,
+                                         comment=comment, user=alerts.cli_user(), maintenance=True)
+    if as_json:
+        _echo_json(window)
+        return
+    click.echo(f"maintenance window {window['id']} for {name} until {_until(window['ends_at'])}")
+
+
+@cli.group()
+def alert():
+    """List, acknowledge and silence alerts.
+
+    \b
+    Example:
+      central alert list --firing
+    """
+
+
+_STATE_COLOUR = {"firing": "red", "pending": "yellow", "resolved": "green"}
+
+
+@alert.command("list")
+@click.option("--firing", is_flag=True, help="Only firing alerts.")
+@click.option("--open", "open_only", is_flag=True, help="Only pending and firing alerts.")
+@click.option("--server", help="Only this server's alerts.")
+@click.option("--limit", default=100, show_default=True, type=int, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_list(central: Central, firing, open_only, server, limit, as_json):
+    """List alerts: firing first, then pending, then resolved (newest first).
+
+    \b
+    Example:
+      central alert list --firing
+      central alert list --server web1 --json | jq '.[] | select(.severity == "critical")'
+    """
+    rows = await alerts.list_alerts(central.storage, firing_only=firing, server=server, limit=limit,
+                                    open_only=open_only)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no alerts")
+        return
+    t = Table("id", "state", "severity", "server", "rule", "label", "since", "acked", "summary")
+    for r in rows:
+        colour = _STATE_COLOUR.get(r["state"], "dim")
+        since = r["resolved_at"] if r["state"] == "resolved" else (r["fired_at"] or r["started_at"])
+        t.add_row(str(r["id"]), f"[{colour}]{r['state']}[/{colour}]", r["severity"], r["server"] or "-", r["rule"],
+                  r["label"] or "", _age(since), r["acked_by"] or "", r["summary"])
+    console.print(t)
+
+
+@alert.command("show")
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_show(central: Central, alert_id, as_json):
+    """Show one alert with the values seen and its delivery log.
+
+    \b
+    Example:
+      central alert show 42
+    """
+    a = await alerts.get_alert(central.storage, alert_id)
+    if as_json:
+        _echo_json(a)
+        return
+    t = Table(show_header=False, box=None)
+    for key in ("id", "state", "severity", "server", "rule", "label", "summary", "value"):
+        t.add_row(key, "-" if a.get(key) in (None, "") else str(a[key]))
+    for key in ("started_at", "fired_at", "last_evaluated", "resolved_at", "acked_at"):
+        t.add_row(key, _when(a.get(key)))
+    t.add_row("acked_by", a.get("acked_by") or "-")
+    seen = a["details"]
+    t.add_row("values", f"first {seen.get('first')}, min {seen.get('min')}, max {seen.get('max')}")
+    console.print(t)
+    for n in a["notifications"]:
+        console.print(f"  {_when(n['ts'])} {n['channel']} {n['event']} attempt {n['attempt']}: "
+                      f"{'ok' if n['ok'] else 'failed'} {n['detail']}")
+
+
+@alert.command("ack")
+@click.argument("alert_id", metavar="ID", type=int)
+@central_command
+async def alert_ack(central: Central, alert_id):
+    """Acknowledge an alert as cli:<your OS user>: it stops repeating (resolution is still sent).
+
+    \b
+    Example:
+      central alert ack 42
+    """
+    a = await alerts.ack(central.storage, alert_id, alerts.cli_user())
+    click.echo(f"alert {a['id']} ({a['rule']} on {a['server']}) acknowledged by {a['acked_by']}")
+
+
+@alert.command("silence")
+@click.option("--server", help="Server name (glob, e.g. 'web*').")
+@click.option("--rule", help="Rule name (glob, e.g. 'disk_*').")
+@click.option("--tag", help="Server tag (glob).")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 2h, 1d.")
+@click.option("--comment", required=True, help="Why (shown with the silence).")
+@click.option("--json", "as_json", is_flag=True, help="Print the silence as JSON.")
+@central_command
+async def alert_silence(central: Central, server, rule, tag, duration, comment, as_json):
+    """Mute notifications for matching alerts (all given selectors must match); alerts are still recorded.
+
+    An alert still firing when the silence ends is notified then.
+
+    \b
+    Example:
+      central alert silence --server web1 --duration 2h --comment "disk swap"
+      central alert silence --rule disk_almost_full --tag lab --duration 1d --comment "lab is full"
+    """
+    if not (server or rule or tag):
+        raise click.UsageError("give --server, --rule or --tag")
+    s = await alerts.create_silence(central.storage, server=server, rule=rule, tag=tag,
+                                    duration=duration, comment=comment, user=alerts.cli_user())
+    if as_json:
+        _echo_json(s)
+        return
+    what = ", ".join(f"{k} {v}" for k, v in s["matcher"].items())
+    click.echo(f"silence {s['id']} ({what}) until {_until(s['ends_at'])}")
+
+
+@alert.command("unsilence")
+@click.argument("silence_id", metavar="ID", type=int)
+@central_command
+async def alert_unsilence(central: Central, silence_id):
+    """End a silence or maintenance window now (it stays in the history).
+
+    \b
+    Example:
+      central alert unsilence 7
+    """
+    s = await alerts.delete_silence(central.storage, silence_id)
+    click.echo(f"{s['kind']} {s['id']} ended")
+
+
+@alert.command("silences")
+@click.option("--all", "show_all", is_flag=True, help="Include ended silences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_silences(central: Central, show_all, as_json):
+    """List silences and maintenance windows (current and upcoming unless --all).
+
+    \b
+    Example:
+      central alert silences
+    """
+    rows = await alerts.list_silences(central.storage, active_only=not show_all)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no silences")
+        return
+    t = Table("id", "kind", "matches", "until", "by", "comment")
+    for r in rows:
+        t.add_row(str(r["id"]), r["kind"], ", ".join(f"{k}={v}" for k, v in r["matcher"].items()),
+                  _until(r["ends_at"]), r["created_by"], r["comment"])
+    console.print(t)
 
 
 def main() -> None:

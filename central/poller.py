@@ -8,6 +8,7 @@ evaluation) on the batch.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -19,7 +20,7 @@ from . import inventory
 from .bundled import agent_module
 from .config import Config
 from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
-from .sample import agent_identity, check_document, extract_sample, inventory_hash, parse_document
+from .sample import agent_identity, check_document, extract_facts, extract_sample, inventory_hash, parse_document
 from .sshpool import SSHPool, server_log
 from .storage import Storage
 
@@ -33,8 +34,34 @@ BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 # Phases are rounded down to this many seconds, so servers that share a slot are polled in
 # one wake-up of the event loop: on a VM each idle -> busy transition of the loop costs about
 # as much CPU as the poll itself (bench/bench_core.py). Slots still spread evenly over the
-# interval (40 per 10 s), so there is no burst.
+# interval (40 per 10 s): a slot holds 1/40 of the fleet, not a burst of all of it.
 PHASE_QUANTUM = 0.25
+
+
+class Histogram:
+    """Cumulative-bucket counts of observed values (Prometheus style); O(log buckets) per observation."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS):
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """Count one value into its bucket."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, count of values <= it) per bucket, ending with (inf, count)."""
+        out, total = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
 
 
 def phase(server_id: int, interval: float) -> float:
@@ -57,6 +84,10 @@ class LocalCollector:
             self._collector = agent_module().Collector()
         return self._collector
 
+    def prime(self) -> None:
+        """Create the collector (it records its first counters) ahead of the first poll."""
+        self._get()
+
     def all(self) -> dict:
         """One /api/all document."""
         return self._get().all()
@@ -64,6 +95,10 @@ class LocalCollector:
     def inventory(self) -> dict:
         """The /api/inventory document."""
         return self._get().inventory()
+
+    def processes(self) -> dict:
+        """The /api/processes document: every process, by pid (actions look pids up here)."""
+        return self._get().processes("pid", None)
 
 
 class Poller:
@@ -81,16 +116,24 @@ class Poller:
         self._main: list[asyncio.Task] = []
         self._flushed = asyncio.Event()
         self.lag: float = 0.0  # how late the last poll started, seconds
-        self.polls = 0
+        self.polls = 0  # successful polls
         self.errors_by_reason: dict[str, int] = {}
-        self.durations: list[float] = []  # recent poll durations, for the histogram
+        self.durations = Histogram()  # every poll's duration, failed ones included
         self.started_at = time.time()
+
+    @property
+    def scheduled(self) -> int:
+        """How many servers have a poll schedule."""
+        return len(self._tasks)
 
     # lifecycle
 
     async def start(self) -> None:
         """Load the server list and start the schedule and the writer."""
         await self.reload()
+        if any(s.kind == "local" for s in self._servers.values()):
+            # Take the CPU baseline now, so the first local poll has figures to compare with.
+            await asyncio.to_thread(self.local.prime)
         self._main = [
             asyncio.create_task(self._reload_loop(), name="poller-reload"),
             asyncio.create_task(self._writer_loop(), name="poller-writer"),
@@ -186,7 +229,9 @@ class Poller:
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
             server_log(log, server.name).info("poll failed: %s", err)
-            return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
+            duration = time.perf_counter() - t0
+            self.durations.observe(duration)
+            return PollOutcome(server_id=server.id, ts=started, duration=duration,
                                ok=False, reason=err.reason, error=err.message)
         version, sha = agent_identity(doc)
         outcome = PollOutcome(
@@ -196,14 +241,10 @@ class Poller:
         )
         if inv is not None:
             outcome.extra["inventory"] = inv
+        outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
         self.polls += 1
-        self._record_duration(outcome.duration)
+        self.durations.observe(outcome.duration)
         return outcome
-
-    def _record_duration(self, d: float) -> None:
-        self.durations.append(d)
-        if len(self.durations) > 10000:
-            del self.durations[:5000]
 
     async def _poll_local(self) -> tuple[dict, str]:
         try:

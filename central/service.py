@@ -16,9 +16,13 @@ from pathlib import Path
 import asyncssh
 
 from .agentclient import AgentClient
+from .alerts import AlertEngine
+
+from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
 from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
+from .notifiers import Dispatcher
 from .poller import Poller
 from .sample import parse_document
 from .sshpool import SSHPool, fetch_host_key, fingerprint, public_key_line
@@ -124,7 +128,12 @@ class Central:
         self.storage = storage
         self.pool = pool
         self.poller = Poller(config, storage, pool)
+        self.auth = Auth(storage)
         self.started_at = time.time()
+        self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
+        # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
+        self.alerts = AlertEngine(config, storage, self.notifier)
+        self.poller.hooks.append(self.alerts.on_batch)
 
     @classmethod
     async def open(cls, config: Config) -> "Central":
@@ -138,6 +147,8 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        await self.alerts.stop()
+        await self.notifier.stop()
         await self.pool.close()
         await self.storage.close()
 
@@ -158,6 +169,20 @@ class Central:
         key = await fetch_host_key(host, port, self.config.ssh)
         return {"host": host, "port": port, "host_key": public_key_line(key),
                 "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
+
+    async def probe_new(self, name: str, host: str, port: int = 22) -> dict:
+        """The first step of adding a server: check the name is free, return the host key to confirm."""
+        check_name(name)
+        if await self.storage.find_server(name) is not None:
+            raise Conflict(f"a server named {name!r} already exists")
+        return await self.probe(check_host(host), port)
+
+    async def probe_server(self, name: str) -> dict:
+        """The first step of re-trusting: the key the server presents now and the pinned fingerprint."""
+        server = await self.storage.get_server(name)
+        if server.kind == "local":
+            raise Invalid(f"{name} is the central's own host; it has no SSH host key")
+        return {"probe": await self.probe(server.host, server.port), "pinned": server.host_key_fingerprint}
 
     async def add_server(
         self, name: str, host: str, *, port: int = 22, user: str = "root",

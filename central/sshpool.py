@@ -205,6 +205,10 @@ class SSHPool:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 err = classify(exc)
+                if err.reason == TIMEOUT:
+                    # nothing answered the connect: for the operator that host is unreachable
+                    err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
+                                                 f"within {self.ssh.connect_timeout:g}s")
                 slog.info("connect failed: %s", err)
                 raise err from None
         slog.info("connected to %s:%s", server.host, server.port)

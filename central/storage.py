@@ -6,6 +6,7 @@ timeout make safe alongside it.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -66,6 +67,11 @@ class Storage:
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self.db = db
         self.path = path
+        # One transaction at a time on the shared connection: without it a second
+        # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
+        # while the first one awaits inside its transaction (an action's audit row
+        # written during a poll batch, say).
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path) -> "Storage":
@@ -84,7 +90,10 @@ class Storage:
 
     async def _setup(self) -> None:
         await self.db.execute("PRAGMA busy_timeout = 10000")
-        await self.db.execute("PRAGMA journal_mode = WAL")
+        # journal_mode answers with a row: close the cursor, or the unfinished statement makes
+        # the checkpoint in close() fail with "database table is locked" until it is collected.
+        async with self.db.execute("PRAGMA journal_mode = WAL"):
+            pass
         # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
         # only a power loss can take the last few commits back.
         await self.db.execute("PRAGMA synchronous = NORMAL")
@@ -110,7 +119,10 @@ class Storage:
     async def close(self) -> None:
         """Close the connection (a checkpoint keeps the WAL file small)."""
         try:
-            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
+        except aiosqlite.OperationalError as exc:  # only housekeeping: never fail a shutdown on it
+            log.warning("WAL checkpoint on close failed: %s", exc)
         finally:
             await self.db.close()
 
@@ -122,16 +134,19 @@ class Storage:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements in one transaction."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, args in statements:
-                await self.db.execute(sql, args)
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
+        """Run statements in one transaction; returns each statement's lastrowid."""
+        ids = []
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    ids.append((await self.db.execute(sql, args)).lastrowid)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+        return ids
 
     # servers
 
@@ -218,49 +233,54 @@ class Storage:
         """Store one batch of poll outcomes in a single transaction."""
         if not outcomes:
             return
-        ok = [o for o in outcomes if o.ok]
-        failed = [o for o in outcomes if not o.ok]
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            if ok:
-                await self.db.executemany(
-                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                    " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
-                    " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
-                    " hostname = coalesce(?, hostname) WHERE id = ?",
-                    [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
-                )
-                await self.db.executemany(
-                    "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
-                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
-                    [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
-                )
-                await self.db.executemany(
-                    f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
-                    f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
-                    [
-                        (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
-                         json.dumps(o.sample.get("top") or [], separators=(",", ":")))
-                        for o in ok if o.sample is not None
-                    ],
-                )
-            if failed:
-                # offline after N consecutive failures; a host-key mismatch or an agent-side
-                # problem is 'error' at once (SSH works, so the host itself is not offline).
-                await self.db.executemany(
-                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
-                    " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
-                    " status = CASE"
-                    "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
-                    "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
-                    "   ELSE status END"
-                    " WHERE id = ?",
-                    [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
-                )
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                # A server removed while its poll was queued: drop that outcome, not the batch
+                # (its samples would break the foreign key and roll back everyone's).
+                async with self.db.execute("SELECT id FROM servers") as cur:
+                    existing = {r[0] for r in await cur.fetchall()}
+                ok = [o for o in outcomes if o.ok and o.server_id in existing]
+                failed = [o for o in outcomes if not o.ok and o.server_id in existing]
+                if ok:
+                    await self.db.executemany(
+                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                        " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
+                        " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
+                        " hostname = coalesce(?, hostname) WHERE id = ?",
+                        [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
+                    )
+                    await self.db.executemany(
+                        "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
+                        " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                        [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                    )
+                    await self.db.executemany(
+                        f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+                        f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
+                        [
+                            (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
+                             json.dumps(o.sample.get("top") or [], separators=(",", ":")))
+                            for o in ok if o.sample is not None
+                        ],
+                    )
+                if failed:
+                    # offline after N consecutive failures; a host-key mismatch or an agent-side
+                    # problem is 'error' at once (SSH works, so the host itself is not offline).
+                    await self.db.executemany(
+                        "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
+                        " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
+                        " status = CASE"
+                        "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
+                        "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
+                        "   ELSE status END"
+                        " WHERE id = ?",
+                        [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
+                    )
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -269,10 +289,12 @@ class Storage:
 
     async def latest_samples(self) -> dict[int, dict]:
         """The newest sample of every server, by server id."""
+        # One primary-key seek per server (samples is keyed (server_id, ts)): a GROUP BY over
+        # the whole table scanned every raw row, 2.6 s at 1,000 servers x 48 h (BENCHMARKS.md).
         rows = await self._all(
-            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM samples s"
-            " JOIN (SELECT server_id, max(ts) AS ts FROM samples GROUP BY server_id) m"
-            " ON s.server_id = m.server_id AND s.ts = m.ts"
+            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM servers v"
+            " JOIN samples s ON s.server_id = v.id"
+            " AND s.ts = (SELECT max(ts) FROM samples WHERE server_id = v.id)"
         )
         out = {}
         for r in rows:
@@ -385,16 +407,17 @@ class Storage:
                 begin = math.floor(first / tier) * tier
             if until <= begin:
                 continue
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
-                await self.db.execute(
-                    "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
-                    " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
+            async with self._write_lock:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self.db.executemany(sql, [(sid, begin, until) for sid in ids])
+                    await self.db.execute(
+                        "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                        " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+                await self.db.execute("COMMIT")
             done[tier] = (begin, until)
         return done
 
@@ -431,16 +454,166 @@ class Storage:
         return counts
 
     async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in batches:
+                    await self.db.executemany(sql, rows)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    # audit
+
+    async def add_audit(
+        self, *, actor: str, role: str, server_id: int | None, server_name: str, action: str,
+        arguments: dict, result: str, exit_status: int | None = None, output: str = "",
+        duration_ms: float | None = None, ts: float | None = None,
+    ) -> int:
+        """Record one action request and its outcome; returns the row id."""
+        (audit_id,) = await self._write([(
+            "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
+            " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
+             json.dumps(arguments, separators=(",", ":"), sort_keys=True), result, exit_status,
+             output, duration_ms),
+        )])
+        return audit_id
+
+    async def audit_log(self, server_name: str | None = None, limit: int = 100,
+                        before_id: int | None = None) -> list[dict]:
+        """Audit rows, newest first: optionally one server's, and older than before_id (paging)."""
+        where, args = [], []
+        if server_name is not None:
+            where.append("server_name = ?")
+            args.append(server_name)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["arguments"] = json.loads(d["arguments"])
+            out.append(d)
+        return out
+
+    async def import_samples(self, rows: Sequence[tuple]) -> None:
+        """Bulk-insert raw samples (server_id, ts, *METRICS, top_json): imports, benchmarks, tests."""
+        await self._write_many([(
+            f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
+            f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)", list(rows))])
+
+    async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
+        """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric)."""
+        await self._write_many([(
+            f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS})"
+            f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(METRICS)))})", list(rows))])
+
+    # users and API tokens
+
+    async def add_user(self, name: str, role: str, password_hash: str) -> dict:
+        """Insert a user; Conflict if the name is taken."""
         try:
-            for sql, rows in batches:
-                await self.db.executemany(sql, rows)
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+            await self._write([("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                                (name, role, password_hash, time.time()))])
+        except aiosqlite.IntegrityError:
+            raise Conflict(f"a user named {name!r} already exists") from None
+        return await self.get_user(name)
+
+    async def get_user(self, name: str) -> dict:
+        """The user called name (with password_hash); NotFound otherwise."""
+        row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return dict(row)
+
+    async def find_user(self, name: str) -> dict | None:
+        """The user called name, or None."""
+        row = await self._one("SELECT * FROM users WHERE name = ?", (name,))
+        return dict(row) if row else None
+
+    async def get_user_by_id(self, user_id: int) -> dict | None:
+        """The user with this id, or None."""
+        row = await self._one("SELECT * FROM users WHERE id = ?", (user_id,))
+        return dict(row) if row else None
+
+    async def list_users(self) -> list[dict]:
+        """Every user (without password hashes), by name."""
+        return [dict(r) for r in await self._all("SELECT id, name, role, created_at FROM users ORDER BY name")]
+
+    async def count_users(self, role: str | None = None) -> int:
+        """How many users there are (with this role)."""
+        if role is None:
+            return (await self._one("SELECT count(*) FROM users"))[0]
+        return (await self._one("SELECT count(*) FROM users WHERE role = ?", (role,)))[0]
+
+    async def set_user_password(self, name: str, password_hash: str) -> None:
+        """Replace a user's password hash."""
+        await self.get_user(name)
+        await self._write([("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))])
+
+    async def set_user_role(self, name: str, role: str) -> None:
+        """Change a user's role."""
+        await self.get_user(name)
+        await self._write([("UPDATE users SET role = ? WHERE name = ?", (role, name))])
+
+    async def remove_user(self, name: str) -> None:
+        """Delete a user and their API tokens."""
+        user = await self.get_user(name)
+        await self._write([("DELETE FROM users WHERE id = ?", (user["id"],))])
+
+    async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:
+        """Store a new API token's hash; returns the token row."""
+        now = time.time()
+        await self._write([("INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                            (user_id, name, token_hash, now))])
+        row = await self._one("SELECT id, user_id, name, created_at, last_used, revoked_at FROM api_tokens"
+                              " WHERE token_hash = ?", (token_hash,))
+        return dict(row)
+
+    async def token_user(self, token_hash: str) -> dict | None:
+        """The unrevoked token with this hash joined with its user, or None."""
+        row = await self._one(
+            "SELECT t.id AS token_id, t.name AS token_name, t.last_used, u.id AS user_id, u.name AS user,"
+            " u.role FROM api_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND t.revoked_at IS NULL", (token_hash,))
+        return dict(row) if row else None
+
+    async def list_tokens(self, user: str | None = None) -> list[dict]:
+        """API tokens (never their hashes), newest first; only one user's when named."""
+        sql = ("SELECT t.id, t.name, u.name AS user, t.created_at, t.last_used, t.revoked_at FROM api_tokens t"
+               " JOIN users u ON u.id = t.user_id")
+        if user is None:
+            return [dict(r) for r in await self._all(sql + " ORDER BY t.id DESC")]
+        return [dict(r) for r in await self._all(sql + " WHERE u.name = ? ORDER BY t.id DESC", (user,))]
+
+    async def revoke_token(self, token_id: int) -> dict:
+        """Mark a token revoked (kept for the record); NotFound if there is no such token."""
+        row = await self._one("SELECT id, revoked_at FROM api_tokens WHERE id = ?", (token_id,))
+        if row is None:
+            raise NotFound(f"no API token with id {token_id}")
+        if row["revoked_at"] is None:
+            await self._write([("UPDATE api_tokens SET revoked_at = ? WHERE id = ?", (time.time(), token_id))])
+        return dict(await self._one("SELECT id, name, created_at, last_used, revoked_at FROM api_tokens WHERE id = ?",
+                                    (token_id,)))
+
+    async def touch_tokens(self, last_used: dict[int, float]) -> None:
+        """Record when tokens were last used (batched by the caller)."""
+        if last_used:
+            await self._write_many([("UPDATE api_tokens SET last_used = ? WHERE id = ?",
+                                     [(ts, tid) for tid, ts in last_used.items()])])
 
     # status
+
+    async def alert_counts(self) -> dict[str, int]:
+        """Open alerts by state (pending, firing)."""
+        rows = await self._all("SELECT state, count(*) FROM alerts WHERE state IN ('pending', 'firing') GROUP BY state")
+        counts = {"pending": 0, "firing": 0}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
 
     async def database_size(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
@@ -460,3 +633,146 @@ class Storage:
         """Store a value in the meta table."""
         await self._write([("INSERT INTO meta (key, value) VALUES (?, ?)"
                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))])
+
+    # alerts
+
+    _ALERT_COLUMNS = ("rule", "server_id", "label", "severity", "state", "summary", "value", "started_at",
+                      "fired_at", "last_evaluated", "cleared_at", "resolved_at", "last_notified", "details")
+
+    async def open_alerts(self) -> list[dict]:
+        """Every pending or firing alert (the evaluator's state after a restart)."""
+        rows = await self._all("SELECT * FROM alerts WHERE state IN ('pending', 'firing') ORDER BY id")
+        return [_alert_dict(r) for r in rows]
+
+    async def save_alerts(self, inserts: Sequence[dict], updates: Sequence[dict], deletes: Sequence[int]) -> list[int]:
+        """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
+        cols = self._ALERT_COLUMNS
+        mutable = [c for c in cols if c not in ("rule", "server_id", "label")]
+        insert = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        update = f"UPDATE alerts SET {', '.join(f'{c} = ?' for c in mutable)} WHERE id = ?"
+        statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
+        statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
+        statements += [("DELETE FROM alerts WHERE id = ?", (i,)) for i in deletes]
+        return (await self._write(statements))[:len(inserts)]
+
+    async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
+                          limit: int = 100) -> list[dict]:
+        """Alerts newest first, with the server's name; firing_only: firing ones, open_only: pending or firing."""
+        where, args = [], []
+        if firing_only:
+            where.append("a.state = 'firing'")
+        elif open_only:
+            where.append("a.state IN ('pending', 'firing')")
+        if server_id is not None:
+            where.append("a.server_id = ?")
+            args.append(server_id)
+        sql = ("SELECT a.*, s.name AS server FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, a.started_at DESC, a.id DESC"
+               " LIMIT ?")
+        return [_alert_dict(r) for r in await self._all(sql, (*args, limit))]
+
+    async def get_alert(self, alert_id: int) -> dict:
+        """One alert with its server's name; NotFound otherwise."""
+        row = await self._one("SELECT a.*, s.name AS server FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+                              " WHERE a.id = ?", (alert_id,))
+        if row is None:
+            raise NotFound(f"no alert with id {alert_id}")
+        return _alert_dict(row)
+
+    async def ack_alert(self, alert_id: int, user: str, ts: float) -> None:
+        """Record who acknowledged an alert and when."""
+        await self._write([("UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ?", (user, ts, alert_id))])
+
+    async def acked_open_alerts(self) -> dict[int, str]:
+        """{alert id: who} of open alerts someone acknowledged."""
+        rows = await self._all("SELECT id, acked_by FROM alerts WHERE state IN ('pending', 'firing') AND acked_at IS NOT NULL")
+        return {r[0]: r[1] for r in rows}
+
+    async def inventory_changes_since(self, after_id: int) -> list[dict]:
+        """Inventory changes (not first inventories) with an id above after_id, oldest first."""
+        rows = await self._all(
+            "SELECT id, server_id, ts, change_type, change_summary FROM inventory_history"
+            " WHERE id > ? AND change_type != 'initial' ORDER BY id", (after_id,))
+        return [dict(r) for r in rows]
+
+    async def last_inventory_change_id(self) -> int:
+        """The newest inventory_history id (0 when empty)."""
+        return (await self._one("SELECT coalesce(max(id), 0) FROM inventory_history"))[0]
+
+    # silences
+
+    async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,
+                          created_by: str, kind: str = "silence") -> int:
+        """Store a silence (or maintenance window); its id."""
+        [silence_id] = await self._write([(
+            "INSERT INTO silences (matcher, starts_at, ends_at, comment, created_by, created_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (json.dumps(matcher, sort_keys=True), starts_at, ends_at, comment, created_by, starts_at, kind))])
+        return silence_id
+
+    async def get_silence(self, silence_id: int) -> dict:
+        """One silence; NotFound otherwise."""
+        row = await self._one("SELECT * FROM silences WHERE id = ?", (silence_id,))
+        if row is None:
+            raise NotFound(f"no silence with id {silence_id}")
+        return _silence_dict(row)
+
+    async def end_silence(self, silence_id: int, ts: float) -> None:
+        """End a silence now (the record stays, for the history)."""
+        await self._write([("UPDATE silences SET ends_at = min(ends_at, ?) WHERE id = ?", (ts, silence_id))])
+
+    async def list_silences(self, *, active_at: float | None = None, limit: int = 100) -> list[dict]:
+        """Silences newest first; active_at: only those in force (or still to come) at that time."""
+        if active_at is None:
+            rows = await self._all("SELECT * FROM silences ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._all("SELECT * FROM silences WHERE ends_at > ? ORDER BY id DESC LIMIT ?",
+                                   (active_at, limit))
+        return [_silence_dict(r) for r in rows]
+
+    # notifications
+
+    async def log_notification(self, alert_id: int | None, channel: str, event: str, ts: float,
+                               attempt: int, ok: bool, detail: str) -> None:
+        """Record one delivery attempt."""
+        await self._write([(
+            "INSERT INTO notifications (alert_id, channel, event, ts, attempt, ok, detail)"
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS (SELECT 1 FROM alerts WHERE id = ?)",
+            (alert_id, channel, event, ts, attempt, int(ok), detail[:2000], alert_id, alert_id))])
+
+    async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
+        """Delivery attempts newest first, of one alert or all."""
+        if alert_id is None:
+            rows = await self._all("SELECT * FROM notifications ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._all("SELECT * FROM notifications WHERE alert_id = ? ORDER BY id DESC LIMIT ?",
+                                   (alert_id, limit))
+        return [dict(r) | {"ok": bool(r["ok"])} for r in rows]
+
+    async def last_sent(self) -> dict[tuple[int, str], float]:
+        """{(alert id, channel): time} of the last delivered firing/repeat of each open alert."""
+        rows = await self._all(
+            "SELECT n.alert_id, n.channel, max(n.ts) FROM notifications n JOIN alerts a ON a.id = n.alert_id"
+            " WHERE a.state = 'firing' AND n.ok = 1 AND n.event IN ('firing', 'repeat')"
+            " GROUP BY n.alert_id, n.channel")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+
+def _alert_column(row: dict, column: str) -> object:
+    value = row.get(column)
+    if column == "details":
+        return json.dumps(value or {}, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+def _alert_dict(row) -> dict:
+    d = dict(row)
+    d["details"] = json.loads(d.get("details") or "{}")
+    return d
+
+
+def _silence_dict(row) -> dict:
+    d = dict(row)
+    d["matcher"] = json.loads(d["matcher"])
+    return d

@@ -2,17 +2,29 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import AsyncIterator
 
+import aiohttp_session
 from aiohttp import web
 
 from .. import __version__
+from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from .keys import CENTRAL, CONFIG
+from . import api_servers, api_session, api_system
+from .dispatch import errors, install
+from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
+from .security import host_check, session_storage
 
 log = logging.getLogger(__name__)
+
+# Every module that declares endpoints with a central.web.registry.Registry named `endpoints`.
+# Add yours here (e.g. api_alerts, api_actions); routes and /api/v1/openapi.json follow.
+ENDPOINT_MODULES = (
+    api_system,
+    api_session,
+    api_servers,
+)
 
 
 async def _central_context(app: web.Application) -> AsyncIterator[None]:
@@ -26,26 +38,17 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
         await central.close()
 
 
-async def health(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return web.json_response({"status": "ok", "version": __version__})
-
-
-async def readiness(request: web.Request) -> web.Response:
-    """Readiness: the database and poller are up."""
-    central = request.app.get(CENTRAL)
-    if central is None:
-        return web.json_response({"status": "starting"}, status=503)
-    return web.json_response({"status": "ready", "uptime": time.time() - central.started_at})
-
-
 def create_app(config: Config) -> web.Application:
     """Build the application for a loaded config (used by `central serve` and the tests)."""
-    app = web.Application(client_max_size=config.http.max_body_bytes)
+    # errors outermost (it turns everything into JSON), then the Host check, then sessions.
+    app = web.Application(
+        client_max_size=config.http.max_body_bytes,
+        middlewares=[errors, host_check, aiohttp_session.session_middleware(session_storage(config))],
+    )
     app[CONFIG] = config
+    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
     app.cleanup_ctx.append(_central_context)
-    app.router.add_get("/health", health)
-    app.router.add_get("/readiness", readiness)
+    install(app, (m.endpoints for m in ENDPOINT_MODULES))
     return app
 
 

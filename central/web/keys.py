@@ -3,8 +3,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..auth import Identity, LoginLimiter
 from ..config import Config
 from ..service import Central
+from .registry import Endpoint
 
 CONFIG = web.AppKey("config", Config)
 CENTRAL = web.AppKey("central", Central)
+# Every declared endpoint, in registration order (routes and the OpenAPI document come from it).
+ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
+LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+# Per request: who is calling (set once the credentials were checked; None: anonymous).
+IDENTITY = web.RequestKey("identity", Identity | None)

@@ -1,0 +1,298 @@
+"""Users, roles, passwords and API tokens (no HTTP here: the web layer and the CLI call this).
+
+Roles, lowest first: viewer (read-only), operator (may act: remote actions, acknowledging
+alerts, testing servers), admin (manages servers, users and tokens). A role includes the
+ones below it.
+
+Passwords are hashed with the standard library's scrypt; the hash string carries its own
+parameters and salt (``scrypt$N$r$p$salt$hash``, base64) so they can be raised later without
+breaking stored hashes. API tokens are random, shown once, and stored as their SHA-256 only.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .model import Conflict, Invalid
+from .storage import Storage
+
+VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
+ROLES = (VIEWER, OPERATOR, ADMIN)
+_RANK = {role: i for i, role in enumerate(ROLES)}
+
+# 2**15 x 8 x 1 needs 32 MiB and about 0.1 s per hash here: slow for a guesser, fine for a login.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+_SCRYPT_MAXMEM = 128 * 1024 * 1024
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+TOKEN_PREFIX = "central_"
+USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: the user, their role, and how they authenticated (token or session)."""
+
+    user_id: int
+    user: str
+    role: str
+    via: str
+    token_id: int | None = None
+    epoch: str | None = None  # sessions: password_epoch() of the password they logged in with
+
+    def allows(self, role: str) -> bool:
+        """Whether this identity's role is at least role."""
+        return role_allows(self.role, role)
+
+
+def role_allows(have: str, need: str) -> bool:
+    """Whether role have includes role need."""
+    return _RANK.get(have, -1) >= _RANK[need]
+
+
+def check_username(name: object) -> str:
+    """A user name: letters, digits, '.', '_', '@', '-'; up to 64 characters."""
+    if not isinstance(name, str) or not USER_RE.match(name):
+        raise Invalid(f"invalid user name {name!r}: use letters, digits, '.', '_', '@' or '-' (up to 64)")
+    return name
+
+
+def check_role(role: object) -> str:
+    """One of viewer, operator, admin."""
+    if role not in ROLES:
+        raise Invalid(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
+
+
+def check_password(password: object) -> str:
+    """A new password: at least MIN_PASSWORD characters."""
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+        raise Invalid(f"password too short: use at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise Invalid(f"password too long: at most {MAX_PASSWORD} characters")
+    return password
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """A salted scrypt hash string that records its own parameters."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=32)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether password matches the stored hash (constant-time compare; False for a malformed hash)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(digest)
+        if len(expected) < 32:  # a cut-down digest would make any matching prefix pass
+            return False
+        actual = hashlib.scrypt(password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
+                                maxmem=_SCRYPT_MAXMEM, dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def password_epoch(stored_hash: str) -> str:
+    """A short tag of the stored hash: sessions remember it, so a password change ends them."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
+
+
+def token_hash(token: str) -> str:
+    """What is stored for a token: its SHA-256 in hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh random API token (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_password() -> str:
+    """A random password for a new account (printed once)."""
+    return secrets.token_urlsafe(15)
+
+
+# A hash to verify against when the user does not exist, so that a missing user takes as
+# long as a wrong password (no user-name probing by timing).
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hash_password("not a password")
+
+
+class Auth:
+    """User and token management over the database."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self._last_used: dict[int, float] = {}  # token id -> last use not yet written
+        self._written: dict[int, float] = {}
+
+    # users
+
+    async def add_user(self, name: str, role: str, password: str) -> dict:
+        """Create a user with a hashed password."""
+        check_username(name)
+        check_role(role)
+        check_password(password)
+        user = await self.storage.add_user(name, role, hash_password(password))
+        return _public(user)
+
+    async def set_password(self, name: str, password: str) -> None:
+        """Replace a user's password (their open sessions end)."""
+        check_password(password)
+        await self.storage.set_user_password(name, hash_password(password))
+
+    async def set_role(self, name: str, role: str) -> None:
+        """Change a user's role; the last admin cannot be demoted."""
+        check_role(role)
+        user = await self.storage.get_user(name)
+        if user["role"] == ADMIN and role != ADMIN and await self.storage.count_users(ADMIN) <= 1:
+            raise Conflict(f"{name} is the last admin; make another user admin first")
+        await self.storage.set_user_role(name, role)
+
+    async def remove_user(self, name: str) -> None:
+        """Delete a user and their tokens; the last admin cannot be removed."""
+        user = await self.storage.get_user(name)
+        if user["role"] == ADMIN and await self.storage.count_users(ADMIN) <= 1:
+            raise Conflict(f"{name} is the last admin; add another admin first")
+        await self.storage.remove_user(name)
+
+    async def list_users(self) -> list[dict]:
+        """Every user with role and creation time."""
+        return await self.storage.list_users()
+
+    async def ensure_first_admin(self, name: str = "admin") -> str | None:
+        """Create the admin user with a random password when there is no user; returns it (else None)."""
+        if await self.storage.count_users() > 0:
+            return None
+        password = new_password()
+        await self.storage.add_user(name, ADMIN, hash_password(password))
+        return password
+
+    async def login(self, name: str, password: str) -> Identity | None:
+        """The identity for a correct user name and password, else None (same cost either way)."""
+        user = await self.storage.find_user(name) if isinstance(name, str) and USER_RE.match(name) else None
+        stored = user["password_hash"] if user else _dummy_hash()
+        # scrypt takes ~0.1 s of CPU: off the event loop so polls and other requests go on.
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if not ok or user is None:
+            return None
+        return Identity(user["id"], user["name"], user["role"], "session", epoch=password_epoch(stored))
+
+    async def session_identity(self, user_id: object, epoch: object) -> Identity | None:
+        """The identity a session cookie stands for, if its user exists with the same password."""
+        if not isinstance(user_id, int) or not isinstance(epoch, str):
+            return None
+        user = await self.storage.get_user_by_id(user_id)
+        if user is None or not hmac.compare_digest(password_epoch(user["password_hash"]), epoch):
+            return None
+        return Identity(user["id"], user["name"], user["role"], "session", epoch=epoch)
+
+    # tokens
+
+    async def create_token(self, user: str, name: str) -> tuple[str, dict]:
+        """A new API token for user: (the token, shown once; its stored record)."""
+        if not isinstance(name, str) or not TOKEN_NAME_RE.match(name):
+            raise Invalid(f"invalid token name {name!r}: letters, digits, spaces and ._:@/- up to 64 characters")
+        owner = await self.storage.get_user(user)
+        token = new_token()
+        record = await self.storage.add_token(owner["id"], name, token_hash(token))
+        record["user"] = owner["name"]
+        return token, record
+
+    async def list_tokens(self, user: str | None = None) -> list[dict]:
+        """API tokens (id, name, user, created, last used, revoked), newest first."""
+        if user is not None:
+            await self.storage.get_user(user)
+        return await self.storage.list_tokens(user)
+
+    async def revoke_token(self, token_id: int) -> dict:
+        """Revoke a token by id; it stops working at once."""
+        return await self.storage.revoke_token(token_id)
+
+    async def token_identity(self, token: str) -> Identity | None:
+        """The identity behind a bearer token, or None for an unknown or revoked one."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        row = await self.storage.token_user(token_hash(token))
+        if row is None:
+            return None
+        self._last_used[row["token_id"]] = time.time()
+        return Identity(row["user_id"], row["user"], row["role"], "token", row["token_id"])
+
+    async def flush_last_used(self, min_interval: float = 60.0) -> None:
+        """Write tokens' last use, at most once per min_interval per token (not one write per request)."""
+        now = time.time()
+        due = {tid: ts for tid, ts in self._last_used.items() if now - self._written.get(tid, 0.0) >= min_interval}
+        if not due:
+            return
+        await self.storage.touch_tokens(due)
+        for tid, ts in due.items():
+            self._written[tid] = now
+            if self._last_used.get(tid) == ts:
+                del self._last_used[tid]
+
+
+def _public(user: dict) -> dict:
+    return {k: v for k, v in user.items() if k != "password_hash"}
+
+
+class LoginLimiter:
+    """Counts failed logins per client address and per user name in a sliding minute."""
+
+    def __init__(self, per_minute: int, window: float = 60.0, max_keys: int = 10000):
+        self.per_minute = per_minute
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: dict[str, collections.deque] = {}
+
+    def _recent(self, key: str, now: float) -> collections.deque:
+        q = self._failures.get(key)
+        if q is None:
+            return collections.deque()
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if not q:
+            del self._failures[key]
+        return q
+
+    def retry_after(self, address: str, user: str, now: float | None = None) -> float:
+        """Seconds until another attempt is allowed for this address and user (0: allowed now)."""
+        now = time.time() if now is None else now
+        wait = 0.0
+        for key in ("addr:" + address, "user:" + user):
+            q = self._recent(key, now)
+            if len(q) >= self.per_minute:
+                wait = max(wait, q[0] + self.window - now)
+        return wait
+
+    def failed(self, address: str, user: str, now: float | None = None) -> None:
+        """Record a failed attempt."""
+        now = time.time() if now is None else now
+        if len(self._failures) >= self.max_keys:
+            # Drop the stalest keys rather than grow without bound under a spray of addresses.
+            for key in sorted(self._failures, key=lambda k: self._failures[k][-1] if self._failures[k] else 0)[: self.max_keys // 10]:
+                del self._failures[key]
+        for key in ("addr:" + address, "user:" + user):
+            self._failures.setdefault(key, collections.deque()).append(now)

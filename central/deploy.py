@@ -1,0 +1,325 @@
+"""Deploy the agent to servers over the operator's own SSH access (`central deploy`).
+
+The remote half is the bundled scripts/agent-install.sh, the same file
+scripts/deploy-agent.sh pipes over ssh: this module logs in, uploads the agent, runs the
+installer with `sh -s` (arguments base64 or checked tokens, shell-quoted) and follows its
+"STEP" lines. The login uses the operator's keys, ssh-agent and ~/.ssh/config, and checks
+the host key against the operator's known_hosts, or, on request, against the key central
+pinned for the server. Host-key checking is never turned off.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncssh
+
+from .bundled import agent_path, agent_sha256, installer_path
+from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
+from .service import restricted_key_line
+from .sshpool import classify, load_client_key, public_key_line, server_log
+
+log = logging.getLogger(__name__)
+
+ACTION_KINDS = ("kill", "service", "docker")
+#: unit and container globs the policy may hold (the same set deploy-agent.sh accepts)
+GLOB_RE = re.compile(r"^[][A-Za-z0-9@_.:*?!-]{1,200}$")
+AGENT_DIR = "/opt/central-agent"
+UPLOAD_COMMAND = f"sh -c 'mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.py.new'"
+#: the steps of one deploy, in order (the installer reports the ones from "python" on)
+STEPS = ("connect", "privileges", "upload", "python", "verify-upload", "policy", "authorized-key",
+         "systemd-unit", "fallback-wrapper", "boot-entry", "start", "health", "check")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What to install and how to log in (defaults: everything allowed, operator's ssh)."""
+
+    actions: tuple[str, ...] = ACTION_KINDS
+    service_patterns: tuple[str, ...] = ("*",)
+    container_patterns: tuple[str, ...] = ("*",)
+    watch_units: tuple[str, ...] = ()
+    #: install the central's key without the forwarding-only restriction
+    full_access: bool = False
+    #: private key to log in with (added to what ~/.ssh/config and ssh-agent offer)
+    identity: str | None = None
+    #: known_hosts file to check host keys against (None: the operator's, as ssh would)
+    known_hosts: str | None = None
+    #: check the host key against the key central pinned instead of known_hosts
+    pinned_host_key: bool = False
+    #: ssh config files (None: ~/.ssh/config as ssh reads it)
+    ssh_config: tuple[str, ...] | None = None
+    jobs: int = 8
+    connect_timeout: float = 15.0
+
+
+@dataclass
+class DeployResult:
+    """How deploying to one server went; updated in place as the steps go by."""
+
+    server: str
+    target: str
+    state: str = "waiting"  # waiting, running, ok, failed, skipped
+    step: str = ""
+    message: str = ""
+    hint: str = ""
+    mode: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the deploy succeeded or was skipped on purpose."""
+        return self.state in ("ok", "skipped")
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"server": self.server, "target": self.target, "state": self.state, "step": self.step,
+                "message": self.message, "hint": self.hint, "mode": self.mode, "version": self.version,
+                "sha256": self.sha256}
+
+
+class StepFailed(Exception):
+    """One step of a deploy failed: what happened and what to do."""
+
+    def __init__(self, step: str, message: str, hint: str):
+        super().__init__(f"{step}: {message}")
+        self.step, self.message, self.hint = step, message, hint
+
+
+def check_options(options: DeployOptions) -> DeployOptions:
+    """Validate the policy options and jobs; raise Invalid naming the bad value."""
+    for kind in options.actions:
+        if kind not in ACTION_KINDS:
+            raise Invalid(f"unknown action kind {kind!r}: use kill, service or docker")
+    for what, values in (("service pattern", options.service_patterns),
+                         ("container pattern", options.container_patterns),
+                         ("watched unit", options.watch_units)):
+        for value in values:
+            if not GLOB_RE.match(value):
+                raise Invalid(f"{what} {value!r} has characters other than A-Z a-z 0-9 @ _ . : * ? ! [ ] -")
+    if not 1 <= options.jobs <= 256:
+        raise Invalid(f"jobs must be 1 to 256, not {options.jobs}")
+    if options.identity is not None and not Path(options.identity).is_file():
+        raise Invalid(f"identity file {options.identity} does not exist")
+    if options.known_hosts is not None and not Path(options.known_hosts).is_file():
+        raise Invalid(f"known_hosts file {options.known_hosts} does not exist")
+    return replace(options, service_patterns=options.service_patterns or ("*",),
+                   container_patterns=options.container_patterns or ("*",))
+
+
+def policy_document(options: DeployOptions) -> dict:
+    """The agent's policy file (/etc/central-agent.json) for these options."""
+    return {"actions": {kind: kind in options.actions for kind in ACTION_KINDS},
+            "service_patterns": list(options.service_patterns or ("*",)),
+            "container_patterns": list(options.container_patterns or ("*",)),
+            "watched_units": list(options.watch_units)}
+
+
+def authorized_key_line(public_key: str, agent_port: int, full_access: bool) -> str:
+    """The central's authorized_keys line: forwarding to the agent only, unless full access."""
+    if full_access:
+        return f"{public_key} central"
+    return restricted_key_line(public_key, agent_port) + " central"
+
+
+def installer_arguments(sha256: str, agent_port: int, policy: dict, public_key: str, key_line: str) -> list[str]:
+    """The installer's argv (see scripts/agent-install.sh): base64 or checked tokens."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return [sha256, str(agent_port), b64(json.dumps(policy)), b64(key_line), public_key.split()[1]]
+
+
+def _connect_hint(server: Server, reason: str, options: DeployOptions) -> str:
+    target = f"{server.user}@{server.host}" + (f" -p {server.port}" if server.port != 22 else "")
+    if reason == HOST_KEY_MISMATCH:
+        if options.pinned_host_key:
+            return "The host presents another key than the one central pinned: check it, then `central server trust`"
+        return (f"Check the host's key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it) and add it to your "
+                f"known_hosts (ssh {target} asks), or pass --pinned-host-key to use the key central pinned")
+    if reason == AUTH_FAILED:
+        return (f"central deploy logs in with your own SSH access: check that `ssh {target}` works without a "
+                f"password (ssh-copy-id), or pass --identity FILE")
+    return f"Check that the host is up and that sshd answers on {server.host}:{server.port}"
+
+
+class Deployer:
+    """Deploys the bundled agent to servers; calls on_change(result) after every step."""
+
+    def __init__(self, central, options: DeployOptions,
+                 on_change: Callable[[DeployResult], None] | None = None):
+        self.central = central
+        self.options = check_options(options)
+        self.on_change = on_change or (lambda result: None)
+        self.agent = agent_path().read_bytes()
+        self.sha256 = agent_sha256()
+        self.installer = installer_path().read_text()
+
+    def _set(self, result: DeployResult, **fields) -> None:
+        for key, value in fields.items():
+            setattr(result, key, value)
+        self.on_change(result)
+
+    async def run(self, servers: Sequence[Server], upgrade_outdated: bool = False) -> list[DeployResult]:
+        """Deploy to every server, options.jobs at a time; one result per server, in order."""
+        results = [DeployResult(s.name, "(this host)" if s.kind == "local" else f"{s.user}@{s.host}:{s.port}")
+                   for s in servers]
+        for result in results:
+            self.on_change(result)
+        slots = asyncio.Semaphore(self.options.jobs)
+
+        async def one(server: Server, result: DeployResult) -> None:
+            async with slots:
+                await self._deploy_one(server, result, upgrade_outdated)
+
+        await asyncio.gather(*(one(s, r) for s, r in zip(servers, results)))
+        return results
+
+    async def reported_sha256(self, server: Server) -> str | None:
+        """The agent's sha256 as it answers now through the central, else as last polled."""
+        live = await self.central.test_server(server.name)
+        return live.get("sha256") if live.get("ok") else server.agent_sha256
+
+    async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
+        slog = server_log(log, server.name)
+        if server.kind == "local":
+            self._set(result, state="skipped", message="the central's own host: collected in-process, no agent")
+            return
+        try:
+            if upgrade_outdated:
+                self._set(result, state="running", step="check")
+                reported = await self.reported_sha256(server)
+                if reported == self.sha256:
+                    self._set(result, state="skipped", sha256=reported, message="agent is current")
+                    return
+            await self._deploy(server, result)
+        except StepFailed as failure:
+            slog.info("deploy failed at %s: %s", failure.step, failure.message)
+            self._set(result, state="failed", step=failure.step, message=failure.message, hint=failure.hint)
+        except Exception as exc:  # noqa: BLE001 - one host's surprise must not stop the others
+            slog.exception("deploy failed at %s", result.step)
+            self._set(result, state="failed", message=f"{type(exc).__name__}: {exc}",
+                      hint="Run again; if it persists, check the host by hand")
+
+    async def _connect(self, server: Server) -> asyncssh.SSHClientConnection:
+        opts = self.options
+        kwargs: dict = {"username": server.user, "connect_timeout": opts.connect_timeout}
+        if opts.identity:
+            kwargs["client_keys"] = [opts.identity]
+        if opts.ssh_config is not None:
+            kwargs["config"] = list(opts.ssh_config)
+        if opts.pinned_host_key:
+            if not server.host_key:
+                raise StepFailed("connect", "central has no host key pinned for this server",
+                                 f"Run `central server trust {server.name}` or drop --pinned-host-key")
+            kwargs["known_hosts"] = ([asyncssh.import_public_key(server.host_key)], [], [])
+        elif opts.known_hosts:
+            kwargs["known_hosts"] = opts.known_hosts
+        try:
+            prepared = await asyncssh.SSHClientConnectionOptions.construct(
+                None, host=server.host, port=server.port, **kwargs)
+            if prepared.known_hosts is None:
+                # `UserKnownHostsFile none` in an ssh config would turn checking off in asyncssh
+                raise StepFailed("connect", "your ssh config sets no known_hosts file; central deploy never "
+                                 "skips host-key checks", "Pass --known-hosts FILE or --pinned-host-key")
+            return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared),
+                                          opts.connect_timeout + 5)
+        except StepFailed:
+            raise
+        except asyncssh.HostKeyNotVerifiable as exc:
+            which = "the key central pinned" if opts.pinned_host_key else "your known_hosts"
+            raise StepFailed("connect", f"host key not verified against {which} ({exc.reason})",
+                             _connect_hint(server, HOST_KEY_MISMATCH, opts)) from None
+        except Exception as exc:  # noqa: BLE001 - classified
+            err = classify(exc)
+            raise StepFailed("connect", f"{err.reason}: {err.message}", _connect_hint(server, err.reason, opts)) from None
+
+    async def _deploy(self, server: Server, result: DeployResult) -> None:
+        self._set(result, state="running", step="connect")
+        public_key = public_key_line(load_client_key(server.key_path or self.central.config.key_path))
+        key_line = authorized_key_line(public_key, server.agent_port, self.options.full_access)
+        conn = await self._connect(server)
+        async with conn:
+            self._set(result, step="privileges")
+            who = await conn.run("id -u", check=False)
+            sudo = ""
+            if (who.stdout or "").strip() != "0":
+                sudo = "sudo -n "
+                probe = await conn.run("sudo -n true", check=False)
+                if probe.exit_status != 0:
+                    raise StepFailed("privileges", f"{server.user} is not root and 'sudo -n' failed",
+                                     f"Log in as root or allow {server.user} passwordless sudo")
+
+            self._set(result, step="upload")
+            upload = await conn.run(sudo + UPLOAD_COMMAND, input=self.agent, encoding=None, check=False)
+            if upload.exit_status != 0:
+                tail = (upload.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise StepFailed("upload", f"could not write {AGENT_DIR}/agent.py.new ({tail[0]})",
+                                 "Check free space and that /opt is writable")
+
+            args = installer_arguments(self.sha256, server.agent_port, policy_document(self.options),
+                                       public_key, key_line)
+            command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+            await self._install(conn, command, result)
+        if server.host_key:
+            self._set(result, step="check")
+            check = await self.central.test_server(server.name)
+            if not check.get("ok"):
+                raise StepFailed("check", f"the central cannot reach the agent with its own key: "
+                                 f"{check.get('reason')}: {check.get('error')}",
+                                 "Check that the central's key is in the login user's authorized_keys "
+                                 "and that sshd allows port forwarding")
+        self._set(result, state="ok", message=result.mode or "")
+
+    async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult) -> None:
+        """Run the installer, following its STEP lines; raise StepFailed on a FAIL line."""
+        process = await conn.create_process(command, stderr=asyncssh.STDOUT)
+        process.stdin.write(self.installer)
+        process.stdin.write_eof()
+        failure = None
+        last = ""
+        async for line in process.stdout:
+            line = line.rstrip("\n")
+            if line:
+                last = line
+            kind, _, rest = line.partition(" ")
+            if kind == "STEP":
+                self._set(result, step=rest)
+            elif kind == "MODE":
+                result.mode = rest
+            elif kind == "AGENT":
+                version, _, sha = rest.partition(" ")
+                self._set(result, version=version, sha256=sha)
+            elif kind == "FAIL":
+                step, _, tail = rest.partition("\t")
+                message, _, hint = tail.partition("\t")
+                failure = StepFailed(step, message, hint)
+        completed = await process.wait()
+        if failure is not None:
+            raise failure
+        if completed.exit_status != 0:
+            raise StepFailed(result.step or "install", last or f"the installer exited {completed.exit_status}",
+                             "Run again; if it persists, check the host by hand")
+
+
+async def select_servers(central, names: Sequence[str], all_servers: bool) -> list[Server]:
+    """The servers named (each must exist), or with all_servers every remote server."""
+    if all_servers:
+        if names:
+            raise Invalid("give server names or --all, not both")
+        return [s for s in await central.storage.list_servers() if s.kind != "local"]
+    if not names:
+        raise Invalid("name at least one server (or pass --all)")
+    seen: list[Server] = []
+    for name in dict.fromkeys(names):
+        seen.append(await central.storage.get_server(name))
+    return seen

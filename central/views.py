@@ -1,0 +1,152 @@
+"""One data function per view: the JSON API returns these dicts and the HTML page renders them.
+
+Nothing here knows about HTTP; each function takes the opened Central and returns JSON-ready
+data, raising CentralError (NotFound, Invalid) for bad input.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from . import __version__
+from .config import ConfigError, parse_duration
+from .model import ONLINE, Invalid
+from .sample import METRICS
+from .service import Central
+
+STATUSES = ("online", "offline", "error", "unknown")
+# What the fleet averages are taken over (the overview's headline figures).
+AVERAGED = ("cpu", "mem", "swap", "disk", "load1")
+MAX_RANGE = 400 * 86400.0
+
+
+async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
+                      name: str | None = None, limit: int = 100, offset: int = 0) -> dict:
+    """Servers with status and latest key figures, filtered (tag, status, name substring) and paged."""
+    rows = await central.server_overview()
+    if tag:
+        rows = [r for r in rows if tag in r["tags"]]
+    if status:
+        rows = [r for r in rows if r["status"] == status]
+    if name:
+        needle = name.lower()
+        rows = [r for r in rows if needle in r["name"].lower()]
+    return {"servers": rows[offset:offset + limit], "total": len(rows), "limit": limit, "offset": offset}
+
+
+async def fleet_stats(central: Central) -> dict:
+    """Fleet totals: servers by status, open alerts, and averages over online servers."""
+    servers = await central.storage.list_servers()
+    latest = await central.storage.latest_samples()
+    counts = dict.fromkeys(STATUSES, 0)
+    for s in servers:
+        counts[s.status] = counts.get(s.status, 0) + 1
+    sums = dict.fromkeys(AVERAGED, 0.0)
+    ns = dict.fromkeys(AVERAGED, 0)
+    for s in servers:
+        sample = latest.get(s.id)
+        if s.status != ONLINE or sample is None:
+            continue
+        for m in AVERAGED:
+            if sample.get(m) is not None:
+                sums[m] += sample[m]
+                ns[m] += 1
+    alerts = await central.storage.alert_counts()
+    return {
+        "total": len(servers),
+        **counts,
+        "alerts_firing": alerts["firing"],
+        "alerts_pending": alerts["pending"],
+        "averages": {m: (round(sums[m] / ns[m], 2) if ns[m] else None) for m in AVERAGED},
+        "ts": time.time(),
+    }
+
+
+async def central_status(central: Central) -> dict:
+    """The central itself: version, uptime, database size, poller lag, pool size, polls done."""
+    poller = central.poller
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started_at": central.started_at,
+        "uptime": time.time() - central.started_at,
+        "database": {"path": str(central.storage.path), "bytes": await central.storage.database_size()},
+        "poller": {
+            "lag": poller.lag,
+            "servers": poller.scheduled,
+            "polls": poller.polls,
+            "polls_failed": sum(poller.errors_by_reason.values()),
+            "errors_by_reason": dict(poller.errors_by_reason),
+        },
+        "pool": {"connections": central.pool.size, "connects": central.pool.connects},
+    }
+
+
+def parse_range(range_: str | None, start: float | None, end: float | None, now: float | None = None) -> tuple[float, float]:
+    """[start, end) from explicit Unix times and/or a range like 1h, 24h, 7d, 30d (default 1h ending now)."""
+    now = time.time() if now is None else now
+    if range_ is not None:
+        try:
+            span = parse_duration(range_, "range")
+        except ConfigError as exc:
+            raise Invalid(str(exc)) from None
+        if span <= 0:
+            raise Invalid("range: must be longer than 0")
+        if start is not None and end is not None:
+            raise Invalid("range: give range with start or end, not both")
+        if start is not None:
+            end = start + span
+        else:
+            end = now if end is None else end
+            start = end - span
+    else:
+        end = now if end is None else end
+        start = end - 3600.0 if start is None else start
+    if end <= start:
+        raise Invalid("end: must be after start")
+    if end - start > MAX_RANGE:
+        raise Invalid(f"range: at most {MAX_RANGE / 86400:.0f} days")
+    return start, end
+
+
+async def server_history(central: Central, name: str, *, metrics: list[str] | None = None,
+                         start: float | None = None, end: float | None = None, range_: str | None = None,
+                         max_points: int = 500) -> dict:
+    """A server's key figures over a range, from the finest stored tier that keeps it under max_points."""
+    metrics = list(metrics or METRICS)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise Invalid(f"metrics: unknown metric {bad[0]!r} (known: {', '.join(METRICS)})")
+    server = await central.storage.get_server(name)
+    start, end = parse_range(range_, start, end)
+    r = central.config.retention
+    data = await central.storage.history(server.id, start, end, max_points=max_points, retention_raw=r.raw,
+                                         retention_minute=r.minute, metrics=metrics)
+    return {"server": name, "metrics": metrics, **data}
+
+
+async def server_processes(central: Central, name: str) -> dict:
+    """The latest top-CPU and top-memory process lists the server's agent reported."""
+    server = await central.storage.get_server(name)
+    latest = await central.storage.latest_document(server.id)
+    if latest is None:
+        return {"server": name, "ts": None, "count": None, "top_cpu": [], "top_memory": []}
+    ts, doc = latest
+    procs = doc.get("processes") if isinstance(doc.get("processes"), dict) else {}
+    return {
+        "server": name,
+        "ts": ts,
+        "count": procs.get("count") if isinstance(procs.get("count"), int) else None,
+        "top_cpu": [p for p in procs.get("top_cpu") or [] if isinstance(p, dict)],
+        "top_memory": [p for p in procs.get("top_memory") or [] if isinstance(p, dict)],
+    }
+
+
+async def server_inventory(central: Central, name: str, limit: int = 100) -> dict:
+    """The server's current inventory and its change history (newest first)."""
+    server = await central.storage.get_server(name)
+    return {
+        "server": name,
+        "latest": await central.storage.inventory_latest(server.id),
+        "history": await central.storage.inventory_history(server.id, limit=limit),
+    }

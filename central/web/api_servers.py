@@ -1,0 +1,198 @@
+"""/api/v1/servers and the fleet: list, create (two-step host-key confirmation), show, update,
+delete, test, trust, history, processes, inventory, fleet stats.
+
+Role policy: viewer reads; operator may test a server (it opens an SSH connection); admin adds,
+changes, re-trusts and removes servers.
+"""
+from __future__ import annotations
+
+from .. import views
+from ..sample import METRICS
+from ..service import HOST_RE, NAME_RE, TAG_RE, USER_RE
+from .registry import ADMIN, OPERATOR, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
+
+endpoints = Registry(tag="servers")
+
+NAME = string(pattern=NAME_RE.pattern, maxLength=63, description="Server name.")
+HOST = string(pattern=HOST_RE.pattern, maxLength=253, description="Host name or IP address.")
+PORT = integer(minimum=1, maximum=65535)
+TAGS = array(string(pattern=TAG_RE.pattern, maxLength=40), maxItems=32)
+INTERVAL = number(minimum=1, maximum=86400, description="Poll interval in seconds (null: poll.interval).")
+FINGERPRINT = string(minLength=1, maxLength=100, description="SHA256:... fingerprint of the host key to pin.")
+STATUS = string(enum=list(views.STATUSES))
+NUM = nullable(number())
+
+SAMPLE = obj({"ts": number(), **{m: NUM for m in METRICS},
+              "top": array(array({}), description="[[pid, name, cpu percent, rss bytes], ...]")},
+             required=["ts", *METRICS], closed=False)
+SERVER = obj({
+    "id": integer(), "name": string(), "kind": string(enum=["ssh", "local"]), "host": string(),
+    "port": integer(), "user": string(), "key_path": nullable(string()), "agent_port": integer(),
+    "tags": array(string()), "interval_s": NUM, "host_key_fingerprint": nullable(string()),
+    "status": STATUS, "status_reason": nullable(string()), "last_error": nullable(string()),
+    "consecutive_failures": integer(), "last_seen": NUM, "last_poll": NUM, "poll_duration": NUM,
+    "agent_version": nullable(string()), "agent_sha256": nullable(string()), "hostname": nullable(string()),
+    "inventory_hash": nullable(string()), "created_at": number(),
+}, required=["id", "name", "kind", "host", "port", "user", "tags", "status", "status_reason"], closed=False)
+SERVER_ROW = {**SERVER, "properties": {**SERVER["properties"], "sample": nullable(SAMPLE), "agent_outdated": boolean()},
+              "required": [*SERVER["required"], "sample", "agent_outdated"]}
+AGENT_CHECK = obj({"ok": boolean(), "reason": string(), "error": string(), "hint": string(), "version": nullable(string()),
+                   "sha256": nullable(string()), "outdated": boolean(), "ssh_ms": number(), "local": boolean(),
+                   "hostname": nullable(string())}, required=["ok"], closed=False)
+PROBE = obj({"host": string(), "port": integer(), "host_key": string(), "fingerprint": string(),
+             "algorithm": string()}, required=["host", "port", "fingerprint", "algorithm"], closed=False)
+CONFIRM = obj({"stored": boolean(enum=[False]), "confirm": PROBE, "current": nullable(string()),
+               "next": string()}, required=["stored", "confirm", "next"], closed=False)
+
+
+@endpoints.get("/api/v1/servers", summary="List servers with status and latest key figures", role=VIEWER,
+               query={"tag": string(maxLength=40), "status": STATUS, "name": string(maxLength=63, description="Substring of the name."),
+                      "limit": integer(minimum=1, maximum=1000, default=100), "offset": integer(minimum=0, default=0)},
+               response=obj({"servers": array(SERVER_ROW), "total": integer(), "limit": integer(), "offset": integer()},
+                            required=["servers", "total", "limit", "offset"]))
+async def list_servers(call: Call) -> dict:
+    """Servers sorted by name; `total` counts all matches, `servers` holds one page (limit/offset)."""
+    q = call.query
+    return await views.server_list(call.central, tag=q.get("tag"), status=q.get("status"), name=q.get("name"),
+                                   limit=q["limit"], offset=q["offset"])
+
+
+@endpoints.post("/api/v1/servers", summary="Add a server (two steps: probe the host key, then pin it)", role=ADMIN,
+                body=obj({"name": NAME, "host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
+                          "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT},
+                         required=["name", "host"]),
+                responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "agent": AGENT_CHECK},
+                                    required=["stored", "server", "agent"]),
+                           200: CONFIRM},
+                errors=(409, 502))
+async def create_server(call: Call):
+    """Without `fingerprint`: connects to the host, returns the host key fingerprint to confirm
+    (200, nothing stored). With it: pins the key only if the host still presents that
+    fingerprint, checks SSH login and the agent, and stores the server (201). An unreachable host
+    or a refused key is a 502 and nothing is stored; an agent that does not answer yet is
+    reported in `agent` with a deploy hint."""
+    b = call.body
+    if not b.get("fingerprint"):
+        probed = await call.central.probe_new(b["name"], b["host"], b.get("port", 22))
+        return Reply({"stored": False, "confirm": probed, "current": None,
+                      "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
+    result = await call.central.add_server(
+        b["name"], b["host"], port=b.get("port", 22), user=b.get("user", "root"), tags=b.get("tags", ()),
+        interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"])
+    return {"stored": True, **result}
+
+
+@endpoints.get("/api/v1/servers/{name}", summary="One server: settings, status, latest document, inventory",
+               role=VIEWER, path_params={"name": NAME},
+               response=obj({"server": SERVER, "latest": nullable(obj({"ts": number(), "document": obj({}, closed=False)},
+                                                                       closed=False)),
+                             "inventory": nullable(obj({}, closed=False)), "inventory_changes": array(obj({}, closed=False)),
+                             "agent_outdated": boolean()},
+                            required=["server", "latest", "inventory", "inventory_changes", "agent_outdated"]))
+async def show_server(call: Call) -> dict:
+    """The stored fields (without the raw host key), the newest agent document and the inventory."""
+    return await call.central.server_detail(call.path["name"])
+
+
+@endpoints.patch("/api/v1/servers/{name}", summary="Change a server's settings", role=ADMIN,
+                 path_params={"name": NAME},
+                 body=obj({"host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
+                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT}),
+                 response=obj({"server": SERVER}, required=["server"]))
+async def update_server(call: Call) -> dict:
+    """Only the given fields change. A new host or port un-pins the host key (trust it again)."""
+    server = await call.central.update_server(call.path["name"], **call.body)
+    d = server.to_dict()
+    d.pop("host_key", None)
+    return {"server": d}
+
+
+@endpoints.delete("/api/v1/servers/{name}", summary="Remove a server and its history", role=ADMIN,
+                  path_params={"name": NAME}, response=obj({"removed": string()}, required=["removed"]))
+async def delete_server(call: Call) -> dict:
+    """Deletes the server with its samples, rollups, inventory and alerts."""
+    await call.central.remove_server(call.path["name"])
+    return {"removed": call.path["name"]}
+
+
+@endpoints.post("/api/v1/servers/{name}/test", summary="Check SSH and the agent of a server", role=OPERATOR,
+                path_params={"name": NAME}, response=AGENT_CHECK)
+async def test_server(call: Call) -> dict:
+    """Connects with the pinned key and asks the agent for its health; `ok` says if both work."""
+    return await call.central.test_server(call.path["name"])
+
+
+@endpoints.post("/api/v1/servers/{name}/trust", summary="Re-pin a changed host key (two steps)", role=ADMIN,
+                path_params={"name": NAME}, body=obj({"fingerprint": FINGERPRINT}), body_required=False,
+                responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "previous_fingerprint": nullable(string())},
+                                    required=["stored", "server", "previous_fingerprint"]),
+                           200: CONFIRM},
+                errors=(502,))
+async def trust_server(call: Call):
+    """Without `fingerprint`: returns the key the host presents now and the pinned one (200,
+    nothing stored). With it: pins the new key if the host presents exactly that fingerprint,
+    and polling resumes (201)."""
+    name = call.path["name"]
+    if not call.body.get("fingerprint"):
+        probed = await call.central.probe_server(name)
+        return Reply({"stored": False, "confirm": probed["probe"], "current": probed["pinned"],
+                      "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
+    result = await call.central.trust_server(name, call.body["fingerprint"])
+    result["server"].pop("host_key", None)
+    return {"stored": True, **result}
+
+
+@endpoints.get("/api/v1/servers/{name}/history", summary="Key figures over a time range", role=VIEWER,
+               path_params={"name": NAME},
+               query={"metrics": string(maxLength=200, description=f"Comma-separated, of: {', '.join(METRICS)} (default all)."),
+                      "start": number(minimum=0, maximum=1e11, description="Unix time."),
+                      "end": number(minimum=0, maximum=1e11, description="Unix time (default now)."),
+                      "range": string(pattern=r"^\d{1,6}[smhdw]$", description="Length like 1h, 24h, 7d, 30d (default 1h)."),
+                      "points": integer(minimum=10, maximum=2000, default=500, description="At most this many points.")},
+               response=obj({"server": string(), "metrics": array(string()), "source": string(enum=["raw", "minute", "hour"]),
+                             "step": number(), "start": number(), "end": number(),
+                             "series": obj({"ts": array(number())}, required=["ts"], closed=False)},
+                            required=["server", "metrics", "source", "step", "start", "end", "series"]))
+async def server_history(call: Call) -> dict:
+    """Buckets of avg/min/max per metric from raw samples, 1-minute or 1-hour rollups, whichever
+    is finest while keeping the range within `points` buckets (and still retained)."""
+    q = call.query
+    metrics = [m.strip() for m in q["metrics"].split(",") if m.strip()] if q.get("metrics") else None
+    return await views.server_history(call.central, call.path["name"], metrics=metrics, start=q.get("start"),
+                                      end=q.get("end"), range_=q.get("range"), max_points=q["points"])
+
+
+@endpoints.get("/api/v1/servers/{name}/processes", summary="Latest top process lists", role=VIEWER,
+               path_params={"name": NAME},
+               response=obj({"server": string(), "ts": NUM, "count": nullable(integer()),
+                             "top_cpu": array(obj({}, closed=False)), "top_memory": array(obj({}, closed=False))},
+                            required=["server", "ts", "count", "top_cpu", "top_memory"]))
+async def server_processes(call: Call) -> dict:
+    """The top-CPU and top-memory lists of the newest agent document."""
+    return await views.server_processes(call.central, call.path["name"])
+
+
+@endpoints.get("/api/v1/servers/{name}/inventory", summary="Inventory and its change history", role=VIEWER,
+               path_params={"name": NAME}, query={"limit": integer(minimum=1, maximum=1000, default=100)},
+               response=obj({"server": string(),
+                             "latest": nullable(obj({"ts": number(), "hash": string(), "doc": obj({}, closed=False)},
+                                                    closed=False)),
+                             "history": array(obj({"id": integer(), "ts": number(), "hash": string(), "change_summary": string(),
+                                                   "change_type": string(enum=["initial", "hardware_change", "network_change",
+                                                                               "os_change", "other_change"])},
+                                                  closed=False))},
+                            required=["server", "latest", "history"]))
+async def server_inventory(call: Call) -> dict:
+    """Hardware, network and OS facts now, and every change with its type, newest first."""
+    return await views.server_inventory(call.central, call.path["name"], limit=call.query["limit"])
+
+
+@endpoints.get("/api/v1/fleet", summary="Fleet totals, open alerts and averages", role=VIEWER,
+               response=obj({"total": integer(), **{s: integer() for s in views.STATUSES},
+                             "alerts_firing": integer(), "alerts_pending": integer(),
+                             "averages": obj({m: NUM for m in views.AVERAGED}, required=list(views.AVERAGED)),
+                             "ts": number()},
+                            required=["total", *views.STATUSES, "alerts_firing", "alerts_pending", "averages", "ts"]))
+async def fleet_stats(call: Call) -> dict:
+    """Servers by status, alerts firing and pending, and average key figures over online servers."""
+    return await views.fleet_stats(call.central)

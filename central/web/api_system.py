@@ -1,0 +1,72 @@
+"""The central itself: /health, /readiness, /metrics, /api/v1/status, /api/v1/openapi.json."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from .. import __version__, metrics, views
+from ..config import Config
+from .keys import CONFIG, ENDPOINTS
+from .openapi import build_openapi
+from .registry import NONE, VIEWER, Call, Registry, integer, number, obj, string
+
+endpoints = Registry(tag="system")
+
+
+def _metrics_role(config: Config) -> str:
+    return VIEWER if config.http.metrics_auth else NONE
+
+
+@endpoints.get("/health", summary="Liveness: the process answers", role=NONE,
+               response=obj({"status": string(enum=["ok"]), "version": string()}, required=["status", "version"]))
+async def health(call: Call) -> dict:
+    """Always 200 while the process serves requests (no authentication)."""
+    return {"status": "ok", "version": __version__}
+
+
+@endpoints.get("/readiness", summary="Readiness: database open and poller running", role=NONE,
+               response=obj({"status": string(enum=["ready"]), "uptime": number()}, required=["status", "uptime"]))
+async def readiness(call: Call) -> dict:
+    """200 once the database is open and the poller started (no authentication)."""
+    return {"status": "ready", "uptime": time.time() - call.central.started_at}
+
+
+@endpoints.get("/metrics", summary="Prometheus metrics", role=_metrics_role, content_type=metrics.CONTENT_TYPE,
+               response=string(description="Prometheus text exposition format 0.0.4."))
+async def prometheus_metrics(call: Call) -> web.Response:
+    """Every online server's key figures with a `server` label, `central_server_up`, the poll
+    duration histogram, poll errors by reason, and the central's own process metrics. Needs the
+    viewer role unless http.metrics_auth is false."""
+    central = call.central
+    servers = await central.storage.list_servers()
+    latest = await central.storage.latest_samples()
+    alerts = await central.storage.alert_counts()
+    process = await asyncio.to_thread(metrics.process_stats)
+    poller = central.poller
+    text = metrics.render(servers, latest, durations=poller.durations, errors_by_reason=poller.errors_by_reason,
+                          polls=poller.polls, alerts_firing=alerts["firing"], process=process)
+    return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+@endpoints.get("/api/v1/status", summary="The central: version, uptime, database size, poller, pool", role=VIEWER,
+               response=obj({"version": string(), "pid": integer(), "started_at": number(), "uptime": number(),
+                             "database": obj({"path": string(), "bytes": integer()}, required=["path", "bytes"]),
+                             "poller": obj({"lag": number(), "servers": integer(), "polls": integer(),
+                                            "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
+                                           required=["lag", "servers", "polls", "polls_failed"]),
+                             "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"])},
+                            required=["version", "uptime", "database", "poller", "pool"]))
+async def central_status(call: Call) -> dict:
+    """`poller.lag` is how late (seconds) the last poll started against its slot."""
+    return await views.central_status(call.central)
+
+
+@endpoints.get("/api/v1/openapi.json", summary="This API's OpenAPI 3.1 document", role=VIEWER,
+               response=obj({"openapi": string(), "info": obj({}, closed=False), "paths": obj({}, closed=False)},
+                            required=["openapi", "info", "paths"], closed=False))
+async def openapi_document(call: Call) -> dict:
+    """Generated from the declared endpoints, so it always matches the handlers."""
+    app = call.request.app
+    return build_openapi(app[ENDPOINTS], app[CONFIG])

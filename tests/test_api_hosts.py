@@ -1,0 +1,52 @@
+"""The server endpoints against real test hosts (sshd in a network namespace, the real agent)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.apiclient import start_api
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture
+async def host_api(config, client_key):
+    cfg = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, key_path=str(client_key.path)))
+    api = await start_api(cfg)
+    yield api
+    await api.client.close()
+
+
+async def test_create_two_step_show_test_and_trust(host_api, test_host):
+    api = host_api
+    host = test_host()
+    body = {"name": "h1", "host": host.address, "user": "root", "tags": ["lab"]}
+    # step 1: the fingerprint to confirm, nothing stored
+    status, first, _ = await api.request("POST", "/api/v1/servers", json=body)
+    assert status == 200, first
+    assert first["stored"] is False and first["confirm"]["fingerprint"] == host.fingerprint
+    assert await api.central.storage.find_server("h1") is None
+    # a wrong fingerprint pins nothing
+    status, err, _ = await api.request("POST", "/api/v1/servers", json={**body, "fingerprint": "SHA256:AAAA"})
+    assert status == 502 and err["reason"] == "host_key_mismatch"
+    assert await api.central.storage.find_server("h1") is None
+    # step 2: the confirmed fingerprint is pinned, SSH and the agent checked
+    status, second, _ = await api.request("POST", "/api/v1/servers", json={**body, "fingerprint": first["confirm"]["fingerprint"]})
+    assert status == 201, second
+    assert second["stored"] is True and second["agent"]["ok"] is True
+    assert second["server"]["host_key_fingerprint"] == host.fingerprint
+    status, shown, _ = await api.get("/api/v1/servers/h1", role="viewer")
+    assert status == 200 and shown["server"]["tags"] == ["lab"] and shown["server"]["host"] == host.address
+    assert "host_key" not in shown["server"]
+    status, tested, _ = await api.request("POST", "/api/v1/servers/h1/test", role="operator")
+    assert status == 200 and tested["ok"] is True
+    # the host's key changes: trust shows the new one, then pins it when confirmed
+    host.regenerate_host_key()
+    status, probe, _ = await api.request("POST", "/api/v1/servers/h1/trust")
+    assert status == 200 and probe["stored"] is False
+    assert probe["confirm"]["fingerprint"] == host.fingerprint and probe["current"] == first["confirm"]["fingerprint"]
+    assert (await api.central.storage.get_server("h1")).host_key_fingerprint == first["confirm"]["fingerprint"]
+    status, trusted, _ = await api.request("POST", "/api/v1/servers/h1/trust", json={"fingerprint": host.fingerprint})
+    assert status == 201 and trusted["server"]["host_key_fingerprint"] == host.fingerprint
+    assert trusted["previous_fingerprint"] == first["confirm"]["fingerprint"]
