@@ -1,0 +1,456 @@
+"""Benchmark of the central's core: CPU per poll, poll latency, database size per host.
+
+One run measures, against the REAL central code path (bench/central_driver.py runs Central ->
+Poller -> SSHPool -> AgentClient -> Storage in its own process, so only its CPU is counted):
+
+- a loopback farm (bench/loopfarm.py: one asyncssh server process for N hosts, answering with
+  a real agent's answers) at 100, 500 and 1,000 hosts with aes128-gcm, and at 1,000 hosts with
+  chacha20-poly1305 for the cipher comparison;
+- the same loopback farm at 20 hosts, next to 20 REAL hosts (tests/hostfarm.py: network
+  namespaces with OpenSSH sshd and the real agent), both ciphers, as the reality check;
+- database size per host at steady state with the default interval and retention, built with
+  the real storage code (write_polls, rollup, prune) from a real agent document.
+
+Usage (root for the real hosts; 2 cores are enough):
+    cd /work/wt/benchcore && PYTHONPATH=$PWD python3 bench/bench_core.py [--quick] [--skip-real]
+Raw JSON goes to bench/results/core-<time>.json; a markdown table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncssh
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from central.model import PollOutcome  # noqa: E402
+from central.sample import extract_sample, parse_document  # noqa: E402
+from central.service import ensure_key_pair  # noqa: E402
+from central.sshpool import public_key_line  # noqa: E402
+from central.storage import Storage  # noqa: E402
+
+AES = ["aes128-gcm@openssh.com"]
+CHACHA = ["chacha20-poly1305@openssh.com"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu(pids) -> float:
+    """User + system CPU seconds of these processes (vanished ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + parts[4]
+    total = sum(parts[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def start_agent(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """A real agent process on a free loopback port, once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "agent" / "agent.py"), "--port", str(port),
+                             "--policy", str(workdir / "no-policy.json")],
+                            stdout=subprocess.DEVNULL, stderr=open(workdir / f"agent-{port}.log", "w"))
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1).read()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("the agent did not start")
+
+
+def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float, live_inventory: bool = False) -> tuple[subprocess.Popen, int, str]:
+    """The loopback farm process; returns (process, port, its host key line)."""
+    host_key = workdir / "farm_host_key"
+    if not host_key.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        host_key.write_bytes(key.export_private_key())
+    line = public_key_line(asyncssh.read_private_key(str(host_key)))
+    argv = [sys.executable, str(REPO / "bench" / "loopfarm.py"), "--host-key", str(host_key),
+            "--authorized-keys", str(pub), "--cache-ttl", str(ttl)] + (["--live-inventory"] if live_inventory else [])
+    for p in agent_ports:
+        argv += ["--agent", f"127.0.0.1:{p}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(workdir / "farm.log", "w"), text=True)
+    first = json.loads(proc.stdout.readline())
+    return proc, first["port"], line
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a process this bench started, by its PID."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM in the driver
+
+
+def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
+               other_pids, interval: float, measure_intervals: int, profile: str | None = None) -> dict:
+    """Run the central driver on these servers; returns its result plus the others' CPU."""
+    data_dir = workdir / name
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
+            "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
+            "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM}
+    spec_path = data_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "central_driver.py"), str(spec_path)],
+                            stdout=subprocess.PIPE, stderr=open(data_dir / "driver.log", "w"), text=True, env=env)
+    result, o0, m0 = None, None, None
+    pids = other_pids() if callable(other_pids) else other_pids
+    for line in proc.stdout:
+        msg = json.loads(line)
+        if msg["event"] == "window_start":
+            o0, m0 = proc_cpu(pids), machine_busy()
+            if profile == "py-spy":
+                spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),
+                                        "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif msg["event"] == "window_end":
+            o1, m1 = proc_cpu(pids), machine_busy()
+        elif msg["event"] == "result":
+            result = msg
+    proc.wait()
+    if profile == "py-spy":
+        spy.wait()
+    if result is None:
+        raise RuntimeError(f"{name}: the driver failed; see {data_dir / 'driver.log'}")
+    win = result["window_s"]
+    result.update(
+        name=name,
+        others_cpu_s=o1 - o0, others_core_fraction=(o1 - o0) / win,
+        machine_busy_cores=(m1[0] - m0[0]) / (m1[1] - m0[1]) * os.cpu_count(),
+        others_ms_per_poll=(o1 - o0) / result["polls_stored"] * 1000 if result["polls_stored"] else None,
+    )
+    print(f"  {name}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
+          f"cipher {result['cipher']}, farm+agents {result['others_core_fraction']:.2f} core, "
+          f"machine {result['machine_busy_cores']:.2f} cores busy; back-to-back {result['b2b_total_ms']:.3f} ms/poll "
+          f"(request {result['b2b_request_ms']:.3f}, parse {result['b2b_parse_ms']:.3f}, poll {result['b2b_poll_ms']:.3f}, "
+          f"store {result['b2b_store_ms']:.3f})", flush=True)
+    return result
+
+
+def loop_servers(n: int, port: int, host_key: str, prefix: str = "h") -> list[dict]:
+    """n servers that all point at the loopback farm (one pinned host key)."""
+    return [{"name": f"{prefix}{i:05d}", "host": "127.0.0.1", "port": port, "host_key": host_key}
+            for i in range(n)]
+
+
+def real_hosts(n: int, pub_line: str):
+    """A HostFarm with n real sshd + agent hosts; returns (farm, servers)."""
+    from tests import hostfarm
+    reason = hostfarm.missing_requirements()
+    if reason:
+        return None, reason
+    farm = hostfarm.HostFarm()
+    hosts = farm.add_hosts(n, authorized_keys=[pub_line])
+    servers = [{"name": h.name, "host": h.address, "port": 22,
+                "host_key": " ".join(h.host_public_key.split()[:2]), "fingerprint": h.fingerprint}
+               for h in hosts]
+    return farm, servers
+
+
+# database size
+
+def agent_document(port: int) -> bytes:
+    """A real /api/all body from the real agent."""
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/api/all", timeout=10).read()
+
+
+def _jitter(sample: dict, rng: random.Random) -> dict:
+    out = {}
+    for k, v in sample.items():
+        if k == "top":
+            out[k] = [[pid, name, round(max(0.0, (cpu or 0) * rng.uniform(0.5, 1.5)), 1),
+                       float(int((rss or 0) * rng.uniform(0.95, 1.05)))] for pid, name, cpu, rss in v]
+        elif k == "procs":
+            out[k] = v + rng.randint(-3, 3) if v is not None else None
+        elif v is not None:
+            out[k] = round(v * rng.uniform(0.7, 1.3) + rng.random(), 2)
+        else:
+            out[k] = None
+    return out
+
+
+async def db_size(workdir: Path, body: bytes, hosts: int = 5) -> dict:
+    """Database bytes per host at steady state (default interval and retention), real storage code.
+
+    Simulated time runs 400 days; samples are written at 10 s for the last 48 h (raw tier),
+    at 1 per minute from 14 days back (enough to make every 1-minute rollup the real code
+    keeps), and at 1 per hour before that (every 1-hour rollup). rollup() and prune() run each
+    simulated hour with the default retention, as the maintenance loop would. Row counts per
+    tier are therefore exactly those of a steady state; only n in the old rollups is smaller.
+    """
+    from central.config import PollConfig, RetentionConfig
+    path = workdir / "dbsize" / "central.db"
+    shutil.rmtree(path.parent, ignore_errors=True)
+    r = RetentionConfig()
+    interval = PollConfig().interval
+    storage = await Storage.open(path)
+    doc, text = parse_document(body)
+    base = extract_sample(doc)
+    ids = [(await storage.add_server(f"s{i}", f"10.0.0.{i + 1}", host_key="x")).id for i in range(hosts)]
+    rng = random.Random(1)
+    now = time.time()
+    start = now - r.hour
+    t0 = time.perf_counter()
+    t = start
+    next_maint = start + 3600
+    batch: list[PollOutcome] = []
+
+    async def flush():
+        # only the last outcome per server carries the document (the latest table keeps one)
+        last = {}
+        for o in batch:
+            last[o.server_id] = o
+        for o in last.values():
+            o.doc_text = text
+        await storage.write_polls(batch, 3)
+        batch.clear()
+
+    while t < now:
+        age = now - t
+        step = interval if age <= r.raw + 3600 else (60.0 if age <= r.minute + 3600 else 3600.0)
+        for sid in ids:
+            batch.append(PollOutcome(server_id=sid, ts=t + rng.random() * 0.01, duration=0.002, ok=True,
+                                     doc_text=None, sample=_jitter(base, rng), agent_version="x", agent_sha256="y",
+                                     hostname="h", inventory_hash=None))
+        if len(batch) >= 2000:
+            await flush()
+        t += step
+        if t >= next_maint:
+            if batch:
+                await flush()
+            await storage.rollup(now=t)
+            await storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events, now=t)
+            next_maint += 3600
+    if batch:
+        await flush()
+    await storage.rollup(now=now)
+    await storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events, now=now)
+    build_s = time.perf_counter() - t0
+    await storage.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = (await storage._one("PRAGMA page_size"))[0]
+    page_count = (await storage._one("PRAGMA page_count"))[0]
+    freelist = (await storage._one("PRAGMA freelist_count"))[0]
+    rows = {}
+    for table, where in (("samples", ""), ("rollups", " WHERE tier = 60"), ("rollups", " WHERE tier = 3600"),
+                         ("latest", "")):
+        key = table if not where else f"rollups_{where.split('= ')[1]}"
+        rows[key] = (await storage._one(f"SELECT count(*) FROM {table}{where}"))[0]
+    by_table = {}
+    try:
+        for name, size in await storage._all("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"):
+            by_table[name] = size
+    except Exception as exc:  # noqa: BLE001 - dbstat is optional in SQLite builds
+        by_table = {"unavailable": str(exc)}
+    top_bytes = (await storage._one("SELECT avg(length(top)) FROM samples"))[0]
+    await storage.close()
+    file_size = path.stat().st_size
+    used = (page_count - freelist) * page_size
+    return {
+        "hosts": hosts, "build_s": build_s, "file_bytes": file_size, "used_bytes": used,
+        "page_size": page_size, "page_count": page_count, "freelist_count": freelist,
+        "file_bytes_per_host": file_size / hosts, "used_bytes_per_host": used / hosts,
+        "rows": rows, "rows_per_host": {k: v / hosts for k, v in rows.items()},
+        "table_bytes": by_table, "table_bytes_per_host": {k: v / hosts for k, v in by_table.items() if isinstance(v, int)},
+        "avg_top_bytes": top_bytes, "document_bytes": len(body),
+    }
+
+
+# report
+
+def ms(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if v < 10 else f"{v:.0f}"
+
+
+def markdown(results: dict) -> str:
+    out = ["## Central core", ""]
+    m = results["machine"]
+    out.append(f"Run {results['started']} on {m['cpus']} cores ({m['cpu_model']}), Python {m['python']}, "
+               f"asyncssh {m['asyncssh']}, SQLite {m['sqlite']}. Interval {results['interval']:g} s; each scale warmed up "
+               f"until every host had been polled, plus one interval, then measured over {results['measure_intervals']} intervals. "
+               "`bench/bench_core.py`.")
+    out.append("")
+    out.append("| run | hosts | interval s | cipher | polls | central CPU ms/poll | user / sys ms | central core share | "
+               "poll p50 / p99 ms | sched lag p50 / p99 ms | start→stored p50 / p99 ms | farm+agents core share | "
+               "machine busy cores | back-to-back ms/poll (request / parse / store) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        cipher = (r["cipher"] or "?").split("@")[0]
+        out.append(
+            f"| {r['name']} | {r['hosts']} | {r['interval']:g} | {cipher} | {r['polls_stored']} | **{ms(r['cpu_ms_per_poll'])}** | "
+            f"{ms(r['user_s'] / r['polls_stored'] * 1000)} / {ms(r['sys_s'] / r['polls_stored'] * 1000)} | "
+            f"{r['cpu_core_fraction']:.3f} | {ms(r['duration_ms_p50'])} / {ms(r['duration_ms_p99'])} | "
+            f"{ms(r['lag_ms_p50'])} / {ms(r['lag_ms_p99'])} | {ms(r['start_to_stored_ms_p50'])} / {ms(r['start_to_stored_ms_p99'])} | "
+            f"{r['others_core_fraction']:.3f} | {r['machine_busy_cores']:.2f} | "
+            f"{ms(r['b2b_total_ms'])} ({ms(r['b2b_request_ms'])} / {ms(r['b2b_parse_ms'])} / {ms(r['b2b_store_ms'])}) |")
+    out.append("")
+    ratios = results.get("ratios", {})
+    for k, v in ratios.items():
+        out.append(f"- {k}: {v:.2f}")
+    d = results.get("db")
+    if d:
+        out.append("")
+        out.append(f"Database size at steady state, default interval (10 s) and retention (raw 48 h, 1-minute 14 d, "
+                   f"1-hour 400 d), {d['hosts']} hosts, built with the real write_polls/rollup/prune in {d['build_s']:.0f} s "
+                   f"(agent document {d['document_bytes']} bytes, top-5 list {d['avg_top_bytes']:.0f} bytes on average):")
+        out.append("")
+        out.append("| measure | per host |")
+        out.append("|---|---|")
+        out.append(f"| file after checkpoint | **{d['file_bytes_per_host'] / 1e6:.2f} MB** |")
+        out.append(f"| (page_count - freelist_count) x page_size | {d['used_bytes_per_host'] / 1e6:.2f} MB |")
+        for k, v in d["rows_per_host"].items():
+            out.append(f"| rows {k} | {v:.0f} |")
+        for k, v in d["table_bytes_per_host"].items():
+            if v >= 5000:
+                out.append(f"| dbstat {k} | {v / 1e6:.2f} MB |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small scales, short windows (a smoke run)")
+    p.add_argument("--skip-real", action="store_true", help="no real sshd hosts")
+    p.add_argument("--skip-db", action="store_true")
+    p.add_argument("--only-db", action="store_true")
+    p.add_argument("--scales", default="100,500,1000")
+    p.add_argument("--interval", type=float, default=10.0)
+    p.add_argument("--measure-intervals", type=int, default=3)
+    p.add_argument("--real-hosts", type=int, default=20)
+    p.add_argument("--rate-interval", type=float, default=1.0,
+                   help="also run the largest scale at this interval (0: skip)")
+    p.add_argument("--cache-ttl", type=float, default=1.0)
+    p.add_argument("--live-inventory", action="store_true", help="farm passes the agent's changing inventory_hash through")
+    p.add_argument("--profile", choices=["cprofile", "py-spy"], default=None, help="profile the central at the largest scale")
+    p.add_argument("--phase-quantum", type=float, default=None, help="override the poller's phase quantum (0: off)")
+    p.add_argument("--skip-chacha", action="store_true")
+    args = p.parse_args()
+    global PHASE_QUANTUM
+    PHASE_QUANTUM = args.phase_quantum
+    if args.quick:
+        args.scales, args.measure_intervals, args.real_hosts, args.rate_interval = "20,100", 1, 5, 0
+    import sqlite3
+    import platform
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "?")
+    results = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "interval": args.interval,
+               "phase_quantum": args.phase_quantum,
+               "measure_intervals": args.measure_intervals, "cache_ttl": args.cache_ttl,
+               "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
+                           "asyncssh": asyncssh.__version__, "sqlite": sqlite3.sqlite_version},
+               "runs": []}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-core-"))
+    (workdir / "no-policy.json").write_text('{"actions": {"kill": false, "service": false, "docker": false}}')
+    key = workdir / "central_key"
+    pub_line, _ = ensure_key_pair(key)
+    pub = Path(str(key) + ".pub")
+    agent, agent_port = start_agent(workdir)
+    farm = None
+    try:
+        body = agent_document(agent_port)
+        if not args.only_db:
+            farm, farm_port, farm_key = start_farm(workdir, pub, [agent_port], args.cache_ttl, args.live_inventory)
+            others = [farm.pid, agent.pid]
+            scales = [int(s) for s in args.scales.split(",")]
+            small = args.real_hosts
+            if not args.skip_real:
+                print(f"real sshd hosts: {small}", flush=True)
+                hfarm, servers = real_hosts(small, pub_line)
+                if hfarm is None:
+                    results["real_skipped"] = servers
+                else:
+                    try:
+                        pids = lambda: [pid for h in hfarm.hosts.values() for pid in h.host_pids()]  # noqa: E731
+                        for name, ciphers in (("sshd-aes", AES), ("sshd-chacha", CHACHA)):
+                            results["runs"].append(run_driver(workdir, name, servers, ciphers, key, pids,
+                                                              args.interval, args.measure_intervals))
+                    finally:
+                        hfarm.close()
+                for name, ciphers in (("loop-aes", AES), ("loop-chacha", CHACHA)):
+                    results["runs"].append(run_driver(workdir, f"{name}-{small}", loop_servers(small, farm_port, farm_key),
+                                                      ciphers, key, others, args.interval, args.measure_intervals))
+            for n in scales:
+                print(f"loopback farm: {n} hosts", flush=True)
+                profile = args.profile if n == max(scales) else None
+                results["runs"].append(run_driver(workdir, f"loop-aes-{n}", loop_servers(n, farm_port, farm_key), AES, key,
+                                                  others, args.interval, args.measure_intervals, profile))
+            big = max(scales)
+            if args.rate_interval:
+                # The poll rate of 10x the hosts at the default interval: what "one core carries
+                # 10,000 hosts at 10 s" means for the event loop.
+                results["runs"].append(run_driver(
+                    workdir, f"loop-aes-{big}-at-{args.rate_interval:g}s", loop_servers(big, farm_port, farm_key), AES, key,
+                    others, args.rate_interval, int(args.interval * args.measure_intervals / args.rate_interval)))
+            if not args.skip_chacha:
+                results["runs"].append(run_driver(workdir, f"loop-chacha-{big}", loop_servers(big, farm_port, farm_key), CHACHA,
+                                                  key, others, args.interval, args.measure_intervals))
+            by = {r["name"]: r for r in results["runs"]}
+            ratios = {}
+            if f"loop-chacha-{big}" in by:
+                ratios[f"aes128-gcm / chacha20-poly1305 CPU per poll, loopback {big}"] = (
+                    by[f"loop-aes-{big}"]["cpu_ms_per_poll"] / by[f"loop-chacha-{big}"]["cpu_ms_per_poll"])
+            if "sshd-aes" in by:
+                ratios[f"aes128-gcm / chacha20-poly1305 CPU per poll, real sshd {small}"] = (
+                    by["sshd-aes"]["cpu_ms_per_poll"] / by["sshd-chacha"]["cpu_ms_per_poll"])
+                ratios[f"real sshd / loopback CPU per poll, {small} hosts, aes128-gcm"] = (
+                    by["sshd-aes"]["cpu_ms_per_poll"] / by[f"loop-aes-{small}"]["cpu_ms_per_poll"])
+            ratios["0.5 ms target / measured at the largest scale (aes)"] = 0.5 / by[f"loop-aes-{big}"]["cpu_ms_per_poll"]
+            results["ratios"] = ratios
+        if not args.skip_db:
+            print("database size", flush=True)
+            results["db"] = asyncio.run(db_size(workdir, body))
+    finally:
+        if farm is not None:
+            stop(farm)
+        stop(agent)
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nraw results: {out}  (work dir {workdir})\n")
+    print(markdown(results))
+    shutil.rmtree(workdir, ignore_errors=True) if not args.profile else None
+
+
+if __name__ == "__main__":
+    main()

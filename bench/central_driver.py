@@ -1,0 +1,174 @@
+"""Runs the REAL central (Central -> Poller -> SSHPool -> AgentClient -> Storage) in its own
+process against a given list of servers and measures its CPU per stored poll.
+
+Usage: python3 bench/central_driver.py SPEC.json   (written by bench/bench_core.py)
+
+SPEC: {"data_dir", "key_path", "interval", "ciphers": [...], "servers": [{"name", "host",
+"port", "host_key"}], "warmup_timeout", "measure_intervals", "profile": null | "cprofile"}
+
+Prints JSON lines on stdout: {"event": "window_start"}, {"event": "window_end"}, then one
+{"event": "result", ...}; bench_core.py samples the farm's and agents' CPU between the first two.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import resource
+import sys
+import time
+
+from central.config import PollConfig, SSHConfig, load_config
+from central import poller as poller_module
+from central.poller import phase
+from central.service import Central
+
+
+def emit(obj: dict) -> None:
+    """One JSON line to the orchestrator."""
+    print(json.dumps(obj), flush=True)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of values."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def cpu_now() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process, every thread (aiosqlite's included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+async def back_to_back(central: Central, server, n: int = 1000) -> dict:
+    """CPU per poll with no idle time between polls (the cost at a high poll rate), split into
+    the agent request alone, the whole Poller.poll, and Poller.store in batches of 100."""
+    from central.sample import parse_document
+    poller = central.poller
+    client = central.pool.agent_client(server, central.config.poll.max_response_bytes)
+    for _ in range(50):
+        await poller.poll(server)
+    # Best of 3: other processes on the machine only ever add to a figure.
+    request = parse = poll = store = float("inf")
+    ok = True
+    for _rep in range(3):
+        t = sum(cpu_now())
+        for _ in range(n):
+            status, body = await client.request("GET", "/api/all", timeout=5)
+        request = min(request, sum(cpu_now()) - t)
+        t = sum(cpu_now())
+        for _ in range(n):
+            parse_document(body)
+        parse = min(parse, sum(cpu_now()) - t)
+        outcomes = []
+        t = sum(cpu_now())
+        for _ in range(n):
+            outcomes.append(await poller.poll(server))
+        poll = min(poll, sum(cpu_now()) - t)
+        for i, o in enumerate(outcomes):  # distinct sample keys, as n servers would have
+            o.ts += i * 1e-3
+        t = sum(cpu_now())
+        for i in range(0, n, 100):
+            await poller.store(outcomes[i:i + 100])
+        store = min(store, sum(cpu_now()) - t)
+        ok = ok and all(o.ok for o in outcomes)
+    ms = 1000 / n
+    return {"b2b_request_ms": request * ms, "b2b_parse_ms": parse * ms, "b2b_poll_ms": poll * ms,
+            "b2b_store_ms": store * ms, "b2b_total_ms": (poll + store) * ms,
+            "b2b_ok": ok}
+
+
+async def run(spec: dict) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    interval = float(spec["interval"])
+    cfg = load_config(env={"CENTRAL_DATA_DIR": spec["data_dir"]})
+    cfg = dataclasses.replace(
+        cfg, data_dir=spec["data_dir"],
+        poll=dataclasses.replace(PollConfig(), interval=interval, local=False),
+        ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"])),
+    )
+    if spec.get("phase_quantum") is not None:
+        poller_module.PHASE_QUANTUM = spec["phase_quantum"]
+    central = await Central.open(cfg)
+    for s in spec["servers"]:
+        await central.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
+                                         host_key_fingerprint=s.get("fingerprint"))
+    n = len(spec["servers"])
+    records: list[tuple[int, float, float, bool, float]] = []  # sid, ts, duration, ok, stored_at
+    seen_ok: set[int] = set()
+
+    async def record(outcomes, servers):
+        now = time.time()
+        for o in outcomes:
+            records.append((o.server_id, o.ts, o.duration, o.ok, now))
+            if o.ok:
+                seen_ok.add(o.server_id)
+
+    central.poller.hooks.append(record)
+    t_start = time.time()
+    await central.poller.start()
+    # Warm-up: every server connected and polled once, then one more full interval.
+    deadline = time.time() + spec["warmup_timeout"]
+    while len(seen_ok) < n and time.time() < deadline:
+        await asyncio.sleep(0.5)
+    connected_after = time.time() - t_start
+    await asyncio.sleep(interval)
+    profiler = None
+    if spec.get("profile") == "cprofile":
+        import cProfile
+        profiler = cProfile.Profile()
+    emit({"event": "window_start"})
+    w0, c0, p0, r0 = time.time(), cpu_now(), time.process_time(), len(records)
+    if profiler:
+        profiler.enable()
+    await asyncio.sleep(interval * spec["measure_intervals"])
+    if profiler:
+        profiler.disable()
+    w1, c1, p1 = time.time(), cpu_now(), time.process_time()
+    emit({"event": "window_end"})
+    stored = [r for r in records[r0:] if r[4] < w1]
+    ok = [r for r in stored if r[3]]
+    failed = len(stored) - len(ok)
+    durations = [r[2] * 1000 for r in ok]
+    lags = [((r[1] - phase(r[0], interval)) % interval) * 1000 for r in ok]
+    to_store = [(r[4] - r[1]) * 1000 for r in ok]
+    server0 = await central.storage.get_server(spec["servers"][0]["name"])
+    conn = central.pool._entries.get(server0.id)
+    cipher = None
+    if conn is not None and conn.conn is not None:
+        cipher = conn.conn.get_extra_info("send_cipher")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    profile_path = None
+    if profiler:
+        profile_path = spec["data_dir"] + "/profile.pstats"
+        profiler.dump_stats(profile_path)
+    await central.poller.stop()
+    b2b = await back_to_back(central, server0)
+    await central.close()
+    cpu = (c1[0] - c0[0]) + (c1[1] - c0[1])
+    return {
+        "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
+        "connected_after_s": connected_after, "all_connected": len(seen_ok) >= n,
+        "cipher": cipher, "ciphers_offered": spec["ciphers"],
+        "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
+        "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
+        "cpu_ms_per_poll": cpu / len(ok) * 1000 if ok else None,
+        "cpu_core_fraction": cpu / (w1 - w0),
+        "duration_ms_p50": pct(durations, 0.5), "duration_ms_p99": pct(durations, 0.99),
+        "lag_ms_p50": pct(lags, 0.5), "lag_ms_p99": pct(lags, 0.99),
+        "start_to_stored_ms_p50": pct(to_store, 0.5), "start_to_stored_ms_p99": pct(to_store, 0.99),
+        "maxrss_kb": maxrss, **b2b, "profile": profile_path,
+    }
+
+
+def main() -> None:
+    spec = json.load(open(sys.argv[1]))
+    emit(asyncio.run(run(spec)))
+
+
+if __name__ == "__main__":
+    main()

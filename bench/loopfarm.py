@@ -1,0 +1,173 @@
+"""A loopback host farm for benchmarks: one asyncssh server standing in for N hosts.
+
+Listens on 127.0.0.1:<free port> with one fixed host key and accepts the central's key. Every
+direct-tcpip channel to 127.0.0.1:<agent port> is answered with the bytes of a REAL agent's
+answer (agent/agent.py running as its own process): the farm forwards each request path to
+the agent and caches the answer for --cache-ttl seconds (one agent cannot compute /api/all
+100 times a second; the central's work per poll is the same whatever the agent's cost). The
+agent's "Connection: close" (the farm asks it for one answer per connection) is rewritten to
+keep-alive so the central keeps its channel, exactly as with a real host.
+
+Run: python3 bench/loopfarm.py --host-key K --authorized-keys PUB --agent 127.0.0.1:PORT
+Prints {"port": N, "pid": P} as its first stdout line, then serves until SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+import asyncssh
+
+
+class Upstream:
+    """Fetches answers from the real agent(s), round-robin, with a short single-flight cache."""
+
+    def __init__(self, agents: list[tuple[str, int]], ttl: float, freeze_inventory: bool):
+        self.agents = agents
+        self.ttl = ttl
+        self.freeze_inventory = freeze_inventory
+        self._inventory_hash: bytes | None = None
+        self._next = 0
+        self._cache: dict[bytes, tuple[float, bytes]] = {}
+        self._inflight: dict[bytes, asyncio.Future] = {}
+        self.fetches = 0
+        self.served = 0
+
+    async def answer(self, request_line: bytes) -> bytes:
+        """The agent's full HTTP answer (keep-alive) to 'GET /path HTTP/1.1'."""
+        self.served += 1
+        hit = self._cache.get(request_line)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        fut = self._inflight.get(request_line)
+        if fut is None:
+            fut = self._inflight[request_line] = asyncio.ensure_future(self._fetch(request_line))
+            fut.add_done_callback(lambda _f: self._inflight.pop(request_line, None))
+        return await asyncio.shield(fut)
+
+    async def _fetch(self, request_line: bytes) -> bytes:
+        host, port = self.agents[self._next % len(self.agents)]
+        self._next += 1
+        self.fetches += 1
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request_line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+        finally:
+            writer.close()
+        head, sep, body = data.partition(b"\r\n\r\n")
+        head = head.replace(b"Connection: close", b"Connection: keep-alive")
+        if self.freeze_inventory:
+            body = self._freeze(body)
+        answer = head + sep + body
+        self._cache[request_line] = (time.monotonic(), answer)
+        return answer
+
+
+    def _freeze(self, body: bytes) -> bytes:
+        # The agent's inventory_hash covers the network interfaces, and on a shared test machine
+        # other test runs add and remove veths all the time: every host of the farm would then
+        # see an "inventory change" at once. Keep the first hash (same length, so
+        # Content-Length holds), as on a host whose hardware and network do not change.
+        start = body.find(b'"inventory_hash":"')
+        if start < 0:
+            return body
+        start += len(b'"inventory_hash":"')
+        end = body.index(b'"', start)
+        if self._inventory_hash is None:
+            self._inventory_hash = body[start:end]
+        if len(self._inventory_hash) != end - start:
+            return body
+        return body[:start] + self._inventory_hash + body[end:]
+
+
+class AgentChannel(asyncssh.SSHTCPSession):
+    """One direct-tcpip channel: reads HTTP requests, writes the agent's answers."""
+
+    def __init__(self, upstream: Upstream):
+        self.upstream = upstream
+        self.buf = b""
+        self.chan = None
+        self.busy = False
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def data_received(self, data, datatype):
+        self.buf += data
+        if not self.busy:
+            self._next()
+
+    def _next(self):
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end]
+        # The central sends GETs with Content-Length: 0; anything with a body is not expected here.
+        self.buf = self.buf[end + 4:]
+        self.busy = True
+        asyncio.ensure_future(self._serve(head.split(b"\r\n", 1)[0]))
+
+    async def _serve(self, request_line: bytes):
+        try:
+            answer = await self.upstream.answer(request_line)
+            self.chan.write(answer)
+        except (OSError, asyncssh.Error):
+            self.chan.close()
+            return
+        self.busy = False
+        self._next()
+
+
+class FarmServer(asyncssh.SSHServer):
+    """Accepts the central's key (via authorized_client_keys) and agent-port channels only."""
+
+    def __init__(self, upstream: Upstream, agent_port: int):
+        self.upstream = upstream
+        self.agent_port = agent_port
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        if dest_host == "127.0.0.1" and dest_port == self.agent_port:
+            return AgentChannel(self.upstream)
+        return False
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host-key", required=True)
+    p.add_argument("--authorized-keys", required=True)
+    p.add_argument("--agent", action="append", required=True, help="HOST:PORT of a real agent (repeatable)")
+    p.add_argument("--agent-port", type=int, default=8083, help="the port the central asks for")
+    p.add_argument("--cache-ttl", type=float, default=1.0)
+    p.add_argument("--live-inventory", action="store_true", help="pass the agent's inventory_hash through unchanged")
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    agents = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.agent]
+    upstream = Upstream(agents, args.cache_ttl, not args.live_inventory)
+    server = await asyncssh.create_server(
+        lambda: FarmServer(upstream, args.agent_port), "127.0.0.1", 0,
+        server_host_keys=[args.host_key], authorized_client_keys=args.authorized_keys,
+        allow_scp=False, x11_forwarding=False, agent_forwarding=False, keepalive_interval=0,
+        # 1000 hosts connect within seconds; no artificial login delay.
+        login_timeout=120,
+    )
+    port = server.sockets[0].getsockname()[1]
+    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+    print(json.dumps({"served": upstream.served, "fetches": upstream.fetches}), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
