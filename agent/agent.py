@@ -946,6 +946,12 @@ def _iface_ipv4(name):
         s.close()
 
 
+# Interfaces that come and go with containers and VMs (the host side of veth pairs, VM taps,
+# Calico and Proxmox firewall links). Listing them would change the inventory, and so
+# trigger a fetch and a history row, every time a container starts or stops.
+EPHEMERAL_INTERFACES = ("veth", "vnet", "tap", "cali", "fwbr", "fwpr", "fwln")
+
+
 def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=True):
     """The stable description of the host: OS, kernel, hardware, disks, interfaces."""
     osr = {}
@@ -1020,7 +1026,7 @@ def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=Tr
     except OSError:
         names = []
     for name in names:
-        if name == "lo":
+        if name == "lo" or name.startswith(EPHEMERAL_INTERFACES):
             continue
         addrs = []
         v4 = _iface_ipv4(name) if live else None

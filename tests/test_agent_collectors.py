@@ -318,3 +318,14 @@ def test_import_has_no_side_effects():
             "print(m.VERSION)\n" % AGENT_PATH)
     out = subprocess.check_output([sys.executable, "-c", code, "--port", "1"])
     assert out.decode().strip().count(".") == 2
+
+
+def test_inventory_leaves_out_interfaces_of_containers_and_vms(agent, tmp_path):
+    net = tmp_path / "sys" / "class" / "net"
+    for name in ("lo", "eth0", "br0", "veth1a2b3c", "vnet0", "tap101i0", "cali123", "fwpr101p0"):
+        (net / name).mkdir(parents=True)
+        (net / name / "address").write_text("52:54:00:00:00:01\n")
+        (net / name / "mtu").write_text("1500\n")
+    inv = agent.collect_inventory(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"),
+                                  etc=str(tmp_path / "etc"), live=False)
+    assert [i["name"] for i in inv["interfaces"]] == ["br0", "eth0"]
