@@ -70,6 +70,7 @@ async def test_every_page_renders_for_every_role(api, role):
     assert 'data-name="local"' in html and 'href="/servers/local"' in html
     status, html, _ = await page(api, "/servers/local")
     assert "Top processes" in html and 'id="chart-cpu"' in html
+    assert "this central's own host" in html and "localhost:0" not in html
     assert "/static/vendor/uplot/uPlot.iife.min.js" in html
 
 
