@@ -233,7 +233,7 @@ async def test_internal_errors_are_500_json_without_traceback(api, caplog):
     async def broken():
         raise RuntimeError("secret detail /etc/shadow")
 
-    api.central.storage.list_servers = broken
+    api.central.storage.status_counts = broken
     status, body, _ = await api.get("/api/v1/fleet")
     assert status == 500 and body == {"error": "internal_error",
                                       "detail": "internal error; the central's log has the details"}
