@@ -157,7 +157,8 @@ CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, ts);
 CREATE TABLE IF NOT EXISTS audit (
     id           INTEGER PRIMARY KEY,
     ts           REAL    NOT NULL,
-    actor        TEXT    NOT NULL,
+    actor        TEXT    NOT NULL,   -- cli:<unix user>, or the logged-in user of the API
+    role         TEXT    NOT NULL DEFAULT '',
     server_id    INTEGER REFERENCES servers(id) ON DELETE SET NULL,
     server_name  TEXT    NOT NULL,
     action       TEXT    NOT NULL,
@@ -167,7 +168,7 @@ CREATE TABLE IF NOT EXISTS audit (
     output       TEXT    NOT NULL DEFAULT '',
     duration_ms  REAL
 );
-CREATE INDEX IF NOT EXISTS audit_server ON audit (server_name, ts);
+CREATE INDEX IF NOT EXISTS audit_server ON audit (server_name, id);
 
 CREATE TABLE IF NOT EXISTS users (
     id             INTEGER PRIMARY KEY,

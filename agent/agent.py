@@ -19,8 +19,9 @@ executed by the agent itself under a host-side JSON policy file (``--policy``, d
 
     {"actions": {"kill": true, "service": true, "docker": true},
      "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
-     "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
-                             "systemd-logind", "dbus-daemon", "dbus-broker"],
+     "protected_processes": ["sshd", "sshd-session", "sshd-auth", "systemd", "init",
+                             "systemd-journal", "systemd-logind", "dbus-daemon",
+                             "dbus-broker"],
      "service_patterns": ["*"],
      "protected_units": ["ssh.service", "sshd.service", "dbus.service",
                          "dbus-broker.service", "systemd-*", "central-agent.service",
@@ -71,12 +72,14 @@ DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 TOP_N = 10
 CMDLINE_MAX = 200
 PF_KTHREAD = 0x00200000
+PID_MAX_LIMIT = 4194304  # the kernel's ceiling for pid_max (larger ints overflow os.kill)
 
 DEFAULT_POLICY = {
     "actions": {"kill": True, "service": True, "docker": True},
     "kill_signals": ["TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2"],
-    "protected_processes": ["sshd", "systemd", "init", "systemd-journal",
-                            "systemd-logind", "dbus-daemon", "dbus-broker"],
+    # sshd-session / sshd-auth: OpenSSH 9.8+ runs each connection (the central's too) in them.
+    "protected_processes": ["sshd", "sshd-session", "sshd-auth", "systemd", "init",
+                            "systemd-journal", "systemd-logind", "dbus-daemon", "dbus-broker"],
     "service_patterns": ["*"],
     "protected_units": ["ssh.service", "sshd.service", "dbus.service", "dbus-broker.service",
                         "systemd-*", "central-agent.service", "getty@*", "serial-getty@*",
@@ -87,8 +90,8 @@ DEFAULT_POLICY = {
     "watched_processes": [],
 }
 
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}$")
-CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
+CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERBS = ("start", "stop", "restart")
 # Local block-device filesystems worth reporting; network filesystems are left out on
 # purpose: statvfs on a dead NFS server hangs the collector.
@@ -154,9 +157,25 @@ def _read_bytes(path, size=65536):
         os.close(fd)
 
 
-def _read_text(path, size=262144):
-    """Read a small text file as str."""
-    return _read_bytes(path, size).decode("utf-8", "replace")
+def _read_text(path, size=1 << 20):
+    """Read a text file (at most size bytes) as str, in 64 KiB reads.
+
+    One big os.read() would allocate a buffer of the full size each time, and glibc then
+    keeps such sizes on the heap: reading in chunks keeps the agent's RSS flat.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        total = 0
+        while total < size:
+            chunk = os.read(fd, min(65536, size - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _read_opt(path):
@@ -684,7 +703,7 @@ def scan_processes(proc="/proc"):
             finally:
                 os.close(fd)
             rp = data.rfind(b")")
-            f = data[rp + 2:].split()
+            f = data[rp + 2:].split(None, 22)  # fields 3..24 are all we need
             table[(int(entry), int(f[19]))] = (int(f[11]) + int(f[12]), int(f[21]) * page,
                                               data[data.find(b"(") + 1:rp])
         except (OSError, ValueError, IndexError):
@@ -1136,8 +1155,8 @@ def _is_int(value):
 def action_kill(body, policy, proc="/proc", own_pid=None):
     """Signal a process after checking pid, start time, kernel-thread status and policy."""
     pid, start_time, sig = body.get("pid"), body.get("start_time"), body.get("signal", "TERM")
-    if not _is_int(pid) or pid <= 0:
-        raise _bad("pid", "must be a positive integer")
+    if not _is_int(pid) or not 0 < pid <= PID_MAX_LIMIT:
+        raise _bad("pid", "must be an integer from 1 to %d" % PID_MAX_LIMIT)
     if not _is_int(start_time) or start_time < 0:
         raise _bad("start_time", "must be a non-negative integer (field 22 of /proc/PID/stat)")
     name = _signal_name(sig)
@@ -1166,13 +1185,21 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
         try:
             data = _read_bytes(os.path.join(proc, str(pid), "stat"), 2048)
             comm, f = parse_stat(data)
-            ppid, flags, st = int(f[1]), int(f[6]), int(f[19])
+            flags, st = int(f[6]), int(f[19])
         except (OSError, ValueError, IndexError):
             raise ActionError(404, "no_such_process", "no process with pid %d" % pid)
+        # /proc/TID/stat exists for every thread, and kill(TID) signals the whole process:
+        # without this, a worker thread's id would bypass the checks below (and kill the
+        # agent through one of its own threads).
+        tgid = _thread_group(proc, pid)
+        if tgid != pid:
+            raise _bad("pid", "%d is a thread of process %s, not a process" % (pid, tgid))
         if st != start_time:
             raise ActionError(409, "stale_pid", "pid %d has start_time %d, not %d: the process "
                               "you saw is gone" % (pid, st, start_time))
-        if pid == 2 or ppid == 2 or flags & PF_KTHREAD:
+        # PF_KTHREAD alone: inside a PID namespace (LXC, docker) pid 2 and its children are
+        # ordinary processes, and kernel threads are not visible at all.
+        if flags & PF_KTHREAD:
             raise _forbidden("refusing to signal kernel thread %d (%s)" % (pid, comm))
         for pattern in policy["protected_processes"]:
             if fnmatch.fnmatchcase(comm, pattern):
@@ -1193,6 +1220,17 @@ def action_kill(body, policy, proc="/proc", own_pid=None):
             "duration_ms": _ms(started)}
 
 
+def _thread_group(proc, pid):
+    """The Tgid (process id) of a task id from <proc>/PID/status; None if unreadable."""
+    try:
+        for line in _read_bytes(os.path.join(proc, str(pid), "status"), 4096).splitlines():
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _ms(started):
     return round((time.monotonic() - started) * 1000.0, 2)
 
@@ -1207,7 +1245,7 @@ def _check_verb(body):
 def action_service(body, policy, systemctl=None, timeout=90.0):
     """start/stop/restart a systemd service with systemctl (argv list, timeout)."""
     unit = body.get("unit")
-    if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.startswith("-") \
+    if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit) or unit.startswith("-") \
             or ".." in unit:
         raise _bad("unit", "must match %s" % UNIT_RE.pattern)
     verb = _check_verb(body)
@@ -1225,6 +1263,19 @@ def action_service(body, policy, systemctl=None, timeout=90.0):
     if not exe or not os.access(exe, os.X_OK):
         raise ActionError(503, "unavailable", "systemctl not found on this host")
     started = time.monotonic()
+    # An alias must not get past the policy: dbus-org.freedesktop.login1.service is
+    # systemd-logind.service, autovt@tty1.service is getty@tty1.service.
+    try:
+        names, unit_id = _unit_names(exe, unit, min(timeout, 15.0))
+    except OSError as e:
+        raise ActionError(503, "unavailable", "cannot run systemctl: %s" % e.strerror)
+    for pattern in policy["protected_units"]:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if hit:
+            raise _forbidden("unit %s is %s, protected by the policy (%s)" % (unit, hit[0], pattern))
+    if not any(fnmatch.fnmatchcase(unit_id, p) for p in policy["service_patterns"]):
+        raise _forbidden("unit %s is %s, which matches none of the policy's service_patterns"
+                         % (unit, unit_id))
     try:
         code, out = _run([exe, verb, "--no-ask-password", "--", unit], timeout)
     except OSError as e:
@@ -1233,10 +1284,27 @@ def action_service(body, policy, systemctl=None, timeout=90.0):
             "duration_ms": _ms(started)}
 
 
+def _unit_names(systemctl, unit, timeout):
+    """(every name systemd knows the unit by, its canonical Id) via systemctl show."""
+    code, out = _run([systemctl, "show", "--property=Id", "--property=Names", "--", unit], timeout)
+    if code != 0:
+        raise ActionError(503, "unavailable", "systemctl show %s exited %s: %s"
+                          % (unit, code, out.strip()[:200]))
+    names, unit_id = [unit], unit
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key == "Id" and value.strip():
+            unit_id = value.strip()
+            names.append(unit_id)
+        elif key == "Names":
+            names.extend(value.split())
+    return names, unit_id
+
+
 def action_docker(body, policy, sock_path=DEFAULT_DOCKER_SOCKET, timeout=90.0):
     """start/stop/restart a container through the Engine API on the unix socket."""
     name = body.get("container")
-    if not isinstance(name, str) or not CONTAINER_RE.match(name):
+    if not isinstance(name, str) or not CONTAINER_RE.fullmatch(name):
         raise _bad("container", "must match %s" % CONTAINER_RE.pattern)
     verb = _check_verb(body)
     if not policy["actions"]["docker"]:
@@ -1313,7 +1381,6 @@ class Collector(object):
         self._cgroup_at = 0.0
         self._prev = {}
         self._inventory_cache = None  # (monotonic time, inventory, hash)
-        self._cpu_model = None
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1485,11 +1552,7 @@ class Collector(object):
 
     def inventory(self):
         """The /api/inventory document (also refreshes the cached inventory_hash)."""
-        if self._cpu_model is None:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
-            self._cpu_model = inv["cpu"]["model"]
-        else:
-            inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
+        inv = collect_inventory(self.proc, self.sys, self.etc, self.cgroup(), self.live)
         self._inventory_cache = (time.monotonic(), inv, inventory_hash(inv))
         return inv
 
@@ -1526,7 +1589,7 @@ REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
-TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class Request(object):
@@ -1573,7 +1636,7 @@ def parse_request(buf, max_header, max_body):
         raise HTTPError(400, "bad_request", "non-ASCII bytes in the request head")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not TOKEN_RE.match(parts[0]) or not parts[1].startswith("/"):
+    if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]) or not parts[1].startswith("/"):
         raise HTTPError(400, "bad_request", "malformed request line")
     method, target, version = parts
     if version not in ("HTTP/1.1", "HTTP/1.0"):
@@ -1585,7 +1648,7 @@ def parse_request(buf, max_header, max_body):
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not TOKEN_RE.match(name):
+        if not sep or not TOKEN_RE.fullmatch(name):
             raise HTTPError(400, "bad_request", "malformed header line")
         name = name.lower()
         value = value.strip(" \t")
@@ -2015,6 +2078,22 @@ def build_parser():
     return p
 
 
+def _tune_malloc():
+    """Keep glibc from giving each worker thread its own malloc arena (RSS creep).
+
+    With one arena per thread, every worker's JSON buffers and /proc reads stay resident
+    in its own heap; one shared arena keeps the agent's RSS flat. Also hand back what the
+    start-up left free. A no-op where glibc or ctypes is missing.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+        libc.malloc_trim(0)
+    except Exception:  # best effort only
+        pass
+
+
 def main(argv=None):
     """Entry point: serve, or print one endpoint with --once."""
     args = build_parser().parse_args(argv)
@@ -2058,6 +2137,7 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    _tune_malloc()
     log.info("listening on %s:%d (version %s, policy: %s)", server.address[0],
              server.address[1], VERSION, collector.policy()[1])
     server.serve_forever()

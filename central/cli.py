@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from . import __version__, alerts
+from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
@@ -596,6 +596,366 @@ async def token_revoke(central: Central, token_id):
     """
     record = await central.auth.revoke_token(token_id)
     click.echo(f"revoked token {record['id']} ({record['name']})")
+
+
+@cli.group()
+def action():
+    """Run remote actions on a server (kill, service, docker) and read the audit trail.
+
+    Every request is checked (arguments, the host's policy), confirmed, and recorded in
+    the audit log with its outcome, refusals included. The CLI acts as role admin, with
+    actor cli:<your unix user>.
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action service web1 nginx restart
+      central action log web1
+    """
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        return f"cli:uid{os.getuid()}"
+
+
+def _cli_value(text: str | None):
+    """A number typed on the command line as an int; anything else goes to validation as is."""
+    if text is not None and text.isascii() and text.isdigit():
+        return int(text)
+    return text
+
+
+async def _act(central: Central, server_name: str, kind: str, args: dict, yes: bool, as_json: bool) -> None:
+    from .actions import LOCAL_OPERATOR_ROLE, Cancelled, run_action
+
+    async def confirm(preview: dict) -> bool:
+        if not as_json:
+            click.echo(preview["text"])
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise Cancelled("refusing to act without confirmation: no terminal, pass --yes")
+        return click.confirm("Go ahead?", default=False)
+
+    result = await run_action(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, kind, args, confirm=confirm)
+    if as_json:
+        _echo_json(result)
+    else:
+        state = "[green]ok[/green]" if result["ok"] else "[red]failed[/red]"
+        took = "" if result["duration_ms"] is None else f", {result['duration_ms']:.0f} ms"
+        console.print(f"{state} (exit status {result['exit_status']}{took}, audit #{result['audit_id']})")
+        if result["output"].strip():
+            click.echo(result["output"].rstrip())
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def _action_options(fn):
+    """--yes and --json, and the async body run with an opened Central."""
+    fn = central_command(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
+@action.command("kill")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("pid", metavar="PID")
+@click.option("--signal", "sig", default="TERM", show_default=True,
+              help="TERM, KILL, HUP, INT, QUIT, USR1 or USR2 (the SIG prefix is optional).")
+@click.option("--start-time", metavar="TICKS",
+              help="The process start time (field 22 of /proc/PID/stat) you expect; default: "
+                   "what the central saw last, so a reused pid is never signalled.")
+@_action_options
+async def action_kill(central: Central, server_name, pid, sig, start_time, yes, as_json):
+    """Send a signal to a process on a server (shows the process and asks first).
+
+    \b
+    Example:
+      central action kill web1 4242
+      central action kill web1 4242 --signal KILL --yes
+    """
+    args = {"pid": _cli_value(pid), "signal": sig}
+    if start_time is not None:
+        args["start_time"] = _cli_value(start_time)
+    await _act(central, server_name, "kill", args, yes, as_json)
+
+
+@action.command("service")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("unit", metavar="UNIT")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_service(central: Central, server_name, unit, verb, yes, as_json):
+    """Start, stop or restart a systemd service on a server (within the host's policy).
+
+    \b
+    Example:
+      central action service web1 nginx restart
+      central action service web1 app-worker@2.service stop --yes
+    """
+    await _act(central, server_name, "service", {"unit": unit, "verb": verb}, yes, as_json)
+
+
+@action.command("docker")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("container", metavar="CONTAINER")
+@click.argument("verb", metavar="start|stop|restart")
+@_action_options
+async def action_docker(central: Central, server_name, container, verb, yes, as_json):
+    """Start, stop or restart a docker container on a server (through the Engine API).
+
+    \b
+    Example:
+      central action docker web1 redis restart
+      central action docker web1 3f2a9c1b7d0e stop --yes
+    """
+    await _act(central, server_name, "docker", {"container": container, "verb": verb}, yes, as_json)
+
+
+@action.command("log")
+@click.argument("server_name", metavar="[SERVER]", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="Rows to show.")
+@click.option("--before", "before_id", type=int, help="Only rows older than this audit id (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def action_log(central: Central, server_name, limit, before_id, as_json):
+    """Show the audit trail of actions, newest first: who, what, where, and the outcome.
+
+    \b
+    Example:
+      central action log
+      central action log web1 --limit 20
+      central action log --json | jq '.[] | select(.result != "ok")'
+    """
+    from .actions import audit_log
+
+    rows = await audit_log(central, server_name, limit, before_id)
+    if as_json:
+        _echo_json(rows)
+        return
+    colours = {"ok": "green", "failed": "red", "refused": "yellow", "invalid": "yellow", "error": "red"}
+    t = Table("id", "when", "actor", "server", "action", "arguments", "result", "exit", "ms", "output")
+    for r in rows:
+        colour = colours.get(r["result"], "white")
+        args = " ".join(f"{k}={v}" for k, v in r["arguments"].items() if v is not None)
+        output = (r["output"] or "").strip().splitlines()
+        t.add_row(str(r["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["actor"],
+                  r["server_name"], r["action"], args, f"[{colour}]{r['result']}[/{colour}]",
+                  "-" if r["exit_status"] is None else str(r["exit_status"]),
+                  "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
+                  output[-1][:80] if output else "")
+    console.print(t)
+
+
+def _duration(ctx, param, value: str) -> float:
+    """click callback: a duration option ("30m", "2h") in seconds."""
+    try:
+        seconds = parse_duration(value, "--duration")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1]) from None
+    if seconds <= 0:
+        raise click.BadParameter("must be longer than 0")
+    return seconds
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _until(ts: float) -> str:
+    d = ts - time.time()
+    if d <= 0:
+        return "ended " + _when(ts)
+    return f"{_when(ts)} (in {d / 3600:.1f}h)" if d >= 5400 else f"{_when(ts)} (in {max(d / 60, 1):.0f}m)"
+
+
+@server.command("maintenance")
+@click.argument("name")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 1h, 2d.")
+@click.option("--comment", required=True, help="Why (shown with the window).")
+@click.option("--json", "as_json", is_flag=True, help="Print the window as JSON.")
+@central_command
+async def server_maintenance(central: Central, name, duration, comment, as_json):
+    """Start a maintenance window: the server's alerts are recorded but not notified.
+
+    The window is a silence of kind "maintenance" for this one server; end it early with
+    `central alert unsilence ID`.
+
+    \b
+    Example:
+      central server maintenance web1 --duration 1h --comment "kernel update"
+    """
+    window = await alerts.create_silence(central.storage, server=name, duration=duration,
+                                         comment=comment, user=alerts.cli_user(), maintenance=True)
+    if as_json:
+        _echo_json(window)
+        return
+    click.echo(f"maintenance window {window['id']} for {name} until {_until(window['ends_at'])}")
+
+
+@cli.group()
+def alert():
+    """List, acknowledge and silence alerts.
+
+    \b
+    Example:
+      central alert list --firing
+    """
+
+
+_STATE_COLOUR = {"firing": "red", "pending": "yellow", "resolved": "green"}
+
+
+@alert.command("list")
+@click.option("--firing", is_flag=True, help="Only firing alerts.")
+@click.option("--open", "open_only", is_flag=True, help="Only pending and firing alerts.")
+@click.option("--server", help="Only this server's alerts.")
+@click.option("--limit", default=100, show_default=True, type=int, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_list(central: Central, firing, open_only, server, limit, as_json):
+    """List alerts: firing first, then pending, then resolved (newest first).
+
+    \b
+    Example:
+      central alert list --firing
+      central alert list --server web1 --json | jq '.[] | select(.severity == "critical")'
+    """
+    rows = await alerts.list_alerts(central.storage, firing_only=firing, server=server, limit=limit,
+                                    open_only=open_only)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no alerts")
+        return
+    t = Table("id", "state", "severity", "server", "rule", "label", "since", "acked", "summary")
+    for r in rows:
+        colour = _STATE_COLOUR.get(r["state"], "dim")
+        since = r["resolved_at"] if r["state"] == "resolved" else (r["fired_at"] or r["started_at"])
+        t.add_row(str(r["id"]), f"[{colour}]{r['state']}[/{colour}]", r["severity"], r["server"] or "-", r["rule"],
+                  r["label"] or "", _age(since), r["acked_by"] or "", r["summary"])
+    console.print(t)
+
+
+@alert.command("show")
+@click.argument("alert_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_show(central: Central, alert_id, as_json):
+    """Show one alert with the values seen and its delivery log.
+
+    \b
+    Example:
+      central alert show 42
+    """
+    a = await alerts.get_alert(central.storage, alert_id)
+    if as_json:
+        _echo_json(a)
+        return
+    t = Table(show_header=False, box=None)
+    for key in ("id", "state", "severity", "server", "rule", "label", "summary", "value"):
+        t.add_row(key, "-" if a.get(key) in (None, "") else str(a[key]))
+    for key in ("started_at", "fired_at", "last_evaluated", "resolved_at", "acked_at"):
+        t.add_row(key, _when(a.get(key)))
+    t.add_row("acked_by", a.get("acked_by") or "-")
+    seen = a["details"]
+    t.add_row("values", f"first {seen.get('first')}, min {seen.get('min')}, max {seen.get('max')}")
+    console.print(t)
+    for n in a["notifications"]:
+        console.print(f"  {_when(n['ts'])} {n['channel']} {n['event']} attempt {n['attempt']}: "
+                      f"{'ok' if n['ok'] else 'failed'} {n['detail']}")
+
+
+@alert.command("ack")
+@click.argument("alert_id", metavar="ID", type=int)
+@central_command
+async def alert_ack(central: Central, alert_id):
+    """Acknowledge an alert as cli:<your OS user>: it stops repeating (resolution is still sent).
+
+    \b
+    Example:
+      central alert ack 42
+    """
+    a = await alerts.ack(central.storage, alert_id, alerts.cli_user())
+    click.echo(f"alert {a['id']} ({a['rule']} on {a['server']}) acknowledged by {a['acked_by']}")
+
+
+@alert.command("silence")
+@click.option("--server", help="Server name (glob, e.g. 'web*').")
+@click.option("--rule", help="Rule name (glob, e.g. 'disk_*').")
+@click.option("--tag", help="Server tag (glob).")
+@click.option("--duration", required=True, callback=_duration, help="How long, e.g. 30m, 2h, 1d.")
+@click.option("--comment", required=True, help="Why (shown with the silence).")
+@click.option("--json", "as_json", is_flag=True, help="Print the silence as JSON.")
+@central_command
+async def alert_silence(central: Central, server, rule, tag, duration, comment, as_json):
+    """Mute notifications for matching alerts (all given selectors must match); alerts are still recorded.
+
+    An alert still firing when the silence ends is notified then.
+
+    \b
+    Example:
+      central alert silence --server web1 --duration 2h --comment "disk swap"
+      central alert silence --rule disk_almost_full --tag lab --duration 1d --comment "lab is full"
+    """
+    if not (server or rule or tag):
+        raise click.UsageError("give --server, --rule or --tag")
+    s = await alerts.create_silence(central.storage, server=server, rule=rule, tag=tag,
+                                    duration=duration, comment=comment, user=alerts.cli_user())
+    if as_json:
+        _echo_json(s)
+        return
+    what = ", ".join(f"{k} {v}" for k, v in s["matcher"].items())
+    click.echo(f"silence {s['id']} ({what}) until {_until(s['ends_at'])}")
+
+
+@alert.command("unsilence")
+@click.argument("silence_id", metavar="ID", type=int)
+@central_command
+async def alert_unsilence(central: Central, silence_id):
+    """End a silence or maintenance window now (it stays in the history).
+
+    \b
+    Example:
+      central alert unsilence 7
+    """
+    s = await alerts.delete_silence(central.storage, silence_id)
+    click.echo(f"{s['kind']} {s['id']} ended")
+
+
+@alert.command("silences")
+@click.option("--all", "show_all", is_flag=True, help="Include ended silences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_command
+async def alert_silences(central: Central, show_all, as_json):
+    """List silences and maintenance windows (current and upcoming unless --all).
+
+    \b
+    Example:
+      central alert silences
+    """
+    rows = await alerts.list_silences(central.storage, active_only=not show_all)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no silences")
+        return
+    t = Table("id", "kind", "matches", "until", "by", "comment")
+    for r in rows:
+        t.add_row(str(r["id"]), r["kind"], ", ".join(f"{k}={v}" for k, v in r["matcher"].items()),
+                  _until(r["ends_at"]), r["created_by"], r["comment"])
+    console.print(t)
 
 
 def main() -> None:

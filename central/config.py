@@ -111,6 +111,119 @@ class RetentionConfig:
     events: float = 365 * 86400.0
 
 
+SEVERITIES = ("info", "warning", "critical")
+# Metrics an alert rule can watch (docs/alerts.md says where each comes from).
+ALERT_METRICS = (
+    "cpu.percent", "cpu.iowait", "cpu.steal", "memory.percent", "swap.percent",
+    "load.1", "load.5", "load.15", "disk.percent", "inode.percent",
+    "network.rx_rate", "network.tx_rate", "network.errors", "network.drops",
+    "disk_io.read_rate", "disk_io.write_rate", "process.count", "process.watched",
+    "systemd.failed", "systemd.unit_active", "uptime", "agent.collector_errors",
+    "poll.unreachable", "poll.auth_failed", "poll.host_key_mismatch", "poll.agent_down",
+    "poll.agent_error", "poll.bad_payload",
+)
+# Rules every central has; [alerts] keys tune them, overrides change them per server.
+BUILTIN_RULES = (
+    "server_unreachable", "host_key_mismatch", "ssh_auth_failed", "agent_down", "agent_error",
+    "agent_bad_payload", "disk_almost_full", "systemd_unit_inactive", "process_missing", "inventory_changed",
+)
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
+NOTIFIER_TYPES = ("webhook", "alertmanager", "command")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One `[[alerts.rules]]` entry: metric, comparison, threshold, timing and selector."""
+
+    name: str = ""
+    metric: str = ""
+    op: str = ">"
+    threshold: float = 0.0
+    for_: float = 0.0  # TOML key `for`: how long the condition must hold before firing
+    keep_firing_for: float = 0.0  # how long it stays firing after the condition clears
+    severity: str = "warning"
+    servers: tuple[str, ...] = ()  # server name globs; empty: every server
+    tags: tuple[str, ...] = ()  # server tag globs; empty: any tags
+    labels: tuple[str, ...] = ()  # label globs (mountpoint, interface, unit); empty: all
+    summary: str = ""  # text with {server} {label} {value} {threshold}; empty: generated
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AlertOverride:
+    """One `[[alerts.overrides]]` entry: change or disable a rule for matching servers."""
+
+    rule: str = ""  # rule name or glob
+    servers: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    threshold: float | None = None
+    for_: float | None = None
+    keep_firing_for: float | None = None
+    severity: str = ""  # empty: unchanged
+    enabled: bool = True  # false disables the rule for the matching servers
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    enabled: bool = True
+    # Built-in rules (see docs/alerts.md); names in `disabled` are switched off everywhere.
+    disabled: tuple[str, ...] = ()
+    unreachable_after: int = 3  # consecutive failed polls (unreachable or timeout)
+    # Consecutive polls failing with agent_down / agent_error / bad_payload / auth_failed.
+    agent_failures_after: int = 2
+    disk_full_percent: float = 90.0
+    disk_full_for: float = 300.0
+    unit_inactive_for: float = 60.0
+    process_missing_for: float = 60.0
+    # How long an inventory-change alert (info) stays open before it resolves by itself.
+    inventory_alert_for: float = 3600.0
+    # Against flapping: how long built-in alerts stay firing after their condition clears.
+    keep_firing_for: float = 0.0
+    # Base of links in notifications; empty: http://<http.listen>:<http.port>.
+    external_url: str = ""
+    # Pending notifications held per channel; beyond it the oldest is dropped (and counted).
+    queue_size: int = 1000
+    # How often timers run: keep_firing_for expiry, repeats, silence changes.
+    tick_interval: float = 10.0
+    rules: tuple[AlertRule, ...] = ()
+    overrides: tuple[AlertOverride, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """One `[[notifiers]]` entry: a channel that alerts are sent to."""
+
+    name: str = ""
+    type: str = ""  # webhook | alertmanager | command
+    url: str = ""  # webhook URL, or the Alertmanager base URL (http://am:9093)
+    argv: tuple[str, ...] = ()  # command: program and arguments, run without a shell
+    timeout: float = 10.0
+    retries: int = 3  # extra attempts after a failed one, with exponential backoff
+    backoff: float = 1.0  # first retry delay; doubles each time
+    backoff_max: float = 60.0
+    min_severity: str = "info"
+    severities: tuple[str, ...] = ()  # empty: every severity from min_severity up
+    # Re-send while firing; 0 disables. Unset: 4h, or 1m for alertmanager (it expects re-sends).
+    repeat_interval: float | None = None
+    # Webhook: file whose content is sent as `Authorization: Bearer <token>`.
+    token_file: str = ""
+    send_resolved: bool = True
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    # How long the central waits for an action's answer (the agent gives systemctl 90 s).
+    timeout: float = 120.0
+    # Audit rows keep at most this many bytes of an action's output.
+    output_max_bytes: int = 4096
+    # Actions on the `local` server (the central's own host) run in-process under this
+    # policy file, read like the agent reads its own (absent: the agent's default policy).
+    local: bool = True
+    local_policy: str = "/etc/central-agent.json"
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = ""
@@ -119,6 +232,9 @@ class Config:
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    notifiers: tuple[NotifierConfig, ...] = ()
     source: str = ""  # the file this came from, for messages
 
     @property
@@ -159,6 +275,21 @@ _DURATIONS = {
     "retention.hour",
     "retention.maintenance_interval",
     "retention.events",
+    "actions.timeout",
+    "alerts.disk_full_for",
+    "alerts.unit_inactive_for",
+    "alerts.process_missing_for",
+    "alerts.inventory_alert_for",
+    "alerts.keep_firing_for",
+    "alerts.tick_interval",
+    "alerts.rules.for",
+    "alerts.rules.keep_firing_for",
+    "alerts.overrides.for",
+    "alerts.overrides.keep_firing_for",
+    "notifiers.timeout",
+    "notifiers.backoff",
+    "notifiers.backoff_max",
+    "notifiers.repeat_interval",
 }
 _POSITIVE = {
     "http.max_body_bytes",
@@ -176,13 +307,34 @@ _POSITIVE = {
     "retention.minute",
     "retention.hour",
     "retention.maintenance_interval",
+    "actions.timeout",
+    "actions.output_max_bytes",
+    "alerts.unreachable_after",
+    "alerts.agent_failures_after",
+    "alerts.queue_size",
+    "alerts.tick_interval",
+    "notifiers.timeout",
 }
+
+
+def _generic(key: str) -> str:
+    """The key without list indexes: alerts.rules[2].for -> alerts.rules.for."""
+    return re.sub(r"\[\d+\]", "", key)
 
 
 def _coerce(key: str, tp: object, value: object) -> object:
     """Check and convert one value to the dataclass field's type."""
-    if key in _DURATIONS:
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]: the key may be absent, never null in TOML
+        tp = next(a for a in args if a is not type(None))
+    if _generic(key) in _DURATIONS:
         return parse_duration(value, key)
+    if typing.get_origin(tp) is tuple and args and dataclasses.is_dataclass(args[0]):
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array of tables, got {value!r}")
+        return tuple(_build(args[0], item, f"{key}[{i}].") for i, item in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -222,22 +374,23 @@ def _build(cls: type, data: dict, prefix: str) -> object:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.')}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - names)
+    # A field named like a Python keyword plus "_" (for_) is the TOML key without it (for).
+    keys = {f.name.rstrip("_"): f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(keys))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting (known: {', '.join(sorted(keys))})")
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
+    for name, f in keys.items():
+        if name not in data:
             continue
-        key = prefix + f.name
+        key = prefix + name
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, data[f.name], key + ".")
+            kwargs[f.name] = _build(tp, data[name], key + ".")
         else:
-            value = _coerce(key, tp, data[f.name])
-            if key in _POSITIVE and value <= 0:
-                raise ConfigError(f"{key}: must be greater than 0, got {data[f.name]!r}")
+            value = _coerce(key, tp, data[name])
+            if _generic(key) in _POSITIVE and value <= 0:
+                raise ConfigError(f"{key}: must be greater than 0, got {data[name]!r}")
             kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -306,4 +459,70 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         raise ConfigError(f"http.port: must be between 1 and 65535, got {cfg.http.port}")
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
         raise ConfigError("retention: expected raw <= minute <= hour")
+    _check_alerts(cfg.alerts)
+    _check_notifiers(cfg.notifiers)
     return dataclasses.replace(cfg, source=source)
+
+
+def _check_severity(key: str, value: str, allow_empty: bool = False) -> None:
+    if (value or not allow_empty) and value not in SEVERITIES:
+        raise ConfigError(f"{key}: expected one of {', '.join(SEVERITIES)}, got {value!r}")
+
+
+def _check_alerts(alerts: AlertsConfig) -> None:
+    """Rule names unique and known metrics, comparisons and severities."""
+    for name in alerts.disabled:
+        if name not in BUILTIN_RULES:
+            raise ConfigError(f"alerts.disabled: {name!r} is not a built-in rule ({', '.join(BUILTIN_RULES)})")
+    if not 0 < alerts.disk_full_percent <= 100:
+        raise ConfigError(f"alerts.disk_full_percent: expected 0 < percent <= 100, got {alerts.disk_full_percent:g}")
+    seen = set(BUILTIN_RULES)
+    for i, rule in enumerate(alerts.rules):
+        key = f"alerts.rules[{i}]"
+        if not _RULE_NAME.match(rule.name):
+            raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {rule.name!r}")
+        if rule.name in seen:
+            what = "a built-in rule" if rule.name in BUILTIN_RULES else "another rule"
+            raise ConfigError(f"{key}.name: {rule.name!r} is already the name of {what}")
+        seen.add(rule.name)
+        if rule.metric not in ALERT_METRICS:
+            raise ConfigError(f"{key}.metric: unknown metric {rule.metric!r} (known: {', '.join(ALERT_METRICS)})")
+        if rule.op not in COMPARISONS:
+            raise ConfigError(f"{key}.op: expected one of {' '.join(COMPARISONS)}, got {rule.op!r}")
+        _check_severity(f"{key}.severity", rule.severity)
+    for i, over in enumerate(alerts.overrides):
+        key = f"alerts.overrides[{i}]"
+        if not over.rule:
+            raise ConfigError(f"{key}.rule: required (a rule name or glob)")
+        if not (over.servers or over.tags or over.labels):
+            raise ConfigError(f"{key}: give servers, tags or labels to say where the override applies")
+        _check_severity(f"{key}.severity", over.severity, allow_empty=True)
+
+
+def _check_notifiers(notifiers: tuple[NotifierConfig, ...]) -> None:
+    """Each channel has a unique name, a known type and what that type needs."""
+    names = set()
+    for i, n in enumerate(notifiers):
+        key = f"notifiers[{i}]"
+        if not _RULE_NAME.match(n.name):
+            raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {n.name!r}")
+        if n.name in names:
+            raise ConfigError(f"{key}.name: {n.name!r} is used by another notifier")
+        names.add(n.name)
+        if n.type not in NOTIFIER_TYPES:
+            raise ConfigError(f"{key}.type: expected one of {', '.join(NOTIFIER_TYPES)}, got {n.type!r}")
+        if n.type in ("webhook", "alertmanager"):
+            if not re.match(r"^https?://[^\s/]+", n.url):
+                raise ConfigError(f"{key}.url: expected an http:// or https:// URL, got {n.url!r}")
+            if n.argv:
+                raise ConfigError(f"{key}.argv: only for type = \"command\"")
+        else:
+            if not n.argv or not n.argv[0]:
+                raise ConfigError(f"{key}.argv: expected the program and its arguments, e.g. [\"/usr/local/bin/page\", \"--team\", \"ops\"]")
+            if n.url:
+                raise ConfigError(f"{key}.url: not used by type = \"command\" (use argv)")
+        if n.retries < 0:
+            raise ConfigError(f"{key}.retries: must not be negative, got {n.retries}")
+        _check_severity(f"{key}.min_severity", n.min_severity)
+        for sev in n.severities:
+            _check_severity(f"{key}.severities", sev)

@@ -20,7 +20,7 @@ from . import inventory
 from .bundled import agent_module
 from .config import Config
 from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
-from .sample import agent_identity, check_document, extract_sample, inventory_hash, parse_document
+from .sample import agent_identity, check_document, extract_facts, extract_sample, inventory_hash, parse_document
 from .sshpool import SSHPool, server_log
 from .storage import Storage
 
@@ -81,6 +81,10 @@ class LocalCollector:
     def inventory(self) -> dict:
         """The /api/inventory document."""
         return self._get().inventory()
+
+    def processes(self) -> dict:
+        """The /api/processes document: every process, by pid (actions look pids up here)."""
+        return self._get().processes("pid", None)
 
 
 class Poller:
@@ -220,6 +224,7 @@ class Poller:
         )
         if inv is not None:
             outcome.extra["inventory"] = inv
+        outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
         self.polls += 1
         self.durations.observe(outcome.duration)
         return outcome

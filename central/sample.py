@@ -122,3 +122,50 @@ def inventory_hash(doc: dict) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= 128:
         return value
     return None
+
+
+def _named_numbers(entries: object, name_key: str, keys: tuple[str, ...], limit: int = 64) -> list:
+    """[[name, n1, n2, ...], ...] from a list of dicts, skipping malformed entries."""
+    out = []
+    if not isinstance(entries, list):
+        return out
+    for e in entries[:limit]:
+        if isinstance(e, dict) and isinstance(e.get(name_key), str):
+            out.append([e[name_key][:_MAX_TEXT], *(_num(e.get(k)) for k in keys)])
+    return out
+
+
+def _state_map(value: object, limit: int = 256) -> dict:
+    """{name: value} of a watched-units or watched-processes map, names and values sane."""
+    out: dict = {}
+    if not isinstance(value, dict):
+        return out
+    for k, v in list(value.items())[:limit]:
+        if isinstance(k, str):
+            out[k[:_MAX_TEXT]] = v[:64] if isinstance(v, str) else _num(v)
+    return out
+
+
+def extract_facts(doc: dict) -> dict:
+    """What alert rules need beyond the key figures: per-mount, per-interface, watched units and processes.
+
+    Small on purpose: the poller attaches it to each outcome so that alert evaluation never
+    parses the document a second time.
+    """
+    cpu, procs = _get(doc, "cpu"), _get(doc, "processes")
+    systemd, errors = _get(doc, "systemd"), doc.get("errors")
+    failed = systemd.get("failed")
+    return {
+        "iowait": _num(cpu.get("iowait")),
+        "steal": _num(cpu.get("steal")),
+        "uptime": _num(doc.get("uptime")),
+        # [mountpoint, percent, inodes_percent]
+        "filesystems": _named_numbers(doc.get("filesystems"), "mountpoint", ("percent", "inodes_percent")),
+        # [interface, rx_errors, tx_errors, rx_drops, tx_drops] (counters since boot)
+        "interfaces": _named_numbers(_get(doc, "network").get("interfaces"), "name",
+                                     ("rx_errors", "tx_errors", "rx_drops", "tx_drops")),
+        "systemd_failed": len(failed) if isinstance(failed, list) else None,
+        "units": _state_map(systemd.get("watched")),  # {unit: "active" | "inactive" | ... | None}
+        "watched_processes": _state_map(procs.get("watched")),  # {name: count}, agent policy
+        "collector_errors": len(errors) if isinstance(errors, dict) else 0,
+    }

@@ -16,10 +16,13 @@ from pathlib import Path
 import asyncssh
 
 from .agentclient import AgentClient
+from .alerts import AlertEngine
+
 from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
 from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
+from .notifiers import Dispatcher
 from .poller import Poller
 from .sample import parse_document
 from .sshpool import SSHPool, fetch_host_key, fingerprint, public_key_line
@@ -127,6 +130,10 @@ class Central:
         self.poller = Poller(config, storage, pool)
         self.auth = Auth(storage)
         self.started_at = time.time()
+        self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
+        # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
+        self.alerts = AlertEngine(config, storage, self.notifier)
+        self.poller.hooks.append(self.alerts.on_batch)
 
     @classmethod
     async def open(cls, config: Config) -> "Central":
@@ -140,6 +147,8 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        await self.alerts.stop()
+        await self.notifier.stop()
         await self.pool.close()
         await self.storage.close()
 

@@ -344,7 +344,8 @@ class Storage:
         if bad:
             raise ValueError(f"unknown metrics: {sorted(bad)}")
         span = max(end - start, 1.0)
-        step = span / max_points
+        # Buckets are aligned to multiples of step, so a range can touch one more than span/step.
+        step = span / max(max_points - 1, 1)
         if start >= now - retention_raw and step < TIER_MINUTE:
             source, resolution = "raw", 0
         elif start >= now - retention_minute and step < TIER_HOUR:
@@ -480,6 +481,42 @@ class Storage:
                 raise
             await self.db.execute("COMMIT")
 
+    # audit
+
+    async def add_audit(
+        self, *, actor: str, role: str, server_id: int | None, server_name: str, action: str,
+        arguments: dict, result: str, exit_status: int | None = None, output: str = "",
+        duration_ms: float | None = None, ts: float | None = None,
+    ) -> int:
+        """Record one action request and its outcome; returns the row id."""
+        (audit_id,) = await self._write_returning_ids([(
+            "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
+            " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
+             json.dumps(arguments, separators=(",", ":"), sort_keys=True), result, exit_status,
+             output, duration_ms),
+        )])
+        return audit_id
+
+    async def audit_log(self, server_name: str | None = None, limit: int = 100,
+                        before_id: int | None = None) -> list[dict]:
+        """Audit rows, newest first: optionally one server's, and older than before_id (paging)."""
+        where, args = [], []
+        if server_name is not None:
+            where.append("server_name = ?")
+            args.append(server_name)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["arguments"] = json.loads(d["arguments"])
+            out.append(d)
+        return out
+
     async def import_samples(self, rows: Sequence[tuple]) -> None:
         """Bulk-insert raw samples (server_id, ts, *METRICS, top_json): imports, benchmarks, tests."""
         await self._write_many([(
@@ -613,3 +650,160 @@ class Storage:
         """Store a value in the meta table."""
         await self._write([("INSERT INTO meta (key, value) VALUES (?, ?)"
                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))])
+
+    # alerts
+
+    _ALERT_COLUMNS = ("rule", "server_id", "label", "severity", "state", "summary", "value", "started_at",
+                      "fired_at", "last_evaluated", "cleared_at", "resolved_at", "last_notified", "details")
+
+    async def open_alerts(self) -> list[dict]:
+        """Every pending or firing alert (the evaluator's state after a restart)."""
+        rows = await self._all("SELECT * FROM alerts WHERE state IN ('pending', 'firing') ORDER BY id")
+        return [_alert_dict(r) for r in rows]
+
+    async def _write_returning_ids(self, statements: Sequence[tuple[str, Sequence]]) -> list[int]:
+        """Run statements in one transaction; the lastrowid of each."""
+        ids = []
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    ids.append((await self.db.execute(sql, args)).lastrowid)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+        return ids
+
+    async def save_alerts(self, inserts: Sequence[dict], updates: Sequence[dict], deletes: Sequence[int]) -> list[int]:
+        """Insert new alert rows, rewrite changed ones and delete aborted ones in one transaction; the new ids."""
+        cols = self._ALERT_COLUMNS
+        mutable = [c for c in cols if c not in ("rule", "server_id", "label")]
+        insert = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        update = f"UPDATE alerts SET {', '.join(f'{c} = ?' for c in mutable)} WHERE id = ?"
+        statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
+        statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
+        statements += [("DELETE FROM alerts WHERE id = ?", (i,)) for i in deletes]
+        return (await self._write_returning_ids(statements))[:len(inserts)]
+
+    async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
+                          limit: int = 100) -> list[dict]:
+        """Alerts newest first, with the server's name; firing_only: firing ones, open_only: pending or firing."""
+        where, args = [], []
+        if firing_only:
+            where.append("a.state = 'firing'")
+        elif open_only:
+            where.append("a.state IN ('pending', 'firing')")
+        if server_id is not None:
+            where.append("a.server_id = ?")
+            args.append(server_id)
+        sql = ("SELECT a.*, s.name AS server FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, a.started_at DESC, a.id DESC"
+               " LIMIT ?")
+        return [_alert_dict(r) for r in await self._all(sql, (*args, limit))]
+
+    async def get_alert(self, alert_id: int) -> dict:
+        """One alert with its server's name; NotFound otherwise."""
+        row = await self._one("SELECT a.*, s.name AS server FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+                              " WHERE a.id = ?", (alert_id,))
+        if row is None:
+            raise NotFound(f"no alert with id {alert_id}")
+        return _alert_dict(row)
+
+    async def ack_alert(self, alert_id: int, user: str, ts: float) -> None:
+        """Record who acknowledged an alert and when."""
+        await self._write([("UPDATE alerts SET acked_by = ?, acked_at = ? WHERE id = ?", (user, ts, alert_id))])
+
+    async def acked_open_alerts(self) -> dict[int, str]:
+        """{alert id: who} of open alerts someone acknowledged."""
+        rows = await self._all("SELECT id, acked_by FROM alerts WHERE state IN ('pending', 'firing') AND acked_at IS NOT NULL")
+        return {r[0]: r[1] for r in rows}
+
+    async def inventory_changes_since(self, after_id: int) -> list[dict]:
+        """Inventory changes (not first inventories) with an id above after_id, oldest first."""
+        rows = await self._all(
+            "SELECT id, server_id, ts, change_type, change_summary FROM inventory_history"
+            " WHERE id > ? AND change_type != 'initial' ORDER BY id", (after_id,))
+        return [dict(r) for r in rows]
+
+    async def last_inventory_change_id(self) -> int:
+        """The newest inventory_history id (0 when empty)."""
+        return (await self._one("SELECT coalesce(max(id), 0) FROM inventory_history"))[0]
+
+    # silences
+
+    async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,
+                          created_by: str, kind: str = "silence") -> int:
+        """Store a silence (or maintenance window); its id."""
+        [silence_id] = await self._write_returning_ids([(
+            "INSERT INTO silences (matcher, starts_at, ends_at, comment, created_by, created_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (json.dumps(matcher, sort_keys=True), starts_at, ends_at, comment, created_by, starts_at, kind))])
+        return silence_id
+
+    async def get_silence(self, silence_id: int) -> dict:
+        """One silence; NotFound otherwise."""
+        row = await self._one("SELECT * FROM silences WHERE id = ?", (silence_id,))
+        if row is None:
+            raise NotFound(f"no silence with id {silence_id}")
+        return _silence_dict(row)
+
+    async def end_silence(self, silence_id: int, ts: float) -> None:
+        """End a silence now (the record stays, for the history)."""
+        await self._write([("UPDATE silences SET ends_at = min(ends_at, ?) WHERE id = ?", (ts, silence_id))])
+
+    async def list_silences(self, *, active_at: float | None = None, limit: int = 100) -> list[dict]:
+        """Silences newest first; active_at: only those in force (or still to come) at that time."""
+        if active_at is None:
+            rows = await self._all("SELECT * FROM silences ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._all("SELECT * FROM silences WHERE ends_at > ? ORDER BY id DESC LIMIT ?",
+                                   (active_at, limit))
+        return [_silence_dict(r) for r in rows]
+
+    # notifications
+
+    async def log_notification(self, alert_id: int | None, channel: str, event: str, ts: float,
+                               attempt: int, ok: bool, detail: str) -> None:
+        """Record one delivery attempt."""
+        await self._write([(
+            "INSERT INTO notifications (alert_id, channel, event, ts, attempt, ok, detail)"
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS (SELECT 1 FROM alerts WHERE id = ?)",
+            (alert_id, channel, event, ts, attempt, int(ok), detail[:2000], alert_id, alert_id))])
+
+    async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
+        """Delivery attempts newest first, of one alert or all."""
+        if alert_id is None:
+            rows = await self._all("SELECT * FROM notifications ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._all("SELECT * FROM notifications WHERE alert_id = ? ORDER BY id DESC LIMIT ?",
+                                   (alert_id, limit))
+        return [dict(r) | {"ok": bool(r["ok"])} for r in rows]
+
+    async def last_sent(self) -> dict[tuple[int, str], float]:
+        """{(alert id, channel): time} of the last delivered firing/repeat of each open alert."""
+        rows = await self._all(
+            "SELECT n.alert_id, n.channel, max(n.ts) FROM notifications n JOIN alerts a ON a.id = n.alert_id"
+            " WHERE a.state = 'firing' AND n.ok = 1 AND n.event IN ('firing', 'repeat')"
+            " GROUP BY n.alert_id, n.channel")
+        return {(r[0], r[1]): r[2] for r in rows}
+
+
+def _alert_column(row: dict, column: str) -> object:
+    value = row.get(column)
+    if column == "details":
+        return json.dumps(value or {}, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+def _alert_dict(row) -> dict:
+    d = dict(row)
+    d["details"] = json.loads(d.get("details") or "{}")
+    return d
+
+
+def _silence_dict(row) -> dict:
+    d = dict(row)
+    d["matcher"] = json.loads(d["matcher"])
+    return d

@@ -10,6 +10,8 @@ from central.service import Central, ensure_key_pair
 
 pytest_plugins = ["tests.hostfixtures"]
 
+from tests.agentutil import agent, start_agent  # noqa: E402,F401  (fixtures for the agent tests)
+
 
 def make_config(tmp_path, **poll) -> Config:
     """A config whose data lives in tmp_path, with fast polling and quick reconnects."""

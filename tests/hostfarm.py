@@ -4,7 +4,8 @@ A :class:`HostFarm` owns one private bridge (no route off the machine, no NAT) w
 address block 10.98.N.0/24 picked so that concurrent farms on one machine never collide.
 Each :class:`TestHost` is a network namespace with a veth on that bridge, inside which an
 ``unshare --uts --mount --pid --fork --mount-proc`` tree runs (tests/hostinit.py as PID 1,
-tmpfs over /root, /tmp, /opt and /var/tmp, its own hostname), and in it the machine's real
+tmpfs over /root, /tmp, /opt and /var/tmp, copy-on-write overlays of /etc and /var, its own
+hostname), and in it the machine's real
 ``/usr/sbin/sshd`` with its own ed25519 host key, plus optionally the agent.
 
 Everything is torn down by host-side PID (the PidFile in a PID namespace would say 1).
@@ -46,6 +47,9 @@ HOST_PYTHON = "/usr/bin/python3"
 SSHD = "/usr/sbin/sshd"
 AGENT_PORT = 8083
 OVERLAYS = ("/root", "/tmp", "/opt", "/var/tmp")
+#: copy-on-write per host, so what a host writes there (a deployed agent's policy file,
+#: /etc/rc.local, logs) never reaches the machine or another host
+COW_DIRS = ("/etc", "/var")
 HOST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -91,7 +95,9 @@ def missing_requirements():
 
 
 def default_agent_path():
-    """The real agent (agent/agent.py in the repository) if present, else the test stand-in."""
+    """$CENTRAL_TEST_AGENT, else the real agent/agent.py if present, else the test stand-in."""
+    if os.environ.get("CENTRAL_TEST_AGENT"):
+        return Path(os.environ["CENTRAL_TEST_AGENT"]).resolve()
     real = REPO_DIR / "agent" / "agent.py"
     return real if real.exists() else STANDIN_AGENT
 
@@ -269,7 +275,48 @@ class HostProcess:
             self.argv[0], self.ns_pid, self.host_pid, self.host.name)
 
 
-class TestHost:
+class PinnedSSHTarget(object):
+    """SSH access to a test machine with its host key pinned; needs .address, .port,
+    .host_key_path and ._known_hosts_path()."""
+
+    @property
+    def host_public_key(self):
+        """The machine's public host key as an OpenSSH line: ``ssh-ed25519 AAAA... comment``."""
+        return Path(str(self.host_key_path) + ".pub").read_text().strip()
+
+    @property
+    def fingerprint(self):
+        """``SHA256:...`` of the current host key, as ``ssh-keygen -l`` prints it."""
+        return fingerprint_of(self.host_public_key)
+
+    def known_hosts_line(self):
+        """A known_hosts line pinning this machine's key to its address."""
+        kind, blob = self.host_public_key.split()[:2]
+        return "%s %s %s" % (self.address, kind, blob)
+
+    def write_known_hosts(self, path):
+        """Write a known_hosts file holding just this machine's key; returns the path."""
+        Path(path).write_text(self.known_hosts_line() + "\n")
+        return Path(path)
+
+    def ssh_argv(self, identity, known_hosts=None, user="root", options=()):
+        """argv prefix for OpenSSH ``ssh`` to this machine with its key pinned (append a command).
+
+        Ignores ~/.ssh/config; known_hosts defaults to a file in the machine's state dir.
+        """
+        if known_hosts is None:
+            known_hosts = self.write_known_hosts(self._known_hosts_path())
+        argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(self.port),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts,
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                "-o", "LogLevel=ERROR"]
+        for opt in options:
+            argv += ["-o", opt]
+        return argv + ["%s@%s" % (user, self.address)]
+
+
+class TestHost(PinnedSSHTarget):
     """One test host: netns + veth, UTS/mount/PID namespaces, sshd, optionally the agent."""
 
     __test__ = False  # not a pytest test class
@@ -298,43 +345,8 @@ class TestHost:
     def __repr__(self):
         return "<TestHost %s %s>" % (self.name, self.address)
 
-    # ----- keys
-
-    @property
-    def host_public_key(self):
-        """The host's public key as an OpenSSH line: ``ssh-ed25519 AAAA... comment``."""
-        return Path(str(self.host_key_path) + ".pub").read_text().strip()
-
-    @property
-    def fingerprint(self):
-        """``SHA256:...`` of the current host key, as ``ssh-keygen -l`` prints it."""
-        return fingerprint_of(self.host_public_key)
-
-    def known_hosts_line(self):
-        """A known_hosts line pinning this host's key to its address."""
-        kind, blob = self.host_public_key.split()[:2]
-        return "%s %s %s" % (self.address, kind, blob)
-
-    def write_known_hosts(self, path):
-        """Write a known_hosts file holding just this host's key; returns the path."""
-        Path(path).write_text(self.known_hosts_line() + "\n")
-        return Path(path)
-
-    def ssh_argv(self, identity, known_hosts=None, user="root", options=()):
-        """argv prefix for OpenSSH ``ssh`` to this host with its key pinned (append a command).
-
-        Ignores ~/.ssh/config; known_hosts defaults to a file in the host's state dir.
-        """
-        if known_hosts is None:
-            known_hosts = self.write_known_hosts(self.state_dir / "known_hosts")
-        argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(self.port),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=%s" % known_hosts,
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-                "-o", "LogLevel=ERROR"]
-        for opt in options:
-            argv += ["-o", opt]
-        return argv + ["%s@%s" % (user, self.address)]
+    def _known_hosts_path(self):
+        return self.state_dir / "known_hosts"
 
     def authorize(self, public_key_line):
         """Append a line to the host's authorized_keys (options allowed in front)."""
@@ -474,7 +486,7 @@ class TestHost:
     # ----- agent
 
     def _start_agent_process(self, argv_extra=(), policy=None, agent_path=None, port=AGENT_PORT):
-        path = Path(agent_path or self.farm.agent_path)
+        path = self.farm.visible(agent_path or self.farm.agent_path)
         argv = [HOST_PYTHON, str(path), "--listen", "127.0.0.1", "--port", str(port)]
         if policy is not None:
             policy_path = self.state_dir / "agent-policy.json"
@@ -518,7 +530,7 @@ class TestHost:
         if mode not in FAKE_AGENT_MODES:
             raise ValueError("unknown fake agent mode %r (one of %s)" % (mode, FAKE_AGENT_MODES))
         self.stop_agent()
-        self.agent = self.spawn([HOST_PYTHON, str(FAKE_AGENT), mode, "--port", str(port)],
+        self.agent = self.spawn([HOST_PYTHON, str(self.farm.visible(FAKE_AGENT)), mode, "--port", str(port)],
                                 log_name="agent.log")
         self._agent_port = port
         self._wait_agent(timeout)
@@ -632,6 +644,20 @@ class HostFarm:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/")
 
+    def visible(self, path):
+        """A path the hosts can read: files under a directory hidden inside hosts (the
+        checkout may live under /tmp or /root) are copied into the farm's state directory."""
+        path = Path(path).resolve()
+        if not any(path == Path(h) or Path(h) in path.parents for h in OVERLAYS):
+            return path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        copy = self.base_dir / "files" / ("%s-%s" % (digest, path.name))
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(path), str(copy) + ".tmp")
+            os.replace(str(copy) + ".tmp", str(copy))
+        return copy
+
     # ----- hosts
 
     def __enter__(self):
@@ -706,7 +732,13 @@ class HostFarm:
     def _launch_init(self, host):
         argv = ["ip", "netns", "exec", host.netns,
                 "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name] + list(OVERLAYS)
+                HOST_PYTHON, "-I", "-S", str(HOST_INIT), host.name]
+        for path in COW_DIRS:  # before the tmpfs mounts: /var/tmp lies inside /var
+            upper = host.state_dir / "cow" / path.strip("/")
+            (upper / "upper").mkdir(parents=True, exist_ok=True)
+            (upper / "work").mkdir(parents=True, exist_ok=True)
+            argv.append("overlay=%s:%s:%s" % (path, upper / "upper", upper / "work"))
+        argv += list(OVERLAYS)
         with open(host.state_dir / "init.log", "ab") as log:
             host._unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=log,

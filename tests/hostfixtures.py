@@ -83,3 +83,55 @@ def test_host(host_farm, client_key):
 def pytest_configure(config):
     config.addinivalue_line("markers", "lxc: needs real LXC containers (tests/lxc.py)")
     config.addinivalue_line("markers", "hosts: needs real netns test hosts (tests/hostfarm.py)")
+
+
+_loud_skips = []
+
+
+def _skip_loudly(reason):
+    _loud_skips.append(reason)
+    pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for reason in sorted(set(_loud_skips)):
+        terminalreporter.write_sep("!", "SKIPPED: " + reason, red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def lxc_farm():
+    """The session's LxcFarm (base built once and cached; clones on a private bridge).
+
+    Skips loudly when LXC is unusable here or the Debian mirror is unreachable; any other
+    failure to build the base is an error.
+    """
+    from tests import lxc
+
+    reason = lxc.missing_requirements()
+    if reason:
+        _skip_loudly("LXC TESTS SKIPPED: " + reason)
+    try:
+        farm = lxc.LxcFarm()
+    except lxc.MirrorUnreachable as exc:
+        _skip_loudly("LXC TESTS SKIPPED, MIRROR UNREACHABLE: %s" % exc)
+    yield farm
+    farm.close()
+
+
+@pytest.fixture
+def lxc_container(lxc_farm, client_key):
+    """Factory: lxc_container(name=None, authorized_keys=[client_key], memory="256M",
+    start=True) -> tests.lxc.Container, destroyed after the test."""
+    made = []
+
+    def make(name=None, authorized_keys=None, **kwargs):
+        if authorized_keys is None:
+            authorized_keys = [client_key.public_key]
+        container = lxc_farm.clone(name, authorized_keys=authorized_keys, **kwargs)
+        made.append(container)
+        return container
+
+    yield make
+    for container in made:
+        container.destroy()
+        lxc_farm.containers.pop(container.lxc_name, None)

@@ -25,7 +25,12 @@ def ssh(host, key, *command, known_hosts=None, check=True):
 
 
 def http_get(sock, path):
-    """One HTTP/1.1 GET over a connected socket; returns (status line, body bytes)."""
+    """One HTTP/1.1 GET over a connected socket (closed afterwards); returns (status line, body bytes)."""
+    with sock:
+        return _http_get(sock, path)
+
+
+def _http_get(sock, path):
     sock.sendall(("GET %s HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n" % path).encode())
     data = b""
     while True:
@@ -128,12 +133,12 @@ def test_stop_and_start_sshd(test_host, client_key):
 
 def test_stop_sshd_ends_open_sessions(test_host, client_key):
     host = test_host(agent=False)
-    session = subprocess.Popen(host.ssh_argv(client_key.path) + ["sleep", "600"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    hostfarm._wait_for(lambda: "sleep" in host.run(["ps", "-eo", "comm="]).stdout, 10,
-                       "ssh session")
-    host.stop_sshd()
-    assert session.wait(10) == 255
+    with subprocess.Popen(host.ssh_argv(client_key.path) + ["sleep", "600"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as session:
+        hostfarm._wait_for(lambda: "sleep" in host.run(["ps", "-eo", "comm="]).stdout, 10,
+                           "ssh session")
+        host.stop_sshd()
+        assert session.wait(10) == 255
 
 
 def test_regenerate_host_key(test_host, client_key, tmp_path):
@@ -169,7 +174,9 @@ def test_start_process_and_kill_it_inside(test_host):
     host = test_host(agent=False)
     proc = host.start_process(["sleep", "1000"])
     assert proc.alive()
-    assert host.run(["cat", "/proc/%d/comm" % proc.ns_pid]).stdout.strip() == "sleep"
+    # The pid exists from fork on; its name becomes "sleep" at exec.
+    hostfarm._wait_for(lambda: host.run(["cat", "/proc/%d/comm" % proc.ns_pid]).stdout.strip() == "sleep",
+                       10, "sleep to exec")
     host.run(["kill", "-TERM", str(proc.ns_pid)])
     assert proc.wait(10) == -signal.SIGTERM
 
@@ -263,12 +270,24 @@ time.sleep(600)
 
 
 def test_reaper_cleans_up_after_owner_is_killed():
-    owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT % str(hostfarm.REPO_DIR)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        info = json.loads(owner.stdout.readline())
-    finally:
-        owner.kill()  # SIGKILL: no close(), no atexit
-        owner.wait()
+    with subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT % str(hostfarm.REPO_DIR)],
+                          stdout=subprocess.PIPE, text=True) as owner:
+        try:
+            info = json.loads(owner.stdout.readline())
+        finally:
+            owner.kill()  # SIGKILL: no close(), no atexit
+            owner.wait()
     hostfarm._wait_for(lambda: not _leftovers(info["netns"], info["bridge"], info["pids"]),
                        10, "the reaper to clean up")
+
+
+def test_etc_and_var_are_copy_on_write(test_host):
+    host, other = test_host.many(2, agent=False)
+    host.run(["sh", "-c", "echo mine > /etc/central-hostfarm-probe; "
+              "mkdir -p /var/log && echo x > /var/log/central-hostfarm-probe"])
+    assert host.run(["cat", "/etc/central-hostfarm-probe"]).stdout == "mine\n"
+    assert not os.path.exists("/etc/central-hostfarm-probe")
+    assert not os.path.exists("/var/log/central-hostfarm-probe")
+    assert other.run(["ls", "/etc/central-hostfarm-probe"], check=False).returncode != 0
+    with open("/etc/os-release") as fh:
+        assert host.run(["cat", "/etc/os-release"]).stdout == fh.read()

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Benchmark the agent against prometheus-node-exporter and Glances in one run.
+
+For each scenario (the machine as it is, then with extra `sleep` processes so about 400
+processes exist) and each target, on one kept-alive HTTP connection to 127.0.0.1:
+  - CPU per request: utime+stime (+ waited children) of the server process from
+    /proc/PID/stat, delta over N sequential requests, divided by N;
+  - latency p50 / p99 of those requests; resident memory (VmRSS) after the run;
+  - the size of one response body.
+Glances only computes fresh data once per refresh period (-t 1), so its requests are
+spaced 1.05 s apart and its CPU per request includes the background work between them:
+that is what one fresh /api/4/all costs it.
+
+Usage: python3 bench/bench_agent.py [--requests 300] [--glances-requests 25] [--target-processes 400]
+       [--python /usr/bin/python3] [--glances .venv-bench/bin/glances]
+Raw results go to bench/results/agent-<time>.json; a markdown table is printed.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+AGENT = os.path.join(ROOT, "agent", "agent.py")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        data = f.read()
+    fields = data[data.rfind(b")") + 2:].split()
+    return sum(int(x) for x in fields[11:15]) / float(TICK)   # utime stime cutime cstime
+
+
+def rss_bytes(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def process_count():
+    return sum(1 for d in os.listdir("/proc") if d.isdigit())
+
+
+def wait_http(port, path, deadline=60.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("nothing answered on port %d%s" % (port, path))
+
+
+def measure(pid, port, path, n, spacing=0.0, warmup=3):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    size = 0
+    for _ in range(warmup):
+        conn.request("GET", path)
+        body = conn.getresponse().read()
+        size = len(body)
+        if spacing:
+            time.sleep(spacing)
+    lat = []
+    cpu0 = cpu_seconds(pid)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        lat.append(time.perf_counter() - t0)
+        assert resp.status == 200, resp.status
+        if spacing:
+            time.sleep(spacing)
+    cpu1 = cpu_seconds(pid)
+    conn.close()
+    lat.sort()
+    return {"requests": n, "cpu_ms_per_request": (cpu1 - cpu0) * 1000.0 / n,
+            "p50_ms": lat[len(lat) // 2] * 1000.0,
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000.0,
+            "rss_bytes": rss_bytes(pid), "body_bytes": size}
+
+
+class Target(object):
+    def __init__(self, name, argv, port, path, env=None):
+        self.name, self.argv, self.port, self.path = name, argv, port, path
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_targets(args):
+    targets = []
+    port = free_port()
+    targets.append(Target("agent", [args.python, AGENT, "--port", str(port),
+                                    "--policy", "/nonexistent"], port, "/api/all"))
+    # The same agent started from its compiled bytecode (no compile at start-up).
+    pyc = os.path.join(HERE, "results", "agent.pyc")
+    os.makedirs(os.path.dirname(pyc), exist_ok=True)
+    subprocess.check_call([args.python, "-c", "import py_compile, sys; "
+                           "py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)",
+                           AGENT, pyc])
+    port = free_port()
+    targets.append(Target("agent (.pyc)", [args.python, pyc, "--port", str(port),
+                                           "--policy", "/nonexistent"], port, "/api/all"))
+    port = free_port()
+    targets.append(Target("node_exporter", [args.node_exporter,
+                                            "--web.listen-address=127.0.0.1:%d" % port],
+                          port, "/metrics"))
+    if args.glances and os.path.exists(args.glances):
+        port = free_port()
+        targets.append(Target("glances", [args.glances, "-w", "--bind", "127.0.0.1",
+                                          "--port", str(port), "--disable-webui", "-t", "1",
+                                          "--disable-check-update"],
+                              port, "/api/4/all"))
+    for t in targets:
+        wait_http(t.port, t.path)
+    return targets
+
+
+def run_scenario(targets, args):
+    out = {"processes": process_count()}
+    for t in targets:
+        if t.name == "glances":
+            out[t.name] = measure(t.proc.pid, t.port, t.path, args.glances_requests,
+                                  spacing=1.05, warmup=2)
+        else:
+            out[t.name] = measure(t.proc.pid, t.port, t.path, args.requests)
+    return out
+
+
+def table(results):
+    rows = ["| scenario | target | CPU ms/request | vs node_exporter | vs Glances | p50 ms | "
+            "p99 ms | RSS MB | body KB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for sc in results["scenarios"]:
+        ne = sc.get("node_exporter", {}).get("cpu_ms_per_request")
+        gl = sc.get("glances", {}).get("cpu_ms_per_request")
+        for name in ("agent", "agent (.pyc)", "node_exporter", "glances"):
+            r = sc.get(name)
+            if not r:
+                continue
+            cpu = r["cpu_ms_per_request"]
+            rows.append("| %d processes | %s | %.2f | %s | %s | %.2f | %.2f | %.1f | %.1f |" % (
+                sc["processes"], name, cpu,
+                "%.2f" % (cpu / ne) if ne else "-", "%.2f" % (cpu / gl) if gl else "-",
+                r["p50_ms"], r["p99_ms"], r["rss_bytes"] / 1048576.0, r["body_bytes"] / 1024.0))
+    return "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--glances-requests", type=int, default=25)
+    p.add_argument("--target-processes", type=int, default=400,
+                   help="spawn sleep processes until about this many exist (second scenario)")
+    p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3")
+                   else sys.executable)
+    p.add_argument("--node-exporter", default="/usr/bin/prometheus-node-exporter")
+    p.add_argument("--glances", default=os.path.join(ROOT, ".venv-bench", "bin", "glances"))
+    args = p.parse_args()
+
+    results = {"time": time.time(), "python": args.python,
+               "python_version": subprocess.check_output(
+                   [args.python, "-c", "import sys; print(sys.version.split()[0])"]
+               ).decode().strip(),
+               "cpus": os.cpu_count(), "kernel": os.uname().release, "scenarios": []}
+    targets = start_targets(args)
+    sleepers = []
+    try:
+        results["scenarios"].append(run_scenario(targets, args))
+        for _ in range(max(0, args.target_processes - process_count())):
+            sleepers.append(subprocess.Popen(["sleep", "3600"]))
+        results["scenarios"].append(run_scenario(targets, args))
+    finally:
+        for s in sleepers:
+            s.kill()          # by PID: only the processes this script started
+        for s in sleepers:
+            s.wait()
+        for t in targets:
+            t.stop()
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", "agent-%d.json" % int(results["time"]))
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print("raw results: %s" % path)
+    print("python for the agent: %s (%s); %d CPUs; kernel %s\n" % (
+        args.python, results["python_version"], results["cpus"], results["kernel"]))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,749 @@
+"""Alert rules and their state per (rule, server, label), silences, and the evaluation hook.
+
+Prometheus semantics, kept in memory: a condition that holds makes an alert *pending*; once
+it has held for `for` it is *firing* (notify); when it stops holding, the alert stays firing
+for `keep_firing_for` (against flapping) and is then *resolved* (notify again if the firing
+was notified). One open alert per (rule, server, label). The state lives in memory, loaded
+from the alerts table at start; only state changes are written (one transaction per batch),
+plus a periodic flush of the latest values of open alerts.
+
+Evaluation plugs into the poller (`poller.hooks.append(engine.on_batch)`) and costs a few
+dictionary lookups per poll; a timer (`tick`) handles what happens without a poll: the end
+of keep_firing_for, silences starting and ending, repeats. The time source is injectable.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+import getpass
+import logging
+import operator
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .config import SEVERITIES, AlertRule, AlertsConfig, Config
+from .model import (
+    AGENT_DOWN, AGENT_ERROR, AUTH_FAILED, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT,
+    UNREACHABLE, Conflict, Invalid, NotFound, PollOutcome, Server,
+)
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
+INVENTORY_RULE = "inventory_changed"
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+    "==": operator.eq, "!=": operator.ne,
+}
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+# Poll failure reasons counted by the poll.* metrics (consecutive polls failing that way).
+POLL_GROUPS = {
+    UNREACHABLE: "poll.unreachable", TIMEOUT: "poll.unreachable",
+    AUTH_FAILED: "poll.auth_failed",
+    HOST_KEY_MISMATCH: "poll.host_key_mismatch", HOST_KEY_UNKNOWN: "poll.host_key_mismatch",
+    AGENT_DOWN: "poll.agent_down", AGENT_ERROR: "poll.agent_error", BAD_PAYLOAD: "poll.bad_payload",
+}
+_POLL_METRICS = tuple(sorted(set(POLL_GROUPS.values())))
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_ACTIVE_UNIT_STATES = ("active", "reloading")
+
+
+def builtin_rules(cfg: AlertsConfig) -> list[AlertRule]:
+    """The built-in rules with the thresholds and timings from [alerts] (minus `disabled`)."""
+    keep = cfg.keep_firing_for
+    rules = [
+        AlertRule("server_unreachable", "poll.unreachable", ">=", float(cfg.unreachable_after), 0.0, keep, "critical",
+                  summary="cannot reach {server} over SSH ({value} polls in a row): {error}"),
+        AlertRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, 0.0, "critical",
+                  summary="{server}: the SSH host key is not the pinned one; polling stopped until an operator "
+                          "re-trusts it (central server trust): {error}"),
+        AlertRule("ssh_auth_failed", "poll.auth_failed", ">=", float(cfg.agent_failures_after), 0.0, keep, "critical",
+                  summary="{server} refuses the central's SSH key ({value} polls in a row): {error}"),
+        AlertRule("agent_down", "poll.agent_down", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
+                  summary="SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
+        AlertRule("agent_error", "poll.agent_error", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
+                  summary="the agent on {server} answers with errors ({value} polls in a row): {error}"),
+        AlertRule("agent_bad_payload", "poll.bad_payload", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
+                  summary="the agent on {server} sends invalid documents ({value} polls in a row): {error}"),
+        AlertRule("disk_almost_full", "disk.percent", ">=", cfg.disk_full_percent, cfg.disk_full_for, keep, "warning",
+                  summary="{label} on {server} is {value}% full (threshold {threshold}%)"),
+        AlertRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, cfg.unit_inactive_for, keep, "warning",
+                  summary="watched unit {label} on {server} is {state}"),
+        AlertRule("process_missing", "process.watched", "<", 1.0, cfg.process_missing_for, keep, "warning",
+                  summary="no process named {label} runs on {server}"),
+    ]
+    return [r for r in rules if r.name not in cfg.disabled]
+
+
+def _globs_match(patterns: Sequence[str], value: str) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def server_matches(server_patterns: Sequence[str], tag_patterns: Sequence[str], name: str,
+                   tags: Sequence[str]) -> bool:
+    """Whether a server is selected: name matches a server glob and a tag matches a tag glob (empty: any)."""
+    if server_patterns and not _globs_match(server_patterns, name):
+        return False
+    if tag_patterns and not any(_globs_match(tag_patterns, t) for t in tags):
+        return False
+    return True
+
+
+def _apply(rule: AlertRule, over) -> AlertRule | None:
+    if not over.enabled:
+        return None
+    changes = {k: getattr(over, k) for k in ("threshold", "for_", "keep_firing_for") if getattr(over, k) is not None}
+    if over.severity:
+        changes["severity"] = over.severity
+    return dataclasses.replace(rule, **changes) if changes else rule
+
+
+@dataclass
+class ServerRules:
+    """The rules in force on one server: overrides by server/tag applied, label overrides kept apart."""
+
+    rules: list[AlertRule]
+    label_overrides: dict[str, list] = field(default_factory=dict)  # rule name -> overrides with labels
+
+    def for_label(self, rule: AlertRule, label: str) -> AlertRule | None:
+        """The rule as it applies to one label (None: disabled there or not selected)."""
+        if rule.labels and not _globs_match(rule.labels, label):
+            return None
+        for over in self.label_overrides.get(rule.name, ()):
+            if _globs_match(over.labels, label):
+                rule = _apply(rule, over)
+                if rule is None:
+                    return None
+        return rule
+
+
+def rules_for_server(rules: Sequence[AlertRule], overrides: Sequence, name: str, tags: Sequence[str]) -> ServerRules:
+    """Select the rules for a server and apply its overrides (later overrides win)."""
+    out = ServerRules([])
+    for rule in rules:
+        if not rule.enabled or not server_matches(rule.servers, rule.tags, name, tags):
+            continue
+        current: AlertRule | None = rule
+        for over in overrides:
+            if not fnmatch.fnmatchcase(rule.name, over.rule):
+                continue
+            if not server_matches(over.servers, over.tags, name, tags):
+                continue
+            if over.labels:
+                out.label_overrides.setdefault(rule.name, []).append(over)
+                continue
+            current = _apply(current, over)
+            if current is None:
+                break
+        if current is not None:
+            out.rules.append(current)
+    return out
+
+
+def render_summary(template: str, values: dict) -> str:
+    """Fill {server} {label} {value} {threshold} ... into a rule's text; unknown names stay as they are."""
+    def sub(m: re.Match) -> str:
+        v = values.get(m.group(1))
+        if v is None:
+            return m.group(0) if m.group(1) not in values else "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return _PLACEHOLDER.sub(sub, template)[:1000]
+
+
+def default_summary(rule: AlertRule, label: str) -> str:
+    """Generated text for a rule without its own summary."""
+    where = " {label}" if label else ""
+    return f"{rule.metric}{where} on {{server}} is {{value}} ({rule.op} {{threshold}})"
+
+
+@dataclass
+class AlertState:
+    """An open alert in memory (pending or firing) and what is needed to move it on."""
+
+    rule: str
+    server_id: int
+    label: str
+    state: str
+    severity: str
+    summary: str
+    started_at: float
+    last_evaluated: float
+    value: float | None = None
+    id: int | None = None
+    fired_at: float | None = None
+    cleared_at: float | None = None
+    resolved_at: float | None = None
+    last_notified: float | None = None  # set once the firing notification went out
+    keep_firing_for: float = 0.0
+    expires_at: float | None = None  # inventory changes resolve by themselves
+    acked_by: str | None = None
+    details: dict = field(default_factory=dict)
+    removed: bool = False  # pending that never fired: the row is deleted
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """(rule, server id, label): at most one open alert per key."""
+        return (self.rule, self.server_id, self.label)
+
+    def row(self) -> dict:
+        """The alerts table columns."""
+        return {
+            "id": self.id, "rule": self.rule, "server_id": self.server_id, "label": self.label,
+            "severity": self.severity, "state": self.state, "summary": self.summary, "value": self.value,
+            "started_at": self.started_at, "fired_at": self.fired_at, "last_evaluated": self.last_evaluated,
+            "cleared_at": self.cleared_at, "resolved_at": self.resolved_at, "last_notified": self.last_notified,
+            "details": {**self.details, "keep_firing_for": self.keep_firing_for, "expires_at": self.expires_at},
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> "AlertState":
+        """Rebuild from an alerts table row."""
+        details = dict(row.get("details") or {})
+        return cls(
+            rule=row["rule"], server_id=row["server_id"], label=row["label"], state=row["state"],
+            severity=row["severity"], summary=row["summary"], started_at=row["started_at"],
+            last_evaluated=row["last_evaluated"], value=row["value"], id=row["id"], fired_at=row["fired_at"],
+            cleared_at=row["cleared_at"], last_notified=row["last_notified"],
+            keep_firing_for=details.pop("keep_firing_for", 0.0) or 0.0, expires_at=details.pop("expires_at", None),
+            acked_by=row.get("acked_by"), details=details,
+        )
+
+    def observe(self, value: float | None) -> None:
+        """Remember a value seen while open: first, min, max and last."""
+        if value is None:
+            return
+        self.value = value
+        d = self.details
+        d.setdefault("first", value)
+        d["min"] = value if d.get("min") is None else min(d["min"], value)
+        d["max"] = value if d.get("max") is None else max(d["max"], value)
+
+
+def silence_matches(matcher: dict, rule: str, server: str | None, tags: Sequence[str]) -> bool:
+    """Whether a silence's matcher (server / rule / tag globs, all given ones must match) covers an alert."""
+    if not matcher:
+        return False
+    if matcher.get("server") and not (server and fnmatch.fnmatchcase(server, matcher["server"])):
+        return False
+    if matcher.get("rule") and not fnmatch.fnmatchcase(rule, matcher["rule"]):
+        return False
+    if matcher.get("tag") and not any(fnmatch.fnmatchcase(t, matcher["tag"]) for t in tags):
+        return False
+    return True
+
+
+class AlertEngine:
+    """Evaluates rules on each stored poll batch and hands state changes to the notifier."""
+
+    def __init__(self, config: Config, storage: Storage, notifier=None, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.cfg = config.alerts
+        self.storage = storage
+        self.notifier = notifier  # object with notify(event, alert) and remind(alerts, now); None: no notifications
+        self.clock = clock
+        self.rules = builtin_rules(self.cfg) + list(self.cfg.rules)
+        self.states: dict[tuple[str, int, str], AlertState] = {}
+        self.by_server: dict[int, dict[tuple[str, int, str], AlertState]] = {}
+        self.servers: dict[int, Server] = {}
+        self.silences: list[dict] = []
+        self.evaluations = 0
+        self._rules_cache: dict[tuple[str, tuple[str, ...]], ServerRules] = {}
+        self._streaks: dict[int, dict[str, int]] = {}
+        self._net_prev: dict[int, tuple[float, dict]] = {}
+        self._errors: dict[int, str] = {}
+        # Changed states by identity: an alert may resolve and a new one open for its key in one round.
+        self._dirty: dict[int, AlertState] = {}
+        self._events: list[tuple[str, AlertState]] = []
+        self._lock = asyncio.Lock()
+        self._inventory_after = 0
+        self._started = False
+        self._task: asyncio.Task | None = None
+        self._last_flush = 0.0
+
+    # lifecycle
+
+    async def start(self, run_timer: bool = True) -> None:
+        """Load open alerts, silences and servers from the database; start the timer."""
+        if self._started:
+            return
+        self._started = True
+        for row in await self.storage.open_alerts():
+            st = AlertState.from_row(row)
+            self._put(st)
+        for server in await self.storage.list_servers():
+            self.servers[server.id] = server
+            group = POLL_GROUPS.get(server.status_reason or "")
+            if group and server.consecutive_failures:
+                self._streaks[server.id] = {group: server.consecutive_failures}
+        self._inventory_after = await self.storage.last_inventory_change_id()
+        await self._refresh_from_db(self.clock())
+        self._last_flush = self.clock()
+        if self.notifier is not None and hasattr(self.notifier, "start"):
+            await self.notifier.start()
+        if run_timer and self.cfg.enabled:
+            self._task = asyncio.create_task(self._timer(), name="alerts-timer")
+
+    async def stop(self) -> None:
+        """Stop the timer and write the latest values of open alerts."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._started:
+            async with self._lock:
+                self._dirty.update({id(s): s for s in self.states.values() if s.id is not None})
+                await self._flush()
+
+    async def _timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.tick_interval)
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - the timer must survive a bad round
+                log.exception("alert timer round failed")
+
+    # state bookkeeping
+
+    def _put(self, st: AlertState) -> None:
+        self.states[st.key] = st
+        self.by_server.setdefault(st.server_id, {})[st.key] = st
+
+    def _drop(self, st: AlertState) -> None:
+        self.states.pop(st.key, None)
+        per = self.by_server.get(st.server_id)
+        if per is not None:
+            per.pop(st.key, None)
+            if not per:
+                del self.by_server[st.server_id]
+
+    def _server_rules(self, server: Server) -> ServerRules:
+        key = (server.name, server.tags)
+        rules = self._rules_cache.get(key)
+        if rules is None:
+            if len(self._rules_cache) > 100_000:
+                self._rules_cache.clear()
+            rules = rules_for_server(self.rules, self.cfg.overrides, server.name, server.tags)
+            self._rules_cache[key] = rules
+        return rules
+
+    # evaluation
+
+    async def on_batch(self, outcomes: Sequence[PollOutcome], servers_by_id: dict) -> None:
+        """Poller hook: evaluate every outcome of a stored batch, write state changes, notify."""
+        if not self.cfg.enabled:
+            return
+        if not self._started:
+            await self.start()
+            for o in outcomes:
+                # The stored failure counts already include this batch, which is evaluated next.
+                streaks = self._streaks.get(o.server_id, {})
+                for metric in streaks:
+                    streaks[metric] = max(0, streaks[metric] - 1)
+        async with self._lock:
+            now = self.clock()
+            inventory = False
+            for outcome in outcomes:
+                server = servers_by_id.get(outcome.server_id) or self.servers.get(outcome.server_id)
+                if server is None:
+                    continue
+                self.servers[server.id] = server
+                self._evaluate(outcome, server, now)
+                inventory = inventory or "inventory" in outcome.extra
+            if inventory and INVENTORY_RULE not in self.cfg.disabled:
+                await self._inventory_changes(now)
+            await self._flush()
+
+    def _evaluate(self, outcome: PollOutcome, server: Server, now: float) -> None:
+        """Move every rule's state for one server on by one poll outcome."""
+        self.evaluations += 1
+        streaks = self._streaks.setdefault(server.id, {})
+        group = None if outcome.ok else POLL_GROUPS.get(outcome.reason or "")
+        for metric in _POLL_METRICS:
+            streaks[metric] = streaks.get(metric, 0) + 1 if metric == group else 0
+        if not outcome.ok:
+            self._errors[server.id] = (outcome.error or outcome.reason or "")[:300]
+        facts = outcome.extra.get("facts") if outcome.ok else None
+        if outcome.ok and facts is None and outcome.doc_text:
+            facts = _facts_from_text(outcome.doc_text)
+        rules = self._server_rules(server)
+        seen: set = set()
+        cache: dict = {}
+        for rule in rules.rules:
+            if rule.metric in _POLL_METRICS:
+                values = [("", float(streaks[rule.metric]), None)]
+            elif not outcome.ok:
+                # No document: keep what is known (a disk alert stays as it was while the host is away).
+                seen.update(k for k in self.by_server.get(server.id, {}) if k[0] == rule.name)
+                continue
+            else:
+                values = self._metric_values(rule.metric, server.id, outcome, facts or {}, cache)
+            for label, value, text in values:
+                eff = rules.for_label(rule, label)
+                if eff is None:
+                    continue
+                key = (rule.name, server.id, label)
+                seen.add(key)
+                if value is None:
+                    continue
+                holds = OPS[eff.op](value, eff.threshold)
+                self._step(key, eff, holds, value, now, server, text)
+        for key, st in list(self.by_server.get(server.id, {}).items()):
+            if key not in seen and st.rule != INVENTORY_RULE:
+                # The series is gone (unmounted, unit no longer watched, rule changed): it no longer holds.
+                self._clear(st, now, keep=0.0)
+
+    def _metric_values(self, metric: str, server_id: int, outcome: PollOutcome, facts: dict,
+                       cache: dict) -> list[tuple[str, float | None, str | None]]:
+        """[(label, value, text)] of a metric in one poll."""
+        simple = cache.get("simple")
+        if simple is None:
+            simple = cache["simple"] = _simple_values(outcome.sample or {}, facts)
+        if metric in simple:
+            v = simple[metric]
+            return [("", None if v is None else float(v), None)]
+        return self._labelled_values(metric, server_id, outcome, facts, cache)
+
+    def _labelled_values(self, metric: str, server_id: int, outcome: PollOutcome, facts: dict,
+                         cache: dict) -> list[tuple[str, float | None, str | None]]:
+        """Metrics with one value per mount, interface, unit or process name."""
+        if metric == "disk.percent":
+            return [(fs[0], fs[1], None) for fs in facts.get("filesystems", ())]
+        if metric == "inode.percent":
+            return [(fs[0], fs[2], None) for fs in facts.get("filesystems", ())]
+        if metric == "systemd.unit_active":
+            return [(unit, 1.0 if state in _ACTIVE_UNIT_STATES else 0.0, state or "unknown")
+                    for unit, state in facts.get("units", {}).items()]
+        if metric == "process.watched":
+            return [(name, count, None) for name, count in facts.get("watched_processes", {}).items()]
+        if metric in ("network.errors", "network.drops"):
+            if "net" not in cache:
+                cache["net"] = self._network_rates(server_id, outcome.ts, facts)
+            i = 0 if metric == "network.errors" else 1
+            return [(name, rates[i], None) for name, rates in cache["net"].items()]
+        return []
+
+    def _network_rates(self, server_id: int, ts: float, facts: dict) -> dict[str, tuple]:
+        """{interface: (errors/s, drops/s)} since this server's previous poll (None on the first, or after a reset)."""
+        now = {}
+        for name, rx_e, tx_e, rx_d, tx_d in facts.get("interfaces", ()):
+            errors = None if rx_e is None or tx_e is None else rx_e + tx_e
+            drops = None if rx_d is None or tx_d is None else rx_d + tx_d
+            now[name] = (errors, drops)
+        prev = self._net_prev.get(server_id)
+        self._net_prev[server_id] = (ts, now)
+        out = {}
+        for name, counters in now.items():
+            rates: list = [None, None]
+            if prev is not None and ts > prev[0] and name in prev[1]:
+                for i in (0, 1):
+                    a, b = prev[1][name][i], counters[i]
+                    if a is not None and b is not None and b >= a:
+                        rates[i] = (b - a) / (ts - prev[0])
+            out[name] = tuple(rates)
+        return out
+
+    def _step(self, key: tuple, rule: AlertRule, holds: bool, value: float, now: float, server: Server,
+              text: str | None) -> None:
+        """One evaluation of one (rule, server, label)."""
+        st = self.states.get(key)
+        if not holds:
+            if st is not None:
+                st.last_evaluated = now
+                st.observe(value)
+                self._clear(st, now, keep=rule.keep_firing_for)
+            return
+        summary = render_summary(rule.summary or default_summary(rule, key[2]), {
+            "server": server.name, "label": key[2], "value": value, "threshold": rule.threshold,
+            "metric": rule.metric, "state": text, "error": self._errors.get(server.id, ""),
+        })
+        if st is None:
+            st = AlertState(rule=rule.name, server_id=server.id, label=key[2], state=PENDING,
+                            severity=rule.severity, summary=summary, started_at=now, last_evaluated=now,
+                            details={"metric": rule.metric, "op": rule.op, "threshold": rule.threshold})
+            self._put(st)
+            self._dirty[id(st)] = st
+        st.last_evaluated = now
+        st.observe(value)
+        st.keep_firing_for = rule.keep_firing_for
+        if text is not None:
+            st.details["state"] = text
+        if st.summary != summary or st.severity != rule.severity:
+            st.summary, st.severity = summary, rule.severity
+        if st.state == PENDING and now - st.started_at >= rule.for_:
+            st.state, st.fired_at = FIRING, now
+            self._dirty[id(st)] = st
+            self._events.append(("firing", st))
+        elif st.state == FIRING and st.cleared_at is not None:
+            st.cleared_at = None  # holds again within keep_firing_for: stays firing, nothing sent
+
+    def _clear(self, st: AlertState, now: float, keep: float) -> None:
+        """The condition no longer holds: drop a pending alert, resolve a firing one after keep_firing_for."""
+        if st.state == PENDING:
+            st.removed = True
+            self._drop(st)
+            self._dirty[id(st)] = st
+            return
+        if st.cleared_at is None:
+            st.cleared_at = now
+        if now - st.cleared_at >= keep:
+            self._resolve(st, now)
+
+    def _resolve(self, st: AlertState, now: float) -> None:
+        st.state, st.resolved_at = RESOLVED, now
+        self._drop(st)
+        self._dirty[id(st)] = st
+        if st.last_notified is not None:
+            self._events.append(("resolved", st))
+
+    async def _inventory_changes(self, now: float) -> None:
+        """Open an info alert per inventory change the poller recorded since the last look."""
+        for change in await self.storage.inventory_changes_since(self._inventory_after):
+            self._inventory_after = change["id"]
+            server = self.servers.get(change["server_id"])
+            if server is None:
+                continue
+            rule = AlertRule(INVENTORY_RULE, "inventory", "!=", 0.0, 0.0, 0.0, "info")
+            for over in self.cfg.overrides:
+                if fnmatch.fnmatchcase(INVENTORY_RULE, over.rule) and server_matches(over.servers, over.tags,
+                                                                                   server.name, server.tags):
+                    rule = _apply(rule, over)
+                    if rule is None:
+                        break
+            if rule is None:
+                continue
+            key = (INVENTORY_RULE, server.id, change["change_type"])
+            summary = f"{server.name}: inventory changed ({change['change_type'].replace('_', ' ')}): {change['change_summary']}"[:1000]
+            st = self.states.get(key)
+            if st is None:
+                st = AlertState(rule=INVENTORY_RULE, server_id=server.id, label=key[2], state=FIRING,
+                                severity=rule.severity, summary=summary, started_at=now, last_evaluated=now,
+                                fired_at=now, details={"changes": []})
+                self._put(st)
+                self._events.append(("firing", st))
+            st.summary, st.last_evaluated = summary, now
+            st.expires_at = now + self.cfg.inventory_alert_for
+            st.details.setdefault("changes", []).append(change["id"])
+            del st.details["changes"][:-20]
+            self._dirty[id(st)] = st
+
+    # timers
+
+    async def tick(self) -> None:
+        """Timed transitions: keep_firing_for ends, inventory alerts expire, silences change, repeats."""
+        if not self._started:
+            await self.start(run_timer=False)
+        async with self._lock:
+            now = self.clock()
+            await self._refresh_from_db(now)
+            for st in list(self.states.values()):
+                if st.state != FIRING:
+                    continue
+                if st.expires_at is not None and now >= st.expires_at:
+                    self._resolve(st, now)
+                elif st.cleared_at is not None and now - st.cleared_at >= st.keep_firing_for:
+                    self._resolve(st, now)
+                elif st.last_notified is None and not self.muted(st, now):
+                    self._events.append(("firing", st))  # a silence ended while it fired
+            if now - self._last_flush >= max(60.0, self.cfg.tick_interval):
+                # The latest values and evaluation times of open alerts, once a minute rather than per poll.
+                self._dirty.update({id(s): s for s in self.states.values() if s.id is not None})
+            await self._flush()
+            if self.notifier is not None:
+                reminders = [(self.snapshot(st), st.acked_by is not None, self.muted(st, now))
+                             for st in self.states.values() if st.state == FIRING and st.last_notified is not None]
+                self.notifier.remind(reminders, now)
+
+    async def _refresh_from_db(self, now: float) -> None:
+        """Silences and acknowledgements may come from another process (the CLI)."""
+        self.silences = await self.storage.list_silences(active_at=now, limit=10_000)
+        acked = await self.storage.acked_open_alerts()
+        for st in self.states.values():
+            st.acked_by = acked.get(st.id)
+
+    def muted(self, st: AlertState, now: float) -> bool:
+        """Whether a silence or maintenance window covers this alert now."""
+        if not self.silences:
+            return False
+        server = self.servers.get(st.server_id)
+        name, tags = (server.name, server.tags) if server else (None, ())
+        return any(s["starts_at"] <= now < s["ends_at"] and silence_matches(s["matcher"], st.rule, name, tags)
+                   for s in self.silences)
+
+    # writing and notifying
+
+    async def _flush(self) -> None:
+        """Write this round's state changes in one transaction, then notify."""
+        now = self.clock()
+        events, self._events = self._events, []
+        send = []
+        for event, st in events:
+            if event == "firing":
+                if st.state != FIRING or st.last_notified is not None or self.muted(st, now):
+                    continue  # muted: recorded, and sent when the silence ends if it still fires
+                st.last_notified = now
+                self._dirty[id(st)] = st
+            send.append((event, st))
+        if self._dirty:
+            dirty = list(self._dirty.values())
+            self._dirty = {}
+            inserts = [st for st in dirty if st.id is None and not st.removed]
+            updates = [st.row() for st in dirty if st.id is not None and not st.removed]
+            deletes = [st.id for st in dirty if st.removed and st.id is not None]
+            try:
+                ids = await self.storage.save_alerts([st.row() for st in inserts], updates, deletes)
+            except Exception:  # noqa: BLE001 - retried with the next flush
+                log.exception("writing %d alert changes failed", len(dirty))
+                self._dirty.update({id(st): st for st in dirty})
+                self._events = events + self._events
+                for _, st in send:
+                    if st.state == FIRING:
+                        st.last_notified = None
+                return
+            for st, new_id in zip(inserts, ids):
+                st.id = new_id
+            self._last_flush = now
+        for event, st in send:
+            if self.notifier is not None:
+                self.notifier.notify(event, self.snapshot(st))
+            log.info("alert %s %s on %s%s: %s", st.rule, event, self._name(st.server_id),
+                     f" [{st.label}]" if st.label else "", st.summary)
+
+    def _name(self, server_id: int) -> str:
+        server = self.servers.get(server_id)
+        return server.name if server else str(server_id)
+
+    def snapshot(self, st: AlertState) -> dict:
+        """The alert as notifiers and API callers see it."""
+        server = self.servers.get(st.server_id)
+        base = self.cfg.external_url or f"http://{self.config.http.listen}:{self.config.http.port}"
+        return {
+            "id": st.id, "rule": st.rule, "server": server.name if server else None,
+            "server_id": st.server_id, "host": server.host if server else None,
+            "tags": list(server.tags) if server else [], "label": st.label, "severity": st.severity,
+            "state": st.state, "summary": st.summary, "value": st.value, "started_at": st.started_at,
+            "fired_at": st.fired_at, "resolved_at": st.resolved_at, "acked_by": st.acked_by,
+            "url": f"{base.rstrip('/')}/alerts/{st.id}",
+        }
+
+
+def _simple_values(s: dict, facts: dict) -> dict:
+    """The one-value-per-server metrics of a poll."""
+    return {
+        "cpu.percent": s.get("cpu"), "memory.percent": s.get("mem"), "swap.percent": s.get("swap"),
+        "load.1": s.get("load1"), "load.5": s.get("load5"), "load.15": s.get("load15"),
+        "network.rx_rate": s.get("net_rx"), "network.tx_rate": s.get("net_tx"),
+        "disk_io.read_rate": s.get("disk_read"), "disk_io.write_rate": s.get("disk_write"),
+        "process.count": s.get("procs"), "cpu.iowait": facts.get("iowait"), "cpu.steal": facts.get("steal"),
+        "uptime": facts.get("uptime"), "systemd.failed": facts.get("systemd_failed"),
+        "agent.collector_errors": facts.get("collector_errors"),
+    }
+
+
+def _facts_from_text(text: str) -> dict:
+    """Facts of an outcome that came without them (built outside the poller)."""
+    import json
+
+    from .sample import extract_facts
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return extract_facts(doc) if isinstance(doc, dict) else {}
+
+
+# What the CLI and the HTTP API call (no HTTP or terminal knowledge here).
+
+def cli_user() -> str:
+    """The acknowledging user for the CLI: cli:<local OS user>."""
+    return "cli:" + getpass.getuser()
+
+
+async def list_alerts(storage: Storage, firing_only: bool = False, server: str | None = None,
+                      limit: int = 100, open_only: bool = False) -> list[dict]:
+    """Alerts newest first (firing, then pending, then resolved), optionally of one server by name."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise Invalid(f"invalid limit {limit!r}: expected 1 to 10000")
+    server_id = None
+    if server is not None:
+        server_id = (await storage.get_server(server)).id
+    return await storage.list_alerts(firing_only=firing_only, open_only=open_only, server_id=server_id, limit=limit)
+
+
+async def get_alert(storage: Storage, alert_id: int) -> dict:
+    """One alert with its delivery log."""
+    alert = await storage.get_alert(_check_id(alert_id, "alert"))
+    alert["notifications"] = await storage.notifications(alert["id"], limit=50)
+    return alert
+
+
+async def ack(storage: Storage, alert_id: int, user: str, now: float | None = None) -> dict:
+    """Acknowledge an open alert (stops its repeats; its resolution is still sent); the alert."""
+    alert = await storage.get_alert(_check_id(alert_id, "alert"))
+    if not isinstance(user, str) or not user.strip():
+        raise Invalid("the acknowledging user must be named")
+    if alert["state"] == RESOLVED:
+        raise Conflict(f"alert {alert_id} is already resolved")
+    await storage.ack_alert(alert["id"], user.strip()[:100], time.time() if now is None else now)
+    return await storage.get_alert(alert["id"])
+
+
+async def create_silence(storage: Storage, *, server: str | None = None, rule: str | None = None,
+                         tag: str | None = None, duration: float, comment: str, user: str,
+                         maintenance: bool = False, now: float | None = None) -> dict:
+    """Mute notifications of matching alerts for duration seconds (alerts are still recorded); the silence.
+
+    maintenance=True is a maintenance window: it needs an existing server and mutes all its alerts.
+    server, rule and tag are globs; all given ones must match.
+    """
+    now = time.time() if now is None else now
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 366 * 86400:
+        raise Invalid(f"invalid duration {duration!r}: expected more than 0 and at most 366 days")
+    if not isinstance(comment, str) or not comment.strip():
+        raise Invalid("a comment is required: say why notifications are muted")
+    matcher = {}
+    for key, value in (("server", server), ("rule", rule), ("tag", tag)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._:/*?\[\]-]{1,100}", value):
+            raise Invalid(f"invalid {key} {value!r}: letters, digits, . _ : / - and globs * ? [ ]")
+        matcher[key] = value
+    if not matcher:
+        raise Invalid("a silence needs a server, a rule or a tag")
+    if maintenance:
+        if set(matcher) != {"server"}:
+            raise Invalid("a maintenance window is for one server (give only the server)")
+        await storage.get_server(matcher["server"])
+    silence_id = await storage.add_silence(matcher, now, now + float(duration), comment.strip()[:500],
+                                           user[:100], "maintenance" if maintenance else "silence")
+    return await storage.get_silence(silence_id)
+
+
+async def delete_silence(storage: Storage, silence_id: int, now: float | None = None) -> dict:
+    """End a silence now (kept in the history); the silence."""
+    silence = await storage.get_silence(_check_id(silence_id, "silence"))
+    now = time.time() if now is None else now
+    if silence["ends_at"] <= now:
+        raise Conflict(f"silence {silence_id} has already ended")
+    await storage.end_silence(silence["id"], now)
+    return await storage.get_silence(silence["id"])
+
+
+async def list_silences(storage: Storage, active_only: bool = True, limit: int = 100,
+                        now: float | None = None) -> list[dict]:
+    """Silences and maintenance windows newest first; active_only: those not ended yet."""
+    now = time.time() if now is None else now
+    rows = await storage.list_silences(active_at=now if active_only else None, limit=limit)
+    for r in rows:
+        r["active"] = r["starts_at"] <= now < r["ends_at"]
+    return rows
+
+
+def _check_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NotFound(f"no {what} with id {value!r}")
+    return value

@@ -1,0 +1,59 @@
+"""Config loading: defaults, file, environment overrides, and one-line errors naming the key."""
+from __future__ import annotations
+
+import pytest
+
+from central.config import ConfigError, load_config, parse_duration
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults():
+    cfg = load_config(env={})
+    assert (cfg.http.listen, cfg.http.port) == ("127.0.0.1", 9083)
+    assert cfg.poll.interval == 10.0 and cfg.poll.offline_after == 3
+    assert cfg.retention.raw == 48 * 3600
+
+
+def test_file_and_env_override(tmp_path):
+    p = write(tmp_path, '[poll]\ninterval = "30s"\n[http]\nport = 9999\n')
+    cfg = load_config(p, env={"CENTRAL_HTTP_PORT": "9100", "CENTRAL_DATA_DIR": str(tmp_path)})
+    assert cfg.poll.interval == 30.0
+    assert cfg.http.port == 9100  # environment wins over the file
+    assert cfg.database_path == tmp_path / "central.db"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[poll]\ninterval = "soon"\n', "poll.interval: expected a duration"),
+    ('[poll]\ninterval = 0\n', "poll.interval: must be greater than 0"),
+    ('[poll]\noffline_after = "x"\n', "poll.offline_after: expected a whole number"),
+    ('[poll]\nintervall = 5\n', "poll.intervall: unknown setting"),
+    ('[http]\nport = 70000\n', "http.port: must be between 1 and 65535"),
+    ('[ssh]\nciphers = "aes128-ctr"\nconnect_timeout = true\n', "ssh.connect_timeout: expected a duration"),
+    ('nonsense = [\n', "not valid TOML"),
+    ('[retention]\nraw = "30d"\nminute = "7d"\n', "retention: expected raw <= minute <= hour"),
+])
+def test_bad_values_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_env_value_names_the_key():
+    with pytest.raises(ConfigError, match="poll.timeout: expected a duration"):
+        load_config(env={"CENTRAL_POLL_TIMEOUT": "later"})
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+@pytest.mark.parametrize("value, seconds", [(10, 10), ("90s", 90), ("5m", 300), ("48h", 172800), ("2w", 1209600), ("250ms", 0.25)])
+def test_durations(value, seconds):
+    assert parse_duration(value, "k") == seconds
