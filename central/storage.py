@@ -72,6 +72,10 @@ class Storage:
         # while the first one awaits inside its transaction (an action's audit row
         # written during a poll batch, say).
         self._write_lock = asyncio.Lock()
+        # The newest sample per server, kept in memory once read: this process is the only one
+        # that writes samples (the poller, through write_polls), so it stays exact, and lists
+        # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
+        self._latest: dict[int, dict] | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> "Storage":
@@ -231,6 +235,8 @@ class Storage:
         """Delete a server and everything stored about it."""
         server = await self.get_server(name)
         await self._write([("DELETE FROM servers WHERE id = ?", (server.id,))])
+        if self._latest is not None:
+            self._latest.pop(server.id, None)
 
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
         """Pin a (new) host key and clear a host-key-mismatch status."""
@@ -297,6 +303,11 @@ class Storage:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+            if self._latest is not None:
+                for o in ok:
+                    if o.sample is not None:
+                        self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in METRICS},
+                                                     "top": list(o.sample.get("top") or [])}
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -304,7 +315,12 @@ class Storage:
         return (row["ts"], json.loads(row["doc"])) if row else None
 
     async def latest_samples(self) -> dict[int, dict]:
-        """The newest sample of every server, by server id."""
+        """The newest sample of every server, by server id (treat the sample dicts as read-only)."""
+        if self._latest is None:
+            self._latest = await self._read_latest_samples()
+        return dict(self._latest)
+
+    async def _read_latest_samples(self) -> dict[int, dict]:
         # Two primary-key seeks per server (samples is keyed (server_id, ts)). The former
         # GROUP BY over all samples scanned every raw row: 136 ms at 50 servers x 48 h, seconds
         # at 1,000. CROSS JOIN pins the join order, or the planner scans samples again.
@@ -519,6 +535,7 @@ class Storage:
 
     async def import_samples(self, rows: Sequence[tuple]) -> None:
         """Bulk-insert raw samples (server_id, ts, *METRICS, top_json): imports, benchmarks, tests."""
+        self._latest = None  # re-read on next use
         await self._write_many([(
             f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
             f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)", list(rows))])
