@@ -179,7 +179,12 @@ def main() -> None:
         print(f"poller after: {status['poller']}  lag {status['poller']['lag']:.3f} s", flush=True)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print("central did not stop within 30 s of SIGTERM; killing it", flush=True)
+            server.kill()
+            server.wait()
     print("\n| endpoint | connections | p50 ms | p90 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for path, c, r in results:
