@@ -323,9 +323,10 @@ class Central:
             result["error"] = outcome.error
         return result
 
-    async def server_overview(self) -> list[dict]:
-        """Every server with its status and latest key figures (for lists and the page)."""
-        servers = await self.storage.server_dicts()
+    async def server_overview(self, servers: list[dict] | None = None) -> list[dict]:
+        """Servers (default: all) with their status and latest key figures (for lists and the page)."""
+        if servers is None:
+            servers = await self.storage.server_dicts()
         latest = await self.storage.latest_samples()
         bundled = agent_sha256()
         for d in servers:

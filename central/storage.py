@@ -211,6 +211,30 @@ class Storage:
             out.append(d)
         return out
 
+    async def server_page(self, *, tag: str | None = None, status: str | None = None, name: str | None = None,
+                          limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+        """One page of servers by name as plain dicts, filtered by tag, status and a name
+        substring (case-insensitive), and how many match in all."""
+        where, args = [], []
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(servers.tags) WHERE value = ?)")
+            args.append(tag)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if name:
+            where.append("instr(lower(name), ?) > 0")
+            args.append(name.lower())
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        total = (await self._one(f"SELECT count(*) FROM servers{cond}", args))[0]
+        rows = await self._all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, limit, offset))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["tags"] = json.loads(d["tags"] or "[]")
+            out.append(d)
+        return out, total
+
     async def status_counts(self) -> dict[str, int]:
         """How many servers are in each status."""
         return {r[0]: r[1] for r in await self._all("SELECT status, count(*) FROM servers GROUP BY status")}

@@ -23,15 +23,9 @@ MAX_RANGE = 400 * 86400.0
 async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
                       name: str | None = None, limit: int = 100, offset: int = 0) -> dict:
     """Servers with status and latest key figures, filtered (tag, status, name substring) and paged."""
-    rows = await central.server_overview()
-    if tag:
-        rows = [r for r in rows if tag in r["tags"]]
-    if status:
-        rows = [r for r in rows if r["status"] == status]
-    if name:
-        needle = name.lower()
-        rows = [r for r in rows if needle in r["name"].lower()]
-    return {"servers": rows[offset:offset + limit], "total": len(rows), "limit": limit, "offset": offset}
+    page, total = await central.storage.server_page(tag=tag, status=status, name=name, limit=limit, offset=offset)
+    rows = await central.server_overview(page)
+    return {"servers": rows, "total": total, "limit": limit, "offset": offset}
 
 
 async def fleet_stats(central: Central) -> dict:
