@@ -62,13 +62,13 @@ async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: st
     counts = {"samples": 0, "rollups_minute": 0, "rollups_hour": 0}
     start_raw = now - RAW_HOURS * 3600
     steps = int(RAW_HOURS * 3600 / INTERVAL)
-    # time-major so each transaction appends across all servers, as the poller writes
+    # server-major: each server's rows go in key order, so SQLite appends instead of splitting
+    # pages all over the (server_id, ts) b-tree (3-4x faster to generate; same resulting tables)
     batch = []
-    for k in range(steps):
-        ts = start_raw + k * INTERVAL
-        for sid in ids:
-            batch.append((sid, ts + (sid % INTERVAL), rng.random() * 100, 40 + rng.random() * 20, 1.0,
-                          0.5, 0.6, 0.7, 55.0, 1e5, 2e5, 1e4, 2e4, 150, top))
+    for sid in ids:
+        for k in range(steps):
+            batch.append((sid, start_raw + k * INTERVAL + (sid % INTERVAL), rng.random() * 100, 40 + rng.random() * 20,
+                          1.0, 0.5, 0.6, 0.7, 55.0, 1e5, 2e5, 1e4, 2e4, 150, top))
         if len(batch) >= 200_000:
             await st.import_samples(batch)
             counts["samples"] += len(batch)
@@ -81,8 +81,8 @@ async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: st
     for tier, count, key in ((TIER_MINUTE, DAYS * 1440, "rollups_minute"), (TIER_HOUR, DAYS * 24, "rollups_hour")):
         first = (int(now / tier) - count) * tier
         batch = []
-        for k in range(count):
-            for sid in ids:
+        for sid in ids:
+            for k in range(count):
                 batch.append((sid, first + k * tier, tier // INTERVAL, *vals))
             if len(batch) >= 100_000:
                 await st.import_rollups(tier, batch)
@@ -179,7 +179,12 @@ def main() -> None:
         print(f"poller after: {status['poller']}  lag {status['poller']['lag']:.3f} s", flush=True)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print("central did not stop within 30 s of SIGTERM; killing it", flush=True)
+            server.kill()
+            server.wait()
     print("\n| endpoint | connections | p50 ms | p90 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for path, c, r in results:

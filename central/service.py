@@ -323,19 +323,17 @@ class Central:
             result["error"] = outcome.error
         return result
 
-    async def server_overview(self) -> list[dict]:
-        """Every server with its status and latest key figures (for lists and the page)."""
-        servers = await self.storage.list_servers()
+    async def server_overview(self, servers: list[dict] | None = None) -> list[dict]:
+        """Servers (default: all) with their status and latest key figures (for lists and the page)."""
+        if servers is None:
+            servers = await self.storage.server_dicts()
         latest = await self.storage.latest_samples()
         bundled = agent_sha256()
-        out = []
-        for s in servers:
-            d = s.to_dict()
+        for d in servers:
             d.pop("host_key", None)
-            d["sample"] = latest.get(s.id)
-            d["agent_outdated"] = bool(s.agent_sha256) and s.kind != "local" and s.agent_sha256 != bundled
-            out.append(d)
-        return out
+            d["sample"] = latest.get(d["id"])
+            d["agent_outdated"] = bool(d["agent_sha256"]) and d["kind"] != "local" and d["agent_sha256"] != bundled
+        return servers
 
     async def server_detail(self, name: str) -> dict:
         """One server: stored fields, latest document, inventory, recent changes."""

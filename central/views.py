@@ -10,7 +10,7 @@ import time
 
 from . import __version__
 from .config import ConfigError, parse_duration
-from .model import ONLINE, Invalid
+from .model import Invalid
 from .sample import METRICS
 from .service import Central
 
@@ -23,29 +23,22 @@ MAX_RANGE = 400 * 86400.0
 async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
                       name: str | None = None, limit: int = 100, offset: int = 0) -> dict:
     """Servers with status and latest key figures, filtered (tag, status, name substring) and paged."""
-    rows = await central.server_overview()
-    if tag:
-        rows = [r for r in rows if tag in r["tags"]]
-    if status:
-        rows = [r for r in rows if r["status"] == status]
-    if name:
-        needle = name.lower()
-        rows = [r for r in rows if needle in r["name"].lower()]
-    return {"servers": rows[offset:offset + limit], "total": len(rows), "limit": limit, "offset": offset}
+    page, total = await central.storage.server_page(tag=tag, status=status, name=name, limit=limit, offset=offset)
+    rows = await central.server_overview(page)
+    return {"servers": rows, "total": total, "limit": limit, "offset": offset}
 
 
 async def fleet_stats(central: Central) -> dict:
     """Fleet totals: servers by status, open alerts, and averages over online servers."""
-    servers = await central.storage.list_servers()
+    by_status = await central.storage.status_counts()
+    online = await central.storage.online_ids()
     latest = await central.storage.latest_samples()
-    counts = dict.fromkeys(STATUSES, 0)
-    for s in servers:
-        counts[s.status] = counts.get(s.status, 0) + 1
+    counts = {s: by_status.get(s, 0) for s in STATUSES}
     sums = dict.fromkeys(AVERAGED, 0.0)
     ns = dict.fromkeys(AVERAGED, 0)
-    for s in servers:
-        sample = latest.get(s.id)
-        if s.status != ONLINE or sample is None:
+    for sid in online:
+        sample = latest.get(sid)
+        if sample is None:
             continue
         for m in AVERAGED:
             if sample.get(m) is not None:
@@ -53,7 +46,7 @@ async def fleet_stats(central: Central) -> dict:
                 ns[m] += 1
     alerts = await central.storage.alert_counts()
     return {
-        "total": len(servers),
+        "total": sum(by_status.values()),
         **counts,
         "alerts_firing": alerts["firing"],
         "alerts_pending": alerts["pending"],

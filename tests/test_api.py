@@ -236,7 +236,7 @@ async def test_internal_errors_are_500_json_without_traceback(api, caplog):
     async def broken():
         raise RuntimeError("secret detail /etc/shadow")
 
-    api.central.storage.list_servers = broken
+    api.central.storage.status_counts = broken
     status, body, _ = await api.get("/api/v1/fleet")
     assert status == 500 and body == {"error": "internal_error",
                                       "detail": "internal error; the central's log has the details"}
@@ -292,3 +292,17 @@ def test_config_example_documents_every_key_with_its_default():
     loaded = load_config(path, env={})
     assert dataclasses.replace(loaded, source="") == dataclasses.replace(defaults, source="")
     assert "# data_dir" in text
+
+
+async def test_latest_samples_memory_matches_the_database(api):
+    storage = api.central.storage
+    await wait_online(api)
+    await api.central.poller.stop()  # hold the data still for the comparison
+    from_memory = await storage.latest_samples()
+    from_db = await storage._read_latest_samples()  # noqa: SLF001 - the query the memory replaces
+    sid = (await storage.get_server("local")).id
+    assert set(from_memory) == set(from_db) == {sid}
+    assert {k: v for k, v in from_memory[sid].items() if k != "top"} == {k: v for k, v in from_db[sid].items() if k != "top"}
+    assert [list(t) for t in from_memory[sid]["top"]] == from_db[sid]["top"]
+    await storage.import_samples([(sid, time.time() + 3600, *[7.0] * len(METRICS), "[]")])
+    assert (await storage.latest_samples())[sid]["cpu"] == 7.0  # an import invalidates the memory
