@@ -124,6 +124,9 @@ def main() -> None:
     p.add_argument("--db-dir", default="/tmp/central-bench")
     p.add_argument("--duration", type=int, default=15)
     p.add_argument("--connections", default="1,4,16")
+    p.add_argument("--farm", action="store_true",
+                   help="point the servers at a loopback host farm (bench/loopfarm.py with a real agent)"
+                        " so the poller does real, successful polls instead of refused connects")
     args = p.parse_args()
     data = Path(args.db_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,26 @@ def main() -> None:
         counts = asyncio.run(generate(db, args.servers, port, line, fp))
         (data / "generated").write_text(json.dumps({**counts, "port": port}))
     meta = json.loads((data / "generated").read_text())
-    if meta["port"] != port:  # keep the generated servers pointing at a refused port
+    farm_procs = []
+    if args.farm:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import bench_core
+
+        workdir = Path(tempfile.mkdtemp(prefix="bench-api-farm-"))
+        agent_proc, agent_port = bench_core.start_agent(workdir)
+        farm_proc, farm_port, farm_key = bench_core.start_farm(workdir, data / "id_ed25519.pub", [agent_port], 1.0)
+        farm_procs = [farm_proc, agent_proc]
+        fp = "SHA256:" + __import__("base64").b64encode(__import__("hashlib").sha256(
+            __import__("base64").b64decode(farm_key.split()[1])).digest()).decode().rstrip("=")
+        subprocess.run(["sqlite3", str(db), f"UPDATE servers SET host = '127.0.0.1', port = {farm_port},"
+                        f" host_key = '{farm_key}', host_key_fingerprint = '{fp}', status = 'unknown',"
+                        " status_reason = NULL WHERE kind = 'ssh'"], check=True)
+        print(f"servers point at the loopback farm on 127.0.0.1:{farm_port}", flush=True)
+    else:
+        # keep the generated servers pointing at a refused port (they may point at a farm from an earlier run)
+        subprocess.run(["sqlite3", str(db), f"UPDATE servers SET port = {port},"
+                        " host = '127.0.' || (2 + (id - 2) / 250) || '.' || (1 + (id - 2) % 250)"
+                        " WHERE kind = 'ssh' AND host = '127.0.0.1'"], check=True)
         subprocess.run(["sqlite3", str(db), f"UPDATE servers SET port = {port} WHERE kind = 'ssh'"], check=True)
     size = sum(p.stat().st_size for p in data.glob("central.db*"))
     print(f"database: {size / 1e9:.2f} GB ({meta['samples']:,} raw samples, {meta['rollups_minute']:,} minute "
@@ -166,6 +188,17 @@ def main() -> None:
         base = f"http://127.0.0.1:{http_port}"
         _wait_ready(base)
         time.sleep(12)  # let every server's first poll (phase-spread over 10 s) happen
+        if args.farm:
+            # Measure the steady state: every server connected and polled, not the first
+            # minute's burst of 1,000 SSH handshakes.
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                st = json.loads(run(["curl", "-sf", "-H", f"Authorization: Bearer {token}",
+                                     base + "/api/v1/status"]).stdout)["poller"]
+                if st["polls"] >= 2 * args.servers:
+                    break
+                time.sleep(2)
+            time.sleep(INTERVAL)
         status = json.loads(run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", base + "/api/v1/status"]).stdout)
         print(f"poller: {status['poller']}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +218,8 @@ def main() -> None:
             print("central did not stop within 30 s of SIGTERM; killing it", flush=True)
             server.kill()
             server.wait()
+        for proc in farm_procs:
+            bench_core.stop(proc)
     print("\n| endpoint | connections | p50 ms | p90 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for path, c, r in results:

@@ -1,6 +1,8 @@
 """The aiohttp application factory and runner."""
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from typing import AsyncIterator
 
@@ -41,6 +43,38 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
         await central.close()
 
 
+GC_FREEZE_INTERVAL = 30.0
+GC_FULL_EVERY = 120  # freezes, so a full collection about once an hour
+
+
+async def _gc_context(app: web.Application) -> AsyncIterator[None]:
+    """Keep the cyclic GC from stalling the event loop.
+
+    With a thousand SSH connections the process holds millions of long-lived objects, and each
+    full collection walked them all: 150-200 ms with nothing served (BENCHMARKS.md, HTTP API).
+    Long-lived objects are moved out of the collector's reach every 30 s (gc.freeze); once an
+    hour they are unfrozen and collected, so cycles among them are still freed.
+    """
+
+    async def loop() -> None:
+        rounds = 0
+        while True:
+            await asyncio.sleep(GC_FREEZE_INTERVAL)
+            rounds += 1
+            if rounds % GC_FULL_EVERY == 0:
+                gc.unfreeze()
+                gc.collect()
+            gc.freeze()
+
+    task = asyncio.create_task(loop(), name="gc-freeze")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.unfreeze()
+
+
 def create_app(config: Config) -> web.Application:
     """Build the application for a loaded config (used by `central serve` and the tests)."""
     # errors outermost (it turns everything into JSON), then the Host check, then sessions.
@@ -51,6 +85,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
     app.cleanup_ctx.append(_central_context)
+    app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
     install_pages(app)
     return app
