@@ -345,6 +345,16 @@ async def server_show(central: Central, name, as_json):
         console.print(f"  {_age(change['ts'])}: {change['change_type']}: {change['change_summary']}")
 
 
+def _confirm_removal(yes: bool, question: str) -> None:
+    """Ask before deleting (refusing without a terminal unless --yes was given)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CentralError("refusing to remove without confirmation: pass --yes")
+    if not click.confirm(question):
+        raise CentralError("not removed")
+
+
 @server.command("remove")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -357,11 +367,7 @@ async def server_remove(central: Central, name, yes):
       central server remove web1 --yes
     """
     await central.storage.get_server(name)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise CentralError("refusing to remove without confirmation: pass --yes")
-        if not click.confirm(f"Remove {name} and all its history?"):
-            raise CentralError("not removed")
+    _confirm_removal(yes, f"Remove {name} and all its history?")
     await central.remove_server(name)
     click.echo(f"removed {name}")
 
@@ -502,11 +508,7 @@ async def user_remove(central: Central, name, yes):
       central user remove alice --yes
     """
     await central.storage.get_user(name)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise CentralError("refusing to remove without confirmation: pass --yes")
-        if not click.confirm(f"Remove user {name} and their API tokens?"):
-            raise CentralError("not removed")
+    _confirm_removal(yes, f"Remove user {name} and their API tokens?")
     await central.auth.remove_user(name)
     click.echo(f"removed user {name}")
 

@@ -10,7 +10,6 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh

@@ -18,6 +18,7 @@ from central.alerts import AlertEngine
 from central.config import AlertsConfig, NotifierConfig, load_config
 from central.notifiers import Dispatcher
 from central.storage import Storage
+from tests.helpers import wait_for
 from tests.test_alerts import Clock, failed, ok
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -29,18 +30,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def wait_for(predicate, timeout=20.0, what="condition"):
-    """Poll an async or plain predicate until it is truthy (deadline, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Receiver:
