@@ -61,6 +61,13 @@ _ROLLUP_MIN = (
 )
 
 
+async def _pragma(db: aiosqlite.Connection, setting: str) -> None:
+    """Run a PRAGMA and close its cursor at once: some PRAGMAs answer with a row, and a cursor
+    left open keeps a read transaction, so that connection would go on seeing an old snapshot."""
+    async with db.execute("PRAGMA " + setting):
+        pass
+
+
 class Storage:
     """The database: open with `await Storage.open(path)`, close with `await storage.close()`."""
 
@@ -92,8 +99,8 @@ class Storage:
             await self._setup()
             self.reader = await aiosqlite.connect(str(path), isolation_level=None)
             self.reader.row_factory = aiosqlite.Row
-            await self.reader.execute("PRAGMA busy_timeout = 10000")
-            await self.reader.execute("PRAGMA query_only = ON")
+            await _pragma(self.reader, "busy_timeout = 10000")
+            await _pragma(self.reader, "query_only = ON")
         except Exception:
             await db.close()
             if self.reader is not None:
@@ -102,15 +109,15 @@ class Storage:
         return self
 
     async def _setup(self) -> None:
-        await self.db.execute("PRAGMA busy_timeout = 10000")
+        await _pragma(self.db, "busy_timeout = 10000")
         # journal_mode answers with a row: close the cursor, or the unfinished statement makes
         # the checkpoint in close() fail with "database table is locked" until it is collected.
         async with self.db.execute("PRAGMA journal_mode = WAL"):
             pass
         # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
         # only a power loss can take the last few commits back.
-        await self.db.execute("PRAGMA synchronous = NORMAL")
-        await self.db.execute("PRAGMA foreign_keys = ON")
+        await _pragma(self.db, "synchronous = NORMAL")
+        await _pragma(self.db, "foreign_keys = ON")
         async with self.db.execute("PRAGMA user_version") as cur:
             (version,) = await cur.fetchone()
         if version > SCHEMA_VERSION:

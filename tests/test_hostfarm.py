@@ -167,7 +167,7 @@ def test_stop_and_start_agent(test_host):
 def test_agent_pid_is_the_hosts_view(test_host):
     host = test_host()
     ps = host.run(["ps", "-o", "args=", "-p", str(host.agent_pid)]).stdout
-    assert str(host.farm.agent_path) in ps
+    assert str(host.farm.visible(host.farm.agent_path)) in ps
 
 
 def test_start_process_and_kill_it_inside(test_host):

@@ -184,3 +184,16 @@ async def test_history_reaches_past_the_last_rollup(storage):
     assert all(10.0 - 1e-9 <= v <= 90.0 + 1e-9 for v in cpu)
     n_points = sum(1 for v in cpu if v is not None)
     assert n_points == len(h["series"]["ts"]) <= 200
+
+
+async def test_reads_see_every_committed_write_at_once(tmp_path):
+    # Reads use their own connection: it must never keep an old snapshot (an unclosed PRAGMA
+    # cursor once held a read transaction open, so fresh rows were invisible to it).
+    for _ in range(5):
+        s = await Storage.open(tmp_path / "c.db")
+        try:
+            name = f"s{len(await s.list_servers())}"
+            await s.add_server(name, "10.0.0.1")
+            assert (await s.find_server(name)) is not None
+        finally:
+            await s.close()
