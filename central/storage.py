@@ -1,4 +1,4 @@
-"""All of central's SQL: a writer and a reader connection per process, WAL mode, batched writes.
+"""All of central's SQL: one aiosqlite connection per process, WAL mode, batched writes.
 
 The serving process is the single writer for poll data (the poller hands it batches); the
 CLI opens its own short-lived connection for administrative changes, which WAL and a busy
@@ -73,9 +73,6 @@ class Storage:
 
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self.db = db
-        # Reads go through their own connection (its own thread): in WAL mode they never wait
-        # for the writer, so a long rollup or a poll batch cannot stall the page and the API.
-        self.reader: aiosqlite.Connection | None = None
         self.path = path
         # One transaction at a time on the shared connection: without it a second
         # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
@@ -97,14 +94,8 @@ class Storage:
         self = cls(db, path)
         try:
             await self._setup()
-            self.reader = await aiosqlite.connect(str(path), isolation_level=None)
-            self.reader.row_factory = aiosqlite.Row
-            await _pragma(self.reader, "busy_timeout = 10000")
-            await _pragma(self.reader, "query_only = ON")
         except Exception:
             await db.close()
-            if self.reader is not None:
-                await self.reader.close()
             raise
         return self
 
@@ -144,15 +135,14 @@ class Storage:
         except aiosqlite.OperationalError as exc:  # only housekeeping: never fail a shutdown on it
             log.warning("WAL checkpoint on close failed: %s", exc)
         finally:
-            await self.reader.close()
             await self.db.close()
 
     async def _one(self, sql: str, args: Sequence = ()):
-        async with self.reader.execute(sql, args) as cur:
+        async with self.db.execute(sql, args) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, args: Sequence = ()) -> list:
-        async with self.reader.execute(sql, args) as cur:
+        async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
     async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
