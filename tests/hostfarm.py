@@ -64,6 +64,27 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def claim_subnet(base, bridge_prefix, lock_dir, wanted=None):
+    """(N, lock fd) for a BASE.N.0/24 test subnet that no route, address or bridge on this
+    machine uses and no other farm holds (an flock on a file in lock_dir); (None, None) if
+    every N is taken. The lock lasts as long as the fd stays open."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    candidates = [wanted] if wanted is not None else random.sample(range(1, 254), 253)
+    seen = (_ip(["-4", "route", "show", "table", "all"]).stdout + _ip(["-4", "-o", "addr"]).stdout
+            + _ip(["-o", "link"]).stdout)
+    for n in candidates:
+        if ("%s.%d." % (base, n)) in seen or (" %s%d:" % (bridge_prefix, n)) in seen:
+            continue
+        fd = os.open(str(lock_dir / ("%s.%d.lock" % (base, n))), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return n, fd
+    return None, None
+
+
 class HostFarmError(RuntimeError):
     """A test host could not be created or controlled."""
 
@@ -601,25 +622,10 @@ class HostFarm:
 
     def _claim_subnet(self, wanted):
         """Pick N for 10.98.N.0/24: held by a lock file and absent from routes and links."""
-        lock_dir = STATE_ROOT / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        candidates = [wanted] if wanted is not None else random.sample(range(1, 254), 253)
-        routes = _ip(["-4", "route", "show", "table", "all"]).stdout
-        addrs = _ip(["-4", "-o", "addr"]).stdout
-        links = _ip(["-o", "link"]).stdout
-        for n in candidates:
-            prefix = "10.98.%d." % n
-            if prefix in routes or prefix in addrs or (" hfb-%d:" % n) in links:
-                continue
-            fd = os.open(str(lock_dir / ("10.98.%d.lock" % n)), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._lock_fd = fd
-            return n
-        raise HostFarmError("no free 10.98.N.0/24 test subnet (tried %s)" % candidates[:5])
+        n, self._lock_fd = claim_subnet("10.98", "hfb-", STATE_ROOT / "locks", wanted)
+        if n is None:
+            raise HostFarmError("no free 10.98.N.0/24 test subnet")
+        return n
 
     def _state(self):
         return {

@@ -21,7 +21,6 @@ Usage::
 import fcntl
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -31,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.hostfarm import PinnedSSHTarget, _wait_for, generate_key
+from tests.hostfarm import PinnedSSHTarget, _wait_for, claim_subnet, generate_key
 
 BASE_NAME = "central-test-base"
 #: bump when the recipe changes: a cached base with another recipe is rebuilt
@@ -358,23 +357,10 @@ class LxcFarm:
         _run(["ip", "link", "set", self.bridge, "up"])
 
     def _claim_subnet(self, wanted):
-        lock_dir = STATE_ROOT / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        candidates = [wanted] if wanted is not None else random.sample(range(1, 254), 253)
-        seen = (_run(["ip", "-4", "route", "show", "table", "all"]).stdout
-                + _run(["ip", "-4", "-o", "addr"]).stdout + _run(["ip", "-o", "link"]).stdout)
-        for n in candidates:
-            if ("10.99.%d." % n) in seen or (" lxb-%d:" % n) in seen:
-                continue
-            fd = os.open(str(lock_dir / ("10.99.%d.lock" % n)), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._lock_fd = fd
-            return n
-        raise LxcError("no free 10.99.N.0/24 test subnet")
+        n, self._lock_fd = claim_subnet("10.99", "lxb-", STATE_ROOT / "locks", wanted)
+        if n is None:
+            raise LxcError("no free 10.99.N.0/24 test subnet")
+        return n
 
     def _remove_stale_clones(self):
         """Destroy clones left by a test run that died (its subnet lock is free again)."""
