@@ -112,33 +112,36 @@ async def _online(central, name):
     return s if s.status == "online" else None
 
 
-async def test_sshd_stop_goes_offline_and_back_online(hcentral, test_host):
+async def polled_host(central, test_host):
+    """A new test host, added and polled until online."""
     host = test_host()
-    await add(hcentral, host)
-    await hcentral.poller.start()
-    await wait_for(lambda: _online(hcentral, host.name), what="online")
+    await add(central, host)
+    await central.poller.start()
+    await wait_for(lambda: _online(central, host.name), what="online")
+    return host
+
+
+async def wait_status(central, name, status, reason):
+    """Wait until the server's (status, reason) is the one given."""
+
+    async def reached():
+        return await status_of(central, name) == (status, reason)
+
+    await wait_for(reached, what=f"{status}/{reason}")
+
+
+async def test_sshd_stop_goes_offline_and_back_online(hcentral, test_host):
+    host = await polled_host(hcentral, test_host)
     host.stop_sshd()
-
-    async def offline():
-        st = await status_of(hcentral, host.name)
-        return st if st == ("offline", "unreachable") else None
-
-    await wait_for(offline, what="offline/unreachable")
+    await wait_status(hcentral, host.name, "offline", "unreachable")
     host.start_sshd()
     await wait_for(lambda: _online(hcentral, host.name), what="back online")
 
 
 async def test_host_key_change_stops_polling_until_trusted(hcentral, test_host):
-    host = test_host()
-    await add(hcentral, host)
-    await hcentral.poller.start()
-    await wait_for(lambda: _online(hcentral, host.name), what="online")
+    host = await polled_host(hcentral, test_host)
     host.regenerate_host_key()
-
-    async def mismatch():
-        return await status_of(hcentral, host.name) == ("error", "host_key_mismatch")
-
-    await wait_for(mismatch, what="host key mismatch")
+    await wait_status(hcentral, host.name, "error", "host_key_mismatch")
     server = await hcentral.storage.get_server(host.name)
     polled_at = server.last_poll
     # Polling has stopped: several intervals pass without another attempt.
@@ -158,16 +161,9 @@ async def _sleep_intervals(central, n):
 
 
 async def test_agent_stopped_is_its_own_reason(hcentral, test_host):
-    host = test_host()
-    await add(hcentral, host)
-    await hcentral.poller.start()
-    await wait_for(lambda: _online(hcentral, host.name), what="online")
+    host = await polled_host(hcentral, test_host)
     host.stop_agent()
-
-    async def agent_down():
-        return await status_of(hcentral, host.name) == ("error", "agent_down")
-
-    await wait_for(agent_down, what="agent_down")
+    await wait_status(hcentral, host.name, "error", "agent_down")
     host.start_agent()
     await wait_for(lambda: _online(hcentral, host.name), what="online again")
 
