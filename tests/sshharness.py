@@ -1,0 +1,313 @@
+"""An in-process SSH host for fast tests of the SSH side, without root or sshd.
+
+An asyncssh server on 127.0.0.1, port 0, in the test's own event loop (the way asyncssh's own
+tests run theirs: ``asyncssh.listen(port=0, ...)`` with keys generated for the test), standing
+in for a host's sshd: its own host key, the central's key authorized (with the same
+``restrict,permitopen=...`` options the central asks for on real hosts), and an "agent"
+behind its direct-tcpip channels to 127.0.0.1:<agent port>, which the test scripts answer by
+answer. ``HttpChannel`` and ``HostServer`` are shared with bench/loopfarm.py.
+
+Fixtures (loaded from tests/conftest.py):
+
+- ``ssh_host``: factory, ``await ssh_host(agent=handler, authorized=[key path]) -> SSHTestHost``;
+  closed when the test ends.
+- ``agent_document``: a real agent's /api/all document (the bundled agent's collectors run once
+  on this machine).
+- ``silent_port``: a TCP port that accepts connections and never says anything (a host whose
+  sshd hangs), and ``refused_port``: a port nobody listens on.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import asyncssh
+import pytest
+
+from central.model import Server
+
+
+@dataclass
+class Request:
+    """One HTTP request read from a channel."""
+
+    method: str
+    path: str
+    headers: dict
+    body: bytes
+    line: bytes  # the request line as sent, e.g. b"GET /api/all HTTP/1.1"
+
+
+Handler = Callable[[Request], Awaitable["bytes | None"]]
+
+MAX_REQUEST_HEAD = 64 * 1024
+
+
+def http_answer(status: int = 200, body: bytes | str | dict | list = b"", *, keep_alive: bool = True,
+                headers: dict | None = None, content_type: str = "application/json") -> bytes:
+    """The bytes of an HTTP/1.1 answer the way the agent sends them (always with Content-Length)."""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body, separators=(",", ":"))
+    if isinstance(body, str):
+        body = body.encode()
+    lines = [f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}", f"Content-Type: {content_type}",
+             f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class HttpChannel(asyncssh.SSHTCPSession):
+    """One direct-tcpip channel speaking HTTP/1.1 keep-alive: requests are answered in order by
+    an async handler, which returns the answer's bytes, or None to close the channel instead."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.buf = b""
+        self.chan = None
+        self.busy = False
+        self.task: asyncio.Task | None = None
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def connection_lost(self, exc):
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data, datatype):
+        self.buf += data
+        if not self.busy:
+            self._next()
+
+    def _next(self):
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_REQUEST_HEAD:
+                self.chan.close()
+            return
+        head = self.buf[:end].split(b"\r\n")
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        length = int(headers.get("content-length") or 0)
+        if len(self.buf) < end + 4 + length:
+            return  # the body is still on its way
+        body = self.buf[end + 4:end + 4 + length]
+        self.buf = self.buf[end + 4 + length:]
+        method, _, rest = head[0].decode("latin-1").partition(" ")
+        request = Request(method, rest.rsplit(" ", 1)[0], headers, body, head[0])
+        self.busy = True
+        self.task = asyncio.ensure_future(self._serve(request))
+
+    async def _serve(self, request: Request):
+        try:
+            answer = await self.handler(request)
+        except (OSError, asyncssh.Error):
+            answer = None
+        if answer is None:
+            self.chan.close()
+            return
+        try:
+            self.chan.write(answer)
+        except (OSError, asyncssh.Error):
+            return  # the client is gone
+        self.busy = False
+        self._next()
+
+
+class HostServer(asyncssh.SSHServer):
+    """An sshd stand-in: ``route(dest_host, dest_port)`` decides each direct-tcpip channel (an
+    SSHTCPSession, False for "connection refused", or raise asyncssh.ChannelOpenError)."""
+
+    def __init__(self, route: Callable, on_connect: Callable | None = None):
+        self.route = route
+        self.on_connect = on_connect
+
+    def connection_made(self, conn):
+        if self.on_connect is not None:
+            self.on_connect(conn)
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        return self.route(dest_host, dest_port)
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """'type base64' of a key, as the central pins it."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+async def refuse(request: Request) -> None:
+    """An agent handler that closes the channel without answering."""
+    return None
+
+
+async def hang(request: Request) -> bytes:
+    """An agent handler that never answers (until the channel closes)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+def document_agent(doc: dict, inventory: dict | None = None) -> Handler:
+    """An agent handler serving a fixed /api/all document (and /api/health, /api/inventory)."""
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    health = {"status": "ok", "version": doc.get("agent", {}).get("version"),
+              "sha256": doc.get("agent", {}).get("sha256")}
+
+    async def handler(request: Request) -> bytes:
+        if request.path == "/api/all":
+            return http_answer(200, body)
+        if request.path == "/api/health":
+            return http_answer(200, health)
+        if request.path == "/api/inventory":
+            return http_answer(200, inventory or {"hostname": doc.get("hostname")})
+        return http_answer(404, {"error": "not_found"})
+
+    return handler
+
+
+@dataclass
+class SSHTestHost:
+    """One in-process host: its sshd stand-in on 127.0.0.1:port and the agent behind it."""
+
+    agent: Handler
+    agent_port: int = 8083
+    forwarding: bool = True  # False: every channel is administratively prohibited
+    name: str = "h1"
+    host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
+    port: int = 0
+    connections: list = field(default_factory=list)  # every SSH connection accepted (asyncssh objects)
+    requests: list = field(default_factory=list)  # every Request the agent saw
+    channels: int = 0  # agent channels opened
+    _acceptor: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def host_key_line(self) -> str:
+        """The host key as the central pins it."""
+        return public_key_line(self.host_key)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA256 fingerprint of the host key."""
+        return self.host_key.get_fingerprint("sha256")
+
+    async def start(self, authorized_lines: list[str]) -> "SSHTestHost":
+        """Listen on a free port, accepting the given authorized_keys lines."""
+        authorized = asyncssh.import_authorized_keys("\n".join(authorized_lines) + "\n")
+        self._acceptor = await asyncssh.listen(
+            "127.0.0.1", self.port, family=socket.AF_INET,
+            server_factory=lambda: HostServer(self._route, self.connections.append),
+            server_host_keys=[self.host_key], authorized_client_keys=authorized,
+            # no password or keyboard-interactive fallback, like the test sshd
+            password_auth=False, kbdint_auth=False, gss_host=None,
+            allow_scp=False, x11_forwarding=False, agent_forwarding=False, keepalive_interval=0)
+        self.port = self._acceptor.sockets[0].getsockname()[1]
+        return self
+
+    def _route(self, dest_host, dest_port):
+        if not self.forwarding:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is disabled")
+        if dest_host != "127.0.0.1" or dest_port != self.agent_port:
+            return False  # nothing listens there: "connection refused"
+        self.channels += 1
+        return HttpChannel(self._answer)
+
+    async def _answer(self, request: Request):
+        self.requests.append(request)
+        return await self.agent(request)
+
+    def server(self, id: int = 1, **changes) -> Server:
+        """A Server record pointing at this host, with its host key pinned."""
+        fields = dict(id=id, name=self.name, host="127.0.0.1", port=self.port, agent_port=self.agent_port,
+                      host_key=self.host_key_line, host_key_fingerprint=self.fingerprint)
+        fields.update(changes)
+        return Server(**fields)
+
+    def drop_connections(self) -> None:
+        """Close every SSH connection from the server side (sshd restarted, network blip)."""
+        for conn in self.connections:
+            conn.close()
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+        self.drop_connections()
+        for conn in self.connections:
+            await conn.wait_closed()
+
+
+def authorized_line(public_key_path: str | Path, agent_port: int = 8083, restricted: bool = True) -> str:
+    """The authorized_keys line for a central key: by default the central's own restricted line."""
+    key = " ".join(Path(str(public_key_path)).read_text().split()[:2])
+    if not restricted:
+        return key
+    from central.service import restricted_key_line
+
+    return restricted_key_line(key, agent_port)
+
+
+@pytest.fixture
+async def ssh_host(config):
+    """Factory: ``await ssh_host(agent=handler, authorized=None, **fields)`` -> a started SSHTestHost.
+
+    By default the host authorizes the central's key of the ``config`` fixture, restricted to
+    the agent port (permitopen), and its agent closes every channel without answering.
+    """
+    hosts: list[SSHTestHost] = []
+
+    async def make(agent: Handler = refuse, authorized: list[str] | None = None, **fields) -> SSHTestHost:
+        fields.setdefault("name", f"h{len(hosts) + 1}")
+        host = SSHTestHost(agent=agent, **fields)
+        if authorized is None:
+            authorized = [authorized_line(str(config.key_path) + ".pub", host.agent_port)]
+        hosts.append(host)
+        return await host.start(authorized)
+
+    yield make
+    for host in hosts:
+        await host.close()
+
+
+_DOCUMENT: dict = {}
+
+
+@pytest.fixture
+def agent_document() -> dict:
+    """A real /api/all document: the bundled agent's collectors, run on this machine once."""
+    if not _DOCUMENT:
+        from central.bundled import agent_module
+
+        collector = agent_module().Collector()
+        collector.all()  # the first document has no CPU figures yet (no earlier counters)
+        _DOCUMENT.update(collector.all())
+    return json.loads(json.dumps(_DOCUMENT))
+
+
+@pytest.fixture
+async def silent_port():
+    """A port that accepts TCP connections and never sends a byte (sshd hung, or a tarpit)."""
+    held = []
+
+    async def accept(reader, writer):
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def refused_port() -> int:
+    """A port nobody listens on (bound, then released: the kernel answers RST)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
