@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -40,6 +41,12 @@ class Request:
     headers: dict
     body: bytes
     line: bytes  # the request line as sent, e.g. b"GET /api/all HTTP/1.1"
+    at: float = field(default_factory=time.time)  # when the host read it (wall clock)
+
+
+class ThenClose(bytes):
+    """An answer after which the host closes the channel (an agent closing an idle keep-alive
+    connection, or restarting), although the answer said keep-alive."""
 
 
 Handler = Callable[[Request], Awaitable["bytes | None"]]
@@ -64,8 +71,9 @@ class HttpChannel(asyncssh.SSHTCPSession):
     """One direct-tcpip channel speaking HTTP/1.1 keep-alive: requests are answered in order by
     an async handler, which returns the answer's bytes, or None to close the channel instead."""
 
-    def __init__(self, handler: Handler):
+    def __init__(self, handler: Handler, on_close: Callable[[], None] | None = None):
         self.handler = handler
+        self.on_close = on_close
         self.buf = b""
         self.chan = None
         self.busy = False
@@ -77,6 +85,8 @@ class HttpChannel(asyncssh.SSHTCPSession):
     def connection_lost(self, exc):
         if self.task is not None:
             self.task.cancel()
+        if self.on_close is not None:
+            self.on_close()
 
     def data_received(self, data, datatype):
         self.buf += data
@@ -116,6 +126,9 @@ class HttpChannel(asyncssh.SSHTCPSession):
             self.chan.write(answer)
         except (OSError, asyncssh.Error):
             return  # the client is gone
+        if isinstance(answer, ThenClose):
+            self.chan.close()
+            return
         self.busy = False
         self._next()
 
@@ -174,15 +187,17 @@ def document_agent(doc: dict, inventory: dict | None = None) -> Handler:
 class SSHTestHost:
     """One in-process host: its sshd stand-in on 127.0.0.1:port and the agent behind it."""
 
-    agent: Handler
+    agent: Handler | None  # None: nothing listens on the agent port
     agent_port: int = 8083
     forwarding: bool = True  # False: every channel is administratively prohibited
     name: str = "h1"
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
     port: int = 0
     connections: list = field(default_factory=list)  # every SSH connection accepted (asyncssh objects)
+    connected_at: list = field(default_factory=list)  # time.monotonic() of each, before any auth
     requests: list = field(default_factory=list)  # every Request the agent saw
     channels: int = 0  # agent channels opened
+    channels_closed: int = 0  # agent channels fully closed (both sides)
     _acceptor: asyncssh.SSHAcceptor | None = None
 
     @property
@@ -200,7 +215,7 @@ class SSHTestHost:
         authorized = asyncssh.import_authorized_keys("\n".join(authorized_lines) + "\n")
         self._acceptor = await asyncssh.listen(
             "127.0.0.1", self.port, family=socket.AF_INET,
-            server_factory=lambda: HostServer(self._route, self.connections.append),
+            server_factory=lambda: HostServer(self._route, self._connected),
             server_host_keys=[self.host_key], authorized_client_keys=authorized,
             # no password or keyboard-interactive fallback, like the test sshd
             password_auth=False, kbdint_auth=False, gss_host=None,
@@ -208,13 +223,20 @@ class SSHTestHost:
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self
 
+    def _connected(self, conn):
+        self.connections.append(conn)
+        self.connected_at.append(time.monotonic())
+
     def _route(self, dest_host, dest_port):
         if not self.forwarding:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is disabled")
-        if dest_host != "127.0.0.1" or dest_port != self.agent_port:
+        if dest_host != "127.0.0.1" or dest_port != self.agent_port or self.agent is None:
             return False  # nothing listens there: "connection refused"
         self.channels += 1
-        return HttpChannel(self._answer)
+        return HttpChannel(self._answer, self._channel_closed)
+
+    def _channel_closed(self):
+        self.channels_closed += 1
 
     async def _answer(self, request: Request):
         self.requests.append(request)
@@ -240,6 +262,20 @@ class SSHTestHost:
         self.drop_connections()
         for conn in self.connections:
             await conn.wait_closed()
+
+
+def make_pool(config, **ssh_changes):
+    """The central's SSH pool for config (ssh settings overridden by ssh_changes)."""
+    import dataclasses
+
+    from central.sshpool import SSHPool
+
+    return SSHPool(dataclasses.replace(config.ssh, **ssh_changes), config.key_path)
+
+
+def agent_client(pool, server: Server, max_bytes: int = 4 * 1024 * 1024):
+    """The server's kept agent client from the pool."""
+    return pool.agent_client(server, max_bytes)
 
 
 def authorized_line(public_key_path: str | Path, agent_port: int = 8083, restricted: bool = True) -> str:
