@@ -82,6 +82,7 @@ def test_modules_all_have_registries():
         assert isinstance(module.endpoints, Registry) and module.endpoints.endpoints
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_server_errors_or_schema_violations(api, tmp_path):
     st = tools.require("st", "schemathesis (the [test] extra of pyproject.toml)")
     status, doc, _ = await api.get("/api/v1/openapi.json")

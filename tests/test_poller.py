@@ -139,7 +139,7 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
     def polls(host):
         return [r.at for r in host.requests if r.path == "/api/all"]
 
-    await wait_for(lambda: len(polls(slow)) >= 4, timeout=20, what="4 polls of the slow host")
+    await wait_for(lambda: len(polls(slow)) >= 3, timeout=20, what="3 polls of the slow host")
     for host in (fast, slow):
         starts = polls(host)
         offset = phase(servers[host.name], interval)
@@ -147,4 +147,5 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
             assert abs((t - offset + 0.5) % interval - 0.5) < 0.15, (host.name, t % interval, offset)
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         expected = interval if host is fast else 2 * interval  # a 1.5 s poll misses one slot
-        assert all(abs(g - expected) < 0.2 for g in gaps[1:]), (host.name, gaps)
+        assert gaps and all(abs(g - expected) < 0.2 for g in gaps[1:] or gaps), (host.name, gaps)
+    assert len(polls(fast)) >= 4
