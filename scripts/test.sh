@@ -77,6 +77,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 if [ "$unit" = 1 ]; then
-  exec .venv/bin/python -m pytest -m "$UNIT_MARKERS" "$@"
+  # on every core (pytest-xdist); `scripts/test.sh --unit -n 0` runs them in one process
+  exec .venv/bin/python -m pytest -m "$UNIT_MARKERS" -n auto "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -67,20 +67,26 @@ class SkipPolicy:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
+        # Runs where the test runs (an xdist worker too): the report carries the verdict as
+        # plain attributes, which xdist serialises to the controller.
         report = yield
         if not report.skipped or hasattr(report, "wasxfail"):
             return report
         allowed = call.excinfo is not None and call.excinfo.errisinstance(AllowedSkip)
-        reason = call.excinfo.value.msg if allowed else _reason(report)
-        self.skips.append((report.nodeid, reason, allowed))
+        report.skip_reason = call.excinfo.value.msg if allowed else _reason(report)
+        report.skip_allowed_in_ci = allowed
         if in_ci() and not allowed:
             report.outcome = "failed"
-            report.longrepr = CI_FAILURE + reason
+            report.longrepr = CI_FAILURE + report.skip_reason
         return report
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_make_collect_report(self, collector):
-        report = yield
+    def pytest_runtest_logreport(self, report):
+        # Runs where the results are shown (the controller under xdist).
+        reason = getattr(report, "skip_reason", None)
+        if reason is not None:
+            self.skips.append((report.nodeid, reason, report.skip_allowed_in_ci))
+
+    def pytest_collectreport(self, report):
         if report.skipped:
             reason = _reason(report)
             self.skips.append((report.nodeid, reason, False))
@@ -88,7 +94,6 @@ class SkipPolicy:
                 # Turning it into a collection error would stop the whole run before any test
                 # ran; the session's exit status fails the run instead (pytest_sessionfinish).
                 self.collection_skips.append((report.nodeid, reason))
-        return report
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):

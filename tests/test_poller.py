@@ -144,8 +144,10 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
         starts = polls(host)
         offset = phase(servers[host.name], interval)
         for t in starts[1:]:  # the first one also waited for the SSH connection
-            assert abs((t - offset + 0.5) % interval - 0.5) < 0.15, (host.name, t % interval, offset)
+            # on its phase; the slack is for a busy machine (the next slot is a whole second away)
+            assert abs((t - offset + 0.5) % interval - 0.5) < 0.3, (host.name, t % interval, offset)
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         expected = interval if host is fast else 2 * interval  # a 1.5 s poll misses one slot
-        assert gaps and all(abs(g - expected) < 0.2 for g in gaps[1:] or gaps), (host.name, gaps)
+        # (without the skip the slow host's next poll would start at once: a 1.5 s gap)
+        assert gaps and all(abs(g - expected) < 0.3 for g in gaps[1:] or gaps), (host.name, gaps)
     assert len(polls(fast)) >= 4

@@ -161,3 +161,23 @@ def test_ci_run_fails_when_no_tests_ran_and_ends_with_the_counts(tmp_path, rc, l
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == (1 if rc == 5 else rc), res.stdout + res.stderr
     assert res.stdout.splitlines()[-1] == last
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_the_policy_holds_under_xdist(pytester, monkeypatch, ci):
+    # scripts/test.sh --unit runs with pytest-xdist: the verdicts travel from the worker
+    if ci:
+        monkeypatch.setenv("CI", "true")
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest_subprocess("-p", "tests.skippolicy", "-p", "no:cacheprovider", "-n", "1")
+    out = result.stdout.str()
+    if ci:
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.assert_outcomes(passed=1, failed=1, errors=3, xfailed=1)
+        assert "FAILED (skip under CI) x2: REAL-HOST TESTS NOT RUN: test hosts need root" in out
+    else:
+        assert result.ret == pytest.ExitCode.OK
+        result.assert_outcomes(passed=1, skipped=4, xfailed=1)
+        assert "SKIPPED x2: REAL-HOST TESTS NOT RUN: test hosts need root" in out

@@ -135,8 +135,9 @@ async def test_backoff_doubles_up_to_the_cap_with_equal_jitter(ssh_host, config)
     finally:
         await pool.close()
     # retry n waits between half and all of min(0.4, 0.05 * 2**(n-1)), plus the connect itself
+    # (and whatever a busy machine adds: the upper bound only says it does retry)
     for gap, delay in zip(gaps, (0.05, 0.1, 0.2, 0.4, 0.4)):
-        assert delay / 2 <= gap <= delay + 0.25, (gaps, delay)
+        assert delay / 2 <= gap <= delay + 0.5, (gaps, delay)
     assert min(gaps[3:]) > max(gaps[:1])  # it really backs off
 
 
