@@ -12,6 +12,7 @@ import asyncssh
 import pytest
 
 from central.poller import phase
+from central.servers import add_server
 from central.service import Central
 from tests.helpers import wait_for
 from tests.sshharness import document_agent, hang, http_answer, refuse
@@ -132,7 +133,7 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
     slow = await ssh_host(agent=slow_agent, name="slow")
     servers = {}
     for host in (fast, slow):
-        added = await central.add_server(host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint)
+        added = await add_server(central, host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint)
         servers[host.name] = added["server"]["id"]
     await central.poller.start()
 
