@@ -52,8 +52,9 @@ def test_passes():
 
 @pytest.fixture
 def pytester(pytester):
-    """pytester with an ini that keeps pytest-asyncio quiet (warnings are errors here)."""
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    """pytester with an ini that keeps pytest-asyncio quiet (warnings are errors here) and
+    leaves out the plugin this suite does not use, as pyproject.toml does."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\naddopts = -p no:schemathesis\n")
     return pytester
 
 
