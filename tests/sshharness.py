@@ -72,6 +72,7 @@ class SSHTestHost:
     agent: Handler | None  # None: nothing listens on the agent port
     agent_port: int = 8083
     forwarding: bool = True  # False: every channel is administratively prohibited
+    drop_on_connect: bool = False  # True: close every connection as soon as it is accepted
     name: str = "h1"
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
     port: int = 0
@@ -108,6 +109,8 @@ class SSHTestHost:
     def _connected(self, conn):
         self.connections.append(conn)
         self.connected_at.append(time.monotonic())
+        if self.drop_on_connect:
+            conn.close()
 
     def _route(self, dest_host, dest_port):
         if not self.forwarding:

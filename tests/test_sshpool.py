@@ -186,3 +186,28 @@ async def test_reset_backoff_allows_an_immediate_retry(ssh_host, config):
         assert "next retry in" not in err.message and len(host.connected_at) == 2
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize("exc, reason, text", [
+    (asyncssh.HostKeyNotVerifiable("no match"), "host_key_mismatch", "does not match the pinned key (no match)"),
+    (asyncssh.PermissionDenied("denied"), "auth_failed", "SSH authentication failed: denied"),
+    (asyncio.TimeoutError(), "timeout", "timed out"),
+    (asyncssh.ConnectionLost("reset by peer"), "unreachable", "SSH disconnected: reset by peer"),
+    (ConnectionRefusedError(111, "Connection refused"), "unreachable", "connection refused (is sshd running?)"),
+    (OSError(113, "No route to host"), "unreachable", "No route to host"),
+    (asyncssh.ChannelOpenError(2, "refused"), "unreachable", "SSH error: refused"),
+    (ValueError("odd"), "unreachable", "ValueError: odd"),
+    (PollError("agent_down", "kept as it is"), "agent_down", "kept as it is"),
+])
+def test_classify_maps_each_exception_to_its_reason(exc, reason, text):
+    from central.failures import classify
+
+    err = classify(exc)
+    assert err.reason == reason and text in err.message, err
+
+
+async def test_a_host_that_drops_the_connection_during_the_handshake_is_unreachable(ssh_host, pool):
+    host = await ssh_host()
+    host.drop_on_connect = True
+    err = await failure(pool, host.server())
+    assert err.reason == "unreachable", err
