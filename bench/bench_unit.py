@@ -7,6 +7,7 @@ count line and the machine's load before and after. Run from the repository root
     .venv/bin/python bench/bench_unit.py                  # with and without pytest-xdist
     .venv/bin/python bench/bench_unit.py --workers 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,14 @@ def run(workers: str) -> dict:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = res.stdout.strip().splitlines()
-    return {"workers": workers, "wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "load": (load_before, os.getloadavg()[0]), "result": lines[-1] if lines else res.stderr[-200:],
-            "rc": res.returncode}
+    return {
+        "workers": workers,
+        "wall": wall,
+        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "load": (load_before, os.getloadavg()[0]),
+        "result": lines[-1] if lines else res.stderr[-200:],
+        "rc": res.returncode,
+    }
 
 
 def main() -> None:
@@ -52,7 +58,9 @@ def main() -> None:
     print("| xdist workers | wall s | CPU s (pytest + children) | load 1-min before/after | result |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} | {r['result']} |")
+        print(
+            f"| {r['workers']} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} | {r['result']} |"
+        )
     if any(r["rc"] for r in rows):
         sys.exit(1)
 

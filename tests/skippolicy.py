@@ -11,6 +11,7 @@
   automatically, so ``-m "not hosts and not lxc ..."`` (scripts/test.sh --unit) selects
   exactly the tests that need neither, whoever wrote them.
 """
+
 from __future__ import annotations
 
 import collections
@@ -110,8 +111,9 @@ class SkipPolicy:
         ci = in_ci()
         refused = sum(len(ids) for (_, allowed), ids in by_reason.items() if not allowed)
         if ci and refused:
-            tr.write_sep("!", f"CI=true: {refused} skipped test(s) FAIL the run; install what is missing",
-                         red=True, bold=True)
+            tr.write_sep(
+                "!", f"CI=true: {refused} skipped test(s) FAIL the run; install what is missing", red=True, bold=True
+            )
         else:
             tr.write_sep("!", f"{len(self.skips)} test(s) SKIPPED: these were NOT tested", red=True, bold=True)
         for (reason, allowed), ids in sorted(by_reason.items()):

@@ -17,6 +17,7 @@ Fixtures (loaded from tests/conftest.py):
 - ``silent_port``: a TCP port that accepts connections and never says anything (a host whose
   sshd hangs), and ``refused_port``: a port nobody listens on.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,22 @@ import pytest
 from central.model import Server
 from tests.sshserver import Handler, HostServer, HttpChannel, Request, ThenClose, http_answer, public_key_line
 
-__all__ = ["Handler", "HostServer", "HttpChannel", "Request", "SSHTestHost", "ThenClose", "agent_client",
-           "authorized_line", "document_agent", "hang", "http_answer", "make_pool", "public_key_line", "refuse"]
+__all__ = [
+    "Handler",
+    "HostServer",
+    "HttpChannel",
+    "Request",
+    "SSHTestHost",
+    "ThenClose",
+    "agent_client",
+    "authorized_line",
+    "document_agent",
+    "hang",
+    "http_answer",
+    "make_pool",
+    "public_key_line",
+    "refuse",
+]
 
 
 async def refuse(request: Request) -> None:
@@ -50,8 +65,11 @@ async def hang(request: Request) -> bytes:
 def document_agent(doc: dict, inventory: dict | None = None) -> Handler:
     """An agent handler serving a fixed /api/all document (and /api/health, /api/inventory)."""
     body = json.dumps(doc, separators=(",", ":")).encode()
-    health = {"status": "ok", "version": doc.get("agent", {}).get("version"),
-              "sha256": doc.get("agent", {}).get("sha256")}
+    health = {
+        "status": "ok",
+        "version": doc.get("agent", {}).get("version"),
+        "sha256": doc.get("agent", {}).get("sha256"),
+    }
 
     async def handler(request: Request) -> bytes:
         if request.path == "/api/all":
@@ -97,12 +115,21 @@ class SSHTestHost:
         """Listen on a free port, accepting the given authorized_keys lines."""
         authorized = asyncssh.import_authorized_keys("\n".join(authorized_lines) + "\n")
         self._acceptor = await asyncssh.listen(
-            "127.0.0.1", self.port, family=socket.AF_INET,
+            "127.0.0.1",
+            self.port,
+            family=socket.AF_INET,
             server_factory=lambda: HostServer(self._route, self._connected),
-            server_host_keys=[self.host_key], authorized_client_keys=authorized,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=authorized,
             # no password or keyboard-interactive fallback, like the test sshd
-            password_auth=False, kbdint_auth=False, gss_host=None,
-            allow_scp=False, x11_forwarding=False, agent_forwarding=False, keepalive_interval=0)
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            allow_scp=False,
+            x11_forwarding=False,
+            agent_forwarding=False,
+            keepalive_interval=0,
+        )
         self.port = self._acceptor.sockets[0].getsockname()[1]
         return self
 
@@ -129,8 +156,15 @@ class SSHTestHost:
 
     def server(self, id: int = 1, **changes) -> Server:
         """A Server record pointing at this host, with its host key pinned."""
-        fields = dict(id=id, name=self.name, host="127.0.0.1", port=self.port, agent_port=self.agent_port,
-                      host_key=self.host_key_line, host_key_fingerprint=self.fingerprint)
+        fields = dict(
+            id=id,
+            name=self.name,
+            host="127.0.0.1",
+            port=self.port,
+            agent_port=self.agent_port,
+            host_key=self.host_key_line,
+            host_key_fingerprint=self.fingerprint,
+        )
         fields.update(changes)
         return Server(**fields)
 

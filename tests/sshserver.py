@@ -4,6 +4,7 @@ direct-tcpip channels, and a channel that speaks HTTP/1.1 keep-alive with an asy
 Used by the test harness (tests/sshharness.py) and the benchmark's loopback host farm
 (bench/loopfarm.py); it needs only asyncssh.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,15 +38,25 @@ Handler = Callable[[Request], Awaitable["bytes | None"]]
 MAX_REQUEST_HEAD = 64 * 1024
 
 
-def http_answer(status: int = 200, body: bytes | str | dict | list = b"", *, keep_alive: bool = True,
-                headers: dict | None = None, content_type: str = "application/json") -> bytes:
+def http_answer(
+    status: int = 200,
+    body: bytes | str | dict | list = b"",
+    *,
+    keep_alive: bool = True,
+    headers: dict | None = None,
+    content_type: str = "application/json",
+) -> bytes:
     """The bytes of an HTTP/1.1 answer the way the agent sends them (always with Content-Length)."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body, separators=(",", ":"))
     if isinstance(body, str):
         body = body.encode()
-    lines = [f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    lines = [
+        f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -90,8 +101,8 @@ class HttpChannel(asyncssh.SSHTCPSession):
         length = int(headers.get("content-length") or 0)
         if len(self.buf) < end + 4 + length:
             return  # the body is still on its way
-        body = self.buf[end + 4:end + 4 + length]
-        self.buf = self.buf[end + 4 + length:]
+        body = self.buf[end + 4 : end + 4 + length]
+        self.buf = self.buf[end + 4 + length :]
         method, _, rest = head[0].decode("latin-1").partition(" ")
         request = Request(method, rest.rsplit(" ", 1)[0], headers, body, head[0])
         self.busy = True

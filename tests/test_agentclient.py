@@ -1,6 +1,7 @@
 """HTTP/1.1 to the agent over a kept SSH channel, against an in-process SSH host whose agent
 answers what each test scripts (tests/sshharness.py): the kept channel and its one retry, size
 caps, malformed answers, timeouts and how each failure is classified. No root needed."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,11 @@ async def test_requests_reuse_one_channel_and_are_well_formed(ssh_host, pool):
     assert status == 200 and doc == {"n": 4}
     assert host.channels == 1 and len(host.connections) == 1
     post = host.requests[-1]
-    assert post.method == "POST" and post.path == "/api/actions/kill" and json.loads(post.body) == {"pid": 42, "signal": "TERM"}
+    assert (
+        post.method == "POST"
+        and post.path == "/api/actions/kill"
+        and json.loads(post.body) == {"pid": 42, "signal": "TERM"}
+    )
     assert post.headers["content-type"] == "application/json" and post.headers["content-length"] == str(len(post.body))
     assert host.requests[0].line == b"GET /api/all HTTP/1.1" and host.requests[0].headers["content-length"] == "0"
 
@@ -118,13 +123,16 @@ async def test_forwarding_refused_by_the_host_is_agent_down_with_a_hint(ssh_host
     assert host.requests == []
 
 
-@pytest.mark.parametrize("answer, message", [
-    (b"SSH-2.0-OpenSSH_9.2\r\n", "not HTTP"),
-    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20000, "headers are too long"),
-    (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n{}", "no valid Content-Length"),
-    (b"HTTP/1.1 OK 200\r\nContent-Length: 2\r\n\r\n{}", "not HTTP"),
-    (ThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10), "ended after 10 of 100 bytes"),
-])
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "not HTTP"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20000, "headers are too long"),
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n{}", "no valid Content-Length"),
+        (b"HTTP/1.1 OK 200\r\nContent-Length: 2\r\n\r\n{}", "not HTTP"),
+        (ThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10), "ended after 10 of 100 bytes"),
+    ],
+)
 async def test_malformed_answers_are_bad_payload_and_drop_the_channel(ssh_host, pool, answer, message):
     host = await ssh_host(agent=counting([answer]))
     client = agent_client(pool, host.server())
@@ -145,10 +153,16 @@ async def test_the_size_cap_refuses_a_larger_answer_and_accepts_the_limit(ssh_ho
 
 
 async def test_agent_errors_keep_the_agents_detail(ssh_host, pool):
-    host = await ssh_host(agent=counting([http_answer(500, {"detail": "collector exploded"}),
-                                          http_answer(503, b"<html>busy</html>"),
-                                          http_answer(404, {"error": "not_found"}),
-                                          http_answer(200, b"not json")]))
+    host = await ssh_host(
+        agent=counting(
+            [
+                http_answer(500, {"detail": "collector exploded"}),
+                http_answer(503, b"<html>busy</html>"),
+                http_answer(404, {"error": "not_found"}),
+                http_answer(200, b"not json"),
+            ]
+        )
+    )
     client = agent_client(pool, host.server())
     err = await fails(client)
     assert err.reason == "agent_error" and "answered 500: collector exploded" in err.message
@@ -180,7 +194,9 @@ async def test_a_host_that_never_speaks_ssh_is_unreachable_within_the_request_ti
 
 
 async def test_ssh_failures_reach_the_caller_classified(ssh_host, pool, refused_port):
-    host = await ssh_host(authorized=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPz0dkaVvH2H8v6r8F+X2Xw2L5dV0aP1q2lP8dQ0yq7E"])
+    host = await ssh_host(
+        authorized=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPz0dkaVvH2H8v6r8F+X2Xw2L5dV0aP1q2lP8dQ0yq7E"]
+    )
     err = await fails(agent_client(pool, host.server()))
     assert err.reason == "auth_failed"
     err = await fails(agent_client(pool, host.server(id=2, port=refused_port)))

@@ -1,6 +1,7 @@
 """The docs stay true: the agent protocol's JSON examples have the shape of the agent's real
 documents, and every CLI command, HTTP endpoint and alert metric is documented (and nothing
 documented is gone). A failure says what is missing, where, and where to add it."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,6 +32,7 @@ def rel(path) -> str:
 
 
 # --- the agent protocol --------------------------------------------------------------------
+
 
 def json_example(doc: str, heading: str) -> object:
     """The first ```json block after a heading line."""
@@ -64,8 +66,10 @@ def shape_diff(example, real, path: str = "") -> list[str]:
     if example is None or real is None:
         return []  # a field that cannot be read is null: documented for every field
     if kind(example) != kind(real):
-        return [f"`{name}`: the docs show a {kind(example)} ({json.dumps(example)[:40]}), "
-                f"the agent sends a {kind(real)} ({json.dumps(real)[:40]})"]
+        return [
+            f"`{name}`: the docs show a {kind(example)} ({json.dumps(example)[:40]}), "
+            f"the agent sends a {kind(real)} ({json.dumps(real)[:40]})"
+        ]
     if isinstance(example, list):
         if not example or not real:
             return []
@@ -91,29 +95,36 @@ def shape_diff(example, real, path: str = "") -> list[str]:
 def collector(agent):
     """The real agent's collectors on this machine, with a policy that watches something (so
     the optional watched sections are there), after one document (so rates have a baseline)."""
-    c = agent.Collector(policy={"watched_processes": ["python3", "no-such-process"],
-                                "watched_units": ["ssh.service"]})
+    c = agent.Collector(policy={"watched_processes": ["python3", "no-such-process"], "watched_units": ["ssh.service"]})
     c.all()
     return c
 
 
-@pytest.mark.parametrize("heading, endpoint", [("## GET /api/all (one poll)", "/api/all"),
-                                               ("## GET /api/inventory", "/api/inventory")])
+@pytest.mark.parametrize(
+    "heading, endpoint", [("## GET /api/all (one poll)", "/api/all"), ("## GET /api/inventory", "/api/inventory")]
+)
 def test_protocol_examples_have_the_shape_of_the_agents_documents(agent, collector, heading, endpoint):
     example = json_example(read(PROTOCOL), heading)
     real = agent.endpoint(collector, endpoint)
     diffs = shape_diff(example, real)
-    assert not diffs, (f"{rel(PROTOCOL)}, the example under {heading!r} differs from what the agent's "
-                       f"GET {endpoint} returns (agent/agent.py); fix the example:\n  " + "\n  ".join(diffs))
+    assert not diffs, (
+        f"{rel(PROTOCOL)}, the example under {heading!r} differs from what the agent's "
+        f"GET {endpoint} returns (agent/agent.py); fix the example:\n  " + "\n  ".join(diffs)
+    )
 
 
 def test_protocol_shows_the_agents_default_policy(agent):
     example = json_example(read(PROTOCOL), "### Host policy file")
     real = agent.DEFAULT_POLICY
-    diffs = [f"`{key}`: the docs say {json.dumps(example.get(key))}, the agent has {json.dumps(real.get(key))}"
-             for key in sorted(set(example) | set(real)) if example.get(key) != real.get(key)]
-    assert not diffs, (f"{rel(PROTOCOL)}, '### Host policy file': the JSON block must be the agent's "
-                       f"DEFAULT_POLICY (agent/agent.py):\n  " + "\n  ".join(diffs))
+    diffs = [
+        f"`{key}`: the docs say {json.dumps(example.get(key))}, the agent has {json.dumps(real.get(key))}"
+        for key in sorted(set(example) | set(real))
+        if example.get(key) != real.get(key)
+    ]
+    assert not diffs, (
+        f"{rel(PROTOCOL)}, '### Host policy file': the JSON block must be the agent's "
+        f"DEFAULT_POLICY (agent/agent.py):\n  " + "\n  ".join(diffs)
+    )
 
 
 def test_protocol_lists_the_health_fields_and_every_agent_endpoint(agent, collector):
@@ -122,13 +133,16 @@ def test_protocol_lists_the_health_fields_and_every_agent_endpoint(agent, collec
     assert bullet, f"{rel(PROTOCOL)}: the 'Other endpoints' list must show GET /api/health's fields"
     documented = set(re.findall(r'[{,]\s*"(\w+)"', bullet.group(1)))  # keys, not the "ok" value
     real = set(agent.endpoint(collector, "/api/health"))
-    assert documented == real, (f"{rel(PROTOCOL)}, GET /api/health: the agent sends {sorted(real)}; "
-                                f"missing from the docs: {sorted(real - documented)}, "
-                                f"not sent: {sorted(documented - real)}")
+    assert documented == real, (
+        f"{rel(PROTOCOL)}, GET /api/health: the agent sends {sorted(real)}; "
+        f"missing from the docs: {sorted(real - documented)}, "
+        f"not sent: {sorted(documented - real)}"
+    )
     for route in (*agent.Agent.GET_ROUTES, *agent.Agent.POST_ROUTES):
         assert re.search(re.escape(route) + r"(?![\w/])", doc), (
             f"{rel(PROTOCOL)} does not mention the agent's endpoint {route} (agent/agent.py Agent."
-            f"GET_ROUTES/POST_ROUTES): add it under '## Other endpoints'")
+            f"GET_ROUTES/POST_ROUTES): add it under '## Other endpoints'"
+        )
 
 
 # --- the CLI ---------------------------------------------------------------------------------
@@ -152,8 +166,10 @@ def test_every_cli_command_is_in_docs_cli_md():
         if not re.search(r"`" + re.escape(line) + r"[ `]", doc):
             source = rel(inspect.getsourcefile(inspect.unwrap(command.callback)))
             missing.append(f"`{line}` ({source}: {command.get_short_help_str(80)})")
-    assert not missing, (f"{rel(CLI_DOC)} does not list these commands; add a line "
-                         f"\"- `central ...`: what it does\" under the group's heading:\n  " + "\n  ".join(missing))
+    assert not missing, (
+        f"{rel(CLI_DOC)} does not list these commands; add a line "
+        f'"- `central ...`: what it does" under the group\'s heading:\n  ' + "\n  ".join(missing)
+    )
 
 
 def test_every_central_command_the_docs_name_exists():
@@ -205,16 +221,22 @@ def documented_endpoints(doc: str) -> dict:
 
 def test_every_endpoint_the_app_serves_is_in_docs_api_md(routes):
     rows = documented_endpoints(read(API_DOC))
-    missing = [f"`{m} {p}` (declared in {where}{': ' + e.summary if e else ''})"
-               for (m, p), (where, e) in sorted(routes.items()) if (m, p) not in rows]
+    missing = [
+        f"`{m} {p}` (declared in {where}{': ' + e.summary if e else ''})"
+        for (m, p), (where, e) in sorted(routes.items())
+        if (m, p) not in rows
+    ]
     stale = [f"`{m} {p}`" for (m, p) in sorted(rows) if (m, p) not in routes]
     problems = []
     if missing:
-        problems.append(f"{rel(API_DOC)} does not document these endpoints; add a row "
-                        f"\"| `METHOD /path` | role | what |\" to the table of its module:\n  " + "\n  ".join(missing))
+        problems.append(
+            f"{rel(API_DOC)} does not document these endpoints; add a row "
+            f'"| `METHOD /path` | role | what |" to the table of its module:\n  ' + "\n  ".join(missing)
+        )
     if stale:
-        problems.append(f"{rel(API_DOC)} documents endpoints the app does not serve (remove the rows):\n  "
-                        + "\n  ".join(stale))
+        problems.append(
+            f"{rel(API_DOC)} documents endpoints the app does not serve (remove the rows):\n  " + "\n  ".join(stale)
+        )
     assert not problems, "\n".join(problems)
 
 
@@ -238,13 +260,20 @@ ALERTS_DOC = DOCS / "alerts.md"
 def test_every_alert_metric_is_in_the_table_of_docs_alerts_md():
     doc = read(ALERTS_DOC)
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\|\s*`([a-z_]+(?:\.[a-z_0-9]+)*)`\s*\|.*$", doc, re.M)}
-    missing = [f"`{name}` (unit {metric.unit}{', label ' + metric.label if metric.label else ''})"
-               for name, metric in ALERT_METRICS.items() if name not in rows]
-    assert not missing, (f"{rel(ALERTS_DOC)}: the table under '## Metrics a rule can watch' does not list "
-                         f"these ALERT_METRICS of central/model.py; add a row each:\n  " + "\n  ".join(missing))
+    missing = [
+        f"`{name}` (unit {metric.unit}{', label ' + metric.label if metric.label else ''})"
+        for name, metric in ALERT_METRICS.items()
+        if name not in rows
+    ]
+    assert not missing, (
+        f"{rel(ALERTS_DOC)}: the table under '## Metrics a rule can watch' does not list "
+        f"these ALERT_METRICS of central/model.py; add a row each:\n  " + "\n  ".join(missing)
+    )
     stale = sorted(set(rows) - set(ALERT_METRICS))
     assert not stale, f"{rel(ALERTS_DOC)} lists metrics that central/model.py no longer has: {stale}"
     for name, metric in ALERT_METRICS.items():
         for reason in metric.reasons:
-            assert f"`{reason}`" in rows[name], (f"{rel(ALERTS_DOC)}: the row of `{name}` must name the "
-                                                 f"failure reason `{reason}` it counts (central/model.py)")
+            assert f"`{reason}`" in rows[name], (
+                f"{rel(ALERTS_DOC)}: the row of `{name}` must name the "
+                f"failure reason `{reason}` it counts (central/model.py)"
+            )

@@ -1,6 +1,7 @@
 """The poller against in-process SSH hosts (tests/sshharness.py): what each kind of failure
 becomes in a poll's outcome, the inventory fetch, and the schedule (phases spread over the
 interval, missed slots skipped rather than burst). No root needed."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,20 @@ from central.service import Central
 from tests.helpers import wait_for
 from tests.sshharness import document_agent, hang, http_answer, refuse
 
-OTHER_KEY_LINE = " ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2])
+OTHER_KEY_LINE = " ".join(
+    asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2]
+)
 
 
 async def open_central(config, timeout):
     """A Central with short timeouts and without the local server (only the hosts a test adds)."""
-    return await Central.open(dataclasses.replace(
-        config, poll=dataclasses.replace(config.poll, local=False, timeout=timeout),
-        ssh=dataclasses.replace(config.ssh, connect_timeout=0.4)))
+    return await Central.open(
+        dataclasses.replace(
+            config,
+            poll=dataclasses.replace(config.poll, local=False, timeout=timeout),
+            ssh=dataclasses.replace(config.ssh, connect_timeout=0.4),
+        )
+    )
 
 
 @pytest.fixture
@@ -44,6 +51,7 @@ async def patient_central(config):
 def answering(status, body):
     async def handler(request):
         return http_answer(status, body)
+
     return handler
 
 
@@ -53,31 +61,45 @@ async def poll(central, server):
     return outcome
 
 
-@pytest.mark.parametrize("case, reason, message", [
-    ("refused", "unreachable", "connection refused"),
-    ("silent", "unreachable", "within"),
-    ("foreign key", "auth_failed", "authentication failed"),
-    ("other host key", "host_key_mismatch", "does not match the pinned key"),
-    ("no host key", "host_key_unknown", "central server trust"),
-    ("no agent", "agent_down", "nothing listens"),
-    ("closes", "agent_down", "without answering"),
-    ("500", "agent_error", "answered 500"),
-    ("404", "agent_error", "GET /api/all answered 404"),
-    ("not json", "bad_payload", ""),
-    ("not a document", "bad_payload", "no numeric timestamp"),
-    ("oversized", "bad_payload", "byte limit"),
-    ("hangs", "timeout", "did not answer GET /api/all within 0.6s"),
-])
-async def test_each_failure_becomes_its_reason(central, ssh_host, agent_document, refused_port, silent_port,
-                                               case, reason, message):
-    agents = {"no agent": None, "closes": refuse, "500": answering(500, {"detail": "boom"}),
-              "404": answering(404, {"error": "not_found"}), "not json": answering(200, b"<html>"),
-              "not a document": answering(200, {"hello": "world"}), "hangs": hang,
-              "oversized": answering(200, {"pad": "x" * (central.config.poll.max_response_bytes + 1)})}
+@pytest.mark.parametrize(
+    "case, reason, message",
+    [
+        ("refused", "unreachable", "connection refused"),
+        ("silent", "unreachable", "within"),
+        ("foreign key", "auth_failed", "authentication failed"),
+        ("other host key", "host_key_mismatch", "does not match the pinned key"),
+        ("no host key", "host_key_unknown", "central server trust"),
+        ("no agent", "agent_down", "nothing listens"),
+        ("closes", "agent_down", "without answering"),
+        ("500", "agent_error", "answered 500"),
+        ("404", "agent_error", "GET /api/all answered 404"),
+        ("not json", "bad_payload", ""),
+        ("not a document", "bad_payload", "no numeric timestamp"),
+        ("oversized", "bad_payload", "byte limit"),
+        ("hangs", "timeout", "did not answer GET /api/all within 0.6s"),
+    ],
+)
+async def test_each_failure_becomes_its_reason(
+    central, ssh_host, agent_document, refused_port, silent_port, case, reason, message
+):
+    agents = {
+        "no agent": None,
+        "closes": refuse,
+        "500": answering(500, {"detail": "boom"}),
+        "404": answering(404, {"error": "not_found"}),
+        "not json": answering(200, b"<html>"),
+        "not a document": answering(200, {"hello": "world"}),
+        "hangs": hang,
+        "oversized": answering(200, {"pad": "x" * (central.config.poll.max_response_bytes + 1)}),
+    }
     agent = agents.get(case, document_agent(agent_document))
     host = await ssh_host(agent=agent, authorized=[OTHER_KEY_LINE] if case == "foreign key" else None)
-    changes = {"refused": {"port": refused_port}, "silent": {"port": silent_port},
-               "other host key": {"host_key": OTHER_KEY_LINE}, "no host key": {"host_key": None}}.get(case, {})
+    changes = {
+        "refused": {"port": refused_port},
+        "silent": {"port": silent_port},
+        "other host key": {"host_key": OTHER_KEY_LINE},
+        "no host key": {"host_key": None},
+    }.get(case, {})
     outcome = await poll(central, host.server(**changes))
     assert not outcome.ok and outcome.reason == reason, (outcome.reason, outcome.error)
     assert message in outcome.error and outcome.doc_text is None and outcome.sample is None

@@ -1,5 +1,6 @@
 """The skip policy (tests/skippolicy.py): under CI=true a skip fails the run; outside, it is
 summarised loudly. Each test runs a tiny suite with pytester, with the policy plugin loaded."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-SUITE = '''
+SUITE = """
 import pytest
 from tests.skippolicy import allowed_in_ci
 
@@ -37,9 +38,9 @@ def test_host_two(farm):
 @pytest.mark.xfail(reason="known bug", strict=True)
 def test_expected_failure():
     assert False
-'''
+"""
 
-MIRROR = '''
+MIRROR = """
 from tests.skippolicy import allowed_in_ci
 
 def test_lxc():
@@ -47,7 +48,7 @@ def test_lxc():
 
 def test_passes():
     pass
-'''
+"""
 
 
 @pytest.fixture
@@ -106,8 +107,10 @@ def test_the_mirror_skip_is_allowed_in_ci_and_says_so(pytester, monkeypatch):
 
 
 def test_a_module_level_skip_fails_the_ci_run_without_stopping_the_others(pytester, monkeypatch):
-    files = {"test_browser": 'import pytest\npytest.importorskip("no_such_module_xyz")\n\ndef test_page():\n    pass\n',
-             "test_other": "def test_ok():\n    pass\n"}
+    files = {
+        "test_browser": 'import pytest\npytest.importorskip("no_such_module_xyz")\n\ndef test_page():\n    pass\n',
+        "test_other": "def test_ok():\n    pass\n",
+    }
     result = run(pytester, monkeypatch, True, **files)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=1, skipped=1)
@@ -117,7 +120,7 @@ def test_a_module_level_skip_fails_the_ci_run_without_stopping_the_others(pytest
 
 
 def test_tests_using_the_host_and_lxc_fixtures_are_marked_for_deselection(pytester, monkeypatch):
-    suite = '''
+    suite = """
 import pytest
 
 @pytest.fixture
@@ -140,26 +143,39 @@ def test_uses_lxc(lxc_farm):
 
 def test_pure():
     pass
-'''
+"""
     pytester.makepyfile(suite)
     monkeypatch.delenv("CI", raising=False)
-    result = pytester.runpytest_inprocess("-p", "tests.skippolicy", "-p", "no:cacheprovider",
-                                          "-m", "not hosts and not lxc", "-v")
+    result = pytester.runpytest_inprocess(
+        "-p", "tests.skippolicy", "-p", "no:cacheprovider", "-m", "not hosts and not lxc", "-v"
+    )
     result.assert_outcomes(passed=1, deselected=2)
     assert "test_pure PASSED" in result.stdout.str()
 
 
-@pytest.mark.parametrize("rc, last", [(0, "=== 3 passed in 1.00s ==="), (5, ".ci/run: FAILED: pytest collected no tests (exit code 5)"),
-                                      (1, "=== 1 failed, 2 passed in 1.00s ===")])
+@pytest.mark.parametrize(
+    "rc, last",
+    [
+        (0, "=== 3 passed in 1.00s ==="),
+        (5, ".ci/run: FAILED: pytest collected no tests (exit code 5)"),
+        (1, "=== 1 failed, 2 passed in 1.00s ==="),
+    ],
+)
 def test_ci_run_fails_when_no_tests_ran_and_ends_with_the_counts(tmp_path, rc, last):
     (tmp_path / ".ci").mkdir()
     shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
     (tmp_path / "scripts").mkdir()
     # a stand-in for scripts/test.sh: prints what pytest would and exits with its code
     (tmp_path / "scripts" / "test.sh").write_text(
-        f'[ "$CI" = true ] || exit 99\necho "{last if rc != 5 else "no tests ran in 0.01s"}"\nexit {rc}\n')
-    res = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=30,
-                         env={"PATH": "/usr/bin:/bin"})
+        f'[ "$CI" = true ] || exit 99\necho "{last if rc != 5 else "no tests ran in 0.01s"}"\nexit {rc}\n'
+    )
+    res = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "run")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == (1 if rc == 5 else rc), res.stdout + res.stderr
     assert res.stdout.splitlines()[-1] == last
 

@@ -1,5 +1,6 @@
 """The SSH pool against an in-process SSH host (tests/sshharness.py): one kept connection per
 server, pinned host keys, classified failures, backoff with jitter. No root needed."""
+
 from __future__ import annotations
 
 import asyncio
@@ -188,17 +189,20 @@ async def test_reset_backoff_allows_an_immediate_retry(ssh_host, config):
         await pool.close()
 
 
-@pytest.mark.parametrize("exc, reason, text", [
-    (asyncssh.HostKeyNotVerifiable("no match"), "host_key_mismatch", "does not match the pinned key (no match)"),
-    (asyncssh.PermissionDenied("denied"), "auth_failed", "SSH authentication failed: denied"),
-    (asyncio.TimeoutError(), "timeout", "timed out"),
-    (asyncssh.ConnectionLost("reset by peer"), "unreachable", "SSH disconnected: reset by peer"),
-    (ConnectionRefusedError(111, "Connection refused"), "unreachable", "connection refused (is sshd running?)"),
-    (OSError(113, "No route to host"), "unreachable", "No route to host"),
-    (asyncssh.ChannelOpenError(2, "refused"), "unreachable", "SSH error: refused"),
-    (ValueError("odd"), "unreachable", "ValueError: odd"),
-    (PollError("agent_down", "kept as it is"), "agent_down", "kept as it is"),
-])
+@pytest.mark.parametrize(
+    "exc, reason, text",
+    [
+        (asyncssh.HostKeyNotVerifiable("no match"), "host_key_mismatch", "does not match the pinned key (no match)"),
+        (asyncssh.PermissionDenied("denied"), "auth_failed", "SSH authentication failed: denied"),
+        (asyncio.TimeoutError(), "timeout", "timed out"),
+        (asyncssh.ConnectionLost("reset by peer"), "unreachable", "SSH disconnected: reset by peer"),
+        (ConnectionRefusedError(111, "Connection refused"), "unreachable", "connection refused (is sshd running?)"),
+        (OSError(113, "No route to host"), "unreachable", "No route to host"),
+        (asyncssh.ChannelOpenError(2, "refused"), "unreachable", "SSH error: refused"),
+        (ValueError("odd"), "unreachable", "ValueError: odd"),
+        (PollError("agent_down", "kept as it is"), "agent_down", "kept as it is"),
+    ],
+)
 def test_classify_maps_each_exception_to_its_reason(exc, reason, text):
     from central.failures import classify
 

@@ -5,6 +5,7 @@ directory of sys.executable (not resolved: .venv/bin/python is a symlink), which
 when pytest runs as `.venv/bin/python -m pytest`. Debian tools are looked up on PATH and in the
 sbin directories (a non-login root shell may lack them).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,8 @@ def require(name: str, install: str) -> str:
     """The tool's path, or skip naming it and how to install it (under CI=true the skip fails)."""
     path = find(name)
     if path is None:
-        pytest.skip(f"{name} NOT FOUND (in {VENV_BIN}, on PATH or in the sbin dirs): "
-                    f"the test that needs it did NOT run; install {install} (scripts/test.sh does)")
+        pytest.skip(
+            f"{name} NOT FOUND (in {VENV_BIN}, on PATH or in the sbin dirs): "
+            f"the test that needs it did NOT run; install {install} (scripts/test.sh does)"
+        )
     return path
