@@ -4,7 +4,7 @@ Runs the unit selection (the markers scripts/test.sh uses) once per --workers va
 wall time, CPU time of pytest and everything it started (getrusage of the children), the
 count line and the machine's load before and after. Run from the repository root:
 
-    .venv/bin/python bench/bench_unit.py                  # with and without pytest-xdist
+    .venv/bin/python bench/bench_unit.py                  # in one process
     .venv/bin/python bench/bench_unit.py --workers 2
 """
 
@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def unit_markers() -> str:
     """The marker expression scripts/test.sh --unit passes to pytest."""
     text = (ROOT / "scripts" / "test.sh").read_text()
-    return re.search(r'^UNIT_MARKERS="([^"]+)"', text, re.M).group(1)
+    no_root = re.search(r'^NO_ROOT_MARKERS="([^"]+)"', text, re.M).group(1)
+    return re.search(r'^UNIT_MARKERS="([^"]+)"', text, re.M).group(1).replace("$NO_ROOT_MARKERS", no_root)
 
 
 def run(workers: str) -> dict:
@@ -53,7 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", action="append", help="pytest-xdist -n value; 0 = no xdist (repeatable)")
     args = p.parse_args()
-    rows = [run(w) for w in (args.workers or ["0", "auto"])]
+    rows = [run(w) for w in (args.workers or ["0"])]
     print(f"cores: {os.cpu_count()}\n")
     print("| xdist workers | wall s | CPU s (pytest + children) | load 1-min before/after | result |")
     print("|---|---|---|---|---|")

@@ -3,8 +3,10 @@
 #
 #   sudo scripts/test.sh                 # the whole suite
 #   sudo scripts/test.sh -m "not lxc"    # extra arguments go to pytest
-#   scripts/test.sh --unit               # no root, no apt: the tests that need no real hosts,
-#                                        # containers or browser (in-process SSH, pure logic)
+#   scripts/test.sh --unit               # no root, no apt: the fast in-process tests (marker
+#                                        # `unit`: SSH against an in-process host, pure logic)
+#   scripts/test.sh --no-root -n auto    # no root, no apt: every test that needs no real hosts,
+#                                        # containers or browser (-n auto: on every core)
 #
 # The whole suite needs root: the tests create network namespaces with real sshd hosts and LXC
 # containers. Python packages go into .venv (created here, reinstalled when pyproject.toml
@@ -27,20 +29,21 @@ APT_PACKAGES=(
   chromium fonts-dejavu-core
   shellcheck sqlite3 python3 python3-venv
 )
-# The tests a contributor without root can run: everything not marked hosts/lxc/browser
-# (tests using the host or LXC fixtures get those markers automatically) and not slow.
-UNIT_MARKERS="not hosts and not lxc and not browser and not slow"
+# What a contributor without root can run (tests/skippolicy.py gives tests that use the host
+# or LXC fixtures their marker, and the fast modules the `unit` marker).
+NO_ROOT_MARKERS="not hosts and not lxc and not browser"
+UNIT_MARKERS="unit and $NO_ROOT_MARKERS and not slow"
 
-unit=0
-if [ "${1:-}" = "--unit" ]; then
-  unit=1
-  shift
-fi
+markers=""
+case "${1:-}" in
+  --unit) markers=$UNIT_MARKERS; shift ;;
+  --no-root) markers=$NO_ROOT_MARKERS; shift ;;
+esac
 
-if [ "$unit" = 0 ]; then
+if [ -z "$markers" ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: run as root (the tests create network namespaces and containers);" \
-         "without root: scripts/test.sh --unit" >&2
+         "without root: scripts/test.sh --unit (or --no-root)" >&2
     exit 1
   fi
   missing=()
@@ -76,8 +79,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-if [ "$unit" = 1 ]; then
-  # on every core (pytest-xdist); `scripts/test.sh --unit -n 0` runs them in one process
-  exec .venv/bin/python -m pytest -m "$UNIT_MARKERS" -n auto "$@"
+if [ -n "$markers" ]; then
+  exec .venv/bin/python -m pytest -m "$markers" "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -8,8 +8,13 @@
   claims. The one exception is a skip raised with ``allowed_in_ci()`` (only the LXC base
   build when the package mirror is unreachable uses it); it stays a skip and says so.
 - Tests that use the real-host or LXC fixtures get the ``hosts`` / ``lxc`` marker
-  automatically, so ``-m "not hosts and not lxc ..."`` (scripts/test.sh --unit) selects
-  exactly the tests that need neither, whoever wrote them.
+  automatically, so ``-m "not hosts and not lxc ..."`` selects exactly the tests that need
+  neither, whoever wrote them (scripts/test.sh --no-root).
+- The ``unit`` marker is the fast set a contributor runs without root (scripts/test.sh
+  --unit, well under a minute): the modules in UNIT_MODULES below, and any test marked
+  ``pytest.mark.unit``. They test logic in-process: the SSH side against the in-process SSH
+  host (tests/sshharness.py), the agent's collectors on captured /proc trees, documents,
+  rules, storage on a temporary SQLite file, the docs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ FIXTURE_MARKERS = {
     "host_farm": "hosts",
     "lxc_farm": "lxc",
 }
+
+# The test modules of the fast set (see above); a new module of in-process logic tests belongs
+# here (or marks itself with pytest.mark.unit).
+UNIT_MODULES = frozenset({
+    "test_sshpool", "test_agentclient", "test_poller", "test_loopfarm", "test_transport",
+    "test_sample", "test_model", "test_config", "test_hosttext", "test_alerts", "test_actions",
+    "test_agent_collectors", "test_storage_contract", "test_storage_sqlite",
+    "test_skippolicy", "test_docs", "test_lint", "test_readme",
+})
 
 CI_FAILURE = "SKIPPED UNDER CI=true, WHICH FAILS THE RUN: "
 
@@ -65,6 +79,9 @@ class SkipPolicy:
             for fixture, marker in FIXTURE_MARKERS.items():
                 if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
                     item.add_marker(marker)
+            module = getattr(item, "module", None)
+            if module is not None and module.__name__.rpartition(".")[2] in UNIT_MODULES:
+                item.add_marker("unit")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):

@@ -180,6 +180,7 @@ def test_ci_run_fails_when_no_tests_ran_and_ends_with_the_counts(tmp_path, rc, l
     assert res.stdout.splitlines()[-1] == last
 
 
+@pytest.mark.slow  # two pytest processes each
 @pytest.mark.parametrize("ci", [True, False])
 def test_the_policy_holds_under_xdist(pytester, monkeypatch, ci):
     # scripts/test.sh --unit runs with pytest-xdist: the verdicts travel from the worker
