@@ -26,6 +26,7 @@ from .poller import Poller
 from .sample import parse_document
 from .sshpool import SSHPool, fetch_host_key, fingerprint, public_key_line
 from .storage import Storage
+from .terminal import Terminals
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}$")
@@ -133,6 +134,7 @@ class Central:
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
+        self.terminal = Terminals(config, storage, self.auth)
 
     @classmethod
     async def open(cls, config: Config) -> "Central":
@@ -146,6 +148,7 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        await self.terminal.close()
         await self.alerts.stop()
         await self.notifier.stop()
         await self.pool.close()
