@@ -24,8 +24,8 @@ from aiohttp import WSMsgType, web
 
 from ..model import ADMIN, CentralError, Invalid
 from ..terminal import TICKET_TTL, TerminalSession, WrongPassword
-from .keys import LOGIN_LIMITER
-from .registry import NONE, VIEWER, Call, Registry, array, boolean, integer, nullable, number, obj, string
+from .keys import CENTRAL, LOGIN_LIMITER
+from .registry import VIEWER, Call, Registry, array, boolean, integer, nullable, number, obj, string
 from .security import COOKIE_NAME, CSRFFailed, TooManyAttempts, Unauthorized, check_origin, client_address, identify
 
 log = logging.getLogger(__name__)
@@ -119,17 +119,12 @@ def _ended(session: TerminalSession) -> dict:
             "exit_status": session.exit_status}
 
 
-@endpoints.get("/api/v1/terminal/ws", summary="The terminal's WebSocket (opened by the page with a ticket)",
-               role=NONE, query={"ticket": string(minLength=1, maxLength=100),
-                                   "cols": integer(minimum=2, maximum=1000, default=80),
-                                   "rows": integer(minimum=1, maximum=500, default=24)},
-               responses={101: {}}, errors=(400, 401, 403, 409, 502))
-async def terminal_websocket(call: Call) -> web.StreamResponse:
-    """Needs the page's session cookie. Refused before the upgrade (audited) for a foreign or
-    missing Origin (checked first, before the cookie), a caller without a page session or the
-    terminal right, and an unknown, used or expired ticket."""
-    request = call.request
-    terminals = call.central.terminal
+async def terminal_websocket(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/terminal/ws?ticket=T&cols=C&rows=R: the session's WebSocket (not in the
+    OpenAPI document: it is no JSON endpoint). Needs the page's session cookie. Refused before
+    the upgrade (audited) for a foreign or missing Origin (checked first, before the cookie), a
+    caller without a page session or the terminal right, and an unknown, used or expired ticket."""
+    terminals = request.app[CENTRAL].terminal
     address = client_address(request)
     try:
         identity = await identify(request)
@@ -152,10 +147,11 @@ async def terminal_websocket(call: Call) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE)
     if not ws.can_prepare(request).ok:
         raise Invalid("expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)")
-    ticket = await terminals.redeem(call.query.get("ticket"), identity, address)
+    size = _size(request)
+    ticket = await terminals.redeem(request.query.get("ticket"), identity, address)
     await ws.prepare(request)
     try:
-        session = await terminals.open(ticket, call.query["cols"], call.query["rows"], address)
+        session = await terminals.open(ticket, *size, address)
     except CentralError as exc:
         await ws.send_json({"type": "error", "error": exc.code, "detail": exc.message})
         await ws.close()
@@ -188,6 +184,21 @@ async def terminal_websocket(call: Call) -> web.StreamResponse:
         except (ConnectionError, RuntimeError) as exc:  # the page went away mid-send
             log.debug("terminal session %s: %s", session.id, exc)
     return ws
+
+
+def _size(request: web.Request) -> tuple[int, int]:
+    out = []
+    for name, default, low, high in (("cols", 80, 2, 1000), ("rows", 24, 1, 500)):
+        raw = request.query.get(name, str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise Invalid(f"{name}: expected {low} to {high}, got {raw[:20]!r}")
+        out.append(int(raw))
+    return out[0], out[1]
+
+
+def install_websocket(app: web.Application) -> None:
+    """Add the terminal's WebSocket route."""
+    app.router.add_get("/api/v1/terminal/ws", terminal_websocket, name="terminal_websocket")
 
 
 def _control(session: TerminalSession, ws: web.WebSocketResponse, text: str) -> None:

@@ -92,6 +92,7 @@ def create_app(config: Config) -> web.Application:
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
     install_pages(app)
     install_terminal_pages(app)
+    api_terminal.install_websocket(app)
     return app
 
 
