@@ -304,7 +304,7 @@ async def server_list(central: Central, as_json, tag, status):
     for r in rows:
         s = r["sample"] or {}
         load = "-" if s.get("load1") is None else f"{s['load1']:.2f}"
-        host = "(this host)" if r["kind"] == "local" else f"{r['user']}@{r['host']}:{r['port']}"
+        host = central.transports.address(r)
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
     console.print(t)

@@ -171,8 +171,7 @@ class Deployer:
 
     async def run(self, servers: Sequence[Server], upgrade_outdated: bool = False) -> list[DeployResult]:
         """Deploy to every server, options.jobs at a time; one result per server, in order."""
-        results = [DeployResult(s.name, "(this host)" if s.kind == "local" else f"{s.user}@{s.host}:{s.port}")
-                   for s in servers]
+        results = [DeployResult(s.name, self.central.transports.address(s)) for s in servers]
         for result in results:
             self.on_change(result)
         slots = asyncio.Semaphore(self.options.jobs)
@@ -191,8 +190,9 @@ class Deployer:
 
     async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
         slog = server_log(log, server.name)
-        if server.kind == "local":
-            self._set(result, state="skipped", message="the central's own host: collected in-process, no agent")
+        no_agent = self.central.transports.of(server).no_agent
+        if no_agent is not None:
+            self._set(result, state="skipped", message=no_agent)
             return
         try:
             if upgrade_outdated:
@@ -316,7 +316,7 @@ async def select_servers(central, names: Sequence[str], all_servers: bool) -> li
     if all_servers:
         if names:
             raise Invalid("give server names or --all, not both")
-        return [s for s in await central.storage.list_servers() if s.kind != "local"]
+        return [s for s in await central.storage.list_servers() if central.transports.of(s).no_agent is None]
     if not names:
         raise Invalid("name at least one server (or pass --all)")
     seen: list[Server] = []

@@ -251,10 +251,11 @@ def _clamp_size(cols: object, rows: object) -> tuple[int, int]:
 class Terminals:
     """The terminal's rules and its open sessions (one per process that serves the page)."""
 
-    def __init__(self, config: Config, storage: Storage, auth):
+    def __init__(self, config: Config, storage: Storage, auth, transports):
         self.config = config
         self.storage = storage
         self.auth = auth
+        self.transports = transports
         self.store = TerminalStore(storage)
         self._tickets: dict[str, Ticket] = {}
         self._sessions: dict[int, TerminalSession] = {}
@@ -381,8 +382,8 @@ class Terminals:
         """Record the host account the server's terminal logs in as (the key must be installed for it)."""
         check_account(account)
         server = await self.storage.get_server(server_name)
-        if server.kind == "local":
-            raise Invalid(f"{server_name} is the central's own host: it has no web terminal")
+        if self._no_ssh(server):
+            raise Invalid(f"no web terminal on {server_name}: {self._no_ssh(server)}")
         if account == server.user and account != "root":
             raise Invalid(f"{account} is {server_name}'s polling login; the terminal needs an account of its own")
         await self.store.set_account(server.id, account, by, time.time())
@@ -401,9 +402,14 @@ class Terminals:
                           "terminal disabled" if had else "the terminal was not enabled")
         return {"server": server.name, "enabled": False, "was_enabled": had}
 
+    def _no_ssh(self, server: Server) -> str | None:
+        """Why a server cannot have a terminal (it is not reached over SSH), else None."""
+        reason = self.transports.of_kind(server.kind).no_host_key
+        return reason.format(name=server.name) if reason else None
+
     async def account(self, server: Server) -> str | None:
         """The server's terminal account (None: not enabled)."""
-        return None if server.kind == "local" else await self.store.account(server.id)
+        return None if self._no_ssh(server) else await self.store.account(server.id)
 
     async def accounts(self) -> dict[str, dict]:
         """Every server with a terminal, by name."""
