@@ -1080,3 +1080,7 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# `central terminal ...` lives in its own module; importing it registers the group.
+from . import cli_terminal  # noqa: E402,F401

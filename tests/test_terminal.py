@@ -485,3 +485,73 @@ def test_playback_keeps_timing_and_cuts_long_pauses():
                            '[1.0, "o", "b"]\n[11.0, "o", "c"]\n')
     assert list(recording.playback(cast, speed=1, idle_limit=2)) == [(0.5, "a"), (0.5, "b"), (2.0, "c")]
     assert list(recording.playback(cast, speed=2, idle_limit=None)) == [(0.25, "a"), (0.25, "b"), (5.0, "c")]
+
+
+# the CLI
+
+def test_cli_grants_enables_lists_and_replays(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from central.cli import cli
+    from central.service import Central
+
+    import central.cli
+    from rich.console import Console
+
+    monkeypatch.setenv("CENTRAL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CENTRAL_CONFIG", raising=False)
+    monkeypatch.setattr(central.cli, "console", Console(width=250))
+
+    def run(*args):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    assert run("init").exit_code == 0
+    key = run("terminal", "key")
+    assert key.exit_code == 0 and "restrict,pty ssh-ed25519 " in key.output and "(created)" in key.output
+    assert "(exists)" in run("terminal", "key").output
+    cfg = load_config()
+
+    async def setup():
+        central = await Central.open(cfg)
+        try:
+            await central.storage.add_server("web1", "10.0.0.5", host_key="ssh-ed25519 AAAA", host_key_fingerprint="x")
+            users = await central.storage.list_users()
+            sid = await central.terminal.store.add_session(
+                user_id=users[0]["id"], user="admin", server_id=None, server_name="web1", account="ops",
+                address="", started_at=1000.0, cols=80, rows=24, recording="t.cast")
+            cfg.recordings_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            writer = recording.CastWriter(cfg.recordings_path / "t.cast", width=80, height=24, env={}, title="",
+                                          limit=10_000)
+            writer.output(b"\x1b[31mred\x1b[0m answer\r\n")
+            writer.close()
+            # a message holding a host's text with an escape and a fake newline
+            await central.terminal.store.end_session(sid, ended_at=1010.0, exit_status=0, end_reason="failed",
+                                                     ended_by=None, message="broke: \x1b[2Jgone\nfake line",
+                                                     recording_bytes=writer.bytes)
+            return sid
+        finally:
+            await central.close()
+
+    sid = asyncio.run(setup())
+    assert run("terminal", "grant", "admin").exit_code == 0
+    assert "admin" in run("terminal", "users").output
+    missing_user = run("terminal", "revoke", "nobody")
+    assert missing_user.exit_code == 1 and "nobody" in missing_user.output
+    result = run("terminal", "enable", "web1", "--user", "ops")
+    assert result.exit_code == 0 and "enabled on web1 as ops" in result.output
+    assert json.loads(run("terminal", "servers", "--json").output)["web1"]["account"] == "ops"
+    bad = run("terminal", "enable", "local", "--user", "ops")
+    assert bad.exit_code == 1 and "no web terminal on local" in bad.output
+    listing = run("terminal", "sessions")
+    assert listing.exit_code == 0 and "\x1b" not in listing.output and "\\x1b[2Jgone\\x0afake" in listing.output
+    rows = json.loads(run("terminal", "sessions", "--json").output)
+    assert rows[0]["id"] == sid and rows[0]["duration"] == 10.0
+    raw = run("terminal", "replay", str(sid), "--raw")
+    assert raw.output == (cfg.recordings_path / "t.cast").read_text()
+    played = run("terminal", "replay", str(sid), "--speed", "1000")
+    assert played.stdout_bytes == b"\x1b[31mred\x1b[0m answer\r\n\n"
+    missing = run("terminal", "replay", "999")
+    assert missing.exit_code == 1 and missing.output.strip() == "Error: no terminal session 999"
+    assert run("terminal", "disable", "web1").output.strip() == "terminal disabled on web1"
+    audit = [r for r in json.loads(run("action", "log", "--json").output) if r["action"] == "terminal"]
+    assert [r["arguments"]["event"] for r in audit] == ["disable", "enable", "grant"]
