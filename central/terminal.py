@@ -39,7 +39,6 @@ from .model import ADMIN, BLOCKING_REASONS, TERMINAL, CentralError, Conflict, Fo
 from .serverlog import server_log
 from .sshpool import connect_options, public_key_line
 from .storage import Storage
-from .storage_terminal import TerminalStore
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +255,6 @@ class Terminals:
         self.storage = storage
         self.auth = auth
         self.transports = transports
-        self.store = TerminalStore(storage)
         self._tickets: dict[str, Ticket] = {}
         self._sessions: dict[int, TerminalSession] = {}
         self._anonymous_audits: collections.deque = collections.deque()
@@ -266,7 +264,7 @@ class Terminals:
 
     async def start(self) -> None:
         """Close the rows a previous central left open (it stopped mid-session)."""
-        rows = await self.store.close_interrupted(time.time(), "the central stopped during the session")
+        rows = await self.storage.close_interrupted_terminal_sessions(time.time(), "the central stopped during the session")
         for row in rows:
             await self._audit(row["user"], "", row["server_id"], row["server_name"], "end", "failed",
                               "the central stopped during the session", session=row["id"], reason="interrupted")
@@ -354,18 +352,18 @@ class Terminals:
 
     async def may_open(self, identity: Identity) -> bool:
         """Whether the user holds the terminal right (admins too need it granted)."""
-        return await self.store.has_right(identity.user_id, TERMINAL)
+        return await self.storage.has_right(identity.user_id, TERMINAL)
 
     async def grant(self, user: str, by: str, role: str = "") -> dict:
         """Give user the terminal right."""
-        await self.store.grant(user, TERMINAL, by, time.time())
+        await self.storage.grant_right(user, TERMINAL, by, time.time())
         await self._audit(by, role, None, "", "grant", "ok",
                           f"terminal right granted to {user}", user=user)
         return {"user": user, "right": TERMINAL, "granted": True}
 
     async def revoke(self, user: str, by: str, role: str = "") -> dict:
         """Take the terminal right back (open sessions of that user end)."""
-        had = await self.store.revoke(user, TERMINAL)
+        had = await self.storage.revoke_right(user, TERMINAL)
         for s in list(self._sessions.values()):
             if s.user == user:
                 s.stop("ended", by=by, message=f"session ended: {by} revoked the terminal right")
@@ -376,7 +374,7 @@ class Terminals:
 
     async def holders(self) -> list[dict]:
         """Users with the terminal right."""
-        return await self.store.holders(TERMINAL)
+        return await self.storage.right_holders(TERMINAL)
 
     async def enable(self, server_name: str, account: str, by: str, role: str = "") -> dict:
         """Record the host account the server's terminal logs in as (the key must be installed for it)."""
@@ -386,7 +384,7 @@ class Terminals:
             raise Invalid(f"no web terminal on {server_name}: {self._no_ssh(server)}")
         if account == server.user and account != "root":
             raise Invalid(f"{account} is {server_name}'s polling login; the terminal needs an account of its own")
-        await self.store.set_account(server.id, account, by, time.time())
+        await self.storage.set_terminal_account(server.id, account, by, time.time())
         await self._audit(by, role, server.id, server.name, "enable", "ok", f"terminal enabled as {account}",
                           account=account)
         return {"server": server.name, "account": account, "enabled": True}
@@ -394,7 +392,7 @@ class Terminals:
     async def disable(self, server_name: str, by: str, role: str = "") -> dict:
         """Turn a server's terminal off (its open sessions end)."""
         server = await self.storage.get_server(server_name)
-        had = await self.store.clear_account(server.id)
+        had = await self.storage.clear_terminal_account(server.id)
         for s in list(self._sessions.values()):
             if s.server.id == server.id:
                 s.stop("ended", by=by, message=f"session ended: {by} turned the terminal off on {server.name}")
@@ -409,11 +407,11 @@ class Terminals:
 
     async def account(self, server: Server) -> str | None:
         """The server's terminal account (None: not enabled)."""
-        return None if self._no_ssh(server) else await self.store.account(server.id)
+        return None if self._no_ssh(server) else await self.storage.terminal_account(server.id)
 
     async def accounts(self) -> dict[str, dict]:
         """Every server with a terminal, by name."""
-        return await self.store.accounts()
+        return await self.storage.terminal_accounts()
 
     # opening
 
@@ -508,7 +506,7 @@ class Terminals:
         writer = recording.CastWriter(directory / name, width=cols, height=rows,
                                       env={"TERM": cfg.term}, title=f"{ticket.account}@{server.name}",
                                       limit=cfg.max_recording_bytes, timestamp=started)
-        session_id = await self.store.add_session(
+        session_id = await self.storage.add_terminal_session(
             user_id=ticket.user_id, user=ticket.user, server_id=server.id, server_name=server.name,
             account=ticket.account, address=hosttext.clean(address, 100), started_at=started, cols=cols, rows=rows,
             recording=name)
@@ -516,7 +514,7 @@ class Terminals:
             conn, process = await self._connect(server, ticket.account, cols, rows)
         except CentralError as exc:
             writer.close()
-            await self.store.end_session(session_id, ended_at=time.time(), exit_status=None, end_reason="failed",
+            await self.storage.end_terminal_session(session_id, ended_at=time.time(), exit_status=None, end_reason="failed",
                                          ended_by=None, message=exc.message, recording_bytes=writer.bytes)
             await self._audit(ticket.user, ticket.role, server.id, server.name, "open", "failed", exc.message,
                               session=session_id, account=ticket.account)
@@ -569,7 +567,7 @@ class Terminals:
             session.writer.close()
             reason = session.end_reason or "failed"
             ended = time.time()
-            await self.store.end_session(session.id, ended_at=ended, exit_status=session.exit_status,
+            await self.storage.end_terminal_session(session.id, ended_at=ended, exit_status=session.exit_status,
                                          end_reason=reason, ended_by=session.ended_by, message=session.message,
                                          recording_bytes=session.writer.bytes)
             await self._audit(session.user, session.role, session.server.id, session.server.name, "end",
@@ -595,7 +593,7 @@ class Terminals:
         """End an open session: one's own, or anyone's for an admin."""
         session = self._sessions.get(session_id)
         if session is None:
-            row = await self.store.get_session(session_id)
+            row = await self.storage.get_terminal_session(session_id)
             raise Conflict(f"terminal session {session_id} already ended ({row['end_reason']})")
         if session.user_id != identity.user_id and not identity.allows(ADMIN):
             raise await self.refuse("not_yours", f"terminal session {session_id} is {session.user}'s; only an admin "
@@ -619,7 +617,7 @@ class Terminals:
         if not 1 <= limit <= 1000:
             raise Invalid(f"limit: expected 1 to 1000, got {limit}")
         user_id = None if identity is None or identity.allows(ADMIN) else identity.user_id
-        rows = await self.store.list_sessions(user_id=user_id, server=server, limit=limit, before_id=before_id)
+        rows = await self.storage.list_terminal_sessions(user_id=user_id, server=server, limit=limit, before_id=before_id)
         return [self._session_dict(r) for r in rows]
 
     def _session_dict(self, row: dict) -> dict:
@@ -633,7 +631,7 @@ class Terminals:
 
     async def session(self, session_id: int, identity: Identity | None = None) -> dict:
         """One recorded session (its owner or an admin; identity None: the CLI)."""
-        row = await self.store.get_session(session_id)
+        row = await self.storage.get_terminal_session(session_id)
         if identity is not None and not self._visible_to(row, identity):
             raise Forbidden(f"terminal session {session_id} is {row['user']}'s: only they and admins see it")
         return self._session_dict(row)
@@ -651,7 +649,7 @@ class Terminals:
     async def prune(self, now: float | None = None) -> int:
         """Delete sessions (rows and recordings) older than retention.recordings; returns how many."""
         now = time.time() if now is None else now
-        names = await self.store.prune(now - self.config.retention.recordings)
+        names = await self.storage.prune_terminal_sessions(now - self.config.retention.recordings)
         for name in names:
             if "/" not in name:
                 try:

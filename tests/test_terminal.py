@@ -406,7 +406,7 @@ async def test_revoking_the_right_ends_open_sessions(term):
 
 async def test_a_restarted_central_closes_what_the_last_one_left_open(term):
     central = term.central
-    sid = await central.terminal.store.add_session(
+    sid = await central.storage.add_terminal_session(
         user_id=1, user="operator1", server_id=None, server_name="box", account="deploy", address="", started_at=1.0,
         cols=80, rows=24, recording="gone.cast")
     await central.terminal.start()
@@ -516,7 +516,7 @@ def test_cli_grants_enables_lists_and_replays(tmp_path, monkeypatch):
         try:
             await central.storage.add_server("web1", "10.0.0.5", host_key="ssh-ed25519 AAAA", host_key_fingerprint="x")
             users = await central.storage.list_users()
-            sid = await central.terminal.store.add_session(
+            sid = await central.storage.add_terminal_session(
                 user_id=users[0]["id"], user="admin", server_id=None, server_name="web1", account="ops",
                 address="", started_at=1000.0, cols=80, rows=24, recording="t.cast")
             cfg.recordings_path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -525,7 +525,7 @@ def test_cli_grants_enables_lists_and_replays(tmp_path, monkeypatch):
             writer.output(b"\x1b[31mred\x1b[0m answer\r\n")
             writer.close()
             # a message holding a host's text with an escape and a fake newline
-            await central.terminal.store.end_session(sid, ended_at=1010.0, exit_status=0, end_reason="failed",
+            await central.storage.end_terminal_session(sid, ended_at=1010.0, exit_status=0, end_reason="failed",
                                                      ended_by=None, message="broke: \x1b[2Jgone\nfake line",
                                                      recording_bytes=writer.bytes)
             return sid
