@@ -70,6 +70,7 @@ class Central:
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
         self.terminal = Terminals(config, storage, self.auth, self.transports)
+        self.poller.maintenance_hooks.append(self.terminal.prune)
 
     @classmethod
     async def open(cls, config: Config) -> "Central":

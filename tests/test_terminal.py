@@ -555,3 +555,23 @@ def test_cli_grants_enables_lists_and_replays(tmp_path, monkeypatch):
     assert run("terminal", "disable", "web1").output.strip() == "terminal disabled on web1"
     audit = [r for r in json.loads(run("action", "log", "--json").output) if r["action"] == "terminal"]
     assert [r["arguments"]["event"] for r in audit] == ["disable", "enable", "grant"]
+
+
+async def test_the_maintenance_round_prunes_old_recordings(config):
+    from tests.helpers import wait_for
+
+    cfg = dataclasses.replace(config, retention=dataclasses.replace(config.retention, maintenance_interval=0.2))
+    api = await start_api(cfg)
+    try:
+        central = api.central
+        cfg.recordings_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (cfg.recordings_path / "old.cast").write_text('{"version": 2, "width": 80, "height": 24}\n')
+        sid = await central.storage.add_terminal_session(
+            user_id=1, user="admin1", server_id=None, server_name="gone", account="ops", address="", started_at=1000.0,
+            cols=80, rows=24, recording="old.cast")
+        await central.storage.end_terminal_session(sid, ended_at=1001.0, exit_status=0, end_reason="exit",
+                                                   ended_by=None, message="", recording_bytes=40)
+        await wait_for(lambda: not (cfg.recordings_path / "old.cast").exists(), 10, "the old recording to be pruned")
+        assert await central.terminal.sessions() == []
+    finally:
+        await api.client.close()
