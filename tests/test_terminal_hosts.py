@@ -84,6 +84,7 @@ async def test_chromium_types_into_a_real_hosts_shell_and_the_recording_replays_
     card = page.locator("#terminal-card")
     await playwright_api.expect(card).to_have_attribute("data-state", "connected")
     screen = page.locator("#terminal .xterm-rows")
+    await playwright_api.expect(page.locator("#terminal-live tbody tr[data-session]")).to_contain_text("operator1")
 
     await page.locator("#terminal").click()
     await page.keyboard.type("hostname\n")
@@ -156,6 +157,35 @@ async def test_chromium_types_into_a_real_hosts_shell_and_the_recording_replays_
     await playwright_api.expect(page.locator(f'#terminal-sessions tr[data-session="{row["id"]}"]')).to_contain_text("exit")
     await page.screenshot(path=str(ARTIFACTS / "terminal-sessions.png"), full_page=True)
     assert page.errors == []
+
+
+async def test_one_click_ends_a_session_and_an_admin_ends_anyones(setup, browser):  # noqa: F811
+    api, host, name = setup
+    page = await new_page(browser, api)
+    await log_in(page, api, "operator1", f"/servers/{name}/terminal")
+    card = page.locator("#terminal-card")
+    await page.click("#term-open button[type=submit]")
+    await playwright_api.expect(card).to_have_attribute("data-state", "connected")
+    await page.click("#term-end")
+    await playwright_api.expect(card).to_have_attribute("data-state", "closed")
+    await playwright_api.expect(page.locator("#term-message")).to_contain_text("session ended from the page")
+
+    # a second session, ended by an admin (who holds no terminal right) from the sessions page
+    await page.click("#term-open button[type=submit]")
+    await playwright_api.expect(card).to_have_attribute("data-state", "connected")
+    admin = await new_page(browser, api)
+    await log_in(admin, api, "admin1", "/terminal")
+    live = admin.locator("#terminal-live tbody tr[data-session]")
+    await playwright_api.expect(live).to_contain_text("operator1")
+    await playwright_api.expect(live).to_contain_text(name)
+    await live.locator("button[data-end-session]").click()
+    await admin.locator("dialog#modal #modal-ok").click()
+    await playwright_api.expect(admin.locator("#terminal-live tbody tr.empty")).to_have_count(1)
+    await playwright_api.expect(card).to_have_attribute("data-state", "closed")
+    await playwright_api.expect(page.locator("#term-message")).to_contain_text("session ended by admin1")
+    reasons = [(s["end_reason"], s["ended_by"]) for s in await api.central.terminal.sessions()]
+    assert reasons == [("ended", "admin1"), ("closed", "operator1")]
+    assert page.errors == [] and admin.errors == []
 
 
 async def test_without_the_right_there_is_no_terminal_http_or_websocket(setup, browser):  # noqa: F811

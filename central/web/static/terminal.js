@@ -79,6 +79,7 @@
       form.hidden = true;
       say(`Session ${msg.session} as ${msg.account} on ${msg.server}, recorded. It ends at ${central.fmtTime(msg.ends_at)} at the latest.`);
       term.focus();
+      if (window.centralRefreshLive) window.centralRefreshLive();
     } else if (msg.type === "ended") {
       ended = true;
       term.write(`\r\n\x1b[1;33m[central] ${inert(msg.message || msg.reason)}\x1b[0m\r\n`);
@@ -99,6 +100,7 @@
       message.append(" ", central.el("a", {href: `/terminal/sessions/${session}`, id: "term-recording"}, "Replay the recording"));
     }
     delete card.dataset.session;
+    if (window.centralRefreshLive) window.centralRefreshLive();
   }
 
   function connect(ticket) {
@@ -142,7 +144,8 @@
 
   endButton.addEventListener("click", () => {
     if (!ws) return;
-    ws.send(JSON.stringify({type: "end"}));
-    setTimeout(() => { if (ws) ws.close(); }, 3000);
+    const current = ws;  // not a later session's socket
+    current.send(JSON.stringify({type: "end"}));
+    setTimeout(() => { if (current.readyState !== WebSocket.CLOSED) current.close(); }, 3000);
   });
 })();
