@@ -554,6 +554,18 @@ class Terminals:
             raise Unavailable(f"{server.name} refused a shell for {account}: {getattr(exc, 'reason', exc)}") from None
         return conn, process
 
+    async def check(self, server: Server, account: str) -> None:
+        """Open and close a PTY session as account with the terminal key (deploy's last step)."""
+        conn, process = await self._connect(server, account, 80, 24)
+        try:
+            process.stdin.write(b"exit 0\n")
+            await asyncio.wait_for(process.wait_closed(), self.config.ssh.connect_timeout + 5)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"the shell of {account} on {server.name} did not end after `exit 0`") from None
+        finally:
+            process.close()
+            conn.close()
+
     async def _finish(self, session: TerminalSession) -> None:
         """Record how a session ended (row and audit), once."""
         if session._finished:
