@@ -298,6 +298,10 @@ async def test_the_websocket_needs_this_centrals_origin(term):
         assert resp.status == 403 and (await resp.json())["error"] == "foreign_origin"
     async with term.client.get("/api/v1/terminal/ws?ticket=x", headers={**WS_HEADERS, "Origin": page.origin}) as resp:
         assert resp.status == 401
+    # the Host allow-list holds for the WebSocket as for every route (DNS rebinding)
+    async with page.client.get(f"/api/v1/terminal/ws?ticket={answer['ticket']}",
+                               headers={**WS_HEADERS, "Origin": "http://rebound.example", "Host": "rebound.example"}) as resp:
+        assert resp.status == 421
     refused = await _terminal_audit(term.central, "refused")
     assert [(r["actor"], r["arguments"]["reason"]) for r in refused][:4] == [
         ("anonymous", "foreign_origin"), ("operator1", "foreign_origin"), ("operator1", "foreign_origin"),
