@@ -173,7 +173,10 @@ class TerminalSession:
         except (recording.RecordingFull, OSError) as exc:
             self._recording_failed(exc)
             return
-        self.process.stdin.write(data)
+        try:
+            self.process.stdin.write(data)
+        except (asyncssh.Error, OSError) as exc:  # the channel closed under us
+            self.stop("failed", message=f"the SSH session broke: {exc}")
 
     def resize(self, cols: int, rows: int) -> None:
         """Change the PTY size."""
@@ -186,7 +189,10 @@ class TerminalSession:
         except (recording.RecordingFull, OSError) as exc:
             self._recording_failed(exc)
             return
-        self.process.change_terminal_size(cols, rows)
+        try:
+            self.process.change_terminal_size(cols, rows)
+        except (asyncssh.Error, OSError) as exc:
+            self.stop("failed", message=f"the SSH session broke: {exc}")
 
     def _recording_failed(self, exc: Exception) -> None:
         if isinstance(exc, recording.RecordingFull):
@@ -500,12 +506,19 @@ class Terminals:
         server = await self.storage.get_server(ticket.server_name)
         slog = server_log(log, server.name)
         directory = self.config.recordings_path
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         started = time.time()
         name = f"{int(started)}-{secrets.token_hex(6)}.cast"
-        writer = recording.CastWriter(directory / name, width=cols, height=rows,
-                                      env={"TERM": cfg.term}, title=f"{ticket.account}@{server.name}",
-                                      limit=cfg.max_recording_bytes, timestamp=started)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            writer = recording.CastWriter(directory / name, width=cols, height=rows,
+                                          env={"TERM": cfg.term}, title=f"{ticket.account}@{server.name}",
+                                          limit=cfg.max_recording_bytes, timestamp=started)
+        except (OSError, recording.RecordingFull) as exc:
+            # No recording, no session.
+            message = f"cannot start the recording in {directory}: {getattr(exc, 'strerror', None) or exc}"
+            await self._audit(ticket.user, ticket.role, server.id, server.name, "open", "failed", message,
+                              account=ticket.account)
+            raise Unavailable(message) from None
         session_id = await self.storage.add_terminal_session(
             user_id=ticket.user_id, user=ticket.user, server_id=server.id, server_name=server.name,
             account=ticket.account, address=hosttext.clean(address, 100), started_at=started, cols=cols, rows=rows,

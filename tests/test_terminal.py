@@ -579,3 +579,17 @@ async def test_the_maintenance_round_prunes_old_recordings(config):
         assert await central.terminal.sessions() == []
     finally:
         await api.client.close()
+
+
+async def test_no_recording_no_session(term):
+    recordings = term.central.config.recordings_path
+    recordings.parent.mkdir(parents=True, exist_ok=True)
+    recordings.write_text("not a directory")  # the recording cannot be created
+    page = await term.page()
+    _, answer = await page.authorize("box")
+    async with page.ws(answer["ticket"]) as ws:
+        error = await _until_control(ws, "error")
+    assert "cannot start the recording" in error["detail"]
+    assert term.central.terminal.live() == [] and await term.central.terminal.sessions() == []
+    opened = (await _terminal_audit(term.central, "open"))[0]
+    assert opened["result"] == "failed" and "cannot start the recording" in opened["output"]
