@@ -20,7 +20,7 @@ from ..actions import audit_log
 from ..auth import ADMIN, OPERATOR, Identity
 from ..model import CentralError
 from .keys import CENTRAL
-from .security import identify, session_csrf
+from .security import identify, safe_redirect, session_csrf
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -124,9 +124,7 @@ def _page(template: str):
 
 async def login_page(request: web.Request) -> web.Response:
     """The login form (posts to /api/v1/login); a logged-in user goes straight on."""
-    nxt = request.query.get("next", "/")
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = "/"
+    nxt = safe_redirect(request.query.get("next"))
     if await identify(request) is not None:
         raise web.HTTPFound(nxt)
     return await _render(request, "login.html", None, next=nxt)

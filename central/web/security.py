@@ -15,9 +15,11 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp_session
 from aiohttp import web
@@ -167,12 +169,41 @@ async def check_csrf(request: web.Request, identity: Identity, form_token: str |
 
 
 def check_origin(request: web.Request) -> None:
-    """A browser's cross-site POST carries a foreign Origin: refuse it (login CSRF)."""
+    """Refuse a browser's cross-site state change (login CSRF included).
+
+    A foreign Origin is cross-site, and so is ``Origin: null`` (what a sandboxed iframe, a
+    data: URL or a redirect chain sends); so is a ``Sec-Fetch-Site`` other than same-origin or
+    none (a user typing the URL). Scripts send neither header and are not affected.
+    """
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
-        host = origin.split("://", 1)[-1]
-        if host.lower() != (request.headers.get("Host") or "").lower():
-            raise CSRFFailed(f"cross-site request from {origin} refused")
+    if origin is not None:
+        scheme, sep, host = origin.strip().partition("://")
+        if origin.strip().lower() == "null" or not sep or host.lower() != (request.headers.get("Host") or "").lower():
+            raise CSRFFailed(f"cross-site request from Origin {origin[:200]!r} refused")
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        raise CSRFFailed(f"cross-site request (Sec-Fetch-Site: {site[:50]}) refused")
+
+
+# Any C0 control, DEL or backslash: browsers drop tabs and newlines from a URL and read a
+# backslash as "/", so "/<TAB>/evil.example" and "/<BACKSLASH>evil.example" lead to //evil.example.
+_REDIRECT_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_redirect(target: object, default: str = "/") -> str:
+    """target when it is a path on this site, else default (the one open-redirect rule).
+
+    The same rule is central.safeNext() in static/common.js: a single leading "/", no control
+    character or backslash anywhere, and no scheme or network location once parsed.
+    """
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return default
+    if _REDIRECT_BAD.search(target) or len(target) > 2000:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def client_address(request: web.Request) -> str:

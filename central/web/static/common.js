@@ -27,6 +27,16 @@ const central = (() => {
     return data;
   }
 
+  // Where a login may send the browser: the rule of safe_redirect() in central/web/security.py
+  // (a single leading "/", no control character or backslash, no scheme or host), else "/".
+  function safeNext(target) {
+    if (typeof target !== "string" || !target.startsWith("/") || target.startsWith("//")) return "/";
+    if (/[\x00-\x1f\x7f\\]/.test(target) || target.length > 2000) return "/";
+    let url;
+    try { url = new URL(target, location.origin); } catch (e) { return "/"; }
+    return url.origin === location.origin ? target : "/";
+  }
+
   const dash = "\u2013";
   const fmtPct = (v) => v == null ? dash : v.toFixed(1) + "%";
   const fmtNum = (v, digits = 2) => v == null ? dash : v.toFixed(digits);
@@ -115,5 +125,5 @@ const central = (() => {
     });
   }
 
-  return {api, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
+  return {api, safeNext, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
 })();
