@@ -61,7 +61,11 @@ class HTTPConfig:
     cookie_secure: bool = False
     # File holding the cookie-signing secret; created on first start when empty.
     session_secret_file: str = ""
-    login_attempts_per_minute: int = 10
+    # Failed logins of one user from one address before each further one doubles the wait;
+    # the same user from all addresses together gets login_attempts_per_user.
+    login_attempts: int = 5
+    login_attempts_per_user: int = 50
+    login_backoff_max: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,7 @@ class Config:
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "http.session_max_age",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -293,7 +298,9 @@ _DURATIONS = {
 }
 _POSITIVE = {
     "http.max_body_bytes",
-    "http.login_attempts_per_minute",
+    "http.login_attempts",
+    "http.login_attempts_per_user",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.offline_after",

@@ -2,8 +2,8 @@
 
 The login sets an encrypted session cookie and returns the session's CSRF token, which the page
 sends back in X-CSRF-Token (or a csrf_token form field) with every POST/PATCH/DELETE. Failed
-logins are limited per client address and per user name (http.login_attempts_per_minute; 429
-with Retry-After). An HTML form may post here too (application/x-www-form-urlencoded): on
+logins back off per user name and client address, with a higher allowance per user name
+(http.login_attempts, http.login_attempts_per_user; 429 with Retry-After; auth.LoginLimiter). An HTML form may post here too (application/x-www-form-urlencoded): on
 success it is redirected (303) to `next` (a local path, default /).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 from aiohttp import web
 
-from ..auth import ROLES
+from ..auth import ROLES, LoginAttempt
 from .keys import LOGIN_LIMITER
 from .registry import NONE, VIEWER, Call, Registry, nullable, obj, string
 from .security import (TooManyAttempts, Unauthorized, client_address, end_session, safe_redirect,
@@ -35,14 +35,15 @@ async def login(call: Call):
     request = call.request  # cross-site posts were refused by the dispatcher (check_origin)
     limiter = request.app[LOGIN_LIMITER]
     name, address = call.body["username"], client_address(request)
-    wait = limiter.retry_after(address, name)
-    if wait > 0:
-        raise TooManyAttempts("too many failed logins; try again later", wait)
+    # Reserve the attempt before scrypt runs: parallel guesses beyond the allowance never reach it.
+    attempt = limiter.reserve(address, name)
+    if not isinstance(attempt, LoginAttempt):
+        raise TooManyAttempts("too many failed logins; try again later", attempt)
     identity = await call.central.auth.login(name, call.body["password"])
     if identity is None:
-        limiter.failed(address, name)
         log.warning("failed login for %r from %s", name[:64], address)
         raise Unauthorized("wrong user name or password")
+    limiter.succeeded(attempt)
     csrf = await start_session(request, identity)
     log.info("%s logged in from %s", identity.user, address)
     if request.content_type == "application/x-www-form-urlencoded":
