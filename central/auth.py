@@ -46,7 +46,6 @@ class Identity:
     role: str
     via: str
     token_id: int | None = None
-    epoch: str | None = None  # sessions: password_epoch() of the password they logged in with
 
     def allows(self, role: str) -> bool:
         """Whether this identity's role is at least role."""
@@ -112,11 +111,6 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-def password_epoch(stored_hash: str) -> str:
-    """A short tag of the stored hash: sessions remember it, so a password change ends them."""
-    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
-
-
 def token_hash(token: str) -> str:
     """What is stored for a token: its SHA-256 in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -158,7 +152,7 @@ class Auth:
         return _public(user)
 
     async def set_password(self, name: str, password: str) -> None:
-        """Replace a user's password (their open sessions end)."""
+        """Replace a user's password (their page sessions end)."""
         check_password(password)
         await self.storage.set_user_password(name, hash_password(password))
 
@@ -171,7 +165,7 @@ class Auth:
         await self.storage.set_user_role(name, role)
 
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their tokens; the last admin cannot be removed."""
+        """Delete a user, their tokens and sessions; the last admin cannot be removed."""
         user = await self.storage.get_user(name)
         if user["role"] == ADMIN and await self.storage.count_users(ADMIN) <= 1:
             raise Conflict(f"{name} is the last admin; add another admin first")
@@ -197,16 +191,34 @@ class Auth:
         ok = await asyncio.to_thread(verify_password, password, stored)
         if not ok or user is None:
             return None
-        return Identity(user["id"], user["name"], user["role"], "session", epoch=password_epoch(stored))
+        return Identity(user["id"], user["name"], user["role"], "session")
 
-    async def session_identity(self, user_id: object, epoch: object) -> Identity | None:
-        """The identity a session cookie stands for, if its user exists with the same password."""
-        if not isinstance(user_id, int) or not isinstance(epoch, str):
+    # page sessions (server-side: the cookie carries only a random id)
+
+    async def start_session(self, identity: Identity, max_age: float, address: str = "") -> str:
+        """A new session for a logged-in identity; returns its id (the cookie's secret, not stored)."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        await self.storage.add_session(identity.user_id, token_hash(session_id), now, now + max_age, address[:100])
+        return session_id
+
+    async def session_identity(self, session_id: object) -> Identity | None:
+        """Who a session id stands for, while the session exists (not logged out, expired or revoked)."""
+        if not isinstance(session_id, str) or not 20 <= len(session_id) <= 100:
             return None
-        user = await self.storage.get_user_by_id(user_id)
-        if user is None or not hmac.compare_digest(password_epoch(user["password_hash"]), epoch):
+        row = await self.storage.session_user(token_hash(session_id), time.time())
+        if row is None:
             return None
-        return Identity(user["id"], user["name"], user["role"], "session", epoch=epoch)
+        return Identity(row["user_id"], row["user"], row["role"], "session")
+
+    async def end_session(self, session_id: object) -> None:
+        """Log a session out: its cookie stops working at once, wherever it was saved."""
+        if isinstance(session_id, str):
+            await self.storage.remove_session(token_hash(session_id))
+
+    async def end_user_sessions(self, name: str) -> int:
+        """Log a user out everywhere; returns how many sessions ended."""
+        return await self.storage.remove_user_sessions(name)
 
     # tokens
 

@@ -513,6 +513,20 @@ async def user_remove(central: Central, name, yes):
     click.echo(f"removed user {name}")
 
 
+@user.command("logout")
+@click.argument("name")
+@central_command
+async def user_logout(central: Central, name):
+    """End every page session of a user (their saved cookies stop working; API tokens stay).
+
+    \b
+    Example:
+      central user logout alice
+    """
+    ended = await central.auth.end_user_sessions(name)
+    click.echo(f"ended {ended} session{'s' if ended != 1 else ''} of {name}")
+
+
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @central_command

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import re
 import sqlite3
+import sys
+import time
 
 import aiohttp
 import pytest
 from click.testing import CliRunner
+from cryptography import fernet
 
 from central import auth
 from central.cli import cli
@@ -232,11 +237,81 @@ async def test_bearer_requests_need_no_csrf_token_even_with_a_cookie(api):
     assert status == 200 and body["server"]["tags"] == ["x"]
 
 
-async def test_password_change_ends_sessions(api):
+def _saved_cookies(api) -> dict:
+    return {c.key: c.value for c in api.client.session.cookie_jar}
+
+
+def _restore(api, cookies: dict) -> None:
+    api.client.session.cookie_jar.clear()
+    api.client.session.cookie_jar.update_cookies(cookies)
+
+
+async def test_a_saved_cookie_stops_working_after_logout(api):
+    _, body, _ = await _login(api)
+    saved = _saved_cookies(api)
+    status, _, _ = await api.request("POST", "/api/v1/logout", role=None, headers={"X-CSRF-Token": body["csrf_token"]})
+    assert status == 200
+    _restore(api, saved)  # the attacker's copy of the cookie, taken before the logout
+    status, body, _ = await api.get("/api/v1/session", role=None)
+    assert status == 401
+    status, _, _ = await api.request("POST", "/api/v1/servers/local/test", role=None,
+                                     headers={"X-CSRF-Token": "whatever"})
+    assert status == 401
+
+
+async def test_the_database_holds_only_a_hash_of_the_session_id(api, config):
     await _login(api)
+    rows = await api.central.storage._all("SELECT * FROM sessions")
+    assert len(rows) == 1 and rows[0]["address"] == "127.0.0.1"
+    assert rows[0]["expires_at"] - rows[0]["created_at"] == pytest.approx(config.http.session_max_age)
+    dump = "\n".join(sqlite3.connect(config.database_path).iterdump())
+    key = config.session_secret_path.read_bytes()  # the cookie's payload, decrypted, carries the id
+    payload = json.loads(fernet.Fernet(base64.urlsafe_b64encode(key)).decrypt(_saved_cookies(api)["central_session"].encode()))
+    sid = payload["session"]["sid"]
+    assert len(sid) >= 40 and sid not in dump and auth.token_hash(sid) in dump
+
+
+async def _cli_in_a_process(config, *args: str, input: str | None = None) -> str:
+    """Run `central ...` as its own process on the same data directory (as an operator would)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "central", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CENTRAL_DATA_DIR": str(config.data_path),
+                                               "CENTRAL_CONFIG": ""})
+    out, _ = await proc.communicate(input.encode() if input else None)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.parametrize("how", ["password change", "logout everywhere", "user removed"])
+async def test_a_password_change_logout_or_removal_ends_sessions_from_another_process(api, config, how):
+    await _login(api, "viewer1")
     assert (await api.get("/api/v1/session", role=None))[0] == 200
+    if how == "password change":
+        out = await _cli_in_a_process(config, "user", "passwd", "viewer1", "--password-stdin",
+                                      input="a brand new password\n")
+    elif how == "logout everywhere":
+        out = await _cli_in_a_process(config, "user", "logout", "viewer1")
+        assert out.strip() == "ended 1 session of viewer1"
+    else:
+        out = await _cli_in_a_process(config, "user", "remove", "viewer1", "--yes")
+    status, _, _ = await api.get("/api/v1/session", role=None)
+    assert status == 401, out
+
+
+async def test_other_users_sessions_survive_a_password_change(api, config):
+    await _login(api, "viewer1")
     await api.central.auth.set_password("operator1", "a brand new password")
-    assert (await api.get("/api/v1/session", role=None))[0] == 401
+    assert (await api.get("/api/v1/session", role=None))[1]["user"] == "viewer1"
+
+
+async def test_an_expired_session_is_refused(config):
+    api = await start_api(config, session_max_age=60.0)
+    try:
+        await _login(api)
+        await api.central.storage._write([("UPDATE sessions SET expires_at = ?", (time.time() - 1,))])
+        assert (await api.get("/api/v1/session", role=None))[0] == 401
+    finally:
+        await api.client.close()
 
 
 async def test_form_login_redirects_to_a_local_path_only(api):

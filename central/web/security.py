@@ -3,7 +3,9 @@
 - Scripts send ``Authorization: Bearer <token>`` (central token create).
 - The page logs in (POST /api/v1/login) and then carries an encrypted session cookie
   (aiohttp-session's EncryptedCookieStorage, Fernet; HttpOnly, SameSite=Strict, Secure when
-  http.cookie_secure). Cookie-authenticated POST/PATCH/PUT/DELETE must repeat the session's CSRF
+  http.cookie_secure) holding a random session id. The session itself lives in the database
+  (table sessions, by the id's hash): logout, a password change or removing the user delete
+  it, so a saved copy of the cookie is worth nothing afterwards. Cookie-authenticated POST/PATCH/PUT/DELETE must repeat the session's CSRF
   token in an ``X-CSRF-Token`` header or a ``csrf_token`` form field; bearer requests are exempt
   (a browser never adds that header on its own).
 - The Host header must name this central (DNS rebinding): any IP literal, localhost, the listen
@@ -150,7 +152,7 @@ async def identify(request: web.Request) -> Identity | None:
         await auth.flush_last_used()
     elif COOKIE_NAME in request.cookies:
         session = await aiohttp_session.get_session(request)
-        identity = await auth.session_identity(session.get("uid"), session.get("epoch"))
+        identity = await auth.session_identity(session.get("sid"))
         if identity is None and not session.new:
             session.invalidate()
     request[IDENTITY] = identity
@@ -212,11 +214,13 @@ def client_address(request: web.Request) -> str:
 
 
 async def start_session(request: web.Request, identity: Identity) -> str:
-    """Log identity (from Auth.login) in with a fresh session cookie; returns its CSRF token."""
+    """Log identity (from Auth.login) in with a fresh server-side session; returns its CSRF token."""
+    config = request.app[CONFIG]
+    session_id = await request.app[CENTRAL].auth.start_session(
+        identity, config.http.session_max_age, client_address(request))
     session = await aiohttp_session.new_session(request)
     csrf = secrets.token_urlsafe(32)
-    session["uid"] = identity.user_id
-    session["epoch"] = identity.epoch
+    session["sid"] = session_id
     session["csrf"] = csrf
     session["created"] = time.time()
     request[IDENTITY] = identity
@@ -224,8 +228,9 @@ async def start_session(request: web.Request, identity: Identity) -> str:
 
 
 async def end_session(request: web.Request) -> None:
-    """Drop the session cookie."""
+    """End the caller's session on the server (a saved copy of the cookie stops working) and drop the cookie."""
     session = await aiohttp_session.get_session(request)
+    await request.app[CENTRAL].auth.end_session(session.get("sid"))
     session.invalidate()
 
 
