@@ -14,7 +14,7 @@ from rich.markup import escape as markup_escape
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__, alerts, hosttext
+from . import __version__, alerts, hosttext, logs
 from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
@@ -159,7 +159,7 @@ def cli(ctx, config_path, verbose):
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(max(level, logging.DEBUG))  # one line per record, host text escaped
 
 
 @cli.command()
