@@ -1,7 +1,9 @@
-"""The page's half of the redirect rule in real Chromium (Debian's /usr/bin/chromium via Playwright).
+"""The page's half of the trust rules in real Chromium (Debian's /usr/bin/chromium via Playwright).
 
 central.safeNext() in static/common.js must agree with safe_redirect() on every vector of
-tests/test_security.py, and a login from /login?next=<trick> must land on this site.
+tests/test_security.py, and a login from /login?next=<trick> must land on this site. The
+page's JavaScript renders a hostile host document (tests/test_pages_hosttext.py) inertly:
+central.shown() agrees with pages.shown(), wrong types are a dash, nothing throws.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from urllib.parse import quote
 
 import pytest
 
+from central.web.pages import shown
 from tests.apiclient import PASSWORD, api  # noqa: F401
+from tests.test_pages_hosttext import BIDI, HUGE, store_hostile_server
 from tests.test_security import REDIRECTS
 
 pytestmark = [pytest.mark.browser]
@@ -78,3 +82,45 @@ async def test_the_page_follows_a_local_next(api, page):
     await page.fill("input[name=password]", PASSWORD)
     await page.click("form#login button[type=submit]")
     await page.wait_for_url(base_url(api) + "/alerts")
+
+
+SHOWN = ["plain", "web" + BIDI, "line 1\nline 2\x1b[2J\t\x00\x7f\x9b", "\ufeff\u061c\u2028\u2060x", HUGE, "caf\u00e9 \u4e2d"]
+
+
+async def test_the_page_shows_host_text_like_the_server_does(api, page):
+    await page.goto(base_url(api) + "/login")
+    assert await page.evaluate("(xs) => xs.map((x) => central.shown(x))", SHOWN) == [shown(x) for x in SHOWN]
+    dashes = await page.evaluate("""() => ["NaN%", null, undefined, [], {}, true, NaN, Infinity, "12"].map(
+        (v) => [central.fmtPct(v), central.fmtNum(v), central.fmtBytes(v), central.fmtTime(v), central.fmtAgo(v, 0),
+                central.level(v)])""")
+    assert dashes == [["\u2013"] * 4 + ["never", ""]] * 9
+
+
+async def log_in(page, api, path: str) -> None:
+    await page.goto(base_url(api) + "/login?next=" + path)
+    await page.fill("input[name=username]", "operator1")
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("form#login button[type=submit]")
+    await page.wait_for_url(base_url(api) + path)
+
+
+async def test_the_server_page_script_renders_a_hostile_document(api, page):
+    """The page's own refresh (GET .../processes, rendered by server.js) copes with the document."""
+    await store_hostile_server(api)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await log_in(page, api, "/servers/web1")
+    # empty the server-rendered table: only the script's refresh can fill it again
+    await page.evaluate("() => document.querySelector('#processes tbody').replaceChildren()")
+    first = page.locator("#processes tbody tr").first
+    await playwright_api.expect(first).to_have_attribute("data-pid", "4242", timeout=30_000)
+    cells = await first.locator("td").all_text_contents()
+    assert cells[1] == "bad" + shown(BIDI) and cells[3] == "\u2013" and cells[4] == "\u2013"
+    assert cells[5] == shown(HUGE) and len(cells[5]) == 1000
+    text = await page.locator("body").text_content()
+    assert not any(ch in text for ch in "\u202e\u200b\u2066")
+    assert errors == []
+    # the kill confirmation quotes the process name inertly too
+    await first.locator("button[data-kill]").click()
+    body = await page.locator("#modal-body").text_content()
+    assert "\u202e" not in body and shown("bad" + BIDI) in body

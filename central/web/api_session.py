@@ -15,7 +15,7 @@ from aiohttp import web
 from ..auth import ROLES, LoginAttempt
 from .keys import LOGIN_LIMITER
 from .registry import NONE, VIEWER, Call, Registry, nullable, obj, string
-from .security import (TooManyAttempts, Unauthorized, client_address, end_session, safe_redirect,
+from .security import (MAX_REDIRECT, TooManyAttempts, Unauthorized, client_address, end_session, safe_redirect,
                        session_csrf, start_session)
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ SESSION = obj({"user": string(), "role": string(enum=list(ROLES)), "via": string
 
 @endpoints.post("/api/v1/login", summary="Log in; sets the session cookie", role=NONE, form=True,
                 body=obj({"username": string(minLength=1, maxLength=64), "password": string(minLength=1, maxLength=1024),
-                          "next": string(maxLength=500)}, required=["username", "password"]),
+                          "next": string(maxLength=MAX_REDIRECT)}, required=["username", "password"]),
                 responses={200: SESSION, 303: {}}, errors=(401, 403, 429))
 async def login(call: Call):
     """JSON in, JSON out (with the CSRF token); or a form post, answered with a redirect to `next`."""

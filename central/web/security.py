@@ -190,6 +190,7 @@ def check_origin(request: web.Request) -> None:
 # Any C0 control, DEL or backslash: browsers drop tabs and newlines from a URL and read a
 # backslash as "/", so "/<TAB>/evil.example" and "/<BACKSLASH>evil.example" lead to //evil.example.
 _REDIRECT_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
+MAX_REDIRECT = 500  # what the login form's next field may carry (its body schema says the same)
 
 
 def safe_redirect(target: object, default: str = "/") -> str:
@@ -200,7 +201,7 @@ def safe_redirect(target: object, default: str = "/") -> str:
     """
     if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
         return default
-    if _REDIRECT_BAD.search(target) or len(target) > 2000:
+    if _REDIRECT_BAD.search(target) or len(target) > MAX_REDIRECT:
         return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
