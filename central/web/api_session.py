@@ -12,7 +12,8 @@ import logging
 
 from aiohttp import web
 
-from ..auth import ROLES, LoginAttempt
+from ..auth import LoginAttempt
+from ..model import ROLES
 from .keys import LOGIN_LIMITER
 from .registry import NONE, VIEWER, Call, Registry, nullable, obj, string
 from .security import (MAX_REDIRECT, TooManyAttempts, Unauthorized, client_address, end_session, safe_redirect,
