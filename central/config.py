@@ -217,6 +217,8 @@ class ActionsConfig:
     # policy file, read like the agent reads its own (absent: the agent's default policy).
     local: bool = True
     local_policy: str = "/etc/central-agent.json"
+    # A central running as root would act on its own host as root: refused unless this is true.
+    local_as_root: bool = False
 
 
 @dataclass(frozen=True)
