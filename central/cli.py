@@ -14,7 +14,7 @@ from rich.markup import escape as markup_escape
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__, alerts, hosttext, logs
+from . import __version__, alerts, files, hosttext, logs
 from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
@@ -176,7 +176,7 @@ def init(ctx):
       central init
     """
     config = _config(ctx)
-    config.data_path.mkdir(parents=True, exist_ok=True)
+    files.private_dir(config.data_path)
     line, created = ensure_key_pair(config.key_path)
 
     try:

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import aiosqlite
 
+from . import files
 from .bundled import schema_text
 from .model import BLOCKING_REASONS, ERROR, METRICS, REASONS, Conflict, NotFound, PollOutcome, Server
 
@@ -92,7 +93,7 @@ class Storage:
     async def open(cls, path: str | Path) -> "Storage":
         """Open (creating if needed) the database and bring its schema up to date."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.prepare_database(path)  # 0600 before SQLite creates it, so -wal/-shm are 0600 too
         db = await aiosqlite.connect(str(path), isolation_level=None)
         db.row_factory = aiosqlite.Row
         self = cls(db, path)

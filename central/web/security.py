@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import re
 import secrets
 import time
@@ -27,6 +26,7 @@ import aiohttp_session
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
+from .. import files
 from ..auth import Identity
 from ..config import Config
 from ..model import CentralError
@@ -75,20 +75,18 @@ def load_session_secret(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            files.private_dir(path.parent)
         data = secrets.token_bytes(32)
         try:
-            fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            files.create_private(path, data)
         except FileExistsError:  # another process won the race: use its key
             return load_session_secret(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
         log.info("created the session secret %s", path)
         return data
     if len(data) != 32:
         raise RuntimeError(f"{path}: expected a 32-byte session secret, found {len(data)} bytes; delete it to make a new one")
-    if path.stat().st_mode & 0o077:
-        log.warning("%s is readable by other users; chmod 600 it", path)
+    files.private_file(path)
     return data
 
 
