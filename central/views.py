@@ -61,7 +61,7 @@ async def central_status(central: Central) -> dict:
         "pid": os.getpid(),
         "started_at": central.started_at,
         "uptime": time.time() - central.started_at,
-        "database": {"path": str(central.storage.path), "bytes": await central.storage.database_size()},
+        "database": {"path": central.storage.location, "bytes": await central.storage.database_size()},
         "poller": {
             "lag": poller.lag,
             "servers": poller.scheduled,
