@@ -52,7 +52,7 @@ async def login(call: Call):
     return {"user": identity.user, "role": identity.role, "via": "session", "csrf_token": csrf}
 
 
-@endpoints.post("/api/v1/logout", summary="Log out; drops the session cookie", role=VIEWER,
+@endpoints.post("/api/v1/logout", summary="Log out; ends the session on the server and drops its cookie", role=VIEWER,
                 response=obj({"logged_out": string()}, required=["logged_out"]))
 async def logout(call: Call) -> dict:
     """Ends the session (cookie callers must send the CSRF token, like any POST)."""
