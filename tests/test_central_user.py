@@ -253,6 +253,29 @@ def test_a_checkout_the_user_cannot_read_is_a_clear_error(script, system_user, d
     assert not (data_dir / "central.pid").exists()
 
 
+def test_unprivileged_the_docker_collector_says_unavailable_rather_than_failing(open_dir, shared_venv):
+    """A docker socket the central's user may not use (root's 0660 socket): no containers, no collector error."""
+    needs_root()
+    import socket
+
+    sock_path = open_dir / ("docker-" + secrets.token_hex(4) + ".sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    sock_path.chmod(0o660)
+    try:
+        code = ("import json, sys; from central.bundled import agent_module; "
+                "print(json.dumps(agent_module().collect_docker(sys.argv[1], timeout=2)))")
+        res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              str(shared_venv / "bin" / "python"), "-P", "-c", code, str(sock_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {"available": False, "containers": []}
+    finally:
+        server.close()
+        sock_path.unlink()
+
+
 async def test_as_root_actions_on_local_are_refused_by_default(config, sleeper):  # noqa: F811
     """A central running as root refuses local actions (audited), unless actions.local_as_root says yes."""
     needs_root()
