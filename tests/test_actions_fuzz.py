@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from central.actions import run_action
 from central.cli import cli
 from central.model import Conflict, Forbidden, Invalid, NotFound
+from central import servers
 from central.service import Central
 from tests.agentutil import request
 from tests.test_agent_actions import FakeEngine
@@ -143,7 +144,7 @@ def test_fuzz_run_action(fuzz_host, config, client_key):
     central = loop.run_until_complete(Central.open(central_config(config, client_key)))
     outcomes = {}
     try:
-        loop.run_until_complete(central.add_server(host.name, host.address, fingerprint=host.fingerprint))
+        loop.run_until_complete(servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint))
 
         pids = [v.ns_pid for v in victims] + [s.ns_pid for s in host.sentinels] + [host.agent_pid]
 
@@ -185,7 +186,7 @@ def test_fuzz_the_cli(fuzz_host, config, client_key, tmp_path):
     async def setup():
         central = await Central.open(cfg)
         try:
-            await central.add_server(host.name, host.address, fingerprint=host.fingerprint)
+            await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
         finally:
             await central.close()
 

@@ -51,9 +51,9 @@ class Servers(ABC):
 
     @abstractmethod
     async def server_page(self, *, tag: str | None = None, status: str | None = None, name: str | None = None,
-                          limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+                          limit: int | None = 100, offset: int = 0) -> tuple[list[dict], int]:
         """One page of servers by name as plain dicts, filtered by tag, status and a name
-        substring (case-insensitive), and how many match in all."""
+        substring (case-insensitive), and how many match in all (limit None: no limit)."""
 
     @abstractmethod
     async def status_counts(self) -> dict[str, int]:

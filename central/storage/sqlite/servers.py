@@ -20,7 +20,6 @@ _BLOCKING = tuple(sorted(BLOCKING_REASONS))
 _BLOCKING_IN = ", ".join("?" * len(_BLOCKING))
 
 
-
 class SQLiteServers(SQLiteBase):
     """central.storage.interface.Servers on SQLite."""
 
@@ -74,7 +73,7 @@ class SQLiteServers(SQLiteBase):
         return json_rows(await self._all("SELECT * FROM servers ORDER BY name"), tags="[]")
 
     async def server_page(self, *, tag: str | None = None, status: str | None = None, name: str | None = None,
-                          limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+                          limit: int | None = 100, offset: int = 0) -> tuple[list[dict], int]:
         """One page of servers by name as plain dicts, filtered by tag, status and a name
         substring (case-insensitive), and how many match in all."""
         where, args = [], []
@@ -89,7 +88,7 @@ class SQLiteServers(SQLiteBase):
             args.append(name.lower())
         cond = (" WHERE " + " AND ".join(where)) if where else ""
         total = (await self._one(f"SELECT count(*) FROM servers{cond}", args))[0]
-        rows = await self._all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, limit, offset))
+        rows = await self._all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
         return json_rows(rows, tags="[]"), total
 
     async def status_counts(self) -> dict[str, int]:
