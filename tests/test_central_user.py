@@ -76,10 +76,29 @@ def system_user():
     name = "ctest-" + secrets.token_hex(4)
     yield name
     try:
-        pwd.getpwnam(name)
+        uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return
-    subprocess.run(["userdel", name], capture_output=True, timeout=60)
+    # userdel refuses while a process of the user exists (a central still exiting, a zombie
+    # not yet reaped by init)
+    wait_for_sync(lambda: not processes_of(uid), 30, f"the processes of {name} to end")
+    res = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"userdel {name}: {res.stderr}"
+
+
+def processes_of(uid: int) -> list[int]:
+    """Pids whose real uid is uid (zombies included)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    if int(line.split()[1]) == uid:
+                        pids.append(int(status.parent.name))
+                    break
+        except OSError:  # gone meanwhile
+            continue
+    return pids
 
 
 @pytest.fixture
