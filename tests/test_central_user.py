@@ -133,7 +133,7 @@ def script(shared_venv):
     for pid in started:
         if alive(pid):
             os.kill(pid, signal.SIGTERM)
-            wait_for_sync(lambda: not alive(pid), 20, f"central {pid} to stop")
+            wait_for_sync(lambda p=pid: not alive(p), 20, f"central {pid} to stop")
 
 
 def uids_of(pid: int) -> list[int]:

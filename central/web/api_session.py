@@ -1,10 +1,13 @@
 """Logging in and out of the page: POST /api/v1/login, POST /api/v1/logout, GET /api/v1/session.
 
-The login sets an encrypted session cookie and returns the session's CSRF token, which the page
-sends back in X-CSRF-Token (or a csrf_token form field) with every POST/PATCH/DELETE. Failed
-logins back off per user name and client address, with a higher allowance per user name
-(http.login_attempts, http.login_attempts_per_user; 429 with Retry-After; auth.LoginLimiter). An HTML form may post here too (application/x-www-form-urlencoded): on
-success it is redirected (303) to `next` (a local path, default /).
+The login starts a server-side session (its random id in an encrypted cookie) and returns the
+session's CSRF token, which the page sends back in X-CSRF-Token (or a csrf_token form field)
+with every POST/PATCH/DELETE; logout ends the session in the database. Each attempt is reserved
+before the password is checked, and failures back off per user name and client address, with a
+higher allowance per user name (http.login_attempts, http.login_attempts_per_user; 429 with
+Retry-After; auth.LoginLimiter). An HTML form may post here too
+(application/x-www-form-urlencoded): on success it is redirected (303) to `next` when that is a
+path on this site (security.safe_redirect), else to /.
 """
 from __future__ import annotations
 
