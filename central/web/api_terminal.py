@@ -19,14 +19,14 @@ import json
 import logging
 import time
 
-import aiohttp_session
 from aiohttp import WSMsgType, web
 
 from ..model import ADMIN, CentralError, Invalid
-from ..terminal import TICKET_TTL, TerminalSession, WrongPassword
+from ..auth import LoginAttempt
+from ..terminal import TICKET_TTL, TerminalSession
 from .keys import CENTRAL, LOGIN_LIMITER
 from .registry import VIEWER, Call, Registry, array, boolean, integer, nullable, number, obj, string
-from .security import COOKIE_NAME, CSRFFailed, TooManyAttempts, Unauthorized, check_origin, client_address, identify
+from .security import CSRFFailed, TooManyAttempts, Unauthorized, check_origin, client_address, identify
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ SESSION = obj({"id": integer(), "user": string(), "server_name": string(), "acco
               required=["id", "user", "server_name", "account", "started_at", "live"], closed=False)
 
 
-async def _login_at(request: web.Request) -> float | None:
-    """When the caller's page session logged in (the cookie is encrypted: this cannot be forged)."""
-    if COOKIE_NAME not in request.cookies:
-        return None
-    session = await aiohttp_session.get_session(request)
-    created = session.get("created")
-    return float(created) if isinstance(created, (int, float)) else None
-
-
 @endpoints.get("/api/v1/terminal", summary="The terminal: may I open one, where is it enabled, who is connected",
                role=VIEWER,
                response=obj({"may_open": boolean(), "fresh_auth": number(), "fresh_login": boolean(),
@@ -68,7 +59,7 @@ async def terminal_overview(call: Call) -> dict:
     (everyone's for admins and users with the right, else none)."""
     terminals = call.central.terminal
     may_open = call.identity.via == "session" and await terminals.may_open(call.identity)
-    login_at = await _login_at(call.request) if call.identity.via == "session" else None
+    login_at = call.identity.logged_in_at
     cfg = call.central.config.terminal
     sees_live = may_open or call.identity.allows(ADMIN)
     return {"may_open": may_open, "fresh_auth": cfg.fresh_auth,
@@ -91,27 +82,25 @@ async def authorize_terminal(call: Call) -> dict:
     request = call.request
     address = client_address(request)
     password = call.body.get("password")
-    limiter = request.app[LOGIN_LIMITER]
+    attempt = None
     if password is not None:
-        wait = limiter.retry_after(address, call.identity.user)
-        if wait > 0:
-            raise TooManyAttempts("too many wrong passwords; try again later", wait)
-    try:
-        ticket = await call.central.terminal.authorize(
-            call.identity, call.path["name"], password=password, login_at=await _login_at(request), address=address)
-    except WrongPassword:
-        limiter.failed(address, call.identity.user)
-        raise
+        # Counted like a login: reserved before scrypt, given back when the password is right.
+        attempt = request.app[LOGIN_LIMITER].reserve(address, call.identity.user)
+        if not isinstance(attempt, LoginAttempt):
+            raise TooManyAttempts("too many wrong passwords; try again later", attempt)
+    ticket = await call.central.terminal.authorize(
+        call.identity, call.path["name"], password=password, login_at=call.identity.logged_in_at, address=address)
+    if attempt is not None:
+        request.app[LOGIN_LIMITER].succeeded(attempt)
     return {"ticket": ticket.value, "websocket": f"/api/v1/terminal/ws?ticket={ticket.value}",
             "expires_in": TICKET_TTL, "server": ticket.server_name, "account": ticket.account}
 
 
 def _check_ws_origin(request: web.Request) -> None:
     """A browser always sends Origin with a WebSocket: it must be present and name this central."""
-    origin = request.headers.get("Origin")
-    if not origin or origin.strip().lower() == "null":
-        raise CSRFFailed(f"the terminal's WebSocket needs an Origin header naming this central, not {origin!r}")
-    check_origin(request)
+    if not request.headers.get("Origin"):
+        raise CSRFFailed("the terminal's WebSocket needs an Origin header naming this central")
+    check_origin(request)  # a foreign Origin, Origin: null, a cross-site Sec-Fetch-Site
 
 
 def _ended(session: TerminalSession) -> dict:
