@@ -312,6 +312,11 @@ class Dispatcher:
         self._started = False
 
     @property
+    def started(self) -> bool:
+        """Whether the workers run (in the serving process, after the first poll batch)."""
+        return self._started
+
+    @property
     def dropped(self) -> int:
         """Messages dropped because a channel's queue overflowed."""
         return sum(c.dropped for c in self.channels)

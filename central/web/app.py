@@ -13,7 +13,7 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_actions, api_alerts, api_servers, api_session, api_system
+from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
@@ -29,6 +29,7 @@ ENDPOINT_MODULES = (
     api_servers,
     api_alerts,
     api_actions,
+    api_notifiers,
 )
 
 
