@@ -11,6 +11,7 @@ import datetime
 import zoneinfo
 
 from .hosttext import clean
+from .model import ALERT_METRICS
 from .routing import Message
 
 # Beyond this many alerts a message lists the first ones and says how many more (the page has all).
@@ -41,19 +42,24 @@ def fmt_when(ts: float | None, zone: zoneinfo.ZoneInfo) -> str:
 
 
 def fmt_value(value: float | None, metric: str | None) -> str:
-    """A value with its unit as the metric has it (93.2%, 3 polls, 1.2 MB/s)."""
+    """A value in its metric's unit (93.2%, 3 polls, 1.2 MB/s, 2h 5m)."""
     if value is None:
         return "–"
-    metric = metric or ""
-    if metric.endswith(".percent") or metric in ("cpu.iowait", "cpu.steal"):
+    m = ALERT_METRICS.get(metric or "")
+    unit = m.unit if m else ""
+    if unit == "percent":
         return f"{value:.1f}%"
-    if metric.startswith("poll."):
+    if m is not None and m.reasons:
         return f"{value:g} polls"
-    if metric.endswith("_rate"):
-        for unit in ("B/s", "kB/s", "MB/s", "GB/s"):
-            if abs(value) < 1000 or unit == "GB/s":
-                return f"{value:.3g} {unit}"
+    if unit == "bytes_per_second":
+        for name in ("B/s", "kB/s", "MB/s", "GB/s"):
+            if abs(value) < 1000 or name == "GB/s":
+                return f"{value:.3g} {name}"
             value /= 1000
+    if unit == "per_second":
+        return f"{value:.3g}/s"
+    if unit == "seconds":
+        return fmt_duration(value)
     return f"{value:.4g}"
 
 
@@ -79,7 +85,8 @@ def alert_lines(alert: dict, zone: zoneinfo.ZoneInfo, now: float) -> list[str]:
         end = alert.get("resolved_at") or now
         lines.append(f"Resolved after {fmt_duration(end - start)} (since {fmt_when(start, zone)})")
     else:
-        if alert.get("threshold") is not None and alert.get("value") is not None:
+        m = ALERT_METRICS.get(alert.get("metric") or "")
+        if alert.get("threshold") is not None and alert.get("value") is not None and not (m and m.unit == "boolean"):
             op = _OP_TEXT.get(alert.get("op") or "", alert.get("op") or "")
             lines.append(f"Value {fmt_value(alert['value'], alert.get('metric'))} "
                          f"(threshold {op} {fmt_value(alert['threshold'], alert.get('metric'))})")

@@ -12,10 +12,11 @@ import zoneinfo
 from typing import Iterable, Sequence
 
 from .config import WEEKDAYS, InhibitRule, MaintenanceWindow
+from .model import BUILTIN_RULES
 
-# Rules that say a server cannot be observed right now: while one fires, that server's other
-# alerts say nothing new (its document is stale) and are held back (alerts.builtin_inhibit).
-SERVER_DOWN_RULES = ("server_unreachable", "host_key_mismatch")
+# Built-in rules that say a server cannot be observed right now (BuiltinRule.inhibits_server):
+# while one fires, that server's other alerts say nothing new and are held back.
+SERVER_DOWN_RULES = tuple(r.name for r in BUILTIN_RULES.values() if r.inhibits_server)
 BUILTIN_INHIBIT = InhibitRule(source_rules=SERVER_DOWN_RULES, equal=("server",))
 
 
