@@ -616,6 +616,8 @@ class AlertEngine:
                 self.notifier.notify(event, self.snapshot(st))
             log.info("alert %s %s on %s%s: %s", st.rule, event, self._name(st.server_id),
                      f" [{st.label}]" if st.label else "", st.summary)
+        if send and self.notifier is not None and hasattr(self.notifier, "pump"):
+            self.notifier.pump()  # once per round: alerts that changed together are grouped together
 
     def _name(self, server_id: int) -> str:
         server = self.servers.get(server_id)

@@ -111,7 +111,8 @@ def secret_parts(urls: Sequence[str]) -> list[str]:
         if u.netloc and "@" in u.netloc:
             userinfo = u.netloc.rsplit("@", 1)[0]
             parts.update([userinfo, *userinfo.split(":")])
-        parts.update(seg for seg in u.path.split("/"))
+        # Path words like "hooks" or "api" stay readable; token-like segments do not.
+        parts.update(seg for seg in u.path.split("/") if len(seg) >= 8 or any(ch.isdigit() for ch in seg))
         parts.update(v for _, v in urllib.parse.parse_qsl(u.query))
         parts.update(urllib.parse.unquote(p) for p in list(parts))
     return sorted((p for p in parts if len(p) >= 4), key=len, reverse=True)
@@ -406,7 +407,7 @@ class Dispatcher:
         return out
 
     def notify(self, event: str, alert: dict) -> None:
-        """An alert fired or resolved: route it, group it, queue what is due; never blocks."""
+        """An alert fired or resolved: route it and put it in its groups (pump() then queues what is due)."""
         if not self.channels:
             return
         now = self.clock()
@@ -421,7 +422,6 @@ class Dispatcher:
                 c.last_sent[alert["id"]] = now
                 c.put(Message(c.name, event, {}, [alert], [], frozenset([alert["id"]]), now))
         self.router.add(alert, now)
-        self.pump(now)
 
     def remind(self, alerts: Sequence[tuple[dict, bool, bool]], now: float) -> None:
         """The timer's round over the firing alerts already notified: [(alert, acknowledged, muted)]."""
@@ -440,7 +440,7 @@ class Dispatcher:
         self.pump(now)
 
     def pump(self, now: float | None = None) -> None:
-        """Queue the messages of the groups that are due."""
+        """Queue the messages of the groups that are due (the engine calls it after each round's notify calls)."""
         now = self.clock() if now is None else now
         for m in self.router.flush(now, self.flags):
             self.by_name[m.channel].put(m)

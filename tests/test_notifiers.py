@@ -210,6 +210,7 @@ async def test_queue_overflow_drops_the_oldest_and_counts(storage):
     for i in range(1, 6):  # workers not started: everything stays queued
         dispatcher.notify("firing", {"id": i, "severity": "warning", "rule": "r", "server": "s", "server_id": 1,
                                      "label": str(i)})
+    dispatcher.pump()
     assert dispatcher.dropped == 3
     assert [m.firing[0]["id"] for m in dispatcher.channels[0].queue] == [4, 5]
 
