@@ -8,6 +8,7 @@ import dataclasses
 import http.server
 import json
 import logging
+import re
 import threading
 
 import pytest
@@ -258,6 +259,12 @@ async def test_api_test_message_is_for_admins_and_health_shows_in_status(config,
         assert status == 200 and listing["notifiers"] == body["notifiers"]
         assert listing["routes"][0]["channels"] == ["ops"]
         assert SECRET not in json.dumps(listing) + json.dumps(body)
+        from tests.test_pages import login, page
+
+        await login(api, "viewer1")
+        status, html, _ = await page(api, "/alerts")  # the page shows the same health
+        row = re.search(r'<tr data-notifier="ops">(.*?)</tr>', html, re.S).group(1)
+        assert status == 200 and "webhook" in row and ">ok<" in row and "s ago" in row and SECRET not in html
     finally:
         await api.client.close()
     assert [r["json"]["event"] for r in receiver.requests] == ["test"]
