@@ -165,10 +165,12 @@ def serve(ctx, listen, port):
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
     from .notifiers import check_channels
+    from .telegrambot import check_bot
     from .web.app import run_app
 
     try:
         check_channels(config.notifiers)
+        check_bot(config.telegram)
     except ConfigError as exc:
         raise click.ClickException(f"config: {exc}") from None
     try:

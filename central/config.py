@@ -275,6 +275,21 @@ class ActionsConfig:
 
 
 @dataclass(frozen=True)
+class TelegramConfig:
+    """`[telegram]`: the optional bot (pip install 'central[telegram]') that answers allowed chats."""
+
+    enabled: bool = False
+    # The bot token (from @BotFather) comes from the environment or a file, never the config.
+    token_env: str = ""
+    token_file: str = ""
+    allowed_chats: tuple[int, ...] = ()  # chat ids the bot answers; everyone else is ignored
+    user: str = ""  # the central user whose role the bot's buttons act with (operator to ack/silence)
+    api_url: str = "https://api.telegram.org"  # the Bot API server (a self-hosted one works too)
+    poll_timeout: float = 30.0  # long polling: how long one getUpdates waits
+    silence_for: float = 3600.0  # how long the Silence button mutes an alert
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = ""
     http: HTTPConfig = field(default_factory=HTTPConfig)
@@ -285,6 +300,7 @@ class Config:
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     notifiers: tuple[NotifierConfig, ...] = ()
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
     source: str = ""  # the file this came from, for messages
 
     @property
@@ -340,6 +356,8 @@ _DURATIONS = {
     "notifiers.backoff",
     "notifiers.backoff_max",
     "notifiers.repeat_interval",
+    "telegram.poll_timeout",
+    "telegram.silence_for",
     "alerts.route.group_wait",
     "alerts.route.group_interval",
     "alerts.route.repeat_interval",
@@ -416,6 +434,16 @@ def _coerce(key: str, tp: object, value: object) -> object:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+    if typing.get_origin(tp) is tuple and args and args[0] is int:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            out = tuple(int(v) if isinstance(v, str) and re.fullmatch(r"-?\d+", v) else v for v in value)
+        except TypeError:
+            out = ()
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}")
+        return out
     if typing.get_origin(tp) is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -518,6 +546,7 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     _check_alerts(cfg.alerts)
     _check_notifiers(cfg.notifiers)
     _check_routing(cfg.alerts, cfg.notifiers)
+    _check_telegram(cfg.telegram)
     return dataclasses.replace(cfg, source=source)
 
 
@@ -668,3 +697,20 @@ def check_time_zone(key: str, name: str) -> None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{key}: unknown time zone {name!r} (an IANA name like \"Europe/Berlin\" or \"UTC\")") from None
+
+
+def _check_telegram(t: TelegramConfig) -> None:
+    """An enabled bot has one token source, chats to answer, a central user and a Bot API URL."""
+    if not t.enabled:
+        return
+    sources = [k for k in ("token_env", "token_file") if getattr(t, k)]
+    if len(sources) != 1:
+        raise ConfigError("telegram.token_env: give one of token_env or token_file (the bot token is a secret)")
+    if t.token_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", t.token_env):
+        raise ConfigError(f"telegram.token_env: expected the name of an environment variable, got {t.token_env!r}")
+    if not t.allowed_chats:
+        raise ConfigError("telegram.allowed_chats: required (the chat ids the bot answers; it ignores every other)")
+    if not t.user:
+        raise ConfigError("telegram.user: required (the central user whose role the bot acts with)")
+    if not re.match(r"^https?://[^\s/]+", t.api_url):
+        raise ConfigError(f"telegram.api_url: expected an http:// or https:// URL, got {t.api_url!r}")

@@ -38,9 +38,21 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG])
     app[CENTRAL] = central
     await central.poller.start()
+    bot = None
     try:
+        if app[CONFIG].telegram.enabled:
+            from ..telegrambot import TelegramBot
+
+            bot = TelegramBot.from_config(central)
+            try:
+                await bot.start()
+            except Exception as exc:  # noqa: BLE001 - the page and polling go on without the bot
+                log.error("telegram: the bot did not start: %s", exc)
+                bot = None
         yield
     finally:
+        if bot is not None:
+            await bot.stop()
         await central.close()
 
 
