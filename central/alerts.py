@@ -23,17 +23,19 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
     ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, Conflict, Invalid, NotFound,
     PollOutcome, Server,
 )
-from .muting import BUILTIN_INHIBIT, Inhibitor, Window, silence_matches
+from .muting import BUILTIN_INHIBIT, Inhibitor, Window, silence_matches  # noqa: F401 - silence_matches re-exported
 from .storage import Storage
 
-__all__ = ["AlertEngine", "silence_matches"]
+if TYPE_CHECKING:
+    from .service import Central
+
 log = logging.getLogger(__name__)
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
@@ -676,16 +678,18 @@ def _facts_from_text(text: str) -> dict:
     return extract_facts(doc) if isinstance(doc, dict) else {}
 
 
-# What the CLI and the HTTP API call (no HTTP or terminal knowledge here).
+# The operations the CLI and the HTTP API call, each taking the opened Central first (no HTTP or
+# terminal knowledge here).
 
 def cli_user() -> str:
     """The acknowledging user for the CLI: cli:<local OS user>."""
     return "cli:" + getpass.getuser()
 
 
-async def list_alerts(storage: Storage, firing_only: bool = False, server: str | None = None,
+async def list_alerts(central: Central, firing_only: bool = False, server: str | None = None,
                       limit: int = 100, open_only: bool = False) -> list[dict]:
     """Alerts newest first (firing, then pending, then resolved), optionally of one server by name."""
+    storage = central.storage
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise Invalid(f"invalid limit {limit!r}: expected 1 to 10000")
     server_id = None
@@ -694,15 +698,17 @@ async def list_alerts(storage: Storage, firing_only: bool = False, server: str |
     return await storage.list_alerts(firing_only=firing_only, open_only=open_only, server_id=server_id, limit=limit)
 
 
-async def get_alert(storage: Storage, alert_id: int) -> dict:
+async def get_alert(central: Central, alert_id: int) -> dict:
     """One alert with its delivery log."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     alert["notifications"] = await storage.notifications(alert["id"], limit=50)
     return alert
 
 
-async def ack(storage: Storage, alert_id: int, user: str, now: float | None = None) -> dict:
+async def ack(central: Central, alert_id: int, user: str, now: float | None = None) -> dict:
     """Acknowledge an open alert (stops its repeats; its resolution is still sent); the alert."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     if not isinstance(user, str) or not user.strip():
         raise Invalid("the acknowledging user must be named")
@@ -712,7 +718,7 @@ async def ack(storage: Storage, alert_id: int, user: str, now: float | None = No
     return await storage.get_alert(alert["id"])
 
 
-async def create_silence(storage: Storage, *, server: str | None = None, rule: str | None = None,
+async def create_silence(central: Central, *, server: str | None = None, rule: str | None = None,
                          tag: str | None = None, duration: float, comment: str, user: str,
                          maintenance: bool = False, now: float | None = None) -> dict:
     """Mute notifications of matching alerts for duration seconds (alerts are still recorded); the silence.
@@ -720,6 +726,7 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     maintenance=True is a maintenance window: it needs an existing server and mutes all its alerts.
     server, rule and tag are globs; all given ones must match.
     """
+    storage = central.storage
     now = time.time() if now is None else now
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 366 * 86400:
         raise Invalid(f"invalid duration {duration!r}: expected more than 0 and at most 366 days")
@@ -743,8 +750,9 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     return await storage.get_silence(silence_id)
 
 
-async def delete_silence(storage: Storage, silence_id: int, now: float | None = None) -> dict:
+async def delete_silence(central: Central, silence_id: int, now: float | None = None) -> dict:
     """End a silence now (kept in the history); the silence."""
+    storage = central.storage
     silence = await storage.get_silence(_check_id(silence_id, "silence"))
     now = time.time() if now is None else now
     if silence["ends_at"] <= now:
@@ -753,9 +761,10 @@ async def delete_silence(storage: Storage, silence_id: int, now: float | None = 
     return await storage.get_silence(silence["id"])
 
 
-async def list_silences(storage: Storage, active_only: bool = True, limit: int = 100,
+async def list_silences(central: Central, active_only: bool = True, limit: int = 100,
                         now: float | None = None) -> list[dict]:
     """Silences and maintenance windows newest first; active_only: those not ended yet."""
+    storage = central.storage
     now = time.time() if now is None else now
     rows = await storage.list_silences(active_at=now if active_only else None, limit=limit)
     for r in rows:

@@ -69,7 +69,7 @@ def _pct(v) -> str:
 async def status_text(central) -> str:
     """/status: servers by status, alerts open, fleet averages."""
     f = await views.fleet_stats(central)
-    firing = await alerts.list_alerts(central.storage, firing_only=True, limit=1000)
+    firing = await alerts.list_alerts(central, firing_only=True, limit=1000)
     by_sev = {s: sum(1 for a in firing if a["severity"] == s) for s in ("critical", "warning", "info")}
     avg = f["averages"]
     return "\n".join([
@@ -97,7 +97,7 @@ async def servers_text(central, tag: str | None = None) -> str:
 
 async def server_text(central, name: str) -> str:
     """/server NAME: status, host, key figures, load, uptime, open alerts."""
-    d = await central.server_detail(name)
+    d = await views.server_detail(central, name)
     s = d["server"]
     doc = (d["latest"] or {}).get("document") or {}
     sample = (await central.storage.latest_samples()).get(s["id"]) or {}
@@ -110,7 +110,7 @@ async def server_text(central, name: str) -> str:
     uptime = doc.get("uptime") if isinstance(doc.get("uptime"), (int, float)) else None
     if uptime is not None:
         lines.append(f"Up {fmt_duration(uptime)}")
-    open_alerts = await alerts.list_alerts(central.storage, open_only=True, server=name, limit=MAX_LISTED)
+    open_alerts = await alerts.list_alerts(central, open_only=True, server=name, limit=MAX_LISTED)
     lines.append(f"Open alerts: {len(open_alerts)}")
     lines.extend(f"- #{a['id']} {a['severity']} {a['rule']}: {clean(a['summary'], 200)}" for a in open_alerts)
     return "\n".join(lines)
@@ -118,7 +118,7 @@ async def server_text(central, name: str) -> str:
 
 async def alerts_reply(central) -> list[tuple[str, list[tuple[str, str]]]]:
     """/alerts: one (text, [(button label, callback data)]) per open firing alert, or one line saying none."""
-    rows = await alerts.list_alerts(central.storage, firing_only=True, limit=MAX_LISTED)
+    rows = await alerts.list_alerts(central, firing_only=True, limit=MAX_LISTED)
     if not rows:
         return [("Nothing is firing.", [])]
     out = []
@@ -148,13 +148,13 @@ async def press(central, data: str, sender: str) -> str:
     kind, alert_id = m.group(1), int(m.group(2))
     try:
         if kind == "ack":
-            a = await alerts.ack(central.storage, alert_id, cfg.user)
+            a = await alerts.ack(central, alert_id, cfg.user)
             log.info("telegram: %s acknowledged alert %d as central user %s", sender, alert_id, cfg.user)
             return f"Alert #{a['id']} acknowledged as {cfg.user}."
-        a = await alerts.get_alert(central.storage, alert_id)
+        a = await alerts.get_alert(central, alert_id)
         if a["server"] is None:
             return f"Alert #{alert_id} has no server to silence."
-        s = await alerts.create_silence(central.storage, server=a["server"], rule=a["rule"],
+        s = await alerts.create_silence(central, server=a["server"], rule=a["rule"],
                                         duration=cfg.silence_for, comment=f"from Telegram by {sender}", user=cfg.user)
         log.info("telegram: %s silenced %s on %s for %s as central user %s (silence %d)", sender, a["rule"],
                  a["server"], fmt_duration(cfg.silence_for), cfg.user, s["id"])
@@ -243,6 +243,9 @@ class TelegramBot:
             await fn()
         except CentralError as exc:
             await self._reply(update, exc.message)
+        except Exception:  # noqa: BLE001 - say so in the chat rather than leave it silent
+            log.exception("telegram: a command failed")
+            await self._reply(update, "Something went wrong on the central; its log says what.")
 
     async def _help(self, update, context) -> None:
         await self._reply(update, "/status — the fleet\n/servers [tag] — servers and key figures\n"
