@@ -102,7 +102,7 @@ def alert_lines(alert: dict, zone: zoneinfo.ZoneInfo, now: float) -> list[str]:
 
 def title(message: Message) -> str:
     """One line: what kind of news, and about what."""
-    if message.kind == "test":
+    if message.event == "test":
         return "central: test notification"
     alerts = message.alerts
     if len(alerts) == 1:
@@ -120,7 +120,7 @@ def title(message: Message) -> str:
 
 def body(message: Message, zone: zoneinfo.ZoneInfo, now: float) -> str:
     """The message text: one block per alert, firing first; long groups are cut with a count."""
-    if message.kind == "test":
+    if message.event == "test":
         return (f"A test message from central, sent {fmt_when(now, zone)} to channel {message.channel!r}. "
                 "If you read this, the channel works.")
     alerts = message.alerts

@@ -81,10 +81,8 @@ def channel_urls(cfg: NotifierConfig, key: str = "notifier", env: Mapping[str, s
             raise ConfigError(f"{key}.url_file: {cfg.url_file} is empty")
     else:
         text = cfg.url
+    # One URL per line (Apprise parses several on one line itself, and commas inside a URL's query).
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if cfg.type == "apprise":
-        # Apprise also takes several URLs separated by commas or spaces.
-        urls = [u for line in urls for u in re.split(r"[\s,]+", line) if u]
     if not urls:
         raise ConfigError(f"{key}.{_source_key(cfg)}: holds no URL")
     if cfg.type != "apprise":
@@ -142,7 +140,7 @@ def mask_url(url: str) -> str:
 
 def webhook_body(message: Message, now: float, title: str, text: str) -> dict:
     """The JSON a webhook receives: the group's alerts, each with its event, and the rendered text."""
-    return {"version": 2, "channel": message.channel, "event": message.kind, "sent_at": now,
+    return {"version": 2, "channel": message.channel, "event": message.event, "sent_at": now,
             "group": message.group, "route": message.route, "title": title, "text": text,
             "alerts": [dict(a, event=ev) for ev, a in message.entries()]}
 
@@ -190,8 +188,8 @@ def alert_environment(event: str, alert: dict) -> dict[str, str]:
 def message_environment(message: Message, title: str, text: str) -> dict[str, str]:
     """CENTRAL_MESSAGE_* for the whole message, CENTRAL_ALERT_* of its first alert (all in CENTRAL_ALERTS_JSON)."""
     entries = message.entries()
-    env = alert_environment(*entries[0]) if entries else {"CENTRAL_ALERT_EVENT": message.kind}
-    env.update({"CENTRAL_MESSAGE_KIND": message.kind, "CENTRAL_MESSAGE_TITLE": title, "CENTRAL_MESSAGE_TEXT": text,
+    env = alert_environment(*entries[0]) if entries else {"CENTRAL_ALERT_EVENT": message.event}
+    env.update({"CENTRAL_MESSAGE_EVENT": message.event, "CENTRAL_MESSAGE_TITLE": title, "CENTRAL_MESSAGE_TEXT": text,
                 "CENTRAL_ALERT_COUNT": str(len(entries)),
                 "CENTRAL_ALERTS_JSON": json.dumps([dict(a, event=ev) for ev, a in entries], sort_keys=True, default=str)})
     return {k: v.replace("\0", "") for k, v in env.items()}
@@ -350,6 +348,13 @@ class Dispatcher:
                 self.by_name[channel].last_sent[alert_id] = ts
                 self.router.seed[(alert_id, channel)] = ts
         await self.load_health()
+        for c in self.channels:
+            if c.failures_in_row:
+                log.warning("notifier %s: failing since %s (%d failed attempts): %s", c.name,
+                            messages.fmt_when(c.failing_since, self.zone), c.failures_in_row, c.last_error)
+        if any(c.cfg.type == "apprise" for c in self.channels):
+            # Apprise imports its ~100 plugins on first use: do it off the event loop, once.
+            await asyncio.to_thread(_load_apprise)
         if self.session is None:
             self.session, self._own_session = aiohttp.ClientSession(), True
         for c in self.channels:
@@ -493,10 +498,10 @@ class Dispatcher:
         now = self.clock()
         c.record(ok, detail, now)
         if not ok:
-            log.debug("notifier %s: %s message, attempt %d failed: %s", c.name, message.kind, attempt, detail)
+            log.debug("notifier %s: %s message, attempt %d failed: %s", c.name, message.event, attempt, detail)
         rows = [(a.get("id"), c.name, ev, now, attempt, ok, detail) for ev, a in message.entries()]
         if not rows:
-            rows = [(None, c.name, message.kind, now, attempt, ok, detail)]
+            rows = [(None, c.name, message.event, now, attempt, ok, detail)]
         try:
             await self.storage.log_notifications(rows)
         except Exception:  # noqa: BLE001 - a full disk must not stop notifications
@@ -555,7 +560,7 @@ class Dispatcher:
             session = await self._session()
             if c.cfg.type == "alertmanager":
                 url = urls[0].rstrip("/") + "/api/v2/alerts"
-                if message.kind == "test":
+                if message.event == "test":
                     body: object = alertmanager_test_payload(c.name, time.time())
                 else:
                     body = [e for ev, a in message.entries()
@@ -566,6 +571,12 @@ class Dispatcher:
             return await post_json(session, url, body, headers, c.cfg.timeout)
         except DeliveryError as exc:
             raise DeliveryError(scrub(str(exc), secrets)) from None
+
+
+def _load_apprise() -> None:
+    import apprise
+
+    apprise.Apprise().add("json://localhost")
 
 
 _APPRISE_TYPES = {"critical": "failure", "warning": "warning", "info": "info"}
@@ -579,10 +590,10 @@ async def apprise_send(urls: Sequence[str], message: Message, title: str, text: 
     for i, url in enumerate(urls):
         if not ap.add(url):
             scheme = url.split("://", 1)[0] if "://" in url else "?"
-            raise DeliveryError(f"apprise does not understand URL {i + 1} (scheme {clean(scheme, 20)!r})")
-    if message.kind == "resolved" or (not message.firing and message.resolved):
+            raise DeliveryError(f"apprise does not understand URL line {i + 1} (scheme {clean(scheme, 20)!r})")
+    if message.event == "resolved" or (not message.firing and message.resolved):
         kind = "success"
-    elif message.kind == "test":
+    elif message.event == "test":
         kind = "info"
     else:
         worst = max((SEVERITY_RANK.get(a["severity"], 0) for a in message.firing), default=0)
@@ -656,5 +667,5 @@ def check_channels(notifiers: Sequence[NotifierConfig], env: Mapping[str, str] |
             for n, url in enumerate(urls):
                 if not apprise.Apprise().add(url):
                     scheme = url.split("://", 1)[0] if "://" in url else "?"
-                    raise ConfigError(f"{key}.{_source_key(cfg)}: URL {n + 1} is not one Apprise understands "
+                    raise ConfigError(f"{key}.{_source_key(cfg)}: URL line {n + 1} is not one Apprise understands "
                                       f"(scheme {clean(scheme, 20)!r}; see Apprise's list of services)")

@@ -113,7 +113,7 @@ class Message:
     """One notification to one channel: a group's firing alerts and those resolved since the last message."""
 
     channel: str
-    kind: str  # firing (an alert joined), resolved (only resolutions), repeat, or test
+    event: str  # firing (an alert joined), resolved (only resolutions), repeat, or test
     group: dict
     firing: list[dict]
     resolved: list[dict]

@@ -180,7 +180,7 @@ def test_serve_refuses_a_missing_or_unknown_secret_url_naming_the_key(tmp_path):
     f.write_text(f"nosuchservice://{SECRET}@x\n")
     with pytest.raises(ConfigError) as err:
         check_channels([apprise("a", url_file=str(f))], env={})
-    assert str(err.value).startswith("notifiers[0] (a).url_file: URL 1 is not one Apprise understands")
+    assert str(err.value).startswith("notifiers[0] (a).url_file: URL line 1 is not one Apprise understands")
     assert SECRET not in str(err.value)
     with pytest.raises(ConfigError, match=r"url_file: cannot read"):
         check_channels([apprise("a", url_file=str(tmp_path / "missing"))], env={})

@@ -66,7 +66,7 @@ def test_group_wait_collects_then_group_interval_batches_changes():
     router.add(alert(2), 10.0)
     assert router.flush(29.0) == []  # still in group_wait
     [m] = router.flush(30.0)
-    assert (m.kind, [a["id"] for a in m.firing], m.new) == ("firing", [1, 2], {1, 2})
+    assert (m.event, [a["id"] for a in m.firing], m.new) == ("firing", [1, 2], {1, 2})
     router.add(alert(3), 40.0)
     router.add(alert(1, state="resolved"), 50.0)
     assert router.flush(60.0) == []  # next look at 30 + 60
@@ -75,7 +75,7 @@ def test_group_wait_collects_then_group_interval_batches_changes():
     assert [e for e, _ in m.entries()] == ["repeat", "firing", "resolved"]
     assert router.flush(150.0) == []  # nothing changed, repeat not due
     [m] = router.flush(3690.0)
-    assert m.kind == "repeat" and [a["id"] for a in m.firing] == [2, 3]
+    assert m.event == "repeat" and [a["id"] for a in m.firing] == [2, 3]
 
 
 # A flapping fleet: 20 servers in 3 groups (tags web, db, cache), ten minutes of polls every 10 s.
@@ -181,3 +181,42 @@ async def test_every_message_is_in_the_delivery_log_per_alert(storage, receiver)
     pager = [n for n in log if n["channel"] == "pager"]
     assert len(pager) == 13 and {n["event"] for n in pager} == {"firing"} and all(n["ok"] for n in pager)
     assert len({n["ts"] for n in pager}) == 1  # one message, one attempt, a row per alert in it
+
+
+async def test_a_restart_neither_resends_a_group_nor_forgets_its_repeat(storage, receiver):
+    clock = Clock()
+    cfg = load_config(env={"CENTRAL_DATA_DIR": "/nonexistent"})
+    cfg = dataclasses.replace(
+        cfg, notifiers=(NotifierConfig(name="ops", type="webhook", url=receiver.url("/ops"), retries=0),),
+        alerts=dataclasses.replace(AlertsConfig(), unreachable_after=1,
+                                   route=RouteConfig(group_by=("rule",), repeat_interval=3600.0)))
+    by_id = {}
+    for name in ("web1", "web2"):
+        s = await storage.add_server(name, "10.0.0.1")
+        by_id[s.id] = s
+
+    async def start():
+        dispatcher = Dispatcher(storage, cfg.notifiers, alerts=cfg.alerts, clock=clock)
+        engine = AlertEngine(cfg, storage, dispatcher, clock=clock)
+        await engine.start(run_timer=False)
+        return engine, dispatcher
+
+    engine, dispatcher = await start()
+    await engine.on_batch([failed(sid, clock.now) for sid in by_id], by_id)
+    await dispatcher.wait_idle()
+    await engine.stop()
+    await dispatcher.stop()
+    assert [(r["json"]["event"], len(r["json"]["alerts"])) for r in receiver.requests] == [("firing", 2)]
+    engine, dispatcher = await start()  # the restart
+    try:
+        for _ in range(7):  # 10-minute ticks: the repeat is due an hour after the first message
+            clock.advance(600)
+            await engine.on_batch([failed(sid, clock.now) for sid in by_id], by_id)
+            await engine.tick()
+        await engine.on_batch([ok(sid, clock.now) for sid in by_id], by_id)
+        await dispatcher.wait_idle()
+    finally:
+        await engine.stop()
+        await dispatcher.stop()
+    assert [(r["json"]["event"], len(r["json"]["alerts"])) for r in receiver.requests] == [
+        ("firing", 2), ("repeat", 2), ("resolved", 2)]
