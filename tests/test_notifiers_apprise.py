@@ -283,3 +283,18 @@ async def test_alertmanager_test_message_is_a_short_lived_info_alert(storage, re
     [entry] = req["json"]
     assert entry["labels"] == {"alertname": "central_test", "severity": "info", "channel": "am"}
     await asyncio.sleep(0)
+
+
+def test_serve_refuses_to_start_with_an_unreadable_secret_url(tmp_path):
+    from central.service import ensure_key_pair
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ensure_key_pair(data / "id_ed25519")
+    conf = tmp_path / "central.toml"
+    conf.write_text(f'data_dir = "{data}"\n[[notifiers]]\nname = "mail"\ntype = "apprise"\n'
+                    'url_env = "CENTRAL_TEST_UNSET_MAIL_URL"\n')
+    r = CliRunner().invoke(cli, ["serve", "--port", "1"], env={"CENTRAL_CONFIG": str(conf)})
+    assert r.exit_code == 1
+    assert r.output.strip() == ("Error: config: notifiers[0] (mail).url_env: the environment variable "
+                                "CENTRAL_TEST_UNSET_MAIL_URL is not set or empty")
