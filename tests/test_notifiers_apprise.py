@@ -3,7 +3,6 @@ URLs that never show, channel health logged once per failing stretch, and the te
 through the CLI and the API."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import http.server
 import json
@@ -282,7 +281,6 @@ async def test_alertmanager_test_message_is_a_short_lived_info_alert(storage, re
     assert req["path"] == "/api/v2/alerts"
     [entry] = req["json"]
     assert entry["labels"] == {"alertname": "central_test", "severity": "info", "channel": "am"}
-    await asyncio.sleep(0)
 
 
 def test_serve_refuses_to_start_with_an_unreadable_secret_url(tmp_path):
