@@ -14,6 +14,7 @@ neither format nor link; it is cleaned of control and bidi characters too.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -173,6 +174,8 @@ def _sender(user) -> str:
 class TelegramBot:
     """The running bot: a python-telegram-bot Application polling in the central's event loop."""
 
+    RETRY_DELAY = 5.0  # first wait before trying to start again; doubles up to 5 minutes
+
     def __init__(self, central, cfg: TelegramConfig, token: str):
         self.central = central
         self.cfg = cfg
@@ -188,24 +191,48 @@ class TelegramBot:
         check_bot(cfg)
         return cls(central, cfg, bot_token(cfg))
 
+    async def run(self) -> None:
+        """Start, retrying with backoff while the Bot API cannot be reached (logged once); then return."""
+        delay = self.RETRY_DELAY
+        while True:
+            try:
+                await self.start()
+                self._ok()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the central runs on without the bot meanwhile
+                self._poll_error(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 300.0)
+
     async def start(self) -> None:
         """Connect (getMe), then long-poll for updates in the background."""
         from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
+        from telegram.request import HTTPXRequest
 
         api = self.cfg.api_url.rstrip("/")
-        self.app = (Application.builder().token(self.token).base_url(f"{api}/bot")
-                    .base_file_url(f"{api}/file/bot").build())
+        # Our own request objects, so that a start that fails half-way can close them.
+        requests = [HTTPXRequest(), HTTPXRequest(read_timeout=self.cfg.poll_timeout + 10.0)]
+        app = (Application.builder().token(self.token).base_url(f"{api}/bot").base_file_url(f"{api}/file/bot")
+               .request(requests[0]).get_updates_request(requests[1]).build())
         chats = filters.Chat(chat_id=list(self.cfg.allowed_chats))
         for name, fn in (("status", self._status), ("servers", self._servers), ("server", self._server),
                          ("alerts", self._alerts), ("start", self._help), ("help", self._help)):
-            self.app.add_handler(CommandHandler(name, fn, filters=chats))
-        self.app.add_handler(CallbackQueryHandler(self._button))
-        self.app.add_handler(MessageHandler(~chats, self._ignore))
-        await self.app.initialize()
-        await self.app.start()
-        await self.app.updater.start_polling(timeout=int(self.cfg.poll_timeout), error_callback=self._poll_error,
-                                             allowed_updates=["message", "callback_query"])
-        log.info("telegram: bot @%s answers %d chat(s)", self.app.bot.username, len(self.cfg.allowed_chats))
+            app.add_handler(CommandHandler(name, fn, filters=chats))
+        app.add_handler(CallbackQueryHandler(self._button))
+        app.add_handler(MessageHandler(~chats, self._ignore))
+        try:
+            await app.initialize()
+        except BaseException:
+            for r in requests:
+                await r.shutdown()
+            raise
+        self.app = app
+        await app.start()
+        await app.updater.start_polling(timeout=int(self.cfg.poll_timeout), error_callback=self._poll_error,
+                                        allowed_updates=["message", "callback_query"])
+        log.info("telegram: bot @%s answers %d chat(s)", app.bot.username, len(self.cfg.allowed_chats))
 
     async def stop(self) -> None:
         """Stop polling and close the bot's HTTP client."""
@@ -222,12 +249,12 @@ class TelegramBot:
         # Once per failing stretch, not per poll (the library retries by itself).
         if not self._failing:
             self._failing = True
-            log.warning("telegram: polling the Bot API fails: %s (retrying; logged once)", clean(str(exc), 200))
+            log.warning("telegram: the Bot API cannot be reached: %s (retrying; logged once)", clean(str(exc), 200))
 
     def _ok(self) -> None:
         if self._failing:
             self._failing = False
-            log.warning("telegram: polling the Bot API works again")
+            log.warning("telegram: the Bot API works again")
 
     async def _reply(self, update, text: str, buttons=None) -> None:
         from telegram import InlineKeyboardButton, InlineKeyboardMarkup

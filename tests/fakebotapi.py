@@ -27,6 +27,7 @@ class FakeBotAPI:
         self.answers: list[dict] = []  # answerCallbackQuery parameters
         self.unknown: list[str] = []
         self.unauthorized = 0
+        self.down_for = 0  # answer this many requests with 502 first (the API not reachable yet)
         self._new = asyncio.Event()
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(100)
@@ -97,6 +98,9 @@ class FakeBotAPI:
         if request.match_info["token"] != self.token:
             self.unauthorized += 1
             return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        if self.down_for > 0:
+            self.down_for -= 1
+            return web.Response(status=502, text="Bad Gateway")
         method = request.match_info["method"]
         params = await self._params(request)
         self.calls.append((method, params))

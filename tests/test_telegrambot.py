@@ -113,6 +113,26 @@ async def test_buttons_follow_the_central_user_s_role_now(bot_api, botapi):
     assert botapi.answers[1]["text"] == "Unknown button."
 
 
+async def test_the_bot_starts_once_the_bot_api_can_be_reached_logging_it_once(config, botapi, monkeypatch, caplog):
+    from central.telegrambot import TelegramBot
+
+    monkeypatch.setattr(TelegramBot, "RETRY_DELAY", 0.05)
+    monkeypatch.setenv("CENTRAL_TEST_TG_TOKEN", TOKEN)
+    botapi.down_for = 3
+    caplog.set_level(logging.INFO, logger="central.telegrambot")
+    tg = TelegramConfig(enabled=True, token_env="CENTRAL_TEST_TG_TOKEN", allowed_chats=(ALLOWED,), user="tgbot",
+                        api_url=botapi.url, poll_timeout=1.0)
+    api = await start_api(dataclasses.replace(config, telegram=tg))
+    try:
+        botapi.say(ALLOWED, "/status")
+        await wait_for(lambda: replies(botapi), what="a reply once the API is up")
+    finally:
+        await api.client.close()
+    logged = [r.getMessage() for r in caplog.records if r.name == "central.telegrambot"]
+    assert len([m for m in logged if "cannot be reached" in m]) == 1, logged
+    assert "telegram: the Bot API works again" in logged and TOKEN not in "\n".join(logged)
+
+
 def test_bot_config_errors_name_the_key(tmp_path):
     base = 'data_dir = "/nonexistent"\n[telegram]\nenabled = true\n'
     cases = {

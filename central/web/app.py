@@ -38,20 +38,18 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG])
     app[CENTRAL] = central
     await central.poller.start()
-    bot = None
+    bot = bot_task = None
     try:
         if app[CONFIG].telegram.enabled:
             from ..telegrambot import TelegramBot
 
             bot = TelegramBot.from_config(central)
-            try:
-                await bot.start()
-            except Exception as exc:  # noqa: BLE001 - the page and polling go on without the bot
-                log.error("telegram: the bot did not start: %s", exc)
-                bot = None
+            bot_task = asyncio.create_task(bot.run(), name="telegram-bot")
         yield
     finally:
-        if bot is not None:
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
             await bot.stop()
         await central.close()
 
