@@ -468,6 +468,34 @@ async def test_users(storage):
     assert await storage.find_user("bob") is None
 
 
+async def test_sessions(storage):
+    """Page sessions: found by id hash until they expire, are removed, or their user changes password or goes."""
+    alice = await storage.add_user("alice", "admin", "h")
+    bob = await storage.add_user("bob", "viewer", "h")
+    for uid, h in ((alice["id"], "a1"), (alice["id"], "a2"), (bob["id"], "b1")):
+        await storage.add_session(uid, h, NOW, NOW + 3600, "10.0.0.1")
+    row = await storage.session_user("a1", NOW)
+    assert (row["user_id"], row["user"], row["role"]) == (alice["id"], "alice", "admin")
+    assert await storage.session_user("a1", NOW + 3600) is None  # expired
+    assert await storage.session_user("nope", NOW) is None
+    await storage.remove_session("a1")
+    assert await storage.session_user("a1", NOW) is None and await storage.session_user("a2", NOW)
+    await storage.set_user_password("alice", "h2")
+    assert await storage.session_user("a2", NOW) is None and await storage.session_user("b1", NOW)
+    await storage.add_session(bob["id"], "b2", NOW, NOW + 60, "")
+    assert await storage.remove_user_sessions("bob") == 2
+    assert await storage.session_user("b1", NOW) is None
+    await storage.add_session(bob["id"], "b3", NOW, NOW + 60, "")
+    await storage.remove_user("bob")
+    assert await storage.session_user("b3", NOW) is None
+    with pytest.raises(NotFound):
+        await storage.remove_user_sessions("bob")
+    # a new session drops the expired ones
+    await storage.add_session(alice["id"], "a3", NOW, NOW + 10, "")
+    await storage.add_session(alice["id"], "a4", NOW + 20, NOW + 30, "")
+    assert await storage.session_user("a3", NOW + 5) is None  # gone, not merely expired later
+
+
 async def test_tokens(storage):
     alice = await storage.add_user("alice", "operator", "h")
     token = await storage.add_token(alice["id"], "ci", "thash")

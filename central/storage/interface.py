@@ -249,7 +249,7 @@ class Audit(ABC):
 
 
 class Users(ABC):
-    """Users with their roles and password hashes, and API tokens (stored as hashes only)."""
+    """Users with their roles and password hashes, API tokens and page sessions (both stored as hashes only)."""
 
     @abstractmethod
     async def add_user(self, name: str, role: str, password_hash: str) -> dict:
@@ -277,7 +277,7 @@ class Users(ABC):
 
     @abstractmethod
     async def set_user_password(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash; NotFound if there is no such user."""
+        """Replace a user's password hash and end their sessions; NotFound if there is no such user."""
 
     @abstractmethod
     async def set_user_role(self, name: str, role: str) -> None:
@@ -285,7 +285,24 @@ class Users(ABC):
 
     @abstractmethod
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their API tokens; NotFound if there is no such user."""
+        """Delete a user, their API tokens and sessions; NotFound if there is no such user."""
+
+    @abstractmethod
+    async def add_session(self, user_id: int, id_hash: str, created_at: float, expires_at: float,
+                          address: str) -> None:
+        """Store a page session by the hash of its id (expired sessions may be dropped on the way)."""
+
+    @abstractmethod
+    async def session_user(self, id_hash: str, now: float) -> dict | None:
+        """The session with this id hash, unexpired at now, joined with its user (user_id, user, role), or None."""
+
+    @abstractmethod
+    async def remove_session(self, id_hash: str) -> None:
+        """End one session (nothing happens for an unknown one)."""
+
+    @abstractmethod
+    async def remove_user_sessions(self, name: str) -> int:
+        """End every session of a user; returns how many there were; NotFound if there is no such user."""
 
     @abstractmethod
     async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:
