@@ -1137,15 +1137,6 @@ async def alert_silences(central: Central, show_all, as_json):
     console.print(t)
 
 
-def _inert(text: object) -> str:
-    """Text from a receiver or config, safe to print through rich (no markup, no control characters)."""
-    from rich.markup import escape as markup_escape
-
-    from .hosttext import escape as control_escape
-
-    return markup_escape(control_escape(text))
-
-
 @cli.group()
 def notifier():
     """See the notification channels' health and send test messages.
@@ -1175,13 +1166,12 @@ async def notifier_list(central: Central, as_json):
     if not data["notifiers"]:
         click.echo("no notifiers configured (see [[notifiers]] in config.example.toml)")
         return
-    t = Table("name", "type", "target", "state", "last success", "last error", "failures in a row")
+    t = SafeTable("name", "type", "target", "state", "last success", "last error", "failures in a row")
     for n in data["notifiers"]:
         colour = {"ok": "green", "failing": "red"}.get(n["state"], "dim")
         error = f"{_age(n['last_error_at'])}: {n['last_error']}" if n["last_error_at"] else ""
-        t.add_row(_inert(n["name"]), n["type"], _inert(n["target"]), f"[{colour}]{n['state']}[/{colour}]",
-                  _age(n["last_success"]) if n["last_success"] else "never", _inert(error),
-                  str(n["failures_in_row"]))
+        t.add_row(n["name"], n["type"], n["target"], _styled(n["state"], colour),
+                  _age(n["last_success"]) if n["last_success"] else "never", error, str(n["failures_in_row"]))
     console.print(t)
 
 
@@ -1198,15 +1188,13 @@ async def notifier_test(central: Central, name, as_json):
     Example:
       central notifier test ops-mail
     """
-    from .hosttext import escape as control_escape
-
     result = await central.notifier.send_test(name)
     if as_json:
         _echo_json(result)
     elif result["ok"]:
-        click.echo(f"{result['name']}: delivered in {result['seconds']:.2f}s ({control_escape(result['detail'])})")
+        click.echo(f"{result['name']}: delivered in {result['seconds']:.2f}s ({_p(result['detail'])})")
     if not result["ok"]:
-        raise click.ClickException(f"{result['name']}: not delivered: {control_escape(result['detail'])}")
+        raise click.ClickException(f"{result['name']}: not delivered: {_p(result['detail'])}")
 
 
 def main() -> None:
