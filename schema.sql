@@ -152,6 +152,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     detail      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, ts);
+CREATE INDEX IF NOT EXISTS notifications_channel ON notifications (channel, ts);
 
 -- Every remote action request and its outcome, refusals and failures included.
 CREATE TABLE IF NOT EXISTS audit (

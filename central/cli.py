@@ -214,8 +214,15 @@ def serve(ctx, listen, port):
         config = dataclasses.replace(config, http=http)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    from .notifiers import check_channels
+    from .telegrambot import check_bot
     from .web.app import run_app
 
+    try:
+        check_channels(config.notifiers)
+        check_bot(config.telegram)
+    except ConfigError as exc:
+        raise click.ClickException(f"config: {exc}") from None
     try:
         run_app(config)
     except OSError as exc:
@@ -1132,6 +1139,66 @@ async def alert_silences(central: Central, show_all, as_json):
         t.add_row(str(r["id"]), r["kind"], ", ".join(f"{k}={v}" for k, v in r["matcher"].items()),
                   _until(r["ends_at"]), r["created_by"], r["comment"])
     console.print(t)
+
+
+@cli.group()
+def notifier():
+    """See the notification channels' health and send test messages.
+
+    \b
+    Example:
+      central notifier list
+      central notifier test ops-mail
+    """
+
+
+@notifier.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (channels, routes, maintenance windows).")
+@central_command
+async def notifier_list(central: Central, as_json):
+    """List the configured channels with their health as the delivery log tells it.
+
+    \b
+    Example:
+      central notifier list
+      central notifier list --json | jq '.notifiers[] | select(.state == "failing")'
+    """
+    data = await views.notifications_status(central)
+    if as_json:
+        _echo_json(data)
+        return
+    if not data["notifiers"]:
+        click.echo("no notifiers configured (see [[notifiers]] in config.example.toml)")
+        return
+    t = SafeTable("name", "type", "target", "state", "last success", "last error", "failures in a row")
+    for n in data["notifiers"]:
+        colour = {"ok": "green", "failing": "red"}.get(n["state"], "dim")
+        error = f"{_age(n['last_error_at'])}: {n['last_error']}" if n["last_error_at"] else ""
+        t.add_row(n["name"], n["type"], n["target"], _styled(n["state"], colour),
+                  _age(n["last_success"]) if n["last_success"] else "never", error, str(n["failures_in_row"]))
+    console.print(t)
+
+
+@notifier.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@central_command
+async def notifier_test(central: Central, name, as_json):
+    """Send a test message through one channel now (one attempt) and say what happened.
+
+    The attempt is recorded in the delivery log like any other; exit status 1 when it failed.
+
+    \b
+    Example:
+      central notifier test ops-mail
+    """
+    result = await central.notifier.send_test(name)
+    if as_json:
+        _echo_json(result)
+    elif result["ok"]:
+        click.echo(f"{result['name']}: delivered in {result['seconds']:.2f}s ({_p(result['detail'])})")
+    if not result["ok"]:
+        raise click.ClickException(f"{result['name']}: not delivered: {_p(result['detail'])}")
 
 
 def main() -> None:

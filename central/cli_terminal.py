@@ -8,19 +8,16 @@ import sys
 import time
 
 import click
-from rich.table import Table
-from rich.text import Text
-
 from . import cli as climod
-from . import hosttext, recording
-from .cli import _actor, _echo_json, central_command, cli
+from . import recording
+from .cli import SafeTable, _actor, _echo_json, _p, central_command, cli
 from .service import Central
 from .terminal import terminal_key_line
 
 
-def _cell(value) -> Text:
-    """Table text that is inert: no control characters, no rich markup."""
-    return Text(hosttext.escape("-" if value is None or value == "" else value, 200))
+def _cell(value) -> str:
+    """A SafeTable cell (it escapes): a dash for nothing."""
+    return "-" if value is None or value == "" else str(value)[:200]
 
 
 def _when(ts: float | None) -> str:
@@ -79,7 +76,7 @@ async def terminal_grant(central: Central, user):
       central terminal grant alice
     """
     await central.terminal.grant(user, _actor())
-    click.echo(f"{user} may open terminals (on servers where the terminal is enabled)")
+    click.echo(f"{_p(user)} may open terminals (on servers where the terminal is enabled)")
 
 
 @terminal.command("revoke")
@@ -93,7 +90,7 @@ async def terminal_revoke(central: Central, user):
       central terminal revoke alice
     """
     result = await central.terminal.revoke(user, _actor())
-    click.echo(f"{user} may no longer open terminals" if result["had"] else f"{user} did not have the terminal right")
+    click.echo(f"{_p(user)} may no longer open terminals" if result["had"] else f"{_p(user)} did not have the terminal right")
 
 
 @terminal.command("users")
@@ -110,7 +107,7 @@ async def terminal_users(central: Central, as_json):
     if as_json:
         _echo_json(rows)
         return
-    t = Table("user", "role", "granted by", "granted")
+    t = SafeTable("user", "role", "granted by", "granted")
     for r in rows:
         t.add_row(_cell(r["user"]), _cell(r["role"]), _cell(r["granted_by"]), _when(r["granted_at"]))
     climod.console.print(t)
@@ -131,7 +128,7 @@ async def terminal_enable(central: Central, server, account):
       central terminal enable web1 --user ops
     """
     await central.terminal.enable(server, account, _actor())
-    click.echo(f"terminal enabled on {server} as {account}")
+    click.echo(f"terminal enabled on {_p(server)} as {_p(account)}")
 
 
 @terminal.command("disable")
@@ -145,7 +142,7 @@ async def terminal_disable(central: Central, server):
       central terminal disable web1
     """
     result = await central.terminal.disable(server, _actor())
-    click.echo(f"terminal disabled on {server}" if result["was_enabled"] else f"the terminal was not enabled on {server}")
+    click.echo(f"terminal disabled on {_p(server)}" if result["was_enabled"] else f"the terminal was not enabled on {_p(server)}")
 
 
 @terminal.command("servers")
@@ -162,7 +159,7 @@ async def terminal_servers(central: Central, as_json):
     if as_json:
         _echo_json(accounts)
         return
-    t = Table("server", "account", "enabled by", "since")
+    t = SafeTable("server", "account", "enabled by", "since")
     for name, a in accounts.items():
         t.add_row(_cell(name), _cell(a["account"]), _cell(a["set_by"]), _when(a["set_at"]))
     climod.console.print(t)
@@ -186,7 +183,7 @@ async def terminal_sessions(central: Central, server, limit, before_id, as_json)
     if as_json:
         _echo_json(rows)
         return
-    t = Table("id", "user", "server", "account", "started", "duration", "exit", "ended", "message", "bytes")
+    t = SafeTable("id", "user", "server", "account", "started", "duration", "exit", "ended", "message", "bytes")
     for r in rows:
         ended = r["end_reason"] or "open"
         if r["ended_by"]:

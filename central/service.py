@@ -65,7 +65,7 @@ class Central:
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
-        self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
+        self.notifier = Dispatcher(storage, config.notifiers, alerts=config.alerts, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)

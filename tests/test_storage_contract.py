@@ -408,6 +408,24 @@ async def test_notification_log(storage):
     assert await storage.last_sent() == {(alert, "hook"): NOW + 60}
 
 
+async def test_message_attempts_and_channel_health(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    ids = await storage.save_alerts([alert_row(a.id, r, "firing", fired_at=NOW) for r in ("cpu", "mem")], [], [])
+    # A two-alert message: its first two attempts fail, the third goes through; then a failing stretch.
+    for attempt, ok, ts in ((1, False, NOW), (2, False, NOW + 1), (3, True, NOW + 3)):
+        await storage.log_notifications([(i, "mail", "firing", ts, attempt, ok, "ok" if ok else "HTTP 500")
+                                          for i in ids])
+    for attempt, ts in ((1, NOW + 60), (2, NOW + 61)):
+        await storage.log_notifications([(i, "mail", "repeat", ts, attempt, False, f"timeout {attempt}")
+                                         for i in ids])
+    await storage.log_notifications([(None, "hook", "test", NOW + 70, 1, True, "HTTP 200")])
+    assert len(await storage.notifications(ids[0])) == 5
+    assert await storage.channel_health() == {
+        "mail": {"last_success": NOW + 3, "failures_in_row": 2, "last_error_at": NOW + 61, "last_error": "timeout 2"},
+        "hook": {"last_success": NOW + 70, "failures_in_row": 0, "last_error_at": None, "last_error": None},
+    }
+
+
 # audit
 
 async def test_audit_log_pages_newest_first(storage):

@@ -215,6 +215,14 @@ class Alerts(ABC):
         """Record one delivery attempt (dropped if its alert is gone)."""
 
     @abstractmethod
+    async def log_notifications(self, rows: Sequence[tuple]) -> None:
+        """Record one attempt of a message: (alert_id, channel, event, ts, attempt, ok, detail) per alert in it."""
+
+    @abstractmethod
+    async def channel_health(self) -> dict[str, dict]:
+        """Per channel: last_success, last_error_at, last_error, failures_in_row (attempts since the success)."""
+
+    @abstractmethod
     async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
         """Delivery attempts newest first, of one alert or all."""
 

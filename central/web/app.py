@@ -13,7 +13,7 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_actions, api_alerts, api_servers, api_session, api_system, api_terminal
+from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
@@ -30,6 +30,7 @@ ENDPOINT_MODULES = (
     api_servers,
     api_alerts,
     api_actions,
+    api_notifiers,
     api_terminal,
 )
 
@@ -40,9 +41,19 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     app[CENTRAL] = central
     await central.poller.start()
     await central.terminal.start()
+    bot = bot_task = None
     try:
+        if app[CONFIG].telegram.enabled:
+            from ..telegrambot import TelegramBot
+
+            bot = TelegramBot.from_config(central)
+            bot_task = asyncio.create_task(bot.run(), name="telegram-bot")
         yield
     finally:
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
+            await bot.stop()
         await central.close()
 
 

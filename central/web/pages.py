@@ -180,7 +180,7 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
 
 @_page("alerts.html")
 async def alerts_page(request: web.Request, identity: Identity) -> dict:
-    """Open and recent alerts and active silences (GET /api/v1/alerts, /api/v1/silences)."""
+    """Open and recent alerts, active silences, channels' health (GET /api/v1/alerts, /api/v1/silences, /api/v1/notifiers)."""
     central = request.app[CENTRAL]
     every = await alerts.list_alerts(central, limit=200)
     return {
@@ -188,6 +188,7 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
         "open": [a for a in every if a["state"] != alerts.RESOLVED],
         "recent": [a for a in every if a["state"] == alerts.RESOLVED],
         "silences": await alerts.list_silences(central, active_only=True),
+        "notifications": await views.notifications_status(central),
     }
 
 
