@@ -219,7 +219,11 @@ class TerminalSession:
                 except (recording.RecordingFull, OSError) as exc:
                     self._recording_failed(exc)
                     break
-                await sink(data)
+                try:
+                    await sink(data)
+                except (ConnectionError, RuntimeError):  # the page went away mid-send
+                    self.stop("closed", message="the page closed the terminal")
+                    break
             if self.end_reason is None:
                 await self.process.wait_closed()
                 self.exit_status = self.process.exit_status

@@ -145,10 +145,15 @@ async def terminal_websocket(request: web.Request) -> web.StreamResponse:
         await ws.send_json({"type": "error", "error": exc.code, "detail": exc.message})
         await ws.close()
         return ws
-    await ws.send_json({"type": "started", "session": session.id, "server": session.server.name,
-                        "account": session.account, "started_at": session.started_at,
-                        "ends_at": session.started_at + terminals.config.terminal.max_duration,
-                        "idle_timeout": terminals.config.terminal.idle_timeout})
+    try:
+        await ws.send_json({"type": "started", "session": session.id, "server": session.server.name,
+                            "account": session.account, "started_at": session.started_at,
+                            "ends_at": session.started_at + terminals.config.terminal.max_duration,
+                            "idle_timeout": terminals.config.terminal.idle_timeout})
+    except (ConnectionError, RuntimeError):  # the page went away at once: end (and record) the session
+        session.stop("closed", by=identity.user, message="the page closed the terminal")
+        await session.run(_discard)
+        return ws
 
     async def output() -> None:
         await session.run(ws.send_bytes)
@@ -173,6 +178,10 @@ async def terminal_websocket(request: web.Request) -> web.StreamResponse:
         except (ConnectionError, RuntimeError) as exc:  # the page went away mid-send
             log.debug("terminal session %s: %s", session.id, exc)
     return ws
+
+
+async def _discard(data: bytes) -> None:
+    """A sink for output nobody receives any more."""
 
 
 def _size(request: web.Request) -> tuple[int, int]:
