@@ -177,8 +177,8 @@ class AgentProcess(object):
 def start_agent():
     started = []
 
-    def start(*args):
-        a = AgentProcess(*args)
+    def start(*args, **kwargs):
+        a = AgentProcess(*args, **kwargs)
         started.append(a)
         return a
 
