@@ -31,24 +31,23 @@ from typing import Awaitable, Callable
 
 from .agentclient import AgentClient
 from .bundled import agent_module
-from .model import CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable
-from .sshpool import server_log
+from .model import (
+    ACTION_KINDS, BAD_PAYLOAD, ROLES, TIMEOUT, CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
+)
+from .serverlog import server_log
 
 log = logging.getLogger(__name__)
 
-KINDS = ("kill", "service", "docker")
+KINDS = tuple(ACTION_KINDS)
 SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
 VERBS = ("start", "stop", "restart")
-ROLES = ("admin", "operator", "viewer")
-ACTING_ROLES = ("admin", "operator")
+ACTING_ROLES = tuple(r.name for r in reversed(ROLES.values()) if r.may_act)
 LOCAL_OPERATOR_ROLE = "admin"
 PID_MAX = 4194304  # the kernel's ceiling for pid_max
 # Audit results.
 OK, FAILED, REFUSED, INVALID, ERROR = "ok", "failed", "refused", "invalid", "error"
 RESULTS = (OK, FAILED, REFUSED, INVALID, ERROR)
 
-_ARGUMENTS = {"kill": ("pid", "signal", "start_time"), "service": ("unit", "verb"),
-              "docker": ("container", "verb")}
 _SIGNAL_RE = re.compile(r"(?:SIG)?([A-Z0-9]{1,8})", re.ASCII | re.IGNORECASE)
 # Unit types other than services: refused here with a clear word rather than letting the
 # agent turn reboot.target into a nonexistent reboot.target.service.
@@ -109,7 +108,7 @@ def validate(kind: object, args: object) -> dict:
         raise Invalid(f"unknown action {_show(kind)}: expected one of {', '.join(KINDS)}")
     if not isinstance(args, dict):
         raise Invalid("arguments must be an object")
-    known = _ARGUMENTS[kind]
+    known = ACTION_KINDS[kind].arguments
     for key in args:
         if key not in known:
             raise Invalid(f"unknown argument {_show(key)} for {kind} (expected {', '.join(known)})")
@@ -132,7 +131,7 @@ def validate(kind: object, args: object) -> dict:
 def check_role(role: object) -> None:
     """Forbidden unless the role may run actions (admin, operator)."""
     if role not in ACTING_ROLES:
-        raise Forbidden(f"role {_show(role)} may not run actions (admin or operator only)")
+        raise Forbidden(f"role {_show(role)} may not run actions ({' or '.join(ACTING_ROLES)} only)")
 
 
 # audit text: a host and a caller are untrusted input, and SQLite wants valid UTF-8
@@ -199,7 +198,7 @@ def _detail(doc: object) -> str:
 def _answer(doc: object) -> dict:
     """The agent's {ok, exit_status, output, duration_ms}, type-checked."""
     if not isinstance(doc, dict) or not isinstance(doc.get("ok"), bool):
-        raise PollError("bad_payload", "the agent's action answer is not {ok, exit_status, output, duration_ms}")
+        raise PollError(BAD_PAYLOAD, "the agent's action answer is not {ok, exit_status, output, duration_ms}")
     exit_status = doc.get("exit_status")
     duration = doc.get("duration_ms")
     output = doc.get("output")
@@ -288,13 +287,13 @@ class _Target:
         agent = agent_module()
         policy, _ = agent.load_policy(config.local_policy)
         policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
-        fn = {"kill": agent.action_kill, "service": agent.action_service, "docker": agent.action_docker}[kind]
+        fn = getattr(agent, ACTION_KINDS[kind].agent_function)
         try:
             doc = await asyncio.wait_for(asyncio.to_thread(fn, body, policy), self.timeout)
         except agent.ActionError as exc:
             _raise_for(exc.status, _clip(exc.detail, 500))
         except asyncio.TimeoutError:
-            raise PollError("timeout", f"the action did not finish within {self.timeout:g}s") from None
+            raise PollError(TIMEOUT, f"the action did not finish within {self.timeout:g}s") from None
         return _answer(doc)
 
 

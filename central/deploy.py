@@ -22,20 +22,20 @@ from pathlib import Path
 import asyncssh
 
 from .bundled import agent_path, agent_sha256, installer_path
+from . import model
 from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
 from .service import restricted_key_line
-from .sshpool import classify, load_client_key, public_key_line, server_log
+from .failures import classify
+from .serverlog import server_log
+from .sshpool import load_client_key, public_key_line
 
 log = logging.getLogger(__name__)
 
-ACTION_KINDS = ("kill", "service", "docker")
+ACTION_KINDS = tuple(model.ACTION_KINDS)
 #: unit and container globs the policy may hold (the same set deploy-agent.sh accepts)
 GLOB_RE = re.compile(r"^[][A-Za-z0-9@_.:*?!-]{1,200}$")
 AGENT_DIR = "/opt/central-agent"
 UPLOAD_COMMAND = f"sh -c 'mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.py.new'"
-#: the steps of one deploy, in order (the installer reports the ones from "python" on)
-STEPS = ("connect", "privileges", "upload", "python", "verify-upload", "policy", "authorized-key",
-         "systemd-unit", "fallback-wrapper", "boot-entry", "start", "health", "check")
 
 
 @dataclass(frozen=True)

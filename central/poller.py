@@ -19,16 +19,15 @@ from typing import Awaitable, Callable, Sequence
 from . import inventory
 from .bundled import agent_module
 from .config import Config
-from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
+from .model import AGENT_ERROR, BLOCKING_REASONS, ERROR, PollError, PollOutcome, Server
 from .sample import agent_identity, check_document, extract_facts, extract_sample, inventory_hash, parse_document
-from .sshpool import SSHPool, server_log
+from .serverlog import server_log
+from .sshpool import SSHPool
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
-# Reasons that stop polling until an operator acts (DESIGN.md "Hosts and keys").
-BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 
 
 # Phases are rounded down to this many seconds, so servers that share a slot are polled in
@@ -160,7 +159,7 @@ class Poller:
             old = self._servers.get(sid)
             if old is not None and old.connection_key != server.connection_key:
                 self.pool.forget(sid)
-            if old is not None and old.status_reason in BLOCKING and server.status_reason not in BLOCKING:
+            if old is not None and old.status_reason in BLOCKING_REASONS and server.status_reason not in BLOCKING_REASONS:
                 self.pool.reset_backoff(sid)
             self._servers[sid] = server
             if sid not in self._tasks:
@@ -197,12 +196,13 @@ class Poller:
                 return
             started = time.time()
             self.lag = started - slot
-            if server.status_reason not in BLOCKING:
+            # A reason that blocks polling (central.model.REASONS) waits for an operator.
+            if server.status_reason not in BLOCKING_REASONS:
                 outcome = await self.poll(server)
                 self._queue.put_nowait(outcome)
-                if outcome.reason in BLOCKING:
+                if outcome.reason in BLOCKING_REASONS:
                     # Remember at once, before the writer and the next reload catch up.
-                    self._servers[sid] = _with(server, status="error", status_reason=outcome.reason)
+                    self._servers[sid] = _with(server, status=ERROR, status_reason=outcome.reason)
             new_interval = self.interval_of(self._servers.get(sid, server))
             if new_interval != interval:
                 interval = new_interval
