@@ -367,7 +367,8 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
                        "text": describe(server.name, kind, params, process)}
             if not await confirm(preview):
                 raise Cancelled("not confirmed; nothing was sent")
-        answer = await target.act(kind, params)
+        # requested_by: the host's own log then says who asked (the agent ignores it otherwise)
+        answer = await target.act(kind, dict(params, requested_by=actor) if target.client else params)
     except Cancelled:
         raise
     except asyncio.CancelledError:

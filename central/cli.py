@@ -237,7 +237,8 @@ def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
 @server.command("add")
 @click.argument("name")
 @click.argument("host")
-@click.option("--user", default="root", show_default=True, help="SSH user.")
+@click.option("--user", default="central", show_default=True,
+              help="SSH user the central logs in as (deploy creates `central`; root with --full-access).")
 @click.option("--port", default=22, show_default=True, type=int, help="SSH port.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (default: the central's key).")
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
@@ -416,6 +417,38 @@ async def server_trust(central: Central, name, accept_host_key, fp):
     confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await central.trust_server(name, confirmed)
     click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
+
+
+@server.command("secret")
+@click.argument("name", required=False)
+@click.option("--host", help="For a host that is not a server yet: keep the secret until `server add` names it.")
+@click.option("--port", default=22, show_default=True, type=int, help="The host's SSH port (with --host).")
+@central_command
+async def server_secret(central: Central, name, host, port):
+    """Give the central a host's agent secret, read from stdin (never from the command line).
+
+    The secret is the content of /etc/central-agent/secret on the host, which deploy creates.
+    `central deploy` stores it by itself; scripts/deploy-agent.sh hands it over with --host
+    (run before the server is added). It is never printed, logged or shown by the API.
+
+    \b
+    Example:
+      ssh root@10.0.0.5 cat /etc/central-agent/secret | central server secret web1
+      ... | central server secret --host 10.0.0.5 --port 22
+    """
+    if (name is None) == (host is None):
+        raise click.ClickException("give a server name or --host HOST, not both")
+    if sys.stdin.isatty():
+        secret = click.prompt("Agent secret", hide_input=True)
+    else:
+        secret = sys.stdin.read(4096)
+    result = await central.store_agent_secret(secret, name=name, host=host, port=port)
+    if result["stored_for"]:
+        click.echo("agent secret stored for " + ", ".join(result["stored_for"]))
+    else:
+        pending = result["pending"]
+        click.echo(f"agent secret kept for {pending['host']}:{pending['port']} until "
+                   f"`central server add NAME {pending['host']}` adds it")
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
     """A password from stdin (one line) or an interactive prompt; never from argv."""

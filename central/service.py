@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncssh
 
+from .agentauth import check_secret
 from .agentclient import AgentClient
 from .alerts import AlertEngine
 
@@ -31,6 +32,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,40}$")
+
+
+#: the dedicated, unprivileged user deploy creates on each host for the central to log in as
+CENTRAL_LOGIN_USER = "central"
 
 
 def restricted_key_line(public_key: str, agent_port: int = 8083) -> str:
@@ -126,6 +131,7 @@ class Central:
         self.config = config
         self.storage = storage
         self.pool = pool
+        pool.agent_secret = self.agent_secret  # where the pool's agent clients find secrets
         self.poller = Poller(config, storage, pool)
         self.auth = Auth(storage)
         self.started_at = time.time()
@@ -183,16 +189,44 @@ class Central:
             raise Invalid(f"{name} is the central's own host; it has no SSH host key")
         return {"probe": await self.probe(server.host, server.port), "pinned": server.host_key_fingerprint}
 
+    async def agent_secret(self, server: Server) -> str | None:
+        """The server's agent secret (the agent client's secret source)."""
+        return await self.storage.agent_secret(server.id)
+
+    async def store_agent_secret(self, secret: str, *, name: str | None = None, host: str | None = None,
+                                 port: int = 22) -> dict:
+        """Keep the agent secret of a server (by name), or of a host and SSH port: for the servers
+        with that address, or, when there is none yet, until `server add` picks it up."""
+        secret = check_secret(secret)
+        if name is not None:
+            servers = [await self.storage.get_server(name)]
+        else:
+            host = check_host(host)
+            check_port(port)
+            servers = [s for s in await self.storage.list_servers()
+                       if s.kind != "local" and s.host == host and s.port == port]
+        for server in servers:
+            if server.kind == "local":
+                raise Invalid(f"{server.name} is the central's own host: it has no agent to authenticate")
+            await self.storage.set_agent_secret(server.id, secret)
+            self.pool.forget(server.id)  # the next poll opens a channel with the new secret
+        if servers:
+            return {"stored_for": [s.name for s in servers], "pending": None}
+        await self.storage.put_pending_secret(host, port, secret)
+        return {"stored_for": [], "pending": {"host": host, "port": port}}
+
     async def add_server(
-        self, name: str, host: str, *, port: int = 22, user: str = "root",
+        self, name: str, host: str, *, port: int = 22, user: str = CENTRAL_LOGIN_USER,
         key_path: str | None = None, tags=(), interval: float | None = None,
-        agent_port: int = 8083, fingerprint: str | None = None,
+        agent_port: int = 8083, fingerprint: str | None = None, agent_secret: str | None = None,
     ) -> dict:
         """Add a server whose host key the operator confirmed (its fingerprint is given).
 
         Connects with the pinned key and the central's key first: an unreachable host or a
         refused key is an error and nothing is stored. When the agent does not answer the
-        server is still added, and the result says how to deploy the agent.
+        server is still added, and the result says how to deploy the agent. The agent secret
+        is the one given, else the one kept for this host and port (scripts/deploy-agent.sh
+        hands it over before the server exists).
         """
         check_name(name)
         host = check_host(host)
@@ -203,6 +237,8 @@ class Central:
         interval = check_interval(interval)
         if key_path is not None and not Path(key_path).is_file():
             raise Invalid(f"key file {key_path} does not exist")
+        if agent_secret is not None:
+            agent_secret = check_secret(agent_secret)
         if await self.storage.find_server(name) is not None:
             raise Conflict(f"a server named {name!r} already exists")
         if not fingerprint:
@@ -214,20 +250,26 @@ class Central:
         candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
                            agent_port=agent_port, host_key=probed["host_key"],
                            host_key_fingerprint=probed["fingerprint"])
-        check = await self._check(candidate)
+        secret = agent_secret or await self.storage.pending_secret(host, port)
+        check = await self._check(candidate, secret)
         server = await self.storage.add_server(
             name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
-            interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"])
+            interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"],
+            agent_secret=secret)
         return {"server": server.to_dict(), "agent": check}
 
-    async def _check(self, server: Server) -> dict:
-        """Connect (raising on SSH failures) and ask the agent for its health."""
+    async def _check(self, server: Server, secret: str | None) -> dict:
+        """Connect (raising on SSH failures) and ask the agent for its health, authenticated."""
         pool = SSHPool(self.config.ssh, self.config.key_path)
+
+        async def source(_server: Server) -> str | None:
+            return secret
+
         try:
             t0 = time.perf_counter()
             await pool.connection(server)
             ssh_ms = (time.perf_counter() - t0) * 1000
-            client = AgentClient(pool, server, self.config.poll.max_response_bytes)
+            client = AgentClient(pool, server, self.config.poll.max_response_bytes, secret=source)
             try:
                 status, health = await client.request_json("GET", "/api/health", timeout=self.config.poll.timeout)
             except PollError as err:
@@ -249,7 +291,7 @@ class Central:
             doc = await asyncio.to_thread(self.poller.local.all)
             return {"ok": True, "local": True, "hostname": doc.get("hostname")}
         try:
-            result = await self._check(server)
+            result = await self._check(server, await self.storage.agent_secret(server.id))
         except PollError as err:
             return {"ok": False, "reason": err.reason, "error": err.message}
         return result
@@ -351,9 +393,9 @@ class Central:
 
 
 def deploy_hint(server: Server) -> str:
-    """What to run when a server's agent does not answer."""
-    target = f"{server.user}@{server.host}"
+    """What to run when a server's agent does not answer or cannot be authenticated."""
+    target = f"root@{server.host}"
     port = f" --ssh-opt Port={server.port}" if server.port != 22 else ""
-    return (f"the agent does not answer on {server.host}'s 127.0.0.1:{server.agent_port}; deploy it with: "
+    return (f"deploy the agent (it creates the central's login user and the agent secret) with: "
             f"scripts/deploy-agent.sh{port} {target}   (or: central deploy {server.name})")
 

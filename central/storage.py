@@ -21,10 +21,20 @@ from .model import BLOCKING_REASONS, ERROR, METRICS, REASONS, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TIER_MINUTE, TIER_HOUR = 60, 3600
 # Migrations from version N-1 to N: (N, [statements]). Each must be idempotent.
-MIGRATIONS: list[tuple[int, list[str]]] = []
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    # 2: agents authenticate (issue 11). The tables are in schema.sql too, which runs first;
+    # servers added before keep their user (root): they show agent_needs_redeploy until
+    # `central deploy` gives them the dedicated login user and a secret.
+    (2, [
+        "CREATE TABLE IF NOT EXISTS agent_secrets (server_id INTEGER PRIMARY KEY REFERENCES servers(id)"
+        " ON DELETE CASCADE, secret TEXT NOT NULL, updated_at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS pending_agent_secrets (host TEXT NOT NULL, port INTEGER NOT NULL,"
+        " secret TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (host, port))",
+    ]),
+]
 
 _COLUMNS = tuple(METRICS)  # the key figures' columns, in order
 _SAMPLE_COLS = ", ".join(_COLUMNS)
@@ -191,23 +201,36 @@ class Storage:
         *,
         kind: str = "ssh",
         port: int = 22,
-        user: str = "root",
+        user: str = "central",
         key_path: str | None = None,
         agent_port: int = 8083,
         tags: Sequence[str] = (),
         interval_s: float | None = None,
         host_key: str | None = None,
         host_key_fingerprint: str | None = None,
+        agent_secret: str | None = None,
     ) -> Server:
-        """Insert a server; Conflict if the name is taken."""
+        """Insert a server (with its agent secret, or the one pending for its host and port);
+        Conflict if the name is taken."""
+        now = time.time()
+        statements = [(
+            "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
+            " interval_s, host_key, host_key_fingerprint, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
+             interval_s, host_key, host_key_fingerprint, now),
+        )]
+        if kind != "local":
+            if agent_secret is not None:
+                statements.append(("INSERT INTO agent_secrets (server_id, secret, updated_at)"
+                                   " SELECT id, ?, ? FROM servers WHERE name = ?", (agent_secret, now, name)))
+            else:
+                statements.append(("INSERT INTO agent_secrets (server_id, secret, updated_at)"
+                                   " SELECT s.id, p.secret, ? FROM servers s, pending_agent_secrets p"
+                                   " WHERE s.name = ? AND p.host = ? AND p.port = ?", (now, name, host, port)))
+            statements.append(("DELETE FROM pending_agent_secrets WHERE host = ? AND port = ?", (host, port)))
         try:
-            await self._write([(
-                "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
-                " interval_s, host_key, host_key_fingerprint, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
-                 interval_s, host_key, host_key_fingerprint, time.time()),
-            )])
+            await self._write(statements)
         except aiosqlite.IntegrityError:
             raise Conflict(f"a server named {name!r} already exists") from None
         return await self.get_server(name)
@@ -288,6 +311,40 @@ class Storage:
         await self._write([("DELETE FROM servers WHERE id = ?", (server.id,))])
         if self._latest is not None:
             self._latest.pop(server.id, None)
+
+    # agent secrets: only the agent client and deploy read them; nothing here puts one in a
+    # server dict, and nothing logs one
+
+    async def agent_secret(self, server_id: int) -> str | None:
+        """The server's agent secret, or None."""
+        row = await self._one("SELECT secret FROM agent_secrets WHERE server_id = ?", (server_id,))
+        return row["secret"] if row else None
+
+    async def agent_secret_ids(self) -> set[int]:
+        """The ids of servers the central has an agent secret for."""
+        return {r["server_id"] for r in await self._all("SELECT server_id FROM agent_secrets")}
+
+    async def set_agent_secret(self, server_id: int, secret: str) -> None:
+        """Store (or replace) a server's agent secret."""
+        await self._write([("INSERT INTO agent_secrets (server_id, secret, updated_at) VALUES (?, ?, ?)"
+                            " ON CONFLICT (server_id) DO UPDATE SET secret = excluded.secret,"
+                            " updated_at = excluded.updated_at", (server_id, secret, time.time()))])
+
+    async def put_pending_secret(self, host: str, port: int, secret: str) -> None:
+        """Keep a secret for a host and SSH port until a server with them is added."""
+        await self._write([("INSERT INTO pending_agent_secrets (host, port, secret, created_at) VALUES (?, ?, ?, ?)"
+                            " ON CONFLICT (host, port) DO UPDATE SET secret = excluded.secret,"
+                            " created_at = excluded.created_at", (host, port, secret, time.time()))])
+
+    async def pending_secret(self, host: str, port: int) -> str | None:
+        """The secret kept for a host and SSH port, or None."""
+        row = await self._one("SELECT secret FROM pending_agent_secrets WHERE host = ? AND port = ?", (host, port))
+        return row["secret"] if row else None
+
+    async def pending_secret_hosts(self) -> list[dict]:
+        """The hosts secrets are kept for ({host, port, created_at}; never the secrets)."""
+        return [dict(r) for r in await self._all(
+            "SELECT host, port, created_at FROM pending_agent_secrets ORDER BY host, port")]
 
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
         """Pin a (new) host key and clear a host-key-mismatch status."""
