@@ -1800,6 +1800,9 @@ class HostLog(object):
 
     BURST = 20
     WINDOW = 60.0
+    # A datagram to a syslogd whose queue is full blocks the sender; the agent must never wait
+    # on its log (the line is in the agent's own log anyway), so give up after this long.
+    SEND_TIMEOUT = 0.1
 
     def __init__(self, address=DEFAULT_SYSLOG):
         self.address = address
@@ -1819,6 +1822,7 @@ class HostLog(object):
                 try:
                     if self._sock is None:
                         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                        sock.settimeout(self.SEND_TIMEOUT)
                         try:
                             sock.connect(self.address)
                         except OSError:
@@ -1827,6 +1831,8 @@ class HostLog(object):
                         self._sock = sock
                     self._sock.send(data[:8192])
                     return
+                except socket.timeout:
+                    return  # syslogd is not keeping up: dropped here, kept in the agent's log
                 except OSError:
                     if self._sock is not None:
                         self._sock.close()

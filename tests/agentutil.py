@@ -107,6 +107,14 @@ class Session(object):
         assert headers.get("x-agent-auth") == want, (status, headers, raw[:200])
 
 
+def authenticate(sock, secret, port=8083):
+    """Do the challenge on a connected socket to an agent; request() then signs on it."""
+    session = Session(secret, "127.0.0.1:%d" % port)
+    session.challenge(sock)
+    _SESSIONS[sock] = session
+    return sock
+
+
 class AgentProcess(object):
     """The real agent as a subprocess on 127.0.0.1 and an OS-chosen port, with its own secret
     (pass secret=None to start it without one) and a syslog socket the test can read."""

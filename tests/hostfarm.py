@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import random
+import selectors
 import shutil
 import signal
 import socket
@@ -560,13 +561,8 @@ class TestHost(PinnedSSHTarget):
 
     def syslog_lines(self):
         """The lines the agent sent to its syslog socket so far (the farm's agent only)."""
-        if self._syslog is not None:
-            while True:
-                try:
-                    self._syslog_lines.append(self._syslog.recv(65536).decode("utf-8", "replace"))
-                except BlockingIOError:
-                    break
-        return list(self._syslog_lines)
+        with self.farm._syslog_lock:
+            return list(self._syslog_lines)
 
     def _open_syslog(self):
         if self._syslog is None:
@@ -576,6 +572,7 @@ class TestHost(PinnedSSHTarget):
             sock.bind(str(self.syslog_path))
             sock.setblocking(False)
             self._syslog = sock
+            self.farm._watch_syslog(self)
 
     def _wait_sshd(self, timeout=10):
         _wait_for(self._sshd_answers, timeout, "sshd on %s (%s)" % (self.name, self.address),
@@ -726,6 +723,9 @@ class HostFarm:
         self.hosts = {}
         self._next_index = 1
         self._lock = threading.Lock()
+        # one thread drains every host's syslog socket (a full datagram queue would block the agent)
+        self._syslog_lock = threading.Lock()
+        self._syslog_sel = None
         self._closed = False
         self._lock_fd = None
         self.subnet_index = self._claim_subnet(subnet_index)
@@ -776,6 +776,28 @@ class HostFarm:
             [HOST_PYTHON, "-I", str(Path(__file__).resolve()), "--reap", str(self.base_dir)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/")
+
+    def _watch_syslog(self, host):
+        with self._syslog_lock:
+            if self._syslog_sel is None:
+                self._syslog_sel = selectors.DefaultSelector()
+                threading.Thread(target=self._drain_syslogs, name="hostfarm-syslog", daemon=True).start()
+            self._syslog_sel.register(host._syslog, selectors.EVENT_READ, host)
+
+    def _drain_syslogs(self):
+        sel = self._syslog_sel
+        while not self._closed:
+            try:
+                events = sel.select(0.2)
+            except (OSError, ValueError):
+                continue  # a host's socket closed under us
+            for key, _ in events:
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    continue
+                with self._syslog_lock:
+                    key.data._syslog_lines.append(data.decode("utf-8", "replace"))
 
     def visible(self, path):
         """A path the hosts can read: files under a directory hidden inside hosts (the
@@ -933,6 +955,11 @@ class HostFarm:
                 except subprocess.TimeoutExpired:
                     proc.popen.kill()
         if host._syslog is not None:
+            with self._syslog_lock:
+                try:
+                    self._syslog_sel.unregister(host._syslog)
+                except (KeyError, ValueError):
+                    pass
             host._syslog.close()
             host._syslog = None
         # deleting the veth explicitly is synchronous; the netns would drop it only later

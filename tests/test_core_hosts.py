@@ -31,7 +31,8 @@ async def hcentral(host_config):
 
 
 async def add(central: Central, host, name=None):
-    result = await central.add_server(name or host.name, host.address, fingerprint=host.fingerprint)
+    result = await central.add_server(name or host.name, host.address, fingerprint=host.fingerprint,
+                                      agent_secret=host.agent_secret)
     return result
 
 
