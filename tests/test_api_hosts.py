@@ -21,6 +21,8 @@ async def host_api(config, client_key):
 async def test_create_two_step_show_test_and_trust(host_api, test_host):
     api = host_api
     host = test_host()
+    # deploy hands the central the host's agent secret before the server is added
+    await api.central.store_agent_secret(host.agent_secret, host=host.address)
     body = {"name": "h1", "host": host.address, "user": "root", "tags": ["lab"]}
     # step 1: the fingerprint to confirm, nothing stored
     status, first, _ = await api.request("POST", "/api/v1/servers", json=body)
