@@ -2163,6 +2163,7 @@ class Server(object):
             gate.bound(self.address)
         self.queue = queue.Queue(maxsize=queue_size)
         self.conns = set()
+        self.lingering = {}  # refused sockets still being read: socket -> deadline
         self.returned = []
         self.returned_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
@@ -2203,6 +2204,8 @@ class Server(object):
             t.join(timeout=15)
         for conn in list(self.conns):
             self._close(conn)
+        for sock in list(self.lingering):
+            self._unlinger(sock)
         try:
             self.sel.close()
         finally:
@@ -2222,6 +2225,8 @@ class Server(object):
                     self._accept(now)
                 elif key.data == "wake":
                     self._drain_wake(now)
+                elif isinstance(key.data, tuple):
+                    self._linger(key.data[1])
                 else:
                     self._read(key.data, now)
             if now - last_sweep >= 0.25:
@@ -2256,11 +2261,40 @@ class Server(object):
             self.conns.add(conn)
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
+    LINGER = 2.0  # seconds a refused connection may take to read its answer
+    MAX_LINGERING = 64
+
     def _refuse(self, sock, status, code, detail):
         try:
             sock.setblocking(False)
             sock.send(render_response(status, {"error": code, "detail": detail}, False))
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
+            sock.close()
+            return
+        # Closing with the client's request unread would send a reset, and the client would
+        # lose the answer: read and drop what it sends for a moment, then close.
+        if len(self.lingering) >= self.MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering[sock] = time.monotonic() + self.LINGER
+        self.sel.register(sock, selectors.EVENT_READ, ("linger", sock))
+
+    def _linger(self, sock):
+        try:
+            if sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._unlinger(sock)
+
+    def _unlinger(self, sock):
+        self.lingering.pop(sock, None)
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
             pass
         sock.close()
 
@@ -2338,6 +2372,9 @@ class Server(object):
         conn.sock.close()
 
     def _sweep(self, now):
+        for sock, deadline in list(self.lingering.items()):
+            if now > deadline:
+                self._unlinger(sock)
         for conn in list(self.conns):
             try:
                 self.sel.get_key(conn.sock)

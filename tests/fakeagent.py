@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -100,6 +101,9 @@ def serve(conn, mode):
             request = read_request(conn)
             if not request:
                 return
+            # what it was asked, for the tests (a squatter must only ever see the challenge)
+            sys.stdout.write("REQUEST %s\n" % request.split(b"\r\n", 1)[0].decode("latin-1"))
+            sys.stdout.flush()
             if mode == "hang":
                 while conn.recv(4096):
                     pass
