@@ -1,5 +1,5 @@
 -- central's database. Re-runnable: every statement is CREATE ... IF NOT EXISTS.
--- Schema changes after version 1 are migrations in central/storage.py keyed by
+-- Schema changes after version 1 are migrations in central/storage/sqlite/base.py keyed by
 -- PRAGMA user_version; this file always describes the newest schema.
 -- Times are Unix seconds (REAL). JSON columns hold compact JSON text.
 
@@ -206,6 +206,19 @@ CREATE TABLE IF NOT EXISTS pending_agent_secrets (
     created_at  REAL    NOT NULL,
     PRIMARY KEY (host, port)
 );
+
+-- Page logins. The cookie carries a random session id; only its SHA-256 is stored, so the
+-- database alone cannot be used to log in. Logging out deletes the row; a password change
+-- deletes the user's rows; removing the user cascades. An expired row is worth nothing.
+CREATE TABLE IF NOT EXISTS sessions (
+    id           INTEGER PRIMARY KEY,
+    id_hash      TEXT    NOT NULL UNIQUE,
+    user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at   REAL    NOT NULL,
+    expires_at   REAL    NOT NULL,
+    address      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
 
 CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,

@@ -29,12 +29,12 @@ import re
 import time
 from typing import Awaitable, Callable
 
-from .agentclient import AgentClient
 from .bundled import agent_module
 from .model import (
-    ACTION_KINDS, BAD_PAYLOAD, ROLES, TIMEOUT, CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
+    ACTION_KINDS, BAD_PAYLOAD, ROLES, CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
 )
 from .serverlog import server_log
+from .transport import ActionChannel
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ _SIGNAL_RE = re.compile(r"(?:SIG)?([A-Z0-9]{1,8})", re.ASCII | re.IGNORECASE)
 # agent turn reboot.target into a nonexistent reboot.target.service.
 _OTHER_UNIT_TYPES = (".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path",
                      ".timer", ".slice", ".scope")
-_LOCAL_PROTECTED_UNITS = ("central.service",)
-_PROCESS_LIST = "/api/processes?sort=pid&limit=100000"
 
 Confirm = Callable[[dict], Awaitable[bool]]
 
@@ -245,59 +243,7 @@ def describe(server_name: str, kind: str, params: dict, process: dict | None = N
     return f"{params['verb']} docker container {params['container']} on {server_name}"
 
 
-class _Target:
-    """One action's way to its host: the agent over SSH, or in-process for `local`."""
-
-    def __init__(self, central, server: Server):
-        self.central = central
-        self.server = server
-        self.timeout = central.config.actions.timeout
-        self.client = None
-        if server.kind != "local":
-            # A new client: its own direct-tcpip channel, separate from the poller's.
-            self.client = AgentClient(central.pool, server, central.config.poll.max_response_bytes)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-    async def processes(self) -> list:
-        """The host's whole process table (pid, start_time, name, user, cmdline)."""
-        if self.client is None:
-            doc = await asyncio.to_thread(self.central.poller.local.processes)
-        else:
-            status, doc = await self.client.request_json("GET", _PROCESS_LIST, timeout=self.central.config.poll.timeout)
-            if status != 200:
-                _raise_for(status, _detail(doc))
-        return doc.get("processes") if isinstance(doc, dict) else []
-
-    async def act(self, kind: str, body: dict) -> dict:
-        """Run the action on the host; the agent's answer, or a domain error for a refusal."""
-        if self.client is None:
-            return await self._act_local(kind, body)
-        status, doc = await self.client.request_json("POST", f"/api/actions/{kind}", body, timeout=self.timeout)
-        if status != 200:
-            _raise_for(status, _detail(doc))
-        return _answer(doc)
-
-    async def _act_local(self, kind: str, body: dict) -> dict:
-        config = self.central.config.actions
-        if not config.local:
-            raise Forbidden(f"actions on the central's own host ({self.server.name}) are disabled (actions.local = false)")
-        agent = agent_module()
-        policy, _ = agent.load_policy(config.local_policy)
-        policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
-        fn = getattr(agent, ACTION_KINDS[kind].agent_function)
-        try:
-            doc = await asyncio.wait_for(asyncio.to_thread(fn, body, policy), self.timeout)
-        except agent.ActionError as exc:
-            _raise_for(exc.status, _clip(exc.detail, 500))
-        except asyncio.TimeoutError:
-            raise PollError(TIMEOUT, f"the action did not finish within {self.timeout:g}s") from None
-        return _answer(doc)
-
-
-async def _resolve_process(target: _Target, central, server: Server, params: dict) -> dict | None:
+async def _resolve_process(channel: ActionChannel, central, server: Server, params: dict) -> dict | None:
     """The process a kill aims at, from the latest stored sample, else from the host's table."""
     pid, start_time = params["pid"], params["start_time"]
     latest = await central.storage.latest_document(server.id)
@@ -309,7 +255,10 @@ async def _resolve_process(target: _Target, central, server: Server, params: dic
                 return found
     if start_time is not None:
         return None  # the caller pinned the process; the agent checks it
-    found = _find_process(await target.processes(), pid, None)
+    status, doc = await channel.processes()
+    if status != 200:
+        _raise_for(status, _detail(doc))
+    found = _find_process(doc.get("processes") if isinstance(doc, dict) else [], pid, None)
     if found is None:
         raise NotFound(f"no process with pid {pid} on {server.name}")
     return found
@@ -344,7 +293,7 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             duration_ms=answer["duration_ms"] if answer and answer["duration_ms"] is not None
             else round((time.monotonic() - started) * 1000, 2))
 
-    target = None
+    channel = None
     try:
         server = await central.storage.find_server(server_name) if isinstance(server_name, str) else None
         check_role(role)
@@ -353,10 +302,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             raise Forbidden("refusing to signal pid 1 (init)")
         if server is None:
             raise Invalid(f"no server named {_show(server_name)}")
-        target = _Target(central, server)
+        channel = central.transports.of(server).action_channel(server)
         process = None
         if kind == "kill":
-            process = await _resolve_process(target, central, server, params)
+            process = await _resolve_process(channel, central, server, params)
             if process is not None:
                 params["start_time"] = process["start_time"]
             if params["start_time"] is None:
@@ -368,7 +317,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             if not await confirm(preview):
                 raise Cancelled("not confirmed; nothing was sent")
         # requested_by: the host's own log then says who asked (the agent ignores it otherwise)
-        answer = await target.act(kind, dict(params, requested_by=actor) if target.client else params)
+        status, doc = await channel.act(kind, dict(params, requested_by=actor))
+        if status != 200:
+            _raise_for(status, _detail(doc))
+        answer = _answer(doc)
     except Cancelled:
         raise
     except asyncio.CancelledError:
@@ -385,8 +337,8 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
         await audit(ERROR, output=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if target is not None:
-            target.close()
+        if channel is not None:
+            channel.close()
     result = OK if answer["ok"] else FAILED
     audit_id = await audit(result, answer)
     slog.info("%s %s by %s: %s (exit %s)", kind, audited_args, actor, result, answer["exit_status"])

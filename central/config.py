@@ -63,7 +63,11 @@ class HTTPConfig:
     cookie_secure: bool = False
     # File holding the cookie-signing secret; created on first start when empty.
     session_secret_file: str = ""
-    login_attempts_per_minute: int = 10
+    # Failed logins of one user from one address before each further one doubles the wait;
+    # the same user from all addresses together gets login_attempts_per_user.
+    login_attempts: int = 5
+    login_attempts_per_user: int = 50
+    login_backoff_max: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ class ActionsConfig:
     # policy file, read like the agent reads its own (absent: the agent's default policy).
     local: bool = True
     local_policy: str = "/etc/central-agent.json"
+    # A central running as root would act on its own host as root: refused unless this is true.
+    local_as_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,7 @@ class Config:
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "http.session_max_age",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -284,7 +291,9 @@ _DURATIONS = {
 }
 _POSITIVE = {
     "http.max_body_bytes",
-    "http.login_attempts_per_minute",
+    "http.login_attempts",
+    "http.login_attempts_per_user",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.offline_after",

@@ -30,9 +30,10 @@ import asyncssh
 
 from .agentauth import check_secret
 from .bundled import agent_path, agent_sha256, installer_path
-from . import model
+from . import model, servers
 from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
-from .service import CENTRAL_LOGIN_USER, USER_RE, restricted_key_line
+from .servers import CENTRAL_LOGIN_USER, USER_RE
+from .service import restricted_key_line
 from .failures import classify
 from .serverlog import server_log
 from .sshpool import load_client_key, public_key_line
@@ -192,8 +193,8 @@ class Deployer:
 
     async def run(self, servers: Sequence[Server], upgrade_outdated: bool = False) -> list[DeployResult]:
         """Deploy to every server, options.jobs at a time; one result per server, in order."""
-        results = [DeployResult(s.name, "(this host)" if s.kind == "local" else
-                                f"{self.login_user(s) or getpass.getuser()}@{s.host}:{s.port}") for s in servers]
+        results = [DeployResult(s.name, self.central.transports.address(s) if self.central.transports.of(s).no_agent
+                                else f"{self.login_user(s) or getpass.getuser()}@{s.host}:{s.port}") for s in servers]
         for result in results:
             self.on_change(result)
         slots = asyncio.Semaphore(self.options.jobs)
@@ -210,13 +211,14 @@ class Deployer:
         for an agent the central cannot authenticate (no secret: deployed the old way)."""
         if await self.central.storage.agent_secret(server.id) is None:
             return None
-        live = await self.central.test_server(server.name)
+        live = await servers.test_server(self.central, server.name)
         return live.get("sha256") if live.get("ok") else server.agent_sha256
 
     async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
         slog = server_log(log, server.name)
-        if server.kind == "local":
-            self._set(result, state="skipped", message="the central's own host: collected in-process, no agent")
+        no_agent = self.central.transports.of(server).no_agent
+        if no_agent is not None:
+            self._set(result, state="skipped", message=no_agent)
             return
         try:
             if upgrade_outdated:
@@ -323,10 +325,10 @@ class Deployer:
         await self.central.storage.set_agent_secret(server.id, secret)
         if login and login != server.user:
             await self.central.storage.update_server(server.name, user=login)
-        self.central.pool.forget(server.id)
+        self.central.transports.forget(server.id)
         if server.host_key:
             self._set(result, step="check")
-            check = await self.central.test_server(server.name)
+            check = await servers.test_server(self.central, server.name)
             if not check.get("ok"):
                 raise StepFailed("check", f"the central cannot reach the agent with its own key: "
                                  f"{check.get('reason')}: {check.get('error')}",
@@ -400,7 +402,7 @@ async def select_servers(central, names: Sequence[str], all_servers: bool) -> li
     if all_servers:
         if names:
             raise Invalid("give server names or --all, not both")
-        return [s for s in await central.storage.list_servers() if s.kind != "local"]
+        return [s for s in await central.storage.list_servers() if central.transports.of(s).no_agent is None]
     if not names:
         raise Invalid("name at least one server (or pass --all)")
     seen: list[Server] = []

@@ -13,6 +13,7 @@ import pytest
 from central.actions import audit_log, run_action
 from central.bundled import agent_path
 from central.model import Forbidden
+from central import servers
 from central.service import Central
 from tests.agentutil import wait_for
 from tests.lxc import ECHO_UNIT
@@ -58,7 +59,7 @@ async def test_restart_stop_start_a_real_systemd_service(central, lxc_container)
     assert container.wait_system_running() in ("running", "degraded")
     secret = install_agent(container)
     # root: the container has the central's key in root's authorized_keys (no deploy ran)
-    added = await central.add_server(container.name, container.address, user="root",
+    added = await servers.add_server(central, container.name, container.address, user="root",
                                      fingerprint=container.fingerprint, agent_secret=secret)
     assert added["agent"]["ok"], added
 

@@ -16,6 +16,7 @@ import subprocess
 import asyncssh
 import pytest
 
+from central import servers
 from central.actions import run_action
 from central.config import AlertsConfig
 from central.service import Central
@@ -154,7 +155,7 @@ def test_a_web_page_in_a_browser_on_the_host_cannot_act(test_host):
 
 async def test_a_port_squatter_is_detected_and_never_polled(hcentral, test_host):
     host = await asyncio.to_thread(test_host)
-    await hcentral.add_server(host.name, host.address, fingerprint=host.fingerprint, agent_secret=host.agent_secret)
+    await servers.add_server(hcentral, host.name, host.address, fingerprint=host.fingerprint, agent_secret=host.agent_secret)
     server = await hcentral.storage.get_server(host.name)
     await hcentral.poller.start()
     await wait_for(lambda: _status(hcentral, host.name, "online"), 30, "online")
@@ -206,7 +207,7 @@ async def _no_firing(central, server_id):
 
 async def test_a_server_without_a_secret_needs_a_redeploy_and_is_not_asked(hcentral, test_host):
     host = await asyncio.to_thread(test_host)
-    added = await hcentral.add_server(host.name, host.address, fingerprint=host.fingerprint)  # no secret
+    added = await servers.add_server(hcentral, host.name, host.address, fingerprint=host.fingerprint)  # no secret
     assert added["agent"]["reason"] == "agent_needs_redeploy" and "central deploy" in added["agent"]["hint"]
     server = await hcentral.storage.get_server(host.name)
     await hcentral.poller.start()
@@ -289,9 +290,9 @@ async def test_a_captured_request_or_answer_cannot_be_replayed(hcentral, test_ho
                                                       "8083", str(rec), "record"], "relay.log")
     await asyncio.to_thread(hostfarm._wait_for, lambda: host.port_open(8084), 10, "the relay")
     # root: the central's restricted user may only open 127.0.0.1:8083, the relay sits on 8084
-    await hcentral.add_server(host.name, host.address, user="root", agent_port=8084,
+    await servers.add_server(hcentral, host.name, host.address, user="root", agent_port=8084,
                               fingerprint=host.fingerprint, agent_secret=host.agent_secret)
-    polled = await hcentral.poll_now(host.name)
+    polled = await servers.poll_now(hcentral, host.name)
     assert polled["ok"], polled
     # the connection that carried the poll (others: the relay's own port probe, add's check)
     [polled_conn] = [f for f in rec.glob("c2a-*.bin") if b"GET /api/all " in f.read_bytes()]
@@ -319,7 +320,7 @@ async def test_a_captured_request_or_answer_cannot_be_replayed(hcentral, test_ho
                                         "relay-2.log")
     await asyncio.to_thread(hostfarm._wait_for, lambda: host.port_open(8084), 10, "the relay")
     hcentral.pool.forget((await hcentral.storage.get_server(host.name)).id)
-    polled = await hcentral.poll_now(host.name)
+    polled = await servers.poll_now(hcentral, host.name)
     assert polled["ok"] is False and polled["reason"] == "agent_impostor", polled
     assert "wrong proof" in polled["error"]
 
@@ -348,7 +349,7 @@ async def test_an_action_through_the_central_is_in_the_hosts_log(hcentral, test_
     victim = await asyncio.to_thread(host.start_process, ["sleep", "1000"])
     await asyncio.to_thread(hostfarm._wait_for, lambda: "sleep" in host.run(
         ["cat", "/proc/%d/comm" % victim.ns_pid]).stdout, 10, "sleep")
-    await hcentral.add_server(host.name, host.address, fingerprint=host.fingerprint, agent_secret=host.agent_secret)
+    await servers.add_server(hcentral, host.name, host.address, fingerprint=host.fingerprint, agent_secret=host.agent_secret)
     result = await run_action(hcentral, "alice\x1b[2J", "operator", host.name, "kill",
                               {"pid": victim.ns_pid, "start_time": start_time_in(host, victim)})
     assert result["ok"]

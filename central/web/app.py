@@ -83,7 +83,8 @@ def create_app(config: Config) -> web.Application:
         middlewares=[errors, host_check, aiohttp_session.session_middleware(session_storage(config))],
     )
     app[CONFIG] = config
-    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
+    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts, config.http.login_attempts_per_user,
+                                      config.http.login_backoff_max)
     app.cleanup_ctx.append(_central_context)
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
