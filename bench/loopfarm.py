@@ -8,15 +8,22 @@ the agent and caches the answer for --cache-ttl seconds (one agent cannot comput
 agent's "Connection: close" (the farm asks it for one answer per connection) is rewritten to
 keep-alive so the central keeps its channel, exactly as with a real host.
 
-Run: python3 bench/loopfarm.py --host-key K --authorized-keys PUB --agent 127.0.0.1:PORT
+The farm speaks the agent's authentication as the agent does (docs/agent-protocol.md): it
+fetches from the real agent with the secret in --secret-file, and answers the central's
+challenge and proves every answer with the same secret, per channel and request.
+
+Run: PYTHONPATH=. python3 bench/loopfarm.py --host-key K --authorized-keys PUB --agent 127.0.0.1:PORT --secret-file F
 Prints {"port": N, "pid": P} as its first stdout line, then serves until SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -24,12 +31,42 @@ import time
 
 import asyncssh
 
+from central.agentauth import PROTOCOL, AgentSession
+
+
+def read_answer(data: bytes) -> tuple[int, dict, bytes]:
+    """(status, lower-cased headers, body) of one complete HTTP answer."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def authed_get(host: str, port: int, secret: str, target: str) -> tuple[int, bytes]:
+    """One authenticated GET to a real agent (a connection of its own); (status, body)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        session = AgentSession(secret)
+        writer.write(session.challenge_request(f"127.0.0.1:{port}"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, headers, _ = read_answer(head)
+        body = await reader.readexactly(int(headers["content-length"]))
+        session.accept_challenge(status, headers, body)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                     f"X-Central-Auth: {session.sign('GET', target, b'')}\r\n\r\n".encode())
+        status, headers, body = read_answer(await reader.read())
+        session.verify("GET", target, status, headers, body)
+        return status, body
+    finally:
+        writer.close()
+
 
 class Upstream:
     """Fetches answers from the real agent(s), round-robin, with a short single-flight cache."""
 
-    def __init__(self, agents: list[tuple[str, int]], ttl: float, freeze_inventory: bool):
+    def __init__(self, agents: list[tuple[str, int]], ttl: float, freeze_inventory: bool, secret: str):
         self.agents = agents
+        self.secret = secret
         self.ttl = ttl
         self.freeze_inventory = freeze_inventory
         self._inventory_hash: bytes | None = None
@@ -39,8 +76,8 @@ class Upstream:
         self.fetches = 0
         self.served = 0
 
-    async def answer(self, request_line: bytes) -> bytes:
-        """The agent's full HTTP answer (keep-alive) to 'GET /path HTTP/1.1'."""
+    async def answer(self, request_line: bytes) -> tuple[int, bytes]:
+        """The agent's answer (status, body) to 'GET /path HTTP/1.1'."""
         self.served += 1
         hit = self._cache.get(request_line)
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
@@ -51,21 +88,14 @@ class Upstream:
             fut.add_done_callback(lambda _f: self._inflight.pop(request_line, None))
         return await asyncio.shield(fut)
 
-    async def _fetch(self, request_line: bytes) -> bytes:
+    async def _fetch(self, request_line: bytes) -> tuple[int, bytes]:
         host, port = self.agents[self._next % len(self.agents)]
         self._next += 1
         self.fetches += 1
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(request_line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = await reader.read()
-        finally:
-            writer.close()
-        head, sep, body = data.partition(b"\r\n\r\n")
-        head = head.replace(b"Connection: close", b"Connection: keep-alive")
+        status, body = await authed_get(host, port, self.secret, request_line.split(b" ")[1].decode())
         if self.freeze_inventory:
             body = self._freeze(body)
-        answer = head + sep + body
+        answer = (status, body)
         self._cache[request_line] = (time.monotonic(), answer)
         return answer
 
@@ -92,9 +122,12 @@ class AgentChannel(asyncssh.SSHTCPSession):
 
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
+        self.key = bytes.fromhex(upstream.secret)
         self.buf = b""
         self.chan = None
         self.busy = False
+        self.nonce = os.urandom(16).hex()
+        self.cnonce = ""
 
     def connection_made(self, chan):
         self.chan = chan
@@ -112,13 +145,30 @@ class AgentChannel(asyncssh.SSHTCPSession):
         # The central sends GETs with Content-Length: 0; anything with a body is not expected here.
         self.buf = self.buf[end + 4:]
         self.busy = True
-        asyncio.ensure_future(self._serve(head.split(b"\r\n", 1)[0]))
+        asyncio.ensure_future(self._serve(head))
 
-    async def _serve(self, request_line: bytes):
+    def _mac(self, *fields: str) -> str:
+        return hmac.digest(self.key, "\n".join(fields).encode(), "sha256").hex()
+
+    def _write(self, status: int, body: bytes, proof: str) -> None:
+        self.chan.write(f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                        f"Connection: keep-alive\r\nX-Agent-Auth: {proof}\r\n\r\n".encode() + body)
+
+    async def _serve(self, head: bytes):
+        request_line = head.split(b"\r\n", 1)[0]
+        method, target = request_line.decode("latin-1").split(" ")[:2]
         try:
-            answer = await self.upstream.answer(request_line)
-            self.chan.write(answer)
-        except (OSError, asyncssh.Error):
+            if target == "/api/challenge":
+                self.cnonce = re.search(rb"(?i)x-central-nonce: *([0-9a-f]{32})", head).group(1).decode()
+                body = json.dumps({"nonce": self.nonce, "protocol": PROTOCOL}).encode()
+                self._write(200, body, "mac=" + self._mac(PROTOCOL + " challenge", self.nonce, self.cnonce))
+            else:
+                seq = re.search(rb"(?i)x-central-auth: *seq=([0-9]+)", head).group(1).decode()
+                status, body = await self.upstream.answer(request_line)
+                self._write(status, body, f"seq={seq} mac=" + self._mac(
+                    PROTOCOL + " response", self.nonce, self.cnonce, seq, method, target, str(status),
+                    hashlib.sha256(body).hexdigest()))
+        except (OSError, asyncssh.Error, AttributeError):
             self.chan.close()
             return
         self.busy = False
@@ -146,11 +196,14 @@ async def main() -> None:
     p.add_argument("--agent-port", type=int, default=8083, help="the port the central asks for")
     p.add_argument("--cache-ttl", type=float, default=1.0)
     p.add_argument("--live-inventory", action="store_true", help="pass the agent's inventory_hash through unchanged")
+    p.add_argument("--secret-file", required=True, help="the agent secret (the real agent's and the farm's)")
     args = p.parse_args()
+    with open(args.secret_file) as f:
+        secret = f.read().strip()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     agents = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.agent]
-    upstream = Upstream(agents, args.cache_ttl, not args.live_inventory)
+    upstream = Upstream(agents, args.cache_ttl, not args.live_inventory, secret)
     server = await asyncssh.create_server(
         lambda: FarmServer(upstream, args.agent_port), "127.0.0.1", 0,
         server_host_keys=[args.host_key], authorized_client_keys=args.authorized_keys,
