@@ -92,7 +92,7 @@ def deploy(run, operator, *args):
 
 def agent_processes(host):
     ps = host.run(["ps", "-eo", "pid=,args="]).stdout.splitlines()
-    return [line.split()[0] for line in ps if "/opt/central-agent/agent.py" in line and "run-agent" not in line]
+    return [line.split()[0] for line in ps if " -m agent " in line and "run-agent" not in line]
 
 
 def root_central_lines(host, client_key):

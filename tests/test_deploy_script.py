@@ -85,7 +85,7 @@ async def probe_with_central_key(host, key, known_hosts, user="central"):
 
 def agent_processes(host):
     ps = host.run(["ps", "-eo", "pid=,args="]).stdout.splitlines()
-    return [line.split()[0] for line in ps if "/opt/central-agent/agent.py" in line
+    return [line.split()[0] for line in ps if " -m agent " in line
             and "run-agent" not in line]
 
 
