@@ -4,7 +4,14 @@
 One file, Python standard library only, Python 3.6 or later. The central reaches it over
 an SSH direct-tcpip channel to 127.0.0.1:8083; docs/agent-protocol.md is the contract.
 
+It serves only the central: every request but an anonymous /api/health is authenticated with
+the host's secret (--secret-file, root-only, re-read on SIGHUP) and every answer carries the
+agent's own proof; connections from other users than root and the central's login user
+(--central-user) and browser-shaped requests are refused; actions are logged to syslog
+(the "trust" section below, docs/agent-protocol.md "Authentication").
+
 Run:   agent.py [--listen 127.0.0.1] [--port 8083] [--policy /etc/central-agent.json]
+              [--secret-file /etc/central-agent/secret] [--central-user central]
 Debug: agent.py --once /api/all
 
 In-process use (the central monitors its own host this way): load this file with
