@@ -214,8 +214,15 @@ def serve(ctx, listen, port):
         config = dataclasses.replace(config, http=http)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    from .notifiers import check_channels
+    from .telegrambot import check_bot
     from .web.app import run_app
 
+    try:
+        check_channels(config.notifiers)
+        check_bot(config.telegram)
+    except ConfigError as exc:
+        raise click.ClickException(f"config: {exc}") from None
     try:
         run_app(config)
     except OSError as exc:
@@ -738,12 +745,14 @@ def _deploy_table(results, final: bool) -> SafeTable:
               help="known_hosts file to check host keys against (default: yours, as ssh uses).")
 @click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("--terminal-user", metavar="NAME",
+              help="Also install the web terminal's key (restrict,pty) for this existing host account.")
 @click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
                  service_patterns, container_patterns, watch_units, full_access, central_user, rotate_secret,
-                 login_user, identity, known_hosts, pinned_host_key, ssh_config, jobs, as_json):
+                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
@@ -761,6 +770,7 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
       central deploy web1 web2
       central deploy --all --upgrade-outdated
       central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
+      central deploy web1 --terminal-user ops
     """
     from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
 
@@ -772,7 +782,8 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
                             watch_units=watch_units, full_access=full_access, central_user=central_user,
                             rotate_secret=rotate_secret, login_user=login_user, identity=identity,
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
-                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
+                            terminal_user=terminal_user)
     targets = await select_servers(central, servers, all_servers)
     if not targets:
         raise CentralError("no servers to deploy to: add them with `central server add` first")
@@ -1174,6 +1185,66 @@ async def alert_silences(central: Central, show_all, as_json):
     console.print(t)
 
 
+@cli.group()
+def notifier():
+    """See the notification channels' health and send test messages.
+
+    \b
+    Example:
+      central notifier list
+      central notifier test ops-mail
+    """
+
+
+@notifier.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (channels, routes, maintenance windows).")
+@central_command
+async def notifier_list(central: Central, as_json):
+    """List the configured channels with their health as the delivery log tells it.
+
+    \b
+    Example:
+      central notifier list
+      central notifier list --json | jq '.notifiers[] | select(.state == "failing")'
+    """
+    data = await views.notifications_status(central)
+    if as_json:
+        _echo_json(data)
+        return
+    if not data["notifiers"]:
+        click.echo("no notifiers configured (see [[notifiers]] in config.example.toml)")
+        return
+    t = SafeTable("name", "type", "target", "state", "last success", "last error", "failures in a row")
+    for n in data["notifiers"]:
+        colour = {"ok": "green", "failing": "red"}.get(n["state"], "dim")
+        error = f"{_age(n['last_error_at'])}: {n['last_error']}" if n["last_error_at"] else ""
+        t.add_row(n["name"], n["type"], n["target"], _styled(n["state"], colour),
+                  _age(n["last_success"]) if n["last_success"] else "never", error, str(n["failures_in_row"]))
+    console.print(t)
+
+
+@notifier.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@central_command
+async def notifier_test(central: Central, name, as_json):
+    """Send a test message through one channel now (one attempt) and say what happened.
+
+    The attempt is recorded in the delivery log like any other; exit status 1 when it failed.
+
+    \b
+    Example:
+      central notifier test ops-mail
+    """
+    result = await central.notifier.send_test(name)
+    if as_json:
+        _echo_json(result)
+    elif result["ok"]:
+        click.echo(f"{result['name']}: delivered in {result['seconds']:.2f}s ({_p(result['detail'])})")
+    if not result["ok"]:
+        raise click.ClickException(f"{result['name']}: not delivered: {_p(result['detail'])}")
+
+
 def main() -> None:
     """Entry point of the `central` command."""
     cli(prog_name="central")
@@ -1181,3 +1252,7 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# `central terminal ...` lives in its own module; importing it registers the group.
+from . import cli_terminal  # noqa: E402,F401

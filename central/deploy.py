@@ -29,9 +29,9 @@ from pathlib import Path
 import asyncssh
 
 from .agentauth import check_secret
-from .bundled import agent_path, agent_sha256, installer_path
+from .bundled import agent_path, agent_sha256, installer_path, terminal_installer_path
 from . import model, servers
-from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
+from .model import HOST_KEY_MISMATCH, AUTH_FAILED, CentralError, Invalid, Server
 from .servers import CENTRAL_LOGIN_USER, USER_RE
 from .service import restricted_key_line
 from .failures import classify
@@ -74,6 +74,8 @@ class DeployOptions:
     ssh_config: tuple[str, ...] | None = None
     jobs: int = 8
     connect_timeout: float = 15.0
+    #: also install the terminal key for this existing host account (docs/terminal.md)
+    terminal_user: str | None = None
 
 
 @dataclass
@@ -128,6 +130,10 @@ def check_options(options: DeployOptions) -> DeployOptions:
             raise Invalid(f"invalid {what} {user!r}")
     if options.identity is not None and not Path(options.identity).is_file():
         raise Invalid(f"identity file {options.identity} does not exist")
+    if options.terminal_user is not None:
+        from .terminal import check_account
+
+        check_account(options.terminal_user)
     if options.known_hosts is not None and not Path(options.known_hosts).is_file():
         raise Invalid(f"known_hosts file {options.known_hosts} does not exist")
     return replace(options, service_patterns=options.service_patterns or ("*",),
@@ -185,6 +191,10 @@ class Deployer:
         self.agent = agent_path().read_bytes()
         self.sha256 = agent_sha256()
         self.installer = installer_path().read_text()
+        self.terminal_key = None
+        if self.options.terminal_user is not None:
+            self.terminal_key, _ = central.terminal.ensure_key()
+            self.terminal_installer = terminal_installer_path().read_text()
 
     def _set(self, result: DeployResult, **fields) -> None:
         for key, value in fields.items():
@@ -316,6 +326,8 @@ class Deployer:
             installed = await self._install(conn, command, result)
             self._set(result, step="operator-access")
             await self._check_operator_access(server, conn, sudo)
+            if self.terminal_key is not None:
+                await self._install_terminal_key(conn, sudo, server, result, installed["login"])
         # the host's secret and the user the central logs in as now, then a check through them
         secret = check_secret(installed["secret"])
         login = installed["login"]
@@ -334,6 +346,8 @@ class Deployer:
                                  f"{check.get('reason')}: {check.get('error')}",
                                  "Check that the central's key is in the login user's authorized_keys "
                                  "and that sshd allows port forwarding")
+        if self.terminal_key is not None:
+            await self._record_terminal(server, result)
         self._set(result, state="ok", message=result.mode or "")
 
     async def _check_operator_access(self, server: Server, conn: asyncssh.SSHClientConnection, sudo: str) -> None:
@@ -355,11 +369,35 @@ class Deployer:
         raise StepFailed("operator-access", f"after the install you could no longer log in ({why}); {done}",
                          "Check the host's sshd configuration and your key, then run again")
 
-    async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult) -> dict:
-        """Run the installer, following its STEP lines; raise StepFailed on a FAIL line.
-        Returns {"secret", "login"} from its SECRET and LOGIN lines."""
+    async def _install_terminal_key(self, conn: asyncssh.SSHClientConnection, sudo: str, server: Server,
+                                    result: DeployResult, poll_user: str | None) -> None:
+        """Install the terminal key, `restrict,pty`, for the named account (a separate installer)."""
+        from .terminal import terminal_key_line
+
+        account = self.options.terminal_user
+        line = terminal_key_line(self.terminal_key)
+        args = [account, base64.b64encode(line.encode()).decode(), self.terminal_key.split()[1], poll_user or "-"]
+        command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+        await self._install(conn, command, result, self.terminal_installer)
+
+    async def _record_terminal(self, server: Server, result: DeployResult) -> None:
+        """Check that the terminal key opens a PTY session as the account, then record the account."""
+        account = self.options.terminal_user
+        if server.host_key:
+            self._set(result, step="terminal-check")
+            try:
+                await self.central.terminal.check(server, account)
+            except CentralError as exc:
+                raise StepFailed("terminal-check", exc.message,
+                                 f"Check that sshd lets {account} log in with a key and gives it a TTY") from None
+        await self.central.terminal.enable(server.name, account, by="deploy")
+
+    async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult,
+                       script: str | None = None) -> dict:
+        """Run an installer (default: the agent's), following its STEP lines; raise StepFailed on a
+        FAIL line. Returns {"secret", "login"} from the agent installer's SECRET and LOGIN lines."""
         process = await conn.create_process(command, stderr=asyncssh.STDOUT)
-        process.stdin.write(self.installer)
+        process.stdin.write(self.installer if script is None else script)
         process.stdin.write_eof()
         failure = None
         last = ""
@@ -391,7 +429,7 @@ class Deployer:
         if completed.exit_status != 0:
             raise StepFailed(result.step or "install", last or f"the installer exited {completed.exit_status}",
                              "Run again; if it persists, check the host by hand")
-        if installed["secret"] is None:
+        if script is None and installed["secret"] is None:
             raise StepFailed(result.step or "install", "the installer did not hand over the agent secret",
                              "Run again; if it persists, check the host by hand")
         return installed

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .interface import (
-    TIER_HOUR, TIER_MINUTE, AgentSecrets, Alerts, Audit, Inventory, Samples, Servers, Storage, Users,
+    TIER_HOUR, TIER_MINUTE, AgentSecrets, Alerts, Audit, Inventory, Samples, Servers, Storage, Terminal, Users,
 )
 
 __all__ = ["TIER_HOUR", "TIER_MINUTE", "AgentSecrets", "Alerts", "Audit", "Inventory", "Samples", "Servers",
-           "Storage", "Users"]
+           "Storage", "Terminal", "Users"]

@@ -180,7 +180,7 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
 
 @_page("alerts.html")
 async def alerts_page(request: web.Request, identity: Identity) -> dict:
-    """Open and recent alerts and active silences (GET /api/v1/alerts, /api/v1/silences)."""
+    """Open and recent alerts, active silences, channels' health (GET /api/v1/alerts, /api/v1/silences, /api/v1/notifiers)."""
     central = request.app[CENTRAL]
     every = await alerts.list_alerts(central, limit=200)
     return {
@@ -188,11 +188,14 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
         "open": [a for a in every if a["state"] != alerts.RESOLVED],
         "recent": [a for a in every if a["state"] == alerts.RESOLVED],
         "silences": await alerts.list_silences(central, active_only=True),
+        "notifications": await views.notifications_status(central),
     }
 
 
-# The HTML routes (left out of the OpenAPI document, which describes the JSON API).
-PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "static")
+# The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
+# describes the JSON API).
+PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "static",
+                    "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
 
 def install_pages(app: web.Application) -> None:

@@ -12,11 +12,12 @@ from .inventory import SQLiteInventory
 from .samples import SQLiteSamples
 from .secrets import SQLiteAgentSecrets
 from .servers import SQLiteServers
+from .terminal import SQLiteTerminal
 from .users import SQLiteUsers
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
 class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteAgentSecrets, SQLiteBase, Storage):
+                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""
