@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS servers (
     kind                  TEXT    NOT NULL DEFAULT 'ssh' CHECK (kind IN ('ssh', 'local')),
     host                  TEXT    NOT NULL,
     port                  INTEGER NOT NULL DEFAULT 22,
-    user                  TEXT    NOT NULL DEFAULT 'root',
+    user                  TEXT    NOT NULL DEFAULT 'central', -- the central's login user on the host
     key_path              TEXT,                          -- NULL: the central's own key
     agent_port            INTEGER NOT NULL DEFAULT 8083,
     tags                  TEXT    NOT NULL DEFAULT '[]', -- JSON array of strings
@@ -187,6 +187,25 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at   REAL    NOT NULL,
     last_used    REAL,
     revoked_at   REAL
+);
+
+-- The secret each server's agent authenticates with (docs/agent-protocol.md): 64 lowercase
+-- hex digits, the content of the host's /etc/central-agent/secret. Read only to sign requests
+-- to the agent; never logged, never in the API, the page or --json output.
+CREATE TABLE IF NOT EXISTS agent_secrets (
+    server_id   INTEGER PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+    secret      TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+-- Secrets handed over for a host that is not a server yet (scripts/deploy-agent.sh runs before
+-- `central server add`): add moves the one for its host and SSH port into agent_secrets.
+CREATE TABLE IF NOT EXISTS pending_agent_secrets (
+    host        TEXT    NOT NULL,
+    port        INTEGER NOT NULL,
+    secret      TEXT    NOT NULL,
+    created_at  REAL    NOT NULL,
+    PRIMARY KEY (host, port)
 );
 
 -- Page logins. The cookie carries a random session id; only its SHA-256 is stored, so the

@@ -4,7 +4,14 @@
 One file, Python standard library only, Python 3.6 or later. The central reaches it over
 an SSH direct-tcpip channel to 127.0.0.1:8083; docs/agent-protocol.md is the contract.
 
+It serves only the central: every request but an anonymous /api/health is authenticated with
+the host's secret (--secret-file, root-only, re-read on SIGHUP) and every answer carries the
+agent's own proof; connections from other users than root and the central's login user
+(--central-user) and browser-shaped requests are refused; actions are logged to syslog
+(the "trust" section below, docs/agent-protocol.md "Authentication").
+
 Run:   agent.py [--listen 127.0.0.1] [--port 8083] [--policy /etc/central-agent.json]
+              [--secret-file /etc/central-agent/secret] [--central-user central]
 Debug: agent.py --once /api/all
 
 In-process use (the central monitors its own host this way): load this file with
@@ -58,12 +65,13 @@ import selectors
 import signal
 import socket
 import stat as stat_mod
+import struct
 import sys as sys_mod
 import threading
 import time
 from urllib.parse import parse_qs, quote, urlsplit
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 log = logging.getLogger("central-agent")
 
@@ -103,20 +111,31 @@ SKIP_NET = frozenset(["lo"])
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _SHA256 = []
+_SHA256_CTOR = []
 # http.client, hashlib (OpenSSL), subprocess and ipaddress are imported where used: on a
 # host without docker they would cost several MB of resident memory for nothing.
 
 
+def _sha256_ctor():
+    """The sha256 constructor, preferring the builtin module over OpenSSL's (3 MB less RSS)."""
+    if not _SHA256_CTOR:
+        ctor = None
+        for name in ("_sha256", "_sha2"):
+            try:
+                ctor = __import__(name).sha256
+                break
+            except (ImportError, AttributeError):
+                continue
+        if ctor is None:
+            import hashlib
+            ctor = hashlib.sha256
+        _SHA256_CTOR.append(ctor)
+    return _SHA256_CTOR[0]
+
+
 def _sha256_hex(data):
-    """sha256 hex digest, preferring the builtin module over OpenSSL's (3 MB less RSS)."""
-    for name in ("_sha256", "_sha2"):
-        try:
-            mod = __import__(name)
-            return mod.sha256(data).hexdigest()
-        except (ImportError, AttributeError):
-            continue
-    import hashlib
-    return hashlib.sha256(data).hexdigest()
+    """sha256 hex digest of bytes."""
+    return _sha256_ctor()(data).hexdigest()
 
 
 def _which(program):
@@ -1591,9 +1610,404 @@ class Collector(object):
         raise ActionError(404, "not_found", "no such action %r" % kind)
 
 
+# ---------------------------------------------------------------------------- trust
+#
+# Only the central may use the agent (docs/agent-protocol.md, "Authentication"). Layers, in
+# the order a connection meets them: the peer socket's owner must be root, the agent's own
+# user or the central's login user; a request shaped like a browser's (Origin, Sec-Fetch-*,
+# a Host that is not this agent's address) is refused; every request but the challenge and
+# the public health check carries an HMAC-SHA256 with the host's secret, bound to a nonce
+# the agent chose for this connection and to a sequence number, and every answer to such a
+# request carries the agent's own HMAC, so the central can tell the agent from a squatter.
+#
+# HMAC and SHA-256 come from the builtin _sha256 module, nonces from os.urandom: hashlib,
+# hmac and secrets would load OpenSSL for 3-4 MB more resident memory.
+
+DEFAULT_SECRET_PATH = "/etc/central-agent/secret"
+DEFAULT_SYSLOG = "/dev/log"
+PROTOCOL = "central-agent/1"
+AUTH_HEADER = "X-Central-Auth"
+PROOF_HEADER = "X-Agent-Auth"
+NONCE_HEADER = "X-Central-Nonce"
+NONCE_RE = re.compile(r"[0-9a-f]{32}\Z")
+SECRET_RE = re.compile(r"[0-9a-f]{64}\Z")
+AUTH_RE = re.compile(r"seq=([1-9][0-9]{0,17}) mac=([0-9a-f]{64})\Z")
+LOG_AUTHPRIV = 10  # syslog facility (sudo logs there too); severities below
+LOG_WARNING, LOG_NOTICE, LOG_INFO = 4, 5, 6
+
+try:
+    from _operator import _compare_digest as _same  # what hmac.compare_digest is
+except ImportError:  # pragma: no cover - every CPython has it
+    def _same(a, b):
+        """Constant-time comparison of two ASCII strings."""
+        if len(a) != len(b):
+            return False
+        diff = 0
+        for x, y in zip(a.encode(), b.encode()):
+            diff |= x ^ y
+        return diff == 0
+
+
+class HmacKey(object):
+    """HMAC-SHA256 (RFC 2104) with one key; the padded key states are hashed once."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key):
+        sha = _sha256_ctor()
+        if len(key) > 64:
+            key = sha(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = sha(bytes(b ^ 0x36 for b in key))
+        self._outer = sha(bytes(b ^ 0x5C for b in key))
+
+    def hexdigest(self, message):
+        """The hex HMAC of message (bytes)."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    def mac(self, *fields):
+        """The protocol's MAC: HMAC over the ASCII fields joined by newlines."""
+        return self.hexdigest("\n".join(fields).encode("ascii"))
+
+
+def load_secret(path):
+    """(HmacKey or None, status text): the host's secret from a root-only file of 64 hex digits."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None, ("no secret file %s: deploy the agent with `central deploy` or "
+                      "scripts/deploy-agent.sh" % path)
+    except OSError as e:
+        return None, "cannot read the secret file %s: %s" % (path, e.strerror or e)
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None, "the secret file %s is not a regular file" % path
+        if st.st_uid not in (0, os.geteuid()):
+            return None, "the secret file %s is owned by uid %d, not root" % (path, st.st_uid)
+        if st.st_mode & 0o077:
+            return None, ("the secret file %s has mode %03o: group and others must have no "
+                          "access (chmod 600)" % (path, stat_mod.S_IMODE(st.st_mode)))
+        data = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    if not SECRET_RE.match(text):
+        return None, "the secret file %s does not hold 64 lowercase hex digits" % path
+    return HmacKey(bytes.fromhex(text)), "file %s" % path
+
+
+def _new_nonce():
+    return "%032x" % int.from_bytes(os.urandom(16), "big")
+
+
+def _proc_net_key(family, addr):
+    """How /proc/net/tcp{,6} prints an address: native-endian 32-bit words in hex, then the port."""
+    packed = socket.inet_pton(family, addr[0])
+    words = struct.unpack("=%dI" % (len(packed) // 4), packed)
+    return "".join("%08X" % w for w in words) + ":%04X" % addr[1]
+
+
+def _proc_net_candidates(family, first, second):
+    """(file, key of first, key of second) to look for: an IPv4 socket may also be an IPv6
+    socket's v4-mapped address."""
+    if family == socket.AF_INET:
+        yield "tcp", _proc_net_key(socket.AF_INET, first), _proc_net_key(socket.AF_INET, second)
+        first, second = ("::ffff:" + first[0], first[1]), ("::ffff:" + second[0], second[1])
+    yield "tcp6", _proc_net_key(socket.AF_INET6, first), _proc_net_key(socket.AF_INET6, second)
+
+
+def peer_uid(sock, proc="/proc"):
+    """The uid owning the other end of a local TCP connection (from /proc/net/tcp{,6}), or None."""
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+        candidates = list(_proc_net_candidates(sock.family, peer, local))
+    except (OSError, ValueError):
+        return None
+    for name, want_local, want_remote in candidates:
+        try:
+            with open(os.path.join(proc, "net", name)) as f:
+                next(f, None)
+                for line in f:
+                    if want_local not in line:
+                        continue
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] == want_local and fields[2] == want_remote:
+                        return int(fields[7])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def port_holder(host, port, proc="/proc"):
+    """Who listens on host:port or its wildcard: "uid N (name), pid P (comm)", or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    wild = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    keys = set()
+    for addr in (host, wild):
+        for name, key, _ in _proc_net_candidates(family, (addr, port), (addr, port)):
+            keys.add((name, key))
+    found = None
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc, "net", name)) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A" and (name, fields[1]) in keys:
+                        found = (int(fields[7]), fields[9])
+                        break
+        except (OSError, ValueError):
+            continue
+        if found:
+            break
+    if not found:
+        return None
+    uid, inode = found
+    text = "uid %d (%s)" % (uid, _user_name(uid))
+    target = "socket:[%s]" % inode
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(os.path.join(proc, entry, "fd")):
+                if os.readlink(os.path.join(proc, entry, "fd", fd)) == target:
+                    comm = _read_text(os.path.join(proc, entry, "comm"), 64).strip()
+                    return text + ", pid %s (%s)" % (entry, inert(comm))
+        except OSError:
+            continue
+    return text
+
+
+_UNSAFE_RE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                        "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+
+
+def _escape_char(match):
+    ch = match.group(0)
+    if ch == "\\":
+        return "\\\\"
+    return "\\x%02x" % ord(ch) if ord(ch) <= 0xFF else "\\u%04x" % ord(ch)
+
+
+def inert(text, limit=500):
+    """Text from the host made safe for a log line: control, bidi and zero-width characters
+    (and the backslash) escaped, cut to limit characters."""
+    text = str(text)
+    cut = len(text) > limit
+    return _UNSAFE_RE.sub(_escape_char, text[:limit]) + ("..." if cut else "")
+
+
+class HostLog(object):
+    """Security events to the host's syslog (journal) and the agent's own log (stderr).
+
+    Refusals are rate-limited (a local user must not be able to flood the log by knocking);
+    actions are always written.
+    """
+
+    BURST = 20
+    WINDOW = 60.0
+    # A datagram to a syslogd whose queue is full blocks the sender; the agent must never wait
+    # on its log (the line is in the agent's own log anyway), so give up after this long.
+    SEND_TIMEOUT = 0.1
+
+    def __init__(self, address=DEFAULT_SYSLOG):
+        self.address = address
+        self._sock = None
+        self._lock = threading.Lock()
+        self._window_start = 0.0
+        self._in_window = 0
+        self._dropped = 0
+
+    def _syslog(self, severity, message):
+        if not self.address:
+            return
+        data = ("<%d>central-agent[%d]: %s" % (LOG_AUTHPRIV * 8 + severity, os.getpid(),
+                                               message)).encode("utf-8", "replace")
+        with self._lock:
+            for _ in range(2):  # reconnect once: syslogd may have restarted
+                try:
+                    if self._sock is None:
+                        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                        sock.settimeout(self.SEND_TIMEOUT)
+                        try:
+                            sock.connect(self.address)
+                        except OSError:
+                            sock.close()
+                            raise
+                        self._sock = sock
+                    self._sock.send(data[:8192])
+                    return
+                except socket.timeout:
+                    return  # syslogd is not keeping up: dropped here, kept in the agent's log
+                except OSError:
+                    if self._sock is not None:
+                        self._sock.close()
+                        self._sock = None
+
+    def event(self, severity, message):
+        """Write one line that must not be lost (an action and its result)."""
+        log.log(logging.WARNING if severity <= LOG_WARNING else logging.INFO, "%s", message)
+        self._syslog(severity, message)
+
+    def refusal(self, message):
+        """Write a refusal, at most BURST per WINDOW seconds (then a count of the rest)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._window_start > self.WINDOW:
+                dropped, self._dropped = self._dropped, 0
+                self._window_start, self._in_window = now, 0
+            else:
+                dropped = 0
+            self._in_window += 1
+            if self._in_window > self.BURST:
+                self._dropped += 1
+                return
+        if dropped:
+            self.event(LOG_WARNING, "%d more refusals in the last minute were not logged" % dropped)
+        self.event(LOG_WARNING, message)
+
+
+def _peer_text(uid):
+    return "uid %s (%s)" % (uid, inert(_user_name(uid))) if uid is not None else "an unknown peer"
+
+
+class Gate(object):
+    """The agent's trust boundary: who may connect, which requests are served, the MACs."""
+
+    def __init__(self, secret_path=DEFAULT_SECRET_PATH, central_user=None, host_log=None,
+                 proc="/proc"):
+        self.secret_path = secret_path
+        self.proc = proc
+        self.host_log = host_log or HostLog(None)
+        self.key, self.key_status = load_secret(secret_path)
+        self.allowed_uids = set([0, os.geteuid()])
+        self.central_user = central_user
+        if central_user:
+            try:
+                self.allowed_uids.add(pwd.getpwnam(central_user).pw_uid)
+            except KeyError:
+                log.warning("--central-user %s: no such user on this host; only root may connect",
+                            inert(central_user))
+        self.hosts = frozenset()
+
+    def bound(self, address):
+        """Record the address the server listens on: the only Host header accepted."""
+        host, port = address[0], address[1]
+        self.hosts = frozenset(["[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)])
+
+    def reload(self):
+        """Re-read the secret (SIGHUP)."""
+        self.key, self.key_status = load_secret(self.secret_path)
+        if self.key is None:
+            self.host_log.event(LOG_WARNING, "secret not reloaded, every request is now refused: "
+                                + self.key_status)
+        else:
+            self.host_log.event(LOG_NOTICE, "secret reloaded from " + self.key_status)
+
+    def admit(self, sock):
+        """(uid, None) for a peer that may connect, else (uid, why not)."""
+        uid = peer_uid(sock, self.proc)
+        if uid is None:
+            return None, "the owner of the connecting socket cannot be determined"
+        if uid not in self.allowed_uids:
+            return uid, ("connections from %s are refused: only root and the central's login "
+                         "user may use the agent" % _peer_text(uid))
+        return uid, None
+
+    def _browser(self, req):
+        host = req.headers.get("host")
+        if host not in self.hosts:
+            return "Host %s is not this agent's address (%s)" % (
+                inert(host, 100) if host is not None else "(none)", ", ".join(sorted(self.hosts)))
+        if "origin" in req.headers:
+            return "requests carrying Origin are refused (a web page cannot use the agent)"
+        for name in req.headers:
+            if name.startswith("sec-fetch-"):
+                return "requests carrying %s are refused (a web page cannot use the agent)" % name
+        return None
+
+    def handle(self, conn, req, handler):
+        """Answer one request: (status, payload, extra headers, signer or None, keep-alive ok)."""
+        why = self._browser(req)
+        if why:
+            self.host_log.refusal("refused %s %s from %s: %s" % (
+                req.method, inert(req.target, 200), _peer_text(conn.peer_uid), why))
+            return 403, {"error": "forbidden", "detail": why}, (), None, False
+        path = req.path.rstrip("/") or "/"
+        if path == "/api/challenge":
+            return self._challenge(conn, req)
+        header = req.headers.get(AUTH_HEADER.lower())
+        if header is None and path == "/api/health" and req.method == "GET":
+            return 200, self.public_health(), (), None, True
+        key = self.key
+        why, seq = self._verify(conn, req, header, key)
+        if why:
+            self.host_log.refusal("refused %s %s from %s: %s" % (
+                req.method, inert(req.target, 200), _peer_text(conn.peer_uid), why))
+            return 401, {"error": "unauthenticated", "detail": why}, (), None, False
+        conn.seq = seq
+        nonce, cnonce, method, target = conn.nonce, conn.cnonce, req.method, req.target
+
+        def sign(status, body):
+            return "seq=%d mac=%s" % (seq, key.mac(PROTOCOL + " response", nonce, cnonce, str(seq),
+                                                   method, target, str(status), _sha256_hex(body)))
+
+        try:
+            status, payload, extra = handler(req)
+        except Exception as e:  # still a signed answer: the central must see it is ours
+            log.exception("handler failed for %s %s", req.method, inert(req.path, 200))
+            status, payload, extra = 500, {"error": "internal", "detail": type(e).__name__}, ()
+        return status, payload, extra, sign, True
+
+    def _challenge(self, conn, req):
+        if req.method != "GET":
+            return 405, {"error": "method_not_allowed", "detail": "use GET"}, [("Allow", "GET")], \
+                None, False
+        cnonce = req.headers.get(NONCE_HEADER.lower(), "")
+        if not NONCE_RE.match(cnonce):
+            return 400, {"error": "bad_request", "detail": "%s: must be 32 lowercase hex digits"
+                         % NONCE_HEADER}, (), None, False
+        key = self.key
+        if key is None:
+            return 503, {"error": "no_secret", "detail": self.key_status}, (), None, False
+        conn.nonce, conn.cnonce, conn.seq = _new_nonce(), cnonce, 0
+        proof = "mac=" + key.mac(PROTOCOL + " challenge", conn.nonce, cnonce)
+        return 200, {"nonce": conn.nonce, "protocol": PROTOCOL}, [(PROOF_HEADER, proof)], None, True
+
+    def _verify(self, conn, req, header, key):
+        if key is None:
+            return "this agent has no usable secret (%s)" % self.key_status, None
+        if header is None:
+            return "%s is missing: every request must be authenticated" % AUTH_HEADER, None
+        match = AUTH_RE.match(header)
+        if not match:
+            return "%s is malformed" % AUTH_HEADER, None
+        if conn.nonce is None:
+            return "no challenge on this connection: GET /api/challenge first", None
+        seq = int(match.group(1))
+        if seq <= conn.seq:
+            return "sequence number %d is not above %d: a replayed request" % (seq, conn.seq), None
+        want = key.mac(PROTOCOL + " request", conn.nonce, conn.cnonce, str(seq), req.method,
+                       req.target, _sha256_hex(req.body))
+        if not _same(want, match.group(2)):
+            return "the request's MAC is wrong (another secret, or a forged request)", None
+        return None, seq
+
+    def public_health(self):
+        """What /api/health tells a caller without the secret: nothing about the host."""
+        return {"status": "ok", "version": VERSION, "sha256": agent_sha256(),
+                "python": _python_version(), "protocol": PROTOCOL,
+                "auth": "ready" if self.key is not None else self.key_status}
+
+
 # ---------------------------------------------------------------------------- HTTP
 
-REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
@@ -1604,11 +2018,13 @@ TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 class Request(object):
     """A parsed HTTP request."""
 
-    __slots__ = ("method", "path", "query", "version", "headers", "body", "keep_alive")
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "body", "keep_alive",
+                 "peer_uid")
 
-    def __init__(self, method, path, query, version, headers, body, keep_alive):
-        self.method, self.path, self.query, self.version = method, path, query, version
-        self.headers, self.body, self.keep_alive = headers, body, keep_alive
+    def __init__(self, method, target, path, query, version, headers, body, keep_alive):
+        self.method, self.target, self.path, self.query = method, target, path, query
+        self.version, self.headers, self.body, self.keep_alive = version, headers, body, keep_alive
+        self.peer_uid = None
 
 
 class HTTPError(Exception):
@@ -1648,6 +2064,8 @@ def parse_request(buf, max_header, max_body):
     if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]) or not parts[1].startswith("/"):
         raise HTTPError(400, "bad_request", "malformed request line")
     method, target, version = parts
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        raise HTTPError(400, "bad_request", "control characters in the request target")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         if version.startswith("HTTP/") and re.match(r"^HTTP/\d\.\d$", version):
             raise HTTPError(505, "bad_version", "only HTTP/1.0 and HTTP/1.1 are supported")
@@ -1687,11 +2105,11 @@ def parse_request(buf, max_header, max_body):
         keep_alive = "keep-alive" in conn_hdr
     split = urlsplit(target)
     query = parse_qs(split.query, keep_blank_values=True)
-    return Request(method, split.path, query, version, headers, body, keep_alive), total
+    return Request(method, target, split.path, query, version, headers, body, keep_alive), total
 
 
-def render_response(status, payload, keep_alive, extra_headers=()):
-    """Serialise a JSON response with Content-Length."""
+def render_response(status, payload, keep_alive, extra_headers=(), sign=None):
+    """Serialise a JSON response with Content-Length (and the agent's MAC when sign is given)."""
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
     head = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")),
             "Content-Type: application/json", "Content-Length: %d" % len(body),
@@ -1699,18 +2117,24 @@ def render_response(status, payload, keep_alive, extra_headers=()):
             "Cache-Control: no-store"]
     for name, value in extra_headers:
         head.append("%s: %s" % (name, value))
+    if sign is not None:
+        head.append("%s: %s" % (PROOF_HEADER, sign(status, body)))
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
 class _Conn(object):
-    __slots__ = ("sock", "buf", "started", "last", "closed")
+    __slots__ = ("sock", "buf", "started", "last", "closed", "peer_uid", "nonce", "cnonce", "seq")
 
-    def __init__(self, sock, now):
+    def __init__(self, sock, now, peer_uid=None):
         self.sock = sock
         self.buf = bytearray()
         self.started = None  # monotonic time the current request's first byte arrived
         self.last = now
         self.closed = False
+        self.peer_uid = peer_uid
+        self.nonce = None  # the agent's challenge nonce for this connection (hex)
+        self.cnonce = None  # the central's nonce sent with the challenge
+        self.seq = 0  # the last authenticated sequence number
 
 
 class Server(object):
@@ -1725,8 +2149,9 @@ class Server(object):
 
     def __init__(self, handler, host="127.0.0.1", port=8083, workers=4, queue_size=32,
                  max_connections=128, request_timeout=10.0, idle_timeout=300.0,
-                 send_timeout=10.0, max_header=16384, max_body=65536):
+                 send_timeout=10.0, max_header=16384, max_body=65536, gate=None):
         self.handler = handler
+        self.gate = gate
         self.workers_n = workers
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
@@ -1745,8 +2170,11 @@ class Server(object):
             raise
         self.listener.setblocking(False)
         self.address = self.listener.getsockname()
+        if gate is not None:
+            gate.bound(self.address)
         self.queue = queue.Queue(maxsize=queue_size)
         self.conns = set()
+        self.lingering = {}  # refused sockets still being read: socket -> deadline
         self.returned = []
         self.returned_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
@@ -1787,6 +2215,8 @@ class Server(object):
             t.join(timeout=15)
         for conn in list(self.conns):
             self._close(conn)
+        for sock in list(self.lingering):
+            self._unlinger(sock)
         try:
             self.sel.close()
         finally:
@@ -1806,6 +2236,8 @@ class Server(object):
                     self._accept(now)
                 elif key.data == "wake":
                     self._drain_wake(now)
+                elif isinstance(key.data, tuple):
+                    self._linger(key.data[1])
                 else:
                     self._read(key.data, now)
             if now - last_sweep >= 0.25:
@@ -1824,20 +2256,56 @@ class Server(object):
             if len(self.conns) >= self.max_connections:
                 self._refuse(sock, 503, "busy", "too many connections")
                 continue
+            uid = None
+            if self.gate is not None:
+                uid, why = self.gate.admit(sock)
+                if why:
+                    self.gate.host_log.refusal("refused a connection: " + why)
+                    self._refuse(sock, 403, "forbidden", why)
+                    continue
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            conn = _Conn(sock, now)
+            conn = _Conn(sock, now, uid)
             self.conns.add(conn)
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    LINGER = 2.0  # seconds a refused connection may take to read its answer
+    MAX_LINGERING = 64
 
     def _refuse(self, sock, status, code, detail):
         try:
             sock.setblocking(False)
             sock.send(render_response(status, {"error": code, "detail": detail}, False))
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
+            sock.close()
+            return
+        # Closing with the client's request unread would send a reset, and the client would
+        # lose the answer: read and drop what it sends for a moment, then close.
+        if len(self.lingering) >= self.MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering[sock] = time.monotonic() + self.LINGER
+        self.sel.register(sock, selectors.EVENT_READ, ("linger", sock))
+
+    def _linger(self, sock):
+        try:
+            if sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._unlinger(sock)
+
+    def _unlinger(self, sock):
+        self.lingering.pop(sock, None)
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
             pass
         sock.close()
 
@@ -1915,6 +2383,9 @@ class Server(object):
         conn.sock.close()
 
     def _sweep(self, now):
+        for sock, deadline in list(self.lingering.items()):
+            if now > deadline:
+                self._unlinger(sock)
         for conn in list(self.conns):
             try:
                 self.sel.get_key(conn.sock)
@@ -1953,13 +2424,18 @@ class Server(object):
                 pass
 
     def _answer(self, conn, req):
+        req.peer_uid = conn.peer_uid
+        sign, allowed = None, True
         try:
-            status, payload, extra = self.handler(req)
+            if self.gate is None:
+                status, payload, extra = self.handler(req)
+            else:
+                status, payload, extra, sign, allowed = self.gate.handle(conn, req, self.handler)
         except Exception as e:
-            log.exception("handler failed for %s %s", req.method, req.path)
+            log.exception("handler failed for %s %s", req.method, inert(req.path, 200))
             status, payload, extra = 500, {"error": "internal", "detail": type(e).__name__}, ()
-        keep = req.keep_alive and not self.stopping
-        data = render_response(status, payload, keep, extra)
+        keep = req.keep_alive and allowed and not self.stopping
+        data = render_response(status, payload, keep, extra, sign)
         sock = conn.sock
         sock.settimeout(self.send_timeout)
         try:
@@ -1981,8 +2457,9 @@ class Agent(object):
                   "/api/services", "/api/docker", "/api/inventory")
     POST_ROUTES = ("/api/actions/kill", "/api/actions/service", "/api/actions/docker")
 
-    def __init__(self, collector):
+    def __init__(self, collector, host_log=None):
         self.collector = collector
+        self.host_log = host_log or HostLog(None)
 
     def __call__(self, req):
         path = req.path.rstrip("/") or "/"
@@ -2007,20 +2484,46 @@ class Agent(object):
             return 400, {"error": "bad_request", "detail": str(e)}, ()
 
     def post(self, kind, req):
-        """Serve one action."""
-        ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
-        if ctype != "application/json":
-            return 400, {"error": "bad_request", "detail": "body must be application/json"}, ()
+        """Serve one action, and write it with its result to the host's log."""
+        status, payload, body = self._act(kind, req)
+        self._log_action(kind, req, body, status, payload)
+        return status, payload, ()
+
+    def _act(self, kind, req):
+        ctype = req.headers.get("content-type")
+        # a missing Content-Type is not JSON: a browser's no-cors fetch sends none
+        if ctype is None or ctype.split(";")[0].strip().lower() != "application/json":
+            return 400, {"error": "bad_request",
+                         "detail": "body must be sent with Content-Type: application/json"}, None
         try:
             body = json.loads(req.body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
-            return 400, {"error": "bad_request", "detail": "body: not valid JSON"}, ()
+            return 400, {"error": "bad_request", "detail": "body: not valid JSON"}, None
         if not isinstance(body, dict):
-            return 400, {"error": "bad_request", "detail": "body: must be a JSON object"}, ()
+            return 400, {"error": "bad_request", "detail": "body: must be a JSON object"}, None
         try:
-            return 200, self.collector.action(kind, body), ()
+            return 200, self.collector.action(kind, body), body
         except ActionError as e:
-            return e.status, {"error": e.code, "detail": e.detail}, ()
+            return e.status, {"error": e.code, "detail": e.detail}, body
+
+    def _log_action(self, kind, req, body, status, payload):
+        what = ["action " + kind]
+        if body:
+            for field in ("pid", "start_time", "signal", "unit", "container", "verb"):
+                if field in body:
+                    what.append("%s=%s" % (field, inert(json.dumps(body[field]), 120)))
+            if "requested_by" in body:
+                what.append("requested_by=%s" % inert(json.dumps(body["requested_by"]), 80))
+        who = "by %s" % _peer_text(req.peer_uid)
+        if status == 200:
+            result = "%s exit_status=%s: %s" % ("ok" if payload.get("ok") else "failed",
+                                                payload.get("exit_status"),
+                                                inert(payload.get("output") or "", 300))
+        else:
+            result = "refused %d %s: %s" % (status, payload.get("error"),
+                                            inert(payload.get("detail") or "", 300))
+        self.host_log.event(LOG_NOTICE if status == 200 else LOG_WARNING,
+                            "%s %s -> %s" % (" ".join(what), who, result))
 
 
 def endpoint(collector, path, query=None):
@@ -2067,12 +2570,18 @@ def build_parser():
     """The command-line parser."""
     import argparse
     p = argparse.ArgumentParser(prog="agent.py", description="central monitoring agent")
-    p.add_argument("--listen", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--listen", default="127.0.0.1",
+                   help="loopback address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8083, help="TCP port (default 8083)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback --listen address")
     p.add_argument("--policy", default=DEFAULT_POLICY_PATH,
                    help="action policy file (default %s)" % DEFAULT_POLICY_PATH)
+    p.add_argument("--secret-file", default=DEFAULT_SECRET_PATH,
+                   help="the host's secret shared with the central, 64 hex digits in a "
+                        "root-only file; re-read on SIGHUP (default %s)" % DEFAULT_SECRET_PATH)
+    p.add_argument("--central-user", metavar="USER",
+                   help="the central's login user on this host: its connections are "
+                        "accepted besides root's")
+    p.add_argument("--syslog-socket", default=DEFAULT_SYSLOG, help=argparse.SUPPRESS)
     p.add_argument("--once", metavar="PATH", help="print one endpoint's JSON and exit")
     p.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
     p.add_argument("--sys", default="/sys", help=argparse.SUPPRESS)
@@ -2127,18 +2636,29 @@ def main(argv=None):
             return 2
         sys_mod.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return 0
-    if not _is_loopback(args.listen) and not args.allow_remote:
-        sys_mod.stderr.write("agent.py: refusing to listen on non-loopback address %s "
-                             "without --allow-remote\n" % args.listen)
+    if not _is_loopback(args.listen):
+        sys_mod.stderr.write("agent.py: refusing to listen on %s: the agent binds a loopback "
+                             "address only (the central reaches it through SSH)\n" % args.listen)
         return 2
     host = "127.0.0.1" if args.listen == "localhost" else args.listen
+    host_log = HostLog(args.syslog_socket)
+    gate = Gate(args.secret_file, args.central_user, host_log, args.proc)
     try:
-        server = Server(Agent(collector), host, args.port, workers=max(1, args.workers),
+        server = Server(Agent(collector, host_log), host, args.port, workers=max(1, args.workers),
                         max_connections=args.max_connections,
-                        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
+                        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout,
+                        gate=gate)
     except OSError as e:
-        sys_mod.stderr.write("agent.py: cannot listen on %s:%d: %s\n"
-                             % (args.listen, args.port, e.strerror or e))
+        if e.errno == errno.EADDRINUSE:
+            holder = port_holder(host, args.port, args.proc)
+            host_log.event(LOG_WARNING, (
+                "refusing to start: port %d on %s is already taken by another process%s. The "
+                "central never polls whatever holds this port (it cannot prove it holds this "
+                "host's secret) and reports the host as agent_impostor; stop that process and "
+                "the agent starts again" % (args.port, host, " (%s)" % holder if holder else "")))
+        else:
+            host_log.event(LOG_WARNING, "cannot listen on %s:%d: %s"
+                           % (host, args.port, e.strerror or e))
         return 1
 
     def stop(signum, frame):
@@ -2146,9 +2666,13 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: gate.reload())
     _tune_malloc()
-    log.info("listening on %s:%d (version %s, policy: %s)", server.address[0],
-             server.address[1], VERSION, collector.policy()[1])
+    log.info("listening on %s:%d (version %s, policy: %s, secret: %s)", server.address[0],
+             server.address[1], VERSION, collector.policy()[1], gate.key_status)
+    if gate.key is None:
+        host_log.event(LOG_WARNING, "no usable secret, every request but /api/health is refused: "
+                       + gate.key_status)
     server.serve_forever()
     log.info("stopped")
     return 0

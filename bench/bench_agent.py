@@ -28,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 AGENT = os.path.join(ROOT, "agent", "agent.py")
+sys.path.insert(0, ROOT)  # central.agentauth signs the requests to the agent
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,11 +76,30 @@ def wait_http(port, path, deadline=60.0):
     raise RuntimeError("nothing answered on port %d%s" % (port, path))
 
 
-def measure(pid, port, path, n, spacing=0.0, warmup=3):
+class Auth(object):
+    """The central's side of the agent's authentication on one kept connection (the agent
+    targets need it; the others get no headers)."""
+
+    def __init__(self, conn, secret):
+        self.session = None
+        if secret:
+            from central.agentauth import AgentSession
+            self.session = AgentSession(secret)
+            conn.request("GET", "/api/challenge", headers={"X-Central-Nonce": self.session.cnonce})
+            resp = conn.getresponse()
+            body = resp.read()
+            self.session.accept_challenge(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+
+    def headers(self, path):
+        return {"X-Central-Auth": self.session.sign("GET", path, b"")} if self.session else {}
+
+
+def measure(pid, port, path, n, spacing=0.0, warmup=3, secret=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    auth = Auth(conn, secret)
     size = 0
     for _ in range(warmup):
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth.headers(path))
         body = conn.getresponse().read()
         size = len(body)
         if spacing:
@@ -88,7 +108,7 @@ def measure(pid, port, path, n, spacing=0.0, warmup=3):
     cpu0 = cpu_seconds(pid)
     for _ in range(n):
         t0 = time.perf_counter()
-        conn.request("GET", path)
+        conn.request("GET", path, headers=auth.headers(path))
         resp = conn.getresponse()
         body = resp.read()
         lat.append(time.perf_counter() - t0)
@@ -105,10 +125,11 @@ def measure(pid, port, path, n, spacing=0.0, warmup=3):
 
 
 class Target(object):
-    def __init__(self, name, argv, port, path, env=None):
+    def __init__(self, name, argv, port, path, env=None, secret=None, cwd=None):
         self.name, self.argv, self.port, self.path = name, argv, port, path
+        self.secret = secret
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=env)
+                                     stderr=subprocess.DEVNULL, env=env, cwd=cwd)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -122,9 +143,17 @@ class Target(object):
 
 def start_targets(args):
     targets = []
+    # the agent serves only requests signed with its secret (docs/agent-protocol.md)
+    secret = os.urandom(32).hex()
+    secret_file = os.path.join(HERE, "results", "agent-secret")
+    os.makedirs(os.path.dirname(secret_file), exist_ok=True)
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, (secret + "\n").encode())
+    os.close(fd)
+    auth = ["--secret-file", secret_file, "--syslog-socket", ""]
     port = free_port()
     targets.append(Target("agent", [args.python, AGENT, "--port", str(port),
-                                    "--policy", "/nonexistent"], port, "/api/all"))
+                                    "--policy", "/nonexistent"] + auth, port, "/api/all", secret=secret))
     # The same agent started from its compiled bytecode (no compile at start-up).
     pyc = os.path.join(HERE, "results", "agent.pyc")
     os.makedirs(os.path.dirname(pyc), exist_ok=True)
@@ -133,11 +162,23 @@ def start_targets(args):
                            AGENT, pyc])
     port = free_port()
     targets.append(Target("agent (.pyc)", [args.python, pyc, "--port", str(port),
-                                           "--policy", "/nonexistent"], port, "/api/all"))
+                                           "--policy", "/nonexistent"] + auth, port, "/api/all", secret=secret))
+    # As deploy runs it: `python3 -m agent` in its directory, bytecode compiled beforehand.
+    deployed = os.path.join(HERE, "results", "deployed")
+    os.makedirs(deployed, exist_ok=True)
+    with open(AGENT, "rb") as src, open(os.path.join(deployed, "agent.py"), "wb") as dst:
+        dst.write(src.read())
+    subprocess.check_call([args.python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+                           os.path.join(deployed, "agent.py")])
     port = free_port()
-    targets.append(Target("node_exporter", [args.node_exporter,
-                                            "--web.listen-address=127.0.0.1:%d" % port],
-                          port, "/metrics"))
+    targets.append(Target("agent (-m, deployed)", [args.python, "-m", "agent", "--port", str(port),
+                                                   "--policy", "/nonexistent"] + auth, port, "/api/all",
+                          secret=secret, cwd=deployed))
+    if os.path.exists(args.node_exporter):
+        port = free_port()
+        targets.append(Target("node_exporter", [args.node_exporter,
+                                                "--web.listen-address=127.0.0.1:%d" % port],
+                              port, "/metrics"))
     if args.glances and os.path.exists(args.glances):
         port = free_port()
         targets.append(Target("glances", [args.glances, "-w", "--bind", "127.0.0.1",
@@ -145,7 +186,7 @@ def start_targets(args):
                                           "--disable-check-update"],
                               port, "/api/4/all"))
     for t in targets:
-        wait_http(t.port, t.path)
+        wait_http(t.port, "/api/health" if t.secret else t.path)
     return targets
 
 
@@ -156,7 +197,7 @@ def run_scenario(targets, args):
             out[t.name] = measure(t.proc.pid, t.port, t.path, args.glances_requests,
                                   spacing=1.05, warmup=2)
         else:
-            out[t.name] = measure(t.proc.pid, t.port, t.path, args.requests)
+            out[t.name] = measure(t.proc.pid, t.port, t.path, args.requests, secret=t.secret)
     return out
 
 
@@ -167,7 +208,7 @@ def table(results):
     for sc in results["scenarios"]:
         ne = sc.get("node_exporter", {}).get("cpu_ms_per_request")
         gl = sc.get("glances", {}).get("cpu_ms_per_request")
-        for name in ("agent", "agent (.pyc)", "node_exporter", "glances"):
+        for name in ("agent", "agent (.pyc)", "agent (-m, deployed)", "node_exporter", "glances"):
             r = sc.get(name)
             if not r:
                 continue

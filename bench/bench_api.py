@@ -155,6 +155,12 @@ def main() -> None:
         import bench_core
 
         workdir = Path(tempfile.mkdtemp(prefix="bench-api-farm-"))
+        # the agent, the farm and every server share one agent secret (agents authenticate)
+        secret = os.urandom(32).hex()
+        fd = os.open(str(workdir / "agent-secret"), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, (secret + "\n").encode())
+        os.close(fd)
+        (workdir / "no-policy.json").write_text('{"actions": {"kill": false, "service": false, "docker": false}}')
         agent_proc, agent_port = bench_core.start_agent(workdir)
         farm_proc, farm_port, farm_key = bench_core.start_farm(workdir, data / "id_ed25519.pub", [agent_port], 1.0)
         farm_procs = [farm_proc, agent_proc]
@@ -162,7 +168,9 @@ def main() -> None:
             __import__("base64").b64decode(farm_key.split()[1])).digest()).decode().rstrip("=")
         subprocess.run(["sqlite3", str(db), f"UPDATE servers SET host = '127.0.0.1', port = {farm_port},"
                         f" host_key = '{farm_key}', host_key_fingerprint = '{fp}', status = 'unknown',"
-                        " status_reason = NULL WHERE kind = 'ssh'"], check=True)
+                        " status_reason = NULL WHERE kind = 'ssh';"
+                        " INSERT OR REPLACE INTO agent_secrets (server_id, secret, updated_at)"
+                        f" SELECT id, '{secret}', 0 FROM servers WHERE kind = 'ssh'"], check=True)
         print(f"servers point at the loopback farm on 127.0.0.1:{farm_port}", flush=True)
     else:
         # keep the generated servers pointing at a refused port (they may point at a farm from an earlier run)

@@ -28,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import asyncssh
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "bench"))
+SECRET: list[str] = []  # the agent secret of the bench's real agent and loopback farm
 
 from central.model import PollOutcome  # noqa: E402
 from central.sample import extract_sample, parse_document  # noqa: E402
@@ -75,15 +76,17 @@ def machine_busy() -> tuple[float, float]:
 
 
 def start_agent(workdir: Path) -> tuple[subprocess.Popen, int]:
-    """A real agent process on a free loopback port, once it answers."""
+    """A real agent process on a free loopback port, once it answers (secret: workdir/agent-secret)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "agent" / "agent.py"), "--port", str(port),
-                             "--policy", str(workdir / "no-policy.json")],
+                             "--policy", str(workdir / "no-policy.json"), "--secret-file", str(workdir / "agent-secret"),
+                             "--syslog-socket", ""],
                             stdout=subprocess.DEVNULL, stderr=open(workdir / f"agent-{port}.log", "w"))
     deadline = time.time() + 15
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1).read()
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
             return proc, port
         except OSError:
             time.sleep(0.1)
@@ -99,10 +102,12 @@ def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float, liv
         host_key.write_bytes(key.export_private_key())
     line = public_key_line(asyncssh.read_private_key(str(host_key)))
     argv = [sys.executable, str(REPO / "bench" / "loopfarm.py"), "--host-key", str(host_key),
-            "--authorized-keys", str(pub), "--cache-ttl", str(ttl)] + (["--live-inventory"] if live_inventory else [])
+            "--authorized-keys", str(pub), "--cache-ttl", str(ttl), "--secret-file", str(workdir / "agent-secret")] + (
+        ["--live-inventory"] if live_inventory else [])
     for p in agent_ports:
         argv += ["--agent", f"127.0.0.1:{p}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(workdir / "farm.log", "w"), text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(workdir / "farm.log", "w"), text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     first = json.loads(proc.stdout.readline())
     return proc, first["port"], line
 
@@ -171,8 +176,8 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
 
 def loop_servers(n: int, port: int, host_key: str, prefix: str = "h") -> list[dict]:
     """n servers that all point at the loopback farm (one pinned host key)."""
-    return [{"name": f"{prefix}{i:05d}", "host": "127.0.0.1", "port": port, "host_key": host_key}
-            for i in range(n)]
+    return [{"name": f"{prefix}{i:05d}", "host": "127.0.0.1", "port": port, "host_key": host_key,
+             "agent_secret": SECRET[0]} for i in range(n)]
 
 
 def real_hosts(n: int, pub_line: str):
@@ -183,7 +188,7 @@ def real_hosts(n: int, pub_line: str):
         return None, reason
     farm = hostfarm.HostFarm()
     hosts = farm.add_hosts(n, authorized_keys=[pub_line])
-    servers = [{"name": h.name, "host": h.address, "port": 22,
+    servers = [{"name": h.name, "host": h.address, "port": 22, "agent_secret": h.agent_secret,
                 "host_key": " ".join(h.host_public_key.split()[:2]), "fingerprint": h.fingerprint}
                for h in hosts]
     return farm, servers
@@ -191,9 +196,10 @@ def real_hosts(n: int, pub_line: str):
 
 # database size
 
-def agent_document(port: int) -> bytes:
-    """A real /api/all body from the real agent."""
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/api/all", timeout=10).read()
+def agent_document(port: int, secret: str) -> bytes:
+    """A real /api/all body from the real agent (an authenticated request)."""
+    from loopfarm import authed_get
+    return asyncio.run(authed_get("127.0.0.1", port, secret, "/api/all"))[1]
 
 
 def _jitter(sample: dict, rng: random.Random) -> dict:
@@ -384,10 +390,14 @@ def main() -> None:
     key = workdir / "central_key"
     pub_line, _ = ensure_key_pair(key)
     pub = Path(str(key) + ".pub")
+    SECRET.append(os.urandom(32).hex())
+    fd = os.open(str(workdir / "agent-secret"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (SECRET[0] + "\n").encode())
+    os.close(fd)
     agent, agent_port = start_agent(workdir)
     farm = None
     try:
-        body = agent_document(agent_port)
+        body = agent_document(agent_port, SECRET[0])
         if not args.only_db:
             farm, farm_port, farm_key = start_farm(workdir, pub, [agent_port], args.cache_ttl, args.live_inventory)
             others = [farm.pid, agent.pid]

@@ -96,7 +96,7 @@ async def run(spec: dict) -> dict:
     central = await Central.open(cfg)
     for s in spec["servers"]:
         await central.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
-                                         host_key_fingerprint=s.get("fingerprint"))
+                                         host_key_fingerprint=s.get("fingerprint"), agent_secret=s["agent_secret"])
     n = len(spec["servers"])
     records: list[tuple[int, float, float, bool, float]] = []  # sid, ts, duration, ok, stored_at
     seen_ok: set[int] = set()

@@ -316,7 +316,8 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
                        "text": describe(server.name, kind, params, process)}
             if not await confirm(preview):
                 raise Cancelled("not confirmed; nothing was sent")
-        status, doc = await channel.act(kind, params)
+        # requested_by: the host's own log then says who asked (the agent ignores it otherwise)
+        status, doc = await channel.act(kind, dict(params, requested_by=actor))
         if status != 200:
             _raise_for(status, _detail(doc))
         answer = _answer(doc)

@@ -3,16 +3,26 @@
 Deliberately small: the agent always answers with Content-Length, so the client needs no
 chunked decoding. Everything the host sends is bounded (header size, body size) and any
 surprise closes the channel, so the next request starts from a clean one.
+
+Every channel starts with the agent's challenge and every request is signed with the
+server's secret; every answer's proof is checked before its body is used
+(central.agentauth, docs/agent-protocol.md). Whatever cannot prove it holds the secret is
+AGENT_IMPOSTOR and gets nothing more; a server whose secret the central does not have is
+AGENT_NEEDS_REDEPLOY and its agent is not contacted.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncssh
 
-from .model import AGENT_DOWN, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, UNREACHABLE, PollError, Server
+from .agentauth import AgentSession
+from .model import (
+    AGENT_DOWN, AGENT_ERROR, AGENT_NEEDS_REDEPLOY, BAD_PAYLOAD, TIMEOUT, UNREACHABLE, PollError, Server,
+)
 from .failures import classify
 from .serverlog import server_log
 
@@ -21,14 +31,25 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024
 _READ = 65536
 
+#: how a client finds a server's agent secret (None: the central has none for it)
+SecretSource = Callable[[Server], Awaitable["str | None"]]
+
+
+async def no_secret(server: Server) -> None:
+    """The secret source of a pool nobody gave one: no server has a secret."""
+    return None
+
 
 class AgentClient:
-    """Requests to one server's agent, one at a time, over a reused channel."""
+    """Requests to one server's agent, one at a time, over a reused, authenticated channel."""
 
-    def __init__(self, pool, server: Server, max_bytes: int):
+    def __init__(self, pool, server: Server, max_bytes: int, secret: SecretSource | None = None):
         self.pool = pool
         self.server = server
         self.max_bytes = max_bytes
+        # read at each channel open, so a secret a deploy stored in the meantime is used
+        self.secret = secret or getattr(pool, "agent_secret", None) or no_secret
+        self._session: AgentSession | None = None
         self._reader: asyncssh.SSHReader | None = None
         self._writer: asyncssh.SSHWriter | None = None
         self._buf = bytearray()
@@ -45,6 +66,7 @@ class AgentClient:
             except Exception:  # noqa: BLE001 - closing a broken channel may fail; it's gone either way
                 pass
         self._reader = self._writer = None
+        self._session = None
         self._buf = bytearray()
 
     async def _open(self) -> None:
@@ -53,6 +75,11 @@ class AgentClient:
         self._connecting = True
         conn = await self.pool.connection(self.server)
         self._connecting = False
+        secret = await self.secret(self.server)
+        if secret is None:
+            raise PollError(AGENT_NEEDS_REDEPLOY, f"the central has no agent secret for {self.server.name}, so its "
+                                                  f"agent is not asked anything: run `central deploy {self.server.name}` "
+                                                  "(or `central server secret`)")
         try:
             self._reader, self._writer = await conn.open_connection("127.0.0.1", self.server.agent_port)
         except asyncssh.ChannelOpenError as exc:
@@ -66,6 +93,21 @@ class AgentClient:
             raise classify(exc) from None
         self._buf = bytearray()
         self.channels_opened += 1
+        await self._challenge(secret)
+
+    async def _challenge(self, secret: str) -> None:
+        """Open the channel's authentication: the agent must prove it holds the secret."""
+        session = AgentSession(secret)
+        self._writer.write(session.challenge_request(self._host_header))
+        try:
+            status, headers = await self._read_head()
+        except _Closed:
+            raise PollError(AGENT_DOWN, "the agent closed the connection without answering") from None
+        data = await self._read_body(headers)
+        session.accept_challenge(status, headers, data)
+        if headers.get("connection", "").lower() == "close":
+            raise PollError(AGENT_DOWN, "the agent closed the channel after its challenge")
+        self._session = session
 
     async def request(self, method: str, path: str, body: object = None, *, timeout: float) -> tuple[int, bytes]:
         """Send one request, return (status, body bytes). Raises a classified PollError."""
@@ -100,17 +142,24 @@ class AgentClient:
         except (ValueError, RecursionError):
             raise PollError(BAD_PAYLOAD, f"{method} {path}: the agent's answer is not JSON") from None
 
+    @property
+    def _host_header(self) -> str:
+        return f"127.0.0.1:{self.server.agent_port}"
+
+    def _send(self, method: str, path: str, payload: bytes) -> None:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\nAccept: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nX-Central-Auth: {self._session.sign(method, path, payload)}\r\n")
+        if payload:
+            head += "Content-Type: application/json\r\n"
+        self._writer.write(head.encode() + b"\r\n" + payload)
+
     async def _request(self, method: str, path: str, body: object) -> tuple[int, bytes]:
         fresh = self._writer is None
         if fresh:
             await self._open()
         payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n")
-        if payload:
-            head += "Content-Type: application/json\r\n"
         try:
-            self._writer.write(head.encode() + b"\r\n" + payload)
+            self._send(method, path, payload)
             status, headers = await self._read_head()
         except (_Closed, BrokenPipeError):
             # BrokenPipeError: the channel was closed by the host before this write (asyncssh
@@ -120,23 +169,29 @@ class AgentClient:
             # A kept channel the agent closed while idle: retry once on a new one.
             self.close()
             await self._open()
-            self._writer.write(head.encode() + b"\r\n" + payload)
+            self._send(method, path, payload)
             try:
                 status, headers = await self._read_head()
             except _Closed:
                 raise PollError(AGENT_DOWN, "the agent closed the connection without answering") from None
+        data = await self._read_body(headers)
+        session = self._session
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        # nothing of the answer is used before the agent's proof on it is checked
+        session.verify(method, path, status, headers, data)
+        if status >= 500:
+            raise PollError(AGENT_ERROR, f"the agent answered {status}: {_error_text(data)}")
+        return status, data
+
+    async def _read_body(self, headers: dict) -> bytes:
         length = headers.get("content-length")
         if length is None or not length.isdigit():
             raise PollError(BAD_PAYLOAD, "the agent's answer has no valid Content-Length")
         n = int(length)
         if n > self.max_bytes:
             raise PollError(BAD_PAYLOAD, f"the agent's answer is {n} bytes, over the {self.max_bytes}-byte limit")
-        data = await self._read_exactly(n)
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        if status >= 500:
-            raise PollError(AGENT_ERROR, f"the agent answered {status}: {_error_text(data)}")
-        return status, data
+        return await self._read_exactly(n)
 
     async def _fill(self) -> None:
         chunk = await self._reader.read(_READ)

@@ -295,7 +295,8 @@ def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
 @server.command("add")
 @click.argument("name")
 @click.argument("host")
-@click.option("--user", default="root", show_default=True, help="SSH user.")
+@click.option("--user", default="central", show_default=True,
+              help="SSH user the central logs in as (deploy creates `central`; root with --full-access).")
 @click.option("--port", default=22, show_default=True, type=int, help="SSH port.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Private key (default: the central's key).")
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
@@ -466,6 +467,38 @@ async def server_trust(central: Central, name, accept_host_key, fp):
     confirmed = _confirm_key(found["probe"], accept_host_key, fp)
     result = await servers.trust_server(central, name, confirmed)
     click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
+
+
+@server.command("secret")
+@click.argument("name", required=False)
+@click.option("--host", help="For a host that is not a server yet: keep the secret until `server add` names it.")
+@click.option("--port", default=22, show_default=True, type=int, help="The host's SSH port (with --host).")
+@central_command
+async def server_secret(central: Central, name, host, port):
+    """Give the central a host's agent secret, read from stdin (never from the command line).
+
+    The secret is the content of /etc/central-agent/secret on the host, which deploy creates.
+    `central deploy` stores it by itself; scripts/deploy-agent.sh hands it over with --host
+    (run before the server is added). It is never printed, logged or shown by the API.
+
+    \b
+    Example:
+      ssh root@10.0.0.5 cat /etc/central-agent/secret | central server secret web1
+      ... | central server secret --host 10.0.0.5 --port 22
+    """
+    if (name is None) == (host is None):
+        raise click.ClickException("give a server name or --host HOST, not both")
+    if sys.stdin.isatty():
+        secret = click.prompt("Agent secret", hide_input=True)
+    else:
+        secret = sys.stdin.read(4096)
+    result = await servers.store_agent_secret(central, secret, name=name, host=host, port=port)
+    if result["stored_for"]:
+        click.echo("agent secret stored for " + ", ".join(result["stored_for"]))
+    else:
+        pending = result["pending"]
+        click.echo(f"agent secret kept for {pending['host']}:{pending['port']} until "
+                   f"`central server add NAME {pending['host']}` adds it")
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
     """A password from stdin (one line) or an interactive prompt; never from argv."""
@@ -699,7 +732,14 @@ def _deploy_table(results, final: bool) -> SafeTable:
 @click.option("--container-pattern", "container_patterns", multiple=True, metavar="GLOB",
               help="Docker containers actions may touch (repeatable; default '*').")
 @click.option("--watch-unit", "watch_units", multiple=True, metavar="UNIT", help="Unit whose state the agent reports (repeatable).")
-@click.option("--full-access", is_flag=True, help="Install the central's key without restrictions (allows a shell).")
+@click.option("--full-access", is_flag=True,
+              help="Install the central's key without restrictions for your login user (allows a shell).")
+@click.option("--central-user", default="central", show_default=True,
+              help="The unprivileged user deploy creates on the host for the central to log in as.")
+@click.option("--rotate-secret", is_flag=True, help="Give the agent a new secret even if it has a sound one.")
+@click.option("--user", "login_user",
+              help="Who you log in as to deploy (default: the server's user when it is not the central's, "
+                   "else your ssh config's, else your own name, as ssh does).")
 @click.option("--identity", type=click.Path(dir_okay=False), help="Your SSH private key to log in with.")
 @click.option("--known-hosts", type=click.Path(dir_okay=False),
               help="known_hosts file to check host keys against (default: yours, as ssh uses).")
@@ -711,16 +751,19 @@ def _deploy_table(results, final: bool) -> SafeTable:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
-                 service_patterns, container_patterns, watch_units, full_access, identity, known_hosts,
-                 pinned_host_key, ssh_config, terminal_user, jobs, as_json):
+                 service_patterns, container_patterns, watch_units, full_access, central_user, rotate_secret,
+                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
-    with your keys, ssh-agent and ~/.ssh/config as the server's user (root or passwordless
-    sudo), upload the bundled agent, write its policy, install the central's key restricted
-    to the agent port (unless --full-access), (re)start the agent, check /api/health, then
-    check that the central reaches the agent with its own key. Host keys are checked
-    against your known_hosts, or with --pinned-host-key against the keys central pinned.
+    with your keys, ssh-agent and ~/.ssh/config (as root or a user with passwordless sudo),
+    upload the bundled agent, write its policy, create the agent secret and the central's
+    login user `central`, whose key may only forward to the agent port (an sshd Match block,
+    checked with sshd -t before sshd reloads), (re)start the agent, check that you can still
+    log in (or roll the sshd changes back), store the secret, then check that the central
+    reaches the agent as `central`. Servers deployed the old way are upgraded in place.
+    Host keys are checked against your known_hosts, or with --pinned-host-key against the
+    keys central pinned.
 
     \b
     Example:
@@ -736,7 +779,8 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
     actions = () if no_actions else (tuple(a for a in allow_actions.split(",") if a) if allow_actions is not None
                                      else ACTION_KINDS)
     options = DeployOptions(actions=actions, service_patterns=service_patterns, container_patterns=container_patterns,
-                            watch_units=watch_units, full_access=full_access, identity=identity,
+                            watch_units=watch_units, full_access=full_access, central_user=central_user,
+                            rotate_secret=rotate_secret, login_user=login_user, identity=identity,
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
                             ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
                             terminal_user=terminal_user)

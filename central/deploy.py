@@ -6,11 +6,18 @@ installer with `sh -s` (arguments base64 or checked tokens, shell-quoted) and fo
 "STEP" lines. The login uses the operator's keys, ssh-agent and ~/.ssh/config, and checks
 the host key against the operator's known_hosts, or, on request, against the key central
 pinned for the server. Host-key checking is never turned off.
+
+The installer creates the central's login user (restricted by an sshd Match block) and the
+agent secret, and prints the secret on its last line; this module stores it in the
+database with the server's new login user, after checking that the operator can still
+log in (and rolling the host's sshd and authorized_keys changes back if not). The secret
+is never logged, shown or kept in a result.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
 import json
 import logging
 import re
@@ -21,9 +28,11 @@ from pathlib import Path
 
 import asyncssh
 
+from .agentauth import check_secret
 from .bundled import agent_path, agent_sha256, installer_path, terminal_installer_path
 from . import model, servers
 from .model import HOST_KEY_MISMATCH, AUTH_FAILED, CentralError, Invalid, Server
+from .servers import CENTRAL_LOGIN_USER, USER_RE
 from .service import restricted_key_line
 from .failures import classify
 from .serverlog import server_log
@@ -46,8 +55,15 @@ class DeployOptions:
     service_patterns: tuple[str, ...] = ("*",)
     container_patterns: tuple[str, ...] = ("*",)
     watch_units: tuple[str, ...] = ()
-    #: install the central's key without the forwarding-only restriction
+    #: install the central's key without the forwarding-only restriction, for the login user
     full_access: bool = False
+    #: the dedicated user deploy creates for the central to log in as (not with full_access)
+    central_user: str = CENTRAL_LOGIN_USER
+    #: replace the host's agent secret even when it has a sound one
+    rotate_secret: bool = False
+    #: the user to log in as to deploy (None: the server's user if it is not the central's
+    #: login user, else what ~/.ssh/config says for the host, else the local user, as ssh does)
+    login_user: str | None = None
     #: private key to log in with (added to what ~/.ssh/config and ssh-agent offer)
     identity: str | None = None
     #: known_hosts file to check host keys against (None: the operator's, as ssh would)
@@ -109,6 +125,9 @@ def check_options(options: DeployOptions) -> DeployOptions:
                 raise Invalid(f"{what} {value!r} has characters other than A-Z a-z 0-9 @ _ . : * ? ! [ ] -")
     if not 1 <= options.jobs <= 256:
         raise Invalid(f"jobs must be 1 to 256, not {options.jobs}")
+    for what, user in (("central user", options.central_user), ("login user", options.login_user)):
+        if user is not None and (not USER_RE.match(user) or user == "root" and what == "central user"):
+            raise Invalid(f"invalid {what} {user!r}")
     if options.identity is not None and not Path(options.identity).is_file():
         raise Invalid(f"identity file {options.identity} does not exist")
     if options.terminal_user is not None:
@@ -136,13 +155,16 @@ def authorized_key_line(public_key: str, agent_port: int, full_access: bool) -> 
     return restricted_key_line(public_key, agent_port) + " central"
 
 
-def installer_arguments(sha256: str, agent_port: int, policy: dict, public_key: str, key_line: str) -> list[str]:
-    """The installer's argv (see scripts/agent-install.sh): base64 or checked tokens."""
+def installer_arguments(sha256: str, agent_port: int, policy: dict, public_key: str, key_line: str,
+                        central_user: str | None = CENTRAL_LOGIN_USER, rotate: bool = False) -> list[str]:
+    """The installer's argv (see scripts/agent-install.sh): base64 or checked tokens.
+    central_user None: full access (the key goes to the login user's own authorized_keys)."""
 
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()
 
-    return [sha256, str(agent_port), b64(json.dumps(policy)), b64(key_line), public_key.split()[1]]
+    return [sha256, str(agent_port), b64(json.dumps(policy)), b64(key_line), public_key.split()[1],
+            central_user or "-", "1" if rotate else "0"]
 
 
 def _connect_hint(server: Server, reason: str, options: DeployOptions) -> str:
@@ -181,7 +203,8 @@ class Deployer:
 
     async def run(self, servers: Sequence[Server], upgrade_outdated: bool = False) -> list[DeployResult]:
         """Deploy to every server, options.jobs at a time; one result per server, in order."""
-        results = [DeployResult(s.name, self.central.transports.address(s)) for s in servers]
+        results = [DeployResult(s.name, self.central.transports.address(s) if self.central.transports.of(s).no_agent
+                                else f"{self.login_user(s) or getpass.getuser()}@{s.host}:{s.port}") for s in servers]
         for result in results:
             self.on_change(result)
         slots = asyncio.Semaphore(self.options.jobs)
@@ -194,7 +217,10 @@ class Deployer:
         return results
 
     async def reported_sha256(self, server: Server) -> str | None:
-        """The agent's sha256 as it answers now through the central, else as last polled."""
+        """The agent's sha256 as it answers now through the central, else as last polled; None
+        for an agent the central cannot authenticate (no secret: deployed the old way)."""
+        if await self.central.storage.agent_secret(server.id) is None:
+            return None
         live = await servers.test_server(self.central, server.name)
         return live.get("sha256") if live.get("ok") else server.agent_sha256
 
@@ -208,7 +234,8 @@ class Deployer:
             if upgrade_outdated:
                 self._set(result, state="running", step="check")
                 reported = await self.reported_sha256(server)
-                if reported == self.sha256:
+                old_login = server.user != self.options.central_user and not self.options.full_access
+                if reported == self.sha256 and not old_login:
                     self._set(result, state="skipped", sha256=reported, message="agent is current")
                     return
             await self._deploy(server, result)
@@ -220,9 +247,19 @@ class Deployer:
             self._set(result, state="failed", message=f"{type(exc).__name__}: {exc}",
                       hint="Run again; if it persists, check the host by hand")
 
-    async def _connect(self, server: Server) -> asyncssh.SSHClientConnection:
+    def login_user(self, server: Server) -> str | None:
+        """Who to log in as to deploy (None: as ssh would, from ~/.ssh/config or the local user)."""
+        if self.options.login_user:
+            return self.options.login_user
+        if server.user != self.options.central_user:
+            return server.user  # deployed the old way, or --full-access: the login is the operator's
+        return None
+
+    async def _connect(self, server: Server, result: DeployResult | None = None) -> asyncssh.SSHClientConnection:
         opts = self.options
-        kwargs: dict = {"username": server.user, "connect_timeout": opts.connect_timeout}
+        kwargs: dict = {"connect_timeout": opts.connect_timeout}
+        if self.login_user(server):
+            kwargs["username"] = self.login_user(server)
         if opts.identity:
             kwargs["client_keys"] = [opts.identity]
         if opts.ssh_config is not None:
@@ -241,6 +278,11 @@ class Deployer:
                 # `UserKnownHostsFile none` in an ssh config would turn checking off in asyncssh
                 raise StepFailed("connect", "your ssh config sets no known_hosts file; central deploy never "
                                  "skips host-key checks", "Pass --known-hosts FILE or --pinned-host-key")
+            if prepared.username == opts.central_user and not opts.full_access:
+                raise StepFailed("connect", f"central deploy would log in as {opts.central_user}, the central's "
+                                 "own restricted user", "Pass --user USER (root, or a user with passwordless sudo)")
+            if result is not None:
+                self._set(result, target=f"{prepared.username}@{server.host}:{server.port}")
             return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared),
                                           opts.connect_timeout + 5)
         except StepFailed:
@@ -257,7 +299,7 @@ class Deployer:
         self._set(result, state="running", step="connect")
         public_key = public_key_line(load_client_key(server.key_path or self.central.config.key_path))
         key_line = authorized_key_line(public_key, server.agent_port, self.options.full_access)
-        conn = await self._connect(server)
+        conn = await self._connect(server, result)
         async with conn:
             self._set(result, step="privileges")
             who = await conn.run("id -u", check=False)
@@ -277,11 +319,25 @@ class Deployer:
                                  "Check free space and that /opt is writable")
 
             args = installer_arguments(self.sha256, server.agent_port, policy_document(self.options),
-                                       public_key, key_line)
+                                       public_key, key_line,
+                                       None if self.options.full_access else self.options.central_user,
+                                       self.options.rotate_secret)
             command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
-            await self._install(conn, command, result)
+            installed = await self._install(conn, command, result)
+            self._set(result, step="operator-access")
+            await self._check_operator_access(server, conn, sudo)
             if self.terminal_key is not None:
-                await self._install_terminal_key(conn, sudo, server, result)
+                await self._install_terminal_key(conn, sudo, server, result, installed["login"])
+        # the host's secret and the user the central logs in as now, then a check through them
+        secret = check_secret(installed["secret"])
+        login = installed["login"]
+        if not login or not USER_RE.match(login):
+            raise StepFailed("check", "the installer named no valid login user for the central",
+                             "Run again; if it persists, check the host by hand")
+        await self.central.storage.set_agent_secret(server.id, secret)
+        if login and login != server.user:
+            await self.central.storage.update_server(server.name, user=login)
+        self.central.transports.forget(server.id)
         if server.host_key:
             self._set(result, step="check")
             check = await servers.test_server(self.central, server.name)
@@ -294,14 +350,33 @@ class Deployer:
             await self._record_terminal(server, result)
         self._set(result, state="ok", message=result.mode or "")
 
+    async def _check_operator_access(self, server: Server, conn: asyncssh.SSHClientConnection, sudo: str) -> None:
+        """A fresh login as the operator must still work; if not, undo the host's sshd and
+        authorized_keys changes over the connection still open."""
+        try:
+            probe = await self._connect(server)
+            async with probe:
+                await probe.run("true", check=False)
+            return
+        except StepFailed as failure:
+            why = failure.message
+        rollback = await conn.run(sudo + "sh -s -- rollback", input=self.installer, check=False)
+        out = (rollback.stdout or "").strip().splitlines()
+        if out and out[-1] == "ROLLED-BACK":
+            done = "the sshd and authorized_keys changes were rolled back"
+        else:
+            done = "rolling them back failed too: " + (out[-1] if out else f"exit {rollback.exit_status}")
+        raise StepFailed("operator-access", f"after the install you could no longer log in ({why}); {done}",
+                         "Check the host's sshd configuration and your key, then run again")
+
     async def _install_terminal_key(self, conn: asyncssh.SSHClientConnection, sudo: str, server: Server,
-                                    result: DeployResult) -> None:
+                                    result: DeployResult, poll_user: str | None) -> None:
         """Install the terminal key, `restrict,pty`, for the named account (a separate installer)."""
         from .terminal import terminal_key_line
 
         account = self.options.terminal_user
         line = terminal_key_line(self.terminal_key)
-        args = [account, base64.b64encode(line.encode()).decode(), self.terminal_key.split()[1], server.user]
+        args = [account, base64.b64encode(line.encode()).decode(), self.terminal_key.split()[1], poll_user or "-"]
         command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
         await self._install(conn, command, result, self.terminal_installer)
 
@@ -318,19 +393,26 @@ class Deployer:
         await self.central.terminal.enable(server.name, account, by="deploy")
 
     async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult,
-                       script: str | None = None) -> None:
-        """Run an installer (default: the agent's), following its STEP lines; raise StepFailed on a FAIL line."""
+                       script: str | None = None) -> dict:
+        """Run an installer (default: the agent's), following its STEP lines; raise StepFailed on a
+        FAIL line. Returns {"secret", "login"} from the agent installer's SECRET and LOGIN lines."""
         process = await conn.create_process(command, stderr=asyncssh.STDOUT)
         process.stdin.write(self.installer if script is None else script)
         process.stdin.write_eof()
         failure = None
         last = ""
+        installed = {"secret": None, "login": None}
         async for line in process.stdout:
             line = line.rstrip("\n")
+            kind, _, rest = line.partition(" ")
+            if kind == "SECRET":  # kept only here: never in `last`, a result or a log line
+                installed["secret"] = rest
+                continue
             if line:
                 last = line
-            kind, _, rest = line.partition(" ")
-            if kind == "STEP":
+            if kind == "LOGIN":
+                installed["login"] = rest
+            elif kind == "STEP":
                 self._set(result, step=rest)
             elif kind == "MODE":
                 result.mode = rest
@@ -347,6 +429,10 @@ class Deployer:
         if completed.exit_status != 0:
             raise StepFailed(result.step or "install", last or f"the installer exited {completed.exit_status}",
                              "Run again; if it persists, check the host by hand")
+        if script is None and installed["secret"] is None:
+            raise StepFailed(result.step or "install", "the installer did not hand over the agent secret",
+                             "Run again; if it persists, check the host by hand")
+        return installed
 
 
 async def select_servers(central, names: Sequence[str], all_servers: bool) -> list[Server]:

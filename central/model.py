@@ -48,6 +48,8 @@ AGENT_DOWN = "agent_down"
 AGENT_ERROR = "agent_error"
 BAD_PAYLOAD = "bad_payload"
 TIMEOUT = "timeout"
+AGENT_IMPOSTOR = "agent_impostor"
+AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
     Reason(AUTH_FAILED, "SSH refused the central's key", ERROR, "poll.auth_failed"),
@@ -58,6 +60,14 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(AGENT_ERROR, "the agent answered with an error", ERROR, "poll.agent_error"),
     Reason(BAD_PAYLOAD, "the agent's answer is not a valid agent document", ERROR, "poll.bad_payload"),
     Reason(TIMEOUT, "the poll timed out", OFFLINE, "poll.unreachable"),
+    # Not blocking: the central keeps asking for the agent's proof, and polls again as soon as
+    # the genuine agent answers (the squatter left); nothing unproven is ever used.
+    Reason(AGENT_IMPOSTOR, "what answers on the agent port does not prove it holds the host's secret "
+           "(a squatter on the port, or a secret that differs): it is not polled", ERROR,
+           "poll.agent_impostor"),
+    Reason(AGENT_NEEDS_REDEPLOY, "the central has no agent secret for this server (an agent deployed "
+           "before agents authenticated, or its secret not handed over): redeploy it with central deploy",
+           ERROR, "poll.agent_needs_redeploy"),
 )}
 REASON_TEXT = {r.name: r.text for r in REASONS.values()}
 BLOCKING_REASONS = frozenset(r.name for r in REASONS.values() if r.blocks_polling)
@@ -180,6 +190,12 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
                 "the agent on {server} answers with errors ({value} polls in a row): {error}"),
     BuiltinRule("agent_bad_payload", "poll.bad_payload", ">=", "agent_failures_after", 0.0, "warning",
                 "the agent on {server} sends invalid documents ({value} polls in a row): {error}"),
+    BuiltinRule("agent_impostor", "poll.agent_impostor", ">=", 1.0, 0.0, "critical",
+                "{server}: what answers on the agent's port does not prove it holds the host's secret, "
+                "so it is not polled (another process on the port, or a secret that differs): {error}"),
+    BuiltinRule("agent_needs_redeploy", "poll.agent_needs_redeploy", ">=", 1.0, 0.0, "warning",
+                "{server}: the central has no agent secret for it, so it is not polled; run "
+                "`central deploy {server}`: {error}"),
     BuiltinRule("disk_almost_full", "disk.percent", ">=", "disk_full_percent", "disk_full_for", "warning",
                 "{label} on {server} is {value}% full (threshold {threshold}%)"),
     BuiltinRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, "unit_inactive_for", "warning",

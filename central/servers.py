@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .agentauth import check_secret
 from .model import ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, Conflict, Invalid, PollError, Server
 from .sample import parse_document
 from .sshpool import fetch_host_key, fingerprint, public_key_line
@@ -22,6 +23,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,40}$")
+#: the dedicated, unprivileged user deploy creates on each host for the central to log in as
+CENTRAL_LOGIN_USER = "central"
 
 
 # validation
@@ -119,16 +122,41 @@ async def probe_server(central: Central, name: str) -> dict:
     return {"probe": await probe(central, server.host, server.port), "pinned": server.host_key_fingerprint}
 
 
+async def store_agent_secret(central: Central, secret: str, *, name: str | None = None, host: str | None = None,
+                             port: int = 22) -> dict:
+    """Keep the agent secret of a server (by name), or of a host and SSH port: for the servers
+    with that address, or, when there is none yet, until `add_server` adds it."""
+    secret = check_secret(secret)
+    if name is not None:
+        found = [await central.storage.get_server(name)]
+    else:
+        host = check_host(host)
+        check_port(port)
+        found = [s for s in await central.storage.list_servers()
+                 if s.host == host and s.port == port and not central.transports.of(s).no_agent]
+    for server in found:
+        if central.transports.of(server).no_agent:
+            raise Invalid(f"{server.name} has no agent to authenticate ({central.transports.of(server).no_agent})")
+        await central.storage.set_agent_secret(server.id, secret)
+        central.transports.forget(server.id)  # the next poll opens a channel with the new secret
+    if found:
+        return {"stored_for": [s.name for s in found], "pending": None}
+    await central.storage.put_pending_secret(host, port, secret)
+    return {"stored_for": [], "pending": {"host": host, "port": port}}
+
+
 async def add_server(
-    central: Central, name: str, host: str, *, port: int = 22, user: str = "root",
+    central: Central, name: str, host: str, *, port: int = 22, user: str = CENTRAL_LOGIN_USER,
     key_path: str | None = None, tags=(), interval: float | None = None,
-    agent_port: int = 8083, fingerprint: str | None = None,
+    agent_port: int = 8083, fingerprint: str | None = None, agent_secret: str | None = None,
 ) -> dict:
     """Add a server whose host key the operator confirmed (its fingerprint is given).
 
     Connects with the pinned key and the central's key first: an unreachable host or a
     refused key is an error and nothing is stored. When the agent does not answer the
-    server is still added, and the result says how to deploy the agent.
+    server is still added, and the result says how to deploy the agent. The agent secret is
+    the one given, else the one kept for this host and port (scripts/deploy-agent.sh hands
+    it over before the server exists).
     """
     check_name(name)
     host = check_host(host)
@@ -139,6 +167,8 @@ async def add_server(
     interval = check_interval(interval)
     if key_path is not None and not Path(key_path).is_file():
         raise Invalid(f"key file {key_path} does not exist")
+    if agent_secret is not None:
+        agent_secret = check_secret(agent_secret)
     if await central.storage.find_server(name) is not None:
         raise Conflict(f"a server named {name!r} already exists")
     if not fingerprint:
@@ -150,10 +180,12 @@ async def add_server(
     candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
                        agent_port=agent_port, host_key=probed["host_key"],
                        host_key_fingerprint=probed["fingerprint"])
-    check = await central.transports.ssh.check(candidate)
+    secret = agent_secret or await central.storage.pending_secret(host, port)
+    check = await central.transports.ssh.check(candidate, secret=secret)
     server = await central.storage.add_server(
         name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
-        interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"])
+        interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"],
+        agent_secret=secret)
     return {"server": server.to_dict(), "agent": check}
 
 

@@ -61,6 +61,8 @@ class Central:
         self.config = config
         self.storage = storage
         self.pool = pool
+        # where the pool's agent clients find each server's secret (read at every channel open)
+        pool.agent_secret = lambda server: storage.agent_secret(server.id)
         self.transports = Transports(config, pool)
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)

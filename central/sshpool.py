@@ -97,6 +97,9 @@ class SSHPool:
         self._keys: dict[str, asyncssh.SSHKey] = {}
         self._options = connect_options(ssh)
         self.connects = 0  # successful connects, for status and tests
+        #: where agent clients find a server's secret (central.agentclient.SecretSource); the
+        #: Central sets it, a pool without one authenticates no agent
+        self.agent_secret = None
 
     def _client_key(self, server: Server) -> asyncssh.SSHKey:
         path = server.key_path or str(self.default_key_path)

@@ -79,8 +79,9 @@ class Transport:
         """The server's /api/inventory document; None (logged) when it cannot be had."""
         raise NotImplementedError
 
-    async def check(self, server: Server) -> dict:
-        """Whether the server and its agent answer now ({ok, ...}, as `central server test` shows)."""
+    async def check(self, server: Server, secret: str | None = None) -> dict:
+        """Whether the server and its agent answer now ({ok, ...}, as `central server test` shows);
+        secret: the agent secret to use (default: the one stored for the server)."""
         raise NotImplementedError
 
     def action_channel(self, server: Server) -> ActionChannel:
@@ -127,14 +128,22 @@ class SSHTransport(Transport):
             return None
         return doc
 
-    async def check(self, server: Server) -> dict:
-        """Connect with a pool of its own (raising a PollError on SSH failures) and ask /api/health."""
+    async def check(self, server: Server, secret: str | None = None) -> dict:
+        """Connect with a pool of its own (raising a PollError on SSH failures) and ask /api/health,
+        authenticated with the given secret or the stored one."""
         pool = SSHPool(self.config.ssh, self.config.key_path)
+        stored = self.pool.agent_secret
+
+        async def source(server: Server) -> str | None:
+            if secret is not None:
+                return secret
+            return await stored(server) if stored is not None else None
+
         try:
             t0 = time.perf_counter()
             await pool.connection(server)
             ssh_ms = (time.perf_counter() - t0) * 1000
-            client = AgentClient(pool, server, self.config.poll.max_response_bytes)
+            client = AgentClient(pool, server, self.config.poll.max_response_bytes, secret=source)
             try:
                 status, health = await client.request_json("GET", "/api/health", timeout=self.config.poll.timeout)
             except PollError as err:
@@ -231,7 +240,7 @@ class LocalTransport(Transport):
             server_log(log, server.name).warning("inventory fetch failed: %s", exc)
             return None
 
-    async def check(self, server: Server) -> dict:
+    async def check(self, server: Server, secret: str | None = None) -> dict:
         """Collect once: it works when the collectors run."""
         doc = await asyncio.to_thread(lambda: self.collector().all())
         return {"ok": True, "local": True, "hostname": doc.get("hostname")}
@@ -313,8 +322,8 @@ class Transports:
 
 
 def deploy_hint(server: Server) -> str:
-    """What to run when a server's agent does not answer."""
-    target = f"{server.user}@{server.host}"
+    """What to run when a server's agent does not answer or cannot be authenticated."""
+    target = f"root@{server.host}"
     port = f" --ssh-opt Port={server.port}" if server.port != 22 else ""
-    return (f"the agent does not answer on {server.host}'s 127.0.0.1:{server.agent_port}; deploy it with: "
+    return (f"deploy the agent (it creates the central's login user and the agent secret) with: "
             f"scripts/deploy-agent.sh{port} {target}   (or: central deploy {server.name})")

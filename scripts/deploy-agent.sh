@@ -11,19 +11,30 @@ Usage: $PROG [options] user@host [user@host ...]
 
 Installs the central agent on each host: checks SSH and python3 >= 3.6, uploads agent.py
 to /opt/central-agent/ (sha256 verified on the host), writes the policy file
-/etc/central-agent.json, installs a systemd unit central-agent.service (or, without
-systemd, a restart-loop wrapper started with nohup and at boot from /etc/rc.local or an
-@reboot crontab entry), installs the central's public key restricted to the agent port,
-(re)starts the agent and checks /api/health on the host. Running it again upgrades in place.
-Uses your own ssh: your keys, ssh-agent and ~/.ssh/config. Non-root logins need
-passwordless sudo.
+/etc/central-agent.json, creates the agent secret /etc/central-agent/secret (kept when
+sound), creates the central's login user (central) whose key may only forward to the
+agent port (an sshd Match block, validated with sshd -t before sshd reloads), installs a
+systemd unit central-agent.service (or, without systemd, a restart-loop wrapper started
+with nohup and at boot from /etc/rc.local or an @reboot crontab entry), (re)starts the
+agent, checks that it proves it holds the secret, checks that you can still log in
+(rolling the sshd changes back if not) and hands the secret to the local central
+('central server secret --host HOST'), which keeps it until 'central server add' adds the
+host. Running it again upgrades in place. Uses your own ssh: your keys, ssh-agent and
+~/.ssh/config. Non-root logins need passwordless sudo.
 
 Options:
   --agent PATH            agent.py to deploy (default: $SCRIPT_DIR/../agent/agent.py)
   --central-key FILE.pub  the central's public key (default:
                           \${CENTRAL_DATA_DIR:-/var/lib/central}/id_ed25519.pub)
   --no-central-key        do not install the central's key
-  --full-access           install the central's key without restrictions (allows a shell)
+  --full-access           install the central's key without restrictions, for your login
+                          user (allows a shell; add the server with --user that user)
+  --central-user NAME     the central's login user to create (default central)
+  --rotate-secret         give the agent a new secret even if it has a sound one
+  --central CMD           the central CLI that stores the secrets (default: central on
+                          PATH, else $SCRIPT_DIR/../.venv/bin/central)
+  --secret-dir DIR        write each host's secret to DIR/HOST.secret (mode 0600) instead;
+                          give it to the central later with 'central server secret'
   --terminal-user NAME    also install the web terminal's key for this existing account,
                           restricted to a PTY session (restrict,pty; see docs/terminal.md)
   --terminal-key FILE.pub the terminal's public key (default:
@@ -56,6 +67,10 @@ agent_path="$SCRIPT_DIR/../agent/agent.py"
 central_key="${CENTRAL_DATA_DIR:-/var/lib/central}/id_ed25519.pub"
 install_key=1
 full_access=0
+central_user=central
+rotate=0
+central_cli=""
+secret_dir=""
 terminal_user=""
 terminal_key="${CENTRAL_DATA_DIR:-/var/lib/central}/terminal_ed25519.pub"
 agent_port=8083
@@ -75,6 +90,10 @@ while [[ $# -gt 0 ]]; do
         --central-key) need_arg "$@"; central_key=$2; shift 2 ;;
         --no-central-key) install_key=0; shift ;;
         --full-access) full_access=1; shift ;;
+        --central-user) need_arg "$@"; central_user=$2; shift 2 ;;
+        --rotate-secret) rotate=1; shift ;;
+        --central) need_arg "$@"; central_cli=$2; shift 2 ;;
+        --secret-dir) need_arg "$@"; secret_dir=$2; shift 2 ;;
         --terminal-user) need_arg "$@"; terminal_user=$2; shift 2 ;;
         --terminal-key) need_arg "$@"; terminal_key=$2; shift 2 ;;
         --agent-port) need_arg "$@"; agent_port=$2; shift 2 ;;
@@ -98,6 +117,19 @@ done
 [[ $agent_port =~ ^[1-9][0-9]{0,4}$ && $agent_port -le 65535 ]] \
     || die "--agent-port must be a port number, not '$agent_port'"
 [[ -r $agent_path ]] || die "agent file $agent_path not found or unreadable (use --agent PATH)"
+[[ $central_user =~ ^[a-z_][a-z0-9_-]{0,31}$ && $central_user != root ]] \
+    || die "--central-user must be a user name (not root), not '$central_user'"
+if [[ -n $secret_dir ]]; then
+    { mkdir -p "$secret_dir" && chmod 0700 "$secret_dir"; } || die "cannot create --secret-dir $secret_dir"
+else
+    # each host's agent secret goes to the central's database, so the central must be here
+    if [[ -z $central_cli ]]; then
+        central_cli=$(command -v central 2>/dev/null || true)
+        [[ -n $central_cli || ! -x $SCRIPT_DIR/../.venv/bin/central ]] || central_cli=$SCRIPT_DIR/../.venv/bin/central
+    fi
+    { [[ -n $central_cli ]] && "$central_cli" --help >/dev/null 2>&1; } \
+        || die "the central CLI was not found${central_cli:+ ($central_cli does not run)}: run this where the central runs, pass --central CMD, or --secret-dir DIR"
+fi
 target_re='^[][A-Za-z0-9_.@%:-]+$'
 for t in "${targets[@]}"; do
     # ssh would take a leading '-' as an option; anything else odd is a typo
@@ -173,6 +205,10 @@ installer="$SCRIPT_DIR/agent-install.sh"
 
 last_line() { tail -n1 "$1" | tr -d '\r'; }
 
+secret_name() {  # a file name for a host's secret (ssh target text made safe)
+    printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '_'
+}
+
 result() {  # host result version sha message
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" > "$work/result.$idx"
 }
@@ -213,21 +249,46 @@ deploy_host() {
             "Check free space and that /opt is writable"
 
     say "installing"
-    local args line step msg hint mode="" version="" sha=""
-    args=$(printf ' %q' "$agent_sha" "$agent_port" "$policy_b64" "$key_b64" "${key_blob:-none}")
-    out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$installer" 2>&1) || {
+    local args line step msg hint mode="" version="" sha="" secret="" login="" code=0
+    local wanted_login=$central_user
+    [[ $full_access == 0 ]] || wanted_login=-
+    args=$(printf ' %q' "$agent_sha" "$agent_port" "$policy_b64" "$key_b64" "${key_blob:-none}" \
+        "$wanted_login" "$rotate")
+    out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$installer" 2>&1) || code=$?
+    # the secret goes to the central only: never into a message or the terminal
+    secret=$(sed -n 's/^SECRET //p' <<<"$out")
+    out=$(grep -v '^SECRET ' <<<"$out" || true)
+    if [[ $code != 0 ]]; then
         line=$(grep '^FAIL ' <<<"$out" | tail -n1)
         if [[ -n $line ]]; then
             IFS=$'\t' read -r step msg hint <<<"${line#FAIL }"
             fail "$step" "$msg" "$hint"
         fi
         fail install "$(tail -n1 <<<"$out")" "Run again; if it persists, check the host by hand"
-    }
+    fi
     mode=$(sed -n 's/^MODE //p' <<<"$out")
+    login=$(sed -n 's/^LOGIN //p' <<<"$out")
     read -r version sha <<<"$(sed -n 's/^AGENT //p' <<<"$out")"
+    [[ $secret =~ ^[0-9a-f]{64}$ ]] || fail install "the installer did not hand over the agent secret" \
+        "Run again; if it persists, check the host by hand"
+
+    # a fresh login (not through the kept master connection) must still work
+    say "checking that you can still log in"
+    local fresh=(ssh -o BatchMode=yes -o ConnectTimeout=10 -o ControlMaster=no -o ControlPath=none
+                 "${ssh_opts[@]+"${ssh_opts[@]}"}" --)
+    if ! "${fresh[@]}" "$target" true >"$log" 2>&1; then
+        local why
+        why=$(last_line "$log")
+        if "${ssh_cmd[@]}" "$target" "$sudo sh -s -- rollback" <"$installer" 2>&1 | grep -q '^ROLLED-BACK$'; then
+            fail operator-access "after the install you could no longer log in ($why); the sshd and authorized_keys changes were rolled back" \
+                "Check the host's sshd configuration and your key, then run again"
+        fi
+        fail operator-access "after the install you could no longer log in ($why) and rolling back failed" \
+            "Log in through a console and restore /etc/ssh from the *.central-bak files"
+    fi
     if [[ -n $terminal_user ]]; then
         say "installing the terminal key for $terminal_user"
-        args=$(printf ' %q' "$terminal_user" "$terminal_b64" "$terminal_blob" "$user")
+        args=$(printf ' %q' "$terminal_user" "$terminal_b64" "$terminal_blob" "$login")
         out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$terminal_installer" 2>&1) || {
             line=$(grep '^FAIL ' <<<"$out" | tail -n1)
             if [[ -n $line ]]; then
@@ -239,8 +300,28 @@ deploy_host() {
         mode="$mode, terminal: $terminal_user (record it: central terminal enable SERVER --user $terminal_user)"
     fi
     "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
-    say "done: agent $version ($mode)"
-    result "$target" "ok" "$version" "${sha:0:12}" "$mode"
+
+    # hand the secret to the central for the address it will know the host by
+    local resolved host port
+    resolved=$(ssh -G "${ssh_opts[@]+"${ssh_opts[@]}"}" "$target" 2>/dev/null || true)
+    host=$(awk '$1 == "hostname" { print $2; exit }' <<<"$resolved")
+    port=$(awk '$1 == "port" { print $2; exit }' <<<"$resolved")
+    [[ -n $host ]] || host=${target#*@}
+    [[ -n $port ]] || port=22
+    local where
+    if [[ -n $secret_dir ]]; then
+        where="$secret_dir/$(secret_name "$host").secret"
+        (umask 077; printf '%s\n' "$secret" > "$where") || fail secret "cannot write $where" "Check --secret-dir"
+        where="secret in $where"
+    else
+        if ! printf '%s\n' "$secret" | "$central_cli" server secret --host "$host" --port "$port" >"$log" 2>&1; then
+            fail secret "the central did not take the secret ($(last_line "$log"))" \
+                "Run again, or give it by hand: ssh $target cat /etc/central-agent/secret | central server secret --host $host"
+        fi
+        where="secret kept for $host:$port"
+    fi
+    say "done: agent $version ($mode), central logs in as $login, $where"
+    result "$target" "ok" "$version" "${sha:0:12}" "$mode; login $login; $where"
 }
 
 idx=0

@@ -1,5 +1,7 @@
 """Helpers and fixtures for the agent tests: the agent module loaded by path, and a running agent."""
 
+import hashlib
+import hmac
 import importlib.util
 import json
 import os
@@ -7,7 +9,9 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 
 import pytest
 
@@ -41,12 +45,92 @@ def wait_for(predicate, timeout=10.0, interval=0.02):
         time.sleep(interval)
 
 
-class AgentProcess(object):
-    """The real agent as a subprocess on 127.0.0.1 and an OS-chosen port."""
+PROTOCOL = "central-agent/1"
+#: the authentication state of sockets made by AgentProcess.connect() (request() signs on them)
+_SESSIONS = weakref.WeakKeyDictionary()
 
-    def __init__(self, *args):
+
+def new_secret():
+    """A fresh agent secret, as deploy writes it: 64 lowercase hex digits."""
+    return os.urandom(32).hex()
+
+
+def write_secret(path, secret=None):
+    """Write a secret file (mode 0600) and return the secret."""
+    secret = secret or new_secret()
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(str(path), 0o600)
+    return secret
+
+
+def mac(secret, *fields):
+    """The protocol's MAC (docs/agent-protocol.md), computed with hmac, independently of the agent."""
+    return hmac.new(bytes.fromhex(secret), "\n".join(fields).encode("ascii"), hashlib.sha256).hexdigest()
+
+
+class Session(object):
+    """One authenticated connection's state on the client side."""
+
+    def __init__(self, secret, host_header):
+        self.secret = secret
+        self.host_header = host_header
+        self.nonce = None
+        self.cnonce = os.urandom(16).hex()
+        self.seq = 0
+
+    def challenge(self, sock):
+        """GET /api/challenge and check the agent's proof; returns the agent's nonce."""
+        sock.sendall(("GET /api/challenge HTTP/1.1\r\nHost: %s\r\nX-Central-Nonce: %s\r\n\r\n"
+                      % (self.host_header, self.cnonce)).encode())
+        status, headers, raw, rest = read_raw(sock)
+        assert status == 200 and rest == b"", (status, raw)
+        self.nonce = json.loads(raw.decode())["nonce"]
+        assert headers["x-agent-auth"] == "mac=" + mac(self.secret, PROTOCOL + " challenge",
+                                                       self.nonce, self.cnonce)
+        return self.nonce
+
+    def sign(self, method, target, body=b"", seq=None):
+        """The X-Central-Auth value for the next request (or for the given seq)."""
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        return "seq=%d mac=%s" % (seq, mac(self.secret, PROTOCOL + " request", self.nonce, self.cnonce,
+                                           str(seq), method, target, hashlib.sha256(body).hexdigest()))
+
+    def check(self, seq, method, target, status, headers, raw):
+        """Assert that a response carries the agent's proof for this request."""
+        want = "seq=%d mac=%s" % (seq, mac(self.secret, PROTOCOL + " response", self.nonce, self.cnonce,
+                                           str(seq), method, target, str(status),
+                                           hashlib.sha256(raw).hexdigest()))
+        assert headers.get("x-agent-auth") == want, (status, headers, raw[:200])
+
+
+def authenticate(sock, secret, port=8083):
+    """Do the challenge on a connected socket to an agent; request() then signs on it."""
+    session = Session(secret, "127.0.0.1:%d" % port)
+    session.challenge(sock)
+    _SESSIONS[sock] = session
+    return sock
+
+
+class AgentProcess(object):
+    """The real agent as a subprocess on 127.0.0.1 and an OS-chosen port, with its own secret
+    (pass secret=None to start it without one) and a syslog socket the test can read."""
+
+    def __init__(self, *args, secret=True):
+        self.dir = tempfile.mkdtemp(prefix="agent-test-")
+        self.secret_path = os.path.join(self.dir, "secret")
+        self.secret = write_secret(self.secret_path) if secret else None
+        self.syslog_path = os.path.join(self.dir, "log")
+        self.syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.syslog.bind(self.syslog_path)
+        self.syslog.setblocking(False)
+        self._syslog_lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, AGENT_PATH, "--port", "0"] + list(args),
+            [sys.executable, AGENT_PATH, "--port", "0", "--secret-file", self.secret_path,
+             "--syslog-socket", self.syslog_path] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline().decode()
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
@@ -54,14 +138,30 @@ class AgentProcess(object):
             self.stop()
             raise AssertionError("agent did not start: %r" % line)
         self.port = int(m.group(1))
+        self.host_header = "127.0.0.1:%d" % self.port
         self.pid = self.proc.pid
         self._sockets = []
 
-    def connect(self, timeout=5.0):
-        """A client socket to the agent (closed at stop() if the test did not close it)."""
+    def connect(self, timeout=5.0, auth=True):
+        """A client socket to the agent, authenticated (challenge done) unless auth=False;
+        closed at stop() if the test did not close it."""
         s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
         self._sockets.append(s)
+        if auth and self.secret:
+            session = Session(self.secret, self.host_header)
+            session.challenge(s)
+            _SESSIONS[s] = session
+        else:
+            _SESSIONS[s] = Session(None, self.host_header)
         return s
+
+    def syslog_lines(self):
+        """Every line the agent sent to its syslog socket so far (text)."""
+        while True:
+            try:
+                self._syslog_lines.append(self.syslog.recv(65536).decode("utf-8", "replace"))
+            except BlockingIOError:
+                return list(self._syslog_lines)
 
     def stop(self):
         for s in self._sockets:
@@ -75,14 +175,18 @@ class AgentProcess(object):
                 self.proc.wait()
         self.proc.stdout.close()
         self.proc.stderr.close()
+        self.syslog.close()
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
 
 
 @pytest.fixture
 def start_agent():
     started = []
 
-    def start(*args):
-        a = AgentProcess(*args)
+    def start(*args, **kwargs):
+        a = AgentProcess(*args, **kwargs)
         started.append(a)
         return a
 
@@ -93,6 +197,12 @@ def start_agent():
 
 def read_response(sock, buf=b""):
     """Read one HTTP response from sock; return (status, headers, json body, rest)."""
+    status, headers, body, rest = read_raw(sock, buf)
+    return status, headers, json.loads(body.decode()), rest
+
+
+def read_raw(sock, buf=b""):
+    """Read one HTTP response from sock; return (status, headers, body bytes, rest)."""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -112,19 +222,38 @@ def read_response(sock, buf=b""):
             raise ConnectionError("closed mid-body")
         buf += chunk
     body, rest = buf[:length], buf[length:]
-    return status, headers, json.loads(body.decode()), rest
+    return status, headers, body, rest
 
 
-def request(sock, method, path, body=None, headers=None):
-    """Send one request on a kept-alive socket and read its response."""
-    data = b"" if body is None else json.dumps(body).encode()
-    head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method, path)
-    if body is not None and "Content-Type" not in (headers or {}):
+def signed_request(sock, method, path, body=None, headers=None, host=None, data=None):
+    """The bytes of one request (body as JSON, or data as raw bytes), signed when sock is an
+    authenticated agent connection; host=False sends no Host header."""
+    if data is None:
+        data = b"" if body is None else json.dumps(body).encode()
+    session = _SESSIONS.get(sock)
+    if host is None:
+        host = session.host_header if session is not None else "127.0.0.1"
+    head = "%s %s HTTP/1.1\r\n" % (method, path)
+    if host is not False:
+        head += "Host: %s\r\n" % host
+    if (body is not None or data) and "Content-Type" not in (headers or {}):
         head += "Content-Type: application/json\r\n"
+    if session is not None and session.secret and "X-Central-Auth" not in (headers or {}):
+        head += "X-Central-Auth: %s\r\n" % session.sign(method, path, data)
     for k, v in (headers or {}).items():
-        head += "%s: %s\r\n" % (k, v)
+        if v is not None:
+            head += "%s: %s\r\n" % (k, v)
     head += "Content-Length: %d\r\n\r\n" % len(data)
-    sock.sendall(head.encode() + data)
-    status, hdrs, doc, rest = read_response(sock)
+    return head.encode() + data
+
+
+def request(sock, method, path, body=None, headers=None, host=None):
+    """Send one request on a kept-alive socket and read its response (checking the agent's
+    proof on an authenticated connection, for every answer but a refusal of the request)."""
+    sock.sendall(signed_request(sock, method, path, body, headers, host))
+    status, hdrs, raw, rest = read_raw(sock)
     assert rest == b""
-    return status, hdrs, doc
+    session = _SESSIONS.get(sock)
+    if session is not None and session.secret and (status < 300 or "x-agent-auth" in hdrs):
+        session.check(session.seq, method, path, status, hdrs, raw)
+    return status, hdrs, json.loads(raw.decode())

@@ -8,6 +8,15 @@ tmpfs over /root, /tmp, /opt and /var/tmp, copy-on-write overlays of /etc and /v
 hostname), and in it the machine's real
 ``/usr/sbin/sshd`` with its own ed25519 host key, plus optionally the agent.
 
+By default a host looks as deploy leaves it (docs/deploying.md): the central's login user
+``central`` (in the host's own /etc/passwd), an sshd ``Match User central`` drop-in that lets it
+forward to the agent's port and nothing else, the central keys in
+/etc/central-agent/authorized_keys, and an agent secret in /etc/central-agent/secret
+(``host.agent_secret``) that the agent authenticates with. ``login_user=False`` gives a host as
+before any deploy (no login user, no drop-in, no secret). The host's sshd reads
+/etc/ssh/sshd_config (the host's copy-on-write /etc), which includes /etc/ssh/sshd_config.d/
+like Debian's unless ``sshd_include=False``, and writes its pid to /var/lib/sshd.pid.
+
 Everything is torn down by host-side PID (the PidFile in a PID namespace would say 1).
 A small reaper process cleans up if the process owning the farm dies without ``close()``.
 
@@ -26,6 +35,7 @@ import hashlib
 import json
 import os
 import random
+import selectors
 import shutil
 import signal
 import socket
@@ -35,6 +45,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+CENTRAL_USER = "central"
+CENTRAL_USER_MARKER = "central agent access (created by central deploy)"
+SECRET_PATH = "/etc/central-agent/secret"
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
@@ -58,7 +72,7 @@ HOST_ENV = {
     "LANG": "C.UTF-8",
 }
 FAKE_AGENT_MODES = ("garbage", "huge", "trickle", "badutf8", "notjson", "hang", "close",
-                    "error500")
+                    "error500", "squatter")
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -337,6 +351,40 @@ class PinnedSSHTarget(object):
         return argv + ["%s@%s" % (user, self.address)]
 
 
+def central_match_block(user=CENTRAL_USER, port=AGENT_PORT):
+    """The sshd Match block deploy installs for the central's login user (the same lines as
+    scripts/agent-install.sh writes; a test compares the two)."""
+    return "\n".join([
+        "# Written by central deploy: the central's login user may only forward to the agent.",
+        "Match User %s" % user,
+        "    AuthorizedKeysFile /etc/central-agent/authorized_keys",
+        "    AuthorizedKeysCommand none",
+        "    AuthorizedPrincipalsFile none",
+        "    AuthenticationMethods publickey",
+        "    PasswordAuthentication no",
+        "    KbdInteractiveAuthentication no",
+        "    AllowTcpForwarding local",
+        "    PermitOpen 127.0.0.1:%d" % port,
+        "    PermitListen none",
+        "    AllowStreamLocalForwarding no",
+        "    PermitTunnel no",
+        "    GatewayPorts no",
+        "    X11Forwarding no",
+        "    AllowAgentForwarding no",
+        "    PermitTTY no",
+        "    PermitUserRC no",
+        "    ForceCommand /bin/false",
+    ]) + "\n"
+
+
+def restricted_line(public_key_line, port=AGENT_PORT):
+    """The central's restricted authorized_keys line for a public key line (options dropped)."""
+    parts = public_key_line.split()
+    start = next(i for i, p in enumerate(parts) if p.startswith(("ssh-", "ecdsa-", "sk-")))
+    return 'restrict,port-forwarding,permitopen="127.0.0.1:%d",command="/bin/false" %s %s central' % (
+        port, parts[start], parts[start + 1])
+
+
 class TestHost(PinnedSSHTarget):
     """One test host: netns + veth, UTS/mount/PID namespaces, sshd, optionally the agent."""
 
@@ -357,6 +405,14 @@ class TestHost(PinnedSSHTarget):
         self.sshd_config_path = self.state_dir / "sshd_config"
         self.sshd_log_path = self.state_dir / "sshd.log"
         self.agent_log_path = self.state_dir / "agent.log"
+        #: where the agent sends its syslog lines (read them with syslog_lines())
+        self.syslog_path = self.state_dir / "syslog"
+        self._syslog = None
+        self._syslog_lines = []
+        #: the central's login user on this host (None: as before any deploy)
+        self.login_user = None
+        #: the agent secret (64 hex digits) in the host's /etc/central-agent/secret, or None
+        self.agent_secret = None
         self.init_pid = None        # host-side pid of the PID namespace's init
         self._unshare = None
         self.sshd = None            # HostProcess
@@ -422,12 +478,57 @@ class TestHost(PinnedSSHTarget):
 
     # ----- sshd
 
-    def _write_sshd_config(self):
-        self.sshd_config_path.write_text("\n".join([
+    def _upper(self, path):
+        """Where a file under /etc or /var of this host lives in its copy-on-write layer
+        (write there only before the host starts)."""
+        top, rest = path.strip("/").split("/", 1)
+        return self.state_dir / "cow" / top / "upper" / rest
+
+    def _prepare_etc(self, login_user, central_keys, sshd_include):
+        """Write the host's own /etc files before it starts: sshd's config and, for a deployed
+        host, the login user, the Match drop-in, the central keys and the agent secret."""
+        def write(path, text, mode=0o644):
+            target = self._upper(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for parent in (target.parent, target.parent.parent):
+                os.chmod(str(parent), 0o755)
+            target.write_text(text)
+            os.chmod(str(target), mode)
+
+        self.sshd_config_path = self._upper("/etc/ssh/sshd_config")
+        write("/etc/ssh/sshd_config", self._sshd_config(sshd_include))
+        if not login_user:
+            return
+        self.login_user = CENTRAL_USER
+        with open("/etc/passwd") as f:
+            passwd = [line for line in f.read().splitlines() if not line.startswith(CENTRAL_USER + ":")]
+        with open("/etc/group") as f:
+            group = [line for line in f.read().splitlines() if not line.startswith(CENTRAL_USER + ":")]
+        uid = 999
+        used = {int(line.split(":")[2]) for line in passwd if line.count(":") >= 6}
+        while uid in used:
+            uid -= 1
+        write("/etc/passwd", "\n".join(passwd + ["%s:x:%d:%d:%s:/nonexistent:/usr/sbin/nologin" % (
+            CENTRAL_USER, uid, uid, CENTRAL_USER_MARKER)]) + "\n")
+        write("/etc/group", "\n".join(group + ["%s:x:%d:" % (CENTRAL_USER, uid)]) + "\n")
+        # '*': no password, yet not locked (sshd without PAM refuses locked accounts)
+        with open("/etc/shadow") as f:
+            shadow = [line for line in f.read().splitlines() if not line.startswith(CENTRAL_USER + ":")]
+        write("/etc/shadow", "\n".join(shadow + ["%s:*:19000:0:99999:7:::" % CENTRAL_USER]) + "\n", 0o640)
+        write("/etc/ssh/sshd_config.d/central-agent.conf", central_match_block())
+        write("/etc/central-agent/authorized_keys", "".join(restricted_line(k) + "\n" for k in central_keys))
+        self.agent_secret = os.urandom(32).hex()
+        write(SECRET_PATH, self.agent_secret + "\n", 0o600)
+
+    def _sshd_config(self, include):
+        return "\n".join(([
+            "Include /etc/ssh/sshd_config.d/*.conf",  # first, as Debian's sshd_config has it
+        ] if include else []) + [
             "Port %d" % self.port,
             "ListenAddress 0.0.0.0",
             "HostKey %s" % self.host_key_path,
-            "PidFile none",
+            # in the host's own /var (copy-on-write): deploy reloads sshd through it
+            "PidFile /var/lib/sshd.pid",
             "StrictModes no",
             "UsePAM no",
             "PermitRootLogin prohibit-password",
@@ -445,7 +546,7 @@ class TestHost(PinnedSSHTarget):
             "LogLevel VERBOSE",
             "Subsystem sftp /usr/lib/openssh/sftp-server",
             "",
-        ]))
+        ])
 
     def _sshd_answers(self):
         try:
@@ -455,9 +556,23 @@ class TestHost(PinnedSSHTarget):
             return False
 
     def _start_sshd_process(self):
-        self._write_sshd_config()
-        self.sshd = self.spawn([SSHD, "-D", "-e", "-f", str(self.sshd_config_path)],
-                               log_name="sshd.log")
+        # /etc/ssh/sshd_config is the host's own (_prepare_etc), as on a real host
+        self.sshd = self.spawn([SSHD, "-D", "-e"], log_name="sshd.log")
+
+    def syslog_lines(self):
+        """The lines the agent sent to its syslog socket so far (the farm's agent only)."""
+        with self.farm._syslog_lock:
+            return list(self._syslog_lines)
+
+    def _open_syslog(self):
+        if self._syslog is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            if self.syslog_path.exists():
+                self.syslog_path.unlink()
+            sock.bind(str(self.syslog_path))
+            sock.setblocking(False)
+            self._syslog = sock
+            self.farm._watch_syslog(self)
 
     def _wait_sshd(self, timeout=10):
         _wait_for(self._sshd_answers, timeout, "sshd on %s (%s)" % (self.name, self.address),
@@ -509,6 +624,11 @@ class TestHost(PinnedSSHTarget):
     def _start_agent_process(self, argv_extra=(), policy=None, agent_path=None, port=AGENT_PORT):
         path = self.farm.visible(agent_path or self.farm.agent_path)
         argv = [HOST_PYTHON, str(path), "--listen", "127.0.0.1", "--port", str(port)]
+        if path.name == "agent.py":  # the real agent (the stand-in knows no such options)
+            self._open_syslog()
+            argv += ["--secret-file", SECRET_PATH, "--syslog-socket", str(self.syslog_path)]
+            if self.login_user:
+                argv += ["--central-user", self.login_user]
         if policy is not None:
             policy_path = self.state_dir / "agent-policy.json"
             if isinstance(policy, (dict, list)):
@@ -547,12 +667,16 @@ class TestHost(PinnedSSHTarget):
             self.agent = None
 
     def start_fake_agent(self, mode, port=AGENT_PORT, timeout=10):
-        """Serve a hostile "agent" on 127.0.0.1:port (see FAKE_AGENT_MODES / tests/fakeagent.py)."""
+        """Serve a hostile "agent" on 127.0.0.1:port (see FAKE_AGENT_MODES / tests/fakeagent.py).
+
+        It holds the host's secret (a compromised host's root could), so its answers carry
+        valid proofs, except in mode "squatter", which does not know the secret.
+        """
         if mode not in FAKE_AGENT_MODES:
             raise ValueError("unknown fake agent mode %r (one of %s)" % (mode, FAKE_AGENT_MODES))
         self.stop_agent()
-        self.agent = self.spawn([HOST_PYTHON, str(self.farm.visible(FAKE_AGENT)), mode, "--port", str(port)],
-                                log_name="agent.log")
+        self.agent = self.spawn([HOST_PYTHON, str(self.farm.visible(FAKE_AGENT)), mode, "--port", str(port),
+                                 "--secret-file", SECRET_PATH], log_name="agent.log")
         self._agent_port = port
         self._wait_agent(timeout)
         return self.agent
@@ -599,6 +723,9 @@ class HostFarm:
         self.hosts = {}
         self._next_index = 1
         self._lock = threading.Lock()
+        # one thread drains every host's syslog socket (a full datagram queue would block the agent)
+        self._syslog_lock = threading.Lock()
+        self._syslog_sel = None
         self._closed = False
         self._lock_fd = None
         self.subnet_index = self._claim_subnet(subnet_index)
@@ -650,6 +777,28 @@ class HostFarm:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/")
 
+    def _watch_syslog(self, host):
+        with self._syslog_lock:
+            if self._syslog_sel is None:
+                self._syslog_sel = selectors.DefaultSelector()
+                threading.Thread(target=self._drain_syslogs, name="hostfarm-syslog", daemon=True).start()
+            self._syslog_sel.register(host._syslog, selectors.EVENT_READ, host)
+
+    def _drain_syslogs(self):
+        sel = self._syslog_sel
+        while not self._closed:
+            try:
+                events = sel.select(0.2)
+            except (OSError, ValueError):
+                continue  # a host's socket closed under us
+            for key, _ in events:
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    continue
+                with self._syslog_lock:
+                    key.data._syslog_lines.append(data.decode("utf-8", "replace"))
+
     def visible(self, path):
         """A path the hosts can read: files under a directory hidden inside hosts (the
         checkout may live under /tmp or /root) are copied into the farm's state directory."""
@@ -673,17 +822,24 @@ class HostFarm:
         self.close()
 
     def add_host(self, name=None, agent=True, authorized_keys=(), policy=None,
-                 agent_argv_extra=()):
+                 agent_argv_extra=(), **kwargs):
         """Create one host (sshd running, agent too unless agent=False); returns TestHost."""
         return self.add_hosts([name], agent=agent, authorized_keys=authorized_keys,
-                              policy=policy, agent_argv_extra=agent_argv_extra)[0]
+                              policy=policy, agent_argv_extra=agent_argv_extra, **kwargs)[0]
 
     def add_hosts(self, names, agent=True, authorized_keys=(), policy=None,
-                  agent_argv_extra=()):
+                  agent_argv_extra=(), login_user=True, central_keys=None, sshd_include=True):
         """Create several hosts at once (faster: each step runs for all, then all are awaited).
 
         names: a list of hostnames (None entries get a generated name) or a count.
+        authorized_keys: lines root accepts (the operator's access; options allowed).
+        login_user: make the host as deploy leaves it (the central's login user, its sshd
+        Match drop-in, the agent secret); central_keys (default: authorized_keys) are the
+        keys that user accepts, restricted to forwarding to the agent.
+        sshd_include: the host's sshd_config includes /etc/ssh/sshd_config.d/*.conf.
         """
+        if central_keys is None:
+            central_keys = list(authorized_keys)
         if self._closed:
             raise HostFarmError("farm is closed")
         if isinstance(names, int):
@@ -707,6 +863,7 @@ class HostFarm:
             generate_key(host.host_key_path, "root@" + host.name)
             host.authorized_keys_path.write_text(
                 "".join(k.strip() + "\n" for k in authorized_keys))
+            host._prepare_etc(login_user, central_keys, sshd_include)
             self._launch_init(host)
         with self._lock:
             self._write_state()
@@ -797,6 +954,14 @@ class HostFarm:
                     proc.popen.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.popen.kill()
+        if host._syslog is not None:
+            with self._syslog_lock:
+                try:
+                    self._syslog_sel.unregister(host._syslog)
+                except (KeyError, ValueError):
+                    pass
+            host._syslog.close()
+            host._syslog = None
         # deleting the veth explicitly is synchronous; the netns would drop it only later
         _ip(["link", "del", host.veth], check=False)
         _ip(["netns", "del", host.netns], check=False)

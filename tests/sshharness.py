@@ -5,8 +5,13 @@ tests run theirs: ``asyncssh.listen(port=0, ...)`` with keys generated for the t
 in for a host's sshd: its own host key, the central's key authorized (with the same
 ``restrict,permitopen=...`` options the central asks for on real hosts), and an "agent"
 behind its direct-tcpip channels to 127.0.0.1:<agent port>, which the test scripts answer by
-answer. The server side itself (``HttpChannel``, ``HostServer``) is tests/sshserver.py, which
-bench/loopfarm.py shares.
+answer. The server side itself (``HttpChannel``, ``HostServer``, ``AgentAuth``) is
+tests/sshserver.py, which bench/loopfarm.py shares.
+
+Every host authenticates as the agent does (the agent's own code, tests/sshserver.AgentAuth)
+with its ``secret``, by default HARNESS_SECRET, which the pools of ``make_pool`` hold: a host
+given another secret is a squatter to the central, one given ``secret=None`` an agent from
+before authentication. The scripted handler sees only the requests the agent would serve.
 
 Fixtures (loaded from tests/conftest.py):
 
@@ -30,10 +35,25 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from central.agentauth import new_secret
 from central.model import Server
-from tests.sshserver import Handler, HostServer, HttpChannel, Request, ThenClose, http_answer, public_key_line
+from tests.sshserver import (
+    AgentAuth,
+    Handler,
+    HostServer,
+    HttpChannel,
+    Request,
+    ThenClose,
+    http_answer,
+    public_key_line,
+)
+
+#: the agent secret of every in-process host unless a test gives one, and of make_pool's pools
+HARNESS_SECRET = new_secret()
 
 __all__ = [
+    "HARNESS_SECRET",
+    "AgentAuth",
     "Handler",
     "HostServer",
     "HttpChannel",
@@ -44,6 +64,7 @@ __all__ = [
     "authorized_line",
     "document_agent",
     "hang",
+    "harness_secret",
     "http_answer",
     "make_pool",
     "public_key_line",
@@ -92,6 +113,7 @@ class SSHTestHost:
     forwarding: bool = True  # False: every channel is administratively prohibited
     drop_on_connect: bool = False  # True: close every connection as soon as it is accepted
     name: str = "h1"
+    secret: str | None = HARNESS_SECRET  # the agent's secret; None: an agent that does not authenticate
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
     port: int = 0
     connections: list = field(default_factory=list)  # every SSH connection accepted (asyncssh objects)
@@ -100,6 +122,7 @@ class SSHTestHost:
     channels: int = 0  # agent channels opened
     channels_closed: int = 0  # agent channels fully closed (both sides)
     _acceptor: asyncssh.SSHAcceptor | None = None
+    _auth: AgentAuth | None = None
 
     @property
     def host_key_line(self) -> str:
@@ -114,6 +137,7 @@ class SSHTestHost:
     async def start(self, authorized_lines: list[str]) -> "SSHTestHost":
         """Listen on a free port, accepting the given authorized_keys lines."""
         authorized = asyncssh.import_authorized_keys("\n".join(authorized_lines) + "\n")
+        self._auth = AgentAuth(self.secret, self.agent_port) if self.secret is not None else None
         self._acceptor = await asyncssh.listen(
             "127.0.0.1",
             self.port,
@@ -145,7 +169,7 @@ class SSHTestHost:
         if dest_host != "127.0.0.1" or dest_port != self.agent_port or self.agent is None:
             return False  # nothing listens there: "connection refused"
         self.channels += 1
-        return HttpChannel(self._answer, self._channel_closed)
+        return HttpChannel(self._answer, self._channel_closed, auth=self._auth)
 
     def _channel_closed(self):
         self.channels_closed += 1
@@ -183,13 +207,21 @@ class SSHTestHost:
             await conn.wait_closed()
 
 
+async def harness_secret(server: Server) -> str:
+    """The secret source of make_pool's pools: every server's agent holds HARNESS_SECRET."""
+    return HARNESS_SECRET
+
+
 def make_pool(config, **ssh_changes):
-    """The central's SSH pool for config (ssh settings overridden by ssh_changes)."""
+    """The central's SSH pool for config (ssh settings overridden by ssh_changes), holding
+    HARNESS_SECRET for every server's agent."""
     import dataclasses
 
     from central.sshpool import SSHPool
 
-    return SSHPool(dataclasses.replace(config.ssh, **ssh_changes), config.key_path)
+    pool = SSHPool(dataclasses.replace(config.ssh, **ssh_changes), config.key_path)
+    pool.agent_secret = harness_secret
+    return pool
 
 
 def agent_client(pool, server: Server, max_bytes: int = 4 * 1024 * 1024):

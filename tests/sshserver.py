@@ -1,8 +1,9 @@
 """The SSH side of a stand-in host, in-process: an asyncssh server class that routes
-direct-tcpip channels, and a channel that speaks HTTP/1.1 keep-alive with an async handler.
+direct-tcpip channels, and a channel that speaks HTTP/1.1 keep-alive with an async handler,
+behind the agent's authentication (AgentAuth: the real agent's own trust code).
 
 Used by the test harness (tests/sshharness.py) and the benchmark's loopback host farm
-(bench/loopfarm.py); it needs only asyncssh.
+(bench/loopfarm.py); it needs asyncssh and the repository's agent/agent.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
+from central.bundled import agent_module
+
 
 @dataclass
 class Request:
@@ -26,6 +29,11 @@ class Request:
     body: bytes
     line: bytes  # the request line as sent, e.g. b"GET /api/all HTTP/1.1"
     at: float = field(default_factory=time.time)  # when the host read it (wall clock)
+
+    @property
+    def target(self) -> str:
+        """The request target as sent (path and query)."""
+        return self.path
 
 
 class ThenClose(bytes):
@@ -61,13 +69,80 @@ def http_answer(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+class _ChannelAuth:
+    """One channel's authentication state on the agent's side (what the agent keeps per connection)."""
+
+    __slots__ = ("nonce", "cnonce", "seq", "peer_uid")
+
+    def __init__(self):
+        self.nonce = self.cnonce = None
+        self.seq = 0
+        self.peer_uid = 0  # sshd forwards as root: the agent's peer-owner check passes
+
+
+class AgentAuth:
+    """The agent's side of the authentication (docs/agent-protocol.md) for a stand-in host.
+
+    Done by the real agent's own code (agent/agent.py's Gate: the challenge, each request's MAC
+    and sequence number, the refusal of browser-shaped requests, the proof on every answer),
+    with the host's secret: whatever passes here would pass the agent, and the central's
+    client is checked against the agent's implementation, not a copy of its own.
+    """
+
+    def __init__(self, secret: str, agent_port: int = 8083):
+        agent = agent_module()
+        self._render = agent.render_response
+        self._request = agent.Request
+        # no secret file: the key is set below (a stand-in host has no /etc/central-agent)
+        self.gate = agent.Gate(secret_path="/nonexistent/central-agent-secret", host_log=agent.HostLog(None))
+        self.gate.key = agent.HmacKey(bytes.fromhex(secret))
+        self.gate.key_status = "the stand-in host's secret"
+        self.gate.bound(("127.0.0.1", agent_port))
+
+    def channel(self) -> _ChannelAuth:
+        """The state of a new channel (no challenge yet)."""
+        return _ChannelAuth()
+
+    def admit(self, state: _ChannelAuth, request: Request):
+        """(None, sign) when the request is authenticated (sign(status, body) is the proof for
+        its answer); (answer bytes, None) when the agent answers it itself: the challenge, a
+        refusal, the public health."""
+        version = request.line.decode("latin-1").rpartition(" ")[2]
+        req = self._request(request.method, request.path, request.path.split("?", 1)[0], {}, version,
+                            request.headers, request.body, "close" not in request.headers.get("connection", ""))
+        # Gate.handle runs the agent's handler itself; here the scripted handler answers once the
+        # gate has admitted the request, so it is given a placeholder and only the signer is kept.
+        status, payload, extra, sign, keep = self.gate.handle(state, req, lambda _req: (200, None, ()))
+        if sign is not None:
+            return None, sign
+        answer = self._render(status, payload, keep, extra)
+        return (answer if keep else ThenClose(answer)), None
+
+
+def with_proof(answer: bytes, sign: Callable[[int, bytes], str]) -> bytes:
+    """The answer with the agent's X-Agent-Auth proof over its status and body added."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return answer  # an unfinished head: sent as scripted
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return answer  # not an HTTP answer: sent as scripted
+    proved = head + f"\r\nX-Agent-Auth: {sign(status, body)}".encode() + sep + body
+    return ThenClose(proved) if isinstance(answer, ThenClose) else proved
+
+
 class HttpChannel(asyncssh.SSHTCPSession):
     """One direct-tcpip channel speaking HTTP/1.1 keep-alive: requests are answered in order by
-    an async handler, which returns the answer's bytes, or None to close the channel instead."""
+    an async handler, which returns the answer's bytes, or None to close the channel instead.
+    With an AgentAuth the channel authenticates as the agent does: the handler sees only the
+    requests the agent would serve, and each of its answers carries the agent's proof."""
 
-    def __init__(self, handler: Handler, on_close: Callable[[], None] | None = None):
+    def __init__(self, handler: Handler, on_close: Callable[[], None] | None = None, auth: AgentAuth | None = None):
         self.handler = handler
         self.on_close = on_close
+        self.auth = auth
+        self.auth_state = auth.channel() if auth is not None else None
         self.buf = b""
         self.chan = None
         self.busy = False
@@ -108,9 +183,18 @@ class HttpChannel(asyncssh.SSHTCPSession):
         self.busy = True
         self.task = asyncio.ensure_future(self._serve(request))
 
+    async def _answer(self, request: Request) -> bytes | None:
+        if self.auth is None:
+            return await self.handler(request)
+        answer, sign = self.auth.admit(self.auth_state, request)
+        if sign is None:
+            return answer
+        answer = await self.handler(request)
+        return None if answer is None else with_proof(answer, sign)
+
     async def _serve(self, request: Request):
         try:
-            answer = await self.handler(request)
+            answer = await self._answer(request)
         except (OSError, asyncssh.Error):
             answer = None
         if answer is None:

@@ -27,7 +27,7 @@ from central.cli import cli
 from central.model import Conflict, Forbidden, Invalid, NotFound
 from central import servers
 from central.service import Central
-from tests.agentutil import request
+from tests.agentutil import authenticate, request
 from tests.test_agent_actions import FakeEngine
 
 pytestmark = pytest.mark.hosts
@@ -144,7 +144,8 @@ def test_fuzz_run_action(fuzz_host, config, client_key):
     central = loop.run_until_complete(Central.open(central_config(config, client_key)))
     outcomes = {}
     try:
-        loop.run_until_complete(servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint))
+        loop.run_until_complete(servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint,
+                                                   agent_secret=host.agent_secret))
 
         pids = [v.ns_pid for v in victims] + [s.ns_pid for s in host.sentinels] + [host.agent_pid]
 
@@ -186,7 +187,8 @@ def test_fuzz_the_cli(fuzz_host, config, client_key, tmp_path):
     async def setup():
         central = await Central.open(cfg)
         try:
-            await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
+            await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint,
+                                     agent_secret=host.agent_secret)
         finally:
             await central.close()
 
@@ -219,7 +221,7 @@ def test_fuzz_the_agent_directly(fuzz_host):
     victims = [host.start_process(["sleep", "1000"]) for _ in range(3)]
     pids = [v.ns_pid for v in victims] + [s.ns_pid for s in host.sentinels] + [host.agent_pid]
     start_times = [start_time_of(p) for p in victims + host.sentinels + [host.agent]]
-    sock = host.connect()
+    sock = authenticate(host.connect(), host.agent_secret)
     statuses = {}
     try:
         @SETTINGS

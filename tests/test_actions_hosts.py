@@ -35,7 +35,8 @@ async def central(config, client_key):
 
 async def add(central, host, poll=True):
     """Add a test host as a server (its host key pinned) and store one poll."""
-    result = await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
+    result = await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint,
+                                      agent_secret=host.agent_secret)
     assert result["agent"]["ok"], result
     server = await central.storage.get_server(host.name)
     if poll:

@@ -6,6 +6,7 @@ that allows only central-test-* services.
 """
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -31,14 +32,18 @@ def active_state(container, unit=ECHO_UNIT):
 
 
 def install_agent(container):
-    """Copy the bundled agent and a policy in, and run it under systemd."""
+    """Copy the bundled agent, a policy and a secret in, and run it under systemd; returns the secret."""
+    secret = os.urandom(32).hex()
     container.attach(["tee", "/usr/local/lib/central-agent.py"], input=agent_path().read_text())
     container.attach(["tee", "/etc/central-agent.json"], input=json.dumps(POLICY))
     container.attach(["chmod", "600", "/etc/central-agent.json"])
+    container.attach(["sh", "-c", "umask 077 && mkdir -p /etc/central-agent && cat > /etc/central-agent/secret"],
+                     input=secret + "\n")
     container.attach(["systemd-run", "--unit", "central-agent", "/usr/bin/python3",
                       "/usr/local/lib/central-agent.py", "--policy", "/etc/central-agent.json"])
     probe = ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8083), 1)"]
     wait_for(lambda: container.attach(probe, check=False).returncode == 0, timeout=30, interval=0.2)
+    return secret
 
 
 @pytest.fixture
@@ -52,8 +57,10 @@ async def central(config, client_key):
 async def test_restart_stop_start_a_real_systemd_service(central, lxc_container):
     container = lxc_container()
     assert container.wait_system_running() in ("running", "degraded")
-    install_agent(container)
-    added = await servers.add_server(central, container.name, container.address, fingerprint=container.fingerprint)
+    secret = install_agent(container)
+    # root: the container has the central's key in root's authorized_keys (no deploy ran)
+    added = await servers.add_server(central, container.name, container.address, user="root",
+                                     fingerprint=container.fingerprint, agent_secret=secret)
     assert added["agent"]["ok"], added
 
     before = main_pid(container)

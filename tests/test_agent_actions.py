@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.agentutil import request
+from tests.agentutil import request, signed_request
 
 
 def start_time_of(pid):
@@ -153,8 +153,7 @@ def test_kill_body_must_be_a_json_object(start_agent):
     a = start_agent()
     s = a.connect()
     for raw in (b"not json", b"[1,2]"):
-        s.sendall(b"POST /api/actions/kill HTTP/1.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+        s.sendall(signed_request(s, "POST", "/api/actions/kill", data=raw))
         from tests.agentutil import read_response
         status, _, doc, _ = read_response(s)
         assert status == 400 and doc["detail"].startswith("body")

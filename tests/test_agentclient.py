@@ -1,6 +1,7 @@
 """HTTP/1.1 to the agent over a kept SSH channel, against an in-process SSH host whose agent
 answers what each test scripts (tests/sshharness.py): the kept channel and its one retry, size
-caps, malformed answers, timeouts and how each failure is classified. No root needed."""
+caps, malformed answers, timeouts, the agent's authentication (done by the host with the
+agent's own code) and how each failure is classified. No root needed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 
 import pytest
 
+from central.agentauth import new_secret
+from central.agentclient import no_secret
 from central.model import PollError
 from tests.helpers import wait_for
 from tests.sshharness import ThenClose, agent_client, hang, http_answer, make_pool, refuse
@@ -201,3 +204,38 @@ async def test_ssh_failures_reach_the_caller_classified(ssh_host, pool, refused_
     assert err.reason == "auth_failed"
     err = await fails(agent_client(pool, host.server(id=2, port=refused_port)))
     assert err.reason == "unreachable"
+
+
+async def test_each_channel_is_authenticated_and_each_request_signed_in_sequence(ssh_host, pool):
+    # the host checks what the agent checks (its own code): a request the agent would refuse
+    # never reaches the scripted handler, so every request seen here passed the agent's gate
+    host = await ssh_host(agent=counting([http_answer(200, {"n": 0}), ThenClose(http_answer(200, {"n": 1}))]))
+    client = agent_client(pool, host.server())
+    for k in range(3):
+        assert await get(client) == (200, b'{"n":%d}' % k)
+    seqs = [r.headers["x-central-auth"].split()[0] for r in host.requests]
+    # a new channel (after the host closed the second) starts a new challenge and sequence
+    assert seqs == ["seq=1", "seq=2", "seq=1"] and host.channels == 2
+
+
+async def test_an_agent_without_the_hosts_secret_is_an_impostor_and_is_sent_nothing(ssh_host, pool):
+    host = await ssh_host(agent=counting(), secret=new_secret())  # a squatter's own "secret"
+    err = await fails(agent_client(pool, host.server()))
+    assert err.reason == "agent_impostor" and "challenge proof is wrong" in err.message, err
+    assert host.requests == []  # the challenge was answered by the gate; no request followed it
+
+
+async def test_an_agent_that_does_not_authenticate_is_an_impostor(ssh_host, pool):
+    # an agent from before authentication: /api/challenge is an unknown path to it
+    host = await ssh_host(agent=counting([http_answer(404, {"error": "not_found"})]), secret=None)
+    err = await fails(agent_client(pool, host.server()))
+    assert err.reason == "agent_impostor" and "gave no proof" in err.message and "404" in err.message, err
+    assert [r.path for r in host.requests] == ["/api/challenge"]
+
+
+async def test_a_server_without_a_secret_needs_a_redeploy_and_its_agent_is_not_contacted(ssh_host, pool):
+    host = await ssh_host(agent=counting())
+    pool.agent_secret = no_secret
+    err = await fails(agent_client(pool, host.server()))
+    assert err.reason == "agent_needs_redeploy" and "central deploy h1" in err.message, err
+    assert host.channels == 0 and len(host.connections) == 1  # SSH works; no channel to the agent

@@ -27,7 +27,8 @@ async def test_sshd_stopped_raises_unreachable_and_resolves_when_back(test_host,
     )
     central = await Central.open(cfg)
     try:
-        await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
+        await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint,
+                                 agent_secret=host.agent_secret)
         await central.poller.start()
         server = await central.storage.get_server(host.name)
 

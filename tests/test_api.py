@@ -272,7 +272,9 @@ async def test_a_server_removed_while_its_poll_is_queued_does_not_lose_the_batch
     assert stays.id in await storage.latest_samples()
 
 
-def test_config_example_documents_every_key_with_its_default():
+def test_config_example_documents_every_key_with_its_default(monkeypatch, tmp_path):
+    # the defaults, not a config.toml that happens to sit in this machine's default data dir
+    monkeypatch.setenv("CENTRAL_DATA_DIR", str(tmp_path))
     import dataclasses
     import tomllib
     from pathlib import Path

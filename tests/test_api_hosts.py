@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from central import servers
 from tests.apiclient import start_api
 
 pytestmark = pytest.mark.hosts
@@ -21,6 +22,8 @@ async def host_api(config, client_key):
 async def test_create_two_step_show_test_and_trust(host_api, test_host):
     api = host_api
     host = test_host()
+    # deploy hands the central the host's agent secret before the server is added
+    await servers.store_agent_secret(api.central, host.agent_secret, host=host.address)
     body = {"name": "h1", "host": host.address, "user": "root", "tags": ["lab"]}
     # step 1: the fingerprint to confirm, nothing stored
     status, first, _ = await api.request("POST", "/api/v1/servers", json=body)

@@ -90,8 +90,13 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     # No terminal and no fingerprint: refuses rather than trusting blindly.
     result = run("server", "add", "web1", host.address)
     assert result.exit_code == 1 and "--host-key-fingerprint" in result.output
+    # the host's agent secret, handed over before the server exists (as deploy-agent.sh does)
+    result = run("server", "secret", "--host", host.address, input=host.agent_secret + "\n")
+    assert result.exit_code == 0 and f"kept for {host.address}:22" in result.output, result.output
+    assert host.agent_secret not in result.output
     result = run("server", "add", "web1", host.address, "--tag", "prod", "--host-key-fingerprint", host.fingerprint)
     assert result.exit_code == 0, result.output
+    assert "agent 1.1.0 answers" in result.output, result.output
     assert f"host key {host.fingerprint} pinned" in result.output and "agent" in result.output
     result = run("server", "add", "web2", host.address, "--host-key-fingerprint", "SHA256:" + "x" * 43)
     assert result.exit_code == 1 and "host_key_mismatch" in result.output

@@ -252,6 +252,8 @@ def test_poll_of_a_real_host_with_a_hostile_hostname_and_process(tmp_path, monke
     host = test_host()
     host.run(["python3", "-c", "import socket, sys; socket.sethostname(sys.argv[1])", LIVE_HOSTNAME])
     host.spawn(["python3", "-c", RENAME, PROCESS])
+    # the host's agent secret, handed over as deploy does before the server is added
+    CliRunner().invoke(cli, ["server", "secret", "--host", host.address], input=host.agent_secret)
     _invoke("server", "add", "web1", host.address, "--host-key-fingerprint", host.fingerprint)
     doc = json.loads(_invoke("poll", "web1", "--json"))["document"]
     assert doc["hostname"] in (LIVE_HOSTNAME, "[/bold][link=http://e.example/]x[/link]]0;t")  # stored raw or cleaned

@@ -32,7 +32,8 @@ async def hcentral(host_config):
 
 
 async def add(central: Central, host, name=None):
-    result = await servers.add_server(central, name or host.name, host.address, fingerprint=host.fingerprint)
+    result = await servers.add_server(central, name or host.name, host.address, fingerprint=host.fingerprint,
+                                      agent_secret=host.agent_secret)
     return result
 
 

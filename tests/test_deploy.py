@@ -1,10 +1,13 @@
-"""`central deploy` against real sshd test hosts: the operator's access deploys, the
-central's restricted key polls."""
+"""`central deploy` against real sshd test hosts: the operator's access deploys, the central
+logs in as its own restricted user and authenticates to the agent with the host's secret."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,11 +15,13 @@ from click.testing import CliRunner
 from central.bundled import agent_sha256
 from central.cli import cli
 from central.service import restricted_key_line
+from central.storage import Storage
 from tests import hostfarm
 
 pytestmark = pytest.mark.hosts
 
 SCRIPT = hostfarm.REPO_DIR / "scripts" / "deploy-agent.sh"
+CENTRAL_CLI = Path(sys.executable).parent / "central"  # this environment's `central` command
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +41,11 @@ def run(tmp_path, monkeypatch, client_key):
     # the operator's access in these tests is exactly the test key and known_hosts file
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
 
-    def invoke(*args):
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    def invoke(*args, input=None):
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
     assert invoke("init").exit_code == 0
+    invoke.db = tmp_path / "data" / "central.db"
     return invoke
 
 
@@ -62,21 +68,19 @@ def operator(tmp_path, operator_key):
     return Operator
 
 
-def make_hosts(test_host, operator_key, client_key, n):
-    """Hosts where the operator's key logs in and the central's key only got as far as
-    `central server add` needs; the central's line is removed again before deploying."""
-    hosts = test_host.many(n, agent=False, authorized_keys=[
-        operator_key.with_suffix(".pub").read_text(), restricted_key_line(client_key.public_key)])
+def legacy_hosts(test_host, operator_key, client_key, n):
+    """Hosts as the old deploy left them: the central's key restricted in root's own
+    authorized_keys, no login user, no secret (and no agent yet)."""
+    hosts = test_host.many(n, agent=False, login_user=False,
+                           authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    for host in hosts:
+        host.run(["sh", "-c", "mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys"],
+                 input=restricted_key_line(client_key.public_key) + " central\n")
     return hosts
 
 
-def forget_central_key(host, operator_key):
-    """Leave only the operator's key, so afterwards the central gets in through what deploy installs."""
-    host.authorized_keys_path.write_text(operator_key.with_suffix(".pub").read_text())
-
-
-def add(run, name, host):
-    result = run("server", "add", name, host.address, "--host-key-fingerprint", host.fingerprint)
+def add_as_root(run, name, host):
+    result = run("server", "add", name, host.address, "--user", "root", "--host-key-fingerprint", host.fingerprint)
     assert result.exit_code == 0, result.output
     return result
 
@@ -88,22 +92,38 @@ def deploy(run, operator, *args):
 
 def agent_processes(host):
     ps = host.run(["ps", "-eo", "pid=,args="]).stdout.splitlines()
-    return [line.split()[0] for line in ps if "/opt/central-agent/agent.py" in line and "run-agent" not in line]
+    return [line.split()[0] for line in ps if " -m agent " in line and "run-agent" not in line]
 
 
-def central_key_lines(host, client_key):
+def root_central_lines(host, client_key):
     lines = host.run(["cat", "/root/.ssh/authorized_keys"], check=False).stdout.splitlines()
     return [line for line in lines if client_key.public_key.split()[1] in line]
 
 
-def test_deploy_then_central_polls_through_restricted_key_and_rerun_is_idempotent(
+def host_secret(host):
+    return host.run(["cat", "/etc/central-agent/secret"]).stdout.strip()
+
+
+def stored(run, name):
+    """(user, agent secret) the central keeps for a server."""
+    async def read():
+        storage = await Storage.open(run.db)
+        try:
+            server = await storage.get_server(name)
+            return server.user, await storage.agent_secret(server.id)
+        finally:
+            await storage.close()
+    return asyncio.run(read())
+
+
+def test_legacy_servers_need_a_redeploy_and_deploy_upgrades_them_in_place(
         run, operator, test_host, operator_key, client_key):
-    hosts = make_hosts(test_host, operator_key, client_key, 2)
+    hosts = legacy_hosts(test_host, operator_key, client_key, 2)
     for i, host in enumerate(hosts):
-        added = add(run, f"web{i}", host)
-        assert "does not answer" in added.output  # no agent yet
-        forget_central_key(host, operator_key)
-        assert run("server", "test", f"web{i}").exit_code == 1
+        added = add_as_root(run, f"web{i}", host)
+        assert "agent_needs_redeploy" in added.output and "central deploy" in added.output, added.output
+        polled = json.loads(run("poll", f"web{i}", "--json").output)
+        assert polled["ok"] is False and polled["reason"] == "agent_needs_redeploy"
     operator.trust(hosts)
 
     result, rows = deploy(run, operator, "web0", "web1", "--service-pattern", "nginx*",
@@ -113,25 +133,39 @@ def test_deploy_then_central_polls_through_restricted_key_and_rerun_is_idempoten
         row = rows[f"web{i}"]
         assert row["state"] == "ok" and row["sha256"] == agent_sha256() and row["mode"] == "fallback", row
         assert row["target"] == f"root@{host.address}:22"
-        lines = central_key_lines(host, client_key)
-        assert lines == [restricted_key_line(" ".join(client_key.public_key.split()[:2])) + " central"]
+        # the central's key left root's file; it lives, restricted, for the login user only
+        assert root_central_lines(host, client_key) == []
+        assert host.run(["cat", "/etc/central-agent/authorized_keys"]).stdout.splitlines() == [
+            restricted_key_line(" ".join(client_key.public_key.split()[:2])) + " central"]
+        assert host.run(["stat", "-c", "%U %a", "/etc/central-agent/secret"]).stdout.split() == ["root", "600"]
+        user, secret = stored(run, f"web{i}")
+        assert user == "central" and secret == host_secret(host)
+        assert secret not in result.output  # never printed, not even in --json
         tested = run("server", "test", f"web{i}")
         assert tested.exit_code == 0 and tested.output.startswith(f"web{i}: ok"), tested.output
         polled = json.loads(run("poll", f"web{i}", "--json").output)
         assert polled["ok"] and polled["document"]["hostname"] == host.name
+        assert secret not in json.dumps(json.loads(run("server", "show", f"web{i}", "--json").output))
         policy = json.loads(host.run(["cat", "/etc/central-agent.json"]).stdout)
         assert policy == {"actions": {"kill": True, "service": True, "docker": True},
                           "service_patterns": ["nginx*"], "container_patterns": ["*"],
                           "watched_units": ["nginx.service"]}
     first_pids = [agent_processes(h) for h in hosts]
+    first_secrets = [host_secret(h) for h in hosts]
     assert all(len(p) == 1 for p in first_pids)
 
+    # again: in place, the same secret, one key line, one Match block; the deploy login is
+    # now the operator's own (the server's user is the central's)
     result, rows = deploy(run, operator, "--all", "--no-actions")
     assert result.exit_code == 0, result.output
     assert set(rows) == {"web0", "web1"}  # --all leaves out the central's own host
     for i, host in enumerate(hosts):
-        assert rows[f"web{i}"]["state"] == "ok"
-        assert len(central_key_lines(host, client_key)) == 1
+        assert rows[f"web{i}"]["state"] == "ok" and rows[f"web{i}"]["target"] == f"root@{host.address}:22"
+        assert len(host.run(["cat", "/etc/central-agent/authorized_keys"]).stdout.splitlines()) == 1
+        assert host.run(["grep", "-c", "^Match User central", "/etc/ssh/sshd_config.d/central-agent.conf"]
+                        ).stdout.strip() == "1"
+        assert "central-agent" not in host.run(["cat", "/etc/ssh/sshd_config"]).stdout
+        assert host_secret(host) == first_secrets[i] == stored(run, f"web{i}")[1]
         pids = agent_processes(host)
         assert len(pids) == 1 and pids != first_pids[i]
         assert host.run(["grep", "-c", "run-agent.sh", "/etc/rc.local"]).stdout.strip() == "1"
@@ -139,24 +173,33 @@ def test_deploy_then_central_polls_through_restricted_key_and_rerun_is_idempoten
             "kill": False, "service": False, "docker": False}
         assert run("server", "test", f"web{i}").exit_code == 0
 
+    # --rotate-secret: a new secret on the host and in the central, and polling goes on
+    result, rows = deploy(run, operator, "web0", "--rotate-secret")
+    assert result.exit_code == 0 and rows["web0"]["state"] == "ok", result.output
+    assert host_secret(hosts[0]) != first_secrets[0] and host_secret(hosts[0]) == stored(run, "web0")[1]
+    assert json.loads(run("poll", "web0", "--json").output)["ok"]
+
 
 def test_upgrade_outdated_skips_current_and_upgrades_old(run, operator, test_host, operator_key, client_key,
                                                          tmp_path):
-    old, current = make_hosts(test_host, operator_key, client_key, 2)
-    add(run, "old", old)
-    add(run, "current", current)
+    old, current = legacy_hosts(test_host, operator_key, client_key, 2)
+    add_as_root(run, "old", old)
+    add_as_root(run, "current", current)
     operator.trust([old, current])
+    result, rows = deploy(run, operator, "old", "current")
+    assert result.exit_code == 0, result.output
     older = tmp_path / "agent.py"
     older.write_text(hostfarm.default_agent_path().read_text() + "\n# an older release\n")
     older_sha = hashlib.sha256(older.read_bytes()).hexdigest()
-    # the older agent goes out with the script, the current one with central deploy: one installer
+    # the older agent goes out with the script (one installer for both tools); the secret it
+    # keeps goes to the same central, which has a server with that address
     res = subprocess.run(["bash", str(SCRIPT), "--agent", str(older), "--no-central-key",
+                          "--central", str(CENTRAL_CLI),
                           "--identity", str(operator_key), "--ssh-opt", f"UserKnownHostsFile={tmp_path}/known_hosts",
                           "--ssh-opt", "StrictHostKeyChecking=yes", "root@" + old.address],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    result, rows = deploy(run, operator, "current")
-    assert result.exit_code == 0 and rows["current"]["state"] == "ok", result.output
+    assert f"secret kept for {old.address}:22" in res.stdout
     assert json.loads(run("server", "test", "old", "--json").output)["sha256"] == older_sha
     current_pids = agent_processes(current)
 
@@ -173,9 +216,9 @@ def test_upgrade_outdated_skips_current_and_upgrades_old(run, operator, test_hos
 
 def test_unreachable_and_unknown_host_keys_are_reported_per_host(run, operator, test_host, operator_key,
                                                                   client_key):
-    good, dead, stranger = make_hosts(test_host, operator_key, client_key, 3)
+    good, dead, stranger = legacy_hosts(test_host, operator_key, client_key, 3)
     for name, host in (("good", good), ("dead", dead), ("stranger", stranger)):
-        add(run, name, host)
+        add_as_root(run, name, host)
     operator.trust([good, dead])  # the operator never met `stranger`
     dead.stop_sshd()
 
@@ -201,6 +244,28 @@ def test_unreachable_and_unknown_host_keys_are_reported_per_host(run, operator, 
     assert result.exit_code == 0 and rows["stranger"]["state"] == "ok", result.output
 
 
+def test_an_operator_who_would_be_locked_out_is_rolled_back(run, operator, test_host, client_key, tmp_path):
+    """The operator logs in as root with the central's own key (in root's authorized_keys only):
+    moving that key to the login user would lock them out, so deploy undoes its changes."""
+    host = test_host(agent=False, login_user=False, authorized_keys=[])
+    host.run(["sh", "-c", "mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys"],
+             input=client_key.public_key + "\n")
+    add_as_root(run, "shared", host)
+    operator.trust([host])
+    options = [o if o != operator.options[1] else str(client_key.path) for o in operator.options]
+    before = host.run(["cat", "/root/.ssh/authorized_keys"]).stdout
+    result = run("deploy", *options, "--json", "shared")
+    rows = {r["server"]: r for r in json.loads(result.stdout)}
+    assert result.exit_code == 1
+    assert rows["shared"]["step"] == "operator-access", rows
+    assert "could no longer log in" in rows["shared"]["message"] and "rolled back" in rows["shared"]["message"]
+    assert host.run(["cat", "/root/.ssh/authorized_keys"]).stdout == before
+    assert host.run(["test", "-e", "/etc/ssh/sshd_config.d/central-agent.conf"], check=False).returncode != 0
+    ssh = subprocess.run(host.ssh_argv(client_key.path) + ["hostname"], capture_output=True, text=True, timeout=30)
+    assert ssh.returncode == 0 and ssh.stdout.strip() == host.name  # still in
+    assert stored(run, "shared") == ("root", None)  # nothing stored for a failed deploy
+
+
 def test_bad_options_are_one_line_errors(run, operator):
     result = run("deploy", "nope")
     assert result.exit_code == 1 and result.output.strip() == "Error: no server named 'nope'"
@@ -210,5 +275,7 @@ def test_bad_options_are_one_line_errors(run, operator):
     assert result.exit_code == 1 and "service pattern 'a;b'" in result.output
     result = run("deploy", "local", "--allow-actions", "reboot")
     assert result.exit_code == 1 and "unknown action kind 'reboot'" in result.output
+    result = run("deploy", "local", "--central-user", "root")
+    assert result.exit_code == 1 and "invalid central user 'root'" in result.output
     result, rows = deploy(run, operator, "local")
     assert result.exit_code == 0 and rows["local"]["state"] == "skipped"

@@ -138,6 +138,15 @@ def test_protocol_lists_the_health_fields_and_every_agent_endpoint(agent, collec
         f"missing from the docs: {sorted(real - documented)}, "
         f"not sent: {sorted(documented - real)}"
     )
+    # the anonymous answer (no X-Central-Auth), for installers and operators on the host
+    anonymous = re.search(r"`GET /api/health` without `X-Central-Auth`.*?: `(\{.*?\})`", doc, re.S)
+    assert anonymous, f"{rel(PROTOCOL)}: the Authentication section must show the anonymous GET /api/health's fields"
+    documented = set(re.findall(r'[{,]\s*"(\w+)"', anonymous.group(1)))
+    real = set(agent.Gate(secret_path="/nonexistent/secret").public_health())
+    assert documented == real, (
+        f"{rel(PROTOCOL)}, anonymous GET /api/health: the agent sends {sorted(real)}; "
+        f"missing from the docs: {sorted(real - documented)}, not sent: {sorted(documented - real)}"
+    )
     for route in (*agent.Agent.GET_ROUTES, *agent.Agent.POST_ROUTES):
         assert re.search(re.escape(route) + r"(?![\w/])", doc), (
             f"{rel(PROTOCOL)} does not mention the agent's endpoint {route} (agent/agent.py Agent."

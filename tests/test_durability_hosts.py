@@ -40,6 +40,8 @@ def test_sigkill_mid_cycle_keeps_every_stored_sample(tmp_path, test_host, client
     runner = CliRunner()
     assert runner.invoke(cli, ["init"]).exit_code == 0
     for host in test_host.many(3):
+        r = runner.invoke(cli, ["server", "secret", "--host", host.address], input=host.agent_secret)
+        assert r.exit_code == 0, r.output
         r = runner.invoke(cli, ["server", "add", host.name, host.address, "--host-key-fingerprint", host.fingerprint])
         assert r.exit_code == 0, r.output
     db = tmp_path / "data" / "central.db"

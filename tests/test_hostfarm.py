@@ -31,7 +31,8 @@ def http_get(sock, path):
 
 
 def _http_get(sock, path):
-    sock.sendall(("GET %s HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n" % path).encode())
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
+                  % (path, hostfarm.AGENT_PORT)).encode())
     data = b""
     while True:
         chunk = sock.recv(65536)
@@ -88,13 +89,13 @@ def test_unauthorized_key_is_refused(test_host, tmp_path):
     assert res.returncode == 255 and "Permission denied" in res.stderr
 
 
-async def agent_health_over_ssh(host, key):
-    async with asyncssh.connect(host.address, port=host.port, username="root",
+async def agent_health_over_ssh(host, key, user="central"):
+    async with asyncssh.connect(host.address, port=host.port, username=user,
                                 client_keys=[str(key.path)], known_hosts=str(
                                     host.write_known_hosts(host.state_dir / "kh")),
                                 config=[]) as conn:
         reader, writer = await conn.open_connection("127.0.0.1", hostfarm.AGENT_PORT)
-        writer.write(b"GET /api/health HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:8083\r\nConnection: close\r\n\r\n")
         data = await reader.read()
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
@@ -105,16 +106,16 @@ def test_agent_reachable_through_direct_tcpip(test_host, client_key):
     host = test_host()
     status, doc = asyncio.run(agent_health_over_ssh(host, client_key))
     assert status == b"HTTP/1.1 200 OK"
-    assert doc["status"] == "ok"
+    assert doc["status"] == "ok" and doc["auth"] == "ready"  # the agent read the host's secret
     # the agent listens on the host's loopback only, not on its bridge address
     assert not host.port_open(hostfarm.AGENT_PORT, host.address)
 
 
 def test_agent_reachable_through_ssh_port_forward(test_host, client_key):
     host = test_host()
-    argv = host.ssh_argv(client_key.path) + [
+    argv = host.ssh_argv(client_key.path, user="central") + [
         "-W", "127.0.0.1:%d" % hostfarm.AGENT_PORT]
-    res = subprocess.run(argv, input=b"GET /api/health HTTP/1.1\r\nHost: a\r\n"
+    res = subprocess.run(argv, input=b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:8083\r\n"
                          b"Connection: close\r\n\r\n", capture_output=True, timeout=30)
     assert res.stdout.startswith(b"HTTP/1.1 200"), res.stderr
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncssh
 
-from central.model import Server
+from central.model import PollError, Server
 from tests.sshharness import agent_client, make_pool, public_key_line
 
 FARM = Path(__file__).resolve().parent.parent / "bench" / "loopfarm.py"
@@ -30,12 +30,19 @@ async def test_the_farm_answers_with_the_real_agents_documents(config, start_age
             str(config.key_path) + ".pub",
             "--agent",
             f"127.0.0.1:{agent.port}",
+            "--secret-file",
+            agent.secret_path,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     pool = make_pool(config)
+
+    async def the_agents_secret(server):
+        return agent.secret
+
+    pool.agent_secret = the_agents_secret  # the farm proves it with the real agent's secret
     try:
         port = json.loads(farm.stdout.readline())["port"]
         client = agent_client(pool, Server(id=1, name="f1", host="127.0.0.1", port=port, host_key=public_key_line(key)))
@@ -45,6 +52,16 @@ async def test_the_farm_answers_with_the_real_agents_documents(config, start_age
         status, health = await client.request_json("GET", "/api/health", timeout=10)
         assert status == 200 and health["pid"] == agent.pid
         assert client.channels_opened == 1
+        # a central holding another secret is told the farm is not its agent, and gets nothing
+        other = make_pool(config)
+        try:
+            err = await agent_client(other, Server(id=1, name="f1", host="127.0.0.1", port=port,
+                                                   host_key=public_key_line(key))).request("GET", "/api/all", timeout=10)
+        except PollError as exc:
+            err = exc
+        finally:
+            await other.close()
+        assert isinstance(err, PollError) and err.reason == "agent_impostor", err
     finally:
         await pool.close()
         farm.terminate()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from central import servers
 from central.actions import audit_log
 from tests.apiclient import PASSWORD
 from tests.test_api_hosts import host_api  # noqa: F401  (fixture)
@@ -100,6 +101,8 @@ def row(page, name: str):
 async def test_overview_live_figures_filter_offline_and_server_page_kill(app, browser, test_host):
     hosts = await asyncio.to_thread(test_host.many, 2)
     web, db = hosts
+    for host in hosts:  # deploy hands the central each host's agent secret before it is added
+        await servers.store_agent_secret(app.central, host.agent_secret, host=host.address)
     page = await new_page(browser, app)
     await log_in(page, app, "admin1")
     navigations: list[str] = []

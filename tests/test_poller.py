@@ -12,11 +12,12 @@ import json
 import asyncssh
 import pytest
 
+from central.agentauth import new_secret
 from central.poller import phase
 from central.servers import add_server
 from central.service import Central
 from tests.helpers import wait_for
-from tests.sshharness import document_agent, hang, http_answer, refuse
+from tests.sshharness import HARNESS_SECRET, document_agent, hang, http_answer, refuse
 
 OTHER_KEY_LINE = " ".join(
     asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2]
@@ -55,6 +56,21 @@ def answering(status, body):
     return handler
 
 
+async def stored(central, host, secret=HARNESS_SECRET, **changes):
+    """The host's Server as the central stores it, with the agent secret deploy hands over
+    (the poller's agent client reads it from storage; None: none), with changes applied."""
+    server = await central.storage.add_server(
+        host.name,
+        "127.0.0.1",
+        port=host.port,
+        agent_port=host.agent_port,
+        host_key=host.host_key_line,
+        host_key_fingerprint=host.fingerprint,
+        agent_secret=secret,
+    )
+    return host.server(id=server.id, **changes)
+
+
 async def poll(central, server):
     outcome = await central.poller.poll(server)
     assert outcome.server_id == server.id and outcome.duration >= 0
@@ -77,6 +93,8 @@ async def poll(central, server):
         ("not a document", "bad_payload", "no numeric timestamp"),
         ("oversized", "bad_payload", "byte limit"),
         ("hangs", "timeout", "did not answer GET /api/all within 0.6s"),
+        ("squatter", "agent_impostor", "does not hold the host's secret"),
+        ("no secret", "agent_needs_redeploy", "central deploy"),
     ],
 )
 async def test_each_failure_becomes_its_reason(
@@ -93,14 +111,19 @@ async def test_each_failure_becomes_its_reason(
         "oversized": answering(200, {"pad": "x" * (central.config.poll.max_response_bytes + 1)}),
     }
     agent = agents.get(case, document_agent(agent_document))
-    host = await ssh_host(agent=agent, authorized=[OTHER_KEY_LINE] if case == "foreign key" else None)
+    host = await ssh_host(
+        agent=agent,
+        authorized=[OTHER_KEY_LINE] if case == "foreign key" else None,
+        secret=new_secret() if case == "squatter" else HARNESS_SECRET,
+    )
     changes = {
         "refused": {"port": refused_port},
         "silent": {"port": silent_port},
         "other host key": {"host_key": OTHER_KEY_LINE},
         "no host key": {"host_key": None},
     }.get(case, {})
-    outcome = await poll(central, host.server(**changes))
+    server = await stored(central, host, None if case == "no secret" else HARNESS_SECRET, **changes)
+    outcome = await poll(central, server)
     assert not outcome.ok and outcome.reason == reason, (outcome.reason, outcome.error)
     assert message in outcome.error and outcome.doc_text is None and outcome.sample is None
     assert central.poller.errors_by_reason == {reason: 1}
@@ -108,7 +131,7 @@ async def test_each_failure_becomes_its_reason(
 
 async def test_a_good_poll_carries_the_document_its_figures_and_the_inventory_once(central, ssh_host, agent_document):
     host = await ssh_host(agent=document_agent(agent_document, inventory={"hostname": "h1", "os": {"id": "debian"}}))
-    server = host.server()
+    server = await stored(central, host)
     outcome = await poll(central, server)
     assert outcome.ok and outcome.reason is None and central.poller.polls == 1
     assert json.loads(outcome.doc_text) == agent_document
@@ -155,7 +178,9 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
     slow = await ssh_host(agent=slow_agent, name="slow")
     servers = {}
     for host in (fast, slow):
-        added = await add_server(central, host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint)
+        added = await add_server(
+            central, host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint, agent_secret=host.secret
+        )
         servers[host.name] = added["server"]["id"]
     await central.poller.start()
 

@@ -594,3 +594,38 @@ async def test_terminal_accounts_and_sessions(storage):
     await storage.remove_server("a")  # the sessions stay, their server_id cleared; the account goes
     assert (await storage.get_terminal_session(live))["server_id"] is None
     assert await storage.terminal_accounts() == {}
+
+
+SECRET_A, SECRET_B = "a" * 64, "b" * 64
+
+
+async def test_agent_secrets_given_pending_and_picked_up_by_add(storage):
+    given = await storage.add_server("given", "10.0.0.1", agent_secret=SECRET_A)
+    assert await storage.agent_secret(given.id) == SECRET_A
+    # handed over for an address before the server exists, picked up by the add for it only
+    await storage.put_pending_secret("10.0.0.2", 22, SECRET_A)
+    await storage.put_pending_secret("10.0.0.2", 22, SECRET_B)  # the newer one wins
+    await storage.put_pending_secret("10.0.0.3", 2222, SECRET_A)
+    assert await storage.pending_secret("10.0.0.2", 22) == SECRET_B
+    assert [(h["host"], h["port"]) for h in await storage.pending_secret_hosts()] == [
+        ("10.0.0.2", 22), ("10.0.0.3", 2222)]
+    assert all("secret" not in h for h in await storage.pending_secret_hosts())
+    picked = await storage.add_server("picked", "10.0.0.2")
+    assert await storage.agent_secret(picked.id) == SECRET_B
+    assert await storage.pending_secret("10.0.0.2", 22) is None
+    other_port = await storage.add_server("other-port", "10.0.0.3", port=22)
+    assert await storage.agent_secret(other_port.id) is None  # 2222 was meant, not 22
+    local = await storage.add_server("local", "localhost", kind="local", port=0)
+    assert await storage.agent_secret_ids() == {given.id, picked.id}
+    await storage.set_agent_secret(given.id, SECRET_B)
+    assert await storage.agent_secret(given.id) == SECRET_B
+    assert await storage.agent_secret(local.id) is None
+    # never in what lists and the API read
+    for row in await storage.server_dicts():
+        assert SECRET_A not in str(row) and SECRET_B not in str(row)
+    await storage.remove_server("given")
+    assert await storage.agent_secret(given.id) is None and given.id not in await storage.agent_secret_ids()
+
+
+async def test_servers_are_added_with_the_central_login_user_by_default(storage):
+    assert (await storage.add_server("a", "10.0.0.1")).user == "central"

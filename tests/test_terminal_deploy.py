@@ -10,7 +10,7 @@ import pytest
 
 from central.config import load_config
 from tests import hostfarm
-from tests.test_deploy import add, deploy, forget_central_key, make_hosts, operator, operator_key, run  # noqa: F401
+from tests.test_deploy import add_as_root, deploy, legacy_hosts, operator, operator_key, run  # noqa: F401
 from tests.test_deploy_script import deploy as deploy_script, known_hosts_for
 from tests.test_terminal_hosts import add_account, shell_attempt
 
@@ -24,9 +24,9 @@ def key_lines(host, path, blob):
 
 def test_central_deploy_installs_the_terminal_key_for_the_named_account_only(
         run, operator, test_host, operator_key, client_key):  # noqa: F811
-    [host] = make_hosts(test_host, operator_key, client_key, 1)
-    add(run, "web0", host)
-    forget_central_key(host, operator_key)
+    # deployed the old way (the central's key in root's authorized_keys): deploy moves it
+    [host] = legacy_hosts(test_host, operator_key, client_key, 1)
+    add_as_root(run, "web0", host)
     add_account(host, "ops", None)
     operator.trust([host])
 
@@ -66,12 +66,13 @@ def test_central_deploy_installs_the_terminal_key_for_the_named_account_only(
 
 
 def test_deploy_agent_script_installs_the_terminal_key(test_host, operator_key, client_key, tmp_path):  # noqa: F811
-    host = test_host(agent=False, authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    host = test_host(agent=False, login_user=False, authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    secrets = ["--secret-dir", str(tmp_path / "secrets")]
     add_account(host, "ops", None)
     kh = known_hosts_for([host], tmp_path / "known_hosts")
     terminal_key = tmp_path / "terminal_ed25519"
     line = hostfarm.generate_key(terminal_key, "central-terminal")
-    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "ops",
+    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "ops", *secrets,
                         "--terminal-key", str(terminal_key) + ".pub", central_key=client_key.public_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "central terminal enable SERVER --user ops" in res.stdout
@@ -81,10 +82,10 @@ def test_deploy_agent_script_installs_the_terminal_key(test_host, operator_key, 
     assert "SHELL-OPENED" in shell_attempt(host, terminal_key, "ops").stdout
     assert "SHELL-OPENED" not in shell_attempt(host, client_key.path, "root").stdout
     # the polling key is never accepted as the terminal key
-    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "ops",
+    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "ops", *secrets,
                         "--terminal-key", str(client_key.public_path), central_key=client_key.public_path)
     assert res.returncode == 2 and "is the polling key" in res.stderr
-    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "nosuch",
+    res = deploy_script(["root@" + host.address], operator_key, kh, "--terminal-user", "nosuch", *secrets,
                         "--terminal-key", str(terminal_key) + ".pub", central_key=client_key.public_path)
     assert res.returncode == 1 and "there is no account nosuch on this host" in res.stdout + res.stderr
     assert subprocess.run(["shellcheck", str(hostfarm.REPO_DIR / "scripts" / "terminal-key-install.sh")]).returncode == 0

@@ -65,7 +65,8 @@ async def setup(host_api, test_host, client_key):  # noqa: F811
     line, _ = central.terminal.ensure_key()
     host = await asyncio.to_thread(test_host, authorized_keys=[restricted_key_line(client_key.public_key)])
     await asyncio.to_thread(add_account, host, ACCOUNT, terminal_key_line(line))
-    await servers.add_server(central, "box", host.address, user="root", fingerprint=host.fingerprint)
+    await servers.add_server(central, "box", host.address, user="root", fingerprint=host.fingerprint,
+                             agent_secret=host.agent_secret)
     await central.terminal.enable("box", ACCOUNT, by="test")
     await central.terminal.grant("operator1", by="test")
     await central.storage.add_user("operator2", "operator", password_hash())

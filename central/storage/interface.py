@@ -26,11 +26,13 @@ class Servers(ABC):
 
     @abstractmethod
     async def add_server(
-        self, name: str, host: str, *, kind: str = "ssh", port: int = 22, user: str = "root",
+        self, name: str, host: str, *, kind: str = "ssh", port: int = 22, user: str = "central",
         key_path: str | None = None, agent_port: int = 8083, tags: Sequence[str] = (),
         interval_s: float | None = None, host_key: str | None = None, host_key_fingerprint: str | None = None,
+        agent_secret: str | None = None,
     ) -> Server:
-        """Insert a server; Conflict if the name is taken."""
+        """Insert a server with its agent secret, or the one pending for its host and port (see
+        AgentSecrets), in one transaction; Conflict if the name is taken."""
 
     @abstractmethod
     async def get_server(self, name: str) -> Server:
@@ -326,6 +328,36 @@ class Users(ABC):
         """Record when tokens were last used (batched by the caller)."""
 
 
+class AgentSecrets(ABC):
+    """The secret each server's agent authenticates with (docs/agent-protocol.md), and the ones
+    handed over for a host not added yet. Only the agent client and deploy read them: no
+    server dict carries one, and nothing logs one."""
+
+    @abstractmethod
+    async def agent_secret(self, server_id: int) -> str | None:
+        """The server's agent secret, or None."""
+
+    @abstractmethod
+    async def agent_secret_ids(self) -> set[int]:
+        """The ids of the servers the central has an agent secret for."""
+
+    @abstractmethod
+    async def set_agent_secret(self, server_id: int, secret: str) -> None:
+        """Store (or replace) a server's agent secret."""
+
+    @abstractmethod
+    async def put_pending_secret(self, host: str, port: int, secret: str) -> None:
+        """Keep a secret for a host and SSH port until a server with them is added."""
+
+    @abstractmethod
+    async def pending_secret(self, host: str, port: int) -> str | None:
+        """The secret kept for a host and SSH port, or None."""
+
+    @abstractmethod
+    async def pending_secret_hosts(self) -> list[dict]:
+        """The hosts secrets are kept for ({host, port, created_at}; never the secrets)."""
+
+
 class Terminal(ABC):
     """The web terminal: rights granted to users, each server's terminal account, sessions."""
 
@@ -386,7 +418,7 @@ class Terminal(ABC):
         """Delete ended sessions that started before `before`; returns their recording file names."""
 
 
-class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal):
+class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod

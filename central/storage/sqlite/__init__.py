@@ -10,6 +10,7 @@ from .audit import SQLiteAudit
 from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
 from .inventory import SQLiteInventory
 from .samples import SQLiteSamples
+from .secrets import SQLiteAgentSecrets
 from .servers import SQLiteServers
 from .terminal import SQLiteTerminal
 from .users import SQLiteUsers
@@ -18,5 +19,5 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
 class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteTerminal, SQLiteBase, Storage):
+                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -22,10 +22,20 @@ from ...model import METRICS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Migrations from version N-1 to N: (N, [statements]). Each must be idempotent. (A key figure
 # added to central.model.METRICS needs none: _add_metric_columns adds its columns.)
-MIGRATIONS: list[tuple[int, list[str]]] = []
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    # 2: agents authenticate (issue 11). The tables are in schema.sql too, which runs first;
+    # servers added before keep their user (root): they show agent_needs_redeploy until
+    # `central deploy` gives them the dedicated login user and a secret.
+    (2, [
+        "CREATE TABLE IF NOT EXISTS agent_secrets (server_id INTEGER PRIMARY KEY REFERENCES servers(id)"
+        " ON DELETE CASCADE, secret TEXT NOT NULL, updated_at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS pending_agent_secrets (host TEXT NOT NULL, port INTEGER NOT NULL,"
+        " secret TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (host, port))",
+    ]),
+]
 
 COLUMNS = tuple(METRICS)  # the key figures' columns, in order
 SAMPLE_COLUMNS = ", ".join(COLUMNS)

@@ -30,23 +30,36 @@ class SQLiteServers(SQLiteBase):
         *,
         kind: str = "ssh",
         port: int = 22,
-        user: str = "root",
+        user: str = "central",
         key_path: str | None = None,
         agent_port: int = 8083,
         tags: Sequence[str] = (),
         interval_s: float | None = None,
         host_key: str | None = None,
         host_key_fingerprint: str | None = None,
+        agent_secret: str | None = None,
     ) -> Server:
-        """Insert a server; Conflict if the name is taken."""
+        """Insert a server with its agent secret, or the one pending for its host and port;
+        Conflict if the name is taken."""
+        now = time.time()
+        statements = [(
+            "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
+            " interval_s, host_key, host_key_fingerprint, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
+             interval_s, host_key, host_key_fingerprint, now),
+        )]
+        if kind != "local":
+            if agent_secret is not None:
+                statements.append(("INSERT INTO agent_secrets (server_id, secret, updated_at)"
+                                   " SELECT id, ?, ? FROM servers WHERE name = ?", (agent_secret, now, name)))
+            else:
+                statements.append(("INSERT INTO agent_secrets (server_id, secret, updated_at)"
+                                   " SELECT s.id, p.secret, ? FROM servers s, pending_agent_secrets p"
+                                   " WHERE s.name = ? AND p.host = ? AND p.port = ?", (now, name, host, port)))
+            statements.append(("DELETE FROM pending_agent_secrets WHERE host = ? AND port = ?", (host, port)))
         try:
-            await self._write([(
-                "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
-                " interval_s, host_key, host_key_fingerprint, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
-                 interval_s, host_key, host_key_fingerprint, time.time()),
-            )])
+            await self._write(statements)
         except aiosqlite.IntegrityError:
             raise Conflict(f"a server named {name!r} already exists") from None
         return await self.get_server(name)
