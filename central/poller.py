@@ -11,7 +11,6 @@ import asyncio
 import bisect
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from typing import Awaitable, Callable, Sequence
@@ -19,8 +18,10 @@ from typing import Awaitable, Callable, Sequence
 from . import inventory
 from .bundled import agent_module
 from .config import Config
-from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
-from .sample import agent_identity, check_document, extract_facts, extract_sample, inventory_hash, parse_document
+from .document import decode, normalise_inventory
+from .hosttext import clean
+from .model import AGENT_ERROR, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
+from .sample import agent_identity, extract_facts, extract_sample, inventory_hash, normalised, parse_document
 from .sshpool import SSHPool, server_log
 from .storage import Storage
 
@@ -36,6 +37,7 @@ BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 # as much CPU as the poll itself (bench/bench_core.py). Slots still spread evenly over the
 # interval (40 per 10 s): a slot holds 1/40 of the fleet, not a burst of all of it.
 PHASE_QUANTUM = 0.25
+MAX_ERROR_CHARS = 500  # a failed poll's stored message
 
 
 class Histogram:
@@ -220,7 +222,7 @@ class Poller:
                 doc, text = await self._poll_local()
                 inv = None
                 if inventory_hash(doc) != server.inventory_hash:
-                    inv = await asyncio.to_thread(self.local.inventory)
+                    inv = normalise_inventory(await asyncio.to_thread(self.local.inventory))
             else:
                 doc, text = await self._poll_remote(server)
                 inv = None
@@ -231,13 +233,14 @@ class Poller:
             server_log(log, server.name).info("poll failed: %s", err)
             duration = time.perf_counter() - t0
             self.durations.observe(duration)
+            # The message may quote the host (an agent's error detail): stored and shown inert.
             return PollOutcome(server_id=server.id, ts=started, duration=duration,
-                               ok=False, reason=err.reason, error=err.message)
+                               ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
         version, sha = agent_identity(doc)
         outcome = PollOutcome(
             server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
             doc_text=text, sample=extract_sample(doc), agent_version=version, agent_sha256=sha,
-            hostname=doc.get("hostname")[:255], inventory_hash=inventory_hash(doc),
+            hostname=doc["hostname"], inventory_hash=inventory_hash(doc),
         )
         if inv is not None:
             outcome.extra["inventory"] = inv
@@ -251,8 +254,7 @@ class Poller:
             doc = await asyncio.to_thread(self.local.all)
         except Exception as exc:  # noqa: BLE001 - the in-process agent failing is an agent error
             raise PollError(AGENT_ERROR, f"local collection failed: {exc}") from None
-        check_document(doc)
-        return doc, json.dumps(doc, separators=(",", ":"))
+        return normalised(doc)
 
     async def _poll_remote(self, server: Server) -> tuple[dict, str]:
         client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
@@ -262,16 +264,20 @@ class Poller:
         return parse_document(body)
 
     async def _fetch_inventory(self, server: Server) -> dict | None:
+        """The server's normalised inventory; None if the agent could not send one (the next poll
+        tries again). An inventory that cannot be normalised fails the poll (BAD_PAYLOAD)."""
         client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
         try:
-            status, doc = await client.request_json("GET", "/api/inventory", timeout=self.config.poll.timeout)
+            status, body = await client.request("GET", "/api/inventory", timeout=self.config.poll.timeout)
         except PollError as err:
+            if err.reason == BAD_PAYLOAD:
+                raise PollError(BAD_PAYLOAD, f"inventory: {err.message}") from None
             server_log(log, server.name).warning("inventory fetch failed: %s", err)
             return None
-        if status != 200 or not isinstance(doc, dict):
+        if status != 200:
             server_log(log, server.name).warning("inventory fetch answered %s", status)
             return None
-        return doc
+        return normalise_inventory(decode(body, "inventory"))
 
     # writing
 
