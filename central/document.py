@@ -328,6 +328,10 @@ INVENTORY = Obj(
                     MAX_INTERFACES),
 )
 
+# GET /api/health, as far as the central reads it.
+HEALTH = Obj(status=SHORT, version=SHORT, sha256=SHORT, uptime=Num(0, MAX_DURATION), python=SHORT,
+             pid=Int(1, MAX_PID), policy=NAME)
+
 
 def decode(body: bytes, root: str = "document") -> object:
     """The JSON value of body; NaN/Infinity decode to markers normalise() refuses. Raises BAD_PAYLOAD."""
@@ -366,6 +370,11 @@ def normalise_inventory(doc: object) -> dict:
     """The /api/inventory document reduced to what the protocol allows. Raises BAD_PAYLOAD naming
     the field (as inventory.FIELD)."""
     return _normalise(INVENTORY, doc, (), "inventory")
+
+
+def normalise_health(doc: object) -> dict:
+    """The /api/health answer reduced to what the protocol allows. Raises BAD_PAYLOAD naming the field."""
+    return _normalise(HEALTH, doc, (), "health")
 
 
 def dumps(doc: dict) -> str:

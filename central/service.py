@@ -20,6 +20,7 @@ from .alerts import AlertEngine
 from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
+from .document import normalise_health
 from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
 from .notifiers import Dispatcher
 from .poller import Poller
@@ -236,6 +237,10 @@ class Central:
             if status != 200 or not isinstance(health, dict):
                 return {"ok": False, "reason": "agent_error", "error": f"/api/health answered {status}",
                         "ssh_ms": round(ssh_ms, 1), "hint": deploy_hint(server)}
+            try:
+                health = normalise_health(health)
+            except PollError as err:
+                return {"ok": False, "reason": err.reason, "error": err.message, "ssh_ms": round(ssh_ms, 1)}
             sha = health.get("sha256")
             return {"ok": True, "version": health.get("version"), "sha256": sha,
                     "outdated": bool(sha) and sha != agent_sha256(), "ssh_ms": round(ssh_ms, 1)}
