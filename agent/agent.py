@@ -132,7 +132,6 @@ def _which(program):
 
 def _python_version():
     return "%d.%d.%d" % sys_mod.version_info[:3]
-_START_MONOTONIC = time.monotonic()
 
 
 def agent_sha256():

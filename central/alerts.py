@@ -26,57 +26,37 @@ from typing import Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
-    AGENT_DOWN, AGENT_ERROR, AUTH_FAILED, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT,
-    UNREACHABLE, Conflict, Invalid, NotFound, PollOutcome, Server,
+    ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, Conflict, Invalid, NotFound,
+    PollOutcome, Server,
 )
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
-INVENTORY_RULE = "inventory_changed"
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
     "==": operator.eq, "!=": operator.ne,
 }
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-# Poll failure reasons counted by the poll.* metrics (consecutive polls failing that way).
-POLL_GROUPS = {
-    UNREACHABLE: "poll.unreachable", TIMEOUT: "poll.unreachable",
-    AUTH_FAILED: "poll.auth_failed",
-    HOST_KEY_MISMATCH: "poll.host_key_mismatch", HOST_KEY_UNKNOWN: "poll.host_key_mismatch",
-    AGENT_DOWN: "poll.agent_down", AGENT_ERROR: "poll.agent_error", BAD_PAYLOAD: "poll.bad_payload",
-}
-_POLL_METRICS = tuple(sorted(set(POLL_GROUPS.values())))
+# Poll failure reason -> the poll.* metric counting it (consecutive polls failing that way).
+POLL_GROUPS = {r.name: r.alert_metric for r in REASONS.values()}
+_POLL_METRICS = POLL_METRICS
+# One value per server: (alert metric, sample column) and (alert metric, fact key).
+_SAMPLE_VALUES = tuple((m.alert, m.column) for m in METRICS.values() if m.alert)
+_FACT_VALUES = tuple((a.name, a.fact) for a in ALERT_METRICS.values() if a.fact)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ACTIVE_UNIT_STATES = ("active", "reloading")
 
 
 def builtin_rules(cfg: AlertsConfig) -> list[AlertRule]:
-    """The built-in rules with the thresholds and timings from [alerts] (minus `disabled`)."""
-    keep = cfg.keep_firing_for
-    rules = [
-        AlertRule("server_unreachable", "poll.unreachable", ">=", float(cfg.unreachable_after), 0.0, keep, "critical",
-                  summary="cannot reach {server} over SSH ({value} polls in a row): {error}"),
-        AlertRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, 0.0, "critical",
-                  summary="{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                          "re-trusts it (central server trust): {error}"),
-        AlertRule("ssh_auth_failed", "poll.auth_failed", ">=", float(cfg.agent_failures_after), 0.0, keep, "critical",
-                  summary="{server} refuses the central's SSH key ({value} polls in a row): {error}"),
-        AlertRule("agent_down", "poll.agent_down", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
-        AlertRule("agent_error", "poll.agent_error", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="the agent on {server} answers with errors ({value} polls in a row): {error}"),
-        AlertRule("agent_bad_payload", "poll.bad_payload", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="the agent on {server} sends invalid documents ({value} polls in a row): {error}"),
-        AlertRule("disk_almost_full", "disk.percent", ">=", cfg.disk_full_percent, cfg.disk_full_for, keep, "warning",
-                  summary="{label} on {server} is {value}% full (threshold {threshold}%)"),
-        AlertRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, cfg.unit_inactive_for, keep, "warning",
-                  summary="watched unit {label} on {server} is {state}"),
-        AlertRule("process_missing", "process.watched", "<", 1.0, cfg.process_missing_for, keep, "warning",
-                  summary="no process named {label} runs on {server}"),
-    ]
-    return [r for r in rules if r.name not in cfg.disabled]
+    """The built-in rules (central.model.BUILTIN_RULES) with the thresholds and timings from [alerts] (minus `disabled`)."""
+    def setting(value: float | str) -> float:
+        return float(getattr(cfg, value) if isinstance(value, str) else value)
+
+    return [AlertRule(b.name, b.metric, b.op, setting(b.threshold), setting(b.for_),
+                      cfg.keep_firing_for if b.keep_firing else 0.0, b.severity, summary=b.summary)
+            for b in BUILTIN_RULES.values() if b.name not in cfg.disabled]
 
 
 def _globs_match(patterns: Sequence[str], value: str) -> bool:
@@ -632,15 +612,10 @@ class AlertEngine:
 
 def _simple_values(s: dict, facts: dict) -> dict:
     """The one-value-per-server metrics of a poll."""
-    return {
-        "cpu.percent": s.get("cpu"), "memory.percent": s.get("mem"), "swap.percent": s.get("swap"),
-        "load.1": s.get("load1"), "load.5": s.get("load5"), "load.15": s.get("load15"),
-        "network.rx_rate": s.get("net_rx"), "network.tx_rate": s.get("net_tx"),
-        "disk_io.read_rate": s.get("disk_read"), "disk_io.write_rate": s.get("disk_write"),
-        "process.count": s.get("procs"), "cpu.iowait": facts.get("iowait"), "cpu.steal": facts.get("steal"),
-        "uptime": facts.get("uptime"), "systemd.failed": facts.get("systemd_failed"),
-        "agent.collector_errors": facts.get("collector_errors"),
-    }
+    values = {name: s.get(column) for name, column in _SAMPLE_VALUES}
+    for name, key in _FACT_VALUES:
+        values[name] = facts.get(key)
+    return values
 
 
 def _facts_from_text(text: str) -> dict:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import __version__, alerts
 from .config import Config, ConfigError, load_config, parse_duration
-from .model import REASON_TEXT, CentralError, PollError
+from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
 console = Console()
@@ -82,7 +82,7 @@ def _pct(v) -> str:
 
 
 def _status_text(status: str, reason: str | None) -> str:
-    colour = {"online": "green", "offline": "red", "error": "yellow"}.get(status, "dim")
+    colour = STATUSES[status].colour if status in STATUSES else "dim"
     text = f"[{colour}]{status}[/{colour}]"
     return text + (f" ({reason})" if reason else "")
 
@@ -285,7 +285,7 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
 @server.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--tag", help="Only servers with this tag.")
-@click.option("--status", type=click.Choice(["online", "offline", "error", "unknown"]), help="Only servers in this status.")
+@click.option("--status", type=click.Choice(list(STATUSES)), help="Only servers in this status.")
 @central_command
 async def server_list(central: Central, as_json, tag, status):
     """List servers with status, CPU, memory, disk, load and last seen.
@@ -304,7 +304,7 @@ async def server_list(central: Central, as_json, tag, status):
     for r in rows:
         s = r["sample"] or {}
         load = "-" if s.get("load1") is None else f"{s['load1']:.2f}"
-        host = "(this host)" if r["kind"] == "local" else f"{r['user']}@{r['host']}:{r['port']}"
+        host = central.transports.address(r)
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
     console.print(t)

@@ -16,20 +16,17 @@ import time
 from typing import Awaitable, Callable, Sequence
 
 from . import inventory
-from .bundled import agent_module
 from .config import Config
-from .document import decode, normalise_inventory
 from .hosttext import clean
-from .model import AGENT_ERROR, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
-from .sample import agent_identity, extract_facts, extract_sample, inventory_hash, normalised, parse_document
-from .sshpool import SSHPool, server_log
+from .model import BLOCKING_REASONS, ERROR, PollError, PollOutcome, Server
+from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
+from .serverlog import server_log
 from .storage import Storage
+from .transport import Transports
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
-# Reasons that stop polling until an operator acts (DESIGN.md "Hosts and keys").
-BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 
 
 # Phases are rounded down to this many seconds, so servers that share a slot are polled in
@@ -37,7 +34,7 @@ BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 # as much CPU as the poll itself (bench/bench_core.py). Slots still spread evenly over the
 # interval (40 per 10 s): a slot holds 1/40 of the fleet, not a burst of all of it.
 PHASE_QUANTUM = 0.25
-MAX_ERROR_CHARS = 500  # a failed poll's stored message
+MAX_ERROR_CHARS = 500  # a failed poll's stored message (it may quote the host: cleaned)
 
 
 class Histogram:
@@ -75,42 +72,13 @@ def phase(server_id: int, interval: float) -> float:
     return offset
 
 
-class LocalCollector:
-    """Collects the central's own host in-process with the bundled agent's collectors."""
-
-    def __init__(self):
-        self._collector = None
-
-    def _get(self):
-        if self._collector is None:
-            self._collector = agent_module().Collector()
-        return self._collector
-
-    def prime(self) -> None:
-        """Create the collector (it records its first counters) ahead of the first poll."""
-        self._get()
-
-    def all(self) -> dict:
-        """One /api/all document."""
-        return self._get().all()
-
-    def inventory(self) -> dict:
-        """The /api/inventory document."""
-        return self._get().inventory()
-
-    def processes(self) -> dict:
-        """The /api/processes document: every process, by pid (actions look pids up here)."""
-        return self._get().processes("pid", None)
-
-
 class Poller:
     """Schedules polls, stores their outcomes, and runs hooks on each stored batch."""
 
-    def __init__(self, config: Config, storage: Storage, pool: SSHPool):
+    def __init__(self, config: Config, storage: Storage, transports: Transports):
         self.config = config
         self.storage = storage
-        self.pool = pool
-        self.local = LocalCollector()
+        self.transports = transports
         self.hooks: list[Hook] = []
         self._queue: asyncio.Queue[PollOutcome] = asyncio.Queue()
         self._tasks: dict[int, asyncio.Task] = {}
@@ -133,9 +101,7 @@ class Poller:
     async def start(self) -> None:
         """Load the server list and start the schedule and the writer."""
         await self.reload()
-        if any(s.kind == "local" for s in self._servers.values()):
-            # Take the CPU baseline now, so the first local poll has figures to compare with.
-            await asyncio.to_thread(self.local.prime)
+        await self.transports.prepare(self._servers.values())
         self._main = [
             asyncio.create_task(self._reload_loop(), name="poller-reload"),
             asyncio.create_task(self._writer_loop(), name="poller-writer"),
@@ -157,13 +123,13 @@ class Poller:
         for sid in list(self._tasks):
             if sid not in servers:
                 self._tasks.pop(sid).cancel()
-                self.pool.forget(sid)
+                self.transports.forget(sid)
         for sid, server in servers.items():
             old = self._servers.get(sid)
             if old is not None and old.connection_key != server.connection_key:
-                self.pool.forget(sid)
-            if old is not None and old.status_reason in BLOCKING and server.status_reason not in BLOCKING:
-                self.pool.reset_backoff(sid)
+                self.transports.forget(sid)
+            if old is not None and old.status_reason in BLOCKING_REASONS and server.status_reason not in BLOCKING_REASONS:
+                self.transports.reset_backoff(sid)
             self._servers[sid] = server
             if sid not in self._tasks:
                 self._tasks[sid] = asyncio.create_task(self._server_loop(sid), name=f"poll-{server.name}")
@@ -199,12 +165,13 @@ class Poller:
                 return
             started = time.time()
             self.lag = started - slot
-            if server.status_reason not in BLOCKING:
+            # A reason that blocks polling (central.model.REASONS) waits for an operator.
+            if server.status_reason not in BLOCKING_REASONS:
                 outcome = await self.poll(server)
                 self._queue.put_nowait(outcome)
-                if outcome.reason in BLOCKING:
+                if outcome.reason in BLOCKING_REASONS:
                     # Remember at once, before the writer and the next reload catch up.
-                    self._servers[sid] = _with(server, status="error", status_reason=outcome.reason)
+                    self._servers[sid] = _with(server, status=ERROR, status_reason=outcome.reason)
             new_interval = self.interval_of(self._servers.get(sid, server))
             if new_interval != interval:
                 interval = new_interval
@@ -217,23 +184,17 @@ class Poller:
         """Poll one server now; never raises for a failed poll (the outcome says why)."""
         started = time.time()
         t0 = time.perf_counter()
+        transport = self.transports.of(server)
         try:
-            if server.kind == "local":
-                doc, text = await self._poll_local()
-                inv = None
-                if inventory_hash(doc) != server.inventory_hash:
-                    inv = normalise_inventory(await asyncio.to_thread(self.local.inventory))
-            else:
-                doc, text = await self._poll_remote(server)
-                inv = None
-                if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
-                    inv = await self._fetch_inventory(server)
+            doc, text = await transport.document(server)
+            inv = None
+            if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
+                inv = await transport.inventory(server)
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
             server_log(log, server.name).info("poll failed: %s", err)
             duration = time.perf_counter() - t0
             self.durations.observe(duration)
-            # The message may quote the host (an agent's error detail): stored and shown inert.
             return PollOutcome(server_id=server.id, ts=started, duration=duration,
                                ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
         version, sha = agent_identity(doc)
@@ -248,36 +209,6 @@ class Poller:
         self.polls += 1
         self.durations.observe(outcome.duration)
         return outcome
-
-    async def _poll_local(self) -> tuple[dict, str]:
-        try:
-            doc = await asyncio.to_thread(self.local.all)
-        except Exception as exc:  # noqa: BLE001 - the in-process agent failing is an agent error
-            raise PollError(AGENT_ERROR, f"local collection failed: {exc}") from None
-        return normalised(doc)
-
-    async def _poll_remote(self, server: Server) -> tuple[dict, str]:
-        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
-        status, body = await client.request("GET", "/api/all", timeout=self.config.poll.timeout)
-        if status != 200:
-            raise PollError(AGENT_ERROR, f"GET /api/all answered {status}")
-        return parse_document(body)
-
-    async def _fetch_inventory(self, server: Server) -> dict | None:
-        """The server's normalised inventory; None if the agent could not send one (the next poll
-        tries again). An inventory that cannot be normalised fails the poll (BAD_PAYLOAD)."""
-        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
-        try:
-            status, body = await client.request("GET", "/api/inventory", timeout=self.config.poll.timeout)
-        except PollError as err:
-            if err.reason == BAD_PAYLOAD:
-                raise PollError(BAD_PAYLOAD, f"inventory: {err.message}") from None
-            server_log(log, server.name).warning("inventory fetch failed: %s", err)
-            return None
-        if status != 200:
-            server_log(log, server.name).warning("inventory fetch answered %s", status)
-            return None
-        return normalise_inventory(decode(body, "inventory"))
 
     # writing
 

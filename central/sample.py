@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 
 from .document import decode, dumps, normalise
+from .model import METRICS
 
-# Key figures stored per sample (and rolled up), in column order.
-METRICS = (
-    "cpu", "mem", "swap", "load1", "load5", "load15", "disk",
-    "net_rx", "net_tx", "disk_read", "disk_write", "procs",
+# Where each key figure (central.model.METRICS) comes from, grouped by document section so a
+# poll looks each section up once: ((section, ((column, key, integer), ...)), ...).
+_SOURCES: tuple = tuple(
+    (section, tuple((m.column, m.key, m.integer) for m in METRICS.values() if m.section == section))
+    for section in dict.fromkeys(m.section for m in METRICS.values())
 )
+_EMPTY = dict.fromkeys(METRICS)
 TOP_N = 5
 _MAX_TEXT = 200
 
@@ -73,30 +76,26 @@ def _top(processes: dict) -> list:
 
 def extract_sample(doc: dict) -> dict:
     """The key figures of a checked document, as {metric: float|None, 'top': [...]}"""
-    cpu, mem, load = _get(doc, "cpu"), _get(doc, "memory"), _get(doc, "load")
-    net, dio, procs = _get(doc, "network"), _get(doc, "disk_io"), _get(doc, "processes")
-    disk = None
-    fss = doc.get("filesystems")
-    if isinstance(fss, list):
-        percents = [_num(fs.get("percent")) for fs in fss if isinstance(fs, dict)]
-        percents = [p for p in percents if p is not None]
-        disk = max(percents) if percents else None
-    count = _num(procs.get("count"))
-    return {
-        "cpu": _num(cpu.get("percent")),
-        "mem": _num(mem.get("percent")),
-        "swap": _num(mem.get("swap_percent")),
-        "load1": _num(load.get("load1")),
-        "load5": _num(load.get("load5")),
-        "load15": _num(load.get("load15")),
-        "disk": disk,
-        "net_rx": _num(net.get("rx_rate")),
-        "net_tx": _num(net.get("tx_rate")),
-        "disk_read": _num(dio.get("read_rate")),
-        "disk_write": _num(dio.get("write_rate")),
-        "procs": int(count) if count is not None else None,
-        "top": _top(procs),
-    }
+    out = _EMPTY.copy()
+    for section, fields in _SOURCES:
+        part = doc.get(section)
+        if isinstance(part, dict):
+            for column, key, integer in fields:
+                value = _num(part.get(key))
+                if integer and value is not None:
+                    value = int(value)
+                out[column] = value
+        elif isinstance(part, list):
+            # A list section (filesystems): the largest value over its entries.
+            for column, key, integer in fields:
+                values = [_num(e.get(key)) for e in part if isinstance(e, dict)]
+                values = [v for v in values if v is not None]
+                value = max(values) if values else None
+                if integer and value is not None:
+                    value = int(value)
+                out[column] = value
+    out["top"] = _top(_get(doc, "processes"))
+    return out
 
 
 def agent_identity(doc: dict) -> tuple[str | None, str | None]:

@@ -5,7 +5,6 @@ own error form. Nothing here knows about HTTP or terminals.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
@@ -14,19 +13,17 @@ from pathlib import Path
 
 import asyncssh
 
-from .agentclient import AgentClient
 from .alerts import AlertEngine
-
 from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
-from .document import normalise_health
-from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
+from .model import ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, Conflict, Invalid, PollError, Server
 from .notifiers import Dispatcher
 from .poller import Poller
 from .sample import parse_document
 from .sshpool import SSHPool, fetch_host_key, fingerprint, public_key_line
 from .storage import Storage
+from .transport import LOCAL, Transport, Transports
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}$")
@@ -121,13 +118,14 @@ def ensure_key_pair(path: Path) -> tuple[str, bool]:
 
 
 class Central:
-    """The running system: config, database, SSH pool and poller, opened together."""
+    """The running system: config, database, transports to the hosts and poller, opened together."""
 
     def __init__(self, config: Config, storage: Storage, pool: SSHPool):
         self.config = config
         self.storage = storage
         self.pool = pool
-        self.poller = Poller(config, storage, pool)
+        self.transports = Transports(config, pool)
+        self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
         self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
@@ -149,7 +147,7 @@ class Central:
         await self.poller.stop()
         await self.alerts.stop()
         await self.notifier.stop()
-        await self.pool.close()
+        await self.transports.close()
         await self.storage.close()
 
     async def ensure_local_server(self) -> Server:
@@ -158,7 +156,7 @@ class Central:
         existing = await self.storage.find_server(name)
         if existing is not None:
             return existing
-        return await self.storage.add_server(name, "localhost", kind="local", port=0, tags=("central",))
+        return await self.storage.add_server(name, "localhost", kind=LOCAL, port=0, tags=("central",))
 
     # servers
 
@@ -180,8 +178,7 @@ class Central:
     async def probe_server(self, name: str) -> dict:
         """The first step of re-trusting: the key the server presents now and the pinned fingerprint."""
         server = await self.storage.get_server(name)
-        if server.kind == "local":
-            raise Invalid(f"{name} is the central's own host; it has no SSH host key")
+        _refuse_without_host_key(self.transports.of(server), name)
         return {"probe": await self.probe(server.host, server.port), "pinned": server.host_key_fingerprint}
 
     async def add_server(
@@ -215,46 +212,17 @@ class Central:
         candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
                            agent_port=agent_port, host_key=probed["host_key"],
                            host_key_fingerprint=probed["fingerprint"])
-        check = await self._check(candidate)
+        check = await self.transports.ssh.check(candidate)
         server = await self.storage.add_server(
             name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
             interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"])
         return {"server": server.to_dict(), "agent": check}
 
-    async def _check(self, server: Server) -> dict:
-        """Connect (raising on SSH failures) and ask the agent for its health."""
-        pool = SSHPool(self.config.ssh, self.config.key_path)
-        try:
-            t0 = time.perf_counter()
-            await pool.connection(server)
-            ssh_ms = (time.perf_counter() - t0) * 1000
-            client = AgentClient(pool, server, self.config.poll.max_response_bytes)
-            try:
-                status, health = await client.request_json("GET", "/api/health", timeout=self.config.poll.timeout)
-            except PollError as err:
-                return {"ok": False, "reason": err.reason, "error": err.message, "ssh_ms": round(ssh_ms, 1),
-                        "hint": deploy_hint(server)}
-            if status != 200 or not isinstance(health, dict):
-                return {"ok": False, "reason": "agent_error", "error": f"/api/health answered {status}",
-                        "ssh_ms": round(ssh_ms, 1), "hint": deploy_hint(server)}
-            try:
-                health = normalise_health(health)
-            except PollError as err:
-                return {"ok": False, "reason": err.reason, "error": err.message, "ssh_ms": round(ssh_ms, 1)}
-            sha = health.get("sha256")
-            return {"ok": True, "version": health.get("version"), "sha256": sha,
-                    "outdated": bool(sha) and sha != agent_sha256(), "ssh_ms": round(ssh_ms, 1)}
-        finally:
-            await pool.close()
-
     async def test_server(self, name: str) -> dict:
         """Check SSH (with the pinned key) and the agent of a stored server."""
         server = await self.storage.get_server(name)
-        if server.kind == "local":
-            doc = await asyncio.to_thread(self.poller.local.all)
-            return {"ok": True, "local": True, "hostname": doc.get("hostname")}
         try:
-            result = await self._check(server)
+            result = await self.transports.of(server).check(server)
         except PollError as err:
             return {"ok": False, "reason": err.reason, "error": err.message}
         return result
@@ -262,8 +230,7 @@ class Central:
     async def trust_server(self, name: str, fingerprint: str | None = None) -> dict:
         """Re-pin a server's host key after the operator verified the new fingerprint."""
         server = await self.storage.get_server(name)
-        if server.kind == "local":
-            raise Invalid(f"{name} is the central's own host; it has no SSH host key")
+        _refuse_without_host_key(self.transports.of(server), name)
         probed = await self.probe(server.host, server.port)
         if fingerprint is None:
             raise Invalid("the new fingerprint must be confirmed", detail=probed["fingerprint"])
@@ -271,7 +238,7 @@ class Central:
             raise PollError(HOST_KEY_MISMATCH,
                             f"{server.host}:{server.port} presents {probed['fingerprint']}, not the confirmed {normalise_fingerprint(fingerprint)}")
         updated = await self.storage.pin_host_key(name, probed["host_key"], probed["fingerprint"])
-        self.pool.forget(server.id)
+        self.transports.forget(server.id)
         return {"server": updated.to_dict(), "previous_fingerprint": server.host_key_fingerprint}
 
     async def update_server(self, name: str, **changes) -> Server:
@@ -297,21 +264,22 @@ class Central:
                 fields["key_path"] = value
             else:
                 raise Invalid(f"unknown field {key!r}")
-        if server.kind == "local" and set(fields) - {"tags", "interval_s"}:
-            raise Invalid(f"{name} is the central's own host: only tags and interval can change")
+        transport = self.transports.of(server)
+        if transport.settable is not None and set(fields) - transport.settable:
+            raise Invalid(transport.settable_text.format(name=name))
         if "host" in fields or "port" in fields:
             # A different address may be a different machine: the key must be confirmed again.
             fields["host_key"] = None
             fields["host_key_fingerprint"] = None
-            fields["status"] = "error"
-            fields["status_reason"] = "host_key_unknown"
+            fields["status"] = ERROR
+            fields["status_reason"] = HOST_KEY_UNKNOWN
         return await self.storage.update_server(name, **fields)
 
     async def remove_server(self, name: str) -> None:
         """Delete a server and its history."""
         server = await self.storage.get_server(name)
         await self.storage.remove_server(name)
-        self.pool.forget(server.id)
+        self.transports.forget(server.id)
 
     async def poll_now(self, name: str) -> dict:
         """Poll a server once and return the outcome with the agent document (not stored)."""
@@ -336,7 +304,8 @@ class Central:
         for d in servers:
             d.pop("host_key", None)
             d["sample"] = latest.get(d["id"])
-            d["agent_outdated"] = bool(d["agent_sha256"]) and d["kind"] != "local" and d["agent_sha256"] != bundled
+            d["agent_outdated"] = (bool(d["agent_sha256"]) and self.transports.of_kind(d["kind"]).no_agent is None
+                                   and d["agent_sha256"] != bundled)
         return servers
 
     async def server_detail(self, name: str) -> dict:
@@ -351,14 +320,12 @@ class Central:
             "latest": {"ts": latest[0], "document": latest[1]} if latest else None,
             "inventory": inv,
             "inventory_changes": await self.storage.inventory_history(server.id, limit=20),
-            "agent_outdated": bool(server.agent_sha256) and server.kind != "local" and server.agent_sha256 != agent_sha256(),
+            "agent_outdated": (bool(server.agent_sha256) and self.transports.of(server).no_agent is None
+                               and server.agent_sha256 != agent_sha256()),
         }
 
 
-def deploy_hint(server: Server) -> str:
-    """What to run when a server's agent does not answer."""
-    target = f"{server.user}@{server.host}"
-    port = f" --ssh-opt Port={server.port}" if server.port != 22 else ""
-    return (f"the agent does not answer on {server.host}'s 127.0.0.1:{server.agent_port}; deploy it with: "
-            f"scripts/deploy-agent.sh{port} {target}   (or: central deploy {server.name})")
-
+def _refuse_without_host_key(transport: Transport, name: str) -> None:
+    """Invalid for a server without an SSH host key (the central's own host)."""
+    if transport.no_host_key is not None:
+        raise Invalid(transport.no_host_key.format(name=name))

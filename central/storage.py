@@ -17,8 +17,7 @@ from typing import Iterable, Sequence
 import aiosqlite
 
 from .bundled import schema_text
-from .model import Conflict, NotFound, PollOutcome, Server
-from .sample import METRICS
+from .model import BLOCKING_REASONS, ERROR, METRICS, REASONS, Conflict, NotFound, PollOutcome, Server
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,12 @@ TIER_MINUTE, TIER_HOUR = 60, 3600
 # Migrations from version N-1 to N: (N, [statements]). Each must be idempotent.
 MIGRATIONS: list[tuple[int, list[str]]] = []
 
-_SAMPLE_COLS = ", ".join(METRICS)
+_COLUMNS = tuple(METRICS)  # the key figures' columns, in order
+_SAMPLE_COLS = ", ".join(_COLUMNS)
+# Reasons that make a server 'error' at once, and those that stop polling until re-trusted.
+_ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
+_BLOCKING = tuple(sorted(BLOCKING_REASONS))
+_BLOCKING_IN = ", ".join("?" * len(_BLOCKING))
 _SERVER_UPDATABLE = {
     "host", "port", "user", "key_path", "agent_port", "tags", "interval_s",
     "host_key", "host_key_fingerprint", "status", "status_reason", "last_error",
@@ -37,14 +41,14 @@ _SERVER_UPDATABLE = {
 
 def _rollup_select(source_min: str, source_avg: str, source_max: str, weight: str) -> str:
     cols = []
-    for m in METRICS:
+    for m in _COLUMNS:
         cols.append(f"min({source_min.format(m=m)})")
         cols.append(f"sum({source_avg.format(m=m)} * {weight}) / nullif(sum(CASE WHEN {source_avg.format(m=m)} IS NOT NULL THEN {weight} END), 0)")
         cols.append(f"max({source_max.format(m=m)})")
     return ", ".join(cols)
 
 
-_ROLLUP_COLS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in METRICS)
+_ROLLUP_COLS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in _COLUMNS)
 # 1-minute buckets from raw samples.
 _ROLLUP_RAW = (
     f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS}) "
@@ -117,6 +121,7 @@ class Storage:
                 f"({SCHEMA_VERSION}); upgrade central"
             )
         await self.db.executescript(schema_text())
+        await self._add_metric_columns()
         for target, statements in MIGRATIONS:
             if version < target:
                 await self.db.execute("BEGIN IMMEDIATE")
@@ -126,6 +131,24 @@ class Storage:
                 await self.db.execute("COMMIT")
         if version < SCHEMA_VERSION:
             await self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def _add_metric_columns(self) -> None:
+        """Give an existing database the columns of key figures added to central.model.METRICS
+        since it was created (schema.sql has them for a new one), so adding one needs no migration."""
+        wanted = {
+            "samples": [(m.column, "INTEGER" if m.integer else "REAL") for m in METRICS.values()],
+            "rollups": [(f"{m.column}_{agg}", "REAL") for m in METRICS.values() for agg in ("min", "avg", "max")],
+        }
+        for table, columns in wanted.items():
+            async with self.db.execute(f"PRAGMA table_info({table})") as cur:
+                have = {r[1] for r in await cur.fetchall()}
+            for column, type_ in columns:
+                if column not in have:
+                    try:
+                        await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
+                    except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     async def close(self) -> None:
         """Close the connection (a checkpoint keeps the WAL file small)."""
@@ -201,11 +224,6 @@ class Storage:
         row = await self._one("SELECT * FROM servers WHERE name = ?", (name,))
         return Server.from_row(row) if row else None
 
-    async def get_server_by_id(self, server_id: int) -> Server | None:
-        """The server with this id, or None."""
-        row = await self._one("SELECT * FROM servers WHERE id = ?", (server_id,))
-        return Server.from_row(row) if row else None
-
     async def list_servers(self) -> list[Server]:
         """Every server, by name."""
         return [Server.from_row(r) for r in await self._all("SELECT * FROM servers ORDER BY name")]
@@ -275,10 +293,10 @@ class Storage:
         """Pin a (new) host key and clear a host-key-mismatch status."""
         await self._write([(
             "UPDATE servers SET host_key = ?, host_key_fingerprint = ?, consecutive_failures = 0,"
-            " status = CASE WHEN status_reason IN ('host_key_mismatch', 'host_key_unknown') THEN 'unknown' ELSE status END,"
-            " status_reason = CASE WHEN status_reason IN ('host_key_mismatch', 'host_key_unknown') THEN NULL ELSE status_reason END"
+            f" status = CASE WHEN status_reason IN ({_BLOCKING_IN}) THEN 'unknown' ELSE status END,"
+            f" status_reason = CASE WHEN status_reason IN ({_BLOCKING_IN}) THEN NULL ELSE status_reason END"
             " WHERE name = ?",
-            (host_key, fingerprint, name),
+            (host_key, fingerprint, *_BLOCKING, *_BLOCKING, name),
         )])
         return await self.get_server(name)
 
@@ -312,25 +330,26 @@ class Storage:
                     )
                     await self.db.executemany(
                         f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
-                        f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)",
+                        f" VALUES (?, ?, {', '.join('?' * len(_COLUMNS))}, ?)",
                         [
-                            (o.server_id, o.ts, *(o.sample.get(m) for m in METRICS),
+                            (o.server_id, o.ts, *(o.sample.get(m) for m in _COLUMNS),
                              json.dumps(o.sample.get("top") or [], separators=(",", ":")))
                             for o in ok if o.sample is not None
                         ],
                     )
                 if failed:
-                    # offline after N consecutive failures; a host-key mismatch or an agent-side
-                    # problem is 'error' at once (SSH works, so the host itself is not offline).
+                    # The reason says the status (central.model.REASONS): 'error' at once, or
+                    # 'offline' after offline_after consecutive failures.
                     await self.db.executemany(
                         "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
                         " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
                         " status = CASE"
-                        "   WHEN ? IN ('host_key_mismatch', 'host_key_unknown', 'auth_failed', 'agent_down', 'agent_error', 'bad_payload') THEN 'error'"
+                        "   WHEN ? THEN 'error'"
                         "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
                         "   ELSE status END"
                         " WHERE id = ?",
-                        [(o.ts, o.duration, o.error, o.reason, o.reason, offline_after, o.server_id) for o in failed],
+                        [(o.ts, o.duration, o.error, o.reason, o.reason in _ERROR_AT_ONCE, offline_after, o.server_id)
+                         for o in failed],
                     )
             except BaseException:
                 await self.db.execute("ROLLBACK")
@@ -339,7 +358,7 @@ class Storage:
             if self._latest is not None:
                 for o in ok:
                     if o.sample is not None:
-                        self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in METRICS},
+                        self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in _COLUMNS},
                                                      "top": list(o.sample.get("top") or [])}
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
@@ -358,7 +377,7 @@ class Storage:
         # GROUP BY over all samples scanned every raw row: 136 ms at 50 servers x 48 h, seconds
         # at 1,000. CROSS JOIN pins the join order, or the planner scans samples again.
         rows = await self._all(
-            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in METRICS)}, s.top FROM"
+            f"SELECT s.server_id, s.ts, {', '.join('s.' + m for m in _COLUMNS)}, s.top FROM"
             " (SELECT v.id AS sid, (SELECT max(ts) FROM samples WHERE server_id = v.id) AS mts FROM servers v) m"
             " CROSS JOIN samples s ON s.server_id = m.sid AND s.ts = m.mts"
         )
@@ -385,11 +404,11 @@ class Storage:
     async def history(
         self, server_id: int, start: float, end: float, *, max_points: int = 500,
         retention_raw: float, retention_minute: float, now: float | None = None,
-        metrics: Sequence[str] = METRICS,
+        metrics: Sequence[str] = _COLUMNS,
     ) -> dict:
         """Key figures over [start, end) in at most max_points buckets, from the finest tier that covers the range."""
         now = time.time() if now is None else now
-        bad = set(metrics) - set(METRICS)
+        bad = set(metrics) - set(_COLUMNS)
         if bad:
             raise ValueError(f"unknown metrics: {sorted(bad)}")
         span = max(end - start, 1.0)
@@ -587,11 +606,11 @@ class Storage:
         return out
 
     async def import_samples(self, rows: Sequence[tuple]) -> None:
-        """Bulk-insert raw samples (server_id, ts, *METRICS, top_json): imports, benchmarks, tests."""
+        """Bulk-insert raw samples (server_id, ts, one value per key figure, top_json): imports, benchmarks, tests."""
         self._latest = None  # re-read on next use
         await self._write_many([(
             f"INSERT OR REPLACE INTO samples (server_id, ts, {_SAMPLE_COLS}, top)"
-            f" VALUES (?, ?, {', '.join('?' * len(METRICS))}, ?)", list(rows))])
+            f" VALUES (?, ?, {', '.join('?' * len(_COLUMNS))}, ?)", list(rows))])
 
     async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
         """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric); the tier
@@ -602,7 +621,7 @@ class Storage:
         until = max(r[1] for r in rows) + tier
         await self._write_many([
             (f"INSERT OR REPLACE INTO rollups (server_id, tier, ts, n, {_ROLLUP_COLS})"
-             f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(METRICS)))})", rows),
+             f" VALUES (?, {int(tier)}, ?, ?, {', '.join('?' * (3 * len(_COLUMNS)))})", rows),
             ("INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?) ON CONFLICT (tier)"
              " DO UPDATE SET done_until = max(done_until, excluded.done_until)", [(int(tier), until)]),
         ])
@@ -718,16 +737,6 @@ class Storage:
             if p.exists():
                 total += p.stat().st_size
         return total
-
-    async def meta_get(self, key: str) -> str | None:
-        """A value from the meta table."""
-        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
-        return row[0] if row else None
-
-    async def meta_set(self, key: str, value: str) -> None:
-        """Store a value in the meta table."""
-        await self._write([("INSERT INTO meta (key, value) VALUES (?, ?)"
-                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))])
 
     # alerts
 

@@ -10,13 +10,11 @@ import time
 
 from . import __version__
 from .config import ConfigError, parse_duration
-from .model import Invalid
-from .sample import METRICS
+from .model import METRICS, STATUSES, Invalid
 from .service import Central
 
-STATUSES = ("online", "offline", "error", "unknown")
 # What the fleet averages are taken over (the overview's headline figures).
-AVERAGED = ("cpu", "mem", "swap", "disk", "load1")
+AVERAGED = tuple(m.column for m in METRICS.values() if m.fleet_average)
 MAX_RANGE = 400 * 86400.0
 
 

@@ -5,8 +5,7 @@ import sqlite3
 
 import pytest
 
-from central.model import Conflict, NotFound, PollOutcome
-from central.sample import METRICS
+from central.model import ERROR, METRICS, OFFLINE, REASONS, Conflict, NotFound, PollOutcome
 from central.storage import SCHEMA_VERSION, TIER_HOUR, TIER_MINUTE, Storage
 
 DAY = 86400.0
@@ -88,6 +87,47 @@ async def test_agent_problems_are_error_at_once(storage):
     await storage.write_polls([PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False,
                                            reason="agent_down", error="x")], offline_after=3)
     assert (await storage.get_server("a")).status == "error"
+
+
+@pytest.mark.parametrize("reason", list(REASONS.values()), ids=list(REASONS))
+async def test_each_reason_gives_its_status(storage, reason):
+    s = await storage.add_server("a", "10.0.0.1")
+    fail = PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False, reason=reason.name, error="x")
+    await storage.write_polls([fail], offline_after=2)
+    first = (await storage.get_server("a")).status
+    await storage.write_polls([fail], offline_after=2)
+    second = (await storage.get_server("a")).status
+    assert (first, second) == ((ERROR, ERROR) if reason.status == ERROR else ("unknown", OFFLINE))
+
+
+async def test_trusting_clears_only_reasons_that_block_polling(storage):
+    for reason in REASONS.values():
+        s = await storage.add_server(reason.name, "10.0.0.1")
+        fail = PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False, reason=reason.name, error="x")
+        await storage.write_polls([fail], offline_after=1)
+        got = await storage.pin_host_key(reason.name, "ssh-ed25519 AAAA", "SHA256:x")
+        if reason.blocks_polling:
+            assert (got.status, got.status_reason) == ("unknown", None)
+        else:
+            assert got.status_reason == reason.name and got.status != "unknown"
+
+
+async def test_an_older_database_gets_the_columns_of_new_key_figures(tmp_path):
+    path = tmp_path / "c.db"
+    await (await Storage.open(path)).close()
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE samples DROP COLUMN procs")  # as if procs were added after it was created
+    con.execute("ALTER TABLE rollups DROP COLUMN procs_max")
+    con.commit()
+    con.close()
+    s = await Storage.open(path)
+    sid = (await s.add_server("a", "10.0.0.1")).id
+    await s.write_polls([ok(sid, NOW)], offline_after=3)
+    assert (await s.samples(sid, 0, NOW + 1))[0]["procs"] == 10
+    await s.close()
+    con = sqlite3.connect(path)
+    assert "procs_max" in [r[1] for r in con.execute("PRAGMA table_info(rollups)")]
+    con.close()
 
 
 async def test_batch_write_keeps_samples_and_latest(storage):

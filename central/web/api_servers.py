@@ -9,6 +9,7 @@ from __future__ import annotations
 from .. import views
 from ..sample import METRICS
 from ..service import HOST_RE, NAME_RE, TAG_RE, USER_RE
+from ..transport import KINDS
 from .registry import ADMIN, OPERATOR, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
 
 endpoints = Registry(tag="servers")
@@ -26,7 +27,7 @@ SAMPLE = obj({"ts": number(), **{m: NUM for m in METRICS},
               "top": array(array({}), description="[[pid, name, cpu percent, rss bytes], ...]")},
              required=["ts", *METRICS], closed=False)
 SERVER = obj({
-    "id": integer(), "name": string(), "kind": string(enum=["ssh", "local"]), "host": string(),
+    "id": integer(), "name": string(), "kind": string(enum=list(KINDS)), "host": string(),
     "port": integer(), "user": string(), "key_path": nullable(string()), "agent_port": integer(),
     "tags": array(string()), "interval_s": NUM, "host_key_fingerprint": nullable(string()),
     "status": STATUS, "status_reason": nullable(string()), "last_error": nullable(string()),

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from .. import __version__, alerts, views
 from ..actions import audit_log
-from ..auth import ADMIN, OPERATOR, Identity
-from ..model import CentralError
+from ..auth import Identity
+from ..model import ADMIN, OPERATOR, CentralError
 from .keys import CENTRAL
 from .security import identify, session_csrf
 
