@@ -25,7 +25,7 @@ pytestmark = pytest.mark.hosts
 BYSTANDERS = 3
 POLLS = 4  # ok polls each well-behaved host must have stored before the checks
 BODY_CAP = 200_000  # every page and API body of the hostile host stays under this many bytes
-NAN, INF = '"__NaN__"', '"__Infinity__"'
+NAN, INF = "__NaN__", "__Infinity__"  # placeholders for the bare NaN / Infinity tokens
 
 
 def base(hostname: str) -> dict:
@@ -61,7 +61,8 @@ INVENTORY = {"hostname": "hostile", "os": {"id": "debian", "name": "Debian GNU/L
 
 
 def body(doc: dict) -> bytes:
-    return json.dumps(doc).replace(NAN, "NaN").replace(INF, "Infinity").encode()
+    text = json.dumps(doc, separators=(",", ":"))
+    return text.replace(f'"{NAN}"', "NaN").replace(f'"{INF}"', "Infinity").encode()
 
 
 def patched(name: str, section: str, **fields) -> dict:
@@ -83,10 +84,10 @@ KINDS = {
     "rollup_1e308": (lambda n: patched(n, "network", rx_rate=1e308), None, "network.rx_rate: 1e+308 is out of range"),
     "string_os": (lambda n: base(n), dict(INVENTORY, os="Debian"), "inventory.os: expected an object, got a string"),
     "negative_memory": (lambda n: patched(n, "memory", used=-(1 << 30)), None, "memory.used: -1073741824 is out of range"),
-    "top_200000": (lambda n: patched(n, "processes", top_cpu=[
-        {"pid": i + 1, "start_time": 1, "name": "p%d" % i, "cpu_percent": 1.0, "rss": 1} for i in range(200_000)]),
-        None, "document: "),
-    "hostname_1mb": (lambda n: dict(base(n), hostname="h" * 10**6), None, "document: "),
+    # 2.8 MB: under the agent client's 4 MiB read limit, over the document cap
+    "top_200000": (lambda n: patched(n, "processes", top_cpu=[{"pid": i + 1} for i in range(200_000)]),
+                   None, "document: 2"),
+    "hostname_1mb": (lambda n: dict(base(n), hostname="h" * 10**6), None, "document: 1"),
     "hostname_300kb": (lambda n: dict(base(n), hostname="h" * 300_000), None, None),
     "control_characters": (lambda n: dict(
         base(n), hostname=CONTROL_HOSTNAME, errors={"dock\x00er": "permission\x1b[0m denied\n"},
