@@ -1,5 +1,5 @@
 -- central's database. Re-runnable: every statement is CREATE ... IF NOT EXISTS.
--- Schema changes after version 1 are migrations in central/storage.py keyed by
+-- Schema changes after version 1 are migrations in central/storage/sqlite/base.py keyed by
 -- PRAGMA user_version; this file always describes the newest schema.
 -- Times are Unix seconds (REAL). JSON columns hold compact JSON text.
 

@@ -22,7 +22,7 @@ import operator
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
@@ -30,6 +30,9 @@ from .model import (
     PollOutcome, Server,
 )
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .service import Central
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,6 @@ SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 # Poll failure reason -> the poll.* metric counting it (consecutive polls failing that way).
 POLL_GROUPS = {r.name: r.alert_metric for r in REASONS.values()}
 _POLL_METRICS = POLL_METRICS
-# One value per server: (alert metric, sample column) and (alert metric, fact key).
-_SAMPLE_VALUES = tuple((m.alert, m.column) for m in METRICS.values() if m.alert)
-_FACT_VALUES = tuple((a.name, a.fact) for a in ALERT_METRICS.values() if a.fact)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ACTIVE_UNIT_STATES = ("active", "reloading")
 
@@ -610,12 +610,19 @@ class AlertEngine:
         }
 
 
-def _simple_values(s: dict, facts: dict) -> dict:
-    """The one-value-per-server metrics of a poll."""
-    values = {name: s.get(column) for name, column in _SAMPLE_VALUES}
-    for name, key in _FACT_VALUES:
-        values[name] = facts.get(key)
-    return values
+def _compile_simple_values():
+    """_simple_values(sample, facts), written out from the tables as one dict display: the
+    one-value-per-server alert metrics of a poll (key figures, central.model.METRICS, and the
+    poll's facts, central.model.ALERT_METRICS). It runs on every poll; a comprehension over
+    the tables costs twice as much (bench/bench_poll_path.py)."""
+    items = [f"{m.alert!r}: s.get({m.column!r})" for m in METRICS.values() if m.alert]
+    items += [f"{a.name!r}: facts.get({a.fact!r})" for a in ALERT_METRICS.values() if a.fact]
+    namespace: dict = {}
+    exec("def _simple_values(s, facts):\n    return {" + ", ".join(items) + "}", namespace)  # noqa: S102 - our own table
+    return namespace["_simple_values"]
+
+
+_simple_values = _compile_simple_values()
 
 
 def _facts_from_text(text: str) -> dict:
@@ -631,16 +638,18 @@ def _facts_from_text(text: str) -> dict:
     return extract_facts(doc) if isinstance(doc, dict) else {}
 
 
-# What the CLI and the HTTP API call (no HTTP or terminal knowledge here).
+# The operations the CLI and the HTTP API call, each taking the opened Central first (no HTTP or
+# terminal knowledge here).
 
 def cli_user() -> str:
     """The acknowledging user for the CLI: cli:<local OS user>."""
     return "cli:" + getpass.getuser()
 
 
-async def list_alerts(storage: Storage, firing_only: bool = False, server: str | None = None,
+async def list_alerts(central: Central, firing_only: bool = False, server: str | None = None,
                       limit: int = 100, open_only: bool = False) -> list[dict]:
     """Alerts newest first (firing, then pending, then resolved), optionally of one server by name."""
+    storage = central.storage
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise Invalid(f"invalid limit {limit!r}: expected 1 to 10000")
     server_id = None
@@ -649,15 +658,17 @@ async def list_alerts(storage: Storage, firing_only: bool = False, server: str |
     return await storage.list_alerts(firing_only=firing_only, open_only=open_only, server_id=server_id, limit=limit)
 
 
-async def get_alert(storage: Storage, alert_id: int) -> dict:
+async def get_alert(central: Central, alert_id: int) -> dict:
     """One alert with its delivery log."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     alert["notifications"] = await storage.notifications(alert["id"], limit=50)
     return alert
 
 
-async def ack(storage: Storage, alert_id: int, user: str, now: float | None = None) -> dict:
+async def ack(central: Central, alert_id: int, user: str, now: float | None = None) -> dict:
     """Acknowledge an open alert (stops its repeats; its resolution is still sent); the alert."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     if not isinstance(user, str) or not user.strip():
         raise Invalid("the acknowledging user must be named")
@@ -667,7 +678,7 @@ async def ack(storage: Storage, alert_id: int, user: str, now: float | None = No
     return await storage.get_alert(alert["id"])
 
 
-async def create_silence(storage: Storage, *, server: str | None = None, rule: str | None = None,
+async def create_silence(central: Central, *, server: str | None = None, rule: str | None = None,
                          tag: str | None = None, duration: float, comment: str, user: str,
                          maintenance: bool = False, now: float | None = None) -> dict:
     """Mute notifications of matching alerts for duration seconds (alerts are still recorded); the silence.
@@ -675,6 +686,7 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     maintenance=True is a maintenance window: it needs an existing server and mutes all its alerts.
     server, rule and tag are globs; all given ones must match.
     """
+    storage = central.storage
     now = time.time() if now is None else now
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 366 * 86400:
         raise Invalid(f"invalid duration {duration!r}: expected more than 0 and at most 366 days")
@@ -698,8 +710,9 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     return await storage.get_silence(silence_id)
 
 
-async def delete_silence(storage: Storage, silence_id: int, now: float | None = None) -> dict:
+async def delete_silence(central: Central, silence_id: int, now: float | None = None) -> dict:
     """End a silence now (kept in the history); the silence."""
+    storage = central.storage
     silence = await storage.get_silence(_check_id(silence_id, "silence"))
     now = time.time() if now is None else now
     if silence["ends_at"] <= now:
@@ -708,9 +721,10 @@ async def delete_silence(storage: Storage, silence_id: int, now: float | None = 
     return await storage.get_silence(silence["id"])
 
 
-async def list_silences(storage: Storage, active_only: bool = True, limit: int = 100,
+async def list_silences(central: Central, active_only: bool = True, limit: int = 100,
                         now: float | None = None) -> list[dict]:
     """Silences and maintenance windows newest first; active_only: those not ended yet."""
+    storage = central.storage
     now = time.time() if now is None else now
     rows = await storage.list_silences(active_at=now if active_only else None, limit=limit)
     for r in rows:

@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncssh
 
 from .bundled import agent_path, agent_sha256, installer_path
-from . import model
+from . import model, servers
 from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
 from .service import restricted_key_line
 from .failures import classify
@@ -185,7 +185,7 @@ class Deployer:
 
     async def reported_sha256(self, server: Server) -> str | None:
         """The agent's sha256 as it answers now through the central, else as last polled."""
-        live = await self.central.test_server(server.name)
+        live = await servers.test_server(self.central, server.name)
         return live.get("sha256") if live.get("ok") else server.agent_sha256
 
     async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
@@ -272,7 +272,7 @@ class Deployer:
             await self._install(conn, command, result)
         if server.host_key:
             self._set(result, step="check")
-            check = await self.central.test_server(server.name)
+            check = await servers.test_server(self.central, server.name)
             if not check.get("ok"):
                 raise StepFailed("check", f"the central cannot reach the agent with its own key: "
                                  f"{check.get('reason')}: {check.get('error')}",

@@ -307,7 +307,7 @@ class Server:
 
     @classmethod
     def from_row(cls, row) -> "Server":
-        """Build from a sqlite3.Row of the servers table."""
+        """Build from a row (a mapping of column to value) of the servers table."""
         d = dict(row)
         d["tags"] = tuple(json.loads(d.get("tags") or "[]"))
         if d.keys() == _SERVER_FIELD_SET:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from . import __version__
+from .bundled import agent_sha256
 from .config import ConfigError, parse_duration
 from .model import METRICS, STATUSES, Invalid
-from .service import Central
+
+if TYPE_CHECKING:
+    from .service import Central
 
 # What the fleet averages are taken over (the overview's headline figures).
 AVERAGED = tuple(m.column for m in METRICS.values() if m.fleet_average)
@@ -19,11 +23,44 @@ MAX_RANGE = 400 * 86400.0
 
 
 async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
-                      name: str | None = None, limit: int = 100, offset: int = 0) -> dict:
-    """Servers with status and latest key figures, filtered (tag, status, name substring) and paged."""
+                      name: str | None = None, limit: int | None = 100, offset: int = 0) -> dict:
+    """Servers with status and latest key figures, filtered (tag, status, name substring) and paged
+    (limit None: all of them)."""
     page, total = await central.storage.server_page(tag=tag, status=status, name=name, limit=limit, offset=offset)
-    rows = await central.server_overview(page)
+    rows = await server_overview(central, page)
     return {"servers": rows, "total": total, "limit": limit, "offset": offset}
+
+
+async def server_overview(central: Central, servers: list[dict] | None = None) -> list[dict]:
+    """Servers (default: all) with their status and latest key figures (for lists and the page)."""
+    if servers is None:
+        servers = await central.storage.server_dicts()
+    latest = await central.storage.latest_samples()
+    bundled = agent_sha256()
+    for d in servers:
+        d.pop("host_key", None)
+        d["sample"] = latest.get(d["id"])
+        d["agent_outdated"] = (bool(d["agent_sha256"]) and central.transports.of_kind(d["kind"]).no_agent is None
+                               and d["agent_sha256"] != bundled)
+    return servers
+
+
+
+async def server_detail(central: Central, name: str) -> dict:
+    """One server: stored fields, latest document, inventory, recent changes."""
+    server = await central.storage.get_server(name)
+    latest = await central.storage.latest_document(server.id)
+    inv = await central.storage.inventory_latest(server.id)
+    d = server.to_dict()
+    d.pop("host_key", None)
+    return {
+        "server": d,
+        "latest": {"ts": latest[0], "document": latest[1]} if latest else None,
+        "inventory": inv,
+        "inventory_changes": await central.storage.inventory_history(server.id, limit=20),
+        "agent_outdated": (bool(server.agent_sha256) and central.transports.of(server).no_agent is None
+                           and server.agent_sha256 != agent_sha256()),
+    }
 
 
 async def fleet_stats(central: Central) -> dict:
@@ -61,7 +98,7 @@ async def central_status(central: Central) -> dict:
         "pid": os.getpid(),
         "started_at": central.started_at,
         "uptime": time.time() - central.started_at,
-        "database": {"path": str(central.storage.path), "bytes": await central.storage.database_size()},
+        "database": {"path": central.storage.location, "bytes": await central.storage.database_size()},
         "poller": {
             "lag": poller.lag,
             "servers": poller.scheduled,
