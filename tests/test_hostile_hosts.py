@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from central import servers
 from central.hosttext import UNSAFE_RE, is_clean
 from tests.apiclient import PASSWORD, start_api
 from tests.hostfarm import STANDIN_AGENT
@@ -143,7 +144,7 @@ async def test_hostile_document_hurts_nobody(kind, hostile_api, test_host, caplo
 
     central.poller.poll = poll
     for host in (hostile, good, *bystanders):
-        result = await central.add_server(host.name, host.address, fingerprint=host.fingerprint)
+        result = await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
         ids[host.name] = result["server"]["id"]
 
     async def settled():
