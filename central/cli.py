@@ -164,8 +164,13 @@ def serve(ctx, listen, port):
         config = dataclasses.replace(config, http=http)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    from .service import check_database_writable
     from .web.app import run_app
 
+    try:
+        asyncio.run(check_database_writable(config))
+    except CentralError as exc:
+        raise click.ClickException(f"cannot start: {exc.message}") from None
     try:
         run_app(config)
     except OSError as exc:

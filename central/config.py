@@ -69,6 +69,11 @@ class HTTPConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     path: str = ""  # empty: <data_dir>/central.db
+    # How long the serving process's write waits for a lock another process holds before the
+    # batch goes to the outage buffer (reads share the connection and wait behind it).
+    lock_timeout: float = 1.0
+    # Poll outcomes kept in memory while the database cannot be written (oldest dropped first).
+    outage_buffer: int = 20000
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,7 @@ class Config:
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "http.session_max_age",
+    "database.lock_timeout",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -284,6 +290,8 @@ _DURATIONS = {
 }
 _POSITIVE = {
     "http.max_body_bytes",
+    "database.lock_timeout",
+    "database.outage_buffer",
     "http.login_attempts_per_minute",
     "poll.interval",
     "poll.timeout",
