@@ -152,6 +152,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     detail      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, ts);
+CREATE INDEX IF NOT EXISTS notifications_channel ON notifications (channel, ts);
 
 -- Every remote action request and its outcome, refusals and failures included.
 CREATE TABLE IF NOT EXISTS audit (
@@ -187,6 +188,19 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     last_used    REAL,
     revoked_at   REAL
 );
+
+-- Page logins. The cookie carries a random session id; only its SHA-256 is stored, so the
+-- database alone cannot be used to log in. Logging out deletes the row; a password change
+-- deletes the user's rows; removing the user cascades. An expired row is worth nothing.
+CREATE TABLE IF NOT EXISTS sessions (
+    id           INTEGER PRIMARY KEY,
+    id_hash      TEXT    NOT NULL UNIQUE,
+    user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at   REAL    NOT NULL,
+    expires_at   REAL    NOT NULL,
+    address      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
 
 CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,

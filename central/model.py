@@ -160,6 +160,9 @@ class BuiltinRule:
     severity: str
     summary: str
     keep_firing: bool = True  # whether alerts.keep_firing_for applies
+    # While it fires the server cannot be observed: its other alerts are not notified
+    # (alerts.builtin_inhibit), since their figures are stale.
+    inhibits_server: bool = False
 
 
 INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
@@ -169,10 +172,10 @@ INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a
 STORAGE_RULE = "storage_failing"
 BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
-                "cannot reach {server} over SSH ({value} polls in a row): {error}"),
+                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True),
     BuiltinRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, "critical",
                 "{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                "re-trusts it (central server trust): {error}", keep_firing=False),
+                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True),
     BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
                 "{server} refuses the central's SSH key ({value} polls in a row): {error}"),
     BuiltinRule("agent_down", "poll.agent_down", ">=", "agent_failures_after", 0.0, "warning",

@@ -11,13 +11,13 @@ and map CentralError to their own error form. Nothing here knows about HTTP or t
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from pathlib import Path
 
 import asyncssh
 
+from . import files
 from .alerts import AlertEngine
 from .auth import Auth
 from .config import Config
@@ -62,18 +62,18 @@ def ensure_key_pair(path: Path) -> tuple[str, bool]:
     """Create the central's ed25519 key pair if missing; returns (public key line, created)."""
     pub = Path(str(path) + ".pub")
     if path.exists():
+        files.private_file(path)
         key = asyncssh.read_private_key(str(path))
         line = public_key_line(key)
         if not pub.exists():
-            pub.write_text(line + " central\n")
+            files.create_private(pub, (line + " central\n").encode(), mode=0o644)
         return line, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        files.private_dir(path.parent)
     key = asyncssh.generate_private_key("ssh-ed25519", comment="central@" + socket.gethostname())
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.export_private_key())
+    files.create_private(path, key.export_private_key())
     line = public_key_line(key)
-    pub.write_text(line + f" central@{socket.gethostname()}\n")
+    files.create_private(pub, f"{line} central@{socket.gethostname()}\n".encode(), mode=0o644)
     return line, True
 
 
@@ -88,7 +88,7 @@ class Central:
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
-        self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
+        self.notifier = Dispatcher(storage, config.notifiers, alerts=config.alerts, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
@@ -99,6 +99,7 @@ class Central:
         """Open the database (creating it) and make sure the local server exists. serving: for
         `central serve`, whose writes wait for another process's lock only database.lock_timeout
         (its reads queue behind them); a CLI command waits up to 10 s."""
+        files.private_dir(config.data_path)
         storage = await Storage.open(config.database_path, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:

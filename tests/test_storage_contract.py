@@ -408,6 +408,24 @@ async def test_notification_log(storage):
     assert await storage.last_sent() == {(alert, "hook"): NOW + 60}
 
 
+async def test_message_attempts_and_channel_health(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    ids = await storage.save_alerts([alert_row(a.id, r, "firing", fired_at=NOW) for r in ("cpu", "mem")], [], [])
+    # A two-alert message: its first two attempts fail, the third goes through; then a failing stretch.
+    for attempt, ok, ts in ((1, False, NOW), (2, False, NOW + 1), (3, True, NOW + 3)):
+        await storage.log_notifications([(i, "mail", "firing", ts, attempt, ok, "ok" if ok else "HTTP 500")
+                                          for i in ids])
+    for attempt, ts in ((1, NOW + 60), (2, NOW + 61)):
+        await storage.log_notifications([(i, "mail", "repeat", ts, attempt, False, f"timeout {attempt}")
+                                         for i in ids])
+    await storage.log_notifications([(None, "hook", "test", NOW + 70, 1, True, "HTTP 200")])
+    assert len(await storage.notifications(ids[0])) == 5
+    assert await storage.channel_health() == {
+        "mail": {"last_success": NOW + 3, "failures_in_row": 2, "last_error_at": NOW + 61, "last_error": "timeout 2"},
+        "hook": {"last_success": NOW + 70, "failures_in_row": 0, "last_error_at": None, "last_error": None},
+    }
+
+
 # audit
 
 async def test_audit_log_pages_newest_first(storage):
@@ -448,6 +466,34 @@ async def test_users(storage):
             await call
     await storage.remove_user("bob")
     assert await storage.find_user("bob") is None
+
+
+async def test_sessions(storage):
+    """Page sessions: found by id hash until they expire, are removed, or their user changes password or goes."""
+    alice = await storage.add_user("alice", "admin", "h")
+    bob = await storage.add_user("bob", "viewer", "h")
+    for uid, h in ((alice["id"], "a1"), (alice["id"], "a2"), (bob["id"], "b1")):
+        await storage.add_session(uid, h, NOW, NOW + 3600, "10.0.0.1")
+    row = await storage.session_user("a1", NOW)
+    assert (row["user_id"], row["user"], row["role"]) == (alice["id"], "alice", "admin")
+    assert await storage.session_user("a1", NOW + 3600) is None  # expired
+    assert await storage.session_user("nope", NOW) is None
+    await storage.remove_session("a1")
+    assert await storage.session_user("a1", NOW) is None and await storage.session_user("a2", NOW)
+    await storage.set_user_password("alice", "h2")
+    assert await storage.session_user("a2", NOW) is None and await storage.session_user("b1", NOW)
+    await storage.add_session(bob["id"], "b2", NOW, NOW + 60, "")
+    assert await storage.remove_user_sessions("bob") == 2
+    assert await storage.session_user("b1", NOW) is None
+    await storage.add_session(bob["id"], "b3", NOW, NOW + 60, "")
+    await storage.remove_user("bob")
+    assert await storage.session_user("b3", NOW) is None
+    with pytest.raises(NotFound):
+        await storage.remove_user_sessions("bob")
+    # a new session drops the expired ones
+    await storage.add_session(alice["id"], "a3", NOW, NOW + 10, "")
+    await storage.add_session(alice["id"], "a4", NOW + 20, NOW + 30, "")
+    assert await storage.session_user("a3", NOW + 5) is None  # gone, not merely expired later
 
 
 async def test_tokens(storage):

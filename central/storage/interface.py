@@ -220,6 +220,14 @@ class Alerts(ABC):
         """Record one delivery attempt (dropped if its alert is gone)."""
 
     @abstractmethod
+    async def log_notifications(self, rows: Sequence[tuple]) -> None:
+        """Record one attempt of a message: (alert_id, channel, event, ts, attempt, ok, detail) per alert in it."""
+
+    @abstractmethod
+    async def channel_health(self) -> dict[str, dict]:
+        """Per channel: last_success, last_error_at, last_error, failures_in_row (attempts since the success)."""
+
+    @abstractmethod
     async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
         """Delivery attempts newest first, of one alert or all."""
 
@@ -246,7 +254,7 @@ class Audit(ABC):
 
 
 class Users(ABC):
-    """Users with their roles and password hashes, and API tokens (stored as hashes only)."""
+    """Users with their roles and password hashes, API tokens and page sessions (both stored as hashes only)."""
 
     @abstractmethod
     async def add_user(self, name: str, role: str, password_hash: str) -> dict:
@@ -274,7 +282,7 @@ class Users(ABC):
 
     @abstractmethod
     async def set_user_password(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash; NotFound if there is no such user."""
+        """Replace a user's password hash and end their sessions; NotFound if there is no such user."""
 
     @abstractmethod
     async def set_user_role(self, name: str, role: str) -> None:
@@ -282,7 +290,24 @@ class Users(ABC):
 
     @abstractmethod
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their API tokens; NotFound if there is no such user."""
+        """Delete a user, their API tokens and sessions; NotFound if there is no such user."""
+
+    @abstractmethod
+    async def add_session(self, user_id: int, id_hash: str, created_at: float, expires_at: float,
+                          address: str) -> None:
+        """Store a page session by the hash of its id (expired sessions may be dropped on the way)."""
+
+    @abstractmethod
+    async def session_user(self, id_hash: str, now: float) -> dict | None:
+        """The session with this id hash, unexpired at now, joined with its user (user_id, user, role), or None."""
+
+    @abstractmethod
+    async def remove_session(self, id_hash: str) -> None:
+        """End one session (nothing happens for an unknown one)."""
+
+    @abstractmethod
+    async def remove_user_sessions(self, name: str) -> int:
+        """End every session of a user; returns how many there were; NotFound if there is no such user."""
 
     @abstractmethod
     async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:

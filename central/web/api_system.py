@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -10,7 +9,8 @@ from .. import __version__, metrics, views
 from ..config import Config
 from .keys import CONFIG, ENDPOINTS
 from .openapi import build_openapi
-from .registry import NONE, VIEWER, Call, Registry, Reply, boolean, integer, nullable, number, obj, string
+from .api_notifiers import NOTIFIER
+from .registry import NONE, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
 
 endpoints = Registry(tag="system")
 
@@ -68,11 +68,12 @@ async def prometheus_metrics(call: Call) -> web.Response:
                                             "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
                                            required=["lag", "servers", "polls", "polls_failed"]),
                              "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"]),
-                             "storage": STORAGE},
+                             "notifiers": array(NOTIFIER), "storage": STORAGE},
                             required=["version", "uptime", "database", "poller", "pool", "storage"]))
 async def central_status(call: Call) -> dict:
-    """`poller.lag` is how late (seconds) the last poll started against its slot; `storage` says
-    whether poll outcomes can be written and how many wait in memory."""
+    """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
+    notification channel's health (as in /api/v1/notifiers); `storage` says whether poll outcomes
+    can be written and how many wait in memory."""
     return await views.central_status(call.central)
 
 

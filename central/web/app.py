@@ -13,7 +13,7 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_actions, api_alerts, api_servers, api_session, api_system
+from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
@@ -29,6 +29,7 @@ ENDPOINT_MODULES = (
     api_servers,
     api_alerts,
     api_actions,
+    api_notifiers,
 )
 
 
@@ -37,9 +38,19 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG], serving=True)
     app[CENTRAL] = central
     await central.poller.start()
+    bot = bot_task = None
     try:
+        if app[CONFIG].telegram.enabled:
+            from ..telegrambot import TelegramBot
+
+            bot = TelegramBot.from_config(central)
+            bot_task = asyncio.create_task(bot.run(), name="telegram-bot")
         yield
     finally:
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
+            await bot.stop()
         await central.close()
 
 
@@ -83,7 +94,8 @@ def create_app(config: Config) -> web.Application:
         middlewares=[errors, host_check, aiohttp_session.session_middleware(session_storage(config))],
     )
     app[CONFIG] = config
-    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
+    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts, config.http.login_attempts_per_user,
+                                      config.http.login_backoff_max)
     app.cleanup_ctx.append(_central_context)
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))

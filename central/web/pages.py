@@ -8,19 +8,21 @@ Pages need a session: without one they redirect to /login?next=PATH.
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
+import markupsafe
 from aiohttp import web
 
-from .. import __version__, alerts, views
+from .. import __version__, alerts, hosttext, views
 from ..actions import audit_log
 from ..auth import Identity
 from ..model import ADMIN, OPERATOR, CentralError
 from .keys import CENTRAL
-from .security import identify, session_csrf
+from .security import identify, safe_redirect, session_csrf
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -28,9 +30,25 @@ STATIC_DIR = HERE / "static"
 OVERVIEW_LIMIT = 1000
 
 
+# The most characters of one host-supplied value a page shows (a 200 KB command line is cut).
+SHOWN_LIMIT = 1000
+
+
 def _missing(value) -> bool:
-    # Agent fields may be null or absent (an old agent, a failed collector).
-    return value is None or isinstance(value, jinja2.Undefined)
+    # Agent fields may be null, absent (an old agent, a failed collector) or not a number at all
+    # ("NaN%", a list): all of them are shown as a dash, never an error page.
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+
+
+def shown(value):
+    """What a page shows for a value: host text with control, bidi and zero-width characters as
+    visible escapes (line breaks kept) and cut to SHOWN_LIMIT; markup and non-text unchanged."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        if len(value) > SHOWN_LIMIT:
+            value = value[: SHOWN_LIMIT - 1] + hosttext.ELLIPSIS
+        if not hosttext.is_clean(value):
+            value = "\n".join(hosttext.escape(line) for line in value.split("\n"))
+    return value
 
 
 def fmt_pct(value) -> str:
@@ -59,7 +77,10 @@ def fmt_time(ts) -> str:
     """Local date and time of a Unix time."""
     if _missing(ts):
         return "–"
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # a year 300000 from a host's clock
+        return "–"
 
 
 def fmt_ago(ts, now=None) -> str:
@@ -83,8 +104,10 @@ def level(value, warn: float = 75, crit: float = 90) -> str:
     return "crit" if value >= crit else "warn" if value >= warn else "ok"
 
 
+# finalize=shown: every {{ value }} a template prints is made inert, whichever template it is.
 _env = jinja2.Environment(loader=jinja2.PackageLoader("central.web", "templates"),
                           autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined,
+                          finalize=shown,
                           trim_blocks=True, lstrip_blocks=True)
 _env.filters.update(pct=fmt_pct, bytes=fmt_bytes, num=fmt_num, time=fmt_time, ago=fmt_ago, level=level)
 
@@ -126,9 +149,7 @@ def _page(template: str):
 
 async def login_page(request: web.Request) -> web.Response:
     """The login form (posts to /api/v1/login); a logged-in user goes straight on."""
-    nxt = request.query.get("next", "/")
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = "/"
+    nxt = safe_redirect(request.query.get("next"))
     if await identify(request) is not None:
         raise web.HTTPFound(nxt)
     return await _render(request, "login.html", None, next=nxt)
@@ -161,7 +182,7 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
 
 @_page("alerts.html")
 async def alerts_page(request: web.Request, identity: Identity) -> dict:
-    """Open and recent alerts and active silences (GET /api/v1/alerts, /api/v1/silences)."""
+    """Open and recent alerts, active silences, channels' health (GET /api/v1/alerts, /api/v1/silences, /api/v1/notifiers)."""
     central = request.app[CENTRAL]
     every = await alerts.list_alerts(central, limit=200)
     return {
@@ -169,6 +190,7 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
         "open": [a for a in every if a["state"] != alerts.RESOLVED],
         "recent": [a for a in every if a["state"] == alerts.RESOLVED],
         "silences": await alerts.list_silences(central, active_only=True),
+        "notifications": await views.notifications_status(central),
     }
 
 

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Iterable, Sequence
 
 import aiosqlite
 
+from ... import files
 from ...bundled import schema_text
 from ...model import METRICS, StorageUnavailable
 
@@ -82,7 +83,7 @@ class SQLiteBase:
         timeout). Every statement of this connection runs on one thread, so while a write waits
         every read waits behind it: the serving process keeps it short (database.lock_timeout)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.prepare_database(path)  # 0600 before SQLite creates it, so -wal/-shm are 0600 too
         db = await aiosqlite.connect(str(path), isolation_level=None)
         db.row_factory = aiosqlite.Row
         self = cls(db, path, lock_timeout)

@@ -27,18 +27,44 @@ const central = (() => {
     return data;
   }
 
+  // Where a login may send the browser: the rule of safe_redirect() in central/web/security.py
+  // (a single leading "/", no control character or backslash, no scheme or host), else "/".
+  function safeNext(target) {
+    if (typeof target !== "string" || !target.startsWith("/") || target.startsWith("//")) return "/";
+    if (/[\x00-\x1f\x7f\\]/.test(target) || target.length > 500) return "/";
+    let url;
+    try { url = new URL(target, location.origin); } catch (e) { return "/"; }
+    return url.origin === location.origin ? target : "/";
+  }
+
+  // Host text as the page shows it, like shown() in central/web/pages.py: the characters
+  // central/hosttext.py escape() makes visible (controls but line breaks, bidi controls,
+  // zero-width ones) as \xNN / \uNNNN, and at most `limit` characters.
+  const UNSAFE = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff]/g;
+  const SHOWN_LIMIT = 1000;
+  function shown(v, limit = SHOWN_LIMIT) {
+    let s = String(v);
+    if (s.length > limit) s = s.slice(0, limit - 1) + "\u2026";
+    return s.replace(UNSAFE, (ch) => {
+      const c = ch.charCodeAt(0);
+      return c < 0x100 ? "\\x" + c.toString(16).padStart(2, "0") : "\\u" + c.toString(16).padStart(4, "0");
+    });
+  }
+
+  // Numbers from a host may be anything ("NaN%", a list): all but finite numbers show as a dash.
+  const isNum = (v) => typeof v === "number" && isFinite(v);
   const dash = "\u2013";
-  const fmtPct = (v) => v == null ? dash : v.toFixed(1) + "%";
-  const fmtNum = (v, digits = 2) => v == null ? dash : v.toFixed(digits);
+  const fmtPct = (v) => !isNum(v) ? dash : v.toFixed(1) + "%";
+  const fmtNum = (v, digits = 2) => !isNum(v) ? dash : v.toFixed(digits);
   function fmtBytes(v) {
-    if (v == null) return dash;
+    if (!isNum(v)) return dash;
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let i = 0;
     while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
     return i === 0 ? v.toFixed(0) + " B" : v.toFixed(1) + " " + units[i];
   }
   function fmtAgo(ts, now) {
-    if (ts == null || ts === "") return "never";
+    if (!isNum(ts)) return "never";
     const s = Math.max(0, Math.floor(now - ts));
     if (s < 60) return s + "s ago";
     if (s < 3600) return Math.floor(s / 60) + "m ago";
@@ -46,22 +72,23 @@ const central = (() => {
     return Math.floor(s / 86400) + "d ago";
   }
   function fmtTime(ts) {
-    if (ts == null) return dash;
+    if (!isNum(ts) || Math.abs(ts) > 8.64e12) return dash;
     const d = new Date(ts * 1000), p = (n) => String(n).padStart(2, "0");
     return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
   }
-  const level = (v, warn = 75, crit = 90) => v == null ? "" : v >= crit ? "crit" : v >= warn ? "warn" : "ok";
+  const level = (v, warn = 75, crit = 90) => !isNum(v) ? "" : v >= crit ? "crit" : v >= warn ? "warn" : "ok";
 
-  // el("td", {class: "num"}, "text", child) - builds DOM without innerHTML (no markup injection).
+  // el("td", {class: "num"}, "text", child) - builds DOM without innerHTML (no markup injection);
+  // text goes through shown(), so whatever a host sent is inert.
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v == null || v === false) continue;
       if (k === "class") node.className = v;
-      else if (k === "text") node.textContent = v;
+      else if (k === "text") node.textContent = shown(v);
       else node.setAttribute(k, v === true ? "" : v);
     }
-    for (const c of children) node.append(c);
+    for (const c of children) node.append(typeof c === "string" ? shown(c) : c);
     return node;
   }
 
@@ -69,10 +96,10 @@ const central = (() => {
   const modal = document.getElementById("modal");
   let settle = null;
   function open(title, text, output, okLabel, cancel) {
-    document.getElementById("modal-title").textContent = title;
-    document.getElementById("modal-body").textContent = text || "";
+    document.getElementById("modal-title").textContent = shown(title);
+    document.getElementById("modal-body").textContent = shown(text || "", Infinity);
     const pre = document.getElementById("modal-output");
-    pre.textContent = output || "";
+    pre.textContent = shown(output || "", Infinity);
     pre.hidden = !output;
     document.getElementById("modal-ok").textContent = okLabel;
     document.getElementById("modal-cancel").hidden = !cancel;
@@ -115,5 +142,5 @@ const central = (() => {
     });
   }
 
-  return {api, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
+  return {api, safeNext, shown, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
 })();
