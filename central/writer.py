@@ -147,7 +147,8 @@ class Writer:
     async def _failed(self, exc: Exception) -> None:
         self.failed_writes += 1
         health = self.health
-        reason = str(exc) if isinstance(exc, StorageUnavailable) else f"{type(exc).__name__}: {exc}"
+        # the database's own words ("database is locked"), without our wrapper's prefix
+        reason = str(exc.__cause__ or exc) if isinstance(exc, StorageUnavailable) else f"{type(exc).__name__}: {exc}"
         health.reason = reason[:500]
         health.failed_writes += 1
         self._retry_at = time.monotonic() + self._delay

@@ -135,6 +135,19 @@ async def test_batch_write_keeps_samples_and_latest(storage):
     assert (await storage.latest_document(a.id))[0] == NOW + 10
 
 
+async def test_an_outcome_the_database_refuses_never_takes_others_with_it(storage):
+    servers = [await storage.add_server(f"s{i}", f"10.0.0.{i}") for i in range(5)]
+    bad = ok(servers[2].id, NOW)
+    bad.sample["procs"] = 10**19  # beyond a 64-bit integer
+    batch = [ok(s.id, NOW) for s in servers[:2]] + [bad] + [ok(s.id, NOW) for s in servers[3:]]
+    refused = await storage.write_polls(batch, offline_after=3)
+    assert [o for o, _ in refused] == [bad] and "OverflowError" in refused[0][1]
+    latest = await storage.latest_samples()
+    assert sorted(latest) == sorted(s.id for s in servers if s is not servers[2])
+    assert (await storage.get_server("s2")).status == "unknown"
+    assert await storage.write_polls([ok(servers[2].id, NOW + 10)], offline_after=3) == []
+
+
 async def fill(storage: Storage, server_id: int, start: float, end: float, step: float, cpu) -> int:
     """Insert raw samples every step seconds; cpu(ts) gives the value."""
     n = 0
