@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Sequence
 from . import inventory
 from .config import Config
 from .hosttext import clean
-from .model import BAD_PAYLOAD, BLOCKING_REASONS, ERROR, PollError, PollOutcome, Server
+from .model import BAD_PAYLOAD, BLOCKING_REASONS, ERROR, ONLINE, PollError, PollOutcome, Server
 from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
 from .serverlog import server_log
 from .storage import Storage
@@ -82,6 +82,7 @@ class Poller:
         self.transports = transports
         self.hooks: list[Hook] = []
         self.writer = Writer(self.store, config.database.outage_buffer)
+        self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._main: list[asyncio.Task] = []
@@ -170,6 +171,7 @@ class Poller:
             if server.status_reason not in BLOCKING_REASONS:
                 outcome = await self.poll(server)
                 self.writer.put(outcome)
+                self._note_state(server, outcome)
                 if outcome.reason in BLOCKING_REASONS:
                     # Remember at once, before the writer and the next reload catch up.
                     self._servers[sid] = _with(server, status=ERROR, status_reason=outcome.reason)
@@ -193,7 +195,7 @@ class Poller:
                 inv = await transport.inventory(server)
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
-            server_log(log, server.name).info("poll failed: %s", err)
+            server_log(log, server.name).debug("poll failed: %s", err)  # changes are logged once (_note_state)
             duration = time.perf_counter() - t0
             self.durations.observe(duration)
             return PollOutcome(server_id=server.id, ts=started, duration=duration,
@@ -210,6 +212,24 @@ class Poller:
         self.polls += 1
         self.durations.observe(outcome.duration)
         return outcome
+
+    def _note_state(self, server: Server, outcome: PollOutcome) -> None:
+        """Log a server's state change once, at the default level (WARNING), not each failed poll:
+        failing (with its reason), failing for another reason, online again."""
+        was = self._state.get(server.id)
+        if was is None:  # first poll since start: what the database says it was
+            was = (True, None, None) if server.status == ONLINE else (False, server.status_reason, None)
+        now = (outcome.ok, outcome.reason, was[2] if not outcome.ok and not was[0] else outcome.ts)
+        self._state[server.id] = now
+        slog = server_log(log, server.name)
+        if outcome.ok and not was[0]:
+            if was[1] is None:
+                slog.info("online")
+            else:
+                since = f" after {outcome.ts - was[2]:.0f}s" if was[2] is not None else ""
+                slog.warning("online again%s (was %s)", since, was[1])
+        elif not outcome.ok and (was[0] or was[1] != outcome.reason):
+            slog.warning("polls failing: %s: %s", outcome.reason, outcome.error)
 
     # writing
 
