@@ -76,8 +76,9 @@ class DatabaseConfig:
     # How long the serving process's write waits for a lock another process holds before the
     # batch goes to the outage buffer (reads share the connection and wait behind it).
     lock_timeout: float = 1.0
-    # Poll outcomes kept in memory while the database cannot be written (oldest dropped first).
-    outage_buffer: int = 20000
+    # Poll outcomes kept in memory while the database cannot be written (oldest dropped first);
+    # about 4 KB each (bench/bench_hostile.py), so 10,000 is about 40 MB.
+    outage_buffer: int = 10000
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class Writer:
         self._inflight: list[PollOutcome] = []
         # Per server, the pending outcome that carries its agent document: only the newest is
         # ever stored (the latest table keeps one per server), so an older one drops its text
-        # and a buffered outcome costs ~1-2 KB, not the document's size.
+        # and a buffered outcome costs ~4 KB (its figures and alert facts), not the document's size.
         self._document_of: dict[int, PollOutcome] = {}
         self._wake = asyncio.Event()
         self._delay = RETRY_INITIAL
