@@ -44,6 +44,7 @@ class Identity:
     role: str
     via: str
     token_id: int | None = None
+    logged_in_at: float | None = None  # sessions: when that login happened (the terminal's fresh authentication)
 
     def allows(self, role: str) -> bool:
         """Whether this identity's role is at least role."""
@@ -207,7 +208,7 @@ class Auth:
         row = await self.storage.session_user(token_hash(session_id), time.time())
         if row is None:
             return None
-        return Identity(row["user_id"], row["user"], row["role"], "session")
+        return Identity(row["user_id"], row["user"], row["role"], "session", logged_in_at=row["created_at"])
 
     async def end_session(self, session_id: object) -> None:
         """Log a session out: its cookie stops working at once, wherever it was saved."""

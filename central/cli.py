@@ -710,12 +710,14 @@ def _deploy_table(results, final: bool) -> SafeTable:
               help="known_hosts file to check host keys against (default: yours, as ssh uses).")
 @click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("--terminal-user", metavar="NAME",
+              help="Also install the web terminal's key (restrict,pty) for this existing host account.")
 @click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
                  service_patterns, container_patterns, watch_units, full_access, identity, known_hosts,
-                 pinned_host_key, ssh_config, jobs, as_json):
+                 pinned_host_key, ssh_config, terminal_user, jobs, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
@@ -730,6 +732,7 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
       central deploy web1 web2
       central deploy --all --upgrade-outdated
       central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
+      central deploy web1 --terminal-user ops
     """
     from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
 
@@ -740,7 +743,8 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
     options = DeployOptions(actions=actions, service_patterns=service_patterns, container_patterns=container_patterns,
                             watch_units=watch_units, full_access=full_access, identity=identity,
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
-                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
+                            terminal_user=terminal_user)
     targets = await select_servers(central, servers, all_servers)
     if not targets:
         raise CentralError("no servers to deploy to: add them with `central server add` first")
@@ -1209,3 +1213,7 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# `central terminal ...` lives in its own module; importing it registers the group.
+from . import cli_terminal  # noqa: E402,F401

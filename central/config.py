@@ -121,6 +121,8 @@ class RetentionConfig:
     maintenance_interval: float = 300.0
     # How long inventory history and the action audit log are kept.
     events: float = 365 * 86400.0
+    # How long terminal recordings (and their session rows) are kept.
+    recordings: float = 90 * 86400.0
 
 
 SEVERITIES = ("info", "warning", "critical")
@@ -287,6 +289,24 @@ class ActionsConfig:
 
 
 @dataclass(frozen=True)
+class TerminalConfig:
+    """`[terminal]`: the web terminal (docs/terminal.md)."""
+
+    # The terminal's own key pair, never the polling key (docs/terminal.md).
+    key_path: str = ""  # empty: <data_dir>/terminal_ed25519
+    recordings_dir: str = ""  # empty: <data_dir>/recordings
+    # A page login at most this old counts as re-authentication; older ones re-enter the password.
+    fresh_auth: float = 300.0
+    # A session without input for this long ends; no session lasts longer than max_duration.
+    idle_timeout: float = 900.0
+    max_duration: float = 3600.0
+    max_sessions_per_user: int = 3
+    # A recording may grow to this size; the session ends there (nothing goes unrecorded).
+    max_recording_bytes: int = 64 * 1024 * 1024
+    term: str = "xterm-256color"
+
+
+@dataclass(frozen=True)
 class TelegramConfig:
     """`[telegram]`: the optional bot (pip install 'central[telegram]') that answers allowed chats."""
 
@@ -311,6 +331,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    terminal: TerminalConfig = field(default_factory=TerminalConfig)
     notifiers: tuple[NotifierConfig, ...] = ()
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     source: str = ""  # the file this came from, for messages
@@ -329,6 +350,16 @@ class Config:
     def key_path(self) -> Path:
         """The central's private SSH key."""
         return Path(self.ssh.key_path) if self.ssh.key_path else self.data_path / "id_ed25519"
+
+    @property
+    def terminal_key_path(self) -> Path:
+        """The terminal's private SSH key (kept apart from the polling key)."""
+        return Path(self.terminal.key_path) if self.terminal.key_path else self.data_path / "terminal_ed25519"
+
+    @property
+    def recordings_path(self) -> Path:
+        """The directory of terminal recordings (asciicast v2 files)."""
+        return Path(self.terminal.recordings_dir) if self.terminal.recordings_dir else self.data_path / "recordings"
 
     @property
     def session_secret_path(self) -> Path:
@@ -355,6 +386,10 @@ _DURATIONS = {
     "retention.hour",
     "retention.maintenance_interval",
     "retention.events",
+    "retention.recordings",
+    "terminal.fresh_auth",
+    "terminal.idle_timeout",
+    "terminal.max_duration",
     "actions.timeout",
     "alerts.disk_full_for",
     "alerts.unit_inactive_for",
@@ -401,6 +436,11 @@ _POSITIVE = {
     "retention.maintenance_interval",
     "actions.timeout",
     "actions.output_max_bytes",
+    "retention.recordings",
+    "terminal.idle_timeout",
+    "terminal.max_duration",
+    "terminal.max_sessions_per_user",
+    "terminal.max_recording_bytes",
     "alerts.unreachable_after",
     "alerts.agent_failures_after",
     "alerts.queue_size",
@@ -562,10 +602,20 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
         raise ConfigError("retention: expected raw <= minute <= hour")
     _check_alerts(cfg.alerts)
+    _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)
     _check_routing(cfg.alerts, cfg.notifiers)
     _check_telegram(cfg.telegram)
     return dataclasses.replace(cfg, source=source)
+
+
+def _check_terminal(cfg: Config) -> None:
+    """The terminal key is never the polling key; the terminal type is a plain name."""
+    if cfg.terminal_key_path.resolve() == cfg.key_path.resolve():
+        raise ConfigError(f"terminal.key_path: {cfg.terminal_key_path} is the polling key (ssh.key_path); "
+                          "the terminal needs a key pair of its own")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", cfg.terminal.term):
+        raise ConfigError(f"terminal.term: expected a terminal type like xterm-256color, got {cfg.terminal.term!r}")
 
 
 def _check_severity(key: str, value: str, allow_empty: bool = False) -> None:

@@ -228,6 +228,20 @@ ROLES: dict[str, Role] = {r.name: r for r in (
 )}
 
 
+@dataclass(frozen=True)
+class Right:
+    """A permission an admin grants a user on top of their role (admins need it granted too)."""
+
+    name: str
+    text: str
+
+
+TERMINAL = "terminal"
+RIGHTS: dict[str, Right] = {r.name: r for r in (
+    Right(TERMINAL, "may open a web terminal (a shell) on servers where the terminal is enabled"),
+)}
+
+
 class CentralError(Exception):
     """A domain error with a short code, shown to users as one line (CLI) or a JSON 4xx (API)."""
 

@@ -83,6 +83,8 @@ class Poller:
         self.hooks: list[Hook] = []
         self.writer = Writer(self.store, config.database.outage_buffer)
         self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
+        # Run with each round of rollup and pruning (the terminal prunes its recordings here).
+        self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._main: list[asyncio.Task] = []
@@ -295,6 +297,8 @@ class Poller:
             try:
                 await self.storage.rollup()
                 await self.storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events)
+                for hook in self.maintenance_hooks:
+                    await hook()
             except Exception:  # noqa: BLE001 - retry next round
                 log.exception("rollup/prune failed")
             await asyncio.sleep(r.maintenance_interval)

@@ -4,9 +4,10 @@ and the central's own SSH key pair.
 Every operation the CLI and the HTTP API offer is an async function taking the opened Central
 first, in the module of its concept: central.servers (probe, add, test, trust, change,
 remove, poll), central.views (what lists, pages and the API show), central.alerts (alerts and
-silences), central.actions (remote actions and their audit), central.deploy (agents) and
-central.auth (users and tokens). Handlers and click commands parse input, call one of these,
-and map CentralError to their own error form. Nothing here knows about HTTP or terminals.
+silences), central.actions (remote actions and their audit), central.deploy (agents),
+central.auth (users and tokens) and central.terminal (the web terminal: a Terminals object,
+like the alert engine, because it holds the open sessions). Handlers and click commands parse
+input, call one of these, and map CentralError to their own error form. Nothing here knows about HTTP or terminals.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .poller import Poller
 from .servers import ensure_local_server
 from .sshpool import SSHPool, public_key_line
 from .storage import Storage
+from .terminal import Terminals
 from .transport import Transports
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class Central:
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
         self.poller.writer.listeners.append(self.alerts.storage_health)
+        self.terminal = Terminals(config, storage, self.auth, self.transports)
+        self.poller.maintenance_hooks.append(self.terminal.prune)
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool = False) -> "Central":
@@ -109,6 +113,7 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        await self.terminal.close()
         await self.alerts.stop()
         await self.notifier.stop()
         await self.transports.close()

@@ -13,10 +13,11 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system
+from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
+from .terminal_pages import install_terminal_pages
 from .security import host_check, session_storage
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ ENDPOINT_MODULES = (
     api_alerts,
     api_actions,
     api_notifiers,
+    api_terminal,
 )
 
 
@@ -38,6 +40,7 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG], serving=True)
     app[CENTRAL] = central
     await central.poller.start()
+    await central.terminal.start()
     bot = bot_task = None
     try:
         if app[CONFIG].telegram.enabled:
@@ -100,6 +103,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
     install_pages(app)
+    install_terminal_pages(app)
+    api_terminal.install_websocket(app)
     return app
 
 

@@ -194,8 +194,10 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
     }
 
 
-# The HTML routes (left out of the OpenAPI document, which describes the JSON API).
-PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "static")
+# The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
+# describes the JSON API).
+PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "static",
+                    "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
 
 def install_pages(app: web.Application) -> None:

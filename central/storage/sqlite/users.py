@@ -75,7 +75,7 @@ class SQLiteUsers(SQLiteBase):
     async def session_user(self, id_hash: str, now: float) -> dict | None:
         """The unexpired session with this id hash joined with its user, or None."""
         row = await self._one(
-            "SELECT s.id AS session_id, u.id AS user_id, u.name AS user, u.role FROM sessions s"
+            "SELECT s.id AS session_id, s.created_at, u.id AS user_id, u.name AS user, u.role FROM sessions s"
             " JOIN users u ON u.id = s.user_id WHERE s.id_hash = ? AND s.expires_at > ?", (id_hash, now))
         return dict(row) if row else None
 
