@@ -57,6 +57,7 @@ class AgentClient:
         self.log = server_log(log, server.name)
         self.channels_opened = 0
         self._connecting = False  # waiting for the SSH connection (a timeout then means unreachable)
+        self._conn: asyncssh.SSHClientConnection | None = None  # the connection the channel is on
 
     def close(self) -> None:
         """Drop the channel (the connection stays)."""
@@ -75,6 +76,7 @@ class AgentClient:
         self._connecting = True
         conn = await self.pool.connection(self.server)
         self._connecting = False
+        self._conn = conn
         secret = await self.secret(self.server)
         if secret is None:
             raise PollError(AGENT_NEEDS_REDEPLOY, f"the central has no agent secret for {self.server.name}, so its "
@@ -127,12 +129,24 @@ class AgentClient:
                     raise PollError(UNREACHABLE, f"no SSH connection to {self.server.host}:{self.server.port} "
                                                  f"within {timeout:g}s") from None
                 raise PollError(TIMEOUT, f"the agent did not answer {method} {path} within {timeout:g}s") from None
-            except PollError:
+            except PollError as err:
                 self.close()
-                raise
+                raise self._unless_ssh_lost(err) from None
             except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as exc:
                 self.close()
-                raise PollError(AGENT_DOWN, f"the agent channel broke: {exc}") from None
+                raise self._unless_ssh_lost(PollError(AGENT_DOWN, f"the agent channel broke: {exc}")) from None
+
+    def _unless_ssh_lost(self, err: PollError) -> PollError:
+        """err, unless the SSH connection itself is gone: AGENT_DOWN means sshd answered and the
+        agent did not. When the transport broke (a killed sshd, a stopped machine, keepalives
+        unanswered across a partition) asyncssh ends the channel too, and fails a channel
+        being opened with OPEN_CONNECT_FAILED "SSH connection closed": that is UNREACHABLE."""
+        conn = self._conn
+        if err.reason != AGENT_DOWN or conn is None or not conn.is_closed():
+            return err
+        self.pool.failed(self.server)
+        return PollError(UNREACHABLE, f"the SSH connection to {self.server.host}:{self.server.port} was lost "
+                                      f"({err.message})")
 
     async def request_json(self, method: str, path: str, body: object = None, *, timeout: float) -> tuple[int, object]:
         """Like request, with the body decoded as JSON (BAD_PAYLOAD if it is not)."""

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
-    ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, Conflict, Invalid, NotFound,
-    PollOutcome, Server,
+    ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, STORAGE_RULE, Conflict, Invalid,
+    NotFound, PollOutcome, Server, StorageUnavailable,
 )
 from .muting import BUILTIN_INHIBIT, Inhibitor, Window, silence_matches  # noqa: F401 - silence_matches re-exported
 from .storage import Storage
@@ -509,6 +509,33 @@ class AlertEngine:
             del st.details["changes"][:-20]
             self._dirty[id(st)] = st
 
+    async def storage_health(self, health) -> None:
+        """Writer listener (central.writer.StorageHealth): the critical storage_failing alert fires
+        while the database cannot be written and resolves when it can."""
+        if not self.cfg.enabled or STORAGE_RULE in self.cfg.disabled:
+            return
+        if not self._started:
+            await self.start()
+        async with self._lock:
+            now = self.clock()
+            key = (STORAGE_RULE, None, "")
+            st = self.states.get(key)
+            if not health.ok:
+                summary = (f"the central cannot write its database: {health.reason}; poll outcomes wait in "
+                           f"memory until it can")[:1000]
+                if st is None:
+                    st = AlertState(rule=STORAGE_RULE, server_id=None, label="", state=FIRING, severity="critical",
+                                    summary=summary, started_at=now, last_evaluated=now, fired_at=now,
+                                    details={"since": health.since})
+                    self._put(st)
+                    self._events.append(("firing", st))
+                st.summary, st.last_evaluated = summary, now
+                self._dirty[id(st)] = st
+            elif st is not None:
+                st.last_evaluated = now
+                self._resolve(st, now)
+            await self._flush()
+
     # timers
 
     async def tick(self) -> None:
@@ -599,17 +626,26 @@ class AlertEngine:
             deletes = [st.id for st in dirty if st.removed and st.id is not None]
             try:
                 ids = await self.storage.save_alerts([st.row() for st in inserts], updates, deletes)
-            except Exception:  # noqa: BLE001 - retried with the next flush
-                log.exception("writing %d alert changes failed", len(dirty))
+            except Exception as exc:  # noqa: BLE001 - retried with the next flush
+                if isinstance(exc, StorageUnavailable):
+                    log.debug("writing %d alert changes failed: %s", len(dirty), exc)  # the writer logs the outage
+                else:
+                    log.exception("writing %d alert changes failed", len(dirty))
                 self._dirty.update({id(st): st for st in dirty})
-                self._events = events + self._events
+                # The storage alert is about the database that just failed: sent now, not after it recovers.
+                urgent = [(event, st) for event, st in send if st.rule == STORAGE_RULE]
+                self._events = [e for e in events if e[1].rule != STORAGE_RULE] + self._events
                 for _, st in send:
-                    if st.state == FIRING:
+                    if st.state == FIRING and st.rule != STORAGE_RULE:
                         st.last_notified = None
+                self._send(urgent)
                 return
             for st, new_id in zip(inserts, ids):
                 st.id = new_id
             self._last_flush = now
+        self._send(send)
+
+    def _send(self, send: list) -> None:
         for event, st in send:
             if self.notifier is not None:
                 self.notifier.notify(event, self.snapshot(st))
@@ -618,7 +654,9 @@ class AlertEngine:
         if send and self.notifier is not None and hasattr(self.notifier, "pump"):
             self.notifier.pump()  # once per round: alerts that changed together are grouped together
 
-    def _name(self, server_id: int) -> str:
+    def _name(self, server_id: int | None) -> str:
+        if server_id is None:
+            return "the central"
         server = self.servers.get(server_id)
         return server.name if server else str(server_id)
 

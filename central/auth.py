@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .model import ADMIN, ROLES, Conflict, Invalid
+from .model import ADMIN, ROLES, Conflict, Invalid, StorageUnavailable
 from .storage import Storage
 
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -257,7 +257,10 @@ class Auth:
         due = {tid: ts for tid, ts in self._last_used.items() if now - self._written.get(tid, 0.0) >= min_interval}
         if not due:
             return
-        await self.storage.touch_tokens(due)
+        try:
+            await self.storage.touch_tokens(due)
+        except StorageUnavailable:
+            return  # bookkeeping: kept, written with a later request; never fails this one
         for tid, ts in due.items():
             self._written[tid] = now
             if self._last_used.get(tid) == ts:

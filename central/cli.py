@@ -215,6 +215,7 @@ def serve(ctx, listen, port):
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
     from .notifiers import check_channels
+    from .service import check_database_writable
     from .telegrambot import check_bot
     from .web.app import run_app
 
@@ -223,6 +224,10 @@ def serve(ctx, listen, port):
         check_bot(config.telegram)
     except ConfigError as exc:
         raise click.ClickException(f"config: {exc}") from None
+    try:
+        asyncio.run(check_database_writable(config))
+    except CentralError as exc:
+        raise click.ClickException(f"cannot start: {exc.message}") from None
     try:
         run_app(config)
     except OSError as exc:

@@ -73,6 +73,12 @@ class HTTPConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     path: str = ""  # empty: <data_dir>/central.db
+    # How long the serving process's write waits for a lock another process holds before the
+    # batch goes to the outage buffer (reads share the connection and wait behind it).
+    lock_timeout: float = 1.0
+    # Poll outcomes kept in memory while the database cannot be written (oldest dropped first);
+    # about 4 KB each (bench/bench_hostile.py), so 10,000 is about 40 MB.
+    outage_buffer: int = 10000
 
 
 @dataclass(frozen=True)
@@ -366,6 +372,7 @@ class Config:
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "http.session_max_age",
+    "database.lock_timeout",
     "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
@@ -409,6 +416,8 @@ _DURATIONS = {
 }
 _POSITIVE = {
     "http.max_body_bytes",
+    "database.lock_timeout",
+    "database.outage_buffer",
     "http.login_attempts",
     "http.login_attempts_per_user",
     "http.login_backoff_max",

@@ -59,8 +59,8 @@ def process_stats(proc: str = "/proc") -> dict:
 
 def render(servers: Sequence[Server], latest: Mapping[int, dict], *, durations: Histogram,
            errors_by_reason: Mapping[str, int], polls: int, alerts_firing: int,
-           process: Mapping[str, float | None]) -> str:
-    """The whole /metrics page."""
+           process: Mapping[str, float | None], storage: Mapping | None = None, failed_writes: int = 0) -> str:
+    """The whole /metrics page (storage: central.writer.Writer.status())."""
     out: list[str] = []
     _family(out, "central_server_up", "gauge", "1 if the server's last poll succeeded (status online), else 0.")
     for s in servers:
@@ -88,6 +88,19 @@ def render(servers: Sequence[Server], latest: Mapping[int, dict], *, durations: 
     out.append(f"central_polls_total {polls}")
     _family(out, "central_alerts_firing", "gauge", "Alerts firing now.")
     out.append(f"central_alerts_firing {alerts_firing}")
+    if storage is not None:
+        _family(out, "central_storage_up", "gauge", "1 if poll outcomes can be written to the database, else 0.")
+        out.append(f"central_storage_up {1 if storage['ok'] else 0}")
+        _family(out, "central_storage_buffered_outcomes", "gauge",
+                "Poll outcomes waiting in memory to be written (database.outage_buffer at most).")
+        out.append(f"central_storage_buffered_outcomes {storage['buffered']}")
+        _family(out, "central_storage_buffer_capacity", "gauge", "How many poll outcomes the outage buffer holds.")
+        out.append(f"central_storage_buffer_capacity {storage['buffer_capacity']}")
+        _family(out, "central_storage_dropped_outcomes_total", "counter",
+                "Poll outcomes dropped, oldest first, because the outage buffer was full.")
+        out.append(f"central_storage_dropped_outcomes_total {storage['dropped']}")
+        _family(out, "central_storage_failed_writes_total", "counter", "Write attempts of poll outcomes that failed.")
+        out.append(f"central_storage_failed_writes_total {failed_writes}")
     _family(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.")
     out.append(f"process_cpu_seconds_total {_num(process['cpu_seconds'])}")
     _family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")

@@ -176,6 +176,10 @@ class BuiltinRule:
 
 
 INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
+# Critical, about the central itself (no server): its database cannot be written; it fires and
+# resolves with the poll writer's storage health (central.writer), and is sent without waiting
+# for the database it is about.
+STORAGE_RULE = "storage_failing"
 BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
                 "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True),
@@ -203,7 +207,7 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("process_missing", "process.watched", "<", 1.0, "process_missing_for", "warning",
                 "no process named {label} runs on {server}"),
 )}
-BUILTIN_RULE_NAMES = (*BUILTIN_RULES, INVENTORY_RULE)
+BUILTIN_RULE_NAMES = (*BUILTIN_RULES, INVENTORY_RULE, STORAGE_RULE)
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,12 @@ class Unavailable(CentralError):
     """A host or agent could not be reached to carry out the request."""
 
     status, code = 502, "unavailable"
+
+
+class StorageUnavailable(CentralError):
+    """The database cannot be written now (locked by another process, read-only, disk full)."""
+
+    status, code = 503, "storage_unavailable"
 
 
 class PollError(CentralError):

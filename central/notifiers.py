@@ -32,6 +32,7 @@ import aiohttp
 from . import messages
 from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig
 from .hosttext import clean
+from .model import StorageUnavailable
 from .routing import Message, Router, build_routes, select_routes
 from .storage import Storage
 
@@ -504,6 +505,8 @@ class Dispatcher:
             rows = [(None, c.name, message.event, now, attempt, ok, detail)]
         try:
             await self.storage.log_notifications(rows)
+        except StorageUnavailable as exc:  # the poll writer logs the outage itself, once
+            log.warning("notifier %s: cannot record the delivery: %s", c.name, exc.message)
         except Exception:  # noqa: BLE001 - a full disk must not stop notifications
             log.exception("notifier %s: cannot record the delivery", c.name)
         return ok, detail

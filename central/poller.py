@@ -17,11 +17,13 @@ from typing import Awaitable, Callable, Sequence
 
 from . import inventory
 from .config import Config
-from .model import BLOCKING_REASONS, ERROR, PollError, PollOutcome, Server
+from .hosttext import clean
+from .model import BAD_PAYLOAD, BLOCKING_REASONS, ERROR, ONLINE, PollError, PollOutcome, Server
 from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
 from .serverlog import server_log
 from .storage import Storage
 from .transport import Transports
+from .writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
 # as much CPU as the poll itself (bench/bench_core.py). Slots still spread evenly over the
 # interval (40 per 10 s): a slot holds 1/40 of the fleet, not a burst of all of it.
 PHASE_QUANTUM = 0.25
+MAX_ERROR_CHARS = 500  # a failed poll's stored message (it may quote the host: cleaned)
 
 
 class Histogram:
@@ -78,9 +81,10 @@ class Poller:
         self.storage = storage
         self.transports = transports
         self.hooks: list[Hook] = []
+        self.writer = Writer(self.store, config.database.outage_buffer)
+        self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         # Run with each round of rollup and pruning (the terminal prunes its recordings here).
         self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
-        self._queue: asyncio.Queue[PollOutcome] = asyncio.Queue()
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._main: list[asyncio.Task] = []
@@ -104,7 +108,7 @@ class Poller:
         await self.transports.prepare(self._servers.values())
         self._main = [
             asyncio.create_task(self._reload_loop(), name="poller-reload"),
-            asyncio.create_task(self._writer_loop(), name="poller-writer"),
+            asyncio.create_task(self.writer.run(), name="poller-writer"),
             asyncio.create_task(self._maintenance_loop(), name="poller-maintenance"),
         ]
 
@@ -115,7 +119,7 @@ class Poller:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        await self._flush_queue()
+        await self.writer.flush()
 
     async def reload(self) -> None:
         """Pick up added, removed and changed servers."""
@@ -168,7 +172,8 @@ class Poller:
             # A reason that blocks polling (central.model.REASONS) waits for an operator.
             if server.status_reason not in BLOCKING_REASONS:
                 outcome = await self.poll(server)
-                self._queue.put_nowait(outcome)
+                self.writer.put(outcome)
+                self._note_state(server, outcome)
                 if outcome.reason in BLOCKING_REASONS:
                     # Remember at once, before the writer and the next reload catch up.
                     self._servers[sid] = _with(server, status=ERROR, status_reason=outcome.reason)
@@ -192,16 +197,16 @@ class Poller:
                 inv = await transport.inventory(server)
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
-            server_log(log, server.name).info("poll failed: %s", err)
+            server_log(log, server.name).debug("poll failed: %s", err)  # changes are logged once (_note_state)
             duration = time.perf_counter() - t0
             self.durations.observe(duration)
             return PollOutcome(server_id=server.id, ts=started, duration=duration,
-                               ok=False, reason=err.reason, error=err.message)
+                               ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
         version, sha = agent_identity(doc)
         outcome = PollOutcome(
             server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
             doc_text=text, sample=extract_sample(doc), agent_version=version, agent_sha256=sha,
-            hostname=doc.get("hostname")[:255], inventory_hash=inventory_hash(doc),
+            hostname=doc["hostname"], inventory_hash=inventory_hash(doc),
         )
         if inv is not None:
             outcome.extra["inventory"] = inv
@@ -210,35 +215,39 @@ class Poller:
         self.durations.observe(outcome.duration)
         return outcome
 
+    def _note_state(self, server: Server, outcome: PollOutcome) -> None:
+        """Log a server's state change once, at the default level (WARNING), not each failed poll:
+        failing (with its reason), failing for another reason, online again."""
+        was = self._state.get(server.id)
+        if was is None:  # first poll since start: what the database says it was
+            was = (True, None, None) if server.status == ONLINE else (False, server.status_reason, None)
+        now = (outcome.ok, outcome.reason, was[2] if not outcome.ok and not was[0] else outcome.ts)
+        self._state[server.id] = now
+        slog = server_log(log, server.name)
+        if outcome.ok and not was[0]:
+            if was[1] is None:
+                slog.info("online")
+            else:
+                since = f" after {outcome.ts - was[2]:.0f}s" if was[2] is not None else ""
+                slog.warning("online again%s (was %s)", since, was[1])
+        elif not outcome.ok and (was[0] or was[1] != outcome.reason):
+            slog.warning("polls failing: %s: %s", outcome.reason, outcome.error)
+
     # writing
 
-    async def _writer_loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            # Gather what arrives within a short window into one transaction.
-            await asyncio.sleep(0.2)
-            batch = [first]
-            while not self._queue.empty() and len(batch) < 2000:
-                batch.append(self._queue.get_nowait())
-            try:
-                await self.store(batch)
-            except Exception:  # noqa: BLE001 - keep polling; the batch is logged as lost
-                log.exception("storing %d poll outcomes failed", len(batch))
-
-    async def _flush_queue(self) -> None:
-        batch = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self.store(batch)
-
     async def store(self, batch: Sequence[PollOutcome]) -> None:
-        """Write a batch of outcomes, record inventory changes, run hooks."""
-        await self.storage.write_polls(batch, self.config.poll.offline_after)
+        """Write a batch of outcomes, record inventory changes, run hooks. Raises (nothing of the
+        batch stored) when the database cannot be written; the writer then keeps the batch."""
+        refused = await self.storage.write_polls(batch, self.config.poll.offline_after)
+        if refused:
+            batch = await self._store_refused(batch, refused)
         for o in batch:
             inv = o.extra.get("inventory")
             if inv is not None:
-                await self._store_inventory(o, inv)
+                try:
+                    await self._store_inventory(o, inv)
+                except Exception as exc:  # noqa: BLE001 - the polls are stored; the next poll fetches it again
+                    server_log(log, self._name(o.server_id)).warning("inventory not stored: %s", exc)
         by_id = {o.server_id: self._servers.get(o.server_id) for o in batch}
         for hook in self.hooks:
             try:
@@ -247,6 +256,23 @@ class Poller:
                 log.exception("poll hook %r failed", hook)
         self._flushed.set()
         self._flushed = asyncio.Event()
+
+    async def _store_refused(self, batch: Sequence[PollOutcome], refused: list) -> list[PollOutcome]:
+        """Outcomes the database refused as data become failed polls of their own servers
+        (BAD_PAYLOAD with the reason), so each such host shows why and no other is touched."""
+        instead = {}
+        for o, why in refused:
+            server_log(log, self._name(o.server_id)).warning("poll outcome refused by the database: %s", why)
+            instead[id(o)] = PollOutcome(server_id=o.server_id, ts=o.ts, duration=o.duration, ok=False,
+                                         reason=BAD_PAYLOAD, error=f"the central could not store this poll: {why}")
+        still = await self.storage.write_polls(list(instead.values()), self.config.poll.offline_after)
+        for o, why in still:  # only our own text is left in these; should never happen
+            log.error("poll failure of server %d could not be stored either: %s", o.server_id, why)
+        return [instead.get(id(o), o) for o in batch]
+
+    def _name(self, server_id: int) -> str:
+        server = self._servers.get(server_id)
+        return server.name if server is not None else f"#{server_id}"
 
     async def _store_inventory(self, outcome: PollOutcome, inv: dict) -> None:
         old = await self.storage.inventory_latest(outcome.server_id)

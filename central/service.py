@@ -11,6 +11,7 @@ input, call one of these, and map CentralError to their own error form. Nothing 
 """
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import files
 from .alerts import AlertEngine
 from .auth import Auth
 from .config import Config
+from .model import StorageUnavailable
 from .notifiers import Dispatcher
 from .poller import Poller
 from .servers import ensure_local_server
@@ -28,6 +30,29 @@ from .sshpool import SSHPool, public_key_line
 from .storage import Storage
 from .terminal import Terminals
 from .transport import Transports
+
+log = logging.getLogger(__name__)
+
+
+async def check_database_writable(config: Config) -> None:
+    """Raise StorageUnavailable, in one line, unless `central serve` can write its database
+    (read-only file or file system, disk full, not openable). A lock another process holds is
+    no reason not to start: poll outcomes wait in memory until it is released."""
+    path = config.database_path
+    try:
+        storage = await Storage.open(path, config.database.lock_timeout)
+    except StorageUnavailable as exc:
+        raise StorageUnavailable(f"{path}: {exc.message}") from None
+    except Exception as exc:  # noqa: BLE001 - sqlite3 or OS errors opening the file: one line, no traceback
+        raise StorageUnavailable(f"cannot open the database {path}: {exc}") from None
+    try:
+        await storage.check_writable()
+    except StorageUnavailable as exc:
+        if "database is locked" not in exc.message:
+            raise StorageUnavailable(f"{path}: {exc.message}") from None
+        log.warning("%s is locked by another process; poll outcomes wait in memory until it is released", path)
+    finally:
+        await storage.close()
 
 
 def restricted_key_line(public_key: str, agent_port: int = 8083) -> str:
@@ -71,14 +96,17 @@ class Central:
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
+        self.poller.writer.listeners.append(self.alerts.storage_health)
         self.terminal = Terminals(config, storage, self.auth, self.transports)
         self.poller.maintenance_hooks.append(self.terminal.prune)
 
     @classmethod
-    async def open(cls, config: Config) -> "Central":
-        """Open the database (creating it) and make sure the local server exists."""
+    async def open(cls, config: Config, *, serving: bool = False) -> "Central":
+        """Open the database (creating it) and make sure the local server exists. serving: for
+        `central serve`, whose writes wait for another process's lock only database.lock_timeout
+        (its reads queue behind them); a CLI command waits up to 10 s."""
         files.private_dir(config.data_path)
-        storage = await Storage.open(config.database_path)
+        storage = await Storage.open(config.database_path, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:
             await ensure_local_server(central)

@@ -73,6 +73,12 @@ async def fetch_host_key(host: str, port: int, ssh: SSHConfig) -> asyncssh.SSHKe
     return key
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a connect task's failure as seen (its waiter may have stopped waiting)."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass
 class _Entry:
     """Connection state of one server."""
@@ -84,6 +90,7 @@ class _Entry:
     retry_at: float = 0.0
     last_error: PollError | None = None
     agent: AgentClient | None = None  # kept with the connection
+    connecting: asyncio.Task | None = None  # the connect under way, shared by whoever waits for it
 
 
 class SSHPool:
@@ -136,15 +143,28 @@ class SSHPool:
             if now < entry.retry_at and entry.last_error is not None:
                 err = entry.last_error
                 raise PollError(err.reason, f"{err.message} (next retry in {entry.retry_at - now:.0f}s)")
-            try:
-                entry.conn = await self._connect(server)
-            except PollError as err:
-                self._backoff(entry, err)
-                raise
-            entry.failures = 0
-            entry.last_error = None
-            self.connects += 1
-            return entry.conn
+            if entry.connecting is None:
+                entry.connecting = asyncio.create_task(self._connect_entry(server, entry),
+                                                       name=f"ssh-connect-{server.name}")
+                entry.connecting.add_done_callback(_retrieve)
+            task = entry.connecting
+        # Shielded: a poll's timeout ends this wait, not the connect. Cancelled with it, a connect
+        # to a blackholed host never failed, so no backoff was recorded and every poll sent a new SYN.
+        return await asyncio.shield(task)
+
+    async def _connect_entry(self, server: Server, entry: _Entry) -> asyncssh.SSHClientConnection:
+        try:
+            conn = await self._connect(server)
+        except PollError as err:
+            self._backoff(entry, err)
+            raise
+        finally:
+            entry.connecting = None
+        entry.conn = conn
+        entry.failures = 0
+        entry.last_error = None
+        self.connects += 1
+        return conn
 
     def _backoff(self, entry: _Entry, err: PollError) -> None:
         entry.failures += 1
@@ -180,9 +200,10 @@ class SSHPool:
                     # nothing answered the connect: for the operator that host is unreachable
                     err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
                                                  f"within {self.ssh.connect_timeout:g}s")
-                slog.info("connect failed: %s", err)
+                # per attempt, so debug: the poller logs the server's state changes once
+                slog.debug("connect failed: %s", err)
                 raise err from None
-        slog.info("connected to %s:%s", server.host, server.port)
+        slog.debug("connected to %s:%s", server.host, server.port)
         return conn
 
     def agent_client(self, server: Server, max_bytes: int):
@@ -215,6 +236,8 @@ class SSHPool:
 
     @staticmethod
     def _close_entry(entry: _Entry) -> None:
+        if entry.connecting is not None:
+            entry.connecting.cancel()
         if entry.agent is not None:
             entry.agent.close()
         if entry.conn is not None:
@@ -224,8 +247,10 @@ class SSHPool:
         """Close every connection and wait for them to finish."""
         entries = list(self._entries.values())
         self._entries.clear()
+        connecting = [e.connecting for e in entries if e.connecting is not None]
         for entry in entries:
             self._close_entry(entry)
+        await asyncio.gather(*connecting, return_exceptions=True)
         for entry in entries:
             if entry.conn is not None:
                 try:

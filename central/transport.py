@@ -11,7 +11,6 @@ transport's attributes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -20,8 +19,9 @@ from typing import Mapping
 from .agentclient import AgentClient
 from .bundled import agent_module, agent_sha256
 from .config import Config
-from .model import ACTION_KINDS, AGENT_ERROR, TIMEOUT, Forbidden, PollError, Server
-from .sample import check_document, parse_document
+from .document import decode, normalise_health, normalise_inventory
+from .model import ACTION_KINDS, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, Forbidden, PollError, Server
+from .sample import normalised, parse_document
 from .serverlog import server_log
 from .sshpool import SSHPool
 
@@ -76,7 +76,8 @@ class Transport:
         raise NotImplementedError
 
     async def inventory(self, server: Server) -> dict | None:
-        """The server's /api/inventory document; None (logged) when it cannot be had."""
+        """The server's /api/inventory document, normalised; None (logged) when it cannot be had.
+        Raises BAD_PAYLOAD naming the field when it cannot be normalised."""
         raise NotImplementedError
 
     async def check(self, server: Server, secret: str | None = None) -> dict:
@@ -119,14 +120,16 @@ class SSHTransport(Transport):
         """GET /api/inventory on the kept channel."""
         client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
         try:
-            status, doc = await client.request_json("GET", "/api/inventory", timeout=self.config.poll.timeout)
+            status, body = await client.request("GET", "/api/inventory", timeout=self.config.poll.timeout)
         except PollError as err:
+            if err.reason == BAD_PAYLOAD:
+                raise PollError(BAD_PAYLOAD, f"inventory: {err.message}") from None
             server_log(log, server.name).warning("inventory fetch failed: %s", err)
             return None
-        if status != 200 or not isinstance(doc, dict):
+        if status != 200:
             server_log(log, server.name).warning("inventory fetch answered %s", status)
             return None
-        return doc
+        return normalise_inventory(decode(body, "inventory"))
 
     async def check(self, server: Server, secret: str | None = None) -> dict:
         """Connect with a pool of its own (raising a PollError on SSH failures) and ask /api/health,
@@ -152,6 +155,10 @@ class SSHTransport(Transport):
             if status != 200 or not isinstance(health, dict):
                 return {"ok": False, "reason": AGENT_ERROR, "error": f"/api/health answered {status}",
                         "ssh_ms": round(ssh_ms, 1), "hint": deploy_hint(server)}
+            try:
+                health = normalise_health(health)
+            except PollError as err:
+                return {"ok": False, "reason": err.reason, "error": err.message, "ssh_ms": round(ssh_ms, 1)}
             sha = health.get("sha256")
             return {"ok": True, "version": health.get("version"), "sha256": sha,
                     "outdated": bool(sha) and sha != agent_sha256(), "ssh_ms": round(ssh_ms, 1)}
@@ -229,16 +236,16 @@ class LocalTransport(Transport):
             doc = await asyncio.to_thread(lambda: self.collector().all())
         except Exception as exc:  # noqa: BLE001 - the in-process agent failing is an agent error
             raise PollError(AGENT_ERROR, f"local collection failed: {exc}") from None
-        check_document(doc)
-        return doc, json.dumps(doc, separators=(",", ":"))
+        return normalised(doc)
 
     async def inventory(self, server: Server) -> dict | None:
         """The /api/inventory document, collected in a thread."""
         try:
-            return await asyncio.to_thread(lambda: self.collector().inventory())
+            doc = await asyncio.to_thread(lambda: self.collector().inventory())
         except Exception as exc:  # noqa: BLE001 - a failed inventory is logged, as a remote one
             server_log(log, server.name).warning("inventory fetch failed: %s", exc)
             return None
+        return normalise_inventory(doc)
 
     async def check(self, server: Server, secret: str | None = None) -> dict:
         """Collect once: it works when the collectors run."""

@@ -91,7 +91,7 @@ async def fleet_stats(central: Central) -> dict:
 
 
 async def central_status(central: Central) -> dict:
-    """The central itself: version, uptime, database size, poller lag, pool size, polls done."""
+    """The central itself: version, uptime, database size, poller lag, pool size, polls done, storage health."""
     poller = central.poller
     return {
         "version": __version__,
@@ -108,7 +108,18 @@ async def central_status(central: Central) -> dict:
         },
         "pool": {"connections": central.pool.size, "connects": central.pool.connects},
         "notifiers": (await notifications_status(central))["notifiers"],
+        "storage": central.poller.writer.status(),
     }
+
+
+def readiness(central: Central) -> tuple[bool, dict]:
+    """(ready, body) for the readiness probe: not ready while poll outcomes cannot be written."""
+    storage = central.poller.writer.status()
+    body = {"status": "ready" if storage["ok"] else "not_ready", "uptime": time.time() - central.started_at,
+            "storage": storage}
+    if not storage["ok"]:
+        body["reason"] = f"the database cannot be written: {storage['reason']}"
+    return storage["ok"], body
 
 
 async def notifications_status(central: Central) -> dict:

@@ -55,6 +55,7 @@ REPO_DIR = TESTS_DIR.parent
 HOST_INIT = TESTS_DIR / "hostinit.py"
 FAKE_AGENT = TESTS_DIR / "fakeagent.py"
 STANDIN_AGENT = TESTS_DIR / "standin_agent.py"
+REAL_AGENT = REPO_DIR / "agent" / "agent.py"
 
 STATE_ROOT = Path("/run/central-hostfarm")
 HOST_PYTHON = "/usr/bin/python3"
@@ -133,8 +134,7 @@ def default_agent_path():
     """$CENTRAL_TEST_AGENT, else the real agent/agent.py if present, else the test stand-in."""
     if os.environ.get("CENTRAL_TEST_AGENT"):
         return Path(os.environ["CENTRAL_TEST_AGENT"]).resolve()
-    real = REPO_DIR / "agent" / "agent.py"
-    return real if real.exists() else STANDIN_AGENT
+    return REAL_AGENT if REAL_AGENT.exists() else STANDIN_AGENT
 
 
 def fingerprint_of(public_key_line):
@@ -622,13 +622,17 @@ class TestHost(PinnedSSHTarget):
     # ----- agent
 
     def _start_agent_process(self, argv_extra=(), policy=None, agent_path=None, port=AGENT_PORT):
-        path = self.farm.visible(agent_path or self.farm.agent_path)
+        source = Path(agent_path or self.farm.agent_path)
+        path = self.farm.visible(source)  # a copy named <digest>-<name> when source is hidden in hosts
         argv = [HOST_PYTHON, str(path), "--listen", "127.0.0.1", "--port", str(port)]
-        if path.name == "agent.py":  # the real agent (the stand-in knows no such options)
+        if source.name == "agent.py":  # the real agent (the stand-in knows no such options)
             self._open_syslog()
             argv += ["--secret-file", SECRET_PATH, "--syslog-socket", str(self.syslog_path)]
             if self.login_user:
                 argv += ["--central-user", self.login_user]
+        elif source.name == STANDIN_AGENT.name and self.agent_secret and REAL_AGENT.exists():
+            # the stand-in authenticates with the real agent's code and the host's secret
+            argv += ["--secret-file", SECRET_PATH, "--agent-module", str(self.farm.visible(REAL_AGENT))]
         if policy is not None:
             policy_path = self.state_dir / "agent-policy.json"
             if isinstance(policy, (dict, list)):

@@ -5,6 +5,7 @@ agent's own code) and how each failure is classified. No root needed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -239,3 +240,46 @@ async def test_a_server_without_a_secret_needs_a_redeploy_and_its_agent_is_not_c
     err = await fails(agent_client(pool, host.server()))
     assert err.reason == "agent_needs_redeploy" and "central deploy h1" in err.message, err
     assert host.channels == 0 and len(host.connections) == 1  # SSH works; no channel to the agent
+
+
+async def test_a_connection_lost_under_a_waiting_request_is_unreachable_not_agent_down(ssh_host, pool):
+    host = await ssh_host(agent=counting([hang]))
+    client = agent_client(pool, host.server())
+    pending = asyncio.ensure_future(get(client, timeout=10))
+    await wait_for(lambda: host.requests, timeout=5, what="the request reaching the agent")
+    host.drop_connections()  # sshd gone (killed, machine stopped): the channel ends with it
+    with pytest.raises(PollError) as info:
+        await pending
+    assert info.value.reason == "unreachable" and "was lost" in info.value.message, info.value
+
+
+async def test_a_blackholed_host_is_connected_to_once_and_then_backs_off(config, ssh_host):
+    # a connect the poll's timeout gave up on goes on (shielded) until connect_timeout, so its
+    # failure starts the backoff: later polls fail at once instead of each sending a new SYN
+    accepted = []
+
+    async def swallow(reader, writer):
+        accepted.append(writer)
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    pool = make_pool(config, connect_timeout=0.5, backoff_initial=60, backoff_max=60)
+    host = await ssh_host()  # only for its key: the blackhole is on another port
+    client = agent_client(pool, host.server(port=port))
+    try:
+        err = await fails(client, timeout=0.2)
+        assert err.reason == "unreachable" and "within 0.2s" in err.message, err
+
+        async def backing_off():
+            err = await fails(client, timeout=0.2)
+            return err if "next retry in" in err.message else None
+
+        err = await wait_for(backing_off, timeout=10, what="the backoff after the connect timed out")
+        assert err.reason == "unreachable", err
+        assert len(accepted) == 1  # one TCP connection for every poll so far
+    finally:
+        await pool.close()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()

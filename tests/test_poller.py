@@ -90,7 +90,7 @@ async def poll(central, server):
         ("500", "agent_error", "answered 500"),
         ("404", "agent_error", "GET /api/all answered 404"),
         ("not json", "bad_payload", ""),
-        ("not a document", "bad_payload", "no numeric timestamp"),
+        ("not a document", "bad_payload", "timestamp: missing"),
         ("oversized", "bad_payload", "byte limit"),
         ("hangs", "timeout", "did not answer GET /api/all within 0.6s"),
         ("squatter", "agent_impostor", "does not hold the host's secret"),

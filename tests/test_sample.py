@@ -29,10 +29,10 @@ def test_extracts_key_figures():
 @pytest.mark.parametrize("body, message", [
     (b"\xff\xfe", "not UTF-8"),
     (b"{not json", "not JSON"),
-    (b"[1, 2]", "JSON list, not an object"),
-    (b'{"hostname": "h"}', "no numeric timestamp"),
-    (b'{"timestamp": 1, "hostname": 5}', "no hostname"),
-    (b'{"timestamp": 1, "hostname": "h", "cpu": [1]}', "'cpu' is not an object"),
+    (b"[1, 2]", "document: expected an object, got a list"),
+    (b'{"hostname": "h"}', "timestamp: missing"),
+    (b'{"timestamp": 1, "hostname": 5}', "hostname: expected a string, got 5"),
+    (b'{"timestamp": 1, "hostname": "h", "cpu": [1]}', "cpu: expected an object, got a list"),
     (b"[" * 100000 + b"]" * 100000, "not JSON"),
 ])
 def test_bad_documents_are_bad_payload(body, message):

@@ -135,6 +135,19 @@ async def test_batch_write_keeps_samples_and_latest(storage):
     assert (await storage.latest_document(a.id))[0] == NOW + 10
 
 
+async def test_an_outcome_the_database_refuses_never_takes_others_with_it(storage):
+    servers = [await storage.add_server(f"s{i}", f"10.0.0.{i}") for i in range(5)]
+    bad = ok(servers[2].id, NOW)
+    bad.sample["procs"] = 10**19  # beyond a 64-bit integer
+    batch = [ok(s.id, NOW) for s in servers[:2]] + [bad] + [ok(s.id, NOW) for s in servers[3:]]
+    refused = await storage.write_polls(batch, offline_after=3)
+    assert [o for o, _ in refused] == [bad] and "OverflowError" in refused[0][1]
+    latest = await storage.latest_samples()
+    assert sorted(latest) == sorted(s.id for s in servers if s is not servers[2])
+    assert (await storage.get_server("s2")).status == "unknown"
+    assert await storage.write_polls([ok(servers[2].id, NOW + 10)], offline_after=3) == []
+
+
 async def fill(storage: Storage, server_id: int, start: float, end: float, step: float, cpu) -> int:
     """Insert raw samples every step seconds; cpu(ts) gives the value."""
     n = 0
@@ -629,3 +642,13 @@ async def test_agent_secrets_given_pending_and_picked_up_by_add(storage):
 
 async def test_servers_are_added_with_the_central_login_user_by_default(storage):
     assert (await storage.add_server("a", "10.0.0.1")).user == "central"
+
+
+async def test_the_writable_check_commits_without_touching_stored_data(storage):
+    server = await storage.add_server("a", "10.0.0.1", agent_secret=SECRET_A)
+    await storage.write_polls([ok(server.id, NOW)], offline_after=3)
+    for _ in range(2):  # repeatable: the check replaces its own record
+        await storage.check_writable()
+    assert [s.name for s in await storage.list_servers()] == ["a"]
+    assert await storage.agent_secret(server.id) == SECRET_A
+    assert sorted(await storage.latest_samples()) == [server.id]

@@ -83,10 +83,15 @@ class Samples(ABC):
     """Poll results: the newest document, raw samples, rollups, and retention of it all."""
 
     @abstractmethod
-    async def write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
+    async def write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> list[tuple[PollOutcome, str]]:
         """Store one batch of poll outcomes at once: each server's status (its reason's status,
         central.model.REASONS; 'offline' after offline_after failures in a row), its newest
-        document and its sample. Outcomes of servers removed meanwhile are dropped."""
+        document and its sample. Outcomes of servers removed meanwhile are dropped.
+
+        Fault-isolated: an outcome the database refuses as data (a value it cannot hold) is
+        left out and returned with the reason, (outcome, why); every other outcome is stored.
+        Raises when the database itself cannot be written (locked, read-only, full): then
+        nothing of the batch is stored."""
 
     @abstractmethod
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
@@ -422,13 +427,18 @@ class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, Agent
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod
-    async def open(cls, target: str | Path) -> "Storage":
+    async def open(cls, target: str | Path, lock_timeout: float = 10.0) -> "Storage":
         """Open (creating if needed) the database at target and bring its schema up to date.
 
-        target is a SQLite file path (the only backend today)."""
+        target is a SQLite file path (the only backend today); lock_timeout is how long a write
+        waits for a lock another process holds."""
         from .sqlite import SQLiteStorage
 
-        return await SQLiteStorage.open(target)
+        return await SQLiteStorage.open(target, lock_timeout)
+
+    @abstractmethod
+    async def check_writable(self) -> None:
+        """Commit a small write; raises when the database cannot be written."""
 
     @property
     @abstractmethod

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -11,7 +10,7 @@ from ..config import Config
 from .keys import CONFIG, ENDPOINTS
 from .openapi import build_openapi
 from .api_notifiers import NOTIFIER
-from .registry import NONE, VIEWER, Call, Registry, array, integer, number, obj, string
+from .registry import NONE, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
 
 endpoints = Registry(tag="system")
 
@@ -27,11 +26,21 @@ async def health(call: Call) -> dict:
     return {"status": "ok", "version": __version__}
 
 
-@endpoints.get("/readiness", summary="Readiness: database open and poller running", role=NONE,
-               response=obj({"status": string(enum=["ready"]), "uptime": number()}, required=["status", "uptime"]))
-async def readiness(call: Call) -> dict:
-    """200 once the database is open and the poller started (no authentication)."""
-    return {"status": "ready", "uptime": time.time() - call.central.started_at}
+STORAGE = obj({"ok": boolean(), "reason": nullable(string()), "since": nullable(number()), "failed_writes": integer(),
+               "buffered": integer(), "buffer_capacity": integer(), "dropped": integer()},
+              required=["ok", "reason", "since", "failed_writes", "buffered", "buffer_capacity", "dropped"])
+
+
+@endpoints.get("/readiness", summary="Readiness: database open and writable, poller running", role=NONE,
+               responses={200: obj({"status": string(enum=["ready"]), "uptime": number(), "storage": STORAGE},
+                                   required=["status", "uptime", "storage"]),
+                          503: obj({"status": string(enum=["not_ready"]), "reason": string(), "uptime": number(),
+                                    "storage": STORAGE}, required=["status", "reason", "uptime", "storage"])})
+async def readiness(call: Call) -> Reply:
+    """200 once the database is open and the poller started; 503 with the reason while poll
+    outcomes cannot be written (they wait in memory; `storage` has the counts). No authentication."""
+    ready, body = views.readiness(call.central)
+    return Reply(body, 200 if ready else 503)
 
 
 @endpoints.get("/metrics", summary="Prometheus metrics", role=_metrics_role, content_type=metrics.CONTENT_TYPE,
@@ -47,7 +56,8 @@ async def prometheus_metrics(call: Call) -> web.Response:
     process = await asyncio.to_thread(metrics.process_stats)
     poller = central.poller
     text = metrics.render(servers, latest, durations=poller.durations, errors_by_reason=poller.errors_by_reason,
-                          polls=poller.polls, alerts_firing=alerts["firing"], process=process)
+                          polls=poller.polls, alerts_firing=alerts["firing"], process=process,
+                          storage=poller.writer.status(), failed_writes=poller.writer.failed_writes)
     return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -58,11 +68,12 @@ async def prometheus_metrics(call: Call) -> web.Response:
                                             "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
                                            required=["lag", "servers", "polls", "polls_failed"]),
                              "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"]),
-                             "notifiers": array(NOTIFIER)},
-                            required=["version", "uptime", "database", "poller", "pool"]))
+                             "notifiers": array(NOTIFIER), "storage": STORAGE},
+                            required=["version", "uptime", "database", "poller", "pool", "storage"]))
 async def central_status(call: Call) -> dict:
     """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
-    notification channel's health (as in /api/v1/notifiers)."""
+    notification channel's health (as in /api/v1/notifiers); `storage` says whether poll outcomes
+    can be written and how many wait in memory."""
     return await views.central_status(call.central)
 
 

@@ -37,7 +37,7 @@ ENDPOINT_MODULES = (
 
 async def _central_context(app: web.Application) -> AsyncIterator[None]:
     """Open the database, pool and poller before the first request; close them on shutdown."""
-    central = await Central.open(app[CONFIG])
+    central = await Central.open(app[CONFIG], serving=True)
     app[CENTRAL] = central
     await central.poller.start()
     await central.terminal.start()

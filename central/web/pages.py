@@ -122,8 +122,10 @@ async def _identity(request: web.Request) -> Identity:
 
 async def _render(request: web.Request, template: str, identity: Identity | None, status: int = 200, **context) -> web.Response:
     csrf = await session_csrf(request) if identity is not None else None
+    # The storage banner on every page (central.writer: poll outcomes that cannot be written)
+    storage = request.app[CENTRAL].poller.writer.status() if identity is not None and CENTRAL in request.app else None
     html = _env.get_template(template).render(
-        identity=identity, csrf_token=csrf or "", version=__version__, now=time.time(),
+        identity=identity, csrf_token=csrf or "", version=__version__, now=time.time(), storage=storage,
         can_act=identity is not None and identity.allows(OPERATOR),
         can_admin=identity is not None and identity.allows(ADMIN), **context)
     return web.Response(text=html, status=status, content_type="text/html",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Sequence
@@ -18,7 +20,7 @@ import aiosqlite
 
 from ... import files
 from ...bundled import schema_text
-from ...model import METRICS
+from ...model import METRICS, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,10 @@ def compact(value: object, **kwargs) -> str:
 class SQLiteBase:
     """The connection, its setup and the helpers the concept modules share."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path):
+    def __init__(self, db: aiosqlite.Connection, path: Path, lock_timeout: float = 10.0):
         self.db = db
         self.path = path
+        self.lock_timeout = lock_timeout
         # One transaction at a time on the shared connection: without it a second
         # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
         # while the first one awaits inside its transaction (an action's audit row
@@ -83,13 +86,17 @@ class SQLiteBase:
         self._latest: dict[int, dict] | None = None
 
     @classmethod
-    async def open(cls, path: str | Path):
-        """Open (creating if needed) the database file and bring its schema up to date."""
+    async def open(cls, path: str | Path, lock_timeout: float = 10.0):
+        """Open (creating if needed) the database file and bring its schema up to date.
+
+        lock_timeout: how long a write waits for a lock another process holds (SQLite's busy
+        timeout). Every statement of this connection runs on one thread, so while a write waits
+        every read waits behind it: the serving process keeps it short (database.lock_timeout)."""
         path = Path(path)
         files.prepare_database(path)  # 0600 before SQLite creates it, so -wal/-shm are 0600 too
         db = await aiosqlite.connect(str(path), isolation_level=None)
         db.row_factory = aiosqlite.Row
-        self = cls(db, path)
+        self = cls(db, path, lock_timeout)
         try:
             await self._setup()
         except Exception:
@@ -98,7 +105,7 @@ class SQLiteBase:
         return self
 
     async def _setup(self) -> None:
-        await _pragma(self.db, "busy_timeout = 10000")
+        await _pragma(self.db, f"busy_timeout = {int(self.lock_timeout * 1000)}")
         # journal_mode answers with a row: close the cursor, or the unfinished statement makes
         # the checkpoint in close() fail with "database table is locked" until it is collected.
         async with self.db.execute("PRAGMA journal_mode = WAL"):
@@ -180,15 +187,37 @@ class SQLiteBase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The connection inside one write transaction (one at a time): committed when the
-        block ends, rolled back when it raises."""
+        block ends, rolled back when it raises, when BEGIN or COMMIT fails, or when the task is
+        cancelled anywhere in between."""
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
+                await self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # locked, read-only, full, I/O: the database's trouble, not the caller's data
+                await self._rollback()
+                raise StorageUnavailable(f"the database cannot be written: {exc}") from exc
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                await self._rollback()
                 raise
-            await self.db.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        # aiosqlite runs this connection's statements one at a time in the order they were
+        # sent, so this ROLLBACK runs after a BEGIN or COMMIT whose await was cancelled (it runs
+        # anyway) and ends that transaction; left open, it made every later BEGIN fail
+        # ("cannot start a transaction within a transaction").
+        try:
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction open: BEGIN failed, or COMMIT went through
+
+    async def check_writable(self) -> None:
+        """Commit a small write (the time of this check); raises StorageUnavailable when the
+        database cannot be written (read-only file or file system, disk full, locked)."""
+        async with self.transaction() as db:
+            await db.execute("INSERT INTO meta (key, value) VALUES ('writable_checked_at', ?)"
+                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
 
     async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
         """Run statements in one transaction; returns each statement's lastrowid."""

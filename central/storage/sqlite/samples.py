@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from typing import Sequence
 
@@ -12,6 +13,14 @@ from .base import COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, 
 
 # Reasons that make a server 'error' at once (the others: 'offline' after offline_after).
 _ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
+# What the database raises for a value it cannot hold (an integer beyond 64 bits, a lone
+# surrogate, a type it cannot bind, a constraint): a fault of one outcome, never of storage.
+_DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
+                ValueError, TypeError)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _rollup_select(source_min: str, source_avg: str, source_max: str, weight: str) -> str:
@@ -43,10 +52,26 @@ _ROLLUP_MIN = (
 class SQLiteSamples(SQLiteBase):
     """central.storage.interface.Samples on SQLite."""
 
-    async def write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
-        """Store one batch of poll outcomes in a single transaction."""
+    async def write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> list[tuple[PollOutcome, str]]:
+        """Store one batch of poll outcomes in a single transaction; if the database refuses one
+        as data, each outcome in a transaction of its own, so the others are stored all the same."""
         if not outcomes:
-            return
+            return []
+        try:
+            await self._write_polls(outcomes, offline_after)
+            return []
+        except _DATA_ERRORS as exc:
+            if len(outcomes) == 1:
+                return [(outcomes[0], _why(exc))]
+        refused = []
+        for o in outcomes:
+            try:
+                await self._write_polls((o,), offline_after)
+            except _DATA_ERRORS as exc:
+                refused.append((o, _why(exc)))
+        return refused
+
+    async def _write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
         async with self.transaction() as db:
             # A server removed while its poll was queued: drop that outcome, not the batch
             # (its samples would break the foreign key and roll back everyone's).

@@ -1,0 +1,180 @@
+"""The single writer of poll outcomes, and the state of the database as it sees it.
+
+Polls put their outcomes here; one task stores them in batches (one transaction each). While
+the database cannot be written (locked by another process, read-only, disk full) outcomes wait
+in a bounded buffer, oldest first, and are written when it recovers; only when the buffer is
+full is the oldest outcome dropped, and counted. Storage health is a state, not a stream of
+tracebacks: one log line when writes start failing, one when they work again (with counts);
+the readiness probe, /api/v1/status, the page's banner, /metrics and a built-in critical alert
+read it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+from .model import PollOutcome, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000  # outcomes per transaction
+GATHER = 0.2  # seconds: what arrives within this window goes into one transaction
+RETRY_INITIAL, RETRY_MAX = 0.5, 10.0  # seconds between write attempts while failing
+
+
+@dataclass
+class StorageHealth:
+    """Whether poll outcomes can be written, and since when they cannot."""
+
+    ok: bool = True
+    reason: str | None = None  # why the last write failed
+    since: float | None = None  # when writes started failing (Unix time)
+    failed_writes: int = 0  # failed attempts in this outage
+
+    def to_dict(self, buffered: int, dropped: int, capacity: int) -> dict:
+        """The JSON form (readiness, status, page)."""
+        return {"ok": self.ok, "reason": self.reason, "since": self.since, "failed_writes": self.failed_writes,
+                "buffered": buffered, "buffer_capacity": capacity, "dropped": dropped}
+
+
+Store = Callable[[Sequence[PollOutcome]], Awaitable[None]]
+Listener = Callable[[StorageHealth], Awaitable[None]]
+
+
+class Writer:
+    """Stores queued outcomes in batches through store(batch); buffers them while it fails."""
+
+    def __init__(self, store: Store, capacity: int, clock: Callable[[], float] = time.time):
+        self._store = store
+        self.capacity = capacity
+        self.clock = clock
+        self._pending: deque[PollOutcome] = deque()
+        self._inflight: list[PollOutcome] = []
+        # Per server, the pending outcome that carries its agent document: only the newest is
+        # ever stored (the latest table keeps one per server), so an older one drops its text
+        # and a buffered outcome costs ~4 KB (its figures and alert facts), not the document's size.
+        self._document_of: dict[int, PollOutcome] = {}
+        self._wake = asyncio.Event()
+        self._delay = RETRY_INITIAL
+        self._retry_at = 0.0
+        self.health = StorageHealth()
+        self.listeners: list[Listener] = []
+        self.stored = 0  # outcomes written
+        self.dropped = 0  # outcomes dropped from a full buffer, since start
+        self.failed_writes = 0  # failed write attempts, since start
+        self._outage_dropped = 0
+        self._told = False  # listeners hear the health once the first write succeeded, then on changes
+
+    @property
+    def buffered(self) -> int:
+        """Outcomes waiting to be written (the one batch being written included)."""
+        return len(self._pending) + len(self._inflight)
+
+    def status(self) -> dict:
+        """Health with the buffer's counts."""
+        return self.health.to_dict(self.buffered, self.dropped, self.capacity)
+
+    def put(self, outcome: PollOutcome) -> None:
+        """Queue one outcome for the next batch (never blocks; a full buffer drops its oldest)."""
+        if outcome.ok and outcome.doc_text is not None:
+            older = self._document_of.get(outcome.server_id)
+            if older is not None:
+                older.doc_text = None
+            self._document_of[outcome.server_id] = outcome
+        self._pending.append(outcome)
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
+        while self.buffered > self.capacity and self._pending:
+            old = self._pending.popleft()
+            if self._document_of.get(old.server_id) is old:
+                del self._document_of[old.server_id]
+            self.dropped += 1
+            self._outage_dropped += 1
+
+    async def run(self) -> None:
+        """Write batches as outcomes arrive, forever (cancel to stop, then flush())."""
+        while True:
+            await self._wake.wait()
+            if len(self._pending) < BATCH:
+                await asyncio.sleep(GATHER)
+            if not self.health.ok:
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+            await self._write_batch()
+            if not self._pending:
+                self._wake.clear()
+
+    async def flush(self) -> None:
+        """Write everything pending now (at shutdown); what cannot be written is logged as lost."""
+        while self._pending:
+            if not await self._write_batch():
+                log.error("%d poll outcomes could not be written before shutdown: %s",
+                          self.buffered, self.health.reason)
+                return
+
+    async def _write_batch(self) -> bool:
+        batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+        if not batch:
+            return True
+        self._inflight = batch
+        try:
+            await self._store(batch)
+        except BaseException as exc:
+            self._inflight = []
+            self._pending.extendleft(reversed(batch))
+            self._trim()
+            if isinstance(exc, Exception):
+                await self._failed(exc)
+                return False
+            raise
+        self._inflight = []
+        for o in batch:
+            if self._document_of.get(o.server_id) is o:
+                del self._document_of[o.server_id]
+        self.stored += len(batch)
+        if not self.health.ok:
+            await self._recovered(len(batch))
+        elif not self._told:
+            await self._tell()  # healthy from the start: an alert left open by a previous run resolves
+        self._delay = RETRY_INITIAL
+        return True
+
+    async def _failed(self, exc: Exception) -> None:
+        self.failed_writes += 1
+        health = self.health
+        # the database's own words ("database is locked"), without our wrapper's prefix
+        reason = str(exc.__cause__ or exc) if isinstance(exc, StorageUnavailable) else f"{type(exc).__name__}: {exc}"
+        health.reason = reason[:500]
+        health.failed_writes += 1
+        self._retry_at = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, RETRY_MAX)
+        if health.ok:
+            health.ok, health.since = False, self.clock()
+            self._outage_dropped = 0
+            # One line per outage (not one per batch); a traceback only for what is not a
+            # known storage failure, since that is a bug.
+            log.error("storage failing: %s; poll outcomes wait in memory (%d now, at most %d) until it "
+                      "recovers", health.reason, self.buffered, self.capacity,
+                      exc_info=None if isinstance(exc, StorageUnavailable) else exc)
+            await self._tell()
+
+    async def _recovered(self, written: int) -> None:
+        health = self.health
+        log.warning("storage recovered after %.1fs (%d failed writes): %d buffered poll outcomes written "
+                    "now or next, %d dropped while the buffer was full", self.clock() - (health.since or self.clock()),
+                    health.failed_writes, written + self.buffered, self._outage_dropped)
+        self.health = StorageHealth()
+        await self._tell()
+
+    async def _tell(self) -> None:
+        self._told = True
+        for listener in self.listeners:
+            try:
+                await listener(self.health)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the writer
+                log.exception("storage health listener %r failed", listener)

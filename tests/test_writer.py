@@ -1,0 +1,173 @@
+"""The poll writer: fault-isolated batches, cancellation-safe transactions, and the outage buffer
+against a real second process holding the database's write lock."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from central.model import METRICS, PollOutcome, StorageUnavailable
+from central.service import Central
+from central.writer import Writer
+from tests.helpers import wait_for
+
+
+def sample(cpu: float = 1.0) -> dict:
+    d = {m: None for m in METRICS}
+    d.update(cpu=cpu, mem=50.0, procs=10, top=[])
+    return d
+
+
+def ok(server_id: int, ts: float, doc: str | None = '{"hostname":"h"}') -> PollOutcome:
+    return PollOutcome(server_id=server_id, ts=ts, duration=0.01, ok=True, doc_text=doc, sample=sample(),
+                       hostname="h")
+
+
+class LockHolder:
+    """A real second process holding BEGIN EXCLUSIVE on the database until release()."""
+
+    def __init__(self, path):
+        code = ("import sqlite3, sys\n"
+                f"c = sqlite3.connect({str(path)!r}, isolation_level=None, timeout=30)\n"
+                "c.execute('BEGIN EXCLUSIVE')\n"
+                "print('locked', flush=True)\n"
+                "sys.stdin.read()\n"
+                "c.execute('ROLLBACK')\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+async def serving(config):
+    """A Central opened as `central serve` opens it (short lock wait), the local server not polled."""
+    cfg = dataclasses.replace(config, poll=dataclasses.replace(config.poll, local=False),
+                              database=dataclasses.replace(config.database, lock_timeout=0.2))
+    c = await Central.open(cfg, serving=True)
+    yield c
+    await c.close()
+
+
+async def servers(central, n):
+    return [await central.storage.add_server(f"s{i}", f"10.0.0.{i + 1}") for i in range(n)]
+
+
+async def stored_ts(central, server_id):
+    return [s["ts"] for s in await central.storage.samples(server_id, 0, 1e12)]
+
+
+async def test_an_unstorable_outcome_becomes_its_own_servers_failure(serving):
+    a, b, c = await servers(serving, 3)
+    bad = ok(b.id, 100.0)
+    bad.sample["procs"] = 10**19
+    await serving.poller.store([ok(a.id, 100.0), bad, ok(c.id, 100.0)])
+    assert await stored_ts(serving, a.id) == [100.0] and await stored_ts(serving, c.id) == [100.0]
+    server = await serving.storage.get_server("s1")
+    assert (server.status, server.status_reason) == ("error", "bad_payload")
+    assert "could not store this poll" in server.last_error and "OverflowError" in server.last_error
+
+
+async def test_a_cancelled_write_leaves_no_transaction_open(serving):
+    (a,) = await servers(serving, 1)
+    for steps in range(12):  # cancel at every await point of a batch write in turn
+        task = asyncio.create_task(serving.storage.write_polls([ok(a.id, float(steps))], 3))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await serving.storage.write_polls([ok(a.id, 1000.0 + steps)], 3) == []
+    assert 1011.0 in await stored_ts(serving, a.id)
+
+
+async def test_outcomes_wait_while_another_process_holds_the_lock(serving, caplog):
+    caplog.set_level(logging.INFO, logger="central")
+    (a,) = await servers(serving, 1)
+    writer = serving.poller.writer
+    task = asyncio.create_task(writer.run())
+    holder = LockHolder(serving.storage.location)
+    try:
+        for i in range(5):
+            writer.put(ok(a.id, float(i)))
+        await wait_for(lambda: not writer.health.ok, what="storage failing")
+        assert "database is locked" in writer.health.reason
+        for i in range(5, 10):
+            writer.put(ok(a.id, float(i)))
+        assert writer.buffered == 10 and writer.dropped == 0
+        # reads do not wait for the lock: the API's data is there while writes fail
+        assert (await serving.storage.get_server("s0")).name == "s0"
+        await wait_for(lambda: writer.health.failed_writes >= 2, what="a retry")
+    finally:
+        holder.release()
+    await wait_for(lambda: writer.health.ok and writer.buffered == 0, timeout=30, what="drained")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await stored_ts(serving, a.id) == [float(i) for i in range(10)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "central.writer"]
+    assert len(lines) == 2, lines  # one line when it starts failing, one when it recovers
+    assert lines[0].startswith("storage failing: database is locked; poll outcomes wait in memory")
+    assert lines[1].startswith("storage recovered after ") and "10 buffered poll outcomes written" in lines[1]
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+
+
+async def test_a_full_buffer_drops_the_oldest_and_counts_them(serving):
+    (a,) = await servers(serving, 1)
+    writer = Writer(serving.poller.store, capacity=4)
+    task = asyncio.create_task(writer.run())
+    holder = LockHolder(serving.storage.location)
+    try:
+        writer.put(ok(a.id, 0.0))
+        await wait_for(lambda: not writer.health.ok, what="storage failing")
+        for i in range(1, 10):
+            writer.put(ok(a.id, float(i)))
+        assert writer.buffered == 4 and writer.dropped == 6
+        assert writer.status()["dropped"] == 6
+    finally:
+        holder.release()
+    await wait_for(lambda: writer.health.ok and writer.buffered == 0, timeout=30, what="drained")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await stored_ts(serving, a.id) == [6.0, 7.0, 8.0, 9.0]  # the newest four
+
+
+async def test_only_the_newest_buffered_outcome_keeps_its_document(serving):
+    a, b = await servers(serving, 2)
+    writer = Writer(serving.poller.store, capacity=100)
+    first, second, other = ok(a.id, 1.0, '{"n":1}'), ok(a.id, 2.0, '{"n":2}'), ok(b.id, 1.5, '{"n":3}')
+    for o in (first, second, other):
+        writer.put(o)
+    assert (first.doc_text, second.doc_text, other.doc_text) == (None, '{"n":2}', '{"n":3}')
+    await writer.flush()
+    assert (await serving.storage.latest_document(a.id)) == (2.0, {"n": 2})
+    assert await stored_ts(serving, a.id) == [1.0, 2.0]
+
+
+async def test_flush_at_shutdown_says_what_it_could_not_write(serving, caplog):
+    (a,) = await servers(serving, 1)
+    writer = Writer(serving.poller.store, capacity=100)
+    holder = LockHolder(serving.storage.location)
+    try:
+        writer.put(ok(a.id, 1.0))
+        await writer.flush()
+    finally:
+        holder.release()
+    assert "1 poll outcomes could not be written before shutdown" in caplog.text
+
+
+async def test_check_writable_refuses_a_locked_database(serving):
+    holder = LockHolder(serving.storage.location)
+    try:
+        with pytest.raises(StorageUnavailable, match="database is locked"):
+            await serving.storage.check_writable()
+    finally:
+        holder.release()
+    await serving.storage.check_writable()
