@@ -20,7 +20,7 @@ from .agentclient import AgentClient
 from .bundled import agent_module, agent_sha256
 from .config import Config
 from .document import decode, normalise_health, normalise_inventory
-from .model import ACTION_KINDS, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, Forbidden, PollError, Server
+from .model import ACTION_KINDS, AGENT_ERROR, AGENT_IMPOSTOR, BAD_PAYLOAD, TIMEOUT, Forbidden, PollError, Server
 from .sample import normalised, parse_document
 from .serverlog import server_log
 from .sshpool import SSHPool
@@ -77,7 +77,8 @@ class Transport:
 
     async def inventory(self, server: Server) -> dict | None:
         """The server's /api/inventory document, normalised; None (logged) when it cannot be had.
-        Raises BAD_PAYLOAD naming the field when it cannot be normalised."""
+        Raises BAD_PAYLOAD naming the field when it cannot be normalised, AGENT_IMPOSTOR when
+        the answer does not carry the agent's proof."""
         raise NotImplementedError
 
     async def check(self, server: Server, secret: str | None = None) -> dict:
@@ -122,8 +123,10 @@ class SSHTransport(Transport):
         try:
             status, body = await client.request("GET", "/api/inventory", timeout=self.config.poll.timeout)
         except PollError as err:
-            if err.reason == BAD_PAYLOAD:
-                raise PollError(BAD_PAYLOAD, f"inventory: {err.message}") from None
+            # a document that cannot be normalised, or an answer without the agent's proof,
+            # fails the poll like /api/all's would; anything else only skips the inventory
+            if err.reason in (BAD_PAYLOAD, AGENT_IMPOSTOR):
+                raise PollError(err.reason, f"inventory: {err.message}") from None
             server_log(log, server.name).warning("inventory fetch failed: %s", err)
             return None
         if status != 200:

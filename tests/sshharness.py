@@ -44,6 +44,7 @@ from tests.sshserver import (
     HttpChannel,
     Request,
     ThenClose,
+    Unproven,
     http_answer,
     public_key_line,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "Request",
     "SSHTestHost",
     "ThenClose",
+    "Unproven",
     "agent_client",
     "authorized_line",
     "document_agent",

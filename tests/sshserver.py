@@ -41,6 +41,11 @@ class ThenClose(bytes):
     connection, or restarting), although the answer said keep-alive."""
 
 
+class Unproven(bytes):
+    """An answer sent without the agent's proof, on an authenticated channel (what another
+    process answering in the agent's place would send)."""
+
+
 Handler = Callable[[Request], Awaitable["bytes | None"]]
 
 MAX_REQUEST_HEAD = 64 * 1024
@@ -122,8 +127,8 @@ class AgentAuth:
 def with_proof(answer: bytes, sign: Callable[[int, bytes], str]) -> bytes:
     """The answer with the agent's X-Agent-Auth proof over its status and body added."""
     head, sep, body = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return answer  # an unfinished head: sent as scripted
+    if not sep or isinstance(answer, Unproven):
+        return answer  # an unfinished head, or meant to go without a proof: sent as scripted
     try:
         status = int(head.split(b" ", 2)[1])
     except (IndexError, ValueError):

@@ -14,7 +14,7 @@ from central.agentauth import new_secret
 from central.agentclient import no_secret
 from central.model import PollError
 from tests.helpers import wait_for
-from tests.sshharness import ThenClose, agent_client, hang, http_answer, make_pool, refuse
+from tests.sshharness import ThenClose, Unproven, agent_client, hang, http_answer, make_pool, refuse
 
 
 @pytest.fixture
@@ -232,6 +232,17 @@ async def test_an_agent_that_does_not_authenticate_is_an_impostor(ssh_host, pool
     err = await fails(agent_client(pool, host.server()))
     assert err.reason == "agent_impostor" and "gave no proof" in err.message and "404" in err.message, err
     assert [r.path for r in host.requests] == ["/api/challenge"]
+
+
+async def test_an_answer_without_the_agents_proof_is_not_used(ssh_host, pool):
+    # the first answer proven, the second not (something else answers on the kept channel)
+    host = await ssh_host(agent=counting([http_answer(200, {"n": 0}), Unproven(http_answer(200, {"n": 1}))]))
+    client = agent_client(pool, host.server())
+    assert await get(client) == (200, b'{"n":0}')
+    err = await fails(client)
+    assert err.reason == "agent_impostor" and "carries no proof" in err.message and '"n"' not in err.message, err
+    assert await get(client) == (200, b'{"n":2}')  # on a new, authenticated channel
+    assert host.channels == 2
 
 
 async def test_a_server_without_a_secret_needs_a_redeploy_and_its_agent_is_not_contacted(ssh_host, pool):

@@ -17,7 +17,7 @@ from central.poller import phase
 from central.servers import add_server
 from central.service import Central
 from tests.helpers import wait_for
-from tests.sshharness import HARNESS_SECRET, document_agent, hang, http_answer, refuse
+from tests.sshharness import HARNESS_SECRET, Unproven, document_agent, hang, http_answer, refuse
 
 OTHER_KEY_LINE = " ".join(
     asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2]
@@ -146,6 +146,19 @@ async def test_a_good_poll_carries_the_document_its_figures_and_the_inventory_on
     outcome = await poll(central, known)
     assert outcome.ok and "inventory" not in outcome.extra
     assert [r.path for r in host.requests] == ["/api/all", "/api/inventory", "/api/all"]
+
+
+async def test_an_inventory_without_the_agents_proof_fails_the_poll(central, ssh_host, agent_document):
+    real = document_agent(agent_document)
+
+    async def agent(request):
+        answer = await real(request)
+        return Unproven(answer) if request.path == "/api/inventory" else answer
+
+    host = await ssh_host(agent=agent)
+    outcome = await poll(central, await stored(central, host))
+    assert not outcome.ok and outcome.reason == "agent_impostor", (outcome.reason, outcome.error)
+    assert outcome.error.startswith("inventory: ") and outcome.doc_text is None
 
 
 def test_phases_spread_a_fleet_over_the_interval_and_stay_put():
