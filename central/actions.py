@@ -31,7 +31,8 @@ from typing import Awaitable, Callable
 
 from .agentclient import AgentClient
 from .bundled import agent_module
-from .model import CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable
+from .model import (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, OFFLINE, REASON_TEXT, CentralError, Conflict, Forbidden,
+                    Invalid, NotFound, PollError, Server, Unavailable)
 from .sshpool import server_log
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,17 @@ def describe(server_name: str, kind: str, params: dict, process: dict | None = N
     return f"{params['verb']} docker container {params['container']} on {server_name}"
 
 
+def local_policy(config) -> dict:
+    """The host policy actions on `local` run under (the agent's, read from actions.local_policy,
+    with the central's own unit protected); every action off when actions.local is false."""
+    agent = agent_module()
+    policy, _ = agent.load_policy(config.actions.local_policy)
+    policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
+    if not config.actions.local:
+        policy["actions"] = {k: False for k in policy["actions"]}
+    return policy
+
+
 class _Target:
     """One action's way to its host: the agent over SSH, or in-process for `local`."""
 
@@ -286,8 +298,7 @@ class _Target:
         if not config.local:
             raise Forbidden(f"actions on the central's own host ({self.server.name}) are disabled (actions.local = false)")
         agent = agent_module()
-        policy, _ = agent.load_policy(config.local_policy)
-        policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
+        policy = local_policy(self.central.config)
         fn = {"kill": agent.action_kill, "service": agent.action_service, "docker": agent.action_docker}[kind]
         try:
             doc = await asyncio.wait_for(asyncio.to_thread(fn, body, policy), self.timeout)
@@ -354,6 +365,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             raise Forbidden("refusing to signal pid 1 (init)")
         if server is None:
             raise Invalid(f"no server named {_show(server_name)}")
+        if server.status == OFFLINE or server.status_reason in (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN):
+            # Refused before trying: the page shows such a server as stale with its buttons off.
+            why = REASON_TEXT.get(server.status_reason or "", server.status_reason or "no answer")
+            raise Conflict(f"{server.name} is {server.status} ({why}); actions need a host that answers")
         target = _Target(central, server)
         process = None
         if kind == "kill":

@@ -100,6 +100,10 @@ class LocalCollector:
         """The /api/processes document: every process, by pid (actions look pids up here)."""
         return self._get().processes("pid", None)
 
+    def units(self) -> list | None:
+        """The host's systemd units (the listing polls use; None without systemd)."""
+        return self._get().units()
+
 
 class Poller:
     """Schedules polls, stores their outcomes, and runs hooks on each stored batch."""

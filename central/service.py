@@ -20,7 +20,7 @@ from .alerts import AlertEngine
 from .auth import Auth
 from .bundled import agent_sha256
 from .config import Config
-from .model import HOST_KEY_MISMATCH, Conflict, Invalid, PollError, Server
+from .model import HOST_KEY_MISMATCH, ONLINE, REASON_TEXT, Conflict, Invalid, PollError, Server
 from .notifiers import Dispatcher
 from .poller import Poller
 from .sample import parse_document
@@ -117,6 +117,22 @@ def ensure_key_pair(path: Path) -> tuple[str, bool]:
     line = public_key_line(key)
     pub.write_text(line + f" central@{socket.gethostname()}\n")
     return line, True
+
+
+def freshness(server: dict, default_interval: float, timeout: float, now: float) -> dict:
+    """How current a server's figures are: {"stale", "seen_ago", "status_text"}.
+
+    Stale when the server is not online, was never seen, or its last good poll is older than
+    three intervals (a poller that fell behind): the page greys its figures and turns its
+    actions off, so nothing old passes for current.
+    """
+    interval = server.get("interval_s") or default_interval
+    seen = server.get("last_seen")
+    ago = None if seen is None else max(0.0, now - seen)
+    stale = server.get("status") != ONLINE or ago is None or ago > max(3 * interval, interval + timeout)
+    reason = server.get("status_reason")
+    return {"stale": stale, "seen_ago": None if ago is None else round(ago, 1),
+            "status_text": REASON_TEXT.get(reason, reason) if reason else None}
 
 
 class Central:
@@ -328,10 +344,12 @@ class Central:
             servers = await self.storage.server_dicts()
         latest = await self.storage.latest_samples()
         bundled = agent_sha256()
+        now, poll = time.time(), self.config.poll
         for d in servers:
             d.pop("host_key", None)
             d["sample"] = latest.get(d["id"])
             d["agent_outdated"] = bool(d["agent_sha256"]) and d["kind"] != "local" and d["agent_sha256"] != bundled
+            d.update(freshness(d, poll.interval, poll.timeout, now))
         return servers
 
     async def server_detail(self, name: str) -> dict:
@@ -341,6 +359,7 @@ class Central:
         inv = await self.storage.inventory_latest(server.id)
         d = server.to_dict()
         d.pop("host_key", None)
+        d.update(freshness(d, self.config.poll.interval, self.config.poll.timeout, time.time()))
         return {
             "server": d,
             "latest": {"ts": latest[0], "document": latest[1]} if latest else None,

@@ -5,14 +5,18 @@ data, raising CentralError (NotFound, Invalid) for bad input.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
-from . import __version__
+from . import __version__, alerts
+from .actions import VERBS, local_policy
+from .agentclient import AgentClient
+from .bundled import agent_module
 from .config import ConfigError, parse_duration
-from .model import Invalid
+from .model import Invalid, PollError, Unavailable
 from .sample import METRICS
-from .service import Central
+from .service import Central, freshness
 
 STATUSES = ("online", "offline", "error", "unknown")
 # What the fleet averages are taken over (the overview's headline figures).
@@ -48,7 +52,9 @@ async def fleet_stats(central: Central) -> dict:
     return {
         "total": sum(by_status.values()),
         **counts,
-        "alerts_firing": alerts["firing"],
+        # The headline: what needs someone (warning, critical); info (inventory changes) apart.
+        "alerts_firing": alerts["firing"] - alerts["firing_info"],
+        "alerts_info": alerts["firing_info"],
         "alerts_pending": alerts["pending"],
         "averages": {m: (round(sums[m] / ns[m], 2) if ns[m] else None) for m in AVERAGED},
         "ts": time.time(),
@@ -118,21 +124,127 @@ async def server_history(central: Central, name: str, *, metrics: list[str] | No
     return {"server": name, "metrics": metrics, **data}
 
 
+def _kill_offered(p: dict, policy: dict | None) -> bool:
+    """Whether the page may offer a Kill for this process entry."""
+    if policy is not None:  # local: the policy actions on local run under decides
+        return agent_module().kill_offered(policy, p)
+    if isinstance(p.get("kill"), bool):
+        return p["kill"]  # the agent's own answer
+    # An agent from before `kill`: leave out what it always refuses that a list can tell.
+    return p.get("pid") != 1 and bool(p.get("cmdline"))
+
+
 async def server_processes(central: Central, name: str) -> dict:
-    """The latest top-CPU and top-memory process lists the server's agent reported."""
+    """The latest top-CPU and top-memory process lists the server's agent reported.
+
+    Each process says whether a kill would be accepted (`kill`); `stale` says the list is the
+    last one a server that no longer answers sent, and nothing in it can be acted on.
+    """
     server = await central.storage.get_server(name)
+    fresh = freshness(server.to_dict(), central.config.poll.interval, central.config.poll.timeout, time.time())
     latest = await central.storage.latest_document(server.id)
     if latest is None:
-        return {"server": name, "ts": None, "count": None, "top_cpu": [], "top_memory": []}
+        return {"server": name, "ts": None, "count": None, "stale": fresh["stale"], "top_cpu": [], "top_memory": []}
     ts, doc = latest
     procs = doc.get("processes") if isinstance(doc.get("processes"), dict) else {}
+    policy = local_policy(central.config) if server.kind == "local" else None
+    lists = {}
+    for key in ("top_cpu", "top_memory"):
+        lists[key] = [dict(p, kill=not fresh["stale"] and _kill_offered(p, policy))
+                      for p in procs.get(key) or [] if isinstance(p, dict) and isinstance(p.get("pid"), int)]
     return {
         "server": name,
         "ts": ts,
         "count": procs.get("count") if isinstance(procs.get("count"), int) else None,
-        "top_cpu": [p for p in procs.get("top_cpu") or [] if isinstance(p, dict)],
-        "top_memory": [p for p in procs.get("top_memory") or [] if isinstance(p, dict)],
+        "stale": fresh["stale"],
+        **lists,
     }
+
+
+def _units(doc: dict, limit: int = 2000) -> list[dict]:
+    """The unit entries of an agent's /api/services answer, checked (a host is untrusted)."""
+    out = []
+    for u in (doc.get("units") if isinstance(doc.get("units"), list) else [])[:limit]:
+        if not isinstance(u, dict) or not isinstance(u.get("unit"), str):
+            continue
+        verbs = u.get("actions") if isinstance(u.get("actions"), list) else []
+        out.append({"unit": u["unit"][:256],
+                    **{k: u[k][:200] if isinstance(u.get(k), str) else None for k in ("load", "active", "sub", "description")},
+                    "watched": u.get("watched") is True,
+                    "actions": [v for v in VERBS if v in verbs]})
+    return out
+
+
+def _unit_order(u: dict) -> tuple:
+    # watched first, then failed, then running, then the rest; by name within each
+    rank = 0 if u["watched"] else 1 if u["active"] == "failed" else 2 if u["active"] == "active" else 3
+    return (rank, u["unit"])
+
+
+async def server_services(central: Central, name: str, *, live: bool = True) -> dict:
+    """The host's systemd service units with the actions its policy allows on each.
+
+    Asked of the agent (GET /api/services, which lists units at most every 10 s) when live
+    and the server answers; otherwise what the last poll said (failed and watched units only,
+    no actions), with `live` false and `error` saying why.
+    """
+    server = await central.storage.get_server(name)
+    fresh = freshness(server.to_dict(), central.config.poll.interval, central.config.poll.timeout, time.time())
+    error = None
+    if live and not fresh["stale"]:
+        try:
+            doc = await _agent_services(central, server)
+        except (PollError, Unavailable) as exc:
+            error = exc.message
+        else:
+            units = sorted(_units(doc), key=_unit_order)
+            return {"server": name, "live": True, "ts": time.time(), "available": doc.get("available") is True,
+                    "units": units, "error": None}
+    elif live:
+        error = f"{name} is {server.status}: showing what its last poll said"
+    latest = await central.storage.latest_document(server.id)
+    ts, doc = latest if latest else (None, {})
+    sd = doc.get("systemd") if isinstance(doc.get("systemd"), dict) else {}
+    failed = [u for u in sd.get("failed") or [] if isinstance(u, str)]
+    watched = sd.get("watched") if isinstance(sd.get("watched"), dict) else {}
+    units = {u: {"unit": u[:256], "load": None, "active": "failed", "sub": None, "description": None,
+                 "watched": False, "actions": []} for u in failed}
+    for u, state in watched.items():
+        if isinstance(u, str):
+            entry = units.setdefault(u, {"unit": u[:256], "load": None, "sub": None, "description": None, "actions": []})
+            entry.update(watched=True, active=state[:64] if isinstance(state, str) else None)
+    return {"server": name, "live": False, "ts": ts, "available": sd.get("available") is True,
+            "units": sorted(units.values(), key=_unit_order), "error": error}
+
+
+async def _agent_services(central: Central, server) -> dict:
+    if server.kind == "local":
+        collector = central.poller.local
+        units = await asyncio.to_thread(collector.units)
+        return agent_module().services_document(local_policy(central.config), units)
+    # A client of its own (its own channel), as actions use: a page never waits behind a poll.
+    client = AgentClient(central.pool, server, central.config.poll.max_response_bytes)
+    try:
+        status, doc = await client.request_json("GET", "/api/services", timeout=central.config.poll.timeout)
+    finally:
+        client.close()
+    if status != 200 or not isinstance(doc, dict):
+        raise Unavailable(f"the agent answered {status} to GET /api/services")
+    return doc
+
+
+async def alert_detail(central: Central, alert_id: int) -> dict:
+    """One alert with its delivery log and, when it concerns a server, that server's status."""
+    alert = await alerts.get_alert(central.storage, alert_id)
+    server = None
+    if alert.get("server"):
+        found = await central.storage.find_server(alert["server"])
+        if found is not None:
+            d = found.to_dict()
+            server = {"name": d["name"], "status": d["status"], "status_reason": d["status_reason"],
+                      "hostname": d["hostname"], "last_seen": d["last_seen"],
+                      **freshness(d, central.config.poll.interval, central.config.poll.timeout, time.time())}
+    return {"alert": alert, "server": server}
 
 
 async def server_inventory(central: Central, name: str, limit: int = 100) -> dict:
