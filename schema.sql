@@ -1,5 +1,5 @@
 -- central's database. Re-runnable: every statement is CREATE ... IF NOT EXISTS.
--- Schema changes after version 1 are migrations in central/storage.py keyed by
+-- Schema changes after version 1 are migrations in central/storage/sqlite/base.py keyed by
 -- PRAGMA user_version; this file always describes the newest schema.
 -- Times are Unix seconds (REAL). JSON columns hold compact JSON text.
 
@@ -18,8 +18,7 @@ CREATE TABLE IF NOT EXISTS servers (
     host_key_fingerprint  TEXT,                          -- SHA256:...
     status                TEXT    NOT NULL DEFAULT 'unknown'
                                   CHECK (status IN ('unknown', 'online', 'offline', 'error')),
-    status_reason         TEXT,   -- unreachable, auth_failed, host_key_mismatch, agent_down,
-                                  -- agent_error, bad_payload, timeout
+    status_reason         TEXT,   -- a failure reason, one of central.model.REASONS
     last_error            TEXT,
     consecutive_failures  INTEGER NOT NULL DEFAULT 0,
     last_seen             REAL,   -- last successful poll
@@ -39,7 +38,8 @@ CREATE TABLE IF NOT EXISTS latest (
     doc        TEXT NOT NULL
 );
 
--- Raw samples: the key figures as columns plus a compact top-5 process list
+-- Raw samples: the key figures (central.model.METRICS; storage adds the columns of a newly
+-- added one to an older database by itself) as columns plus a compact top-5 process list
 -- ([[pid, name, cpu_percent, rss], ...]) to tell later which process caused a spike.
 CREATE TABLE IF NOT EXISTS samples (
     server_id   INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,

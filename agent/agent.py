@@ -149,7 +149,6 @@ def _which(program):
 
 def _python_version():
     return "%d.%d.%d" % sys_mod.version_info[:3]
-_START_MONOTONIC = time.monotonic()
 
 
 def agent_sha256():
@@ -1589,6 +1588,10 @@ class Collector(object):
             raise cached[2]
         return cached[1]
 
+    def forget_units(self):
+        """Make the next poll list the units again (after a service action)."""
+        self._units = None
+
     def _systemd(self, watched):
         units = self.units()
         return _no_systemd(watched) if units is None else collect_systemd(watched, units=units)
@@ -1778,7 +1781,7 @@ class Collector(object):
             try:
                 return action_service(body, policy, self.systemctl)
             finally:
-                self._units = None  # the next poll lists the units again
+                self.forget_units()
         if kind == "docker":
             return action_docker(body, policy, self.docker_socket)
         raise ActionError(404, "not_found", "no such action %r" % kind)

@@ -29,34 +29,31 @@ import re
 import time
 from typing import Awaitable, Callable
 
-from .agentclient import AgentClient
 from .bundled import agent_module
-from .model import (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, OFFLINE, REASON_TEXT, CentralError, Conflict, Forbidden,
-                    Invalid, NotFound, PollError, Server, Unavailable)
-from .sshpool import server_log
+from .model import (
+    ACTION_KINDS, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, OFFLINE, REASON_TEXT, ROLES, CentralError, Conflict,
+    Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
+)
+from .serverlog import server_log
+from .transport import ActionChannel
 
 log = logging.getLogger(__name__)
 
-KINDS = ("kill", "service", "docker")
+KINDS = tuple(ACTION_KINDS)
 SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
 VERBS = ("start", "stop", "restart")
-ROLES = ("admin", "operator", "viewer")
-ACTING_ROLES = ("admin", "operator")
+ACTING_ROLES = tuple(r.name for r in reversed(ROLES.values()) if r.may_act)
 LOCAL_OPERATOR_ROLE = "admin"
 PID_MAX = 4194304  # the kernel's ceiling for pid_max
 # Audit results.
 OK, FAILED, REFUSED, INVALID, ERROR = "ok", "failed", "refused", "invalid", "error"
 RESULTS = (OK, FAILED, REFUSED, INVALID, ERROR)
 
-_ARGUMENTS = {"kill": ("pid", "signal", "start_time"), "service": ("unit", "verb"),
-              "docker": ("container", "verb")}
 _SIGNAL_RE = re.compile(r"(?:SIG)?([A-Z0-9]{1,8})", re.ASCII | re.IGNORECASE)
 # Unit types other than services: refused here with a clear word rather than letting the
 # agent turn reboot.target into a nonexistent reboot.target.service.
 _OTHER_UNIT_TYPES = (".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path",
                      ".timer", ".slice", ".scope")
-_LOCAL_PROTECTED_UNITS = ("central.service",)
-_PROCESS_LIST = "/api/processes?sort=pid&limit=100000"
 
 Confirm = Callable[[dict], Awaitable[bool]]
 
@@ -110,7 +107,7 @@ def validate(kind: object, args: object) -> dict:
         raise Invalid(f"unknown action {_show(kind)}: expected one of {', '.join(KINDS)}")
     if not isinstance(args, dict):
         raise Invalid("arguments must be an object")
-    known = _ARGUMENTS[kind]
+    known = ACTION_KINDS[kind].arguments
     for key in args:
         if key not in known:
             raise Invalid(f"unknown argument {_show(key)} for {kind} (expected {', '.join(known)})")
@@ -133,7 +130,7 @@ def validate(kind: object, args: object) -> dict:
 def check_role(role: object) -> None:
     """Forbidden unless the role may run actions (admin, operator)."""
     if role not in ACTING_ROLES:
-        raise Forbidden(f"role {_show(role)} may not run actions (admin or operator only)")
+        raise Forbidden(f"role {_show(role)} may not run actions ({' or '.join(ACTING_ROLES)} only)")
 
 
 # audit text: a host and a caller are untrusted input, and SQLite wants valid UTF-8
@@ -200,7 +197,7 @@ def _detail(doc: object) -> str:
 def _answer(doc: object) -> dict:
     """The agent's {ok, exit_status, output, duration_ms}, type-checked."""
     if not isinstance(doc, dict) or not isinstance(doc.get("ok"), bool):
-        raise PollError("bad_payload", "the agent's action answer is not {ok, exit_status, output, duration_ms}")
+        raise PollError(BAD_PAYLOAD, "the agent's action answer is not {ok, exit_status, output, duration_ms}")
     exit_status = doc.get("exit_status")
     duration = doc.get("duration_ms")
     output = doc.get("output")
@@ -247,69 +244,7 @@ def describe(server_name: str, kind: str, params: dict, process: dict | None = N
     return f"{params['verb']} docker container {params['container']} on {server_name}"
 
 
-def local_policy(config) -> dict:
-    """The host policy actions on `local` run under (the agent's, read from actions.local_policy,
-    with the central's own unit protected); every action off when actions.local is false."""
-    agent = agent_module()
-    policy, _ = agent.load_policy(config.actions.local_policy)
-    policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
-    if not config.actions.local:
-        policy["actions"] = {k: False for k in policy["actions"]}
-    return policy
-
-
-class _Target:
-    """One action's way to its host: the agent over SSH, or in-process for `local`."""
-
-    def __init__(self, central, server: Server):
-        self.central = central
-        self.server = server
-        self.timeout = central.config.actions.timeout
-        self.client = None
-        if server.kind != "local":
-            # A new client: its own direct-tcpip channel, separate from the poller's.
-            self.client = AgentClient(central.pool, server, central.config.poll.max_response_bytes)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-    async def processes(self) -> list:
-        """The host's whole process table (pid, start_time, name, user, cmdline)."""
-        if self.client is None:
-            doc = await asyncio.to_thread(self.central.poller.local.processes)
-        else:
-            status, doc = await self.client.request_json("GET", _PROCESS_LIST, timeout=self.central.config.poll.timeout)
-            if status != 200:
-                _raise_for(status, _detail(doc))
-        return doc.get("processes") if isinstance(doc, dict) else []
-
-    async def act(self, kind: str, body: dict) -> dict:
-        """Run the action on the host; the agent's answer, or a domain error for a refusal."""
-        if self.client is None:
-            return await self._act_local(kind, body)
-        status, doc = await self.client.request_json("POST", f"/api/actions/{kind}", body, timeout=self.timeout)
-        if status != 200:
-            _raise_for(status, _detail(doc))
-        return _answer(doc)
-
-    async def _act_local(self, kind: str, body: dict) -> dict:
-        config = self.central.config.actions
-        if not config.local:
-            raise Forbidden(f"actions on the central's own host ({self.server.name}) are disabled (actions.local = false)")
-        agent = agent_module()
-        policy = local_policy(self.central.config)
-        fn = {"kill": agent.action_kill, "service": agent.action_service, "docker": agent.action_docker}[kind]
-        try:
-            doc = await asyncio.wait_for(asyncio.to_thread(fn, body, policy), self.timeout)
-        except agent.ActionError as exc:
-            _raise_for(exc.status, _clip(exc.detail, 500))
-        except asyncio.TimeoutError:
-            raise PollError("timeout", f"the action did not finish within {self.timeout:g}s") from None
-        return _answer(doc)
-
-
-async def _resolve_process(target: _Target, central, server: Server, params: dict) -> dict | None:
+async def _resolve_process(channel: ActionChannel, central, server: Server, params: dict) -> dict | None:
     """The process a kill aims at, from the latest stored sample, else from the host's table."""
     pid, start_time = params["pid"], params["start_time"]
     latest = await central.storage.latest_document(server.id)
@@ -321,7 +256,10 @@ async def _resolve_process(target: _Target, central, server: Server, params: dic
                 return found
     if start_time is not None:
         return None  # the caller pinned the process; the agent checks it
-    found = _find_process(await target.processes(), pid, None)
+    status, doc = await channel.processes()
+    if status != 200:
+        _raise_for(status, _detail(doc))
+    found = _find_process(doc.get("processes") if isinstance(doc, dict) else [], pid, None)
     if found is None:
         raise NotFound(f"no process with pid {pid} on {server.name}")
     return found
@@ -356,7 +294,7 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             duration_ms=answer["duration_ms"] if answer and answer["duration_ms"] is not None
             else round((time.monotonic() - started) * 1000, 2))
 
-    target = None
+    channel = None
     try:
         server = await central.storage.find_server(server_name) if isinstance(server_name, str) else None
         check_role(role)
@@ -369,10 +307,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             # Refused before trying: the page shows such a server as stale with its buttons off.
             why = REASON_TEXT.get(server.status_reason or "", server.status_reason or "no answer")
             raise Conflict(f"{server.name} is {server.status} ({why}); actions need a host that answers")
-        target = _Target(central, server)
+        channel = central.transports.of(server).action_channel(server)
         process = None
         if kind == "kill":
-            process = await _resolve_process(target, central, server, params)
+            process = await _resolve_process(channel, central, server, params)
             if process is not None:
                 params["start_time"] = process["start_time"]
             if params["start_time"] is None:
@@ -383,7 +321,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
                        "text": describe(server.name, kind, params, process)}
             if not await confirm(preview):
                 raise Cancelled("not confirmed; nothing was sent")
-        answer = await target.act(kind, params)
+        status, doc = await channel.act(kind, params)
+        if status != 200:
+            _raise_for(status, _detail(doc))
+        answer = _answer(doc)
     except Cancelled:
         raise
     except asyncio.CancelledError:
@@ -400,8 +341,8 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
         await audit(ERROR, output=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if target is not None:
-            target.close()
+        if channel is not None:
+            channel.close()
     result = OK if answer["ok"] else FAILED
     audit_id = await audit(result, answer)
     slog.info("%s %s by %s: %s (exit %s)", kind, audited_args, actor, result, answer["exit_status"])

@@ -13,7 +13,8 @@ import logging
 import asyncssh
 
 from .model import AGENT_DOWN, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT, UNREACHABLE, PollError, Server
-from .sshpool import classify, server_log
+from .failures import classify
+from .serverlog import server_log
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class AgentClient:
                 raise PollError(AGENT_DOWN, f"sshd refused forwarding to 127.0.0.1:{self.server.agent_port}: check AllowTcpForwarding and the key's permitopen ({exc.reason})") from None
             raise PollError(AGENT_DOWN, f"cannot open a channel to the agent: {exc.reason}") from None
         except (OSError, asyncssh.Error) as exc:
-            self.pool.failed(self.server, classify(exc))
+            self.pool.failed(self.server)
             raise classify(exc) from None
         self._buf = bytearray()
         self.channels_opened += 1

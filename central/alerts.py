@@ -22,61 +22,41 @@ import operator
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
-    AGENT_DOWN, AGENT_ERROR, AUTH_FAILED, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT,
-    UNREACHABLE, Conflict, Invalid, NotFound, PollOutcome, Server,
+    ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, Conflict, Invalid, NotFound,
+    PollOutcome, Server,
 )
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .service import Central
 
 log = logging.getLogger(__name__)
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
-INVENTORY_RULE = "inventory_changed"
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
     "==": operator.eq, "!=": operator.ne,
 }
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-# Poll failure reasons counted by the poll.* metrics (consecutive polls failing that way).
-POLL_GROUPS = {
-    UNREACHABLE: "poll.unreachable", TIMEOUT: "poll.unreachable",
-    AUTH_FAILED: "poll.auth_failed",
-    HOST_KEY_MISMATCH: "poll.host_key_mismatch", HOST_KEY_UNKNOWN: "poll.host_key_mismatch",
-    AGENT_DOWN: "poll.agent_down", AGENT_ERROR: "poll.agent_error", BAD_PAYLOAD: "poll.bad_payload",
-}
-_POLL_METRICS = tuple(sorted(set(POLL_GROUPS.values())))
+# Poll failure reason -> the poll.* metric counting it (consecutive polls failing that way).
+POLL_GROUPS = {r.name: r.alert_metric for r in REASONS.values()}
+_POLL_METRICS = POLL_METRICS
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ACTIVE_UNIT_STATES = ("active", "reloading")
 
 
 def builtin_rules(cfg: AlertsConfig) -> list[AlertRule]:
-    """The built-in rules with the thresholds and timings from [alerts] (minus `disabled`)."""
-    keep = cfg.keep_firing_for
-    rules = [
-        AlertRule("server_unreachable", "poll.unreachable", ">=", float(cfg.unreachable_after), 0.0, keep, "critical",
-                  summary="cannot reach {server} over SSH ({value} polls in a row): {error}"),
-        AlertRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, 0.0, "critical",
-                  summary="{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                          "re-trusts it (central server trust): {error}"),
-        AlertRule("ssh_auth_failed", "poll.auth_failed", ">=", float(cfg.agent_failures_after), 0.0, keep, "critical",
-                  summary="{server} refuses the central's SSH key ({value} polls in a row): {error}"),
-        AlertRule("agent_down", "poll.agent_down", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
-        AlertRule("agent_error", "poll.agent_error", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="the agent on {server} answers with errors ({value} polls in a row): {error}"),
-        AlertRule("agent_bad_payload", "poll.bad_payload", ">=", float(cfg.agent_failures_after), 0.0, keep, "warning",
-                  summary="the agent on {server} sends invalid documents ({value} polls in a row): {error}"),
-        AlertRule("disk_almost_full", "disk.percent", ">=", cfg.disk_full_percent, cfg.disk_full_for, keep, "warning",
-                  summary="{label} on {server} is {value}% full (threshold {threshold}%)"),
-        AlertRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, cfg.unit_inactive_for, keep, "warning",
-                  summary="watched unit {label} on {server} is {state}"),
-        AlertRule("process_missing", "process.watched", "<", 1.0, cfg.process_missing_for, keep, "warning",
-                  summary="no process named {label} runs on {server}"),
-    ]
-    return [r for r in rules if r.name not in cfg.disabled]
+    """The built-in rules (central.model.BUILTIN_RULES) with the thresholds and timings from [alerts] (minus `disabled`)."""
+    def setting(value: float | str) -> float:
+        return float(getattr(cfg, value) if isinstance(value, str) else value)
+
+    return [AlertRule(b.name, b.metric, b.op, setting(b.threshold), setting(b.for_),
+                      cfg.keep_firing_for if b.keep_firing else 0.0, b.severity, summary=b.summary)
+            for b in BUILTIN_RULES.values() if b.name not in cfg.disabled]
 
 
 def _globs_match(patterns: Sequence[str], value: str) -> bool:
@@ -630,17 +610,19 @@ class AlertEngine:
         }
 
 
-def _simple_values(s: dict, facts: dict) -> dict:
-    """The one-value-per-server metrics of a poll."""
-    return {
-        "cpu.percent": s.get("cpu"), "memory.percent": s.get("mem"), "swap.percent": s.get("swap"),
-        "load.1": s.get("load1"), "load.5": s.get("load5"), "load.15": s.get("load15"),
-        "network.rx_rate": s.get("net_rx"), "network.tx_rate": s.get("net_tx"),
-        "disk_io.read_rate": s.get("disk_read"), "disk_io.write_rate": s.get("disk_write"),
-        "process.count": s.get("procs"), "cpu.iowait": facts.get("iowait"), "cpu.steal": facts.get("steal"),
-        "uptime": facts.get("uptime"), "systemd.failed": facts.get("systemd_failed"),
-        "agent.collector_errors": facts.get("collector_errors"),
-    }
+def _compile_simple_values():
+    """_simple_values(sample, facts), written out from the tables as one dict display: the
+    one-value-per-server alert metrics of a poll (key figures, central.model.METRICS, and the
+    poll's facts, central.model.ALERT_METRICS). It runs on every poll; a comprehension over
+    the tables costs twice as much (bench/bench_poll_path.py)."""
+    items = [f"{m.alert!r}: s.get({m.column!r})" for m in METRICS.values() if m.alert]
+    items += [f"{a.name!r}: facts.get({a.fact!r})" for a in ALERT_METRICS.values() if a.fact]
+    namespace: dict = {}
+    exec("def _simple_values(s, facts):\n    return {" + ", ".join(items) + "}", namespace)  # noqa: S102 - our own table
+    return namespace["_simple_values"]
+
+
+_simple_values = _compile_simple_values()
 
 
 def _facts_from_text(text: str) -> dict:
@@ -656,16 +638,18 @@ def _facts_from_text(text: str) -> dict:
     return extract_facts(doc) if isinstance(doc, dict) else {}
 
 
-# What the CLI and the HTTP API call (no HTTP or terminal knowledge here).
+# The operations the CLI and the HTTP API call, each taking the opened Central first (no HTTP or
+# terminal knowledge here).
 
 def cli_user() -> str:
     """The acknowledging user for the CLI: cli:<local OS user>."""
     return "cli:" + getpass.getuser()
 
 
-async def list_alerts(storage: Storage, firing_only: bool = False, server: str | None = None,
+async def list_alerts(central: Central, firing_only: bool = False, server: str | None = None,
                       limit: int = 100, open_only: bool = False) -> list[dict]:
     """Alerts newest first (firing, then pending, then resolved), optionally of one server by name."""
+    storage = central.storage
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise Invalid(f"invalid limit {limit!r}: expected 1 to 10000")
     server_id = None
@@ -674,15 +658,17 @@ async def list_alerts(storage: Storage, firing_only: bool = False, server: str |
     return await storage.list_alerts(firing_only=firing_only, open_only=open_only, server_id=server_id, limit=limit)
 
 
-async def get_alert(storage: Storage, alert_id: int) -> dict:
+async def get_alert(central: Central, alert_id: int) -> dict:
     """One alert with its delivery log."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     alert["notifications"] = await storage.notifications(alert["id"], limit=50)
     return alert
 
 
-async def ack(storage: Storage, alert_id: int, user: str, now: float | None = None) -> dict:
+async def ack(central: Central, alert_id: int, user: str, now: float | None = None) -> dict:
     """Acknowledge an open alert (stops its repeats; its resolution is still sent); the alert."""
+    storage = central.storage
     alert = await storage.get_alert(_check_id(alert_id, "alert"))
     if not isinstance(user, str) or not user.strip():
         raise Invalid("the acknowledging user must be named")
@@ -692,7 +678,7 @@ async def ack(storage: Storage, alert_id: int, user: str, now: float | None = No
     return await storage.get_alert(alert["id"])
 
 
-async def create_silence(storage: Storage, *, server: str | None = None, rule: str | None = None,
+async def create_silence(central: Central, *, server: str | None = None, rule: str | None = None,
                          tag: str | None = None, duration: float, comment: str, user: str,
                          maintenance: bool = False, now: float | None = None) -> dict:
     """Mute notifications of matching alerts for duration seconds (alerts are still recorded); the silence.
@@ -700,6 +686,7 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     maintenance=True is a maintenance window: it needs an existing server and mutes all its alerts.
     server, rule and tag are globs; all given ones must match.
     """
+    storage = central.storage
     now = time.time() if now is None else now
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= 366 * 86400:
         raise Invalid(f"invalid duration {duration!r}: expected more than 0 and at most 366 days")
@@ -723,8 +710,9 @@ async def create_silence(storage: Storage, *, server: str | None = None, rule: s
     return await storage.get_silence(silence_id)
 
 
-async def delete_silence(storage: Storage, silence_id: int, now: float | None = None) -> dict:
+async def delete_silence(central: Central, silence_id: int, now: float | None = None) -> dict:
     """End a silence now (kept in the history); the silence."""
+    storage = central.storage
     silence = await storage.get_silence(_check_id(silence_id, "silence"))
     now = time.time() if now is None else now
     if silence["ends_at"] <= now:
@@ -733,9 +721,10 @@ async def delete_silence(storage: Storage, silence_id: int, now: float | None = 
     return await storage.get_silence(silence["id"])
 
 
-async def list_silences(storage: Storage, active_only: bool = True, limit: int = 100,
+async def list_silences(central: Central, active_only: bool = True, limit: int = 100,
                         now: float | None = None) -> list[dict]:
     """Silences and maintenance windows newest first; active_only: those not ended yet."""
+    storage = central.storage
     now = time.time() if now is None else now
     rows = await storage.list_silences(active_at=now if active_only else None, limit=limit)
     for r in rows:

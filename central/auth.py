@@ -21,11 +21,9 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .model import Conflict, Invalid
+from .model import ADMIN, ROLES, Conflict, Invalid
 from .storage import Storage
 
-VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
-ROLES = (VIEWER, OPERATOR, ADMIN)
 _RANK = {role: i for i, role in enumerate(ROLES)}
 
 # 2**15 x 8 x 1 needs 32 MiB and about 0.1 s per hash here: slow for a guesser, fine for a login.

@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, alerts
+from . import __version__, alerts, servers, views
 from .config import Config, ConfigError, load_config, parse_duration
-from .model import REASON_TEXT, CentralError, PollError
+from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
 console = Console()
@@ -82,7 +82,7 @@ def _pct(v) -> str:
 
 
 def _status_text(status: str, reason: str | None) -> str:
-    colour = {"online": "green", "offline": "red", "error": "yellow"}.get(status, "dim")
+    colour = STATUSES[status].colour if status in STATUSES else "dim"
     text = f"[{colour}]{status}[/{colour}]"
     return text + (f" ({reason})" if reason else "")
 
@@ -183,7 +183,7 @@ async def poll(central: Central, name, as_json):
     Example:
       central poll web1
     """
-    result = await central.poll_now(name)
+    result = await servers.poll_now(central, name)
     if as_json:
         _echo_json(result)
         return
@@ -214,7 +214,7 @@ def server():
 
 def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
     """The fingerprint the operator confirmed (interactively or by option)."""
-    from .service import normalise_fingerprint
+    from .servers import normalise_fingerprint
 
     if expected:
         if normalise_fingerprint(expected) != probed["fingerprint"]:
@@ -259,15 +259,9 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
       central server add web1 10.0.0.5 --tag prod --host-key-fingerprint SHA256:abc...
       central server add db1 db1.lan --user monitor --accept-host-key
     """
-    from .service import check_host, check_name
-
-    check_name(name)
-    check_host(host)
-    if await central.storage.find_server(name) is not None:
-        raise CentralError(f"a server named {name!r} already exists")
-    probed = await central.probe(host, port)
+    probed = await servers.probe_new(central, name, host, port)
     confirmed = _confirm_key(probed, accept_host_key, fp)
-    result = await central.add_server(name, host, port=port, user=user, key_path=key_path, tags=list(tags),
+    result = await servers.add_server(central, name, host, port=port, user=user, key_path=key_path, tags=list(tags),
                                       interval=interval, agent_port=agent_port, fingerprint=confirmed)
     if as_json:
         _echo_json(result)
@@ -285,7 +279,7 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
 @server.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--tag", help="Only servers with this tag.")
-@click.option("--status", type=click.Choice(["online", "offline", "error", "unknown"]), help="Only servers in this status.")
+@click.option("--status", type=click.Choice(list(STATUSES)), help="Only servers in this status.")
 @central_command
 async def server_list(central: Central, as_json, tag, status):
     """List servers with status, CPU, memory, disk, load and last seen.
@@ -295,8 +289,7 @@ async def server_list(central: Central, as_json, tag, status):
       central server list --tag prod
       central server list --json | jq '.[] | select(.status != "online") | .name'
     """
-    rows = await central.server_overview()
-    rows = [r for r in rows if (not tag or tag in r["tags"]) and (not status or r["status"] == status)]
+    rows = (await views.server_list(central, tag=tag, status=status, limit=None))["servers"]
     if as_json:
         _echo_json(rows)
         return
@@ -304,7 +297,7 @@ async def server_list(central: Central, as_json, tag, status):
     for r in rows:
         s = r["sample"] or {}
         load = "-" if s.get("load1") is None else f"{s['load1']:.2f}"
-        host = "(this host)" if r["kind"] == "local" else f"{r['user']}@{r['host']}:{r['port']}"
+        host = central.transports.address(r)
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
     console.print(t)
@@ -321,7 +314,7 @@ async def server_show(central: Central, name, as_json):
     Example:
       central server show web1
     """
-    d = await central.server_detail(name)
+    d = await views.server_detail(central, name)
     if as_json:
         _echo_json(d)
         return
@@ -368,7 +361,7 @@ async def server_remove(central: Central, name, yes):
     """
     await central.storage.get_server(name)
     _confirm_removal(yes, f"Remove {name} and all its history?")
-    await central.remove_server(name)
+    await servers.remove_server(central, name)
     click.echo(f"removed {name}")
 
 
@@ -383,7 +376,7 @@ async def server_test(central: Central, name, as_json):
     Example:
       central server test web1
     """
-    result = await central.test_server(name)
+    result = await servers.test_server(central, name)
     if as_json:
         _echo_json(result)
     elif result.get("ok"):
@@ -409,12 +402,11 @@ async def server_trust(central: Central, name, accept_host_key, fp):
     Example:
       central server trust web1 --host-key-fingerprint SHA256:abc...
     """
-    server = await central.storage.get_server(name)
-    probed = await central.probe(server.host, server.port)
-    if server.host_key_fingerprint:
-        click.echo(f"pinned now: {server.host_key_fingerprint}")
-    confirmed = _confirm_key(probed, accept_host_key, fp)
-    result = await central.trust_server(name, confirmed)
+    found = await servers.probe_server(central, name)
+    if found["pinned"]:
+        click.echo(f"pinned now: {found['pinned']}")
+    confirmed = _confirm_key(found["probe"], accept_host_key, fp)
+    result = await servers.trust_server(central, name, confirmed)
     click.echo(f"{name}: host key {result['server']['host_key_fingerprint']} pinned; polling resumes")
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
@@ -909,7 +901,7 @@ async def server_maintenance(central: Central, name, duration, comment, as_json)
     Example:
       central server maintenance web1 --duration 1h --comment "kernel update"
     """
-    window = await alerts.create_silence(central.storage, server=name, duration=duration,
+    window = await alerts.create_silence(central, server=name, duration=duration,
                                          comment=comment, user=alerts.cli_user(), maintenance=True)
     if as_json:
         _echo_json(window)
@@ -945,7 +937,7 @@ async def alert_list(central: Central, firing, open_only, server, limit, as_json
       central alert list --firing
       central alert list --server web1 --json | jq '.[] | select(.severity == "critical")'
     """
-    rows = await alerts.list_alerts(central.storage, firing_only=firing, server=server, limit=limit,
+    rows = await alerts.list_alerts(central, firing_only=firing, server=server, limit=limit,
                                     open_only=open_only)
     if as_json:
         _echo_json(rows)
@@ -973,7 +965,7 @@ async def alert_show(central: Central, alert_id, as_json):
     Example:
       central alert show 42
     """
-    a = await alerts.get_alert(central.storage, alert_id)
+    a = await alerts.get_alert(central, alert_id)
     if as_json:
         _echo_json(a)
         return
@@ -1001,7 +993,7 @@ async def alert_ack(central: Central, alert_id):
     Example:
       central alert ack 42
     """
-    a = await alerts.ack(central.storage, alert_id, alerts.cli_user())
+    a = await alerts.ack(central, alert_id, alerts.cli_user())
     click.echo(f"alert {a['id']} ({a['rule']} on {a['server']}) acknowledged by {a['acked_by']}")
 
 
@@ -1025,7 +1017,7 @@ async def alert_silence(central: Central, server, rule, tag, duration, comment, 
     """
     if not (server or rule or tag):
         raise click.UsageError("give --server, --rule or --tag")
-    s = await alerts.create_silence(central.storage, server=server, rule=rule, tag=tag,
+    s = await alerts.create_silence(central, server=server, rule=rule, tag=tag,
                                     duration=duration, comment=comment, user=alerts.cli_user())
     if as_json:
         _echo_json(s)
@@ -1044,7 +1036,7 @@ async def alert_unsilence(central: Central, silence_id):
     Example:
       central alert unsilence 7
     """
-    s = await alerts.delete_silence(central.storage, silence_id)
+    s = await alerts.delete_silence(central, silence_id)
     click.echo(f"{s['kind']} {s['id']} ended")
 
 
@@ -1059,7 +1051,7 @@ async def alert_silences(central: Central, show_all, as_json):
     Example:
       central alert silences
     """
-    rows = await alerts.list_silences(central.storage, active_only=not show_all)
+    rows = await alerts.list_silences(central, active_only=not show_all)
     if as_json:
         _echo_json(rows)
         return

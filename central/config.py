@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import model
+
 
 class ConfigError(Exception):
     """A configuration problem, described in one line that names the key."""
@@ -113,20 +115,9 @@ class RetentionConfig:
 
 SEVERITIES = ("info", "warning", "critical")
 # Metrics an alert rule can watch (docs/alerts.md says where each comes from).
-ALERT_METRICS = (
-    "cpu.percent", "cpu.iowait", "cpu.steal", "memory.percent", "swap.percent",
-    "load.1", "load.5", "load.15", "disk.percent", "inode.percent",
-    "network.rx_rate", "network.tx_rate", "network.errors", "network.drops",
-    "disk_io.read_rate", "disk_io.write_rate", "process.count", "process.watched",
-    "systemd.failed", "systemd.unit_active", "uptime", "agent.collector_errors",
-    "poll.unreachable", "poll.auth_failed", "poll.host_key_mismatch", "poll.agent_down",
-    "poll.agent_error", "poll.bad_payload",
-)
+ALERT_METRICS = tuple(model.ALERT_METRICS)
 # Rules every central has; [alerts] keys tune them, overrides change them per server.
-BUILTIN_RULES = (
-    "server_unreachable", "host_key_mismatch", "ssh_auth_failed", "agent_down", "agent_error",
-    "agent_bad_payload", "disk_almost_full", "systemd_unit_inactive", "process_missing", "inventory_changed",
-)
+BUILTIN_RULES = model.BUILTIN_RULE_NAMES
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
 NOTIFIER_TYPES = ("webhook", "alertmanager", "command")

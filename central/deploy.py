@@ -22,20 +22,20 @@ from pathlib import Path
 import asyncssh
 
 from .bundled import agent_path, agent_sha256, installer_path
+from . import model, servers
 from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
 from .service import restricted_key_line
-from .sshpool import classify, load_client_key, public_key_line, server_log
+from .failures import classify
+from .serverlog import server_log
+from .sshpool import load_client_key, public_key_line
 
 log = logging.getLogger(__name__)
 
-ACTION_KINDS = ("kill", "service", "docker")
+ACTION_KINDS = tuple(model.ACTION_KINDS)
 #: unit and container globs the policy may hold (the same set deploy-agent.sh accepts)
 GLOB_RE = re.compile(r"^[][A-Za-z0-9@_.:*?!-]{1,200}$")
 AGENT_DIR = "/opt/central-agent"
 UPLOAD_COMMAND = f"sh -c 'mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.py.new'"
-#: the steps of one deploy, in order (the installer reports the ones from "python" on)
-STEPS = ("connect", "privileges", "upload", "python", "verify-upload", "policy", "authorized-key",
-         "systemd-unit", "fallback-wrapper", "boot-entry", "start", "health", "check")
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,7 @@ class Deployer:
 
     async def run(self, servers: Sequence[Server], upgrade_outdated: bool = False) -> list[DeployResult]:
         """Deploy to every server, options.jobs at a time; one result per server, in order."""
-        results = [DeployResult(s.name, "(this host)" if s.kind == "local" else f"{s.user}@{s.host}:{s.port}")
-                   for s in servers]
+        results = [DeployResult(s.name, self.central.transports.address(s)) for s in servers]
         for result in results:
             self.on_change(result)
         slots = asyncio.Semaphore(self.options.jobs)
@@ -186,13 +185,14 @@ class Deployer:
 
     async def reported_sha256(self, server: Server) -> str | None:
         """The agent's sha256 as it answers now through the central, else as last polled."""
-        live = await self.central.test_server(server.name)
+        live = await servers.test_server(self.central, server.name)
         return live.get("sha256") if live.get("ok") else server.agent_sha256
 
     async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
         slog = server_log(log, server.name)
-        if server.kind == "local":
-            self._set(result, state="skipped", message="the central's own host: collected in-process, no agent")
+        no_agent = self.central.transports.of(server).no_agent
+        if no_agent is not None:
+            self._set(result, state="skipped", message=no_agent)
             return
         try:
             if upgrade_outdated:
@@ -272,7 +272,7 @@ class Deployer:
             await self._install(conn, command, result)
         if server.host_key:
             self._set(result, step="check")
-            check = await self.central.test_server(server.name)
+            check = await servers.test_server(self.central, server.name)
             if not check.get("ok"):
                 raise StepFailed("check", f"the central cannot reach the agent with its own key: "
                                  f"{check.get('reason')}: {check.get('error')}",
@@ -316,7 +316,7 @@ async def select_servers(central, names: Sequence[str], all_servers: bool) -> li
     if all_servers:
         if names:
             raise Invalid("give server names or --all, not both")
-        return [s for s in await central.storage.list_servers() if s.kind != "local"]
+        return [s for s in await central.storage.list_servers() if central.transports.of(s).no_agent is None]
     if not names:
         raise Invalid("name at least one server (or pass --all)")
     seen: list[Server] = []

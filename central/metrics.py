@@ -8,24 +8,11 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from .model import ONLINE, REASONS, Server
+from .model import METRICS, ONLINE, REASONS, Server
 from .poller import Histogram
 
-# sample column -> (metric name, help text)
-SERVER_METRICS = {
-    "cpu": ("central_server_cpu_percent", "CPU busy percent of the server."),
-    "mem": ("central_server_memory_percent", "Memory used percent of the server."),
-    "swap": ("central_server_swap_percent", "Swap used percent of the server."),
-    "load1": ("central_server_load1", "1-minute load average of the server."),
-    "load5": ("central_server_load5", "5-minute load average of the server."),
-    "load15": ("central_server_load15", "15-minute load average of the server."),
-    "disk": ("central_server_disk_percent", "Used percent of the server's fullest filesystem."),
-    "net_rx": ("central_server_network_receive_bytes_per_second", "Bytes per second received, all interfaces."),
-    "net_tx": ("central_server_network_transmit_bytes_per_second", "Bytes per second sent, all interfaces."),
-    "disk_read": ("central_server_disk_read_bytes_per_second", "Bytes per second read from disks."),
-    "disk_write": ("central_server_disk_write_bytes_per_second", "Bytes per second written to disks."),
-    "procs": ("central_server_processes", "Number of processes on the server."),
-}
+# sample column -> (metric name, help text), from central.model.METRICS
+SERVER_METRICS = {m.column: (m.prom, m.help) for m in METRICS.values()}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -1,10 +1,45 @@
-"""Domain records and errors shared by every layer (no I/O here)."""
+"""Domain records, errors and the vocabulary tables shared by every layer (no I/O here)."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
-# Why a poll failed; each becomes a server's status_reason.
+# The vocabulary: every server status, failure reason, key figure, alert metric, built-in
+# rule, action kind and role is one record in one of the tables below, and every module reads
+# its lists from here: adding one is adding a record here.
+
+
+@dataclass(frozen=True)
+class Status:
+    """A server status, as lists, the page and the CLI show it."""
+
+    name: str
+    text: str
+    colour: str  # the CLI's colour for it
+
+
+ONLINE, OFFLINE, ERROR, UNKNOWN = "online", "offline", "error", "unknown"
+STATUSES: dict[str, Status] = {s.name: s for s in (
+    Status(ONLINE, "the last poll succeeded", "green"),
+    Status(OFFLINE, "the host has not answered for poll.offline_after polls in a row", "red"),
+    Status(ERROR, "the host answers, but the poll cannot succeed until something is fixed", "yellow"),
+    Status(UNKNOWN, "not polled yet", "dim"),
+)}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a poll failed; it becomes the server's status_reason."""
+
+    name: str
+    text: str  # what it means for the operator (CLI hints, docs)
+    # The status it gives: ERROR at once (SSH works, so the host itself is not offline), or
+    # OFFLINE once poll.offline_after polls in a row failed (the status stays until then).
+    status: str
+    alert_metric: str  # the poll.* alert metric that counts polls failing this way in a row
+    blocks_polling: bool = False  # polling stops until an operator re-trusts the host
+
+
 UNREACHABLE = "unreachable"
 AUTH_FAILED = "auth_failed"
 HOST_KEY_MISMATCH = "host_key_mismatch"
@@ -13,20 +48,177 @@ AGENT_DOWN = "agent_down"
 AGENT_ERROR = "agent_error"
 BAD_PAYLOAD = "bad_payload"
 TIMEOUT = "timeout"
-REASONS = (UNREACHABLE, AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, AGENT_DOWN, AGENT_ERROR, BAD_PAYLOAD, TIMEOUT)
+REASONS: dict[str, Reason] = {r.name: r for r in (
+    Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
+    Reason(AUTH_FAILED, "SSH refused the central's key", ERROR, "poll.auth_failed"),
+    Reason(HOST_KEY_MISMATCH, "the host key changed; polling stopped until an operator re-trusts it", ERROR,
+           "poll.host_key_mismatch", blocks_polling=True),
+    Reason(HOST_KEY_UNKNOWN, "no host key pinned yet", ERROR, "poll.host_key_mismatch", blocks_polling=True),
+    Reason(AGENT_DOWN, "SSH works but nothing answers on the agent port", ERROR, "poll.agent_down"),
+    Reason(AGENT_ERROR, "the agent answered with an error", ERROR, "poll.agent_error"),
+    Reason(BAD_PAYLOAD, "the agent's answer is not a valid agent document", ERROR, "poll.bad_payload"),
+    Reason(TIMEOUT, "the poll timed out", OFFLINE, "poll.unreachable"),
+)}
+REASON_TEXT = {r.name: r.text for r in REASONS.values()}
+BLOCKING_REASONS = frozenset(r.name for r in REASONS.values() if r.blocks_polling)
 
-REASON_TEXT = {
-    UNREACHABLE: "cannot reach the host over SSH",
-    AUTH_FAILED: "SSH refused the central's key",
-    HOST_KEY_MISMATCH: "the host key changed; polling stopped until an operator re-trusts it",
-    HOST_KEY_UNKNOWN: "no host key pinned yet",
-    AGENT_DOWN: "SSH works but nothing answers on the agent port",
-    AGENT_ERROR: "the agent answered with an error",
-    BAD_PAYLOAD: "the agent's answer is not a valid agent document",
-    TIMEOUT: "the poll timed out",
-}
 
-ONLINE, OFFLINE, ERROR, UNKNOWN = "online", "offline", "error", "unknown"
+@dataclass(frozen=True)
+class Metric:
+    """A key figure: a column of samples and rollups, a field of the API's samples and history,
+    a gauge on /metrics, an alert metric, a label on the page and in the CLI."""
+
+    column: str  # samples / rollups column, key in samples and history series
+    # Where the agent document has it: doc[section][key]; when doc[section] is a list, the
+    # largest value of key over its entries (the fullest filesystem).
+    section: str
+    key: str
+    unit: str  # percent | load | bytes_per_second | count
+    alert: str | None  # the alert metric name (alert rules); None: none
+    prom: str  # the /metrics gauge
+    help: str  # its /metrics help text
+    label: str  # how the page and the CLI name it
+    integer: bool = False  # stored as an integer (a count)
+    fleet_average: bool = False  # averaged over online servers in the fleet figures
+
+
+METRICS: dict[str, Metric] = {m.column: m for m in (
+    Metric("cpu", "cpu", "percent", "percent", "cpu.percent", "central_server_cpu_percent",
+           "CPU busy percent of the server.", "CPU", fleet_average=True),
+    Metric("mem", "memory", "percent", "percent", "memory.percent", "central_server_memory_percent",
+           "Memory used percent of the server.", "memory", fleet_average=True),
+    Metric("swap", "memory", "swap_percent", "percent", "swap.percent", "central_server_swap_percent",
+           "Swap used percent of the server.", "swap", fleet_average=True),
+    Metric("load1", "load", "load1", "load", "load.1", "central_server_load1",
+           "1-minute load average of the server.", "load 1m", fleet_average=True),
+    Metric("load5", "load", "load5", "load", "load.5", "central_server_load5",
+           "5-minute load average of the server.", "load 5m"),
+    Metric("load15", "load", "load15", "load", "load.15", "central_server_load15",
+           "15-minute load average of the server.", "load 15m"),
+    Metric("disk", "filesystems", "percent", "percent", None, "central_server_disk_percent",
+           "Used percent of the server's fullest filesystem.", "disk", fleet_average=True),
+    Metric("net_rx", "network", "rx_rate", "bytes_per_second", "network.rx_rate",
+           "central_server_network_receive_bytes_per_second", "Bytes per second received, all interfaces.",
+           "received"),
+    Metric("net_tx", "network", "tx_rate", "bytes_per_second", "network.tx_rate",
+           "central_server_network_transmit_bytes_per_second", "Bytes per second sent, all interfaces.", "sent"),
+    Metric("disk_read", "disk_io", "read_rate", "bytes_per_second", "disk_io.read_rate",
+           "central_server_disk_read_bytes_per_second", "Bytes per second read from disks.", "read"),
+    Metric("disk_write", "disk_io", "write_rate", "bytes_per_second", "disk_io.write_rate",
+           "central_server_disk_write_bytes_per_second", "Bytes per second written to disks.", "written"),
+    Metric("procs", "processes", "count", "count", "process.count", "central_server_processes",
+           "Number of processes on the server.", "processes", integer=True),
+)}
+
+
+@dataclass(frozen=True)
+class AlertMetric:
+    """An alert metric that is not a key figure's (those are Metric.alert): a fact of the poll
+    (central.sample.extract_facts), one value per label, or a count of failed polls."""
+
+    name: str
+    unit: str
+    fact: str | None = None  # one value per server: the poll's facts[fact]
+    label: str | None = None  # one value per label: what the label names (central.alerts computes it)
+    reasons: tuple[str, ...] = ()  # poll.*: polls failing in a row with one of these reasons
+
+
+def _poll_metrics() -> tuple[AlertMetric, ...]:
+    groups: dict[str, list[str]] = {}
+    for r in REASONS.values():
+        groups.setdefault(r.alert_metric, []).append(r.name)
+    return tuple(AlertMetric(name, "count", reasons=tuple(rs)) for name, rs in groups.items())
+
+
+ALERT_METRICS: dict[str, AlertMetric] = {a.name: a for a in (
+    *(AlertMetric(m.alert, m.unit) for m in METRICS.values() if m.alert),
+    AlertMetric("cpu.iowait", "percent", fact="iowait"),
+    AlertMetric("cpu.steal", "percent", fact="steal"),
+    AlertMetric("uptime", "seconds", fact="uptime"),
+    AlertMetric("systemd.failed", "count", fact="systemd_failed"),
+    AlertMetric("agent.collector_errors", "count", fact="collector_errors"),
+    AlertMetric("disk.percent", "percent", label="mountpoint"),
+    AlertMetric("inode.percent", "percent", label="mountpoint"),
+    AlertMetric("network.errors", "per_second", label="interface"),
+    AlertMetric("network.drops", "per_second", label="interface"),
+    AlertMetric("systemd.unit_active", "boolean", label="unit"),
+    AlertMetric("process.watched", "count", label="process name"),
+    *_poll_metrics(),
+)}
+POLL_METRICS = tuple(a.name for a in ALERT_METRICS.values() if a.reasons)
+
+
+@dataclass(frozen=True)
+class BuiltinRule:
+    """A rule every central has; [alerts] settings tune it, overrides change it per server."""
+
+    name: str
+    metric: str
+    op: str
+    threshold: float | str  # a number, or the [alerts] setting that gives it
+    for_: float | str  # seconds, or the [alerts] setting that gives them
+    severity: str
+    summary: str
+    keep_firing: bool = True  # whether alerts.keep_firing_for applies
+
+
+INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
+BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
+    BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
+                "cannot reach {server} over SSH ({value} polls in a row): {error}"),
+    BuiltinRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, "critical",
+                "{server}: the SSH host key is not the pinned one; polling stopped until an operator "
+                "re-trusts it (central server trust): {error}", keep_firing=False),
+    BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
+                "{server} refuses the central's SSH key ({value} polls in a row): {error}"),
+    BuiltinRule("agent_down", "poll.agent_down", ">=", "agent_failures_after", 0.0, "warning",
+                "SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
+    BuiltinRule("agent_error", "poll.agent_error", ">=", "agent_failures_after", 0.0, "warning",
+                "the agent on {server} answers with errors ({value} polls in a row): {error}"),
+    BuiltinRule("agent_bad_payload", "poll.bad_payload", ">=", "agent_failures_after", 0.0, "warning",
+                "the agent on {server} sends invalid documents ({value} polls in a row): {error}"),
+    BuiltinRule("disk_almost_full", "disk.percent", ">=", "disk_full_percent", "disk_full_for", "warning",
+                "{label} on {server} is {value}% full (threshold {threshold}%)"),
+    BuiltinRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, "unit_inactive_for", "warning",
+                "watched unit {label} on {server} is {state}"),
+    BuiltinRule("process_missing", "process.watched", "<", 1.0, "process_missing_for", "warning",
+                "no process named {label} runs on {server}"),
+)}
+BUILTIN_RULE_NAMES = (*BUILTIN_RULES, INVENTORY_RULE)
+
+
+@dataclass(frozen=True)
+class ActionKind:
+    """A remote action the agent carries out (the agent's policy says which a host allows)."""
+
+    name: str
+    arguments: tuple[str, ...]  # what the request may carry
+    text: str
+    agent_function: str  # the bundled agent's function for it (run in-process for `local`)
+
+
+ACTION_KINDS: dict[str, ActionKind] = {k.name: k for k in (
+    ActionKind("kill", ("pid", "signal", "start_time"), "send a signal to a process", "action_kill"),
+    ActionKind("service", ("unit", "verb"), "start, stop or restart a systemd service", "action_service"),
+    ActionKind("docker", ("container", "verb"), "start, stop or restart a docker container", "action_docker"),
+)}
+
+
+@dataclass(frozen=True)
+class Role:
+    """A user's role; each includes the ones listed before it."""
+
+    name: str
+    text: str
+    may_act: bool  # may run remote actions
+
+
+VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
+ROLES: dict[str, Role] = {r.name: r for r in (
+    Role(VIEWER, "read-only", False),
+    Role(OPERATOR, "may act: remote actions, acknowledging alerts, testing servers", True),
+    Role(ADMIN, "manages servers, users and tokens", True),
+)}
 
 
 class CentralError(Exception):
@@ -115,7 +307,7 @@ class Server:
 
     @classmethod
     def from_row(cls, row) -> "Server":
-        """Build from a sqlite3.Row of the servers table."""
+        """Build from a row (a mapping of column to value) of the servers table."""
         d = dict(row)
         d["tags"] = tuple(json.loads(d.get("tags") or "[]"))
         if d.keys() == _SERVER_FIELD_SET:

@@ -11,24 +11,21 @@ import asyncio
 import bisect
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from typing import Awaitable, Callable, Sequence
 
 from . import inventory
-from .bundled import agent_module
 from .config import Config
-from .model import AGENT_ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, PollError, PollOutcome, Server
-from .sample import agent_identity, check_document, extract_facts, extract_sample, inventory_hash, parse_document
-from .sshpool import SSHPool, server_log
+from .model import BLOCKING_REASONS, ERROR, PollError, PollOutcome, Server
+from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
+from .serverlog import server_log
 from .storage import Storage
+from .transport import Transports
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
-# Reasons that stop polling until an operator acts (DESIGN.md "Hosts and keys").
-BLOCKING = (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN)
 
 
 # Phases are rounded down to this many seconds, so servers that share a slot are polled in
@@ -73,46 +70,13 @@ def phase(server_id: int, interval: float) -> float:
     return offset
 
 
-class LocalCollector:
-    """Collects the central's own host in-process with the bundled agent's collectors."""
-
-    def __init__(self):
-        self._collector = None
-
-    def _get(self):
-        if self._collector is None:
-            self._collector = agent_module().Collector()
-        return self._collector
-
-    def prime(self) -> None:
-        """Create the collector (it records its first counters) ahead of the first poll."""
-        self._get()
-
-    def all(self) -> dict:
-        """One /api/all document."""
-        return self._get().all()
-
-    def inventory(self) -> dict:
-        """The /api/inventory document."""
-        return self._get().inventory()
-
-    def processes(self) -> dict:
-        """The /api/processes document: every process, by pid (actions look pids up here)."""
-        return self._get().processes("pid", None)
-
-    def units(self) -> list | None:
-        """The host's systemd units (the listing polls use; None without systemd)."""
-        return self._get().units()
-
-
 class Poller:
     """Schedules polls, stores their outcomes, and runs hooks on each stored batch."""
 
-    def __init__(self, config: Config, storage: Storage, pool: SSHPool):
+    def __init__(self, config: Config, storage: Storage, transports: Transports):
         self.config = config
         self.storage = storage
-        self.pool = pool
-        self.local = LocalCollector()
+        self.transports = transports
         self.hooks: list[Hook] = []
         self._queue: asyncio.Queue[PollOutcome] = asyncio.Queue()
         self._tasks: dict[int, asyncio.Task] = {}
@@ -135,9 +99,7 @@ class Poller:
     async def start(self) -> None:
         """Load the server list and start the schedule and the writer."""
         await self.reload()
-        if any(s.kind == "local" for s in self._servers.values()):
-            # Take the CPU baseline now, so the first local poll has figures to compare with.
-            await asyncio.to_thread(self.local.prime)
+        await self.transports.prepare(self._servers.values())
         self._main = [
             asyncio.create_task(self._reload_loop(), name="poller-reload"),
             asyncio.create_task(self._writer_loop(), name="poller-writer"),
@@ -159,13 +121,13 @@ class Poller:
         for sid in list(self._tasks):
             if sid not in servers:
                 self._tasks.pop(sid).cancel()
-                self.pool.forget(sid)
+                self.transports.forget(sid)
         for sid, server in servers.items():
             old = self._servers.get(sid)
             if old is not None and old.connection_key != server.connection_key:
-                self.pool.forget(sid)
-            if old is not None and old.status_reason in BLOCKING and server.status_reason not in BLOCKING:
-                self.pool.reset_backoff(sid)
+                self.transports.forget(sid)
+            if old is not None and old.status_reason in BLOCKING_REASONS and server.status_reason not in BLOCKING_REASONS:
+                self.transports.reset_backoff(sid)
             self._servers[sid] = server
             if sid not in self._tasks:
                 self._tasks[sid] = asyncio.create_task(self._server_loop(sid), name=f"poll-{server.name}")
@@ -201,12 +163,13 @@ class Poller:
                 return
             started = time.time()
             self.lag = started - slot
-            if server.status_reason not in BLOCKING:
+            # A reason that blocks polling (central.model.REASONS) waits for an operator.
+            if server.status_reason not in BLOCKING_REASONS:
                 outcome = await self.poll(server)
                 self._queue.put_nowait(outcome)
-                if outcome.reason in BLOCKING:
+                if outcome.reason in BLOCKING_REASONS:
                     # Remember at once, before the writer and the next reload catch up.
-                    self._servers[sid] = _with(server, status="error", status_reason=outcome.reason)
+                    self._servers[sid] = _with(server, status=ERROR, status_reason=outcome.reason)
             new_interval = self.interval_of(self._servers.get(sid, server))
             if new_interval != interval:
                 interval = new_interval
@@ -219,17 +182,12 @@ class Poller:
         """Poll one server now; never raises for a failed poll (the outcome says why)."""
         started = time.time()
         t0 = time.perf_counter()
+        transport = self.transports.of(server)
         try:
-            if server.kind == "local":
-                doc, text = await self._poll_local()
-                inv = None
-                if inventory_hash(doc) != server.inventory_hash:
-                    inv = await asyncio.to_thread(self.local.inventory)
-            else:
-                doc, text = await self._poll_remote(server)
-                inv = None
-                if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
-                    inv = await self._fetch_inventory(server)
+            doc, text = await transport.document(server)
+            inv = None
+            if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
+                inv = await transport.inventory(server)
         except PollError as err:
             self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
             server_log(log, server.name).info("poll failed: %s", err)
@@ -249,33 +207,6 @@ class Poller:
         self.polls += 1
         self.durations.observe(outcome.duration)
         return outcome
-
-    async def _poll_local(self) -> tuple[dict, str]:
-        try:
-            doc = await asyncio.to_thread(self.local.all)
-        except Exception as exc:  # noqa: BLE001 - the in-process agent failing is an agent error
-            raise PollError(AGENT_ERROR, f"local collection failed: {exc}") from None
-        check_document(doc)
-        return doc, json.dumps(doc, separators=(",", ":"))
-
-    async def _poll_remote(self, server: Server) -> tuple[dict, str]:
-        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
-        status, body = await client.request("GET", "/api/all", timeout=self.config.poll.timeout)
-        if status != 200:
-            raise PollError(AGENT_ERROR, f"GET /api/all answered {status}")
-        return parse_document(body)
-
-    async def _fetch_inventory(self, server: Server) -> dict | None:
-        client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
-        try:
-            status, doc = await client.request_json("GET", "/api/inventory", timeout=self.config.poll.timeout)
-        except PollError as err:
-            server_log(log, server.name).warning("inventory fetch failed: %s", err)
-            return None
-        if status != 200 or not isinstance(doc, dict):
-            server_log(log, server.name).warning("inventory fetch answered %s", status)
-            return None
-        return doc
 
     # writing
 

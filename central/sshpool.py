@@ -15,24 +15,13 @@ from pathlib import Path
 
 import asyncssh
 
+from .agentclient import AgentClient
 from .config import SSHConfig
-from .model import (
-    AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE, PollError, Server,
-)
+from .failures import classify
+from .model import AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE, PollError, Server
+from .serverlog import server_log
 
 log = logging.getLogger(__name__)
-
-
-class ServerLog(logging.LoggerAdapter):
-    """Prefixes every line with the server it concerns."""
-
-    def process(self, msg, kwargs):
-        return f"[{self.extra['server']}] {msg}", kwargs
-
-
-def server_log(logger: logging.Logger, name: str) -> ServerLog:
-    """A logger adapter for one server."""
-    return ServerLog(logger, {"server": name})
 
 
 def fingerprint(key: asyncssh.SSHKey) -> str:
@@ -43,27 +32,6 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The key in OpenSSH 'type base64' form, without a comment."""
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
-
-
-def classify(exc: BaseException) -> PollError:
-    """Map an exception from connecting to a classified PollError."""
-    if isinstance(exc, PollError):
-        return exc
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return PollError(HOST_KEY_MISMATCH, f"host key does not match the pinned key ({exc.reason})")
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return PollError(AUTH_FAILED, f"SSH authentication failed: {exc.reason}")
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return PollError(TIMEOUT, "SSH connection timed out")
-    if isinstance(exc, asyncssh.DisconnectError):
-        return PollError(UNREACHABLE, f"SSH disconnected: {exc.reason}")
-    if isinstance(exc, ConnectionRefusedError):
-        return PollError(UNREACHABLE, "connection refused (is sshd running?)")
-    if isinstance(exc, OSError):
-        return PollError(UNREACHABLE, exc.strerror or str(exc) or type(exc).__name__)
-    if isinstance(exc, asyncssh.Error):
-        return PollError(UNREACHABLE, f"SSH error: {exc.reason}")
-    return PollError(UNREACHABLE, f"{type(exc).__name__}: {exc}")
 
 
 def load_client_key(path: str | Path) -> asyncssh.SSHKey:
@@ -115,7 +83,7 @@ class _Entry:
     failures: int = 0
     retry_at: float = 0.0
     last_error: PollError | None = None
-    agent: object | None = None  # central.agentclient.AgentClient, kept with the connection
+    agent: AgentClient | None = None  # kept with the connection
 
 
 class SSHPool:
@@ -216,8 +184,6 @@ class SSHPool:
 
     def agent_client(self, server: Server, max_bytes: int):
         """The server's kept agent client (one HTTP/1.1 channel reused across polls)."""
-        from .agentclient import AgentClient
-
         entry = self._entry(server)
         if entry.agent is None or entry.agent.server.agent_port != server.agent_port:
             entry.agent = AgentClient(self, server, max_bytes)
@@ -225,7 +191,7 @@ class SSHPool:
             entry.agent.server = server
         return entry.agent
 
-    def failed(self, server: Server, err: PollError) -> None:
+    def failed(self, server: Server) -> None:
         """Forget a connection that broke mid-use, so the next use reconnects."""
         entry = self._entries.get(server.id)
         if entry is not None and entry.conn is not None and entry.conn.is_closed():

@@ -5,31 +5,83 @@ data, raising CentralError (NotFound, Invalid) for bad input.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import time
+from typing import TYPE_CHECKING
 
 from . import __version__, alerts
-from .actions import VERBS, local_policy
-from .agentclient import AgentClient
-from .bundled import agent_module
+from .bundled import agent_module, agent_sha256
 from .config import ConfigError, parse_duration
-from .model import Invalid, PollError, Unavailable
-from .sample import METRICS
-from .service import Central, freshness
+from .actions import VERBS
+from .model import METRICS, ONLINE, REASON_TEXT, STATUSES, Invalid, PollError, Unavailable
 
-STATUSES = ("online", "offline", "error", "unknown")
+if TYPE_CHECKING:
+    from .service import Central
+
 # What the fleet averages are taken over (the overview's headline figures).
-AVERAGED = ("cpu", "mem", "swap", "disk", "load1")
+AVERAGED = tuple(m.column for m in METRICS.values() if m.fleet_average)
 MAX_RANGE = 400 * 86400.0
 
 
+def freshness(central: Central, server: dict, now: float | None = None) -> dict:
+    """How current a server's figures are: {"stale", "seen_ago", "status_text"}.
+
+    Stale when the server is not online, was never seen, or its last good poll is older than
+    three intervals (a poller that fell behind): the page greys its figures and turns its
+    actions off, so nothing old passes for current.
+    """
+    poll = central.config.poll
+    interval = server.get("interval_s") or poll.interval
+    seen = server.get("last_seen")
+    ago = None if seen is None else max(0.0, (time.time() if now is None else now) - seen)
+    stale = server.get("status") != ONLINE or ago is None or ago > max(3 * interval, interval + poll.timeout)
+    reason = server.get("status_reason")
+    return {"stale": stale, "seen_ago": None if ago is None else round(ago, 1),
+            "status_text": REASON_TEXT.get(reason, reason) if reason else None}
+
+
 async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
-                      name: str | None = None, limit: int = 100, offset: int = 0) -> dict:
-    """Servers with status and latest key figures, filtered (tag, status, name substring) and paged."""
+                      name: str | None = None, limit: int | None = 100, offset: int = 0) -> dict:
+    """Servers with status and latest key figures, filtered (tag, status, name substring) and paged
+    (limit None: all of them)."""
     page, total = await central.storage.server_page(tag=tag, status=status, name=name, limit=limit, offset=offset)
-    rows = await central.server_overview(page)
+    rows = await server_overview(central, page)
     return {"servers": rows, "total": total, "limit": limit, "offset": offset}
+
+
+async def server_overview(central: Central, servers: list[dict] | None = None) -> list[dict]:
+    """Servers (default: all) with their status and latest key figures (for lists and the page)."""
+    if servers is None:
+        servers = await central.storage.server_dicts()
+    latest = await central.storage.latest_samples()
+    bundled = agent_sha256()
+    now = time.time()
+    for d in servers:
+        d.pop("host_key", None)
+        d["sample"] = latest.get(d["id"])
+        d["agent_outdated"] = (bool(d["agent_sha256"]) and central.transports.of_kind(d["kind"]).no_agent is None
+                               and d["agent_sha256"] != bundled)
+        d.update(freshness(central, d, now))
+    return servers
+
+
+
+async def server_detail(central: Central, name: str) -> dict:
+    """One server: stored fields, latest document, inventory, recent changes."""
+    server = await central.storage.get_server(name)
+    latest = await central.storage.latest_document(server.id)
+    inv = await central.storage.inventory_latest(server.id)
+    d = server.to_dict()
+    d.pop("host_key", None)
+    d.update(freshness(central, d))
+    return {
+        "server": d,
+        "latest": {"ts": latest[0], "document": latest[1]} if latest else None,
+        "inventory": inv,
+        "inventory_changes": await central.storage.inventory_history(server.id, limit=20),
+        "agent_outdated": (bool(server.agent_sha256) and central.transports.of(server).no_agent is None
+                           and server.agent_sha256 != agent_sha256()),
+    }
 
 
 async def fleet_stats(central: Central) -> dict:
@@ -48,14 +100,14 @@ async def fleet_stats(central: Central) -> dict:
             if sample.get(m) is not None:
                 sums[m] += sample[m]
                 ns[m] += 1
-    alerts = await central.storage.alert_counts()
+    counts_ = await central.storage.alert_counts()
     return {
         "total": sum(by_status.values()),
         **counts,
         # The headline: what needs someone (warning, critical); info (inventory changes) apart.
-        "alerts_firing": alerts["firing"] - alerts["firing_info"],
-        "alerts_info": alerts["firing_info"],
-        "alerts_pending": alerts["pending"],
+        "alerts_firing": counts_["firing"] - counts_["firing_info"],
+        "alerts_info": counts_["firing_info"],
+        "alerts_pending": counts_["pending"],
         "averages": {m: (round(sums[m] / ns[m], 2) if ns[m] else None) for m in AVERAGED},
         "ts": time.time(),
     }
@@ -69,7 +121,7 @@ async def central_status(central: Central) -> dict:
         "pid": os.getpid(),
         "started_at": central.started_at,
         "uptime": time.time() - central.started_at,
-        "database": {"path": str(central.storage.path), "bytes": await central.storage.database_size()},
+        "database": {"path": central.storage.location, "bytes": await central.storage.database_size()},
         "poller": {
             "lag": poller.lag,
             "servers": poller.scheduled,
@@ -126,7 +178,7 @@ async def server_history(central: Central, name: str, *, metrics: list[str] | No
 
 def _kill_offered(p: dict, policy: dict | None) -> bool:
     """Whether the page may offer a Kill for this process entry."""
-    if policy is not None:  # local: the policy actions on local run under decides
+    if policy is not None:  # in-process: the policy its actions run under decides
         return agent_module().kill_offered(policy, p)
     if isinstance(p.get("kill"), bool):
         return p["kill"]  # the agent's own answer
@@ -141,13 +193,13 @@ async def server_processes(central: Central, name: str) -> dict:
     last one a server that no longer answers sent, and nothing in it can be acted on.
     """
     server = await central.storage.get_server(name)
-    fresh = freshness(server.to_dict(), central.config.poll.interval, central.config.poll.timeout, time.time())
+    fresh = freshness(central, server.to_dict())
     latest = await central.storage.latest_document(server.id)
     if latest is None:
         return {"server": name, "ts": None, "count": None, "stale": fresh["stale"], "top_cpu": [], "top_memory": []}
     ts, doc = latest
     procs = doc.get("processes") if isinstance(doc.get("processes"), dict) else {}
-    policy = local_policy(central.config) if server.kind == "local" else None
+    policy = central.transports.of(server).action_policy()
     lists = {}
     for key in ("top_cpu", "top_memory"):
         lists[key] = [dict(p, kill=not fresh["stale"] and _kill_offered(p, policy))
@@ -189,11 +241,11 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
     no actions), with `live` false and `error` saying why.
     """
     server = await central.storage.get_server(name)
-    fresh = freshness(server.to_dict(), central.config.poll.interval, central.config.poll.timeout, time.time())
+    fresh = freshness(central, server.to_dict())
     error = None
     if live and not fresh["stale"]:
         try:
-            doc = await _agent_services(central, server)
+            doc = await central.transports.of(server).services(server)
         except (PollError, Unavailable) as exc:
             error = exc.message
         else:
@@ -217,25 +269,9 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
             "units": sorted(units.values(), key=_unit_order), "error": error}
 
 
-async def _agent_services(central: Central, server) -> dict:
-    if server.kind == "local":
-        collector = central.poller.local
-        units = await asyncio.to_thread(collector.units)
-        return agent_module().services_document(local_policy(central.config), units)
-    # A client of its own (its own channel), as actions use: a page never waits behind a poll.
-    client = AgentClient(central.pool, server, central.config.poll.max_response_bytes)
-    try:
-        status, doc = await client.request_json("GET", "/api/services", timeout=central.config.poll.timeout)
-    finally:
-        client.close()
-    if status != 200 or not isinstance(doc, dict):
-        raise Unavailable(f"the agent answered {status} to GET /api/services")
-    return doc
-
-
 async def alert_detail(central: Central, alert_id: int) -> dict:
     """One alert with its delivery log and, when it concerns a server, that server's status."""
-    alert = await alerts.get_alert(central.storage, alert_id)
+    alert = await alerts.get_alert(central, alert_id)
     server = None
     if alert.get("server"):
         found = await central.storage.find_server(alert["server"])
@@ -243,7 +279,7 @@ async def alert_detail(central: Central, alert_id: int) -> dict:
             d = found.to_dict()
             server = {"name": d["name"], "status": d["status"], "status_reason": d["status_reason"],
                       "hostname": d["hostname"], "last_seen": d["last_seen"],
-                      **freshness(d, central.config.poll.interval, central.config.poll.timeout, time.time())}
+                      **freshness(central, d)}
     return {"alert": alert, "server": server}
 
 

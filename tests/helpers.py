@@ -30,3 +30,14 @@ def wait_for_sync(predicate, timeout: float = 20.0, what: str = "condition", int
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
+
+
+def central_over(storage):
+    """The real Central around an opened storage (nothing connects until used), for tests of
+    operations that need only the database: alerts, silences."""
+    from central.config import Config
+    from central.service import Central
+    from central.sshpool import SSHPool
+
+    config = Config()
+    return Central(config, storage, SSHPool(config.ssh, config.key_path))

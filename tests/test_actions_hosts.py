@@ -14,6 +14,7 @@ import pytest
 
 from central.actions import audit_log, run_action
 from central.model import Conflict, Forbidden, Invalid, NotFound, PollError
+from central import servers
 from central.service import Central
 from tests.agentutil import wait_for
 from tests.test_agent_actions import FakeEngine
@@ -34,7 +35,7 @@ async def central(config, client_key):
 
 async def add(central, host, poll=True):
     """Add a test host as a server (its host key pinned) and store one poll."""
-    result = await central.add_server(host.name, host.address, fingerprint=host.fingerprint)
+    result = await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
     assert result["agent"]["ok"], result
     server = await central.storage.get_server(host.name)
     if poll:
@@ -97,7 +98,7 @@ async def test_a_reused_pid_is_refused_and_audited(central, test_host):
     host = test_host()
     victim = host.start_process(["sleep", "1000"])
     await add(central, host)
-    (real,) = [p["start_time"] for p in (await central.poll_now(host.name))["document"]["processes"]["top_memory"]
+    (real,) = [p["start_time"] for p in (await servers.poll_now(central, host.name))["document"]["processes"]["top_memory"]
                if p["pid"] == victim.ns_pid]
     with pytest.raises(Conflict, match="the process you saw is gone"):
         await run_action(central, "cli:tester", "admin", host.name, "kill",

@@ -12,6 +12,7 @@ import pytest
 from central.actions import audit_log, run_action
 from central.bundled import agent_path
 from central.model import Forbidden
+from central import servers
 from central.service import Central
 from tests.agentutil import wait_for
 from tests.lxc import ECHO_UNIT
@@ -52,7 +53,7 @@ async def test_restart_stop_start_a_real_systemd_service(central, lxc_container)
     container = lxc_container()
     assert container.wait_system_running() in ("running", "degraded")
     install_agent(container)
-    added = await central.add_server(container.name, container.address, fingerprint=container.fingerprint)
+    added = await servers.add_server(central, container.name, container.address, fingerprint=container.fingerprint)
     assert added["agent"]["ok"], added
 
     before = main_pid(container)

@@ -11,6 +11,7 @@ from central.alerts import AlertEngine, rules_for_server
 from central.config import AlertOverride, AlertRule, AlertsConfig, ConfigError, load_config
 from central.model import Conflict, Invalid, NotFound, PollOutcome
 from central.storage import Storage
+from tests.helpers import central_over
 
 
 class Clock:
@@ -296,7 +297,7 @@ async def test_state_survives_a_restart(storage):
 async def test_silence_mutes_but_records_and_notifies_when_it_ends(storage):
     clock = Clock()
     engine, rec, by_id = await make_engine(storage, clock, unreachable_after=1)
-    silence = await alerts.create_silence(storage, tag="prod", duration=300, comment="switch swap", user="cli:ann",
+    silence = await alerts.create_silence(central_over(storage), tag="prod", duration=300, comment="switch swap", user="cli:ann",
                                           now=clock.now)
     await engine.tick()
     await poll(engine, by_id, clock, failed)
@@ -312,7 +313,7 @@ async def test_silence_mutes_but_records_and_notifies_when_it_ends(storage):
 async def test_resolved_while_silenced_sends_nothing(storage):
     clock = Clock()
     engine, rec, by_id = await make_engine(storage, clock, unreachable_after=1)
-    await alerts.create_silence(storage, server="web*", rule="server_unreachable", duration=600,
+    await alerts.create_silence(central_over(storage), server="web*", rule="server_unreachable", duration=600,
                                 comment="x", user="u", now=clock.now)
     await engine.tick()
     await poll(engine, by_id, clock, failed)
@@ -326,7 +327,7 @@ async def test_maintenance_window_mutes_one_server_only(storage):
     clock = Clock()
     engine, rec, by_id = await make_engine(storage, clock, unreachable_after=1,
                                            servers=(("web1", ()), ("web2", ())))
-    win = await alerts.create_silence(storage, server="web1", duration=3600, comment="kernel update",
+    win = await alerts.create_silence(central_over(storage), server="web1", duration=3600, comment="kernel update",
                                       user="cli:bob", maintenance=True, now=clock.now)
     assert win["kind"] == "maintenance"
     await engine.tick()
@@ -335,31 +336,31 @@ async def test_maintenance_window_mutes_one_server_only(storage):
     assert sorted(r["server"] for r in await storage.list_alerts(firing_only=True)) == ["web1", "web2"]
     # ending it early (unsilence) lets web1's still-firing alert through
     clock.advance(60)
-    await alerts.delete_silence(storage, win["id"], now=clock.now)
+    await alerts.delete_silence(central_over(storage), win["id"], now=clock.now)
     await engine.tick()
     assert sorted(a["server"] for _, a in rec.events) == ["web1", "web2"]
     with pytest.raises(Conflict):
-        await alerts.delete_silence(storage, win["id"], now=clock.now)
+        await alerts.delete_silence(central_over(storage), win["id"], now=clock.now)
     with pytest.raises(NotFound):
-        await alerts.create_silence(storage, server="nope", duration=60, comment="x", user="u", maintenance=True)
+        await alerts.create_silence(central_over(storage), server="nope", duration=60, comment="x", user="u", maintenance=True)
 
 
 async def test_ack_stops_repeats_and_is_recorded(storage):
     clock = Clock()
     engine, rec, by_id = await make_engine(storage, clock, unreachable_after=1)
     await poll(engine, by_id, clock, failed)
-    [row] = await alerts.list_alerts(storage, firing_only=True, server="web1")
+    [row] = await alerts.list_alerts(central_over(storage), firing_only=True, server="web1")
     await engine.tick()
     assert [(a["id"], acked, muted) for a, acked, muted in rec.reminders[-1]] == [(row["id"], False, False)]
-    acked = await alerts.ack(storage, row["id"], "cli:ann", now=clock.now)
+    acked = await alerts.ack(central_over(storage), row["id"], "cli:ann", now=clock.now)
     assert acked["acked_by"] == "cli:ann" and acked["acked_at"] == clock.now
     await engine.tick()
     assert [acked_ for _, acked_, _ in rec.reminders[-1]] == [True]
     with pytest.raises(NotFound):
-        await alerts.ack(storage, 999, "u")
+        await alerts.ack(central_over(storage), 999, "u")
     await poll(engine, by_id, clock, ok)
     with pytest.raises(Conflict):
-        await alerts.ack(storage, row["id"], "u")
+        await alerts.ack(central_over(storage), row["id"], "u")
 
 
 async def test_inventory_change_opens_an_info_alert_that_expires(storage):
@@ -455,17 +456,17 @@ min_severity = "warning"
 
 async def test_silence_input_is_checked(storage):
     with pytest.raises(Invalid, match="needs a server, a rule or a tag"):
-        await alerts.create_silence(storage, duration=60, comment="x", user="u")
+        await alerts.create_silence(central_over(storage), duration=60, comment="x", user="u")
     with pytest.raises(Invalid, match="comment is required"):
-        await alerts.create_silence(storage, server="a", duration=60, comment=" ", user="u")
+        await alerts.create_silence(central_over(storage), server="a", duration=60, comment=" ", user="u")
     with pytest.raises(Invalid, match="invalid duration"):
-        await alerts.create_silence(storage, server="a", duration=0, comment="x", user="u")
+        await alerts.create_silence(central_over(storage), server="a", duration=0, comment="x", user="u")
     with pytest.raises(Invalid, match="invalid server"):
-        await alerts.create_silence(storage, server="a b; rm", duration=60, comment="x", user="u")
-    s = await alerts.create_silence(storage, rule="disk_*", duration=60, comment="x", user="u", now=1000.0)
-    assert [r["id"] for r in await alerts.list_silences(storage, now=1030.0)] == [s["id"]]
-    assert await alerts.list_silences(storage, now=1060.0) == []
-    assert len(await alerts.list_silences(storage, active_only=False, now=1060.0)) == 1
+        await alerts.create_silence(central_over(storage), server="a b; rm", duration=60, comment="x", user="u")
+    s = await alerts.create_silence(central_over(storage), rule="disk_*", duration=60, comment="x", user="u", now=1000.0)
+    assert [r["id"] for r in await alerts.list_silences(central_over(storage), now=1030.0)] == [s["id"]]
+    assert await alerts.list_silences(central_over(storage), now=1060.0) == []
+    assert len(await alerts.list_silences(central_over(storage), active_only=False, now=1060.0)) == 1
 
 
 def test_example_config_loads(tmp_path):

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from central.config import AlertsConfig, NotifierConfig
+from central import servers
 from central.service import Central
 from tests.conftest import make_config
 from tests.test_notifiers import Receiver, wait_for
@@ -26,7 +27,7 @@ async def test_sshd_stopped_raises_unreachable_and_resolves_when_back(test_host,
     )
     central = await Central.open(cfg)
     try:
-        await central.add_server(host.name, host.address, fingerprint=host.fingerprint)
+        await servers.add_server(central, host.name, host.address, fingerprint=host.fingerprint)
         await central.poller.start()
         server = await central.storage.get_server(host.name)
 

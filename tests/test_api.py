@@ -105,10 +105,10 @@ async def test_fleet_counts_firing_alerts_from_the_alerts_table(api):
     storage = api.central.storage
     server = await storage.get_server("local")
     now = time.time()
-    await storage._write([  # noqa: SLF001 - the alerts engineer's writer does not exist yet
-        ("INSERT INTO alerts (rule, server_id, label, state, started_at, last_evaluated) VALUES (?, ?, ?, ?, ?, ?)",
-         (rule, server.id, "", state, now, now)) for rule, state in
-        (("cpu_high", "firing"), ("disk_full", "firing"), ("mem_high", "pending"), ("old", "resolved"))])
+    await storage.save_alerts([
+        {"rule": rule, "server_id": server.id, "label": "", "severity": "warning", "state": state, "summary": "",
+         "started_at": now, "last_evaluated": now} for rule, state in
+        (("cpu_high", "firing"), ("disk_full", "firing"), ("mem_high", "pending"), ("old", "resolved"))], [], [])
     status, body, _ = await api.get("/api/v1/fleet")
     assert (body["alerts_firing"], body["alerts_pending"]) == (2, 1)
 

@@ -1,6 +1,7 @@
 """The central CLI: help texts, one-line errors, and the server commands against a real host."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import click
@@ -8,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from central.cli import cli
+from central.storage import Storage
 
 
 def all_commands(group: click.Group, prefix=()):
@@ -47,6 +49,27 @@ def test_errors_are_one_line(run, tmp_path):
     result = run("--config", str(bad), "server", "list")
     assert result.exit_code == 1
     assert result.output.strip() == "Error: config: poll.interval: must not be negative, got -1"
+
+
+def test_server_list_filters_by_tag_and_status(run, tmp_path):
+    assert run("init").exit_code == 0
+
+    async def add():
+        storage = await Storage.open(tmp_path / "data" / "central.db")
+        try:
+            for i in range(4):
+                await storage.add_server(f"web{i}", "127.0.0.1", port=1, tags=("prod",) if i % 2 else ("dev",))
+            await storage.update_server("web3", status="offline", status_reason="unreachable")
+        finally:
+            await storage.close()
+
+    asyncio.run(add())
+    names = lambda *opts: [r["name"] for r in json.loads(run("server", "list", "--json", *opts).output)]  # noqa: E731
+    assert names() == ["local", "web0", "web1", "web2", "web3"]
+    assert names("--tag", "prod") == ["web1", "web3"]
+    assert names("--tag", "prod", "--status", "unknown") == ["web1"]
+    assert names("--status", "offline") == ["web3"]
+    assert "web1" in run("server", "list", "--tag", "prod").output
 
 
 def test_init_and_local_server(run):

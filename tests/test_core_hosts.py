@@ -8,6 +8,7 @@ import resource
 import pytest
 
 from central.model import PollError
+from central import servers
 from central.service import Central
 from tests.conftest import make_config
 from tests.helpers import wait_for
@@ -31,7 +32,7 @@ async def hcentral(host_config):
 
 
 async def add(central: Central, host, name=None):
-    result = await central.add_server(name or host.name, host.address, fingerprint=host.fingerprint)
+    result = await servers.add_server(central, name or host.name, host.address, fingerprint=host.fingerprint)
     return result
 
 
@@ -62,7 +63,7 @@ async def test_add_without_agent_still_adds_and_says_how_to_deploy(hcentral, tes
 async def test_add_with_wrong_fingerprint_stores_nothing(hcentral, test_host):
     host = test_host()
     with pytest.raises(PollError) as err:
-        await hcentral.add_server(host.name, host.address, fingerprint="SHA256:" + "A" * 43)
+        await servers.add_server(hcentral, host.name, host.address, fingerprint="SHA256:" + "A" * 43)
     assert err.value.reason == "host_key_mismatch"
     assert await hcentral.storage.find_server(host.name) is None
 
@@ -149,8 +150,8 @@ async def test_host_key_change_stops_polling_until_trusted(hcentral, test_host):
     assert (await hcentral.storage.get_server(host.name)).last_poll == polled_at
 
     with pytest.raises(PollError):
-        await hcentral.trust_server(host.name, "SHA256:" + "B" * 43)
-    await hcentral.trust_server(host.name, host.fingerprint)
+        await servers.trust_server(hcentral, host.name, "SHA256:" + "B" * 43)
+    await servers.trust_server(hcentral, host.name, host.fingerprint)
     server = await wait_for(lambda: _online(hcentral, host.name), what="online after trust")
     assert server.host_key_fingerprint == host.fingerprint
 

@@ -18,7 +18,7 @@ from central.alerts import AlertEngine
 from central.config import AlertsConfig, NotifierConfig, load_config
 from central.notifiers import Dispatcher
 from central.storage import Storage
-from tests.helpers import wait_for
+from tests.helpers import central_over, wait_for
 from tests.test_alerts import Clock, failed, ok
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -241,7 +241,7 @@ async def test_repeats_while_firing_until_acknowledged(storage, receiver):
         from central.alerts import ack
 
         [row] = await storage.list_alerts()
-        await ack(storage, row["id"], "cli:ann", now=clock.now)
+        await ack(central_over(storage), row["id"], "cli:ann", now=clock.now)
         for _ in range(12):
             clock.advance(300)
             await engine.tick()
@@ -278,7 +278,7 @@ async def test_silenced_alert_is_recorded_but_not_sent(storage, receiver):
     engine, dispatcher, by_id = await setup(storage, [hook("ops", receiver.url)], unreachable_after=1,
                                             servers=("web1", "web2"))
     try:
-        await create_silence(storage, server="web1", duration=3600, comment="rack move", user="u", maintenance=True)
+        await create_silence(central_over(storage), server="web1", duration=3600, comment="rack move", user="u", maintenance=True)
         await engine.tick()
         await poll_all(engine, by_id, failed)
         await dispatcher.wait_idle()

@@ -35,7 +35,7 @@ GLOB = string(minLength=1, maxLength=100, description="A glob (* ? [..]) over na
 async def list_alerts(call: Call) -> dict:
     """Newest first, firing before pending before resolved; optionally one server's."""
     q = call.query
-    return {"alerts": await alerts.list_alerts(call.central.storage, firing_only=q["state"] == "firing",
+    return {"alerts": await alerts.list_alerts(call.central, firing_only=q["state"] == "firing",
                                                open_only=q["state"] == "open", server=q.get("server"),
                                                limit=q["limit"])}
 
@@ -55,7 +55,7 @@ async def show_alert(call: Call) -> dict:
                 path_params={"id": integer(minimum=1)}, response=ALERT, errors=(404, 409))
 async def ack_alert(call: Call) -> dict:
     """Stops the alert's repeat notifications (its resolution is still sent); 409 when resolved."""
-    return await alerts.ack(call.central.storage, call.path["id"], call.identity.user)
+    return await alerts.ack(call.central, call.path["id"], call.identity.user)
 
 
 @endpoints.get("/api/v1/silences", summary="List silences and maintenance windows", role=VIEWER,
@@ -64,7 +64,7 @@ async def ack_alert(call: Call) -> dict:
                response=obj({"silences": array(SILENCE)}, required=["silences"]))
 async def list_silences(call: Call) -> dict:
     """Newest first; `active` says whether one mutes notifications now."""
-    return {"silences": await alerts.list_silences(call.central.storage, active_only=call.query["active"],
+    return {"silences": await alerts.list_silences(call.central, active_only=call.query["active"],
                                                    limit=call.query["limit"])}
 
 
@@ -82,7 +82,7 @@ async def create_silence(call: Call) -> dict:
         duration = parse_duration(b["duration"], "duration")
     except ConfigError as exc:
         raise Invalid(str(exc)) from None
-    return await alerts.create_silence(call.central.storage, server=b.get("server"), rule=b.get("rule"),
+    return await alerts.create_silence(call.central, server=b.get("server"), rule=b.get("rule"),
                                        tag=b.get("tag"), duration=duration, comment=b["comment"],
                                        user=call.identity.user, maintenance=b.get("maintenance", False))
 
@@ -91,4 +91,4 @@ async def create_silence(call: Call) -> dict:
                   path_params={"id": integer(minimum=1)}, response=SILENCE, errors=(404, 409))
 async def delete_silence(call: Call) -> dict:
     """The silence stays in the history with its end set to now; 409 when it already ended."""
-    return await alerts.delete_silence(call.central.storage, call.path["id"])
+    return await alerts.delete_silence(call.central, call.path["id"])

@@ -6,9 +6,10 @@ changes, re-trusts and removes servers.
 """
 from __future__ import annotations
 
-from .. import views
+from .. import servers, views
 from ..sample import METRICS
-from ..service import HOST_RE, NAME_RE, TAG_RE, USER_RE
+from ..servers import HOST_RE, NAME_RE, TAG_RE, USER_RE
+from ..transport import KINDS
 from .registry import ADMIN, OPERATOR, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
 
 endpoints = Registry(tag="servers")
@@ -26,7 +27,7 @@ SAMPLE = obj({"ts": number(), **{m: NUM for m in METRICS},
               "top": array(array({}), description="[[pid, name, cpu percent, rss bytes], ...]")},
              required=["ts", *METRICS], closed=False)
 SERVER = obj({
-    "id": integer(), "name": string(), "kind": string(enum=["ssh", "local"]), "host": string(),
+    "id": integer(), "name": string(), "kind": string(enum=list(KINDS)), "host": string(),
     "port": integer(), "user": string(), "key_path": nullable(string()), "agent_port": integer(),
     "tags": array(string()), "interval_s": NUM, "host_key_fingerprint": nullable(string()),
     "status": STATUS, "status_reason": nullable(string()), "last_error": nullable(string()),
@@ -80,10 +81,10 @@ async def create_server(call: Call):
     reported in `agent` with a deploy hint."""
     b = call.body
     if not b.get("fingerprint"):
-        probed = await call.central.probe_new(b["name"], b["host"], b.get("port", 22))
+        probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22))
         return Reply({"stored": False, "confirm": probed, "current": None,
                       "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
-    result = await call.central.add_server(
+    result = await servers.add_server(call.central, 
         b["name"], b["host"], port=b.get("port", 22), user=b.get("user", "root"), tags=b.get("tags", ()),
         interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"])
     return {"stored": True, **result}
@@ -98,7 +99,7 @@ async def create_server(call: Call):
                             required=["server", "latest", "inventory", "inventory_changes", "agent_outdated"]))
 async def show_server(call: Call) -> dict:
     """The stored fields (without the raw host key), the newest agent document and the inventory."""
-    return await call.central.server_detail(call.path["name"])
+    return await views.server_detail(call.central, call.path["name"])
 
 
 @endpoints.patch("/api/v1/servers/{name}", summary="Change a server's settings", role=ADMIN,
@@ -108,7 +109,7 @@ async def show_server(call: Call) -> dict:
                  response=obj({"server": SERVER}, required=["server"]))
 async def update_server(call: Call) -> dict:
     """Only the given fields change. A new host or port un-pins the host key (trust it again)."""
-    server = await call.central.update_server(call.path["name"], **call.body)
+    server = await servers.update_server(call.central, call.path["name"], **call.body)
     d = server.to_dict()
     d.pop("host_key", None)
     return {"server": d}
@@ -118,7 +119,7 @@ async def update_server(call: Call) -> dict:
                   path_params={"name": NAME}, response=obj({"removed": string()}, required=["removed"]))
 async def delete_server(call: Call) -> dict:
     """Deletes the server with its samples, rollups, inventory and alerts."""
-    await call.central.remove_server(call.path["name"])
+    await servers.remove_server(call.central, call.path["name"])
     return {"removed": call.path["name"]}
 
 
@@ -126,7 +127,7 @@ async def delete_server(call: Call) -> dict:
                 path_params={"name": NAME}, response=AGENT_CHECK)
 async def test_server(call: Call) -> dict:
     """Connects with the pinned key and asks the agent for its health; `ok` says if both work."""
-    return await call.central.test_server(call.path["name"])
+    return await servers.test_server(call.central, call.path["name"])
 
 
 @endpoints.post("/api/v1/servers/{name}/trust", summary="Re-pin a changed host key (two steps)", role=ADMIN,
@@ -141,10 +142,10 @@ async def trust_server(call: Call):
     and polling resumes (201)."""
     name = call.path["name"]
     if not call.body.get("fingerprint"):
-        probed = await call.central.probe_server(name)
+        probed = await servers.probe_server(call.central, name)
         return Reply({"stored": False, "confirm": probed["probe"], "current": probed["pinned"],
                       "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
-    result = await call.central.trust_server(name, call.body["fingerprint"])
+    result = await servers.trust_server(call.central, name, call.body["fingerprint"])
     result["server"].pop("host_key", None)
     return {"stored": True, **result}
 

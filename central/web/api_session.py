@@ -12,7 +12,7 @@ import logging
 
 from aiohttp import web
 
-from ..auth import ROLES
+from ..model import ROLES
 from .keys import LOGIN_LIMITER
 from .registry import NONE, VIEWER, Call, Registry, nullable, obj, string
 from .security import TooManyAttempts, Unauthorized, check_origin, client_address, end_session, session_csrf, start_session

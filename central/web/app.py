@@ -22,7 +22,7 @@ from .security import host_check, session_storage
 log = logging.getLogger(__name__)
 
 # Every module that declares endpoints with a central.web.registry.Registry named `endpoints`.
-# Add yours here (e.g. api_alerts, api_actions); routes and /api/v1/openapi.json follow.
+# A new one is added here; routes and /api/v1/openapi.json follow.
 ENDPOINT_MODULES = (
     api_system,
     api_session,

@@ -18,8 +18,8 @@ from markupsafe import Markup
 
 from .. import __version__, alerts, views
 from ..actions import audit_log
-from ..auth import ADMIN, OPERATOR, Identity
-from ..model import CentralError, NotFound
+from ..auth import Identity
+from ..model import ADMIN, OPERATOR, CentralError, NotFound
 from .keys import CENTRAL
 from .security import identify, session_csrf
 
@@ -161,13 +161,13 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
     the host itself once loaded), /api/v1/alerts?server=, /api/v1/audit?server=."""
     central = request.app[CENTRAL]
     name = request.match_info["name"]
-    detail = await central.server_detail(name)
+    detail = await views.server_detail(central, name)
     return {
         "detail": detail,
         "processes": await views.server_processes(central, name),
         "services": await views.server_services(central, name, live=False),
         "doc": (detail["latest"] or {}).get("document") or {},
-        "alerts": await alerts.list_alerts(central.storage, server=name, limit=50),
+        "alerts": await alerts.list_alerts(central, server=name, limit=50),
         "audit": await audit_log(central, name, 50),
     }
 
@@ -175,13 +175,13 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
 @_page("alerts.html")
 async def alerts_page(request: web.Request, identity: Identity) -> dict:
     """Open and recent alerts and active silences (GET /api/v1/alerts, /api/v1/silences)."""
-    storage = request.app[CENTRAL].storage
-    every = await alerts.list_alerts(storage, limit=200)
+    central = request.app[CENTRAL]
+    every = await alerts.list_alerts(central, limit=200)
     return {
         "active": "alerts",
         "open": [a for a in every if a["state"] != alerts.RESOLVED],
         "recent": [a for a in every if a["state"] == alerts.RESOLVED],
-        "silences": await alerts.list_silences(storage, active_only=True),
+        "silences": await alerts.list_silences(central, active_only=True),
     }
 
 

@@ -44,9 +44,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence, Union
 
-from ..auth import ADMIN, OPERATOR, VIEWER, Identity
+from ..auth import Identity
 from ..config import Config
-from ..model import Invalid
+from ..model import ADMIN, OPERATOR, VIEWER, Invalid
 
 NONE = "none"  # no authentication at all (health, readiness, login)
 __all__ = ["ADMIN", "OPERATOR", "VIEWER", "NONE", "Call", "Reply", "Endpoint", "Registry", "obj", "array",

@@ -1,0 +1,245 @@
+"""Operations on servers: probe, add, test, trust, change, remove, poll now.
+
+Each is an async function taking the opened Central first (the shape of every operation, see
+central/service.py); the CLI and the HTTP API call these and nothing below them. Nothing here
+knows about HTTP or terminals.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .model import ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, Conflict, Invalid, PollError, Server
+from .sample import parse_document
+from .sshpool import fetch_host_key, fingerprint, public_key_line
+from .transport import LOCAL, Transport
+
+if TYPE_CHECKING:
+    from .service import Central
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,253}$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,40}$")
+
+
+# validation
+
+def check_name(name: object) -> str:
+    """A server name: letters, digits, '.', '_', '-'; up to 63 characters."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise Invalid(f"invalid server name {name!r}: use letters, digits, '.', '_' or '-' (up to 63, not starting with a symbol)")
+    return name
+
+
+def check_host(host: object) -> str:
+    """A host name or address (never starting with '-', so it cannot become an option)."""
+    if not isinstance(host, str) or not HOST_RE.match(host) or host.startswith("-"):
+        raise Invalid(f"invalid host {host!r}: expected a host name or IP address")
+    return host.strip("[]")
+
+
+def check_port(port: object, what: str = "port") -> int:
+    """A TCP port number."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise Invalid(f"invalid {what} {port!r}: expected 1-65535")
+    return port
+
+
+def check_user(user: object) -> str:
+    """A Unix user name."""
+    if not isinstance(user, str) or not USER_RE.match(user):
+        raise Invalid(f"invalid user {user!r}")
+    return user
+
+
+def check_tags(tags: object) -> tuple[str, ...]:
+    """A list of short tags."""
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise Invalid("tags must be a list of strings")
+    out = []
+    for t in tags:
+        if not isinstance(t, str) or not TAG_RE.match(t):
+            raise Invalid(f"invalid tag {t!r}: letters, digits and . _ : / - up to 40 characters")
+        if t not in out:
+            out.append(t)
+    if len(out) > 32:
+        raise Invalid("at most 32 tags per server")
+    return tuple(out)
+
+
+def check_interval(interval: object) -> float | None:
+    """A poll interval override in seconds (None: the global one)."""
+    if interval is None:
+        return None
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 1 <= interval <= 86400:
+        raise Invalid(f"invalid interval {interval!r}: expected 1 to 86400 seconds")
+    return float(interval)
+
+
+def normalise_fingerprint(fp: str) -> str:
+    """Accept 'SHA256:abc' or 'abc' (as ssh-keygen -l prints, without the prefix)."""
+    fp = fp.strip()
+    return fp if fp.startswith("SHA256:") else "SHA256:" + fp
+
+
+# operations
+
+async def ensure_local_server(central: Central) -> Server:
+    """The central's own host as server `local` (collected in-process, no SSH)."""
+    name = central.config.poll.local_name
+    existing = await central.storage.find_server(name)
+    if existing is not None:
+        return existing
+    return await central.storage.add_server(name, "localhost", kind=LOCAL, port=0, tags=("central",))
+
+
+async def probe(central: Central, host: str, port: int = 22) -> dict:
+    """The host key a host presents, for the operator to confirm before pinning."""
+    check_host(host)
+    check_port(port)
+    key = await fetch_host_key(host, port, central.config.ssh)
+    return {"host": host, "port": port, "host_key": public_key_line(key),
+            "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
+
+
+async def probe_new(central: Central, name: str, host: str, port: int = 22) -> dict:
+    """The first step of adding a server: check the name is free, return the host key to confirm."""
+    check_name(name)
+    if await central.storage.find_server(name) is not None:
+        raise Conflict(f"a server named {name!r} already exists")
+    return await probe(central, check_host(host), port)
+
+
+async def probe_server(central: Central, name: str) -> dict:
+    """The first step of re-trusting: the key the server presents now and the pinned fingerprint."""
+    server = await central.storage.get_server(name)
+    _refuse_without_host_key(central.transports.of(server), name)
+    return {"probe": await probe(central, server.host, server.port), "pinned": server.host_key_fingerprint}
+
+
+async def add_server(
+    central: Central, name: str, host: str, *, port: int = 22, user: str = "root",
+    key_path: str | None = None, tags=(), interval: float | None = None,
+    agent_port: int = 8083, fingerprint: str | None = None,
+) -> dict:
+    """Add a server whose host key the operator confirmed (its fingerprint is given).
+
+    Connects with the pinned key and the central's key first: an unreachable host or a
+    refused key is an error and nothing is stored. When the agent does not answer the
+    server is still added, and the result says how to deploy the agent.
+    """
+    check_name(name)
+    host = check_host(host)
+    check_port(port)
+    check_port(agent_port, "agent port")
+    check_user(user)
+    tags = check_tags(tags)
+    interval = check_interval(interval)
+    if key_path is not None and not Path(key_path).is_file():
+        raise Invalid(f"key file {key_path} does not exist")
+    if await central.storage.find_server(name) is not None:
+        raise Conflict(f"a server named {name!r} already exists")
+    if not fingerprint:
+        raise Invalid("the host key fingerprint must be confirmed (probe the host first)")
+    probed = await probe(central, host, port)
+    if probed["fingerprint"] != normalise_fingerprint(fingerprint):
+        raise PollError(HOST_KEY_MISMATCH,
+                        f"{host}:{port} presents {probed['fingerprint']}, not the confirmed {normalise_fingerprint(fingerprint)}")
+    candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
+                       agent_port=agent_port, host_key=probed["host_key"],
+                       host_key_fingerprint=probed["fingerprint"])
+    check = await central.transports.ssh.check(candidate)
+    server = await central.storage.add_server(
+        name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
+        interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"])
+    return {"server": server.to_dict(), "agent": check}
+
+
+async def test_server(central: Central, name: str) -> dict:
+    """Check SSH (with the pinned key) and the agent of a stored server."""
+    server = await central.storage.get_server(name)
+    try:
+        result = await central.transports.of(server).check(server)
+    except PollError as err:
+        return {"ok": False, "reason": err.reason, "error": err.message}
+    return result
+
+
+async def trust_server(central: Central, name: str, fingerprint: str | None = None) -> dict:
+    """Re-pin a server's host key after the operator verified the new fingerprint."""
+    server = await central.storage.get_server(name)
+    _refuse_without_host_key(central.transports.of(server), name)
+    probed = await probe(central, server.host, server.port)
+    if fingerprint is None:
+        raise Invalid("the new fingerprint must be confirmed", detail=probed["fingerprint"])
+    if probed["fingerprint"] != normalise_fingerprint(fingerprint):
+        raise PollError(HOST_KEY_MISMATCH,
+                        f"{server.host}:{server.port} presents {probed['fingerprint']}, not the confirmed {normalise_fingerprint(fingerprint)}")
+    updated = await central.storage.pin_host_key(name, probed["host_key"], probed["fingerprint"])
+    central.transports.forget(server.id)
+    return {"server": updated.to_dict(), "previous_fingerprint": server.host_key_fingerprint}
+
+
+async def update_server(central: Central, name: str, **changes) -> Server:
+    """Change a server's settings (tags, interval, user, port, agent port, key)."""
+    server = await central.storage.get_server(name)
+    fields = {}
+    for key, value in changes.items():
+        if key == "tags":
+            fields["tags"] = check_tags(value)
+        elif key == "interval":
+            fields["interval_s"] = check_interval(value)
+        elif key == "port":
+            fields["port"] = check_port(value)
+        elif key == "agent_port":
+            fields["agent_port"] = check_port(value, "agent port")
+        elif key == "user":
+            fields["user"] = check_user(value)
+        elif key == "host":
+            fields["host"] = check_host(value)
+        elif key == "key_path":
+            if value is not None and not Path(value).is_file():
+                raise Invalid(f"key file {value} does not exist")
+            fields["key_path"] = value
+        else:
+            raise Invalid(f"unknown field {key!r}")
+    transport = central.transports.of(server)
+    if transport.settable is not None and set(fields) - transport.settable:
+        raise Invalid(transport.settable_text.format(name=name))
+    if "host" in fields or "port" in fields:
+        # A different address may be a different machine: the key must be confirmed again.
+        fields["host_key"] = None
+        fields["host_key_fingerprint"] = None
+        fields["status"] = ERROR
+        fields["status_reason"] = HOST_KEY_UNKNOWN
+    return await central.storage.update_server(name, **fields)
+
+
+async def remove_server(central: Central, name: str) -> None:
+    """Delete a server and its history."""
+    server = await central.storage.get_server(name)
+    await central.storage.remove_server(name)
+    central.transports.forget(server.id)
+
+
+async def poll_now(central: Central, name: str) -> dict:
+    """Poll a server once and return the outcome with the agent document (not stored)."""
+    server = await central.storage.get_server(name)
+    outcome = await central.poller.poll(server)
+    result = {"server": name, "ok": outcome.ok, "duration_ms": round(outcome.duration * 1000, 2)}
+    if outcome.ok:
+        doc, _ = parse_document(outcome.doc_text.encode())
+        result["sample"] = outcome.sample
+        result["document"] = doc
+    else:
+        result["reason"] = outcome.reason
+        result["error"] = outcome.error
+    return result
+
+
+def _refuse_without_host_key(transport: Transport, name: str) -> None:
+    """Invalid for a server without an SSH host key (the central's own host)."""
+    if transport.no_host_key is not None:
+        raise Invalid(transport.no_host_key.format(name=name))

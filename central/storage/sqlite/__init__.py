@@ -1,0 +1,21 @@
+"""The SQLite backend (aiosqlite, WAL mode, one writer): central.storage.interface on one file.
+
+One module per concept, all on the one connection and transaction helper of base.py.
+"""
+from __future__ import annotations
+
+from ..interface import Storage
+from .alerts import SQLiteAlerts
+from .audit import SQLiteAudit
+from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
+from .inventory import SQLiteInventory
+from .samples import SQLiteSamples
+from .servers import SQLiteServers
+from .users import SQLiteUsers
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+
+
+class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
+                    SQLiteBase, Storage):
+    """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -1,0 +1,39 @@
+"""The audit table: every action request and its outcome."""
+from __future__ import annotations
+
+import time
+
+from .base import SQLiteBase, compact, json_rows
+
+
+class SQLiteAudit(SQLiteBase):
+    """central.storage.interface.Audit on SQLite."""
+
+    async def add_audit(
+        self, *, actor: str, role: str, server_id: int | None, server_name: str, action: str,
+        arguments: dict, result: str, exit_status: int | None = None, output: str = "",
+        duration_ms: float | None = None, ts: float | None = None,
+    ) -> int:
+        """Record one action request and its outcome; returns the row id."""
+        (audit_id,) = await self._write([(
+            "INSERT INTO audit (ts, actor, role, server_id, server_name, action, arguments, result,"
+            " exit_status, output, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if ts is None else ts, actor, role, server_id, server_name, action,
+             compact(arguments, sort_keys=True), result, exit_status,
+             output, duration_ms),
+        )])
+        return audit_id
+
+    async def audit_log(self, server_name: str | None = None, limit: int = 100,
+                        before_id: int | None = None) -> list[dict]:
+        """Audit rows, newest first: optionally one server's, and older than before_id (paging)."""
+        where, args = [], []
+        if server_name is not None:
+            where.append("server_name = ?")
+            args.append(server_name)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return json_rows(rows, arguments="")

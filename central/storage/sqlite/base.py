@@ -1,0 +1,194 @@
+"""The SQLite backend's shared part: one aiosqlite connection per process, WAL mode, the schema
+and its migrations, and the one transaction helper every concept module writes through.
+
+The serving process is the single writer for poll data (the poller hands it batches); the
+CLI opens its own short-lived connection for administrative changes, which WAL and a busy
+timeout make safe alongside it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Sequence
+
+import aiosqlite
+
+from ...bundled import schema_text
+from ...model import METRICS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Migrations from version N-1 to N: (N, [statements]). Each must be idempotent. (A key figure
+# added to central.model.METRICS needs none: _add_metric_columns adds its columns.)
+MIGRATIONS: list[tuple[int, list[str]]] = []
+
+COLUMNS = tuple(METRICS)  # the key figures' columns, in order
+SAMPLE_COLUMNS = ", ".join(COLUMNS)
+ROLLUP_COLUMNS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in COLUMNS)
+
+
+async def _pragma(db: aiosqlite.Connection, setting: str) -> None:
+    """Run a PRAGMA and close its cursor at once: some PRAGMAs answer with a row, and a cursor
+    left open keeps a read transaction, so that connection would go on seeing an old snapshot."""
+    async with db.execute("PRAGMA " + setting):
+        pass
+
+
+def json_rows(rows: Iterable, **columns: str) -> list[dict]:
+    """Rows as dicts with the named JSON columns decoded (each column's value: the JSON text to
+    read when it is NULL, or "" when it is never NULL)."""
+    out = []
+    for r in rows:
+        d = dict(r)
+        for column, empty in columns.items():
+            d[column] = json.loads(d[column] or empty)
+        out.append(d)
+    return out
+
+
+def compact(value: object, **kwargs) -> str:
+    """Compact JSON text for a column."""
+    return json.dumps(value, separators=(",", ":"), **kwargs)
+
+
+class SQLiteBase:
+    """The connection, its setup and the helpers the concept modules share."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path):
+        self.db = db
+        self.path = path
+        # One transaction at a time on the shared connection: without it a second
+        # coroutine's BEGIN fails ("cannot start a transaction within a transaction")
+        # while the first one awaits inside its transaction (an action's audit row
+        # written during a poll batch, say).
+        self._write_lock = asyncio.Lock()
+        # The newest sample per server, kept in memory once read: this process is the only one
+        # that writes samples (the poller, through write_polls), so it stays exact, and lists
+        # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
+        self._latest: dict[int, dict] | None = None
+
+    @classmethod
+    async def open(cls, path: str | Path):
+        """Open (creating if needed) the database file and bring its schema up to date."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        self = cls(db, path)
+        try:
+            await self._setup()
+        except Exception:
+            await db.close()
+            raise
+        return self
+
+    async def _setup(self) -> None:
+        await _pragma(self.db, "busy_timeout = 10000")
+        # journal_mode answers with a row: close the cursor, or the unfinished statement makes
+        # the checkpoint in close() fail with "database table is locked" until it is collected.
+        async with self.db.execute("PRAGMA journal_mode = WAL"):
+            pass
+        # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
+        # only a power loss can take the last few commits back.
+        await _pragma(self.db, "synchronous = NORMAL")
+        await _pragma(self.db, "foreign_keys = ON")
+        async with self.db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: database schema version {version} is newer than this central "
+                f"({SCHEMA_VERSION}); upgrade central"
+            )
+        await self.db.executescript(schema_text())
+        await self._add_metric_columns()
+        for target, statements in MIGRATIONS:
+            if version < target:
+                async with self.transaction() as db:
+                    for stmt in statements:
+                        await db.execute(stmt)
+                    await db.execute(f"PRAGMA user_version = {target}")
+        if version < SCHEMA_VERSION:
+            await self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def _add_metric_columns(self) -> None:
+        """Give an existing database the columns of key figures added to central.model.METRICS
+        since it was created (schema.sql has them for a new one), so adding one needs no migration."""
+        wanted = {
+            "samples": [(m.column, "INTEGER" if m.integer else "REAL") for m in METRICS.values()],
+            "rollups": [(f"{m.column}_{agg}", "REAL") for m in METRICS.values() for agg in ("min", "avg", "max")],
+        }
+        for table, columns in wanted.items():
+            async with self.db.execute(f"PRAGMA table_info({table})") as cur:
+                have = {r[1] for r in await cur.fetchall()}
+            for column, type_ in columns:
+                if column not in have:
+                    try:
+                        await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
+                    except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                        if "duplicate column" not in str(exc):
+                            raise
+
+    @property
+    def location(self) -> str:
+        """The database file."""
+        return str(self.path)
+
+    async def database_size(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+    async def close(self) -> None:
+        """Close the connection (a checkpoint keeps the WAL file small)."""
+        try:
+            async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
+        except aiosqlite.OperationalError as exc:  # only housekeeping: never fail a shutdown on it
+            log.warning("WAL checkpoint on close failed: %s", exc)
+        finally:
+            await self.db.close()
+
+    # reading and writing
+
+    async def _one(self, sql: str, args: Sequence = ()):
+        async with self.db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Sequence = ()) -> list:
+        async with self.db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection inside one write transaction (one at a time): committed when the
+        block ends, rolled back when it raises."""
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
+        """Run statements in one transaction; returns each statement's lastrowid."""
+        ids = []
+        async with self.transaction() as db:
+            for sql, args in statements:
+                ids.append((await db.execute(sql, args)).lastrowid)
+        return ids
+
+    async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
+        """Run each statement over its rows (executemany), all in one transaction."""
+        async with self.transaction() as db:
+            for sql, rows in batches:
+                await db.executemany(sql, rows)

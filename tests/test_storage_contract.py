@@ -1,0 +1,489 @@
+"""The storage contract: what every backend of central.storage.Storage must do.
+
+Each test runs once per backend in BACKENDS (only SQLite today; a PostgreSQL backend adds its
+opener there). Only the interface is used here: backend-specific checks (schema versions,
+files, connections) live in tests/test_storage_<backend>.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+
+from central.model import ERROR, METRICS, OFFLINE, REASONS, Conflict, NotFound, PollOutcome
+from central.storage import TIER_HOUR, TIER_MINUTE, Storage
+
+DAY = 86400.0
+NOW = 1_800_000_000.0  # fixed "now" so buckets are predictable
+
+
+async def _sqlite(tmp_path):
+    return await Storage.open(tmp_path / "c.db")
+
+
+# backend name -> opener of its database (the same database on every call within a test)
+BACKENDS = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request, tmp_path):
+    """Opens the test's database on this backend (again: reopens the same one)."""
+    return functools.partial(BACKENDS[request.param], tmp_path)
+
+
+@pytest.fixture
+async def storage(backend):
+    s = await backend()
+    yield s
+    await s.close()
+
+
+def sample(cpu: float) -> dict:
+    d = {m: None for m in METRICS}
+    d.update(cpu=cpu, mem=50.0, procs=10, top=[[1, "init", 0.0, 1000.0]])
+    return d
+
+
+def ok(server_id: int, ts: float, cpu: float = 10.0) -> PollOutcome:
+    return PollOutcome(server_id=server_id, ts=ts, duration=0.01, ok=True,
+                       doc_text='{"hostname":"h"}', sample=sample(cpu), hostname="h",
+                       agent_version="1.0.0", agent_sha256="a" * 64)
+
+
+def failed(server_id: int, ts: float, reason: str = "unreachable", error: str = "refused") -> PollOutcome:
+    return PollOutcome(server_id=server_id, ts=ts, duration=1, ok=False, reason=reason, error=error)
+
+
+async def test_reopening_keeps_what_was_stored(backend):
+    s = await backend()
+    await s.add_server("a", "10.0.0.1")
+    await s.close()
+    s = await backend()  # brings an existing database up to date again
+    try:
+        assert [x.name for x in await s.list_servers()] == ["a"]
+    finally:
+        await s.close()
+
+
+async def test_server_crud(storage):
+    s = await storage.add_server("web1", "10.0.0.5", tags=["prod", "web"])
+    assert s.tags == ("prod", "web") and s.status == "unknown"
+    with pytest.raises(Conflict):
+        await storage.add_server("web1", "10.0.0.6")
+    s = await storage.update_server("web1", tags=["prod"], interval_s=30.0)
+    assert s.tags == ("prod",) and s.interval_s == 30.0
+    await storage.remove_server("web1")
+    with pytest.raises(NotFound):
+        await storage.get_server("web1")
+
+
+async def test_failures_go_offline_after_n_and_recover(storage):
+    s = await storage.add_server("a", "10.0.0.1")
+    fail = PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False, reason="unreachable", error="refused")
+    for i in range(2):
+        await storage.write_polls([fail], offline_after=3)
+        got = await storage.get_server("a")
+        assert got.status == "unknown" and got.consecutive_failures == i + 1
+    await storage.write_polls([fail], offline_after=3)
+    got = await storage.get_server("a")
+    assert (got.status, got.status_reason, got.last_error) == ("offline", "unreachable", "refused")
+    await storage.write_polls([ok(s.id, NOW + 10)], offline_after=3)
+    got = await storage.get_server("a")
+    assert (got.status, got.status_reason, got.consecutive_failures) == ("online", None, 0)
+    assert got.agent_version == "1.0.0"
+
+
+async def test_agent_problems_are_error_at_once(storage):
+    s = await storage.add_server("a", "10.0.0.1")
+    await storage.write_polls([PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False,
+                                           reason="agent_down", error="x")], offline_after=3)
+    assert (await storage.get_server("a")).status == "error"
+
+
+@pytest.mark.parametrize("reason", list(REASONS.values()), ids=list(REASONS))
+async def test_each_reason_gives_its_status(storage, reason):
+    s = await storage.add_server("a", "10.0.0.1")
+    fail = PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False, reason=reason.name, error="x")
+    await storage.write_polls([fail], offline_after=2)
+    first = (await storage.get_server("a")).status
+    await storage.write_polls([fail], offline_after=2)
+    second = (await storage.get_server("a")).status
+    assert (first, second) == ((ERROR, ERROR) if reason.status == ERROR else ("unknown", OFFLINE))
+
+
+async def test_trusting_clears_only_reasons_that_block_polling(storage):
+    for reason in REASONS.values():
+        s = await storage.add_server(reason.name, "10.0.0.1")
+        fail = PollOutcome(server_id=s.id, ts=NOW, duration=1, ok=False, reason=reason.name, error="x")
+        await storage.write_polls([fail], offline_after=1)
+        got = await storage.pin_host_key(reason.name, "ssh-ed25519 AAAA", "SHA256:x")
+        if reason.blocks_polling:
+            assert (got.status, got.status_reason) == ("unknown", None)
+        else:
+            assert got.status_reason == reason.name and got.status != "unknown"
+
+
+async def test_batch_write_keeps_samples_and_latest(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    b = await storage.add_server("b", "10.0.0.2")
+    await storage.write_polls([ok(a.id, NOW, 1), ok(b.id, NOW, 2), ok(a.id, NOW + 10, 3)], offline_after=3)
+    latest = await storage.latest_samples()
+    assert latest[a.id]["cpu"] == 3 and latest[b.id]["cpu"] == 2
+    assert latest[a.id]["top"] == [[1, "init", 0.0, 1000.0]]
+    assert len(await storage.samples(a.id, 0, NOW + 100)) == 2
+    assert (await storage.latest_document(a.id))[0] == NOW + 10
+
+
+async def fill(storage: Storage, server_id: int, start: float, end: float, step: float, cpu) -> int:
+    """Insert raw samples every step seconds; cpu(ts) gives the value."""
+    n = 0
+    batch = []
+    ts = start
+    while ts < end:
+        batch.append(ok(server_id, ts, cpu(ts)))
+        n += 1
+        ts += step
+        if len(batch) >= 5000:
+            await storage.write_polls(batch, offline_after=3)
+            batch = []
+    await storage.write_polls(batch, offline_after=3)
+    return n
+
+
+async def test_rollups_and_retention_over_simulated_weeks(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    start = NOW - 21 * DAY
+    # Three weeks of samples every 60 s; cpu alternates 0/20 within each minute pair so
+    # min/avg/max differ and are known exactly.
+    await fill(storage, a.id, start, NOW, 30.0, lambda ts: 0.0 if int(ts / 30) % 2 == 0 else 20.0)
+    await storage.rollup(now=NOW, lag=0)
+    # A second run without new data changes nothing (progress is remembered).
+    assert await storage.rollup(now=NOW, lag=0) == {}
+    counts = await storage.prune(raw=2 * DAY, minute=14 * DAY, hour=400 * DAY, events=365 * DAY, now=NOW)
+    assert counts["samples"] > 0 and counts["rollups"] > 0
+
+    raw = await storage.samples(a.id, 0, NOW + 1)
+    assert raw[0]["ts"] >= NOW - 2 * DAY - 60
+    minute = await storage.rollups(a.id, TIER_MINUTE, 0, NOW + 1)
+    assert minute[0]["ts"] >= NOW - 14 * DAY - 60
+    assert all((r["n"], r["cpu_min"], r["cpu_avg"], r["cpu_max"]) == (2, 0.0, 10.0, 20.0) for r in minute)
+    hour = await storage.rollups(a.id, TIER_HOUR, 0, NOW + 1)
+    assert hour[0]["ts"] <= start + 3600  # hour tier keeps the whole three weeks
+    assert all(r["n"] == 120 and r["cpu_avg"] == pytest.approx(10.0) for r in hour)
+
+    # History picks the finest tier that covers the range, with a bounded number of points.
+    h = await storage.history(a.id, NOW - 3600, NOW, max_points=500, retention_raw=2 * DAY,
+                              retention_minute=14 * DAY, now=NOW)
+    assert h["source"] == "raw" and len(h["series"]["ts"]) <= 500
+    h = await storage.history(a.id, NOW - 7 * DAY, NOW, max_points=500, retention_raw=2 * DAY,
+                              retention_minute=14 * DAY, now=NOW)
+    assert h["source"] == "minute" and 0 < len(h["series"]["ts"]) <= 500
+    assert h["series"]["cpu_max"][0] == 20.0 and h["series"]["cpu"][0] == pytest.approx(10.0)
+    h = await storage.history(a.id, NOW - 20 * DAY, NOW, max_points=500, retention_raw=2 * DAY,
+                              retention_minute=14 * DAY, now=NOW)
+    assert h["source"] == "hour" and 0 < len(h["series"]["ts"]) <= 500
+
+
+async def test_prune_never_drops_samples_not_yet_rolled_up(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    await fill(storage, a.id, NOW - 5 * DAY, NOW, 600.0, lambda ts: 5.0)
+    counts = await storage.prune(raw=2 * DAY, minute=14 * DAY, hour=400 * DAY, events=365 * DAY, now=NOW)
+    assert counts["samples"] == 0
+    assert len(await storage.samples(a.id, 0, NOW + 1)) == 5 * 144
+
+
+async def test_inventory_history(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    await storage.write_inventory(a.id, NOW, "h1", {"kernel": "6.1"}, "initial", "first inventory")
+    await storage.write_inventory(a.id, NOW + 1, "h2", {"kernel": "6.2"}, "os_change", "kernel: 6.1 -> 6.2")
+    inv = await storage.inventory_latest(a.id)
+    assert inv["hash"] == "h2" and inv["doc"] == {"kernel": "6.2"}
+    assert [h["change_type"] for h in await storage.inventory_history(a.id)] == ["os_change", "initial"]
+    assert (await storage.get_server("a")).inventory_hash == "h2"
+
+
+async def test_history_reaches_past_the_last_rollup(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    # Two days of samples, rolled up until 30 minutes ago; the last 30 minutes are raw only.
+    await fill(storage, a.id, NOW - 2 * DAY, NOW, 60.0, lambda ts: 10.0 if ts < NOW - 1800 else 90.0)
+    await storage.rollup(now=NOW - 1800, lag=0)
+    h = await storage.history(a.id, NOW - DAY, NOW, max_points=200, retention_raw=2 * DAY,
+                              retention_minute=14 * DAY, now=NOW)
+    assert h["source"] == "minute"
+    cpu = h["series"]["cpu"]
+    assert cpu[0] == pytest.approx(10.0) and cpu[-1] == pytest.approx(90.0)
+    # Nothing is counted twice where the tiers meet: every bucket's average stays within the data.
+    assert all(10.0 - 1e-9 <= v <= 90.0 + 1e-9 for v in cpu)
+    n_points = sum(1 for v in cpu if v is not None)
+    assert n_points == len(h["series"]["ts"]) <= 200
+
+
+async def test_reads_see_every_committed_write_at_once(backend):
+    # Reads must never keep an old snapshot (an unclosed PRAGMA cursor once held a SQLite read
+    # transaction open, so fresh rows were invisible to it).
+    for _ in range(5):
+        s = await backend()
+        try:
+            name = f"s{len(await s.list_servers())}"
+            await s.add_server(name, "10.0.0.1")
+            assert (await s.find_server(name)) is not None
+        finally:
+            await s.close()
+
+
+# servers: what the rest of central relies on beyond the basics above
+
+async def test_server_lookups_pages_and_counts(storage):
+    for i in range(5):
+        await storage.add_server(f"web{i}", f"10.0.0.{i}", tags=("prod",) if i % 2 else ("dev", "x"))
+    await storage.add_server("DB1", "10.0.1.1", port=2222, user="mon", tags=("prod",))
+    assert await storage.find_server("nope") is None
+    with pytest.raises(NotFound):
+        await storage.get_server("nope")
+    assert [s.name for s in await storage.list_servers()] == ["DB1", "web0", "web1", "web2", "web3", "web4"]
+    dicts = await storage.server_dicts()
+    assert [d["name"] for d in dicts][:2] == ["DB1", "web0"] and dicts[0]["tags"] == ["prod"]
+    assert (dicts[0]["port"], dicts[0]["user"]) == (2222, "mon")
+    page, total = await storage.server_page(tag="prod", limit=2, offset=1)
+    assert total == 3 and [d["name"] for d in page] == ["web1", "web3"] and page[0]["tags"] == ["prod"]
+    page, total = await storage.server_page(name="WEB", status="unknown")
+    assert total == 5 and len(page) == 5
+    page, total = await storage.server_page(name="db")
+    assert [d["name"] for d in page] == ["DB1"] and total == 1
+    db1 = await storage.get_server("DB1")
+    await storage.write_polls([ok(db1.id, NOW)], offline_after=3)
+    assert await storage.status_counts() == {"online": 1, "unknown": 5}
+    assert await storage.online_ids() == {db1.id}
+    assert (await storage.server_page(status="online"))[1] == 1
+
+
+async def test_update_server_takes_only_known_fields(storage):
+    await storage.add_server("a", "10.0.0.1")
+    with pytest.raises(ValueError, match="not updatable"):
+        await storage.update_server("a", kind="local")
+    with pytest.raises(NotFound):
+        await storage.update_server("nope", port=23)
+    s = await storage.update_server("a", port=2200, host_key=None, status="error", status_reason="host_key_unknown")
+    assert (s.port, s.status, s.status_reason) == (2200, "error", "host_key_unknown")
+
+
+async def test_removing_a_server_removes_what_is_stored_about_it(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    b = await storage.add_server("b", "10.0.0.2")
+    await storage.write_polls([ok(a.id, NOW), ok(b.id, NOW)], offline_after=3)
+    await storage.write_inventory(a.id, NOW, "h1", {"k": 1}, "initial", "first")
+    assert set(await storage.latest_samples()) == {a.id, b.id}
+    await storage.remove_server("a")
+    assert set(await storage.latest_samples()) == {b.id}
+    assert await storage.latest_document(a.id) is None and await storage.samples(a.id, 0, NOW + 1) == []
+    assert await storage.inventory_latest(a.id) is None
+    # an outcome of a server removed while it was queued is dropped, not the batch
+    await storage.write_polls([ok(a.id, NOW + 10), ok(b.id, NOW + 10)], offline_after=3)
+    assert len(await storage.samples(b.id, 0, NOW + 100)) == 2
+    with pytest.raises(NotFound):
+        await storage.remove_server("a")
+
+
+async def test_a_failure_keeps_the_last_good_document_and_sample(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    await storage.write_polls([ok(a.id, NOW, 42.0)], offline_after=3)
+    await storage.write_polls([failed(a.id, NOW + 10)], offline_after=3)
+    s = await storage.get_server("a")
+    assert (s.last_seen, s.last_poll, s.last_error, s.consecutive_failures) == (NOW, NOW + 10, "refused", 1)
+    assert (await storage.latest_samples())[a.id]["cpu"] == 42.0
+    assert (await storage.latest_document(a.id)) == (NOW, {"hostname": "h"})
+
+
+async def test_imported_samples_and_rollups(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    await storage.import_samples([(a.id, NOW + i, *[float(i)] * len(METRICS), "[]") for i in range(3)])
+    assert [r["cpu"] for r in await storage.samples(a.id, 0, NOW + 10)] == [0.0, 1.0, 2.0]
+    assert (await storage.latest_samples())[a.id]["cpu"] == 2.0
+    bucket = (NOW // TIER_HOUR - 5) * TIER_HOUR
+    await storage.import_rollups(TIER_HOUR, [(a.id, bucket, 60, *[v for _ in METRICS for v in (1.0, 2.0, 3.0)])])
+    [row] = await storage.rollups(a.id, TIER_HOUR, 0, NOW)
+    assert (row["ts"], row["n"], row["cpu_min"], row["cpu_avg"], row["cpu_max"]) == (bucket, 60, 1.0, 2.0, 3.0)
+    h = await storage.history(a.id, bucket - 30 * DAY, bucket + TIER_HOUR, retention_raw=DAY, retention_minute=DAY,
+                              now=NOW, metrics=["cpu"])
+    assert h["source"] == "hour" and h["series"]["cpu"] == [2.0] and h["series"]["cpu_max"] == [3.0]
+
+
+async def test_concurrent_writers_do_not_collide(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+
+    async def inventory(i):  # several statements in one transaction
+        await storage.write_inventory(a.id, NOW + i, f"h{i}", {"i": i}, "other_change", f"change {i}")
+
+    async def samples(i):  # many rows in one transaction
+        await storage.import_samples([(a.id, NOW + 1000 * i + j, *[1.0] * len(METRICS), "[]") for j in range(2)])
+
+    async def audit(i):
+        await storage.add_audit(actor="t", role="admin", server_id=a.id, server_name="a", action="kill",
+                                arguments={"i": i}, result="ok")
+
+    results = await asyncio.gather(*(f(i) for i in range(20) for f in (inventory, samples, audit)),
+                                   return_exceptions=True)
+    assert [r for r in results if r is not None] == []
+    assert len(await storage.inventory_history(a.id, limit=100)) == 20
+    assert len(await storage.samples(a.id, 0, NOW + 10**6)) == 40
+    assert len(await storage.audit_log(limit=100)) == 20
+
+
+# inventory
+
+async def test_inventory_changes_since(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    assert await storage.last_inventory_change_id() == 0
+    await storage.write_inventory(a.id, NOW, "h1", {"k": 1}, "initial", "first inventory")
+    first = await storage.last_inventory_change_id()
+    await storage.write_inventory(a.id, NOW + 1, "h2", {"k": 2}, "hardware_change", "k: 1 -> 2")
+    changes = await storage.inventory_changes_since(0)
+    assert [(c["server_id"], c["change_type"], c["change_summary"]) for c in changes] == \
+        [(a.id, "hardware_change", "k: 1 -> 2")]  # not the first inventory
+    assert await storage.inventory_changes_since(changes[0]["id"]) == []
+    assert await storage.last_inventory_change_id() == changes[0]["id"] > first
+
+
+# alerts, silences and notifications
+
+def alert_row(server_id: int, rule: str, state: str, **extra) -> dict:
+    return {"rule": rule, "server_id": server_id, "label": "", "severity": "warning", "state": state,
+            "summary": f"{rule} is {state}", "started_at": NOW, "last_evaluated": NOW, **extra}
+
+
+async def test_alerts_saved_listed_and_acknowledged(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    ids = await storage.save_alerts([alert_row(a.id, "cpu", "firing", fired_at=NOW, details={"x": 1}),
+                                     alert_row(a.id, "mem", "pending"),
+                                     alert_row(a.id, "old", "resolved", resolved_at=NOW),
+                                     alert_row(a.id, "inventory_changed", "firing", severity="info")], [], [])
+    cpu, mem, old, info = ids
+    assert await storage.alert_counts() == {"pending": 1, "firing": 2, "firing_info": 1}
+    await storage.save_alerts([], [], [info])
+    assert sorted(r["rule"] for r in await storage.open_alerts()) == ["cpu", "mem"]
+    assert [r["rule"] for r in await storage.list_alerts()] == ["cpu", "mem", "old"]
+    assert [r["rule"] for r in await storage.list_alerts(firing_only=True)] == ["cpu"]
+    assert [r["rule"] for r in await storage.list_alerts(open_only=True, server_id=a.id)] == ["cpu", "mem"]
+    got = await storage.get_alert(cpu)
+    assert (got["server"], got["details"], got["fired_at"]) == ("a", {"x": 1}, NOW)
+    with pytest.raises(NotFound):
+        await storage.get_alert(9999)
+    await storage.ack_alert(cpu, "alice", NOW + 5)
+    assert await storage.acked_open_alerts() == {cpu: "alice"}
+    # rewrite one, drop another, in one call
+    await storage.save_alerts([], [dict(alert_row(a.id, "cpu", "resolved", resolved_at=NOW + 9), id=cpu)], [mem])
+    assert await storage.alert_counts() == {"pending": 0, "firing": 0, "firing_info": 0}
+    assert (await storage.get_alert(cpu))["state"] == "resolved" and old in [r["id"] for r in await storage.list_alerts()]
+    with pytest.raises(NotFound):
+        await storage.get_alert(mem)
+
+
+async def test_silences(storage):
+    first = await storage.add_silence({"server": "web*"}, NOW, NOW + 3600, "deploy", "alice")
+    second = await storage.add_silence({"server": "db1"}, NOW, NOW + 60, "fix", "bob", kind="maintenance")
+    s = await storage.get_silence(first)
+    assert (s["matcher"], s["ends_at"], s["comment"], s["created_by"], s["kind"]) == \
+        ({"server": "web*"}, NOW + 3600, "deploy", "alice", "silence")
+    assert [x["id"] for x in await storage.list_silences()] == [second, first]
+    assert [x["id"] for x in await storage.list_silences(active_at=NOW + 120)] == [first]
+    await storage.end_silence(first, NOW + 10)
+    assert (await storage.get_silence(first))["ends_at"] == NOW + 10
+    assert await storage.list_silences(active_at=NOW + 120) == []
+    with pytest.raises(NotFound):
+        await storage.get_silence(9999)
+
+
+async def test_notification_log(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    [alert] = await storage.save_alerts([alert_row(a.id, "cpu", "firing", fired_at=NOW)], [], [])
+    await storage.log_notification(alert, "hook", "firing", NOW, 1, False, "timeout")
+    await storage.log_notification(alert, "hook", "firing", NOW + 1, 2, True, "200")
+    await storage.log_notification(alert, "hook", "repeat", NOW + 60, 1, True, "200")
+    await storage.log_notification(None, "hook", "test", NOW + 61, 1, True, "x" * 5000)
+    await storage.log_notification(9999, "hook", "firing", NOW, 1, True, "gone")  # its alert is gone: dropped
+    rows = await storage.notifications(alert)
+    assert [(r["event"], r["attempt"], r["ok"]) for r in rows] == [("repeat", 1, True), ("firing", 2, True),
+                                                                   ("firing", 1, False)]
+    everything = await storage.notifications()
+    assert len(everything) == 4 and len(everything[0]["detail"]) == 2000
+    assert await storage.last_sent() == {(alert, "hook"): NOW + 60}
+
+
+# audit
+
+async def test_audit_log_pages_newest_first(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    ids = [await storage.add_audit(actor="cli:root", role="admin", server_id=a.id if i % 2 else None,
+                                   server_name="a" if i % 2 else "b", action="service",
+                                   arguments={"unit": "nginx.service", "verb": "restart", "i": i}, result="ok",
+                                   exit_status=0, output=f"out {i}", duration_ms=1.5, ts=NOW + i)
+           for i in range(5)]
+    rows = await storage.audit_log()
+    assert [r["id"] for r in rows] == ids[::-1]
+    assert rows[0]["arguments"] == {"unit": "nginx.service", "verb": "restart", "i": 4}
+    assert (rows[0]["ts"], rows[0]["actor"], rows[0]["exit_status"], rows[0]["output"]) == (NOW + 4, "cli:root", 0, "out 4")
+    assert [r["id"] for r in await storage.audit_log("a")] == [ids[3], ids[1]]
+    assert [r["id"] for r in await storage.audit_log(limit=2, before_id=ids[3])] == [ids[2], ids[1]]
+
+
+# users and tokens
+
+async def test_users(storage):
+    alice = await storage.add_user("alice", "admin", "hash1")
+    assert (alice["name"], alice["role"], alice["password_hash"]) == ("alice", "admin", "hash1")
+    with pytest.raises(Conflict):
+        await storage.add_user("alice", "viewer", "x")
+    await storage.add_user("bob", "viewer", "hash2")
+    assert [u["name"] for u in await storage.list_users()] == ["alice", "bob"]
+    assert "password_hash" not in (await storage.list_users())[0]
+    assert (await storage.count_users(), await storage.count_users("admin")) == (2, 1)
+    assert (await storage.get_user_by_id(alice["id"]))["name"] == "alice"
+    assert await storage.get_user_by_id(9999) is None and await storage.find_user("carol") is None
+    await storage.set_user_password("bob", "hash3")
+    await storage.set_user_role("bob", "operator")
+    bob = await storage.get_user("bob")
+    assert (bob["password_hash"], bob["role"]) == ("hash3", "operator")
+    for call in (storage.set_user_password("carol", "x"), storage.set_user_role("carol", "admin"),
+                 storage.remove_user("carol"), storage.get_user("carol")):
+        with pytest.raises(NotFound):
+            await call
+    await storage.remove_user("bob")
+    assert await storage.find_user("bob") is None
+
+
+async def test_tokens(storage):
+    alice = await storage.add_user("alice", "operator", "h")
+    token = await storage.add_token(alice["id"], "ci", "thash")
+    assert token["name"] == "ci" and token["revoked_at"] is None and "token_hash" not in token
+    found = await storage.token_user("thash")
+    assert (found["token_id"], found["user"], found["role"], found["user_id"]) == (token["id"], "alice", "operator", alice["id"])
+    assert await storage.token_user("other") is None
+    await storage.touch_tokens({token["id"]: NOW})
+    [listed] = await storage.list_tokens("alice")
+    assert (listed["user"], listed["last_used"]) == ("alice", NOW) and "token_hash" not in listed
+    assert await storage.list_tokens("bob") == [] and len(await storage.list_tokens()) == 1
+    revoked = await storage.revoke_token(token["id"])
+    assert revoked["revoked_at"] is not None and await storage.token_user("thash") is None
+    assert (await storage.revoke_token(token["id"]))["revoked_at"] == revoked["revoked_at"]  # kept as it was
+    with pytest.raises(NotFound):
+        await storage.revoke_token(9999)
+    await storage.remove_user("alice")  # takes the tokens along
+    assert await storage.list_tokens() == []
+
+
+async def test_prune_drops_old_events(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    await storage.write_inventory(a.id, NOW - 400 * DAY, "h1", {"k": 1}, "initial", "first")
+    await storage.write_inventory(a.id, NOW - 399 * DAY, "h2", {"k": 2}, "os_change", "second")
+    await storage.add_audit(actor="t", role="admin", server_id=a.id, server_name="a", action="kill", arguments={},
+                            result="ok", ts=NOW - 400 * DAY)
+    [old] = await storage.save_alerts([alert_row(a.id, "cpu", "resolved", resolved_at=NOW - 400 * DAY)], [], [])
+    await storage.log_notification(None, "hook", "test", NOW - 400 * DAY, 1, True, "")
+    counts = await storage.prune(raw=2 * DAY, minute=14 * DAY, hour=400 * DAY, events=365 * DAY, now=NOW)
+    assert counts["events"] == 4
+    # the newest inventory of a server stays, however old
+    assert [h["hash"] for h in await storage.inventory_history(a.id)] == ["h2"]
+    assert await storage.audit_log() == [] and await storage.notifications() == []
+    with pytest.raises(NotFound):
+        await storage.get_alert(old)
