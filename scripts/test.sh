@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   openssh-server openssh-client iproute2 util-linux procps
-  lxc debootstrap lxcfs rsync
+  lxc debootstrap distro-info lxcfs rsync
   prometheus prometheus-alertmanager
   chromium fonts-dejavu-core
   shellcheck sqlite3 python3 python3-venv
