@@ -18,6 +18,7 @@ import zoneinfo
 
 import pytest
 
+from central import servers
 from central.actions import run_action
 from tests.apiclient import PASSWORD, wait_online
 from tests.helpers import wait_for
@@ -70,7 +71,7 @@ async def fleet(host_api, test_host):
     api = host_api
     web, db = await asyncio.to_thread(test_host.many, 2)
     for name, host, tags in (("web-1", web, ("web", "prod")), ("db-1", db, ("db",))):
-        await api.central.add_server(name, host.address, fingerprint=host.fingerprint, tags=tags)
+        await servers.add_server(api.central, name, host.address, fingerprint=host.fingerprint, tags=tags)
     for name in ("web-1", "db-1", "local"):
         await wait_online(api, name, batches=200)
     victim = await asyncio.to_thread(web.start_process, ["sleep", "1000"])

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from central import servers
 from tests.agentutil import wait_for as wait_for_sync
 from tests.apiclient import PASSWORD, start_api, wait_online
 from tests.lxc import ECHO_UNIT
@@ -45,7 +46,7 @@ async def lxc_api(config, client_key, lxc_container):
     cfg = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, key_path=str(client_key.path)))
     api = await start_api(cfg)
     try:
-        added = await api.central.add_server(container.name, container.address, fingerprint=container.fingerprint)
+        added = await servers.add_server(api.central, container.name, container.address, fingerprint=container.fingerprint)
         assert added["agent"]["ok"], added
         await wait_online(api, container.name, batches=200)
         yield api, container

@@ -63,7 +63,8 @@
     const fmt = FORMAT[c.kind];
     return {
       width, height: 180, title: document.getElementById(c.id).dataset.title,
-      scales: {x: {time: true}, y: c.kind === "pct" ? {range: [0, 100]} : {range: (u, min, max) => [0, Math.max(max, c.kind === "num" ? 1 : 1024) * 1.1]}},
+      // 0-102 %: a line pegged at 100 % stays in view instead of half under the frame
+      scales: {x: {time: true}, y: c.kind === "pct" ? {range: [0, 102]} : {range: (u, min, max) => [0, Math.max(max, c.kind === "num" ? 1 : 1024) * 1.1]}},
       axes: [
         {stroke: text, grid: {stroke: grid}, ticks: {stroke: grid}, values: xTicks},
         {stroke: text, grid: {stroke: grid}, ticks: {stroke: grid}, size: c.kind === "rate" ? 64 : 48,
