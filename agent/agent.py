@@ -896,8 +896,11 @@ def services_document(policy, units):
         return dict(_no_systemd(watched), units=[])
     doc = collect_systemd(watched, units=units)
     keys = set(_unit_key(w) for w in watched)
+    # Units that do not exist (only referenced by others: load state not-found) are left
+    # out, unless watched.
     doc["units"] = [dict(u, watched=u["unit"] in keys, actions=unit_verbs(policy, u["unit"]))
-                    for u in units if u["unit"].endswith(".service") or u["unit"] in keys]
+                    for u in units if u["unit"] in keys or (u["unit"].endswith(".service")
+                                                           and u["load"] != "not-found")]
     return doc
 
 

@@ -15,7 +15,7 @@ from tests.agentutil import wait_for as wait_for_sync
 from tests.apiclient import PASSWORD, start_api, wait_online
 from tests.lxc import ECHO_UNIT
 from tests.test_actions_lxc import main_pid
-from tests.test_pages_browser import base_url, browser  # noqa: F401  (fixture)
+from tests.test_pages_browser import ARTIFACTS, base_url, browser  # noqa: F401  (fixture)
 from tests.test_pages_look_browser import new_context, screenshot
 
 pytestmark = [pytest.mark.lxc, pytest.mark.browser]
@@ -57,9 +57,11 @@ async def lxc_api(config, client_key, lxc_container):
 async def test_an_overlay_clone_shows_its_disk_its_network_and_its_units(lxc_api, browser):
     api, c = lxc_api
     # the clone's root really is an overlay (lxc-copy -s -B overlay)
-    mounts = c.attach(["cat", "/proc/self/mounts"]).stdout.splitlines()
-    root = [line.split() for line in mounts if line.split()[1] == "/"][-1]
-    assert root[0] == "overlay" and root[2] == "overlay", root
+    mounts = c.attach(["cat", "/proc/self/mounts"]).stdout
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "lxc-overlay-clone.mounts").write_text(mounts)  # tests/data/mounts/ holds one such capture
+    root = [line.split() for line in mounts.splitlines() if line.split()[1] == "/"][-1]
+    assert root[2] == "overlay", root
     # and its usage is reported: the Disk figure and the chart have a value, not "–"
     status, listed, _ = await api.get(f"/api/v1/servers?name={c.name}", role="viewer")
     sample = listed["servers"][0]["sample"]
@@ -93,6 +95,12 @@ async def test_an_overlay_clone_shows_its_disk_its_network_and_its_units(lxc_api
             rows = page.locator("#services tbody tr[data-unit]")
             await playwright_expect(rows.first).to_have_attribute("data-unit", ECHO_UNIT)
             assert await rows.count() == len(units)
+            # shown at first: watched, failed and running units; all of them on request
+            main = [u for u in units.values() if u["watched"] or u["active"] == "failed" or u["sub"] == "running"]
+            visible = page.locator("#services tbody tr[data-unit]:visible")
+            await playwright_expect(visible).to_have_count(len(main))
+            assert len(main) < len(units)
+            await playwright_expect(page.locator("#svc-shown")).to_have_text(f"{len(main)} of {len(units)} units")
             echo = page.locator(f'#services tr[data-unit="{ECHO_UNIT}"]')
             assert await echo.locator("button").all_text_contents() == ["Restart", "Stop"]
             assert await page.locator('#services tr[data-unit="ssh.service"] button').count() == 0
@@ -101,9 +109,14 @@ async def test_an_overlay_clone_shows_its_disk_its_network_and_its_units(lxc_api
             await page.fill("#svc-filter", "")
             await page.select_option("#svc-state", "watched")
             await playwright_expect(page.locator("#services tbody tr[data-unit]:visible")).to_have_count(1)
+            await page.select_option("#svc-state", "all")
+            await playwright_expect(visible).to_have_count(len(units))
             await page.select_option("#svc-state", "")
             size = await page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
             assert size[0] <= size[1], size
+            cut = await page.evaluate("""() => Array.from(document.querySelectorAll('main button')).filter((b) => {
+                const r = b.getBoundingClientRect(); return r.width && (r.left < 0 || r.right > innerWidth); }).length""")
+            assert cut == 0
             await screenshot(page, f"server-lxc-{viewport}-{scheme}")
             assert page.problems == [], page.problems
         finally:

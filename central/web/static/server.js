@@ -210,11 +210,12 @@
   }
   function unitRow(u, live) {
     const badge = u.active === "active" ? "ok" : u.active === "failed" ? "crit" : "";
-    const name = el("td", {}, u.unit);
+    const name = el("td", {class: "lead"}, u.unit);
     if (u.watched) name.append(" ", el("span", {class: "tag", text: "watched"}));
     if (u.description) name.append(el("div", {class: "sub", text: u.description}));
-    const tr = el("tr", {"data-unit": u.unit, "data-active": u.active || "", "data-watched": u.watched ? "true" : "false"},
-      name, el("td", {}, el("span", {class: "badge " + badge, text: u.active || "unknown"}), u.sub ? " " : "",
+    const tr = el("tr", {"data-unit": u.unit, "data-active": u.active || "", "data-sub": u.sub || "",
+                         "data-watched": u.watched ? "true" : "false"},
+      name, el("td", {"data-label": "State"}, el("span", {class: "badge " + badge, text: u.active || "unknown"}), u.sub ? " " : "",
                        u.sub ? el("span", {class: "sub", text: u.sub}) : ""));
     if (canAct) {
       const buttons = (live ? verbsFor(u) : []).map((v) => el("button", {type: "button", class: "small" + (v === "restart" ? "" : " secondary"),
@@ -228,10 +229,13 @@
     let shown = 0, total = 0;
     for (const tr of document.querySelectorAll("#services tbody tr[data-unit]")) {
       total++;
-      const a = tr.dataset.active;
-      const ok = (!text || tr.dataset.unit.toLowerCase().includes(text) || tr.textContent.toLowerCase().includes(text)) &&
-        (!state || (state === "running" && a === "active") || (state === "failed" && a === "failed") ||
-         (state === "watched" && tr.dataset.watched === "true") || (state === "inactive" && a !== "active"));
+      const a = tr.dataset.active, watched = tr.dataset.watched === "true";
+      // by default what needs a look or can be acted on: watched, failed and running units
+      // (a text filter searches them all)
+      const main = watched || a === "failed" || tr.dataset.sub === "running";
+      const ok = (!text || tr.textContent.toLowerCase().includes(text)) &&
+        ((!state && (main || text)) || state === "all" || (state === "running" && a === "active") || (state === "failed" && a === "failed") ||
+         (state === "watched" && watched) || (state === "inactive" && a !== "active"));
       if (tr.hidden === ok) tr.hidden = !ok;
       if (ok) shown++;
     }
