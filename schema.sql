@@ -152,6 +152,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     detail      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, ts);
+CREATE INDEX IF NOT EXISTS notifications_channel ON notifications (channel, ts);
 
 -- Every remote action request and its outcome, refusals and failures included.
 CREATE TABLE IF NOT EXISTS audit (
@@ -187,6 +188,60 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     last_used    REAL,
     revoked_at   REAL
 );
+
+-- Page logins. The cookie carries a random session id; only its SHA-256 is stored, so the
+-- database alone cannot be used to log in. Logging out deletes the row; a password change
+-- deletes the user's rows; removing the user cascades. An expired row is worth nothing.
+CREATE TABLE IF NOT EXISTS sessions (
+    id           INTEGER PRIMARY KEY,
+    id_hash      TEXT    NOT NULL UNIQUE,
+    user_id      INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at   REAL    NOT NULL,
+    expires_at   REAL    NOT NULL,
+    address      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
+
+-- Rights an admin grants a user on top of the role (central.model.RIGHTS); admins too.
+CREATE TABLE IF NOT EXISTS user_rights (
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name        TEXT    NOT NULL,   -- the right, e.g. terminal
+    granted_by  TEXT    NOT NULL,
+    granted_at  REAL    NOT NULL,
+    PRIMARY KEY (user_id, name)
+) WITHOUT ROWID;
+
+-- The host account a server's web terminal logs in as (with the terminal key); no row:
+-- the terminal is not enabled on that server.
+CREATE TABLE IF NOT EXISTS terminal_accounts (
+    server_id  INTEGER PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+    account    TEXT NOT NULL,
+    set_by     TEXT NOT NULL,
+    set_at     REAL NOT NULL
+);
+
+-- Every web terminal session; its recording is an asciicast v2 file in the recordings
+-- directory. ended_at NULL: still open (or the central stopped before it could say).
+CREATE TABLE IF NOT EXISTS terminal_sessions (
+    id               INTEGER PRIMARY KEY,
+    user_id          INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    user             TEXT    NOT NULL,
+    server_id        INTEGER REFERENCES servers(id) ON DELETE SET NULL,
+    server_name      TEXT    NOT NULL,
+    account          TEXT    NOT NULL,
+    address          TEXT    NOT NULL DEFAULT '',
+    started_at       REAL    NOT NULL,
+    ended_at         REAL,
+    exit_status      INTEGER,
+    end_reason       TEXT,   -- exit, closed, ended, idle, max_duration, recording_limit, failed, shutdown, interrupted
+    ended_by         TEXT,
+    message          TEXT    NOT NULL DEFAULT '',
+    cols             INTEGER NOT NULL,
+    rows             INTEGER NOT NULL,
+    recording        TEXT    NOT NULL,   -- file name in the recordings directory
+    recording_bytes  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS terminal_sessions_started ON terminal_sessions (started_at);
 
 CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,

@@ -20,6 +20,7 @@ import getpass
 import logging
 import operator
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -29,6 +30,7 @@ from .model import (
     ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, Conflict, Invalid, NotFound,
     PollOutcome, Server,
 )
+from .muting import BUILTIN_INHIBIT, Inhibitor, Window, silence_matches  # noqa: F401 - silence_matches re-exported
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -203,19 +205,6 @@ class AlertState:
         d["max"] = value if d.get("max") is None else max(d["max"], value)
 
 
-def silence_matches(matcher: dict, rule: str, server: str | None, tags: Sequence[str]) -> bool:
-    """Whether a silence's matcher (server / rule / tag globs, all given ones must match) covers an alert."""
-    if not matcher:
-        return False
-    if matcher.get("server") and not (server and fnmatch.fnmatchcase(server, matcher["server"])):
-        return False
-    if matcher.get("rule") and not fnmatch.fnmatchcase(rule, matcher["rule"]):
-        return False
-    if matcher.get("tag") and not any(fnmatch.fnmatchcase(t, matcher["tag"]) for t in tags):
-        return False
-    return True
-
-
 class AlertEngine:
     """Evaluates rules on each stored poll batch and hands state changes to the notifier."""
 
@@ -230,6 +219,11 @@ class AlertEngine:
         self.by_server: dict[int, dict[tuple[str, int, str], AlertState]] = {}
         self.servers: dict[int, Server] = {}
         self.silences: list[dict] = []
+        self.windows = [Window(w) for w in self.cfg.maintenance]
+        self.inhibitor = Inhibitor(((BUILTIN_INHIBIT,) if self.cfg.builtin_inhibit else ()) + tuple(self.cfg.inhibit))
+        # Bumped whenever an alert starts or stops firing: the inhibition index is rebuilt then.
+        self._version = 0
+        self._inhibit_index: tuple[int, list] | None = None
         self.evaluations = 0
         self._rules_cache: dict[tuple[str, tuple[str, ...]], ServerRules] = {}
         self._streaks: dict[int, dict[str, int]] = {}
@@ -243,6 +237,8 @@ class AlertEngine:
         self._started = False
         self._task: asyncio.Task | None = None
         self._last_flush = 0.0
+        if notifier is not None and hasattr(notifier, "attach"):
+            notifier.attach(self.alert_flags)
 
     # lifecycle
 
@@ -263,7 +259,7 @@ class AlertEngine:
         await self._refresh_from_db(self.clock())
         self._last_flush = self.clock()
         if self.notifier is not None and hasattr(self.notifier, "start"):
-            await self.notifier.start()
+            await self.notifier.start(run_timer=run_timer)
         if run_timer and self.cfg.enabled:
             self._task = asyncio.create_task(self._timer(), name="alerts-timer")
 
@@ -289,10 +285,12 @@ class AlertEngine:
     # state bookkeeping
 
     def _put(self, st: AlertState) -> None:
+        self._version += 1
         self.states[st.key] = st
         self.by_server.setdefault(st.server_id, {})[st.key] = st
 
     def _drop(self, st: AlertState) -> None:
+        self._version += 1
         self.states.pop(st.key, None)
         per = self.by_server.get(st.server_id)
         if per is not None:
@@ -455,6 +453,7 @@ class AlertEngine:
             st.summary, st.severity = summary, rule.severity
         if st.state == PENDING and now - st.started_at >= rule.for_:
             st.state, st.fired_at = FIRING, now
+            self._version += 1
             self._dirty[id(st)] = st
             self._events.append(("firing", st))
         elif st.state == FIRING and st.cleared_at is not None:
@@ -544,14 +543,39 @@ class AlertEngine:
         for st in self.states.values():
             st.acked_by = acked.get(st.id)
 
-    def muted(self, st: AlertState, now: float) -> bool:
-        """Whether a silence or maintenance window covers this alert now."""
-        if not self.silences:
-            return False
+    def labels(self, st: AlertState) -> dict:
+        """What routes, inhibit rules and windows match on: rule, server, severity, label, tags."""
         server = self.servers.get(st.server_id)
-        name, tags = (server.name, server.tags) if server else (None, ())
-        return any(s["starts_at"] <= now < s["ends_at"] and silence_matches(s["matcher"], st.rule, name, tags)
-                   for s in self.silences)
+        return {"rule": st.rule, "server": server.name if server else None, "severity": st.severity,
+                "label": st.label, "tags": server.tags if server else ()}
+
+    def inhibited(self, st: AlertState) -> bool:
+        """Whether a firing source alert (e.g. the server is unreachable) mutes this one."""
+        if not self.inhibitor.rules:
+            return False
+        if self._inhibit_index is None or self._inhibit_index[0] != self._version:
+            firing = [self.labels(s) for s in self.states.values() if s.state == FIRING]
+            self._inhibit_index = (self._version, self.inhibitor.index(firing))
+        return self.inhibitor.inhibited(self.labels(st), self._inhibit_index[1])
+
+    def muted(self, st: AlertState, now: float) -> bool:
+        """Whether a silence, a maintenance window or an inhibit rule holds this alert's notifications back."""
+        if self.silences or self.windows:
+            server = self.servers.get(st.server_id)
+            name, tags = (server.name, server.tags) if server else (None, ())
+            if any(s["starts_at"] <= now < s["ends_at"] and silence_matches(s["matcher"], st.rule, name, tags)
+                   for s in self.silences):
+                return True
+            if any(w.covers(st.rule, name, tags) and w.active(now) for w in self.windows):
+                return True
+        return self.inhibited(st)
+
+    def alert_flags(self, alert: dict, now: float) -> tuple[bool, bool] | None:
+        """(acknowledged, muted) of an open alert the notifier holds; None when it is no longer open."""
+        st = self.states.get((alert["rule"], alert["server_id"], alert["label"]))
+        if st is None or st.id != alert["id"]:
+            return None
+        return st.acked_by is not None, self.muted(st, now)
 
     # writing and notifying
 
@@ -591,6 +615,8 @@ class AlertEngine:
                 self.notifier.notify(event, self.snapshot(st))
             log.info("alert %s %s on %s%s: %s", st.rule, event, self._name(st.server_id),
                      f" [{st.label}]" if st.label else "", st.summary)
+        if send and self.notifier is not None and hasattr(self.notifier, "pump"):
+            self.notifier.pump()  # once per round: alerts that changed together are grouped together
 
     def _name(self, server_id: int) -> str:
         server = self.servers.get(server_id)
@@ -599,15 +625,33 @@ class AlertEngine:
     def snapshot(self, st: AlertState) -> dict:
         """The alert as notifiers and API callers see it."""
         server = self.servers.get(st.server_id)
-        base = self.cfg.external_url or f"http://{self.config.http.listen}:{self.config.http.port}"
+        base = external_base(self.config)
         return {
             "id": st.id, "rule": st.rule, "server": server.name if server else None,
             "server_id": st.server_id, "host": server.host if server else None,
             "tags": list(server.tags) if server else [], "label": st.label, "severity": st.severity,
             "state": st.state, "summary": st.summary, "value": st.value, "started_at": st.started_at,
             "fired_at": st.fired_at, "resolved_at": st.resolved_at, "acked_by": st.acked_by,
-            "url": f"{base.rstrip('/')}/alerts/{st.id}",
+            "metric": st.details.get("metric"), "op": st.details.get("op"), "threshold": st.details.get("threshold"),
+            "url": alert_url(base, st.id),
         }
+
+
+def external_base(config: Config) -> str:
+    """Where people reach the page: alerts.external_url, else this machine's name (or the listen address) and port."""
+    if config.alerts.external_url:
+        return config.alerts.external_url.rstrip("/")
+    host = config.http.listen
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.http.port}"
+
+
+def alert_url(base: str, alert_id: int | None) -> str:
+    """The alert's page under the external URL: <base>/alerts/<id>."""
+    return f"{base.rstrip('/')}/alerts/{alert_id}"
 
 
 def _compile_simple_values():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import hashlib
 import hmac
 import re
@@ -45,7 +44,7 @@ class Identity:
     role: str
     via: str
     token_id: int | None = None
-    epoch: str | None = None  # sessions: password_epoch() of the password they logged in with
+    logged_in_at: float | None = None  # sessions: when that login happened (the terminal's fresh authentication)
 
     def allows(self, role: str) -> bool:
         """Whether this identity's role is at least role."""
@@ -111,11 +110,6 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-def password_epoch(stored_hash: str) -> str:
-    """A short tag of the stored hash: sessions remember it, so a password change ends them."""
-    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
-
-
 def token_hash(token: str) -> str:
     """What is stored for a token: its SHA-256 in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -157,7 +151,7 @@ class Auth:
         return _public(user)
 
     async def set_password(self, name: str, password: str) -> None:
-        """Replace a user's password (their open sessions end)."""
+        """Replace a user's password (their page sessions end)."""
         check_password(password)
         await self.storage.set_user_password(name, hash_password(password))
 
@@ -170,7 +164,7 @@ class Auth:
         await self.storage.set_user_role(name, role)
 
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their tokens; the last admin cannot be removed."""
+        """Delete a user, their tokens and sessions; the last admin cannot be removed."""
         user = await self.storage.get_user(name)
         if user["role"] == ADMIN and await self.storage.count_users(ADMIN) <= 1:
             raise Conflict(f"{name} is the last admin; add another admin first")
@@ -196,16 +190,34 @@ class Auth:
         ok = await asyncio.to_thread(verify_password, password, stored)
         if not ok or user is None:
             return None
-        return Identity(user["id"], user["name"], user["role"], "session", epoch=password_epoch(stored))
+        return Identity(user["id"], user["name"], user["role"], "session")
 
-    async def session_identity(self, user_id: object, epoch: object) -> Identity | None:
-        """The identity a session cookie stands for, if its user exists with the same password."""
-        if not isinstance(user_id, int) or not isinstance(epoch, str):
+    # page sessions (server-side: the cookie carries only a random id)
+
+    async def start_session(self, identity: Identity, max_age: float, address: str = "") -> str:
+        """A new session for a logged-in identity; returns its id (the cookie's secret, not stored)."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        await self.storage.add_session(identity.user_id, token_hash(session_id), now, now + max_age, address[:100])
+        return session_id
+
+    async def session_identity(self, session_id: object) -> Identity | None:
+        """Who a session id stands for, while the session exists (not logged out, expired or revoked)."""
+        if not isinstance(session_id, str) or not 20 <= len(session_id) <= 100:
             return None
-        user = await self.storage.get_user_by_id(user_id)
-        if user is None or not hmac.compare_digest(password_epoch(user["password_hash"]), epoch):
+        row = await self.storage.session_user(token_hash(session_id), time.time())
+        if row is None:
             return None
-        return Identity(user["id"], user["name"], user["role"], "session", epoch=epoch)
+        return Identity(row["user_id"], row["user"], row["role"], "session", logged_in_at=row["created_at"])
+
+    async def end_session(self, session_id: object) -> None:
+        """Log a session out: its cookie stops working at once, wherever it was saved."""
+        if isinstance(session_id, str):
+            await self.storage.remove_session(token_hash(session_id))
+
+    async def end_user_sessions(self, name: str) -> int:
+        """Log a user out everywhere; returns how many sessions ended."""
+        return await self.storage.remove_user_sessions(name)
 
     # tokens
 
@@ -256,41 +268,95 @@ def _public(user: dict) -> dict:
     return {k: v for k, v in user.items() if k != "password_hash"}
 
 
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A reserved login attempt: counted as failed until LoginLimiter.succeeded() says otherwise."""
+
+    user: str
+    address: str
+
+
 class LoginLimiter:
-    """Counts failed logins per client address and per user name in a sliding minute."""
+    """Backoff after failed logins, per (user name, client address) and, higher, per user name.
 
-    def __init__(self, per_minute: int, window: float = 60.0, max_keys: int = 10000):
-        self.per_minute = per_minute
-        self.window = window
+    An attempt is reserved (counted as a failure) *before* the password is checked, so a burst
+    of parallel guesses cannot all reach scrypt; a correct password gives the reservation back.
+    The first `free` failures of a user from one address cost nothing; each further one doubles
+    the wait before that address may try that user again (1 s, 2 s, 4 s ... up to backoff_max).
+    Failures for a user summed over all addresses have their own, higher allowance
+    (`per_user`, same doubling), so many addresses cannot guess freely either; an address the
+    user logged in from recently is not held back by the others' failures, so nobody can lock
+    the admin out from somewhere else. Counts are forgotten after `forget` quiet seconds.
+    """
+
+    KNOWN_FOR = 30 * 86400.0  # how long a successful (user, address) stays exempt from the user's ceiling
+
+    def __init__(self, free: int = 5, per_user: int = 50, backoff_max: float = 900.0,
+                 forget: float | None = None, max_keys: int = 10000):
+        self.free = free
+        self.per_user = per_user
+        self.backoff_max = backoff_max
+        self.forget = forget if forget is not None else max(3600.0, 4 * backoff_max)
         self.max_keys = max_keys
-        self._failures: dict[str, collections.deque] = {}
+        self._failures: dict[tuple[str, ...], _Failures] = {}
+        self._known: dict[tuple[str, str], float] = {}  # (user, address) -> last successful login
 
-    def _recent(self, key: str, now: float) -> collections.deque:
-        q = self._failures.get(key)
-        if q is None:
-            return collections.deque()
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        if not q:
+    def _wait(self, key: tuple[str, ...], allowance: int, now: float) -> float:
+        f = self._failures.get(key)
+        if f is None:
+            return 0.0
+        if now - f.last >= self.forget:
             del self._failures[key]
-        return q
+            return 0.0
+        over = f.count - allowance
+        if over < 0:
+            return 0.0
+        return max(0.0, min(self.backoff_max, 2.0 ** over) - (now - f.last))
 
     def retry_after(self, address: str, user: str, now: float | None = None) -> float:
-        """Seconds until another attempt is allowed for this address and user (0: allowed now)."""
+        """Seconds until user may be tried again from address (0: now)."""
         now = time.time() if now is None else now
-        wait = 0.0
-        for key in ("addr:" + address, "user:" + user):
-            q = self._recent(key, now)
-            if len(q) >= self.per_minute:
-                wait = max(wait, q[0] + self.window - now)
+        wait = self._wait(("pair", user, address), self.free, now)
+        known = self._known.get((user, address))
+        if known is None or now - known > self.KNOWN_FOR:
+            wait = max(wait, self._wait(("user", user), self.per_user, now))
         return wait
 
-    def failed(self, address: str, user: str, now: float | None = None) -> None:
-        """Record a failed attempt."""
+    def reserve(self, address: str, user: str, now: float | None = None) -> LoginAttempt | float:
+        """Reserve an attempt (counted as failed from now on), or the seconds to wait first."""
         now = time.time() if now is None else now
+        wait = self.retry_after(address, user, now)
+        if wait > 0:
+            return wait
+        self._trim()
+        for key in (("pair", user, address), ("user", user)):
+            f = self._failures.setdefault(key, _Failures())
+            f.count += 1
+            f.last = now
+        return LoginAttempt(user, address)
+
+    def succeeded(self, attempt: LoginAttempt, now: float | None = None) -> None:
+        """The password was right: the pair starts afresh and the user's count gets this one back."""
+        now = time.time() if now is None else now
+        self._failures.pop(("pair", attempt.user, attempt.address), None)
+        f = self._failures.get(("user", attempt.user))
+        if f is not None:
+            f.count -= 1
+            if f.count <= 0:
+                del self._failures[("user", attempt.user)]
+        if len(self._known) >= self.max_keys:
+            for key in sorted(self._known, key=self._known.__getitem__)[: self.max_keys // 10]:
+                del self._known[key]
+        self._known[(attempt.user, attempt.address)] = now
+
+    def _trim(self) -> None:
+        # A spray of addresses or names must not grow memory without bound: drop the stalest.
         if len(self._failures) >= self.max_keys:
-            # Drop the stalest keys rather than grow without bound under a spray of addresses.
-            for key in sorted(self._failures, key=lambda k: self._failures[k][-1] if self._failures[k] else 0)[: self.max_keys // 10]:
+            for key in sorted(self._failures, key=lambda k: self._failures[k].last)[: self.max_keys // 10]:
                 del self._failures[key]
-        for key in ("addr:" + address, "user:" + user):
-            self._failures.setdefault(key, collections.deque()).append(now)

@@ -49,6 +49,11 @@ def installer_path() -> Path:
     return _find("agent-install.sh", "scripts/agent-install.sh")
 
 
+def terminal_installer_path() -> Path:
+    """scripts/terminal-key-install.sh: installs the terminal key for an account (deploy --terminal-user)."""
+    return _find("terminal-key-install.sh", "scripts/terminal-key-install.sh")
+
+
 @lru_cache(maxsize=1)
 def agent_module() -> ModuleType:
     """The bundled agent imported as a module (its collectors serve the `local` server)."""

@@ -10,15 +10,50 @@ import time
 
 import click
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.table import Table
+from rich.text import Text
 
-from . import __version__, alerts, servers, views
+from . import __version__, alerts, files, hosttext, logs, servers, views
 from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: a host called ":fire:" is shown as typed, not as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
+
+
+def _h(value: object) -> str:
+    """Host or user text for a rich markup string: control and bidi characters shown as escapes,
+    square brackets inert (a hostname "[link=...]" or "[/bold]" is printed, never interpreted)."""
+    return markup_escape(hosttext.escape(value))
+
+
+def _p(value: object) -> str:
+    """Host or user text for plain output (click.echo): control and bidi characters shown as escapes."""
+    return hosttext.escape(value)
+
+
+def _lines(text: str) -> str:
+    """Several lines of host output (an action's stdout), each line escaped on its own."""
+    return "\n".join(hosttext.escape(line) for line in text.splitlines())
+
+
+class SafeTable(Table):
+    """A rich Table whose text cells are host text: escaped and never read as markup.
+
+    Cells that are ours and styled are passed as rich Text objects (see _styled).
+    """
+
+    def add_row(self, *cells, **kwargs) -> None:
+        """Add a row; str cells are shown literally (escaped), Text cells as they are."""
+        super().add_row(*(Text(hosttext.escape(c)) if isinstance(c, str) else c for c in cells), **kwargs)
+
+
+def _styled(text: str, style: str) -> Text:
+    """Our own word (a status, a result) in a colour, for a SafeTable cell."""
+    return Text(hosttext.escape(text), style=style)
 
 
 def _run(coro):
@@ -52,14 +87,18 @@ def central_command(fn):
         config = _config(ctx)
         try:
             return _run(_with_central(config, lambda c: fn(c, *args, **kwargs)))
+        # Messages may quote a host (an agent's error, a hostname): one line, controls escaped.
         except PollError as exc:
             hint = f" ({REASON_TEXT.get(exc.reason, '')})" if exc.reason in REASON_TEXT else ""
-            raise click.ClickException(f"{exc.reason}: {exc.message}{hint}") from None
+            raise click.ClickException(_p(f"{exc.reason}: {exc.message}{hint}")) from None
         except CentralError as exc:
             detail = f" [{exc.detail}]" if exc.detail else ""
-            raise click.ClickException(exc.message + detail) from None
+            raise click.ClickException(_p(exc.message + detail)) from None
+        except click.ClickException as exc:
+            exc.message = _p(exc.message)
+            raise
         except (OSError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_p(str(exc))) from None
 
     return wrapper
 
@@ -77,14 +116,25 @@ def _age(ts: float | None) -> str:
     return f"{d / 86400:.0f}d ago"
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
 def _pct(v) -> str:
-    return "-" if v is None else f"{v:.0f}%"
+    return f"{v:.0f}%" if _is_number(v) else "-"
 
 
-def _status_text(status: str, reason: str | None) -> str:
+def _num(v, fmt: str = ".1f", scale: float = 1.0) -> str:
+    """A number as fmt, or "-" for anything else a host may have sent ("NaN%", null, a list)."""
+    return format(v / scale, fmt) if _is_number(v) else "-"
+
+
+def _status_text(status: str, reason: str | None) -> Text:
     colour = STATUSES[status].colour if status in STATUSES else "dim"
-    text = f"[{colour}]{status}[/{colour}]"
-    return text + (f" ({reason})" if reason else "")
+    text = _styled(status, colour)
+    if reason:
+        text.append(f" ({hosttext.escape(reason)})")
+    return text
 
 
 def _echo_json(data) -> None:
@@ -109,7 +159,7 @@ def cli(ctx, config_path, verbose):
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(max(level, logging.DEBUG))  # one line per record, host text escaped
 
 
 @cli.command()
@@ -126,15 +176,15 @@ def init(ctx):
       central init
     """
     config = _config(ctx)
-    config.data_path.mkdir(parents=True, exist_ok=True)
+    files.private_dir(config.data_path)
     line, created = ensure_key_pair(config.key_path)
 
     try:
         password = _run(_with_central(config, lambda c: c.auth.ensure_first_admin("admin")))
     except (CentralError, OSError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    console.print(f"database: {config.database_path}")
-    console.print(f"SSH key:  {config.key_path} ({'created' if created else 'exists'})")
+        raise click.ClickException(_p(exc)) from None
+    console.print(f"database: {_h(config.database_path)}")
+    console.print(f"SSH key:  {_h(config.key_path)} ({'created' if created else 'exists'})")
     console.print("\nThe central's public key:")
     click.echo(line)
     console.print("\nRestricted authorized_keys line (forwarding to the agent only, no shell):")
@@ -164,8 +214,15 @@ def serve(ctx, listen, port):
         config = dataclasses.replace(config, http=http)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    from .notifiers import check_channels
+    from .telegrambot import check_bot
     from .web.app import run_app
 
+    try:
+        check_channels(config.notifiers)
+        check_bot(config.telegram)
+    except ConfigError as exc:
+        raise click.ClickException(f"config: {exc}") from None
     try:
         run_app(config)
     except OSError as exc:
@@ -190,16 +247,17 @@ async def poll(central: Central, name, as_json):
     if not result["ok"]:
         raise PollError(result["reason"], result["error"])
     s, doc = result["sample"], result["document"]
-    console.print(f"[bold]{name}[/bold] ({doc.get('hostname')}) polled in {result['duration_ms']:.1f} ms")
+    console.print(f"[bold]{_h(name)}[/bold] ({_h(doc.get('hostname'))}) polled in {result['duration_ms']:.1f} ms")
     console.print(f"cpu {_pct(s['cpu'])}  mem {_pct(s['mem'])}  swap {_pct(s['swap'])}  disk {_pct(s['disk'])}  "
-                  f"load {s['load1']} {s['load5']} {s['load15']}  processes {s['procs']}")
+                  f"load {_num(s['load1'], '.2f')} {_num(s['load5'], '.2f')} {_num(s['load15'], '.2f')}  "
+                  f"processes {_num(s['procs'], '.0f')}")
     if s["top"]:
-        t = Table("pid", "name", "cpu %", "rss MB", title="top processes")
+        t = SafeTable("pid", "name", "cpu %", "rss MB", title="top processes")
         for pid, pname, cpu, rss in s["top"]:
-            t.add_row(str(pid), pname, "-" if cpu is None else f"{cpu:.1f}", "-" if rss is None else f"{rss / 1e6:.1f}")
+            t.add_row(str(pid), str(pname), _num(cpu), _num(rss, scale=1e6))
         console.print(t)
     if doc.get("errors"):
-        console.print(f"[yellow]collector errors:[/yellow] {doc['errors']}")
+        console.print(f"[yellow]collector errors:[/yellow] {_h(doc['errors'])}")
 
 
 @cli.group()
@@ -222,7 +280,7 @@ def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
                 f"host_key_mismatch: {probed['host']}:{probed['port']} presents {probed['fingerprint']}, "
                 f"not {normalise_fingerprint(expected)}; not pinned")
         return probed["fingerprint"]
-    click.echo(f"{probed['host']}:{probed['port']} presents a {probed['algorithm']} host key:")
+    click.echo(f"{_p(probed['host'])}:{probed['port']} presents a {_p(probed['algorithm'])} host key:")
     click.echo(f"  {probed['fingerprint']}")
     if accept:
         return probed["fingerprint"]
@@ -267,13 +325,13 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
         _echo_json(result)
         return
     agent = result["agent"]
-    click.echo(f"added {name} ({user}@{host}:{port}), host key {confirmed} pinned")
+    click.echo(f"added {name} ({_p(user)}@{_p(host)}:{port}), host key {confirmed} pinned")
     if agent["ok"]:
         outdated = " [outdated: redeploy with `central deploy --upgrade-outdated`]" if agent.get("outdated") else ""
-        click.echo(f"agent {agent.get('version')} answers{outdated}")
+        click.echo(f"agent {_p(agent.get('version'))} answers{outdated}")
     else:
-        click.echo(f"warning: {agent['reason']}: {agent['error']}")
-        click.echo(agent["hint"])
+        click.echo(f"warning: {agent['reason']}: {_p(agent['error'])}")
+        click.echo(_p(agent["hint"]))
 
 
 @server.command("list")
@@ -293,10 +351,10 @@ async def server_list(central: Central, as_json, tag, status):
     if as_json:
         _echo_json(rows)
         return
-    t = Table("name", "host", "status", "cpu", "mem", "disk", "load", "last seen", "tags")
+    t = SafeTable("name", "host", "status", "cpu", "mem", "disk", "load", "last seen", "tags")
     for r in rows:
         s = r["sample"] or {}
-        load = "-" if s.get("load1") is None else f"{s['load1']:.2f}"
+        load = _num(s.get("load1"), ".2f")
         host = central.transports.address(r)
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
@@ -319,7 +377,7 @@ async def server_show(central: Central, name, as_json):
         _echo_json(d)
         return
     s = d["server"]
-    t = Table(show_header=False, box=None)
+    t = SafeTable(show_header=False, box=None)
     for key in ("name", "host", "port", "user", "tags", "status", "status_reason", "last_error", "last_seen",
                 "host_key_fingerprint", "agent_version", "agent_sha256", "hostname"):
         value = s.get(key)
@@ -329,13 +387,13 @@ async def server_show(central: Central, name, as_json):
             value = ", ".join(value)
         t.add_row(key, "-" if value in (None, "") else str(value))
     if d["agent_outdated"]:
-        t.add_row("agent", "[yellow]outdated[/yellow]")
+        t.add_row("agent", _styled("outdated", "yellow"))
     console.print(t)
     inv = (d["inventory"] or {}).get("doc") or {}
     if inv:
-        console.print(f"inventory: {json.dumps(inv, sort_keys=True)[:400]}")
+        console.print(f"inventory: {_h(json.dumps(inv, sort_keys=True)[:400])}")
     for change in d["inventory_changes"][:5]:
-        console.print(f"  {_age(change['ts'])}: {change['change_type']}: {change['change_summary']}")
+        console.print(f"  {_age(change['ts'])}: {_h(change['change_type'])}: {_h(change['change_summary'])}")
 
 
 def _confirm_removal(yes: bool, question: str) -> None:
@@ -380,12 +438,12 @@ async def server_test(central: Central, name, as_json):
     if as_json:
         _echo_json(result)
     elif result.get("ok"):
-        click.echo(f"{name}: ok" + (f", agent {result['version']}" if result.get("version") else "")
+        click.echo(f"{name}: ok" + (f", agent {_p(result['version'])}" if result.get("version") else "")
                    + (" (outdated)" if result.get("outdated") else ""))
     else:
-        click.echo(f"{name}: {result['reason']}: {result['error']}")
+        click.echo(f"{name}: {result['reason']}: {_p(result['error'])}")
         if result.get("hint"):
-            click.echo(result["hint"])
+            click.echo(_p(result["hint"]))
     if not result.get("ok"):
         sys.exit(1)
 
@@ -505,6 +563,20 @@ async def user_remove(central: Central, name, yes):
     click.echo(f"removed user {name}")
 
 
+@user.command("logout")
+@click.argument("name")
+@central_command
+async def user_logout(central: Central, name):
+    """End every page session of a user (their saved cookies stop working; API tokens stay).
+
+    \b
+    Example:
+      central user logout alice
+    """
+    ended = await central.auth.end_user_sessions(name)
+    click.echo(f"ended {ended} session{'s' if ended != 1 else ''} of {name}")
+
+
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @central_command
@@ -519,7 +591,7 @@ async def user_list(central: Central, as_json):
     if as_json:
         _echo_json(users)
         return
-    t = Table("name", "role", "created")
+    t = SafeTable("name", "role", "created")
     for u in users:
         t.add_row(u["name"], u["role"], _age(u["created_at"]))
     console.print(t)
@@ -571,7 +643,7 @@ async def token_list(central: Central, owner, as_json):
     if as_json:
         _echo_json(tokens)
         return
-    t = Table("id", "name", "user", "created", "last used", "state")
+    t = SafeTable("id", "name", "user", "created", "last used", "state")
     for tk in tokens:
         t.add_row(str(tk["id"]), tk["name"], tk["user"], _age(tk["created_at"]), _age(tk["last_used"]),
                   "revoked" if tk["revoked_at"] else "active")
@@ -596,15 +668,15 @@ async def token_revoke(central: Central, token_id):
 _STATE_STYLE = {"ok": "green", "failed": "red", "skipped": "cyan", "running": "yellow", "waiting": "dim"}
 
 
-def _deploy_table(results, final: bool) -> Table:
+def _deploy_table(results, final: bool) -> SafeTable:
     """One row per server: the step it is at (live) or how it ended (summary)."""
     if final:
-        t = Table("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
+        t = SafeTable("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
     else:
-        t = Table("server", "target", "state", "step")
+        t = SafeTable("server", "target", "state", "step")
     for r in results:
         style = _STATE_STYLE.get(r.state, "")
-        state = f"[{style}]{r.state}[/{style}]" if style else r.state
+        state = _styled(r.state, style)
         if final:
             message = r.message
             if r.state == "failed":
@@ -633,12 +705,14 @@ def _deploy_table(results, final: bool) -> Table:
               help="known_hosts file to check host keys against (default: yours, as ssh uses).")
 @click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("--terminal-user", metavar="NAME",
+              help="Also install the web terminal's key (restrict,pty) for this existing host account.")
 @click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
                  service_patterns, container_patterns, watch_units, full_access, identity, known_hosts,
-                 pinned_host_key, ssh_config, jobs, as_json):
+                 pinned_host_key, ssh_config, terminal_user, jobs, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
@@ -653,6 +727,7 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
       central deploy web1 web2
       central deploy --all --upgrade-outdated
       central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
+      central deploy web1 --terminal-user ops
     """
     from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
 
@@ -663,7 +738,8 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
     options = DeployOptions(actions=actions, service_patterns=service_patterns, container_patterns=container_patterns,
                             watch_units=watch_units, full_access=full_access, identity=identity,
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
-                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
+                            terminal_user=terminal_user)
     targets = await select_servers(central, servers, all_servers)
     if not targets:
         raise CentralError("no servers to deploy to: add them with `central server add` first")
@@ -684,8 +760,8 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
                 results.append(result)
             elif not as_json and result.state in ("running", "ok", "failed", "skipped"):
                 detail = f": {result.message}" if result.state in ("failed", "skipped") else ""
-                err_console.print(f"[{result.server}] {result.state if result.state != 'running' else result.step}{detail}",
-                                  markup=False, highlight=False)
+                err_console.print(_p(f"[{result.server}] {result.state if result.state != 'running' else result.step}"
+                                     f"{detail}"), markup=False, highlight=False)
 
     deployer = Deployer(central, options, on_change)
     if live is not None:
@@ -744,7 +820,7 @@ async def _act(central: Central, server_name: str, kind: str, args: dict, yes: b
 
     async def confirm(preview: dict) -> bool:
         if not as_json:
-            click.echo(preview["text"])
+            click.echo(_lines(preview["text"]))
         if yes:
             return True
         if not sys.stdin.isatty():
@@ -759,7 +835,7 @@ async def _act(central: Central, server_name: str, kind: str, args: dict, yes: b
         took = "" if result["duration_ms"] is None else f", {result['duration_ms']:.0f} ms"
         console.print(f"{state} (exit status {result['exit_status']}{took}, audit #{result['audit_id']})")
         if result["output"].strip():
-            click.echo(result["output"].rstrip())
+            click.echo(_lines(result["output"].rstrip()))
     if not result["ok"]:
         sys.exit(1)
 
@@ -848,13 +924,13 @@ async def action_log(central: Central, server_name, limit, before_id, as_json):
         _echo_json(rows)
         return
     colours = {"ok": "green", "failed": "red", "refused": "yellow", "invalid": "yellow", "error": "red"}
-    t = Table("id", "when", "actor", "server", "action", "arguments", "result", "exit", "ms", "output")
+    t = SafeTable("id", "when", "actor", "server", "action", "arguments", "result", "exit", "ms", "output")
     for r in rows:
         colour = colours.get(r["result"], "white")
-        args = " ".join(f"{k}={v}" for k, v in r["arguments"].items() if v is not None)
+        args = " ".join(f"{k}={v}" for k, v in r["arguments"].items() if v is not None)  # escaped by SafeTable
         output = (r["output"] or "").strip().splitlines()
         t.add_row(str(r["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["actor"],
-                  r["server_name"], r["action"], args, f"[{colour}]{r['result']}[/{colour}]",
+                  r["server_name"], r["action"], args, _styled(r["result"], colour),
                   "-" if r["exit_status"] is None else str(r["exit_status"]),
                   "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
                   output[-1][:80] if output else "")
@@ -906,7 +982,7 @@ async def server_maintenance(central: Central, name, duration, comment, as_json)
     if as_json:
         _echo_json(window)
         return
-    click.echo(f"maintenance window {window['id']} for {name} until {_until(window['ends_at'])}")
+    click.echo(f"maintenance window {window['id']} for {_p(name)} until {_until(window['ends_at'])}")
 
 
 @cli.group()
@@ -945,11 +1021,11 @@ async def alert_list(central: Central, firing, open_only, server, limit, as_json
     if not rows:
         click.echo("no alerts")
         return
-    t = Table("id", "state", "severity", "server", "rule", "label", "since", "acked", "summary")
+    t = SafeTable("id", "state", "severity", "server", "rule", "label", "since", "acked", "summary")
     for r in rows:
         colour = _STATE_COLOUR.get(r["state"], "dim")
         since = r["resolved_at"] if r["state"] == "resolved" else (r["fired_at"] or r["started_at"])
-        t.add_row(str(r["id"]), f"[{colour}]{r['state']}[/{colour}]", r["severity"], r["server"] or "-", r["rule"],
+        t.add_row(str(r["id"]), _styled(r["state"], colour), r["severity"], r["server"] or "-", r["rule"],
                   r["label"] or "", _age(since), r["acked_by"] or "", r["summary"])
     console.print(t)
 
@@ -969,7 +1045,7 @@ async def alert_show(central: Central, alert_id, as_json):
     if as_json:
         _echo_json(a)
         return
-    t = Table(show_header=False, box=None)
+    t = SafeTable(show_header=False, box=None)
     for key in ("id", "state", "severity", "server", "rule", "label", "summary", "value"):
         t.add_row(key, "-" if a.get(key) in (None, "") else str(a[key]))
     for key in ("started_at", "fired_at", "last_evaluated", "resolved_at", "acked_at"):
@@ -979,8 +1055,8 @@ async def alert_show(central: Central, alert_id, as_json):
     t.add_row("values", f"first {seen.get('first')}, min {seen.get('min')}, max {seen.get('max')}")
     console.print(t)
     for n in a["notifications"]:
-        console.print(f"  {_when(n['ts'])} {n['channel']} {n['event']} attempt {n['attempt']}: "
-                      f"{'ok' if n['ok'] else 'failed'} {n['detail']}")
+        console.print(f"  {_when(n['ts'])} {_h(n['channel'])} {_h(n['event'])} attempt {n['attempt']}: "
+                      f"{'ok' if n['ok'] else 'failed'} {_h(n['detail'])}")
 
 
 @alert.command("ack")
@@ -994,7 +1070,7 @@ async def alert_ack(central: Central, alert_id):
       central alert ack 42
     """
     a = await alerts.ack(central, alert_id, alerts.cli_user())
-    click.echo(f"alert {a['id']} ({a['rule']} on {a['server']}) acknowledged by {a['acked_by']}")
+    click.echo(f"alert {a['id']} ({_p(a['rule'])} on {_p(a['server'])}) acknowledged by {_p(a['acked_by'])}")
 
 
 @alert.command("silence")
@@ -1023,7 +1099,7 @@ async def alert_silence(central: Central, server, rule, tag, duration, comment, 
         _echo_json(s)
         return
     what = ", ".join(f"{k} {v}" for k, v in s["matcher"].items())
-    click.echo(f"silence {s['id']} ({what}) until {_until(s['ends_at'])}")
+    click.echo(f"silence {s['id']} ({_p(what)}) until {_until(s['ends_at'])}")
 
 
 @alert.command("unsilence")
@@ -1058,11 +1134,71 @@ async def alert_silences(central: Central, show_all, as_json):
     if not rows:
         click.echo("no silences")
         return
-    t = Table("id", "kind", "matches", "until", "by", "comment")
+    t = SafeTable("id", "kind", "matches", "until", "by", "comment")
     for r in rows:
         t.add_row(str(r["id"]), r["kind"], ", ".join(f"{k}={v}" for k, v in r["matcher"].items()),
                   _until(r["ends_at"]), r["created_by"], r["comment"])
     console.print(t)
+
+
+@cli.group()
+def notifier():
+    """See the notification channels' health and send test messages.
+
+    \b
+    Example:
+      central notifier list
+      central notifier test ops-mail
+    """
+
+
+@notifier.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (channels, routes, maintenance windows).")
+@central_command
+async def notifier_list(central: Central, as_json):
+    """List the configured channels with their health as the delivery log tells it.
+
+    \b
+    Example:
+      central notifier list
+      central notifier list --json | jq '.notifiers[] | select(.state == "failing")'
+    """
+    data = await views.notifications_status(central)
+    if as_json:
+        _echo_json(data)
+        return
+    if not data["notifiers"]:
+        click.echo("no notifiers configured (see [[notifiers]] in config.example.toml)")
+        return
+    t = SafeTable("name", "type", "target", "state", "last success", "last error", "failures in a row")
+    for n in data["notifiers"]:
+        colour = {"ok": "green", "failing": "red"}.get(n["state"], "dim")
+        error = f"{_age(n['last_error_at'])}: {n['last_error']}" if n["last_error_at"] else ""
+        t.add_row(n["name"], n["type"], n["target"], _styled(n["state"], colour),
+                  _age(n["last_success"]) if n["last_success"] else "never", error, str(n["failures_in_row"]))
+    console.print(t)
+
+
+@notifier.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@central_command
+async def notifier_test(central: Central, name, as_json):
+    """Send a test message through one channel now (one attempt) and say what happened.
+
+    The attempt is recorded in the delivery log like any other; exit status 1 when it failed.
+
+    \b
+    Example:
+      central notifier test ops-mail
+    """
+    result = await central.notifier.send_test(name)
+    if as_json:
+        _echo_json(result)
+    elif result["ok"]:
+        click.echo(f"{result['name']}: delivered in {result['seconds']:.2f}s ({_p(result['detail'])})")
+    if not result["ok"]:
+        raise click.ClickException(f"{result['name']}: not delivered: {_p(result['detail'])}")
 
 
 def main() -> None:
@@ -1072,3 +1208,7 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# `central terminal ...` lives in its own module; importing it registers the group.
+from . import cli_terminal  # noqa: E402,F401

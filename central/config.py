@@ -63,7 +63,11 @@ class HTTPConfig:
     cookie_secure: bool = False
     # File holding the cookie-signing secret; created on first start when empty.
     session_secret_file: str = ""
-    login_attempts_per_minute: int = 10
+    # Failed logins of one user from one address before each further one doubles the wait;
+    # the same user from all addresses together gets login_attempts_per_user.
+    login_attempts: int = 5
+    login_attempts_per_user: int = 50
+    login_backoff_max: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class RetentionConfig:
     maintenance_interval: float = 300.0
     # How long inventory history and the action audit log are kept.
     events: float = 365 * 86400.0
+    # How long terminal recordings (and their session rows) are kept.
+    recordings: float = 90 * 86400.0
 
 
 SEVERITIES = ("info", "warning", "critical")
@@ -120,7 +126,11 @@ ALERT_METRICS = tuple(model.ALERT_METRICS)
 BUILTIN_RULES = model.BUILTIN_RULE_NAMES
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 COMPARISONS = (">", ">=", "<", "<=", "==", "!=")
-NOTIFIER_TYPES = ("webhook", "alertmanager", "command")
+NOTIFIER_TYPES = ("webhook", "alertmanager", "command", "apprise")
+# What group_by, inhibit `equal` and message grouping can name ("..." in group_by: every one,
+# so each alert is its own group).
+ALERT_LABELS = ("rule", "server", "severity", "label")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,49 @@ class AlertOverride:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """`[alerts.route]` (the default route) or one `[[alerts.routes]]` entry: who gets what, grouped how."""
+
+    channels: tuple[str, ...] = ()  # notifier names; empty in the default route: every notifier
+    # Matchers (globs; all given must match; empty: any). Not allowed on the default route.
+    severities: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    continue_: bool = False  # TOML key `continue`: also try the routes after this one
+    # Alertmanager's grouping; unset on a route: the default route's value.
+    group_by: tuple[str, ...] | None = None
+    group_wait: float | None = None
+    group_interval: float | None = None
+    repeat_interval: float | None = None
+
+
+@dataclass(frozen=True)
+class InhibitRule:
+    """One `[[alerts.inhibit]]` entry: while a source alert fires, matching target alerts are not sent."""
+
+    source_rules: tuple[str, ...] = ()  # rule globs of the muting alerts
+    source_severities: tuple[str, ...] = ()
+    target_rules: tuple[str, ...] = ()  # rule globs of the muted alerts; empty: every rule
+    target_severities: tuple[str, ...] = ()
+    equal: tuple[str, ...] = ("server",)  # labels source and target must share (empty: anywhere)
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """One `[[alerts.maintenance]]` entry: a weekly window (local time of a zone) muting matching alerts."""
+
+    name: str = ""
+    days: tuple[str, ...] = ()  # mon..sun the window starts on; empty: every day
+    start: str = ""  # "HH:MM" local time
+    end: str = ""  # "HH:MM"; at or before start: the next day
+    time_zone: str = "UTC"  # an IANA zone name (zoneinfo), e.g. "Europe/Berlin"
+    servers: tuple[str, ...] = ()  # server name globs
+    tags: tuple[str, ...] = ()  # server tag globs
+    rules: tuple[str, ...] = ()  # rule globs; empty: every rule
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     enabled: bool = True
     # Built-in rules (see docs/alerts.md); names in `disabled` are switched off everywhere.
@@ -178,8 +231,17 @@ class AlertsConfig:
     queue_size: int = 1000
     # How often timers run: keep_firing_for expiry, repeats, silence changes.
     tick_interval: float = 10.0
+    # Time zone of the times in notification texts (an IANA name).
+    time_zone: str = "UTC"
     rules: tuple[AlertRule, ...] = ()
     overrides: tuple[AlertOverride, ...] = ()
+    # Routing and grouping: the default route, then routes tried in order (first match wins).
+    route: RouteConfig = field(default_factory=RouteConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    # An unreachable server, or one whose host key changed, mutes its other alerts.
+    builtin_inhibit: bool = True
+    inhibit: tuple[InhibitRule, ...] = ()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,8 +249,11 @@ class NotifierConfig:
     """One `[[notifiers]]` entry: a channel that alerts are sent to."""
 
     name: str = ""
-    type: str = ""  # webhook | alertmanager | command
-    url: str = ""  # webhook URL, or the Alertmanager base URL (http://am:9093)
+    type: str = ""  # webhook | alertmanager | command | apprise
+    url: str = ""  # webhook URL, the Alertmanager base URL (http://am:9093), or Apprise URL(s)
+    # Where a secret URL comes from instead (never printed, logged or returned by the API):
+    url_env: str = ""  # the name of an environment variable holding it
+    url_file: str = ""  # a file holding it (apprise: one URL per line)
     argv: tuple[str, ...] = ()  # command: program and arguments, run without a shell
     timeout: float = 10.0
     retries: int = 3  # extra attempts after a failed one, with exponential backoff
@@ -213,6 +278,41 @@ class ActionsConfig:
     # policy file, read like the agent reads its own (absent: the agent's default policy).
     local: bool = True
     local_policy: str = "/etc/central-agent.json"
+    # A central running as root would act on its own host as root: refused unless this is true.
+    local_as_root: bool = False
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    """`[terminal]`: the web terminal (docs/terminal.md)."""
+
+    # The terminal's own key pair, never the polling key (docs/terminal.md).
+    key_path: str = ""  # empty: <data_dir>/terminal_ed25519
+    recordings_dir: str = ""  # empty: <data_dir>/recordings
+    # A page login at most this old counts as re-authentication; older ones re-enter the password.
+    fresh_auth: float = 300.0
+    # A session without input for this long ends; no session lasts longer than max_duration.
+    idle_timeout: float = 900.0
+    max_duration: float = 3600.0
+    max_sessions_per_user: int = 3
+    # A recording may grow to this size; the session ends there (nothing goes unrecorded).
+    max_recording_bytes: int = 64 * 1024 * 1024
+    term: str = "xterm-256color"
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    """`[telegram]`: the optional bot (pip install 'central[telegram]') that answers allowed chats."""
+
+    enabled: bool = False
+    # The bot token (from @BotFather) comes from the environment or a file, never the config.
+    token_env: str = ""
+    token_file: str = ""
+    allowed_chats: tuple[int, ...] = ()  # chat ids the bot answers; everyone else is ignored
+    user: str = ""  # the central user whose role the bot's buttons act with (operator to ack/silence)
+    api_url: str = "https://api.telegram.org"  # the Bot API server (a self-hosted one works too)
+    poll_timeout: float = 30.0  # long polling: how long one getUpdates waits
+    silence_for: float = 3600.0  # how long the Silence button mutes an alert
 
 
 @dataclass(frozen=True)
@@ -225,7 +325,9 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    terminal: TerminalConfig = field(default_factory=TerminalConfig)
     notifiers: tuple[NotifierConfig, ...] = ()
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
     source: str = ""  # the file this came from, for messages
 
     @property
@@ -244,6 +346,16 @@ class Config:
         return Path(self.ssh.key_path) if self.ssh.key_path else self.data_path / "id_ed25519"
 
     @property
+    def terminal_key_path(self) -> Path:
+        """The terminal's private SSH key (kept apart from the polling key)."""
+        return Path(self.terminal.key_path) if self.terminal.key_path else self.data_path / "terminal_ed25519"
+
+    @property
+    def recordings_path(self) -> Path:
+        """The directory of terminal recordings (asciicast v2 files)."""
+        return Path(self.terminal.recordings_dir) if self.terminal.recordings_dir else self.data_path / "recordings"
+
+    @property
     def session_secret_path(self) -> Path:
         """The file with the secret that signs session cookies."""
         if self.http.session_secret_file:
@@ -254,6 +366,7 @@ class Config:
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "http.session_max_age",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -266,6 +379,10 @@ _DURATIONS = {
     "retention.hour",
     "retention.maintenance_interval",
     "retention.events",
+    "retention.recordings",
+    "terminal.fresh_auth",
+    "terminal.idle_timeout",
+    "terminal.max_duration",
     "actions.timeout",
     "alerts.disk_full_for",
     "alerts.unit_inactive_for",
@@ -281,10 +398,20 @@ _DURATIONS = {
     "notifiers.backoff",
     "notifiers.backoff_max",
     "notifiers.repeat_interval",
+    "telegram.poll_timeout",
+    "telegram.silence_for",
+    "alerts.route.group_wait",
+    "alerts.route.group_interval",
+    "alerts.route.repeat_interval",
+    "alerts.routes.group_wait",
+    "alerts.routes.group_interval",
+    "alerts.routes.repeat_interval",
 }
 _POSITIVE = {
     "http.max_body_bytes",
-    "http.login_attempts_per_minute",
+    "http.login_attempts",
+    "http.login_attempts_per_user",
+    "http.login_backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.offline_after",
@@ -300,6 +427,11 @@ _POSITIVE = {
     "retention.maintenance_interval",
     "actions.timeout",
     "actions.output_max_bytes",
+    "retention.recordings",
+    "terminal.idle_timeout",
+    "terminal.max_duration",
+    "terminal.max_sessions_per_user",
+    "terminal.max_recording_bytes",
     "alerts.unreachable_after",
     "alerts.agent_failures_after",
     "alerts.queue_size",
@@ -351,6 +483,16 @@ def _coerce(key: str, tp: object, value: object) -> object:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
+    if typing.get_origin(tp) is tuple and args and args[0] is int:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            out = tuple(int(v) if isinstance(v, str) and re.fullmatch(r"-?\d+", v) else v for v in value)
+        except TypeError:
+            out = ()
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+            raise ConfigError(f"{key}: expected a list of whole numbers, got {value!r}")
+        return out
     if typing.get_origin(tp) is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -451,8 +593,20 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
         raise ConfigError("retention: expected raw <= minute <= hour")
     _check_alerts(cfg.alerts)
+    _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)
+    _check_routing(cfg.alerts, cfg.notifiers)
+    _check_telegram(cfg.telegram)
     return dataclasses.replace(cfg, source=source)
+
+
+def _check_terminal(cfg: Config) -> None:
+    """The terminal key is never the polling key; the terminal type is a plain name."""
+    if cfg.terminal_key_path.resolve() == cfg.key_path.resolve():
+        raise ConfigError(f"terminal.key_path: {cfg.terminal_key_path} is the polling key (ssh.key_path); "
+                          "the terminal needs a key pair of its own")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", cfg.terminal.term):
+        raise ConfigError(f"terminal.term: expected a terminal type like xterm-256color, got {cfg.terminal.term!r}")
 
 
 def _check_severity(key: str, value: str, allow_empty: bool = False) -> None:
@@ -467,6 +621,8 @@ def _check_alerts(alerts: AlertsConfig) -> None:
             raise ConfigError(f"alerts.disabled: {name!r} is not a built-in rule ({', '.join(BUILTIN_RULES)})")
     if not 0 < alerts.disk_full_percent <= 100:
         raise ConfigError(f"alerts.disk_full_percent: expected 0 < percent <= 100, got {alerts.disk_full_percent:g}")
+    if alerts.external_url and not re.match(r"^https?://[^\s/]+(/\S*)?$", alerts.external_url):
+        raise ConfigError(f"alerts.external_url: expected the page's public http:// or https:// URL, got {alerts.external_url!r}")
     seen = set(BUILTIN_RULES)
     for i, rule in enumerate(alerts.rules):
         key = f"alerts.rules[{i}]"
@@ -502,18 +658,118 @@ def _check_notifiers(notifiers: tuple[NotifierConfig, ...]) -> None:
         names.add(n.name)
         if n.type not in NOTIFIER_TYPES:
             raise ConfigError(f"{key}.type: expected one of {', '.join(NOTIFIER_TYPES)}, got {n.type!r}")
-        if n.type in ("webhook", "alertmanager"):
-            if not re.match(r"^https?://[^\s/]+", n.url):
-                raise ConfigError(f"{key}.url: expected an http:// or https:// URL, got {n.url!r}")
-            if n.argv:
-                raise ConfigError(f"{key}.argv: only for type = \"command\"")
-        else:
+        sources = [k for k in ("url", "url_env", "url_file") if getattr(n, k)]
+        if n.type == "command":
             if not n.argv or not n.argv[0]:
                 raise ConfigError(f"{key}.argv: expected the program and its arguments, e.g. [\"/usr/local/bin/page\", \"--team\", \"ops\"]")
-            if n.url:
-                raise ConfigError(f"{key}.url: not used by type = \"command\" (use argv)")
+            if sources:
+                raise ConfigError(f"{key}.{sources[0]}: not used by type = \"command\" (use argv)")
+        else:
+            if n.argv:
+                raise ConfigError(f"{key}.argv: only for type = \"command\"")
+            if len(sources) != 1:
+                what = "give one of url, url_env or url_file" if not sources else f"give only one of {', '.join(sources)}"
+                raise ConfigError(f"{key}.url: {what}")
+            if n.url_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n.url_env):
+                raise ConfigError(f"{key}.url_env: expected the name of an environment variable, got {n.url_env!r}")
+            if n.url and n.type != "apprise" and not re.match(r"^https?://[^\s/]+", n.url):
+                # Not echoed: a URL may carry a token.
+                raise ConfigError(f"{key}.url: expected an http:// or https:// URL")
+        if n.token_file and n.type not in ("webhook", "alertmanager"):
+            raise ConfigError(f"{key}.token_file: only for type = \"webhook\" or \"alertmanager\"")
         if n.retries < 0:
             raise ConfigError(f"{key}.retries: must not be negative, got {n.retries}")
         _check_severity(f"{key}.min_severity", n.min_severity)
         for sev in n.severities:
             _check_severity(f"{key}.severities", sev)
+
+
+def _check_globs(key: str, values: tuple[str, ...]) -> None:
+    for v in values:
+        if not v or len(v) > 100:
+            raise ConfigError(f"{key}: expected globs of 1 to 100 characters, got {v!r}")
+
+
+def _check_routing(alerts: AlertsConfig, notifiers: tuple[NotifierConfig, ...]) -> None:
+    """Routes name existing notifiers; grouping labels, inhibit rules and maintenance windows are valid."""
+    names = {n.name for n in notifiers}
+    root = alerts.route
+    for k in ("severities", "tags", "servers", "rules"):
+        if getattr(root, k):
+            raise ConfigError(f"alerts.route.{k}: the default route takes every alert; put matchers on [[alerts.routes]]")
+    if root.continue_:
+        raise ConfigError("alerts.route.continue: only for [[alerts.routes]]")
+    for i, route in enumerate((root,) + alerts.routes):
+        key = "alerts.route" if i == 0 else f"alerts.routes[{i - 1}]"
+        if i and not route.channels:
+            raise ConfigError(f"{key}.channels: required (the notifier names this route sends to)")
+        for ch in route.channels:
+            if ch not in names:
+                known = ", ".join(sorted(names)) or "none configured"
+                raise ConfigError(f"{key}.channels: no notifier named {ch!r} (notifiers: {known})")
+        for sev in route.severities:
+            _check_severity(f"{key}.severities", sev)
+        for k in ("tags", "servers", "rules"):
+            _check_globs(f"{key}.{k}", getattr(route, k))
+        for label in route.group_by or ():
+            if label != "..." and label not in ALERT_LABELS:
+                raise ConfigError(f"{key}.group_by: expected labels from {', '.join(ALERT_LABELS)} or \"...\", got {label!r}")
+    for i, rule in enumerate(alerts.inhibit):
+        key = f"alerts.inhibit[{i}]"
+        if not (rule.source_rules or rule.source_severities):
+            raise ConfigError(f"{key}.source_rules: required (which firing alerts mute others), or source_severities")
+        for k in ("source_rules", "target_rules"):
+            _check_globs(f"{key}.{k}", getattr(rule, k))
+        for k in ("source_severities", "target_severities"):
+            for sev in getattr(rule, k):
+                _check_severity(f"{key}.{k}", sev)
+        for label in rule.equal:
+            if label not in ALERT_LABELS:
+                raise ConfigError(f"{key}.equal: expected labels from {', '.join(ALERT_LABELS)}, got {label!r}")
+    seen = set()
+    for i, w in enumerate(alerts.maintenance):
+        key = f"alerts.maintenance[{i}]"
+        if not _RULE_NAME.match(w.name):
+            raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {w.name!r}")
+        if w.name in seen:
+            raise ConfigError(f"{key}.name: {w.name!r} is used by another window")
+        seen.add(w.name)
+        for d in w.days:
+            if d.lower() not in WEEKDAYS:
+                raise ConfigError(f"{key}.days: expected {', '.join(WEEKDAYS)}, got {d!r}")
+        for k in ("start", "end"):
+            if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", getattr(w, k)):
+                raise ConfigError(f"{key}.{k}: expected a local time like \"02:00\", got {getattr(w, k)!r}")
+        check_time_zone(f"{key}.time_zone", w.time_zone)
+        if not (w.servers or w.tags):
+            raise ConfigError(f"{key}: give servers or tags (\"*\" for every server) to say what it mutes")
+        for k in ("servers", "tags", "rules"):
+            _check_globs(f"{key}.{k}", getattr(w, k))
+    check_time_zone("alerts.time_zone", alerts.time_zone)
+
+
+def check_time_zone(key: str, name: str) -> None:
+    """An IANA time zone name zoneinfo knows."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: unknown time zone {name!r} (an IANA name like \"Europe/Berlin\" or \"UTC\")") from None
+
+
+def _check_telegram(t: TelegramConfig) -> None:
+    """An enabled bot has one token source, chats to answer, a central user and a Bot API URL."""
+    if not t.enabled:
+        return
+    sources = [k for k in ("token_env", "token_file") if getattr(t, k)]
+    if len(sources) != 1:
+        raise ConfigError("telegram.token_env: give one of token_env or token_file (the bot token is a secret)")
+    if t.token_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", t.token_env):
+        raise ConfigError(f"telegram.token_env: expected the name of an environment variable, got {t.token_env!r}")
+    if not t.allowed_chats:
+        raise ConfigError("telegram.allowed_chats: required (the chat ids the bot answers; it ignores every other)")
+    if not t.user:
+        raise ConfigError("telegram.user: required (the central user whose role the bot acts with)")
+    if not re.match(r"^https?://[^\s/]+", t.api_url):
+        raise ConfigError(f"telegram.api_url: expected an http:// or https:// URL, got {t.api_url!r}")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import asyncssh
 
-from .bundled import agent_path, agent_sha256, installer_path
+from .bundled import agent_path, agent_sha256, installer_path, terminal_installer_path
 from . import model, servers
-from .model import HOST_KEY_MISMATCH, AUTH_FAILED, Invalid, Server
+from .model import HOST_KEY_MISMATCH, AUTH_FAILED, CentralError, Invalid, Server
 from .service import restricted_key_line
 from .failures import classify
 from .serverlog import server_log
@@ -58,6 +58,8 @@ class DeployOptions:
     ssh_config: tuple[str, ...] | None = None
     jobs: int = 8
     connect_timeout: float = 15.0
+    #: also install the terminal key for this existing host account (docs/terminal.md)
+    terminal_user: str | None = None
 
 
 @dataclass
@@ -109,6 +111,10 @@ def check_options(options: DeployOptions) -> DeployOptions:
         raise Invalid(f"jobs must be 1 to 256, not {options.jobs}")
     if options.identity is not None and not Path(options.identity).is_file():
         raise Invalid(f"identity file {options.identity} does not exist")
+    if options.terminal_user is not None:
+        from .terminal import check_account
+
+        check_account(options.terminal_user)
     if options.known_hosts is not None and not Path(options.known_hosts).is_file():
         raise Invalid(f"known_hosts file {options.known_hosts} does not exist")
     return replace(options, service_patterns=options.service_patterns or ("*",),
@@ -163,6 +169,10 @@ class Deployer:
         self.agent = agent_path().read_bytes()
         self.sha256 = agent_sha256()
         self.installer = installer_path().read_text()
+        self.terminal_key = None
+        if self.options.terminal_user is not None:
+            self.terminal_key, _ = central.terminal.ensure_key()
+            self.terminal_installer = terminal_installer_path().read_text()
 
     def _set(self, result: DeployResult, **fields) -> None:
         for key, value in fields.items():
@@ -270,6 +280,8 @@ class Deployer:
                                        public_key, key_line)
             command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
             await self._install(conn, command, result)
+            if self.terminal_key is not None:
+                await self._install_terminal_key(conn, sudo, server, result)
         if server.host_key:
             self._set(result, step="check")
             check = await servers.test_server(self.central, server.name)
@@ -278,12 +290,38 @@ class Deployer:
                                  f"{check.get('reason')}: {check.get('error')}",
                                  "Check that the central's key is in the login user's authorized_keys "
                                  "and that sshd allows port forwarding")
+        if self.terminal_key is not None:
+            await self._record_terminal(server, result)
         self._set(result, state="ok", message=result.mode or "")
 
-    async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult) -> None:
-        """Run the installer, following its STEP lines; raise StepFailed on a FAIL line."""
+    async def _install_terminal_key(self, conn: asyncssh.SSHClientConnection, sudo: str, server: Server,
+                                    result: DeployResult) -> None:
+        """Install the terminal key, `restrict,pty`, for the named account (a separate installer)."""
+        from .terminal import terminal_key_line
+
+        account = self.options.terminal_user
+        line = terminal_key_line(self.terminal_key)
+        args = [account, base64.b64encode(line.encode()).decode(), self.terminal_key.split()[1], server.user]
+        command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+        await self._install(conn, command, result, self.terminal_installer)
+
+    async def _record_terminal(self, server: Server, result: DeployResult) -> None:
+        """Check that the terminal key opens a PTY session as the account, then record the account."""
+        account = self.options.terminal_user
+        if server.host_key:
+            self._set(result, step="terminal-check")
+            try:
+                await self.central.terminal.check(server, account)
+            except CentralError as exc:
+                raise StepFailed("terminal-check", exc.message,
+                                 f"Check that sshd lets {account} log in with a key and gives it a TTY") from None
+        await self.central.terminal.enable(server.name, account, by="deploy")
+
+    async def _install(self, conn: asyncssh.SSHClientConnection, command: str, result: DeployResult,
+                       script: str | None = None) -> None:
+        """Run an installer (default: the agent's), following its STEP lines; raise StepFailed on a FAIL line."""
         process = await conn.create_process(command, stderr=asyncssh.STDOUT)
-        process.stdin.write(self.installer)
+        process.stdin.write(self.installer if script is None else script)
         process.stdin.write_eof()
         failure = None
         last = ""

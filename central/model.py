@@ -160,15 +160,18 @@ class BuiltinRule:
     severity: str
     summary: str
     keep_firing: bool = True  # whether alerts.keep_firing_for applies
+    # While it fires the server cannot be observed: its other alerts are not notified
+    # (alerts.builtin_inhibit), since their figures are stale.
+    inhibits_server: bool = False
 
 
 INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
 BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
-                "cannot reach {server} over SSH ({value} polls in a row): {error}"),
+                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True),
     BuiltinRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, "critical",
                 "{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                "re-trusts it (central server trust): {error}", keep_firing=False),
+                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True),
     BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
                 "{server} refuses the central's SSH key ({value} polls in a row): {error}"),
     BuiltinRule("agent_down", "poll.agent_down", ">=", "agent_failures_after", 0.0, "warning",
@@ -218,6 +221,20 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role(VIEWER, "read-only", False),
     Role(OPERATOR, "may act: remote actions, acknowledging alerts, testing servers", True),
     Role(ADMIN, "manages servers, users and tokens", True),
+)}
+
+
+@dataclass(frozen=True)
+class Right:
+    """A permission an admin grants a user on top of their role (admins need it granted too)."""
+
+    name: str
+    text: str
+
+
+TERMINAL = "terminal"
+RIGHTS: dict[str, Right] = {r.name: r for r in (
+    Right(TERMINAL, "may open a web terminal (a shell) on servers where the terminal is enabled"),
 )}
 
 

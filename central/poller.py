@@ -78,6 +78,8 @@ class Poller:
         self.storage = storage
         self.transports = transports
         self.hooks: list[Hook] = []
+        # Run with each round of rollup and pruning (the terminal prunes its recordings here).
+        self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
         self._queue: asyncio.Queue[PollOutcome] = asyncio.Queue()
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
@@ -272,6 +274,8 @@ class Poller:
             try:
                 await self.storage.rollup()
                 await self.storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events)
+                for hook in self.maintenance_hooks:
+                    await hook()
             except Exception:  # noqa: BLE001 - retry next round
                 log.exception("rollup/prune failed")
             await asyncio.sleep(r.maintenance_interval)

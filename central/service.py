@@ -4,19 +4,20 @@ and the central's own SSH key pair.
 Every operation the CLI and the HTTP API offer is an async function taking the opened Central
 first, in the module of its concept: central.servers (probe, add, test, trust, change,
 remove, poll), central.views (what lists, pages and the API show), central.alerts (alerts and
-silences), central.actions (remote actions and their audit), central.deploy (agents) and
-central.auth (users and tokens). Handlers and click commands parse input, call one of these,
-and map CentralError to their own error form. Nothing here knows about HTTP or terminals.
+silences), central.actions (remote actions and their audit), central.deploy (agents),
+central.auth (users and tokens) and central.terminal (the web terminal: a Terminals object,
+like the alert engine, because it holds the open sessions). Handlers and click commands parse
+input, call one of these, and map CentralError to their own error form. Nothing here knows about HTTP or terminals.
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
 
 import asyncssh
 
+from . import files
 from .alerts import AlertEngine
 from .auth import Auth
 from .config import Config
@@ -25,6 +26,7 @@ from .poller import Poller
 from .servers import ensure_local_server
 from .sshpool import SSHPool, public_key_line
 from .storage import Storage
+from .terminal import Terminals
 from .transport import Transports
 
 
@@ -37,18 +39,18 @@ def ensure_key_pair(path: Path) -> tuple[str, bool]:
     """Create the central's ed25519 key pair if missing; returns (public key line, created)."""
     pub = Path(str(path) + ".pub")
     if path.exists():
+        files.private_file(path)
         key = asyncssh.read_private_key(str(path))
         line = public_key_line(key)
         if not pub.exists():
-            pub.write_text(line + " central\n")
+            files.create_private(pub, (line + " central\n").encode(), mode=0o644)
         return line, False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        files.private_dir(path.parent)
     key = asyncssh.generate_private_key("ssh-ed25519", comment="central@" + socket.gethostname())
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.export_private_key())
+    files.create_private(path, key.export_private_key())
     line = public_key_line(key)
-    pub.write_text(line + f" central@{socket.gethostname()}\n")
+    files.create_private(pub, f"{line} central@{socket.gethostname()}\n".encode(), mode=0o644)
     return line, True
 
 
@@ -63,14 +65,17 @@ class Central:
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
-        self.notifier = Dispatcher(storage, config.notifiers, queue_size=config.alerts.queue_size)
+        self.notifier = Dispatcher(storage, config.notifiers, alerts=config.alerts, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
         self.poller.hooks.append(self.alerts.on_batch)
+        self.terminal = Terminals(config, storage, self.auth, self.transports)
+        self.poller.maintenance_hooks.append(self.terminal.prune)
 
     @classmethod
     async def open(cls, config: Config) -> "Central":
         """Open the database (creating it) and make sure the local server exists."""
+        files.private_dir(config.data_path)
         storage = await Storage.open(config.database_path)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:
@@ -80,6 +85,7 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        await self.terminal.close()
         await self.alerts.stop()
         await self.notifier.stop()
         await self.transports.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import Mapping
 
@@ -287,6 +288,11 @@ class _LocalActionChannel(ActionChannel):
         config = self.transport.config.actions
         if not config.local:
             raise Forbidden(f"actions on the central's own host ({self.server.name}) are disabled (actions.local = false)")
+        if os.geteuid() == 0 and not config.local_as_root:
+            # In-process actions run with the central's own privileges: as root, a kill would
+            # reach any process of this host. The agent's policy is no limit for root.
+            raise Forbidden(f"the central runs as root, so actions on its own host ({self.server.name}) are refused: "
+                            "run it as its own user (scripts/start-central.sh does), or set actions.local_as_root = true")
         agent = agent_module()
         policy = self.transport.action_policy()
         fn = getattr(agent, ACTION_KINDS[kind].agent_function)

@@ -130,7 +130,18 @@ async def central_status(central: Central) -> dict:
             "errors_by_reason": dict(poller.errors_by_reason),
         },
         "pool": {"connections": central.pool.size, "connects": central.pool.connects},
+        "notifiers": (await notifications_status(central))["notifiers"],
     }
+
+
+async def notifications_status(central: Central) -> dict:
+    """Each notification channel's health, the routes and the weekly maintenance windows (secrets masked)."""
+    dispatcher = central.notifier
+    if not dispatcher.started:
+        await dispatcher.load_health()  # not serving (the CLI): the delivery log says how channels did
+    now = time.time()
+    return {"notifiers": dispatcher.health(), "routes": dispatcher.router.describe(),
+            "maintenance": [w.describe(now) for w in central.alerts.windows]}
 
 
 def parse_range(range_: str | None, start: float | None, end: float | None, now: float | None = None) -> tuple[float, float]:

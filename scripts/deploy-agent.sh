@@ -24,6 +24,10 @@ Options:
                           \${CENTRAL_DATA_DIR:-/var/lib/central}/id_ed25519.pub)
   --no-central-key        do not install the central's key
   --full-access           install the central's key without restrictions (allows a shell)
+  --terminal-user NAME    also install the web terminal's key for this existing account,
+                          restricted to a PTY session (restrict,pty; see docs/terminal.md)
+  --terminal-key FILE.pub the terminal's public key (default:
+                          \${CENTRAL_DATA_DIR:-/var/lib/central}/terminal_ed25519.pub)
   --agent-port PORT       port the agent listens on at 127.0.0.1 (default 8083)
   --no-actions            agent refuses every action (kill, service, docker)
   --allow-actions LIST    comma-separated subset of kill,service,docker (default: all)
@@ -40,6 +44,7 @@ Examples:
   $PROG --central-key ./id_ed25519.pub --no-actions -j 20 \$(cat hosts.txt)
   $PROG --allow-actions service --service-pattern 'nginx*' --watch-unit nginx.service admin@db-1
   $PROG --identity ~/.ssh/deploy --ssh-opt Port=2222 --ssh-opt ProxyJump=bastion root@10.0.0.5
+  $PROG --terminal-user ops root@web-1    # then: central terminal enable web-1 --user ops
 
 Exit status: 0 when every host succeeded, 1 when any failed, 2 for a usage error.
 EOF
@@ -51,6 +56,8 @@ agent_path="$SCRIPT_DIR/../agent/agent.py"
 central_key="${CENTRAL_DATA_DIR:-/var/lib/central}/id_ed25519.pub"
 install_key=1
 full_access=0
+terminal_user=""
+terminal_key="${CENTRAL_DATA_DIR:-/var/lib/central}/terminal_ed25519.pub"
 agent_port=8083
 actions="kill,service,docker"
 service_patterns=()
@@ -68,6 +75,8 @@ while [[ $# -gt 0 ]]; do
         --central-key) need_arg "$@"; central_key=$2; shift 2 ;;
         --no-central-key) install_key=0; shift ;;
         --full-access) full_access=1; shift ;;
+        --terminal-user) need_arg "$@"; terminal_user=$2; shift 2 ;;
+        --terminal-key) need_arg "$@"; terminal_key=$2; shift 2 ;;
         --agent-port) need_arg "$@"; agent_port=$2; shift 2 ;;
         --no-actions) actions=""; shift ;;
         --allow-actions) need_arg "$@"; actions=$2; shift 2 ;;
@@ -136,6 +145,20 @@ if [[ $install_key == 1 ]]; then
     fi
 fi
 
+terminal_b64="" terminal_blob=""
+if [[ -n $terminal_user ]]; then
+    [[ $terminal_user =~ ^[A-Za-z_][A-Za-z0-9_.-]{0,31}$ ]] || die "--terminal-user '$terminal_user' is not a user name"
+    [[ -r $terminal_key ]] || die "terminal public key $terminal_key not found (run 'central terminal key', or pass --terminal-key FILE.pub)"
+    read -r t_type terminal_blob _ < "$terminal_key" || true
+    [[ ${t_type:-} =~ ^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521))$ && ${terminal_blob:-} =~ ^[A-Za-z0-9+/=]+$ ]] \
+        || die "$terminal_key is not an OpenSSH public key line"
+    [[ -z $central_key || ! -r $central_key ]] || ! grep -qF -- "$terminal_blob" "$central_key" \
+        || die "$terminal_key is the polling key; the terminal needs a key pair of its own"
+    terminal_b64=$(printf '%s' "restrict,pty $t_type $terminal_blob central-terminal" | base64 -w0)
+    terminal_installer="$SCRIPT_DIR/terminal-key-install.sh"
+    [[ -r $terminal_installer ]] || die "installer $terminal_installer not found (incomplete checkout?)"
+fi
+
 agent_sha=$(sha256sum "$agent_path" | cut -d' ' -f1)
 b64() { printf '%s' "$1" | base64 -w0; }
 policy_b64=$(b64 "$policy_json")
@@ -202,6 +225,19 @@ deploy_host() {
     }
     mode=$(sed -n 's/^MODE //p' <<<"$out")
     read -r version sha <<<"$(sed -n 's/^AGENT //p' <<<"$out")"
+    if [[ -n $terminal_user ]]; then
+        say "installing the terminal key for $terminal_user"
+        args=$(printf ' %q' "$terminal_user" "$terminal_b64" "$terminal_blob" "$user")
+        out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$args" <"$terminal_installer" 2>&1) || {
+            line=$(grep '^FAIL ' <<<"$out" | tail -n1)
+            if [[ -n $line ]]; then
+                IFS=$'\t' read -r step msg hint <<<"${line#FAIL }"
+                fail "$step" "$msg" "$hint"
+            fi
+            fail terminal-key "$(tail -n1 <<<"$out")" "Run again; if it persists, check the host by hand"
+        }
+        mode="$mode, terminal: $terminal_user (record it: central terminal enable SERVER --user $terminal_user)"
+    fi
     "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
     say "done: agent $version ($mode)"
     result "$target" "ok" "$version" "${sha:0:12}" "$mode"

@@ -8,14 +8,20 @@
 #   scripts/start-central.sh --stop           # stops the central started with --background
 #   scripts/start-central.sh --no-venv        # use $PYTHON's own packages, run this checkout
 #
+# Run as root (sudo, or a root shell), the central itself does not run as root: the script
+# creates the system user CENTRAL_USER (default centrald; no login shell, home = the data
+# directory), gives it the data directory (mode 0700; an existing root-owned one is chowned
+# over, with a message) and runs init and serve as that user.
+#
 # Environment: CENTRAL_DATA_DIR (default /var/lib/central as root, else
-# ~/.local/share/central), CENTRAL_CONFIG (a config file), PYTHON (interpreter to use),
-# CENTRAL_VENV (default: .venv next to this script's repository; an existing venv made with
-# --system-site-packages reuses what that Python has installed).
+# ~/.local/share/central), CENTRAL_CONFIG (a config file), CENTRAL_USER (as root: the user the
+# central runs as; "root" keeps it root, which refuses actions on this host), PYTHON
+# (interpreter to use), CENTRAL_VENV (default: .venv next to this script's repository; an
+# existing venv made with --system-site-packages reuses what that Python has installed).
 set -euo pipefail
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 fail() { echo "start-central.sh: $*" >&2; exit 1; }
@@ -102,6 +108,10 @@ PY
 ) || fail "invalid configuration (see above)"
 read -r data_dir db listen port <<<"$settings"
 pid_file="$data_dir/central.pid"
+# The central must resolve the same directory whoever it runs as (its own user's default
+# would be that user's ~/.local/share/central).
+export CENTRAL_DATA_DIR="$data_dir"
+
 
 # A pid file names our central only while that process still runs `central serve`.
 running_pid() {
@@ -143,9 +153,56 @@ then
   fail "port $port on $listen is in use; stop what runs there or pass --port"
 fi
 
+# As root: run the central as its own unprivileged user (run_as prefixes every central command).
+run_as=()
+central_user=""
+as_user=""  # set when the central runs as another user than this script
+if [ "$(id -u)" = 0 ]; then
+  central_user=${CENTRAL_USER:-centrald}
+  [[ $central_user =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || fail "CENTRAL_USER must be a user name, not '$central_user'"
+fi
+if [ -n "$central_user" ] && [ "$central_user" != root ]; then
+  if ! id -u "$central_user" >/dev/null 2>&1; then
+    command -v useradd >/dev/null || fail "no useradd to create the user $central_user (apt-get install passwd)"
+    nologin=$(command -v nologin || echo /usr/sbin/nologin)
+    useradd --system --user-group --home-dir "$data_dir" --no-create-home --shell "$nologin" \
+      --comment "central fleet monitor" "$central_user" || fail "cannot create the system user $central_user"
+    echo "created system user $central_user (no login shell, home $data_dir); the central runs as $central_user"
+  fi
+  [ "$(id -u "$central_user")" != 0 ] || fail "CENTRAL_USER $central_user has uid 0; pick an unprivileged user"
+  group=$(id -gn "$central_user")
+  mkdir -p "$data_dir"
+  owner=$(stat -c %U "$data_dir")
+  if [ "$owner" != "$central_user" ]; then
+    # An install from before the central had its own user: hand its data over (-h: links
+    # themselves, never what they point to).
+    echo "$data_dir belongs to $owner: giving it to $central_user (chown -R), so the central runs without root"
+    chown -hR "$central_user:$group" "$data_dir" || fail "cannot chown $data_dir to $central_user"
+  fi
+  chmod 700 "$data_dir"
+  as_user=$central_user
+  if command -v setpriv >/dev/null; then
+    # setpriv execs (no process in between, so the pid file names the central itself);
+    # no-new-privs: nothing the central starts can gain privileges (setuid programs).
+    run_as=(setpriv --reuid="$central_user" --regid="$group" --init-groups --no-new-privs --
+            env HOME="$data_dir" USER="$central_user" LOGNAME="$central_user")
+  else
+    run_as=(runuser -u "$central_user" --)
+  fi
+  "${run_as[@]}" "$py" -P -c "import central" 2>/dev/null \
+    || fail "user $central_user cannot run $py (is the checkout or Python under a private directory such as /root?); put the checkout where other users can read it (e.g. /opt/central), or set CENTRAL_VENV/PYTHON"
+  "${run_as[@]}" test -w "$data_dir" -a -w "$(dirname "$db")" \
+    || fail "user $central_user cannot write $data_dir and $(dirname "$db"); check the directories above them"
+  if [ -n "${CENTRAL_CONFIG:-}" ]; then
+    "${run_as[@]}" test -r "$CENTRAL_CONFIG" || fail "user $central_user cannot read $CENTRAL_CONFIG"
+  fi
+elif [ "$central_user" = root ]; then
+  echo "warning: CENTRAL_USER=root: the central runs as root, and refuses actions on this host (actions.local_as_root)" >&2
+fi
+
 if [ ! -f "$db" ]; then
   echo "first start: initialising $data_dir"
-  "${central[@]}" init || fail "central init failed"
+  "${run_as[@]}" "${central[@]}" init || fail "central init failed"
   echo
 fi
 
@@ -159,12 +216,16 @@ esac
 url="http://$probe_host:$port/"
 if [ "$background" = 1 ]; then
   log="$data_dir/central.log"
-  nohup "${central[@]}" serve >>"$log" 2>&1 </dev/null &
+  if [ ! -e "$log" ]; then
+    (umask 077 && : >"$log")
+    if [ -n "$as_user" ]; then chown "$as_user:$group" "$log"; fi
+  fi
+  nohup "${run_as[@]}" "${central[@]}" serve >>"$log" 2>&1 </dev/null &
   pid=$!
-  echo "$pid" > "$pid_file"
+  (umask 077 && echo "$pid" > "$pid_file")
   for _ in $(seq 1 100); do
     if "$py" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + 'health', timeout=1)" "$url" 2>/dev/null; then
-      echo "central is running (pid $pid) at $url  - log: $log; stop: $0 --stop"
+      echo "central is running (pid $pid${as_user:+, user $as_user}) at $url  - log: $log; stop: $0 --stop"
       exit 0
     fi
     kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; fail "central exited at start; see $log"; }
@@ -172,5 +233,5 @@ if [ "$background" = 1 ]; then
   done
   fail "central did not answer on $url within 20 s; see $log"
 fi
-echo "central at $url (Ctrl-C stops it)"
-exec "${central[@]}" serve
+echo "central at $url${as_user:+ as user $as_user} (Ctrl-C stops it)"
+exec "${run_as[@]}" "${central[@]}" serve

@@ -22,6 +22,10 @@ def make_config(tmp_path, **poll) -> Config:
         poll=dataclasses.replace(PollConfig(), interval=1.0, timeout=3.0, reload_interval=0.5, **poll),
         ssh=dataclasses.replace(SSHConfig(), connect_timeout=3.0, backoff_initial=0.2, backoff_max=1.0),
         retention=RetentionConfig(),
+        # The suite runs as root, where actions on `local` are refused by default; tests of
+        # local actions act as an operator who allowed it (tests/test_central_user.py checks
+        # the default refusal, and local actions of a central that is not root).
+        actions=dataclasses.replace(cfg.actions, local_as_root=True),
     )
 
 

@@ -481,4 +481,8 @@ def test_example_config_loads(tmp_path):
     (tmp_path / "c.toml").write_text(head + tail)
     cfg = load_config(tmp_path / "c.toml", env={})
     assert [r.name for r in cfg.alerts.rules] == ["cpu_high", "inodes_low"]
-    assert [n.type for n in cfg.notifiers] == ["webhook", "alertmanager", "command"]
+    assert [n.type for n in cfg.notifiers] == ["webhook", "alertmanager", "apprise", "apprise", "command"]
+    assert [r.channels for r in cfg.alerts.routes] == [("pager",), ("ops-webhook",)]
+    assert cfg.alerts.route.group_by == ("...",) and cfg.alerts.route.repeat_interval == 4 * 3600.0
+    assert [w.name for w in cfg.alerts.maintenance] == ["sunday-backups"]
+    assert cfg.alerts.inhibit[0].equal == ("server", "label")

@@ -54,8 +54,9 @@ async def test_sshd_stopped_raises_unreachable_and_resolves_when_back(test_host,
         await wait_for(resolved, timeout=30, what="the alert to resolve")
         await wait_for(lambda: receiver.events() == ["firing", "resolved"], timeout=15,
                        what="the resolved notification")
-        body = receiver.requests[-1]["body"]["alert"]
+        [body] = receiver.requests[-1]["body"]["alerts"]
         assert (body["id"], body["state"], body["server"]) == (alert["id"], "resolved", host.name)
+        assert body["url"].endswith(f"/alerts/{alert['id']}")
         assert await central.storage.list_alerts(firing_only=True) == []
     finally:
         await central.close()

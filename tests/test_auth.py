@@ -1,12 +1,19 @@
 """Users, passwords, tokens (core and CLI) and the HTTP side: sessions, CSRF, Host, login limits."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import re
 import sqlite3
+import sys
+import time
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
+from cryptography import fernet
 
 from central import auth
 from central.cli import cli
@@ -29,15 +36,58 @@ def test_scrypt_hash_is_salted_self_describing_and_verifies():
         assert not auth.verify_password("hunter2hunter2", broken)
 
 
-def test_login_limiter_counts_per_address_and_per_user():
-    lim = auth.LoginLimiter(per_minute=3)
+def _fail(lim, address, user, now):
+    attempt = lim.reserve(address, user, now=now)
+    assert isinstance(attempt, auth.LoginAttempt), f"{user}@{address} refused at {now}: wait {attempt}"
+    return attempt
+
+
+def test_login_limiter_backs_off_per_user_and_address():
+    lim = auth.LoginLimiter(free=3, per_user=100, backoff_max=60.0)
     for _ in range(3):
-        assert lim.retry_after("10.0.0.1", "alice", now=100.0) == 0
-        lim.failed("10.0.0.1", "alice", now=100.0)
-    assert lim.retry_after("10.0.0.1", "bob", now=101.0) == pytest.approx(59.0)  # address limited
-    assert lim.retry_after("10.0.0.2", "alice", now=101.0) == pytest.approx(59.0)  # user limited
-    assert lim.retry_after("10.0.0.2", "bob", now=101.0) == 0
-    assert lim.retry_after("10.0.0.1", "alice", now=160.5) == 0  # the minute passed
+        _fail(lim, "10.0.0.1", "alice", 100.0)
+    # the next try waits 1 s, then 2 s, 4 s ...: the wait doubles with each further failure
+    assert lim.reserve("10.0.0.1", "alice", now=100.5) == pytest.approx(0.5)
+    _fail(lim, "10.0.0.1", "alice", 101.0)
+    assert lim.retry_after("10.0.0.1", "alice", now=101.0) == pytest.approx(2.0)
+    _fail(lim, "10.0.0.1", "alice", 103.0)
+    assert lim.retry_after("10.0.0.1", "alice", now=103.0) == pytest.approx(4.0)
+    for i in range(10):
+        now = 200.0 + 100 * i
+        _fail(lim, "10.0.0.1", "alice", now)
+    assert lim.retry_after("10.0.0.1", "alice", now=now) == pytest.approx(60.0)  # capped at backoff_max
+    # another address for alice, and another user from that address, are not held back
+    assert lim.retry_after("10.0.0.2", "alice", now=now) == 0
+    assert lim.retry_after("10.0.0.1", "bob", now=now) == 0
+    # quiet for `forget` seconds: forgotten
+    assert lim.retry_after("10.0.0.1", "alice", now=now + lim.forget) == 0
+
+
+def test_a_right_password_gives_the_reservation_back_and_resets_the_pair():
+    lim = auth.LoginLimiter(free=2, per_user=100)
+    _fail(lim, "10.0.0.1", "alice", 100.0)
+    lim.succeeded(_fail(lim, "10.0.0.1", "alice", 100.0), now=100.0)
+    _fail(lim, "10.0.0.1", "alice", 100.0)
+    _fail(lim, "10.0.0.1", "alice", 100.0)  # two free failures again after the success
+    assert lim.retry_after("10.0.0.1", "alice", now=100.0) > 0
+
+
+def test_the_per_user_ceiling_spares_addresses_the_user_logged_in_from():
+    """Guesses from many addresses hit the user's ceiling; the admin's own address still gets in."""
+    lim = auth.LoginLimiter(free=3, per_user=10)
+    lim.succeeded(_fail(lim, "192.0.2.7", "admin", 50.0), now=50.0)  # the admin's usual address
+    for i in range(10):
+        _fail(lim, f"10.0.0.{i}", "admin", 100.0)
+    assert lim.retry_after("10.0.1.1", "admin", now=100.0) > 0  # a fresh address: the ceiling holds
+    assert lim.retry_after("192.0.2.7", "admin", now=100.0) == 0  # the admin is not locked out
+    assert lim.retry_after("10.0.1.1", "bob", now=100.0) == 0
+
+
+def test_login_limiter_memory_is_bounded():
+    lim = auth.LoginLimiter(free=1, per_user=1, max_keys=100)
+    for i in range(1000):
+        lim.reserve(f"10.0.{i // 250}.{i % 250}", f"user{i}", now=float(i))
+    assert len(lim._failures) <= 100
 
 
 async def test_users_tokens_and_the_last_admin(central):
@@ -187,11 +237,81 @@ async def test_bearer_requests_need_no_csrf_token_even_with_a_cookie(api):
     assert status == 200 and body["server"]["tags"] == ["x"]
 
 
-async def test_password_change_ends_sessions(api):
+def _saved_cookies(api) -> dict:
+    return {c.key: c.value for c in api.client.session.cookie_jar}
+
+
+def _restore(api, cookies: dict) -> None:
+    api.client.session.cookie_jar.clear()
+    api.client.session.cookie_jar.update_cookies(cookies)
+
+
+async def test_a_saved_cookie_stops_working_after_logout(api):
+    _, body, _ = await _login(api)
+    saved = _saved_cookies(api)
+    status, _, _ = await api.request("POST", "/api/v1/logout", role=None, headers={"X-CSRF-Token": body["csrf_token"]})
+    assert status == 200
+    _restore(api, saved)  # the attacker's copy of the cookie, taken before the logout
+    status, body, _ = await api.get("/api/v1/session", role=None)
+    assert status == 401
+    status, _, _ = await api.request("POST", "/api/v1/servers/local/test", role=None,
+                                     headers={"X-CSRF-Token": "whatever"})
+    assert status == 401
+
+
+async def test_the_database_holds_only_a_hash_of_the_session_id(api, config):
     await _login(api)
+    rows = await api.central.storage._all("SELECT * FROM sessions")
+    assert len(rows) == 1 and rows[0]["address"] == "127.0.0.1"
+    assert rows[0]["expires_at"] - rows[0]["created_at"] == pytest.approx(config.http.session_max_age)
+    dump = "\n".join(sqlite3.connect(config.database_path).iterdump())
+    key = config.session_secret_path.read_bytes()  # the cookie's payload, decrypted, carries the id
+    payload = json.loads(fernet.Fernet(base64.urlsafe_b64encode(key)).decrypt(_saved_cookies(api)["central_session"].encode()))
+    sid = payload["session"]["sid"]
+    assert len(sid) >= 40 and sid not in dump and auth.token_hash(sid) in dump
+
+
+async def _cli_in_a_process(config, *args: str, input: str | None = None) -> str:
+    """Run `central ...` as its own process on the same data directory (as an operator would)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "central", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CENTRAL_DATA_DIR": str(config.data_path),
+                                               "CENTRAL_CONFIG": ""})
+    out, _ = await proc.communicate(input.encode() if input else None)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.parametrize("how", ["password change", "logout everywhere", "user removed"])
+async def test_a_password_change_logout_or_removal_ends_sessions_from_another_process(api, config, how):
+    await _login(api, "viewer1")
     assert (await api.get("/api/v1/session", role=None))[0] == 200
+    if how == "password change":
+        out = await _cli_in_a_process(config, "user", "passwd", "viewer1", "--password-stdin",
+                                      input="a brand new password\n")
+    elif how == "logout everywhere":
+        out = await _cli_in_a_process(config, "user", "logout", "viewer1")
+        assert out.strip() == "ended 1 session of viewer1"
+    else:
+        out = await _cli_in_a_process(config, "user", "remove", "viewer1", "--yes")
+    status, _, _ = await api.get("/api/v1/session", role=None)
+    assert status == 401, out
+
+
+async def test_other_users_sessions_survive_a_password_change(api, config):
+    await _login(api, "viewer1")
     await api.central.auth.set_password("operator1", "a brand new password")
-    assert (await api.get("/api/v1/session", role=None))[0] == 401
+    assert (await api.get("/api/v1/session", role=None))[1]["user"] == "viewer1"
+
+
+async def test_an_expired_session_is_refused(config):
+    api = await start_api(config, session_max_age=60.0)
+    try:
+        await _login(api)
+        await api.central.storage._write([("UPDATE sessions SET expires_at = ?", (time.time() - 1,))])
+        assert (await api.get("/api/v1/session", role=None))[0] == 401
+    finally:
+        await api.client.close()
 
 
 async def test_form_login_redirects_to_a_local_path_only(api):
@@ -213,15 +333,55 @@ async def test_wrong_password_and_unknown_user_look_alike(api):
     assert s1 == s2 == 401 and b1 == b2
 
 
-async def test_login_attempts_are_rate_limited(config):
-    api = await start_api(config, login_attempts_per_minute=3)
+async def test_login_attempts_back_off(config):
+    api = await start_api(config, login_attempts=3)
     try:
         for _ in range(3):
             assert (await _login(api, password="wrong password!"))[0] == 401
-        status, body, resp = await _login(api)  # even the right password, until the minute passes
+        status, body, resp = await _login(api)  # even the right password, until the wait is over
         assert status == 429 and body["error"] == "too_many_attempts" and int(resp.headers["Retry-After"]) >= 1
-        status, _, _ = await _login(api, user="viewer1")  # same address: limited too
-        assert status == 429
+        status, _, _ = await _login(api, user="viewer1")  # another user from this address: not held back
+        assert status == 200
+    finally:
+        await api.client.close()
+
+
+async def test_parallel_guesses_are_limited_before_the_password_is_checked(config, monkeypatch):
+    """100 parallel wrong passwords for one user: only the allowance is ever checked (401), the rest 429."""
+    checked = []
+    real_verify = auth.verify_password
+    monkeypatch.setattr(auth, "verify_password", lambda pw, stored: checked.append(pw) or real_verify(pw, stored))
+    api = await start_api(config, login_attempts=5, login_attempts_per_user=50)
+    try:
+        results = await asyncio.gather(*(_login(api, user="admin1", password=f"guess number {i}") for i in range(100)))
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [401] * 5 + [429] * 95
+        assert len(checked) == 5  # scrypt ran five times, not a hundred
+    finally:
+        await api.client.close()
+
+
+async def _login_from(api, address: str, user: str, password: str = PASSWORD):
+    """A login whose TCP connection comes from address (any 127.x.y.z reaches the test server)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(api.client.make_url("/api/v1/login"),
+                                json={"username": user, "password": password}) as resp:
+            return resp.status
+
+
+async def test_nobody_locks_the_admin_out_from_another_address(config):
+    api = await start_api(config, login_attempts=3, login_attempts_per_user=6)
+    try:
+        assert await _login_from(api, "127.0.0.2", "admin1") == 200  # the admin's own address, once
+        # an attacker from one address is stopped after its allowance ...
+        assert [await _login_from(api, "127.0.0.3", "admin1", "wrong password!") for _ in range(4)] == [401] * 3 + [429]
+        # ... and from several addresses, at the user's ceiling
+        assert [await _login_from(api, "127.0.0.4", "admin1", "wrong password!") for _ in range(3)] == [401] * 3
+        assert await _login_from(api, "127.0.0.5", "admin1", "wrong password!") == 429
+        # the admin still logs in: from a new address before the ceiling, from a known one after it
+        assert await _login_from(api, "127.0.0.2", "admin1") == 200
+        assert await _login_from(api, "127.0.0.6", "admin1") == 429
     finally:
         await api.client.close()
 

@@ -11,7 +11,8 @@ from tests.test_agent_actions import sleeper  # noqa: F401 - a fixture
 
 @pytest.fixture
 def run(tmp_path):
-    env = {"CENTRAL_DATA_DIR": str(tmp_path / "data"), "CENTRAL_CONFIG": ""}
+    # as root (the suite's user) local actions need the operator's explicit yes
+    env = {"CENTRAL_DATA_DIR": str(tmp_path / "data"), "CENTRAL_CONFIG": "", "CENTRAL_ACTIONS_LOCAL_AS_ROOT": "true"}
 
     def invoke(*args, input=None):
         return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)

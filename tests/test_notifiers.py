@@ -67,7 +67,8 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def events(self) -> list[str]:
-        return [r["body"]["event"] for r in self.requests]
+        """The event of each alert in each message received, in order."""
+        return [a["event"] for r in self.requests for a in r["body"]["alerts"]]
 
     async def stop(self) -> None:
         self.release.set()
@@ -98,7 +99,7 @@ async def setup(storage, notifiers, clock=time.time, servers=("web1",), **alert_
     for name in servers:
         s = await storage.add_server(name, "10.0.0.1", tags=("prod",))
         by_id[s.id] = s
-    dispatcher = Dispatcher(storage, cfg.notifiers, queue_size=cfg.alerts.queue_size, clock=clock)
+    dispatcher = Dispatcher(storage, cfg.notifiers, alerts=cfg.alerts, queue_size=cfg.alerts.queue_size, clock=clock)
     engine = AlertEngine(cfg, storage, dispatcher, clock=clock)
     await engine.start(run_timer=False)
     return engine, dispatcher, by_id
@@ -123,11 +124,11 @@ async def test_webhook_gets_firing_and_resolved_with_the_alert(storage, receiver
         await dispatcher.stop()
     assert receiver.events() == ["firing", "resolved"]
     first = receiver.requests[0]["body"]
-    assert first["version"] == 1 and first["channel"] == "ops"
-    alert = first["alert"]
+    assert first["version"] == 2 and first["channel"] == "ops" and first["event"] == "firing"
+    [alert] = first["alerts"]
     assert (alert["rule"], alert["server"], alert["severity"], alert["state"]) == (
         "server_unreachable", "web1", "critical", "firing")
-    assert receiver.requests[1]["body"]["alert"]["state"] == "resolved"
+    assert [a["state"] for a in receiver.requests[1]["body"]["alerts"]] == ["resolved"]
     log = await storage.notifications(alert["id"])
     assert [(n["event"], n["ok"], n["attempt"], n["detail"]) for n in reversed(log)] == [
         ("firing", True, 1, "HTTP 200"), ("resolved", True, 1, "HTTP 200")]
@@ -207,9 +208,11 @@ async def test_a_hanging_receiver_does_not_hold_up_evaluation(storage):
 async def test_queue_overflow_drops_the_oldest_and_counts(storage):
     dispatcher = Dispatcher(storage, [hook("ops", "http://127.0.0.1:9/")], queue_size=2)
     for i in range(1, 6):  # workers not started: everything stays queued
-        dispatcher.notify("firing", {"id": i, "severity": "warning", "rule": "r"})
+        dispatcher.notify("firing", {"id": i, "severity": "warning", "rule": "r", "server": "s", "server_id": 1,
+                                     "label": str(i)})
+    dispatcher.pump()
     assert dispatcher.dropped == 3
-    assert [a["id"] for _, a in dispatcher.channels[0].queue] == [4, 5]
+    assert [m.firing[0]["id"] for m in dispatcher.channels[0].queue] == [4, 5]
 
 
 async def test_severity_filters(storage, receiver):
@@ -223,7 +226,7 @@ async def test_severity_filters(storage, receiver):
         await dispatcher.wait_idle()
     finally:
         await dispatcher.stop()
-    got = [(r["body"]["channel"], r["body"]["alert"]["rule"]) for r in receiver.requests]
+    got = [(r["body"]["channel"], a["rule"]) for r in receiver.requests for a in r["body"]["alerts"]]
     assert got == [("critical-only", "server_unreachable")]
 
 
@@ -284,7 +287,7 @@ async def test_silenced_alert_is_recorded_but_not_sent(storage, receiver):
         await dispatcher.wait_idle()
     finally:
         await dispatcher.stop()
-    assert [r["body"]["alert"]["server"] for r in receiver.requests] == ["web2"]
+    assert [a["server"] for r in receiver.requests for a in r["body"]["alerts"]] == ["web2"]
     assert sorted(r["server"] for r in await storage.list_alerts(firing_only=True)) == ["web1", "web2"]
 
 

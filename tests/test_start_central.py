@@ -49,7 +49,9 @@ def start(tmp_path):
 
     def run(*args, data: Path = tmp_path / "data", **env):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CENTRAL_")}
-        environ.update({"CENTRAL_DATA_DIR": str(data), "PYTHON": sys.executable}, **env)
+        # As root the script would run the central as a system user of its own, which cannot
+        # read this suite's private venvs: here it stays root (tests/test_central_user.py tests that).
+        environ.update({"CENTRAL_DATA_DIR": str(data), "PYTHON": sys.executable, "CENTRAL_USER": "root"}, **env)
         res = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ,
                              timeout=240)
         pid_file = data / "central.pid"

@@ -410,6 +410,24 @@ async def test_notification_log(storage):
     assert await storage.last_sent() == {(alert, "hook"): NOW + 60}
 
 
+async def test_message_attempts_and_channel_health(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    ids = await storage.save_alerts([alert_row(a.id, r, "firing", fired_at=NOW) for r in ("cpu", "mem")], [], [])
+    # A two-alert message: its first two attempts fail, the third goes through; then a failing stretch.
+    for attempt, ok, ts in ((1, False, NOW), (2, False, NOW + 1), (3, True, NOW + 3)):
+        await storage.log_notifications([(i, "mail", "firing", ts, attempt, ok, "ok" if ok else "HTTP 500")
+                                          for i in ids])
+    for attempt, ts in ((1, NOW + 60), (2, NOW + 61)):
+        await storage.log_notifications([(i, "mail", "repeat", ts, attempt, False, f"timeout {attempt}")
+                                         for i in ids])
+    await storage.log_notifications([(None, "hook", "test", NOW + 70, 1, True, "HTTP 200")])
+    assert len(await storage.notifications(ids[0])) == 5
+    assert await storage.channel_health() == {
+        "mail": {"last_success": NOW + 3, "failures_in_row": 2, "last_error_at": NOW + 61, "last_error": "timeout 2"},
+        "hook": {"last_success": NOW + 70, "failures_in_row": 0, "last_error_at": None, "last_error": None},
+    }
+
+
 # audit
 
 async def test_audit_log_pages_newest_first(storage):
@@ -452,6 +470,34 @@ async def test_users(storage):
     assert await storage.find_user("bob") is None
 
 
+async def test_sessions(storage):
+    """Page sessions: found by id hash until they expire, are removed, or their user changes password or goes."""
+    alice = await storage.add_user("alice", "admin", "h")
+    bob = await storage.add_user("bob", "viewer", "h")
+    for uid, h in ((alice["id"], "a1"), (alice["id"], "a2"), (bob["id"], "b1")):
+        await storage.add_session(uid, h, NOW, NOW + 3600, "10.0.0.1")
+    row = await storage.session_user("a1", NOW)
+    assert (row["user_id"], row["user"], row["role"], row["created_at"]) == (alice["id"], "alice", "admin", NOW)
+    assert await storage.session_user("a1", NOW + 3600) is None  # expired
+    assert await storage.session_user("nope", NOW) is None
+    await storage.remove_session("a1")
+    assert await storage.session_user("a1", NOW) is None and await storage.session_user("a2", NOW)
+    await storage.set_user_password("alice", "h2")
+    assert await storage.session_user("a2", NOW) is None and await storage.session_user("b1", NOW)
+    await storage.add_session(bob["id"], "b2", NOW, NOW + 60, "")
+    assert await storage.remove_user_sessions("bob") == 2
+    assert await storage.session_user("b1", NOW) is None
+    await storage.add_session(bob["id"], "b3", NOW, NOW + 60, "")
+    await storage.remove_user("bob")
+    assert await storage.session_user("b3", NOW) is None
+    with pytest.raises(NotFound):
+        await storage.remove_user_sessions("bob")
+    # a new session drops the expired ones
+    await storage.add_session(alice["id"], "a3", NOW, NOW + 10, "")
+    await storage.add_session(alice["id"], "a4", NOW + 20, NOW + 30, "")
+    assert await storage.session_user("a3", NOW + 5) is None  # gone, not merely expired later
+
+
 async def test_tokens(storage):
     alice = await storage.add_user("alice", "operator", "h")
     token = await storage.add_token(alice["id"], "ci", "thash")
@@ -487,3 +533,65 @@ async def test_prune_drops_old_events(storage):
     assert await storage.audit_log() == [] and await storage.notifications() == []
     with pytest.raises(NotFound):
         await storage.get_alert(old)
+
+
+async def test_terminal_rights(storage):
+    alice = await storage.add_user("alice", "operator", "h")
+    await storage.add_user("bob", "admin", "h")
+    assert not await storage.has_right(alice["id"], "terminal")
+    await storage.grant_right("alice", "terminal", "bob", NOW)
+    await storage.grant_right("alice", "terminal", "carol", NOW + 1)  # again: the first grant stays
+    assert await storage.has_right(alice["id"], "terminal") and not await storage.has_right(alice["id"], "other")
+    assert await storage.right_holders("terminal") == [
+        {"user": "alice", "role": "operator", "granted_by": "bob", "granted_at": NOW}]
+    assert await storage.revoke_right("alice", "terminal") is True
+    assert await storage.revoke_right("alice", "terminal") is False
+    with pytest.raises(NotFound):
+        await storage.grant_right("nobody", "terminal", "bob", NOW)
+    await storage.grant_right("alice", "terminal", "bob", NOW)
+    await storage.remove_user("alice")  # takes the right along
+    assert await storage.right_holders("terminal") == []
+
+
+async def test_terminal_accounts_and_sessions(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    b = await storage.add_server("b", "10.0.0.2")
+    alice = await storage.add_user("alice", "operator", "h")
+    assert await storage.terminal_account(a.id) is None
+    await storage.set_terminal_account(a.id, "ops", "bob", NOW)
+    await storage.set_terminal_account(a.id, "deploy", "carol", NOW + 1)
+    await storage.set_terminal_account(b.id, "ops", "bob", NOW)
+    assert await storage.terminal_account(a.id) == "deploy"
+    assert await storage.terminal_accounts() == {"a": {"account": "deploy", "set_by": "carol", "set_at": NOW + 1},
+                                                  "b": {"account": "ops", "set_by": "bob", "set_at": NOW}}
+    assert await storage.clear_terminal_account(b.id) is True and await storage.clear_terminal_account(b.id) is False
+
+    def session(server, started):
+        return dict(user_id=alice["id"], user="alice", server_id=server.id, server_name=server.name, account="ops",
+                    address="10.1.1.1", started_at=started, cols=80, rows=24, recording=f"{started}.cast")
+
+    old = await storage.add_terminal_session(**session(a, NOW - 100 * DAY))
+    ended = await storage.add_terminal_session(**session(b, NOW - 1))
+    live = await storage.add_terminal_session(**session(a, NOW))
+    await storage.end_terminal_session(old, ended_at=NOW - 100 * DAY + 5, exit_status=0, end_reason="exit",
+                                       ended_by=None, message="done", recording_bytes=123)
+    await storage.end_terminal_session(ended, ended_at=NOW, exit_status=None, end_reason="ended", ended_by="bob",
+                                       message="by bob", recording_bytes=7)
+    row = await storage.get_terminal_session(old)
+    assert (row["user"], row["server_name"], row["exit_status"], row["end_reason"], row["recording_bytes"],
+            row["ended_at"] - row["started_at"]) == ("alice", "a", 0, "exit", 123, 5)
+    with pytest.raises(NotFound):
+        await storage.get_terminal_session(9999)
+    assert [r["id"] for r in await storage.list_terminal_sessions()] == [live, ended, old]
+    assert [r["id"] for r in await storage.list_terminal_sessions(server="a")] == [live, old]
+    assert [r["id"] for r in await storage.list_terminal_sessions(open_only=True)] == [live]
+    assert [r["id"] for r in await storage.list_terminal_sessions(before_id=live, limit=1)] == [ended]
+    assert await storage.list_terminal_sessions(user_id=alice["id"] + 1) == []
+    # only ended sessions are pruned, and only those that started before the cut
+    assert await storage.prune_terminal_sessions(NOW - DAY) == [f"{NOW - 100 * DAY}.cast"]
+    assert [r["id"] for r in await storage.close_interrupted_terminal_sessions(NOW + 5, "stopped")] == [live]
+    row = await storage.get_terminal_session(live)
+    assert (row["end_reason"], row["ended_at"], row["message"]) == ("interrupted", NOW + 5, "stopped")
+    await storage.remove_server("a")  # the sessions stay, their server_id cleared; the account goes
+    assert (await storage.get_terminal_session(live))["server_id"] is None
+    assert await storage.terminal_accounts() == {}

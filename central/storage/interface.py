@@ -215,6 +215,14 @@ class Alerts(ABC):
         """Record one delivery attempt (dropped if its alert is gone)."""
 
     @abstractmethod
+    async def log_notifications(self, rows: Sequence[tuple]) -> None:
+        """Record one attempt of a message: (alert_id, channel, event, ts, attempt, ok, detail) per alert in it."""
+
+    @abstractmethod
+    async def channel_health(self) -> dict[str, dict]:
+        """Per channel: last_success, last_error_at, last_error, failures_in_row (attempts since the success)."""
+
+    @abstractmethod
     async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
         """Delivery attempts newest first, of one alert or all."""
 
@@ -241,7 +249,7 @@ class Audit(ABC):
 
 
 class Users(ABC):
-    """Users with their roles and password hashes, and API tokens (stored as hashes only)."""
+    """Users with their roles and password hashes, API tokens and page sessions (both stored as hashes only)."""
 
     @abstractmethod
     async def add_user(self, name: str, role: str, password_hash: str) -> dict:
@@ -269,7 +277,7 @@ class Users(ABC):
 
     @abstractmethod
     async def set_user_password(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash; NotFound if there is no such user."""
+        """Replace a user's password hash and end their sessions; NotFound if there is no such user."""
 
     @abstractmethod
     async def set_user_role(self, name: str, role: str) -> None:
@@ -277,7 +285,25 @@ class Users(ABC):
 
     @abstractmethod
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their API tokens; NotFound if there is no such user."""
+        """Delete a user, their API tokens and sessions; NotFound if there is no such user."""
+
+    @abstractmethod
+    async def add_session(self, user_id: int, id_hash: str, created_at: float, expires_at: float,
+                          address: str) -> None:
+        """Store a page session by the hash of its id (expired sessions may be dropped on the way)."""
+
+    @abstractmethod
+    async def session_user(self, id_hash: str, now: float) -> dict | None:
+        """The session with this id hash, unexpired at now, joined with its user (user_id, user, role, and
+        the session's created_at: when that login happened), or None."""
+
+    @abstractmethod
+    async def remove_session(self, id_hash: str) -> None:
+        """End one session (nothing happens for an unknown one)."""
+
+    @abstractmethod
+    async def remove_user_sessions(self, name: str) -> int:
+        """End every session of a user; returns how many there were; NotFound if there is no such user."""
 
     @abstractmethod
     async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:
@@ -300,7 +326,67 @@ class Users(ABC):
         """Record when tokens were last used (batched by the caller)."""
 
 
-class Storage(Servers, Samples, Inventory, Alerts, Audit, Users):
+class Terminal(ABC):
+    """The web terminal: rights granted to users, each server's terminal account, sessions."""
+
+    @abstractmethod
+    async def grant_right(self, user: str, right: str, by: str, ts: float) -> None:
+        """Give user a right (granting it again keeps the first grant)."""
+
+    @abstractmethod
+    async def revoke_right(self, user: str, right: str) -> bool:
+        """Take a right back; False when the user did not have it."""
+
+    @abstractmethod
+    async def has_right(self, user_id: int, right: str) -> bool:
+        """Whether the user holds the right now."""
+
+    @abstractmethod
+    async def right_holders(self, right: str) -> list[dict]:
+        """Users holding a right: name, role, who granted it and when."""
+
+    @abstractmethod
+    async def set_terminal_account(self, server_id: int, account: str, by: str, ts: float) -> None:
+        """Record the host account the server's terminal logs in as."""
+
+    @abstractmethod
+    async def clear_terminal_account(self, server_id: int) -> bool:
+        """Forget the server's terminal account; False when it had none."""
+
+    @abstractmethod
+    async def terminal_account(self, server_id: int) -> str | None:
+        """The server's terminal account, or None: not enabled."""
+
+    @abstractmethod
+    async def terminal_accounts(self) -> dict[str, dict]:
+        """Every enabled server by name: account, set_by, set_at."""
+
+    @abstractmethod
+    async def add_terminal_session(self, *, user_id: int, user: str, server_id: int, server_name: str, account: str, address: str, started_at: float, cols: int, rows: int, recording: str) -> int:
+        """A new open session row; returns its id."""
+
+    @abstractmethod
+    async def end_terminal_session(self, session_id: int, *, ended_at: float, exit_status: int | None, end_reason: str, ended_by: str | None, message: str, recording_bytes: int) -> None:
+        """Close a session row."""
+
+    @abstractmethod
+    async def get_terminal_session(self, session_id: int) -> dict:
+        """One session row; NotFound when there is none."""
+
+    @abstractmethod
+    async def list_terminal_sessions(self, *, user_id: int | None = None, server: str | None = None, open_only: bool = False, limit: int = 100, before_id: int | None = None) -> list[dict]:
+        """Session rows, newest first (optionally one user's, one server's, only open ones)."""
+
+    @abstractmethod
+    async def close_interrupted_terminal_sessions(self, ts: float, message: str) -> list[dict]:
+        """Mark rows left open by a central that stopped mid-session; returns them."""
+
+    @abstractmethod
+    async def prune_terminal_sessions(self, before: float) -> list[str]:
+        """Delete ended sessions that started before `before`; returns their recording file names."""
+
+
+class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod

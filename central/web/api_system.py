@@ -10,7 +10,8 @@ from .. import __version__, metrics, views
 from ..config import Config
 from .keys import CONFIG, ENDPOINTS
 from .openapi import build_openapi
-from .registry import NONE, VIEWER, Call, Registry, integer, number, obj, string
+from .api_notifiers import NOTIFIER
+from .registry import NONE, VIEWER, Call, Registry, array, integer, number, obj, string
 
 endpoints = Registry(tag="system")
 
@@ -56,10 +57,12 @@ async def prometheus_metrics(call: Call) -> web.Response:
                              "poller": obj({"lag": number(), "servers": integer(), "polls": integer(),
                                             "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
                                            required=["lag", "servers", "polls", "polls_failed"]),
-                             "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"])},
+                             "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"]),
+                             "notifiers": array(NOTIFIER)},
                             required=["version", "uptime", "database", "poller", "pool"]))
 async def central_status(call: Call) -> dict:
-    """`poller.lag` is how late (seconds) the last poll started against its slot."""
+    """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
+    notification channel's health (as in /api/v1/notifiers)."""
     return await views.central_status(call.central)
 
 

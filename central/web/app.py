@@ -13,10 +13,11 @@ from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config
 from ..service import Central
-from . import api_actions, api_alerts, api_servers, api_session, api_system
+from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
 from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
+from .terminal_pages import install_terminal_pages
 from .security import host_check, session_storage
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ ENDPOINT_MODULES = (
     api_servers,
     api_alerts,
     api_actions,
+    api_notifiers,
+    api_terminal,
 )
 
 
@@ -37,9 +40,20 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG])
     app[CENTRAL] = central
     await central.poller.start()
+    await central.terminal.start()
+    bot = bot_task = None
     try:
+        if app[CONFIG].telegram.enabled:
+            from ..telegrambot import TelegramBot
+
+            bot = TelegramBot.from_config(central)
+            bot_task = asyncio.create_task(bot.run(), name="telegram-bot")
         yield
     finally:
+        if bot_task is not None:
+            bot_task.cancel()
+            await asyncio.gather(bot_task, return_exceptions=True)
+            await bot.stop()
         await central.close()
 
 
@@ -83,11 +97,14 @@ def create_app(config: Config) -> web.Application:
         middlewares=[errors, host_check, aiohttp_session.session_middleware(session_storage(config))],
     )
     app[CONFIG] = config
-    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts_per_minute)
+    app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts, config.http.login_attempts_per_user,
+                                      config.http.login_backoff_max)
     app.cleanup_ctx.append(_central_context)
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))
     install_pages(app)
+    install_terminal_pages(app)
+    api_terminal.install_websocket(app)
     return app
 
 

@@ -18,7 +18,7 @@ from ..auth import role_allows
 from ..model import CentralError, Forbidden, Invalid, PollError
 from .keys import CENTRAL, CONFIG, ENDPOINTS
 from .registry import NONE, Call, Endpoint, Registry, Reply, coerce_param, validate
-from .security import CSRF_FIELD, UNSAFE, TooManyAttempts, Unauthorized, check_csrf, identify
+from .security import CSRF_FIELD, UNSAFE, TooManyAttempts, Unauthorized, check_csrf, check_origin, identify
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def _wrap(ep: Endpoint):
         app = request.app
         role = ep.role_for(app[CONFIG])
         identity = None
+        if request.method in UNSAFE:
+            check_origin(request)  # before anything else: a cross-site page changes nothing
         if role != NONE:
             identity = await identify(request)
             if identity is None:

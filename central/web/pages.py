@@ -8,20 +8,22 @@ Pages need a session: without one they redirect to /login?next=PATH.
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
+import markupsafe
 from aiohttp import web
 from markupsafe import Markup
 
-from .. import __version__, alerts, views
+from .. import __version__, alerts, hosttext, views
 from ..actions import audit_log
 from ..auth import Identity
 from ..model import ADMIN, OPERATOR, CentralError, NotFound
 from .keys import CENTRAL
-from .security import identify, session_csrf
+from .security import identify, safe_redirect, session_csrf
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -29,9 +31,25 @@ STATIC_DIR = HERE / "static"
 OVERVIEW_LIMIT = 1000
 
 
+# The most characters of one host-supplied value a page shows (a 200 KB command line is cut).
+SHOWN_LIMIT = 1000
+
+
 def _missing(value) -> bool:
-    # Agent fields may be null or absent (an old agent, a failed collector).
-    return value is None or isinstance(value, jinja2.Undefined)
+    # Agent fields may be null, absent (an old agent, a failed collector) or not a number at all
+    # ("NaN%", a list): all of them are shown as a dash, never an error page.
+    return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+
+
+def shown(value):
+    """What a page shows for a value: host text with control, bidi and zero-width characters as
+    visible escapes (line breaks kept) and cut to SHOWN_LIMIT; markup and non-text unchanged."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        if len(value) > SHOWN_LIMIT:
+            value = value[: SHOWN_LIMIT - 1] + hosttext.ELLIPSIS
+        if not hosttext.is_clean(value):
+            value = "\n".join(hosttext.escape(line) for line in value.split("\n"))
+    return value
 
 
 def fmt_pct(value) -> str:
@@ -61,7 +79,10 @@ def fmt_time(ts) -> Markup:
     in the browser's time zone (stated once, in the footer) with the same format."""
     if _missing(ts):
         return Markup("–")
-    utc = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    try:
+        utc = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):  # a year 300000 from a host's clock
+        return Markup("–")
     return Markup('<time datetime="{}" data-ts="{}">{}</time>').format(
         utc.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{ts:.3f}", utc.strftime("%Y-%m-%d %H:%M:%S"))
 
@@ -87,8 +108,10 @@ def level(value, warn: float = 75, crit: float = 90) -> str:
     return "crit" if value >= crit else "warn" if value >= warn else "ok"
 
 
+# finalize=shown: every {{ value }} a template prints is made inert, whichever template it is.
 _env = jinja2.Environment(loader=jinja2.PackageLoader("central.web", "templates"),
                           autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined,
+                          finalize=shown,
                           trim_blocks=True, lstrip_blocks=True)
 _env.filters.update(pct=fmt_pct, bytes=fmt_bytes, num=fmt_num, time=fmt_time, ago=fmt_ago, level=level)
 
@@ -138,9 +161,7 @@ def _page(template: str):
 
 async def login_page(request: web.Request) -> web.Response:
     """The login form (posts to /api/v1/login); a logged-in user goes straight on."""
-    nxt = request.query.get("next", "/")
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = "/"
+    nxt = safe_redirect(request.query.get("next"))
     if await identify(request) is not None:
         raise web.HTTPFound(nxt)
     return await _render(request, "login.html", None, next=nxt)
@@ -174,7 +195,7 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
 
 @_page("alerts.html")
 async def alerts_page(request: web.Request, identity: Identity) -> dict:
-    """Open and recent alerts and active silences (GET /api/v1/alerts, /api/v1/silences)."""
+    """Open and recent alerts, active silences, channels' health (GET /api/v1/alerts, /api/v1/silences, /api/v1/notifiers)."""
     central = request.app[CENTRAL]
     every = await alerts.list_alerts(central, limit=200)
     return {
@@ -182,6 +203,7 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
         "open": [a for a in every if a["state"] != alerts.RESOLVED],
         "recent": [a for a in every if a["state"] == alerts.RESOLVED],
         "silences": await alerts.list_silences(central, active_only=True),
+        "notifications": await views.notifications_status(central),
     }
 
 
@@ -207,9 +229,11 @@ async def favicon(request: web.Request) -> web.FileResponse:
                                                                  "Cache-Control": "max-age=86400"})
 
 
-# The HTML routes (left out of the OpenAPI document, which describes the JSON API).
+# The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
+# describes the JSON API).
 PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "alert_page", "actions_page",
-                    "favicon", "static")
+                    "favicon", "static",
+                    "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
 
 def install_pages(app: web.Application) -> None:

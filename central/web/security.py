@@ -3,7 +3,9 @@
 - Scripts send ``Authorization: Bearer <token>`` (central token create).
 - The page logs in (POST /api/v1/login) and then carries an encrypted session cookie
   (aiohttp-session's EncryptedCookieStorage, Fernet; HttpOnly, SameSite=Strict, Secure when
-  http.cookie_secure). Cookie-authenticated POST/PATCH/PUT/DELETE must repeat the session's CSRF
+  http.cookie_secure) holding a random session id. The session itself lives in the database
+  (table sessions, by the id's hash): logout, a password change or removing the user delete
+  it, so a saved copy of the cookie is worth nothing afterwards. Cookie-authenticated POST/PATCH/PUT/DELETE must repeat the session's CSRF
   token in an ``X-CSRF-Token`` header or a ``csrf_token`` form field; bearer requests are exempt
   (a browser never adds that header on its own).
 - The Host header must name this central (DNS rebinding): any IP literal, localhost, the listen
@@ -14,15 +16,17 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
+import re
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp_session
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
+from .. import files
 from ..auth import Identity
 from ..config import Config
 from ..model import CentralError
@@ -71,20 +75,18 @@ def load_session_secret(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            files.private_dir(path.parent)
         data = secrets.token_bytes(32)
         try:
-            fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            files.create_private(path, data)
         except FileExistsError:  # another process won the race: use its key
             return load_session_secret(path)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
         log.info("created the session secret %s", path)
         return data
     if len(data) != 32:
         raise RuntimeError(f"{path}: expected a 32-byte session secret, found {len(data)} bytes; delete it to make a new one")
-    if path.stat().st_mode & 0o077:
-        log.warning("%s is readable by other users; chmod 600 it", path)
+    files.private_file(path)
     return data
 
 
@@ -148,7 +150,7 @@ async def identify(request: web.Request) -> Identity | None:
         await auth.flush_last_used()
     elif COOKIE_NAME in request.cookies:
         session = await aiohttp_session.get_session(request)
-        identity = await auth.session_identity(session.get("uid"), session.get("epoch"))
+        identity = await auth.session_identity(session.get("sid"))
         if identity is None and not session.new:
             session.invalidate()
     request[IDENTITY] = identity
@@ -167,12 +169,42 @@ async def check_csrf(request: web.Request, identity: Identity, form_token: str |
 
 
 def check_origin(request: web.Request) -> None:
-    """A browser's cross-site POST carries a foreign Origin: refuse it (login CSRF)."""
+    """Refuse a browser's cross-site state change (login CSRF included).
+
+    A foreign Origin is cross-site, and so is ``Origin: null`` (what a sandboxed iframe, a
+    data: URL or a redirect chain sends); so is a ``Sec-Fetch-Site`` other than same-origin or
+    none (a user typing the URL). Scripts send neither header and are not affected.
+    """
     origin = request.headers.get("Origin")
-    if origin and origin != "null":
-        host = origin.split("://", 1)[-1]
-        if host.lower() != (request.headers.get("Host") or "").lower():
-            raise CSRFFailed(f"cross-site request from {origin} refused")
+    if origin is not None:
+        scheme, sep, host = origin.strip().partition("://")
+        if origin.strip().lower() == "null" or not sep or host.lower() != (request.headers.get("Host") or "").lower():
+            raise CSRFFailed(f"cross-site request from Origin {origin[:200]!r} refused")
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        raise CSRFFailed(f"cross-site request (Sec-Fetch-Site: {site[:50]}) refused")
+
+
+# Any C0 control, DEL or backslash: browsers drop tabs and newlines from a URL and read a
+# backslash as "/", so "/<TAB>/evil.example" and "/<BACKSLASH>evil.example" lead to //evil.example.
+_REDIRECT_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
+MAX_REDIRECT = 500  # what the login form's next field may carry (its body schema says the same)
+
+
+def safe_redirect(target: object, default: str = "/") -> str:
+    """target when it is a path on this site, else default (the one open-redirect rule).
+
+    The same rule is central.safeNext() in static/common.js: a single leading "/", no control
+    character or backslash anywhere, and no scheme or network location once parsed.
+    """
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return default
+    if _REDIRECT_BAD.search(target) or len(target) > MAX_REDIRECT:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
 
 
 def client_address(request: web.Request) -> str:
@@ -181,11 +213,13 @@ def client_address(request: web.Request) -> str:
 
 
 async def start_session(request: web.Request, identity: Identity) -> str:
-    """Log identity (from Auth.login) in with a fresh session cookie; returns its CSRF token."""
+    """Log identity (from Auth.login) in with a fresh server-side session; returns its CSRF token."""
+    config = request.app[CONFIG]
+    session_id = await request.app[CENTRAL].auth.start_session(
+        identity, config.http.session_max_age, client_address(request))
     session = await aiohttp_session.new_session(request)
     csrf = secrets.token_urlsafe(32)
-    session["uid"] = identity.user_id
-    session["epoch"] = identity.epoch
+    session["sid"] = session_id
     session["csrf"] = csrf
     session["created"] = time.time()
     request[IDENTITY] = identity
@@ -193,8 +227,9 @@ async def start_session(request: web.Request, identity: Identity) -> str:
 
 
 async def end_session(request: web.Request) -> None:
-    """Drop the session cookie."""
+    """End the caller's session on the server (a saved copy of the cookie stops working) and drop the cookie."""
     session = await aiohttp_session.get_session(request)
+    await request.app[CENTRAL].auth.end_session(session.get("sid"))
     session.invalidate()
 
 

@@ -11,11 +11,12 @@ from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
 from .inventory import SQLiteInventory
 from .samples import SQLiteSamples
 from .servers import SQLiteServers
+from .terminal import SQLiteTerminal
 from .users import SQLiteUsers
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
 class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteBase, Storage):
+                    SQLiteTerminal, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -112,6 +112,30 @@ class SQLiteAlerts(SQLiteBase):
             " SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS (SELECT 1 FROM alerts WHERE id = ?)",
             (alert_id, channel, event, ts, attempt, int(ok), detail[:2000], alert_id, alert_id))])
 
+    async def log_notifications(self, rows: Sequence[tuple]) -> None:
+        """Record one attempt of a message: (alert_id, channel, event, ts, attempt, ok, detail) per alert in it."""
+        await self._write([(
+            "INSERT INTO notifications (alert_id, channel, event, ts, attempt, ok, detail)"
+            " SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS (SELECT 1 FROM alerts WHERE id = ?)",
+            (a, ch, ev, ts, att, int(ok), detail[:2000], a, a)) for a, ch, ev, ts, att, ok, detail in rows])
+
+    async def channel_health(self) -> dict[str, dict]:
+        """Per channel: last_success, last_error_at, last_error, failures_in_row (attempts since the success)."""
+        out: dict[str, dict] = {}
+        for channel, last_ok in await self._all(
+                "SELECT channel, max(CASE WHEN ok = 1 THEN ts END) FROM notifications GROUP BY channel"):
+            # The rows of one attempt of a message share (ts, attempt): count attempts, not rows.
+            fails = await self._one(
+                "SELECT count(DISTINCT ts || ':' || attempt) FROM notifications WHERE channel = ? AND ok = 0 AND ts > ?",
+                (channel, last_ok if last_ok is not None else -1.0))
+            last_error = await self._one(
+                "SELECT ts, detail FROM notifications WHERE channel = ? AND ok = 0 ORDER BY ts DESC, id DESC LIMIT 1",
+                (channel,))
+            out[channel] = {"last_success": last_ok, "failures_in_row": fails[0] or 0,
+                            "last_error_at": last_error[0] if last_error else None,
+                            "last_error": last_error[1] if last_error else None}
+        return out
+
     async def notifications(self, alert_id: int | None = None, limit: int = 100) -> list[dict]:
         """Delivery attempts newest first, of one alert or all."""
         if alert_id is None:

@@ -16,6 +16,7 @@ from typing import AsyncIterator, Iterable, Sequence
 
 import aiosqlite
 
+from ... import files
 from ...bundled import schema_text
 from ...model import METRICS
 
@@ -75,7 +76,7 @@ class SQLiteBase:
     async def open(cls, path: str | Path):
         """Open (creating if needed) the database file and bring its schema up to date."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.prepare_database(path)  # 0600 before SQLite creates it, so -wal/-shm are 0600 too
         db = await aiosqlite.connect(str(path), isolation_level=None)
         db.row_factory = aiosqlite.Row
         self = cls(db, path)

@@ -1,4 +1,4 @@
-"""Users and API tokens."""
+"""Users, API tokens and page sessions."""
 from __future__ import annotations
 
 import time
@@ -49,9 +49,10 @@ class SQLiteUsers(SQLiteBase):
         return (await self._one("SELECT count(*) FROM users WHERE role = ?", (role,)))[0]
 
     async def set_user_password(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash."""
-        await self.get_user(name)
-        await self._write([("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))])
+        """Replace a user's password hash and end their page sessions (one transaction)."""
+        user = await self.get_user(name)
+        await self._write([("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user["id"])),
+                           ("DELETE FROM sessions WHERE user_id = ?", (user["id"],))])
 
     async def set_user_role(self, name: str, role: str) -> None:
         """Change a user's role."""
@@ -59,9 +60,35 @@ class SQLiteUsers(SQLiteBase):
         await self._write([("UPDATE users SET role = ? WHERE name = ?", (role, name))])
 
     async def remove_user(self, name: str) -> None:
-        """Delete a user and their API tokens."""
+        """Delete a user, their API tokens and their page sessions."""
         user = await self.get_user(name)
-        await self._write([("DELETE FROM users WHERE id = ?", (user["id"],))])
+        await self._write([("DELETE FROM sessions WHERE user_id = ?", (user["id"],)),
+                           ("DELETE FROM users WHERE id = ?", (user["id"],))])
+
+    async def add_session(self, user_id: int, id_hash: str, created_at: float, expires_at: float,
+                          address: str) -> None:
+        """Store a new page session (by the hash of its id); expired ones are dropped on the way."""
+        await self._write([("DELETE FROM sessions WHERE expires_at <= ?", (created_at,)),
+                           ("INSERT INTO sessions (id_hash, user_id, created_at, expires_at, address)"
+                            " VALUES (?, ?, ?, ?, ?)", (id_hash, user_id, created_at, expires_at, address))])
+
+    async def session_user(self, id_hash: str, now: float) -> dict | None:
+        """The unexpired session with this id hash joined with its user, or None."""
+        row = await self._one(
+            "SELECT s.id AS session_id, s.created_at, u.id AS user_id, u.name AS user, u.role FROM sessions s"
+            " JOIN users u ON u.id = s.user_id WHERE s.id_hash = ? AND s.expires_at > ?", (id_hash, now))
+        return dict(row) if row else None
+
+    async def remove_session(self, id_hash: str) -> None:
+        """End one page session (logout)."""
+        await self._write([("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))])
+
+    async def remove_user_sessions(self, name: str) -> int:
+        """End every page session of a user; returns how many there were."""
+        user = await self.get_user(name)
+        count = (await self._one("SELECT count(*) FROM sessions WHERE user_id = ?", (user["id"],)))[0]
+        await self._write([("DELETE FROM sessions WHERE user_id = ?", (user["id"],))])
+        return count
 
     async def add_token(self, user_id: int, name: str, token_hash: str) -> dict:
         """Store a new API token's hash; returns the token row."""

@@ -7,8 +7,7 @@ document.getElementById("login").addEventListener("submit", async (ev) => {
   error.hidden = true;
   try {
     await central.api("POST", "/api/v1/login", {username: form.username.value, password: form.password.value});
-    const next = form.next.value;
-    location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+    location.assign(central.safeNext(form.next.value));
   } catch (err) {
     error.textContent = err.message;
     error.hidden = false;
