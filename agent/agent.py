@@ -1076,7 +1076,7 @@ EPHEMERAL_INTERFACES = ("veth", "vnet", "tap", "tun", "cali", "lxc", "lxdbr", "d
                         "ip6_vti", "tunl", "fwbr", "fwpr", "fwln")
 
 
-IFA_F_TEMPORARY, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x20, 0x40
+IFA_F_TEMPORARY, IFA_F_DEPRECATED = 0x01, 0x20
 
 
 def _physical(net, name, depth=0):
@@ -1181,9 +1181,10 @@ def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=Tr
     try:
         for line in _read_text(os.path.join(proc, "net", "if_inet6")).splitlines():
             f = line.split()
-            # Privacy (temporary), deprecated and tentative addresses rotate by themselves.
-            if len(f) >= 6 and not int(f[4], 16) & (IFA_F_TEMPORARY | IFA_F_DEPRECATED |
-                                                    IFA_F_TENTATIVE):
+            # Privacy (temporary) addresses rotate by themselves, deprecated ones are on their
+            # way out. (A tentative one stays: it is there from the moment the link is up, and
+            # leaving it out until duplicate detection ends would make every boot a change.)
+            if len(f) >= 6 and not int(f[4], 16) & (IFA_F_TEMPORARY | IFA_F_DEPRECATED):
                 addr = str(ipaddress.IPv6Address(int(f[0], 16)))
                 v6.setdefault(f[5], []).append("%s/%d" % (addr, int(f[2], 16)))
     except (OSError, ValueError):

@@ -88,7 +88,7 @@ async def fleet(host_api, test_host):
     server = await api.central.storage.get_server("web-1")
     now = time.time()
     await api.central.storage.save_alerts([{
-        "rule": "inventory_changed", "server_id": server.id, "label": "network_change", "severity": "info",
+        "rule": "inventory_changed", "server_id": server.id, "label": "network_change (test)", "severity": "info",
         "state": "firing", "summary": "web-1: inventory changed (network change): interfaces: 1 -> 2 entries; "
         "interfaces.eth1.addresses: 10.0.0.5/24 -> 10.0.0.6/24", "value": None, "started_at": now - 90,
         "fired_at": now - 90, "last_evaluated": now, "details": {}}], [], [])
@@ -286,6 +286,12 @@ async def test_an_offline_server_is_greyed_with_actions_off_and_refused(fleet, b
         await expect(page.locator("#processes")).not_to_have_class(re.compile("stale-list"))
     finally:
         await context.close()
+    # all along, test hosts came and went on this machine (veths on a bridge of their own, in
+    # and out of network namespaces): none of it was an inventory change of the central's own
+    # host, nor of the hosts themselves
+    for name in ("local", "web-1", "db-1"):
+        history = await api.central.storage.inventory_history((await api.central.storage.get_server(name)).id)
+        assert [h["change_type"] for h in history] == ["initial"], (name, history)
 
 
 async def test_times_are_one_format_in_the_browsers_time_zone(fleet, browser):
