@@ -150,6 +150,8 @@ async def check_page(page, api, path, name):
     await ready(page, path)
     size = await page.evaluate(FITS_JS)
     assert size["scroll"] <= size["inner"], (name, size)
+    header = await page.evaluate("() => document.querySelector('header.top').getBoundingClientRect().height")
+    assert header <= 48, (name, "the header wraps", header)
     # and no button hides in a table that scrolls sideways
     cut = await page.evaluate("""() => Array.from(document.querySelectorAll('main button')).filter((b) => {
         const r = b.getBoundingClientRect(); return r.width && (r.left < 0 || r.right > innerWidth); })
