@@ -21,8 +21,12 @@ import resource
 import signal
 import sys
 import time
+from pathlib import Path
 
 import asyncssh
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.sshserver import HostServer, HttpChannel  # noqa: E402 - the channel the test harness uses too
 
 
 class Upstream:
@@ -87,55 +91,19 @@ class Upstream:
         return body[:start] + self._inventory_hash + body[end:]
 
 
-class AgentChannel(asyncssh.SSHTCPSession):
-    """One direct-tcpip channel: reads HTTP requests, writes the agent's answers."""
-
-    def __init__(self, upstream: Upstream):
-        self.upstream = upstream
-        self.buf = b""
-        self.chan = None
-        self.busy = False
-
-    def connection_made(self, chan):
-        self.chan = chan
-
-    def data_received(self, data, datatype):
-        self.buf += data
-        if not self.busy:
-            self._next()
-
-    def _next(self):
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = self.buf[:end]
-        # The central sends GETs with Content-Length: 0; anything with a body is not expected here.
-        self.buf = self.buf[end + 4:]
-        self.busy = True
-        asyncio.ensure_future(self._serve(head.split(b"\r\n", 1)[0]))
-
-    async def _serve(self, request_line: bytes):
-        try:
-            answer = await self.upstream.answer(request_line)
-            self.chan.write(answer)
-        except (OSError, asyncssh.Error):
-            self.chan.close()
-            return
-        self.busy = False
-        self._next()
-
-
-class FarmServer(asyncssh.SSHServer):
+def farm_server(upstream: Upstream, agent_port: int) -> HostServer:
     """Accepts the central's key (via authorized_client_keys) and agent-port channels only."""
 
-    def __init__(self, upstream: Upstream, agent_port: int):
-        self.upstream = upstream
-        self.agent_port = agent_port
+    async def answer(request):
+        # an OSError from the agent closes the channel, as when a real agent fails
+        return await upstream.answer(request.line)
 
-    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
-        if dest_host == "127.0.0.1" and dest_port == self.agent_port:
-            return AgentChannel(self.upstream)
+    def route(dest_host, dest_port):
+        if dest_host == "127.0.0.1" and dest_port == agent_port:
+            return HttpChannel(answer)
         return False
+
+    return HostServer(route)
 
 
 async def main() -> None:
@@ -152,7 +120,7 @@ async def main() -> None:
     agents = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in args.agent]
     upstream = Upstream(agents, args.cache_ttl, not args.live_inventory)
     server = await asyncssh.create_server(
-        lambda: FarmServer(upstream, args.agent_port), "127.0.0.1", 0,
+        lambda: farm_server(upstream, args.agent_port), "127.0.0.1", 0,
         server_host_keys=[args.host_key], authorized_client_keys=args.authorized_keys,
         allow_scp=False, x11_forwarding=False, agent_forwarding=False, keepalive_interval=0,
         # 1000 hosts connect within seconds; no artificial login delay.

@@ -48,11 +48,11 @@ class AgentClient:
         self._buf = bytearray()
 
     async def _open(self) -> None:
+        # Not reset in a `finally`: the request's timeout cancels this await, and request()
+        # must still see that it was waiting for SSH (unreachable, not an agent timeout).
         self._connecting = True
-        try:
-            conn = await self.pool.connection(self.server)
-        finally:
-            self._connecting = False
+        conn = await self.pool.connection(self.server)
+        self._connecting = False
         try:
             self._reader, self._writer = await conn.open_connection("127.0.0.1", self.server.agent_port)
         except asyncssh.ChannelOpenError as exc:
@@ -70,6 +70,7 @@ class AgentClient:
     async def request(self, method: str, path: str, body: object = None, *, timeout: float) -> tuple[int, bytes]:
         """Send one request, return (status, body bytes). Raises a classified PollError."""
         async with self._lock:
+            self._connecting = False
             try:
                 # asyncio.timeout, not wait_for: wait_for wraps the request in a new Task on
                 # every poll (about twice the event-loop cost per call, measured in bench/).
@@ -108,10 +109,12 @@ class AgentClient:
                 f"Content-Length: {len(payload)}\r\n")
         if payload:
             head += "Content-Type: application/json\r\n"
-        self._writer.write(head.encode() + b"\r\n" + payload)
         try:
+            self._writer.write(head.encode() + b"\r\n" + payload)
             status, headers = await self._read_head()
-        except _Closed:
+        except (_Closed, BrokenPipeError):
+            # BrokenPipeError: the channel was closed by the host before this write (asyncssh
+            # refuses to send on it), so the request never left; _Closed: closed before answering.
             if fresh:
                 raise PollError(AGENT_DOWN, "the agent closed the connection without answering") from None
             # A kept channel the agent closed while idle: retry once on a new one.

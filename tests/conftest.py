@@ -8,7 +8,8 @@ import pytest
 from central.config import Config, PollConfig, RetentionConfig, SSHConfig, load_config
 from central.service import Central, ensure_key_pair
 
-pytest_plugins = ["tests.hostfixtures"]
+# skippolicy: under CI=true a skip fails the run; outside CI every skip is summarised loudly.
+pytest_plugins = ["tests.skippolicy", "tests.hostfixtures", "tests.sshharness", "pytester"]
 
 from tests.agentutil import agent, start_agent  # noqa: E402,F401  (fixtures for the agent tests)
 

@@ -1,19 +1,15 @@
 """The agent must stay runnable on Python 3.6: checked statically with vermin."""
 
 import os
-import shutil
 import subprocess
 
-import pytest
-
+from tests import tools
 from tests.agentutil import AGENT_PATH
 
 
 def test_agent_runs_on_python_3_6():
-    vermin = shutil.which("vermin")
-    if vermin is None:
-        pytest.skip("VERMIN IS NOT INSTALLED: the Python 3.6 compatibility of agent/agent.py "
-                    "was NOT checked (pip install vermin; CI installs it)")
+    # Without vermin the Python 3.6 compatibility of agent/agent.py is NOT checked.
+    vermin = tools.require("vermin", "vermin (the [test] extra of pyproject.toml)")
     p = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.6-", AGENT_PATH],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = p.stdout.decode()

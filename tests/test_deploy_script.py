@@ -1,14 +1,13 @@
 """scripts/deploy-agent.sh against real sshd test hosts (no systemd: the fallback path) and,
 marked lxc, a real Debian container with systemd."""
 import asyncio
-import shutil
 import subprocess
 import time
 
 import asyncssh
 import pytest
 
-from tests import hostfarm
+from tests import hostfarm, tools
 
 SCRIPT = hostfarm.REPO_DIR / "scripts" / "deploy-agent.sh"
 AGENT = hostfarm.default_agent_path()
@@ -67,10 +66,9 @@ def test_help_and_shellcheck():
     assert res.returncode == 0 and "Examples:" in res.stdout and "--full-access" in res.stdout
     res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
     assert res.returncode == 2
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    shellcheck = tools.require("shellcheck", "the Debian package shellcheck")
     for script in (SCRIPT, SCRIPT.with_name("agent-install.sh")):
-        res = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        res = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
         assert res.returncode == 0, res.stdout
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 
 import pytest
 
 from central import metrics
 from central.poller import Histogram
+from tests import tools
 from tests.apiclient import api, start_api  # noqa: F401
 from tests.helpers import wait_for
 
@@ -84,11 +84,11 @@ async def test_poll_errors_are_counted_by_reason(api, unused_tcp_port):
     assert int(re.search(r'^central_poll_errors_total\{reason="unreachable"\} (\d+)$', text, re.M).group(1)) >= 1
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 async def test_promtool_accepts_the_metrics(api):
+    promtool = tools.require("promtool", "the Debian package prometheus")
     await api.central.poller.wait_flushed()
     text = await _metrics_text(api)
-    proc = await asyncio.create_subprocess_exec("promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate(text.encode())
     assert proc.returncode == 0, out.decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from central.alerts import AlertEngine
 from central.config import AlertsConfig, NotifierConfig, load_config
 from central.notifiers import Dispatcher
 from central.storage import Storage
+from tests import tools
 from tests.helpers import central_over, wait_for
 from tests.test_alerts import Clock, failed, ok
 
@@ -342,8 +342,7 @@ async def test_command_timeout_and_failure_are_recorded(storage, tmp_path):
 
 @pytest.fixture
 async def alertmanager(tmp_path):
-    if not os.access(ALERTMANAGER, os.X_OK):
-        pytest.skip(f"REAL ALERTMANAGER TEST SKIPPED: {ALERTMANAGER} not installed (Debian prometheus-alertmanager)")
+    tools.require(ALERTMANAGER, "the Debian package prometheus-alertmanager")
     conf = tmp_path / "alertmanager.yml"
     conf.write_text("route:\n  receiver: \"null\"\nreceivers:\n  - name: \"null\"\n")
     port = free_port()

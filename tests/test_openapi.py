@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 
 import pytest
@@ -16,6 +15,7 @@ from central.web.keys import ENDPOINTS
 from central.web.openapi import build_openapi
 from central.web.pages import PAGE_ROUTE_NAMES
 from central.web.registry import Registry, obj, string
+from tests import tools
 from tests.apiclient import api  # noqa: F401
 
 
@@ -82,14 +82,15 @@ def test_modules_all_have_registries():
         assert isinstance(module.endpoints, Registry) and module.endpoints.endpoints
 
 
-@pytest.mark.skipif(shutil.which("st") is None, reason="schemathesis (st) is not installed")
+@pytest.mark.slow
 async def test_schemathesis_finds_no_server_errors_or_schema_violations(api, tmp_path):
+    st = tools.require("st", "schemathesis (the [test] extra of pyproject.toml)")
     status, doc, _ = await api.get("/api/v1/openapi.json")
     spec = tmp_path / "openapi.json"
     spec.write_text(json.dumps(doc))
     base = str(api.client.make_url("")).rstrip("/")
     argv = [
-        shutil.which("st"), "run", str(spec), "--url", base,
+        st, "run", str(spec), "--url", base,
         "-H", f"Authorization: Bearer {api.tokens['admin']}",
         "--checks", "all",
         # positive_data_acceptance expects 2xx for schema-valid input, but a valid name of a

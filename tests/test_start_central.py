@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import wait_for_sync
 
+pytestmark = pytest.mark.slow  # installs a venv and starts the central: tens of seconds
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "start-central.sh"
 

@@ -151,6 +151,7 @@ async def fill(storage: Storage, server_id: int, start: float, end: float, step:
     return n
 
 
+@pytest.mark.slow
 async def test_rollups_and_retention_over_simulated_weeks(storage):
     a = await storage.add_server("a", "10.0.0.1")
     start = NOW - 21 * DAY

@@ -84,7 +84,7 @@ async def create_server(call: Call):
         probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22))
         return Reply({"stored": False, "confirm": probed, "current": None,
                       "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
-    result = await servers.add_server(call.central, 
+    result = await servers.add_server(call.central,
         b["name"], b["host"], port=b.get("port", 22), user=b.get("user", "root"), tags=b.get("tags", ()),
         interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"])
     return {"stored": True, **result}

@@ -1,0 +1,176 @@
+"""The poller against in-process SSH hosts (tests/sshharness.py): what each kind of failure
+becomes in a poll's outcome, the inventory fetch, and the schedule (phases spread over the
+interval, missed slots skipped rather than burst). No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+
+import asyncssh
+import pytest
+
+from central.poller import phase
+from central.servers import add_server
+from central.service import Central
+from tests.helpers import wait_for
+from tests.sshharness import document_agent, hang, http_answer, refuse
+
+OTHER_KEY_LINE = " ".join(
+    asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2]
+)
+
+
+async def open_central(config, timeout):
+    """A Central with short timeouts and without the local server (only the hosts a test adds)."""
+    return await Central.open(
+        dataclasses.replace(
+            config,
+            poll=dataclasses.replace(config.poll, local=False, timeout=timeout),
+            ssh=dataclasses.replace(config.ssh, connect_timeout=0.4),
+        )
+    )
+
+
+@pytest.fixture
+async def central(config):
+    c = await open_central(config, timeout=0.6)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def patient_central(config):
+    c = await open_central(config, timeout=3.0)
+    yield c
+    await c.close()
+
+
+def answering(status, body):
+    async def handler(request):
+        return http_answer(status, body)
+
+    return handler
+
+
+async def poll(central, server):
+    outcome = await central.poller.poll(server)
+    assert outcome.server_id == server.id and outcome.duration >= 0
+    return outcome
+
+
+@pytest.mark.parametrize(
+    "case, reason, message",
+    [
+        ("refused", "unreachable", "connection refused"),
+        ("silent", "unreachable", "within"),
+        ("foreign key", "auth_failed", "authentication failed"),
+        ("other host key", "host_key_mismatch", "does not match the pinned key"),
+        ("no host key", "host_key_unknown", "central server trust"),
+        ("no agent", "agent_down", "nothing listens"),
+        ("closes", "agent_down", "without answering"),
+        ("500", "agent_error", "answered 500"),
+        ("404", "agent_error", "GET /api/all answered 404"),
+        ("not json", "bad_payload", ""),
+        ("not a document", "bad_payload", "no numeric timestamp"),
+        ("oversized", "bad_payload", "byte limit"),
+        ("hangs", "timeout", "did not answer GET /api/all within 0.6s"),
+    ],
+)
+async def test_each_failure_becomes_its_reason(
+    central, ssh_host, agent_document, refused_port, silent_port, case, reason, message
+):
+    agents = {
+        "no agent": None,
+        "closes": refuse,
+        "500": answering(500, {"detail": "boom"}),
+        "404": answering(404, {"error": "not_found"}),
+        "not json": answering(200, b"<html>"),
+        "not a document": answering(200, {"hello": "world"}),
+        "hangs": hang,
+        "oversized": answering(200, {"pad": "x" * (central.config.poll.max_response_bytes + 1)}),
+    }
+    agent = agents.get(case, document_agent(agent_document))
+    host = await ssh_host(agent=agent, authorized=[OTHER_KEY_LINE] if case == "foreign key" else None)
+    changes = {
+        "refused": {"port": refused_port},
+        "silent": {"port": silent_port},
+        "other host key": {"host_key": OTHER_KEY_LINE},
+        "no host key": {"host_key": None},
+    }.get(case, {})
+    outcome = await poll(central, host.server(**changes))
+    assert not outcome.ok and outcome.reason == reason, (outcome.reason, outcome.error)
+    assert message in outcome.error and outcome.doc_text is None and outcome.sample is None
+    assert central.poller.errors_by_reason == {reason: 1}
+
+
+async def test_a_good_poll_carries_the_document_its_figures_and_the_inventory_once(central, ssh_host, agent_document):
+    host = await ssh_host(agent=document_agent(agent_document, inventory={"hostname": "h1", "os": {"id": "debian"}}))
+    server = host.server()
+    outcome = await poll(central, server)
+    assert outcome.ok and outcome.reason is None and central.poller.polls == 1
+    assert json.loads(outcome.doc_text) == agent_document
+    assert outcome.hostname == agent_document["hostname"]
+    assert outcome.sample["mem"] == pytest.approx(agent_document["memory"]["percent"])
+    assert outcome.agent_sha256 == agent_document["agent"]["sha256"]
+    # a new inventory hash: the inventory is fetched with the poll
+    assert [r.path for r in host.requests] == ["/api/all", "/api/inventory"]
+    assert outcome.extra["inventory"] == {"hostname": "h1", "os": {"id": "debian"}}
+    # the hash already known: no second fetch
+    known = dataclasses.replace(server, inventory_hash=outcome.inventory_hash)
+    outcome = await poll(central, known)
+    assert outcome.ok and "inventory" not in outcome.extra
+    assert [r.path for r in host.requests] == ["/api/all", "/api/inventory", "/api/all"]
+
+
+def test_phases_spread_a_fleet_over_the_interval_and_stay_put():
+    interval = 10.0
+    phases = [phase(sid, interval) for sid in range(1, 4001)]
+    assert all(0 <= p < interval for p in phases)
+    assert phases == [phase(sid, interval) for sid in range(1, 4001)]  # stable across calls
+    slots = collections.Counter(phases)
+    # 0.25 s slots (one event-loop wake-up each), all 40 used, none holding a burst
+    assert all(p % 0.25 == 0 for p in phases) and len(slots) == 40
+    assert max(slots.values()) < 2 * 4000 / 40 and min(slots.values()) > 4000 / 40 / 2
+    # a short interval still spreads (not quantised below 4 slots)
+    short = {phase(sid, 0.5) for sid in range(1, 200)}
+    assert len(short) > 100 and all(0 <= p < 0.5 for p in short)
+
+
+async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient_central, ssh_host, agent_document):
+    central = patient_central
+    interval = central.config.poll.interval
+    assert interval == 1.0
+    slow_seconds = 1.5  # longer than the interval, shorter than the timeout
+    fast_agent = document_agent(agent_document)
+
+    async def slow_agent(request):
+        if request.path == "/api/all":
+            await asyncio.sleep(slow_seconds)  # the agent under test is slow; this is its work
+        return await fast_agent(request)
+
+    fast = await ssh_host(agent=fast_agent, name="fast")
+    slow = await ssh_host(agent=slow_agent, name="slow")
+    servers = {}
+    for host in (fast, slow):
+        added = await add_server(central, host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint)
+        servers[host.name] = added["server"]["id"]
+    await central.poller.start()
+
+    def polls(host):
+        return [r.at for r in host.requests if r.path == "/api/all"]
+
+    await wait_for(lambda: len(polls(slow)) >= 3, timeout=20, what="3 polls of the slow host")
+    for host in (fast, slow):
+        starts = polls(host)
+        offset = phase(servers[host.name], interval)
+        for t in starts[1:]:  # the first one also waited for the SSH connection
+            # on its phase; the slack is for a busy machine (the next slot is a whole second away)
+            assert abs((t - offset + 0.5) % interval - 0.5) < 0.3, (host.name, t % interval, offset)
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        expected = interval if host is fast else 2 * interval  # a 1.5 s poll misses one slot
+        # (without the skip the slow host's next poll would start at once: a 1.5 s gap)
+        assert gaps and all(abs(g - expected) < 0.3 for g in gaps[1:] or gaps), (host.name, gaps)
+    assert len(polls(fast)) >= 4
