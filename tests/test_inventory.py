@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from central import inventory
 from central.model import PollOutcome
+
+pytestmark = pytest.mark.unit
 
 
 async def store(central, inv, poll_hash):
