@@ -223,10 +223,12 @@ async def actions_page(request: web.Request, identity: Identity) -> dict:
     return {"active": "actions", "audit": await audit_log(request.app[CENTRAL], None, 200)}
 
 
-async def favicon(request: web.Request) -> web.FileResponse:
+_FAVICON = (STATIC_DIR / "favicon.svg").read_bytes()
+
+
+async def favicon(request: web.Request) -> web.Response:
     """/favicon.ico for browsers that ask for it before reading the page's icon link."""
-    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Content-Type": "image/svg+xml",
-                                                                 "Cache-Control": "max-age=86400"})
+    return web.Response(body=_FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 # The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
