@@ -99,6 +99,8 @@ DEFAULT_POLICY = {
 }
 
 UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
+# What a unit listing may name (-.mount, escaped paths): only reported, never acted on.
+LISTED_UNIT_RE = re.compile(r"[A-Za-z0-9@_:.\\-][A-Za-z0-9@._:\\-]{0,255}")
 CONTAINER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERBS = ("start", "stop", "restart")
 # Local block-device filesystems worth reporting; network filesystems are left out on
@@ -106,6 +108,21 @@ VERBS = ("start", "stop", "restart")
 REAL_FSTYPES = frozenset(["ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "vfat", "exfat",
                           "f2fs", "jfs", "reiserfs", "ntfs", "ntfs3", "hfsplus", "bcachefs",
                           "nilfs2"])
+# Kernel and virtual filesystems that hold no user data. The root filesystem is reported
+# whatever else it is (overlay in Docker and LXC clones, zfs, btrfs, tmpfs on a live system,
+# 9p/virtiofs in a VM sandbox): only these are never the root worth reporting.
+PSEUDO_FSTYPES = frozenset(["proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2",
+                            "securityfs", "debugfs", "tracefs", "configfs", "fusectl", "mqueue",
+                            "hugetlbfs", "pstore", "bpf", "autofs", "binfmt_misc", "rpc_pipefs",
+                            "nsfs", "efivarfs", "selinuxfs", "fuse.lxcfs"])
+# Whose statvfs total is the size of a device, so the inventory can list it: a zfs dataset's
+# total is its used space plus the pool's free space (it moves with every write in the pool),
+# an overlay's is whatever its upper layer's is.
+FIXED_SIZE_FSTYPES = REAL_FSTYPES - frozenset(["zfs"])
+# Single files a container engine bind-mounts from the host's disk (Docker, Podman,
+# Kubernetes): they are not the container's filesystems.
+CONTAINER_FILE_MOUNTS = frozenset(["/etc/hostname", "/etc/hosts", "/etc/resolv.conf",
+                                   "/dev/termination-log", "/run/.containerenv"])
 SKIP_NET = frozenset(["lo"])
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -576,17 +593,30 @@ def collect_hostname(proc="/proc"):
 
 
 def list_filesystems(proc="/proc"):
-    """Real local filesystems as (device, mountpoint, fstype), bind mounts folded."""
+    """Real local filesystems as (device, mountpoint, fstype), bind mounts folded.
+
+    The root filesystem is always listed (unless it is a pseudo filesystem), whatever its
+    type: a container's root is often an overlay, a zfs dataset or a bind mount.
+    """
+    mounts = _mounts(proc)
+    root = None
+    for dev, mp, fstype, opts in mounts:
+        if mp == "/":
+            root = (dev, mp, fstype)  # the last mount on / is the one in use
     seen = {}
-    for dev, mp, fstype, opts in _mounts(proc):
-        if fstype not in REAL_FSTYPES:
+    for dev, mp, fstype, opts in mounts:
+        if fstype not in REAL_FSTYPES or mp in CONTAINER_FILE_MOUNTS:
             continue
         if fstype not in ("zfs", "btrfs") and not dev.startswith("/"):
             continue
-        key = dev if fstype != "btrfs" else dev  # one entry per device
-        if key in seen and len(seen[key][1]) <= len(mp):
-            continue
-        seen[key] = (dev, mp, fstype)
+        if dev in seen and len(seen[dev][1]) <= len(mp):
+            continue  # one entry per device, at its shortest mountpoint
+        seen[dev] = (dev, mp, fstype)
+    if root is not None and root[2] not in PSEUDO_FSTYPES:
+        # A root of another type (overlay, tmpfs, 9p...) is keyed by mountpoint: every
+        # overlay's device is called "overlay", and only the root's is reported.
+        key = root[0] if root[2] in REAL_FSTYPES else ("", "/")
+        seen[key] = root
     return sorted(seen.values(), key=lambda x: x[1])
 
 
@@ -773,6 +803,29 @@ def process_entries(proc, prev, cur, dt, keys):
     return out
 
 
+def _kernel_thread(proc, pid):
+    """Whether a process is a kernel thread (PF_KTHREAD in its stat flags)."""
+    try:
+        return bool(int(parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat"), 2048))[1][6])
+                    & PF_KTHREAD)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def kill_offered(policy, entry, proc="/proc", own_pid=None):
+    """Whether a SIGTERM to this process would pass the checks action_kill makes up front
+    (policy, pid 1, the agent itself, kernel threads, protected names): the page offers a
+    Kill button only then."""
+    if not policy["actions"]["kill"] or "TERM" not in policy["kill_signals"]:
+        return False
+    pid = entry["pid"]
+    if pid == 1 or pid == (own_pid or os.getpid()):
+        return False
+    if any(fnmatch.fnmatchcase(entry["name"], p) for p in policy["protected_processes"]):
+        return False
+    return not _kernel_thread(proc, pid)
+
+
 def _proc_cpu(prev, cur, dt, key):
     """Percent of one core used by a process since the previous scan (None: no baseline)."""
     if prev is None or dt <= 0:
@@ -789,24 +842,85 @@ def _proc_cpu(prev, cur, dt, key):
     return round(max(0.0, 100.0 * delta / _CLK_TCK / dt), 1)
 
 
-def collect_systemd(watched=(), systemctl=None, timeout=5.0):
-    """Failed units and the state of the watched units, via systemctl (argv list, no shell)."""
+def systemctl_path(systemctl=None):
+    """The systemctl to use, or None when systemd is not running here (no spawn)."""
     exe = systemctl or _which("systemctl")
-    booted = os.path.isdir("/run/systemd/system")
-    if not exe or not os.path.exists(exe) or (systemctl is None and not booted):
-        return {"available": False, "failed": [], "watched": {u: None for u in watched}}
-    res = _run([exe, "list-units", "--state=failed", "--no-legend", "--plain", "--no-pager",
-                "--full"], timeout)
-    if res[0] != 0:
-        raise RuntimeError("systemctl list-units exited %s: %s" % (res[0], res[1][:200]))
-    failed = [line.split()[0] for line in res[1].splitlines() if line.split()]
-    states = {}
-    if watched:
-        code, text = _run([exe, "is-active", "--"] + list(watched), timeout)
-        lines = text.splitlines()
-        for i, unit in enumerate(watched):
-            states[unit] = lines[i].strip() if i < len(lines) else None
-    return {"available": True, "failed": failed, "watched": states}
+    if not exe or not os.path.exists(exe):
+        return None
+    if systemctl is None and not os.path.isdir("/run/systemd/system"):
+        return None
+    return exe
+
+
+def list_units(systemctl, timeout=5.0):
+    """Every unit systemd has loaded, one `systemctl list-units --all` call (argv, no shell):
+    [{"unit", "load", "active", "sub", "description"}]."""
+    code, out = _run([systemctl, "list-units", "--all", "--plain", "--no-legend", "--no-pager",
+                      "--full"], timeout)
+    if code != 0:
+        raise RuntimeError("systemctl list-units exited %s: %s" % (code, out[:200]))
+    units = []
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith(("\u25cf", "*")):  # the failed-unit marker some versions print
+            line = line[1:].lstrip()
+        f = line.split(None, 4)
+        if len(f) < 4 or not LISTED_UNIT_RE.fullmatch(f[0]):
+            continue
+        units.append({"unit": f[0], "load": f[1], "active": f[2], "sub": f[3],
+                      "description": f[4].strip()[:200] if len(f) > 4 else ""})
+    return units
+
+
+def _unit_key(name):
+    return name if "." in name else name + ".service"
+
+
+def collect_systemd(watched=(), systemctl=None, timeout=5.0, units=None):
+    """Failed units and the state of the watched units, from a units listing (list_units;
+    fetched here when not given)."""
+    if units is None:
+        exe = systemctl_path(systemctl)
+        if exe is None:
+            return _no_systemd(watched)
+        units = list_units(exe, timeout)
+    state = {u["unit"]: u["active"] for u in units}
+    # A unit systemd has not loaded is inactive (what `systemctl is-active` says of it).
+    return {"available": True, "failed": [u["unit"] for u in units if u["active"] == "failed"],
+            "watched": {w: state.get(_unit_key(w), "inactive") for w in watched}}
+
+
+def _no_systemd(watched):
+    return {"available": False, "failed": [], "watched": dict((u, None) for u in watched)}
+
+
+def unit_verbs(policy, unit):
+    """The verbs the host policy lets the central use on a unit (what action_service checks
+    before it asks systemd for the unit's aliases)."""
+    if not unit.endswith(".service") or not policy["actions"]["service"] \
+            or not UNIT_RE.fullmatch(unit) or ".." in unit:
+        return []
+    if any(fnmatch.fnmatchcase(unit, p) for p in policy["protected_units"]):
+        return []
+    if not any(fnmatch.fnmatchcase(unit, p) for p in policy["service_patterns"]):
+        return []
+    return list(VERBS)
+
+
+def services_document(policy, units):
+    """The /api/services document: systemd's summary plus every service unit with the verbs
+    the policy allows on it (watched units, of any type, included); units None: no systemd."""
+    watched = policy["watched_units"]
+    if units is None:
+        return dict(_no_systemd(watched), units=[])
+    doc = collect_systemd(watched, units=units)
+    keys = set(_unit_key(w) for w in watched)
+    # Units that do not exist (only referenced by others: load state not-found) are left
+    # out, unless watched.
+    doc["units"] = [dict(u, watched=u["unit"] in keys, actions=unit_verbs(policy, u["unit"]))
+                    for u in units if u["unit"] in keys or (u["unit"].endswith(".service")
+                                                           and u["load"] != "not-found")]
+    return doc
 
 
 def _run(argv, timeout):
@@ -968,10 +1082,59 @@ def _iface_ipv4(name):
         s.close()
 
 
-# Interfaces that come and go with containers and VMs (the host side of veth pairs, VM taps,
-# Calico and Proxmox firewall links). Listing them would change the inventory, and so
-# trigger a fetch and a history row, every time a container starts or stops.
-EPHEMERAL_INTERFACES = ("veth", "vnet", "tap", "cali", "fwbr", "fwpr", "fwln")
+# Interfaces that come and go with containers, VMs and tunnels: the host side of veth pairs
+# (veth, Calico's cali, Cilium's lxc), VM taps, container and VM bridges (docker0, br-<id>,
+# lxcbr0, lxdbr0, virbr0, cni0, podman0...), overlay and tunnel devices (vxlan, flannel,
+# WireGuard, tun, the sit0/gre0/ip6tnl0 fallbacks a module load adds) and Proxmox firewall
+# links. Listing them would make every container start, VM migration or VPN reconnect an
+# inventory change (a history row and an alert).
+EPHEMERAL_INTERFACES = ("veth", "vnet", "tap", "tun", "cali", "lxc", "lxdbr", "docker", "br-",
+                        "virbr", "cni", "flannel", "cilium", "weave", "podman", "vxlan",
+                        "genev", "kube-", "wg", "tailscale", "zt", "ppp", "ifb", "dummy",
+                        "nlmon", "sit", "gre", "gretap", "erspan", "ip6tnl", "ip6gre", "ip_vti",
+                        "ip6_vti", "tunl", "fwbr", "fwpr", "fwln")
+
+
+IFA_F_TEMPORARY, IFA_F_DEPRECATED = 0x01, 0x20
+
+
+def _physical(net, name, depth=0):
+    """Whether an interface is a device (a NIC, virtio, a USB adapter) or sits on one
+    (a bond, a VLAN: their lower_* links lead to it)."""
+    base = os.path.join(net, name)
+    if os.path.lexists(os.path.join(base, "device")):
+        return True
+    if depth >= 3:
+        return False
+    try:
+        lower = [e[len("lower_"):] for e in os.listdir(base) if e.startswith("lower_")]
+    except OSError:
+        return False
+    return any(_physical(net, n, depth + 1) for n in lower)
+
+
+def stable_interface(net, name):
+    """Whether an interface belongs in the inventory: not lo, nor one that comes and goes.
+
+    Besides the names above, by what sysfs says it is: a tun/tap device, a virtual port of
+    a bridge (a container's or VM's link, whatever it is called), or a bridge with no
+    physical port (a workload network; a bridge over a NIC, such as Proxmox's vmbr0 or a
+    host's br0, is the host's own network and stays).
+    """
+    if name == "lo" or name.startswith(EPHEMERAL_INTERFACES):
+        return False
+    base = os.path.join(net, name)
+    if os.path.exists(os.path.join(base, "tun_flags")):
+        return False
+    if os.path.isdir(os.path.join(base, "brport")) and not _physical(net, name):
+        return False
+    if os.path.isdir(os.path.join(base, "bridge")):
+        try:
+            ports = os.listdir(os.path.join(base, "brif"))
+        except OSError:
+            ports = []
+        return any(_physical(net, p) for p in ports)
+    return True
 
 
 def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=True):
@@ -1022,7 +1185,7 @@ def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=Tr
     try:
         for dev, mp, fstype in list_filesystems(proc):
             total = None
-            if live:
+            if live and fstype in FIXED_SIZE_FSTYPES:
                 try:
                     st = os.statvfs(mp)
                     total = st.f_blocks * st.f_frsize
@@ -1037,7 +1200,10 @@ def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=Tr
     try:
         for line in _read_text(os.path.join(proc, "net", "if_inet6")).splitlines():
             f = line.split()
-            if len(f) >= 6:
+            # Privacy (temporary) addresses rotate by themselves, deprecated ones are on their
+            # way out. (A tentative one stays: it is there from the moment the link is up, and
+            # leaving it out until duplicate detection ends would make every boot a change.)
+            if len(f) >= 6 and not int(f[4], 16) & (IFA_F_TEMPORARY | IFA_F_DEPRECATED):
                 addr = str(ipaddress.IPv6Address(int(f[0], 16)))
                 v6.setdefault(f[5], []).append("%s/%d" % (addr, int(f[2], 16)))
     except (OSError, ValueError):
@@ -1048,7 +1214,7 @@ def collect_inventory(proc="/proc", sys="/sys", etc="/etc", cgroup=None, live=Tr
     except OSError:
         names = []
     for name in names:
-        if name == "lo" or name.startswith(EPHEMERAL_INTERFACES):
+        if not stable_interface(net, name):
             continue
         addrs = []
         v4 = _iface_ipv4(name) if live else None
@@ -1390,6 +1556,9 @@ class Collector(object):
     """
 
     CGROUP_TTL = 60.0
+    # Units are listed (one systemctl spawn) at most this often; polls in between reuse the
+    # listing, and a service action clears it.
+    SYSTEMD_TTL = 10.0
     # inventory_hash in all() reuses an inventory at most this old (seconds): collecting
     # it costs about a quarter of a poll, and inventory changes are rare.
     INVENTORY_TTL = 25.0
@@ -1409,6 +1578,8 @@ class Collector(object):
         self._cgroup_at = 0.0
         self._prev = {}
         self._inventory_cache = None  # (monotonic time, inventory, hash)
+        self._units_lock = threading.Lock()
+        self._units = None  # (monotonic time, units or None without systemd, error)
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1426,6 +1597,31 @@ class Collector(object):
                 self._cgroup = {"version": None, "lxcfs": [], "v1": {}, "v2": []}
             self._cgroup_at = now
         return self._cgroup
+
+    def units(self):
+        """Loaded systemd units (list_units), listed at most every SYSTEMD_TTL seconds;
+        None when systemd is not running (then nothing is spawned at all)."""
+        with self._units_lock:
+            now = time.monotonic()
+            cached = self._units
+            if cached is None or now - cached[0] >= self.SYSTEMD_TTL:
+                exe = systemctl_path(self.systemctl)
+                try:
+                    cached = (now, None if exe is None else list_units(exe), None)
+                except Exception as e:  # kept for the TTL too: a broken systemctl is not re-run per poll
+                    cached = (now, None, e)
+                self._units = cached
+        if cached[2] is not None:
+            raise cached[2]
+        return cached[1]
+
+    def forget_units(self):
+        """Make the next poll list the units again (after a service action)."""
+        self._units = None
+
+    def _systemd(self, watched):
+        units = self.units()
+        return _no_systemd(watched) if units is None else collect_systemd(watched, units=units)
 
     def policy(self):
         """(policy, status), re-read each time so edits apply without a restart."""
@@ -1488,7 +1684,7 @@ class Collector(object):
                           "python": _python_version()},
                 "timestamp": round(time.time(), 3)}
 
-    def _processes_summary(self, state, watched):
+    def _processes_summary(self, state, policy):
         cur = self._proc_snapshot()
         prev, state["procs"] = state.get("procs"), cur
         dt = cur["t"] - prev["t"] if prev else 0.0
@@ -1506,6 +1702,12 @@ class Collector(object):
         out = {"count": len(table),
                "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu),
                "top_memory": process_entries(self.proc, prev, table, dt, top_mem)}
+        offered = {}
+        for entry in out["top_cpu"] + out["top_memory"]:
+            if entry["pid"] not in offered:
+                offered[entry["pid"]] = kill_offered(policy, entry, self.proc)
+            entry["kill"] = offered[entry["pid"]]
+        watched = policy["watched_processes"]
         if watched:
             counts = dict((w, 0) for w in watched)
             for ticks, rss, name in table.values():
@@ -1524,9 +1726,8 @@ class Collector(object):
             policy, _ = self.policy()
             self._system(doc, errors, state)
             self._section(doc, errors, "processes",
-                          lambda: self._processes_summary(state, policy["watched_processes"]))
-            self._section(doc, errors, "systemd",
-                          lambda: collect_systemd(policy["watched_units"], self.systemctl))
+                          lambda: self._processes_summary(state, policy))
+            self._section(doc, errors, "systemd", lambda: self._systemd(policy["watched_units"]))
             self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket))
             self._section(doc, errors, "inventory_hash", self._inventory_hash)
             doc["errors"] = errors
@@ -1572,7 +1773,7 @@ class Collector(object):
     def services(self):
         """The /api/services document."""
         policy, _ = self.policy()
-        return collect_systemd(policy["watched_units"], self.systemctl)
+        return services_document(policy, self.units())
 
     def docker(self):
         """The /api/docker document."""
@@ -1604,7 +1805,10 @@ class Collector(object):
         if kind == "kill":
             return action_kill(body, policy, self.proc)
         if kind == "service":
-            return action_service(body, policy, self.systemctl)
+            try:
+                return action_service(body, policy, self.systemctl)
+            finally:
+                self.forget_units()
         if kind == "docker":
             return action_docker(body, policy, self.docker_socket)
         raise ActionError(404, "not_found", "no such action %r" % kind)

@@ -31,7 +31,8 @@ from typing import Awaitable, Callable
 
 from .bundled import agent_module
 from .model import (
-    ACTION_KINDS, BAD_PAYLOAD, ROLES, CentralError, Conflict, Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
+    ACTION_KINDS, BAD_PAYLOAD, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, OFFLINE, REASON_TEXT, ROLES, CentralError, Conflict,
+    Forbidden, Invalid, NotFound, PollError, Server, Unavailable,
 )
 from .serverlog import server_log
 from .transport import ActionChannel
@@ -302,6 +303,10 @@ async def run_action(central, actor: str, role: str, server_name: str, kind: str
             raise Forbidden("refusing to signal pid 1 (init)")
         if server is None:
             raise Invalid(f"no server named {_show(server_name)}")
+        if server.status == OFFLINE or server.status_reason in (HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN):
+            # Refused before trying: the page shows such a server as stale with its buttons off.
+            why = REASON_TEXT.get(server.status_reason or "", server.status_reason or "no answer")
+            raise Conflict(f"{server.name} is {server.status} ({why}); actions need a host that answers")
         channel = central.transports.of(server).action_channel(server)
         process = None
         if kind == "kill":

@@ -276,8 +276,11 @@ class Poller:
 
     async def _store_inventory(self, outcome: PollOutcome, inv: dict) -> None:
         old = await self.storage.inventory_latest(outcome.server_id)
-        new_hash = outcome.inventory_hash or inventory.digest(inv)
-        if old is not None and old["hash"] == new_hash:
+        # The hash of what was fetched, not the one the poll carried: the agent reuses an
+        # inventory up to 25 s old for that one, so the two can differ, and the same document
+        # stored under a second hash would count as a change ("no visible change").
+        new_hash = inventory.digest(inv)
+        if old is not None and (old["hash"] == new_hash or old["doc"] == inv):
             return
         change_type, summary = inventory.classify_change(old["doc"] if old else None, inv)
         await self.storage.write_inventory(outcome.server_id, outcome.ts, new_hash, inv, change_type, summary)

@@ -90,6 +90,15 @@ class Transport:
         """A channel for one action (its own, so a slow action never blocks polls)."""
         raise NotImplementedError
 
+    async def services(self, server: Server) -> dict:
+        """The agent's /api/services document (units with the verbs its policy allows); raises PollError."""
+        raise NotImplementedError
+
+    def action_policy(self) -> dict | None:
+        """The host policy actions run under when this process applies it (in-process), for the
+        page to offer only what it allows; None when the host's agent applies its own."""
+        return None
+
     def forget(self, server_id: int) -> None:
         """Drop what is kept for a server (removed, or its settings changed)."""
 
@@ -171,6 +180,17 @@ class SSHTransport(Transport):
     def action_channel(self, server: Server) -> ActionChannel:
         """A new agent client: its own direct-tcpip channel, separate from the poller's."""
         return _SSHActionChannel(AgentClient(self.pool, server, self.config.poll.max_response_bytes), self.config)
+
+    async def services(self, server: Server) -> dict:
+        """GET /api/services on a channel of its own (a page never waits behind a poll)."""
+        client = AgentClient(self.pool, server, self.config.poll.max_response_bytes)
+        try:
+            status, doc = await client.request_json("GET", "/api/services", timeout=self.config.poll.timeout)
+        finally:
+            client.close()
+        if status != 200 or not isinstance(doc, dict):
+            raise PollError(AGENT_ERROR, f"GET /api/services answered {status}")
+        return doc
 
     def forget(self, server_id: int) -> None:
         """Close the server's connection."""
@@ -259,6 +279,21 @@ class LocalTransport(Transport):
         """The bundled agent's functions, in-process."""
         return _LocalActionChannel(self, server)
 
+    async def services(self, server: Server) -> dict:
+        """The units the polls list, with the verbs the local action policy allows."""
+        units = await asyncio.to_thread(lambda: self.collector().units())
+        return agent_module().services_document(self.action_policy(), units)
+
+    def action_policy(self) -> dict:
+        """The agent's policy from actions.local_policy, with central.service protected; every
+        action off when actions.local is false."""
+        config = self.config.actions
+        policy, _ = agent_module().load_policy(config.local_policy)
+        policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
+        if not config.local:
+            policy["actions"] = {k: False for k in policy["actions"]}
+        return policy
+
 
 class _LocalActionChannel(ActionChannel):
     def __init__(self, transport: LocalTransport, server: Server):
@@ -278,8 +313,7 @@ class _LocalActionChannel(ActionChannel):
             raise Forbidden(f"the central runs as root, so actions on its own host ({self.server.name}) are refused: "
                             "run it as its own user (scripts/start-central.sh does), or set actions.local_as_root = true")
         agent = agent_module()
-        policy, _ = agent.load_policy(config.local_policy)
-        policy["protected_units"] = list(policy["protected_units"]) + list(_LOCAL_PROTECTED_UNITS)
+        policy = self.transport.action_policy()
         fn = getattr(agent, ACTION_KINDS[kind].agent_function)
         try:
             return 200, await asyncio.wait_for(asyncio.to_thread(fn, body, policy), config.timeout)
@@ -287,6 +321,9 @@ class _LocalActionChannel(ActionChannel):
             return exc.status, {"error": exc.code, "detail": exc.detail}
         except asyncio.TimeoutError:
             raise PollError(TIMEOUT, f"the action did not finish within {config.timeout:g}s") from None
+        finally:
+            if kind == "service":
+                self.transport.collector().forget_units()  # the next poll lists the units again
 
 
 class Transports:

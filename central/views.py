@@ -9,10 +9,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .bundled import agent_sha256
+from . import __version__, alerts
+from .bundled import agent_module, agent_sha256
 from .config import ConfigError, parse_duration
-from .model import METRICS, STATUSES, Invalid
+from .actions import VERBS
+from .model import METRICS, ONLINE, REASON_TEXT, STATUSES, Invalid, PollError, Unavailable
 
 if TYPE_CHECKING:
     from .service import Central
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
 # What the fleet averages are taken over (the overview's headline figures).
 AVERAGED = tuple(m.column for m in METRICS.values() if m.fleet_average)
 MAX_RANGE = 400 * 86400.0
+
+
+def freshness(central: Central, server: dict, now: float | None = None) -> dict:
+    """How current a server's figures are: {"stale", "seen_ago", "status_text"}.
+
+    Stale when the server is not online, was never seen, or its last good poll is older than
+    three intervals (a poller that fell behind): the page greys its figures and turns its
+    actions off, so nothing old passes for current.
+    """
+    poll = central.config.poll
+    interval = server.get("interval_s") or poll.interval
+    seen = server.get("last_seen")
+    ago = None if seen is None else max(0.0, (time.time() if now is None else now) - seen)
+    stale = server.get("status") != ONLINE or ago is None or ago > max(3 * interval, interval + poll.timeout)
+    reason = server.get("status_reason")
+    return {"stale": stale, "seen_ago": None if ago is None else round(ago, 1),
+            "status_text": REASON_TEXT.get(reason, reason) if reason else None}
 
 
 async def server_list(central: Central, *, tag: str | None = None, status: str | None = None,
@@ -37,11 +55,13 @@ async def server_overview(central: Central, servers: list[dict] | None = None) -
         servers = await central.storage.server_dicts()
     latest = await central.storage.latest_samples()
     bundled = agent_sha256()
+    now = time.time()
     for d in servers:
         d.pop("host_key", None)
         d["sample"] = latest.get(d["id"])
         d["agent_outdated"] = (bool(d["agent_sha256"]) and central.transports.of_kind(d["kind"]).no_agent is None
                                and d["agent_sha256"] != bundled)
+        d.update(freshness(central, d, now))
     return servers
 
 
@@ -53,6 +73,7 @@ async def server_detail(central: Central, name: str) -> dict:
     inv = await central.storage.inventory_latest(server.id)
     d = server.to_dict()
     d.pop("host_key", None)
+    d.update(freshness(central, d))
     return {
         "server": d,
         "latest": {"ts": latest[0], "document": latest[1]} if latest else None,
@@ -79,12 +100,14 @@ async def fleet_stats(central: Central) -> dict:
             if sample.get(m) is not None:
                 sums[m] += sample[m]
                 ns[m] += 1
-    alerts = await central.storage.alert_counts()
+    counts_ = await central.storage.alert_counts()
     return {
         "total": sum(by_status.values()),
         **counts,
-        "alerts_firing": alerts["firing"],
-        "alerts_pending": alerts["pending"],
+        # The headline: what needs someone (warning, critical); info (inventory changes) apart.
+        "alerts_firing": counts_["firing"] - counts_["firing_info"],
+        "alerts_info": counts_["firing_info"],
+        "alerts_pending": counts_["pending"],
         "averages": {m: (round(sums[m] / ns[m], 2) if ns[m] else None) for m in AVERAGED},
         "ts": time.time(),
     }
@@ -175,21 +198,111 @@ async def server_history(central: Central, name: str, *, metrics: list[str] | No
     return {"server": name, "metrics": metrics, **data}
 
 
+def _kill_offered(p: dict, policy: dict | None) -> bool:
+    """Whether the page may offer a Kill for this process entry."""
+    if policy is not None:  # in-process: the policy its actions run under decides
+        return agent_module().kill_offered(policy, p)
+    if isinstance(p.get("kill"), bool):
+        return p["kill"]  # the agent's own answer
+    # An agent from before `kill`: leave out what it always refuses that a list can tell.
+    return p.get("pid") != 1 and bool(p.get("cmdline"))
+
+
 async def server_processes(central: Central, name: str) -> dict:
-    """The latest top-CPU and top-memory process lists the server's agent reported."""
+    """The latest top-CPU and top-memory process lists the server's agent reported.
+
+    Each process says whether a kill would be accepted (`kill`); `stale` says the list is the
+    last one a server that no longer answers sent, and nothing in it can be acted on.
+    """
     server = await central.storage.get_server(name)
+    fresh = freshness(central, server.to_dict())
     latest = await central.storage.latest_document(server.id)
     if latest is None:
-        return {"server": name, "ts": None, "count": None, "top_cpu": [], "top_memory": []}
+        return {"server": name, "ts": None, "count": None, "stale": fresh["stale"], "top_cpu": [], "top_memory": []}
     ts, doc = latest
     procs = doc.get("processes") if isinstance(doc.get("processes"), dict) else {}
+    policy = central.transports.of(server).action_policy()
+    lists = {}
+    for key in ("top_cpu", "top_memory"):
+        lists[key] = [dict(p, kill=not fresh["stale"] and _kill_offered(p, policy))
+                      for p in procs.get(key) or [] if isinstance(p, dict) and isinstance(p.get("pid"), int)]
     return {
         "server": name,
         "ts": ts,
         "count": procs.get("count") if isinstance(procs.get("count"), int) else None,
-        "top_cpu": [p for p in procs.get("top_cpu") or [] if isinstance(p, dict)],
-        "top_memory": [p for p in procs.get("top_memory") or [] if isinstance(p, dict)],
+        "stale": fresh["stale"],
+        **lists,
     }
+
+
+def _units(doc: dict, limit: int = 2000) -> list[dict]:
+    """The unit entries of an agent's /api/services answer, checked (a host is untrusted)."""
+    out = []
+    for u in (doc.get("units") if isinstance(doc.get("units"), list) else [])[:limit]:
+        if not isinstance(u, dict) or not isinstance(u.get("unit"), str):
+            continue
+        verbs = u.get("actions") if isinstance(u.get("actions"), list) else []
+        out.append({"unit": u["unit"][:256],
+                    **{k: u[k][:200] if isinstance(u.get(k), str) else None for k in ("load", "active", "sub", "description")},
+                    "watched": u.get("watched") is True,
+                    "actions": [v for v in VERBS if v in verbs]})
+    return out
+
+
+def _unit_order(u: dict) -> tuple:
+    # watched first, then failed, then running, then the rest; by name within each
+    rank = 0 if u["watched"] else 1 if u["active"] == "failed" else 2 if u["active"] == "active" else 3
+    return (rank, u["unit"])
+
+
+async def server_services(central: Central, name: str, *, live: bool = True) -> dict:
+    """The host's systemd service units with the actions its policy allows on each.
+
+    Asked of the agent (GET /api/services, which lists units at most every 10 s) when live
+    and the server answers; otherwise what the last poll said (failed and watched units only,
+    no actions), with `live` false and `error` saying why.
+    """
+    server = await central.storage.get_server(name)
+    fresh = freshness(central, server.to_dict())
+    error = None
+    if live and not fresh["stale"]:
+        try:
+            doc = await central.transports.of(server).services(server)
+        except (PollError, Unavailable) as exc:
+            error = exc.message
+        else:
+            units = sorted(_units(doc), key=_unit_order)
+            return {"server": name, "live": True, "ts": time.time(), "available": doc.get("available") is True,
+                    "units": units, "error": None}
+    elif live:
+        error = f"{name} is {server.status}: showing what its last poll said"
+    latest = await central.storage.latest_document(server.id)
+    ts, doc = latest if latest else (None, {})
+    sd = doc.get("systemd") if isinstance(doc.get("systemd"), dict) else {}
+    failed = [u for u in sd.get("failed") or [] if isinstance(u, str)]
+    watched = sd.get("watched") if isinstance(sd.get("watched"), dict) else {}
+    units = {u: {"unit": u[:256], "load": None, "active": "failed", "sub": None, "description": None,
+                 "watched": False, "actions": []} for u in failed}
+    for u, state in watched.items():
+        if isinstance(u, str):
+            entry = units.setdefault(u, {"unit": u[:256], "load": None, "sub": None, "description": None, "actions": []})
+            entry.update(watched=True, active=state[:64] if isinstance(state, str) else None)
+    return {"server": name, "live": False, "ts": ts, "available": sd.get("available") is True,
+            "units": sorted(units.values(), key=_unit_order), "error": error}
+
+
+async def alert_detail(central: Central, alert_id: int) -> dict:
+    """One alert with its delivery log and, when it concerns a server, that server's status."""
+    alert = await alerts.get_alert(central, alert_id)
+    server = None
+    if alert.get("server"):
+        found = await central.storage.find_server(alert["server"])
+        if found is not None:
+            d = found.to_dict()
+            server = {"name": d["name"], "status": d["status"], "status_reason": d["status_reason"],
+                      "hostname": d["hostname"], "last_seen": d["last_seen"],
+                      **freshness(central, d)}
+    return {"alert": alert, "server": server}
 
 
 async def server_inventory(central: Central, name: str, limit: int = 100) -> dict:

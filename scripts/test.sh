@@ -21,10 +21,11 @@ cd "$(dirname "$0")/.."
 # Installed with --no-install-recommends, so every package a test uses is named here,
 # including what the others only recommend: lxc-templates (the Debian template for the LXC
 # base), debian-archive-keyring (debootstrap checks the mirror's signatures), openssl (the
-# template's MAC addresses).
+# template's MAC addresses), distro-info (without debian-distro-info the template writes
+# bookworm/updates as the security suite and apt fails).
 APT_PACKAGES=(
   openssh-server openssh-client iproute2 util-linux procps
-  lxc lxc-templates debootstrap debian-archive-keyring openssl wget lxcfs rsync
+  lxc lxc-templates debootstrap debian-archive-keyring openssl wget distro-info lxcfs rsync
   prometheus prometheus-alertmanager
   chromium fonts-dejavu-core
   shellcheck sqlite3 python3 python3-venv

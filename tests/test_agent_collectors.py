@@ -1,5 +1,6 @@
 """Collectors against captured and hand-made /proc + /sys trees (tests/data)."""
 
+import collections
 import json
 import os
 import pwd
@@ -331,3 +332,218 @@ def test_inventory_leaves_out_interfaces_of_containers_and_vms(agent, tmp_path):
     inv = agent.collect_inventory(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"),
                                   etc=str(tmp_path / "etc"), live=False)
     assert [i["name"] for i in inv["interfaces"]] == ["br0", "eth0"]
+
+
+# ------------------------------------------------------- root filesystems of every kind
+
+def mounts_tree(tmp_path, name):
+    """A /proc whose self/mounts is the captured table tests/data/mounts/NAME."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    shutil.copy(os.path.join(DATA, "mounts", name), str(proc / "self" / "mounts"))
+    return str(proc)
+
+
+@pytest.mark.parametrize("name, expected", [
+    # the root is reported whatever its type; a container's single-file binds are not
+    ("docker-overlay", [("overlay", "/", "overlay"), ("/dev/sdb1", "/data", "ext4")]),
+    # captured in a clone tests/lxc.py made: the overlay's "device" is the base's rootfs path
+    ("lxc-overlay-clone", [("/var/lib/lxc/central-test-base/rootfs", "/", "overlay")]),
+    ("proxmox-zfs", [("rpool/data/subvol-101-disk-0", "/", "zfs"),
+                     ("rpool/data/subvol-101-disk-1", "/srv", "zfs")]),
+    # one btrfs device, two subvolumes: reported once, at /
+    ("lxd-btrfs", [("/dev/sda2", "/", "btrfs")]),
+    ("lxc-bind-rootfs", [("/dev/mapper/vg0-root", "/", "ext4")]),
+    # the last mount on / is the one in use (rootfs underneath is covered)
+    ("live-tmpfs", [("tmpfs", "/", "tmpfs")]),
+    ("gvisor-9p", [("none", "/", "9p")]),
+    ("pseudo-root", []),
+])
+def test_the_root_filesystem_is_listed_whatever_its_type(agent, tmp_path, name, expected):
+    assert agent.list_filesystems(mounts_tree(tmp_path, name)) == expected
+
+
+def test_an_overlay_root_is_measured_and_inventoried_without_a_moving_total(agent, tmp_path):
+    proc = mounts_tree(tmp_path, "docker-overlay")
+    fss = agent.collect_filesystems(proc)  # live statvfs: "/" and "/data" are stat'ed here
+    root = [f for f in fss if f["mountpoint"] == "/"][0]
+    st = os.statvfs("/")
+    assert root["fstype"] == "overlay" and root["total"] == st.f_blocks * st.f_frsize
+    assert 0.0 <= root["percent"] <= 100.0
+    inv = agent.collect_inventory(proc=proc, sys=str(tmp_path / "sys"), etc=str(tmp_path / "etc"))
+    by_mp = {f["mountpoint"]: f for f in inv["filesystems"]}
+    # an overlay's (or a zfs dataset's) size follows its backing store, so the inventory,
+    # whose every change is recorded and alerted, leaves it out
+    assert by_mp["/"]["fstype"] == "overlay" and by_mp["/"]["total"] is None
+
+
+def _iface(net, name, device=False, **links):
+    d = net / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "address").write_text("52:54:00:00:00:01\n")
+    (d / "mtu").write_text("1500\n")
+    if device:
+        os.symlink("../../../devices/pci0000:00/0000:00:03.0", str(d / "device"))
+    for kind, targets in links.items():
+        for t in targets:
+            if kind == "lower":
+                os.symlink("../" + t, str(d / ("lower_" + t)))
+            elif kind == "ports":
+                (d / "bridge").mkdir(exist_ok=True)
+                (d / "brif").mkdir(exist_ok=True)
+                os.symlink("../../" + t + "/brport", str(d / "brif" / t))
+            elif kind == "brport":
+                (d / "brport").mkdir()
+            elif kind == "tun":
+                (d / "tun_flags").write_text("0x1002\n")
+
+
+def test_inventory_keeps_the_hosts_network_and_leaves_out_workload_links(agent, tmp_path):
+    """A Proxmox-like host: vmbr0 over bond0 over two NICs is the host's own network; a
+    bridge of veths, a tap and a tun with names no list knows are workloads'."""
+    net = tmp_path / "sys" / "class" / "net"
+    _iface(net, "eno1", device=True, brport=[1])      # a NIC enslaved to a bridge stays
+    _iface(net, "enp2s0", device=True)
+    _iface(net, "enp3s0", device=True)
+    _iface(net, "bond0", lower=["enp2s0", "enp3s0"], brport=[1])
+    _iface(net, "vmbr0", ports=["bond0"])
+    _iface(net, "vmbr1", ports=["eno1"])
+    _iface(net, "bond0.100", lower=["bond0"])
+    _iface(net, "hfv3-12", brport=[1])                # the host side of a test host's veth
+    _iface(net, "hfb-3", ports=["hfv3-12"])           # a bridge of veths only
+    _iface(net, "lxb-7")                              # a bridge with no port at all
+    (net / "lxb-7" / "bridge").mkdir()
+    _iface(net, "vm101nic", tun=[1])                  # a tap, named by some VM manager
+    _iface(net, "myvpn", tun=[1])
+    _iface(net, "eth0")                               # a container's own veth: stays
+    inv = agent.collect_inventory(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"),
+                                  etc=str(tmp_path / "etc"), live=False)
+    assert [i["name"] for i in inv["interfaces"]] == [
+        "bond0", "bond0.100", "eno1", "enp2s0", "enp3s0", "eth0", "vmbr0", "vmbr1"]
+
+
+def test_inventory_leaves_out_ipv6_addresses_that_rotate(agent, tmp_path):
+    net = tmp_path / "sys" / "class" / "net"
+    _iface(net, "eth0", device=True)
+    (tmp_path / "proc" / "net").mkdir(parents=True)
+    (tmp_path / "proc" / "net" / "if_inet6").write_text(
+        "20010db8000000000000000000000001 02 40 00 80     eth0\n"   # stable global
+        "20010db80000000011223344556677aa 02 40 00 01     eth0\n"   # privacy (temporary)
+        "20010db80000000099887766554433bb 02 40 00 21     eth0\n"   # temporary, deprecated
+        "fe800000000000000000000000000001 02 40 20 c0     eth0\n")  # link-local, DAD still running
+    inv = agent.collect_inventory(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"),
+                                  etc=str(tmp_path / "etc"), live=False)
+    # the tentative one stays: it is there from link up, and hiding it until DAD ends would
+    # make every boot an inventory change
+    assert inv["interfaces"][0]["addresses"] == ["2001:db8::1/64", "fe80::1/64"]
+
+
+# ------------------------------------------------------------- what the page may offer
+
+def test_kill_is_offered_only_where_the_agent_would_send_it(agent, tmp_path):
+    proc, sys = copy_tree(tmp_path, "host")  # pid 1 and kernel threads, as captured
+    for pid, name in ((500, "worker"), (501, "sshd"), (os.getpid(), "agent")):
+        os.makedirs("%s/%d" % (proc, pid), exist_ok=True)
+        with open("%s/%d/stat" % (proc, pid), "w") as f:
+            f.write(fake_stat(pid, name, ticks=10, rss_pages=10 ** 6))
+        with open("%s/%d/cmdline" % (proc, pid), "w") as f:
+            f.write(name + "\0")
+    c = agent.Collector(proc=proc, sys=sys, docker_socket=None, live=False)
+    procs = c.all()["processes"]
+    offered = {p["pid"]: p["kill"] for p in procs["top_cpu"] + procs["top_memory"]}
+    assert offered[500] is True
+    assert offered[1] is False and offered[os.getpid()] is False
+    assert offered[501] is False                      # sshd: protected by the default policy
+    kthreads = [p for p in offered if 2 <= p <= 13]
+    assert kthreads and not any(offered[p] for p in kthreads)
+    # and nothing at all where the policy disables kills
+    closed = agent.Collector(proc=proc, sys=sys, docker_socket=None, live=False,
+                             policy={"actions": {"kill": False}})
+    assert not any(p["kill"] for p in closed.all()["processes"]["top_memory"])
+
+
+LIST_UNITS = """\
+proc-sys-fs-binfmt_misc.automount loaded    active   waiting   Arbitrary Executable File Formats File System Automount Point
+-.mount                         loaded    active   mounted   Root Mount
+srv.mount                       loaded    failed   failed    /srv
+cron.service                    loaded    active   running   Regular background program processing daemon
+\u25cf nginx.service                  loaded    failed   failed    A high performance web server and a reverse proxy server
+ssh.service                     loaded    active   running   OpenBSD Secure Shell server
+systemd-journald.service        loaded    active   running   Journal Service
+apache2.service                 not-found inactive dead      apache2.service
+rsyslog.service                 loaded    active   running   System Logging Service
+backup.timer                    loaded    active   waiting   Nightly backup
+"""
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path):
+    """A systemctl that prints LIST_UNITS and logs its argv, one line per run."""
+    listing = tmp_path / "units.txt"
+    listing.write_text(LIST_UNITS)
+    log = tmp_path / "systemctl.log"
+    exe = tmp_path / "systemctl"
+    exe.write_text("#!/bin/sh\necho \"$*\" >> %s\ncase \"$1\" in list-units) cat %s;; show) echo Id=$5;; esac\n"
+                   % (log, listing))
+    exe.chmod(0o755)
+    return collections.namedtuple("FakeSystemctl", "path runs")(
+        str(exe), lambda: log.read_text().splitlines() if log.exists() else [])
+
+
+def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, tmp_path, fake_systemctl):
+    proc, sys = copy_tree(tmp_path)
+    policy = {"watched_units": ["nginx", "backup.timer", "gone.service"],
+              "service_patterns": ["nginx.service", "cron.service", "ssh.service", "systemd-journald.service"]}
+    c = agent.Collector(proc=proc, sys=sys, docker_socket=None, live=False, policy=policy,
+                        systemctl=fake_systemctl.path)
+    docs = [c.all() for _ in range(5)]
+    assert fake_systemctl.runs() == ["list-units --all --plain --no-legend --no-pager --full"]
+    sd = docs[-1]["systemd"]
+    assert sd == {"available": True, "failed": ["srv.mount", "nginx.service"],
+                  "watched": {"nginx": "failed", "backup.timer": "active", "gone.service": "inactive"}}
+    services = c.services()
+    assert len(fake_systemctl.runs()) == 1                 # the same listing
+    units = {u["unit"]: u for u in services["units"]}
+    # apache2.service is only referenced (not-found): left out
+    assert sorted(units) == ["backup.timer", "cron.service", "nginx.service", "rsyslog.service",
+                             "ssh.service", "systemd-journald.service"]
+    assert units["rsyslog.service"]["actions"] == []         # matches no service_patterns
+    assert units["nginx.service"] == {"unit": "nginx.service", "load": "loaded", "active": "failed",
+                                      "sub": "failed", "watched": True, "actions": ["start", "stop", "restart"],
+                                      "description": "A high performance web server and a reverse proxy server"}
+    assert units["cron.service"]["actions"] == ["start", "stop", "restart"]
+    assert units["ssh.service"]["actions"] == []             # protected by the default policy
+    assert units["systemd-journald.service"]["actions"] == []  # protected, though in the patterns
+    assert units["backup.timer"]["actions"] == [] and units["backup.timer"]["watched"] is True
+    # a service action makes the next poll list the units again
+    c.action("service", {"unit": "cron.service", "verb": "restart"})
+    c.all()
+    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show", "restart", "list-units"]
+    c.SYSTEMD_TTL = 0.0
+    c.all()
+    assert len(fake_systemctl.runs()) == 5
+
+
+def test_without_systemd_a_poll_spawns_nothing(agent, tmp_path, monkeypatch):
+    proc, sys = copy_tree(tmp_path)
+    runs = []
+    monkeypatch.setattr(agent, "_run", lambda argv, timeout: runs.append(argv) or (0, ""))
+    c = agent.Collector(proc=proc, sys=sys, docker_socket=None, live=False,
+                        systemctl=str(tmp_path / "no-systemctl"), policy={"watched_units": ["a.service"]})
+    c.SYSTEMD_TTL = 0.0
+    for _ in range(3):
+        assert c.all()["systemd"] == {"available": False, "failed": [], "watched": {"a.service": None}}
+    assert c.services() == {"available": False, "failed": [], "watched": {"a.service": None}, "units": []}
+    assert runs == []
+
+
+def test_a_failing_systemctl_is_an_error_entry_not_rerun_every_poll(agent, tmp_path):
+    proc, sys = copy_tree(tmp_path)
+    log = tmp_path / "runs"
+    exe = tmp_path / "systemctl"
+    exe.write_text("#!/bin/sh\necho x >> %s\necho 'Failed to connect to bus' >&2\nexit 1\n" % log)
+    exe.chmod(0o755)
+    c = agent.Collector(proc=proc, sys=sys, docker_socket=None, live=False, systemctl=str(exe))
+    docs = [c.all() for _ in range(3)]
+    assert all(d["systemd"] is None and "Failed to connect to bus" in d["errors"]["systemd"] for d in docs)
+    assert log.read_text().count("x") == 1

@@ -4,12 +4,16 @@ The browser tests (tests/test_pages_browser.py) drive the same pages in real Chr
 """
 from __future__ import annotations
 
+import datetime
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 from yarl import URL
 
+from central.model import PollOutcome
 from central.web import pages
 from tests.apiclient import PASSWORD, api, wait_online  # noqa: F401  (fixture)
 
@@ -150,5 +154,113 @@ def test_number_formatting_matches_the_pages_javascript():
     assert pages.fmt_pct(12.345) == "12.3%" and pages.fmt_pct(None) == "–"
     assert pages.fmt_bytes(512) == "512 B" and pages.fmt_bytes(1536) == "1.5 KiB"
     assert pages.fmt_bytes(3 * 1024 ** 3) == "3.0 GiB"
-    assert pages.fmt_ago(100, now=159) == "59s ago" and pages.fmt_ago(0, now=7200) == "2h ago"
+    assert pages.fmt_ago(100, now=159) == "59 s ago" and pages.fmt_ago(0, now=7200) == "2 h ago"
+    assert pages.fmt_ago(0, now=180) == "3 min ago" and pages.fmt_ago(0, now=86400 * 3) == "3 d ago"
     assert pages.fmt_ago(None) == "never"
+
+
+async def test_one_alert_has_a_page_and_an_endpoint(api):
+    await wait_online(api)  # the alert engine has loaded its state: it leaves this row alone
+    server = await api.central.storage.get_server("local")
+    now = time.time()
+    [alert_id] = await api.central.storage.save_alerts([{
+        "rule": "disk_full", "server_id": server.id, "label": "/srv", "severity": "critical", "state": "firing",
+        "summary": "local: / is <b>97%</b> full", "value": 97.0, "started_at": now - 60, "fired_at": now - 30,
+        "last_evaluated": now}], [], [])
+    await login(api, "operator1")
+    status, html, _ = await page(api, f"/alerts/{alert_id}")
+    assert status == 200 and "disk_full" in html and "&lt;b&gt;97%&lt;/b&gt;" in html
+    assert f'data-ack="{alert_id}"' in html and "/alerts?rule=disk_full&amp;server=local#silence-form" in html
+    status, body, _ = await api.get(f"/api/v1/alerts/{alert_id}", role="viewer")
+    assert status == 200 and body["alert"]["id"] == alert_id and body["alert"]["notifications"] == []
+    assert body["server"]["name"] == "local" and body["server"]["stale"] in (True, False)
+    for missing in ("999999", "abc"):
+        status, html, resp = await page(api, f"/alerts/{missing}")
+        assert status == 404 and resp.content_type == "text/html"
+    status, body, _ = await api.get("/api/v1/alerts/999999", role="viewer")
+    assert status == 404 and body["error"] == "not_found"
+
+
+async def test_the_headline_counts_warning_and_critical_and_info_apart(api):
+    await wait_online(api)
+    server = await api.central.storage.get_server("local")
+    now = time.time()
+    rows = [("cpu_high", "warning", "firing"), ("server_unreachable", "critical", "firing"),
+            ("inventory_changed", "info", "firing"), ("inventory_changed", "info", "pending"),
+            ("mem_high", "warning", "resolved")]
+    await api.central.storage.save_alerts([
+        {"rule": r, "server_id": server.id, "label": str(i), "severity": sev, "state": st, "summary": r,
+         "started_at": now, "last_evaluated": now} for i, (r, sev, st) in enumerate(rows)], [], [])
+    status, fleet, _ = await api.get("/api/v1/fleet")
+    assert (fleet["alerts_firing"], fleet["alerts_info"], fleet["alerts_pending"]) == (2, 1, 1)
+    await login(api, "viewer1")
+    _, html, _ = await page(api, "/")
+    assert 'data-stat="alerts_firing">2<' in html and 'data-stat="alerts_info"' in html
+
+
+async def test_actions_page_favicon_and_banner_place(api):
+    await api.central.storage.add_audit(actor="cli:x", role="admin", server_id=None, server_name="gone-1",
+                                        action="kill", arguments={"pid": 5}, result="failed", output="no such process")
+    await login(api, "viewer1")
+    status, html, _ = await page(api, "/actions")
+    assert status == 200 and "gone-1" in html and "no such process" in html and 'id="banners"' in html
+    assert '<link rel="icon" href="/static/favicon.svg"' in html
+    async with api.client.get("/favicon.ico") as resp:  # no session needed
+        assert resp.status == 200 and resp.content_type == "image/svg+xml" and b"<svg" in await resp.read()
+    status, _, _ = await page(api, "/static/favicon.svg")
+    assert status == 200
+
+
+async def test_times_render_as_one_utc_format_that_the_page_localises(api):
+    await api.central.storage.add_audit(actor="cli:x", role="admin", server_id=None, server_name="local",
+                                        action="kill", arguments={"pid": 5}, result="failed", output="")
+    ts = (await api.central.storage.audit_log("local", 1))[0]["ts"]
+    await login(api, "viewer1")
+    _, html, _ = await page(api, "/actions")
+    utc = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    assert f'<time datetime="{utc:%Y-%m-%dT%H:%M:%SZ}" data-ts="{ts:.3f}">{utc:%Y-%m-%d %H:%M:%S}</time>' in html
+    assert 'id="time-zone"' in html
+
+
+async def test_services_and_processes_say_what_may_be_done(api):
+    await wait_online(api)
+    status, services, _ = await api.get("/api/v1/servers/local/services", role="viewer")
+    assert status == 200 and services["server"] == "local"
+    # this machine runs no systemd: nothing to list, and nothing was spawned to find that out
+    if not os.path.isdir("/run/systemd/system"):
+        assert services == {"server": "local", "live": True, "ts": services["ts"], "available": False,
+                            "units": [], "error": None}
+    status, procs, _ = await api.get("/api/v1/servers/local/processes", role="viewer")
+    assert status == 200 and procs["stale"] is False
+    by_pid = {p["pid"]: p for p in procs["top_cpu"] + procs["top_memory"]}
+    assert all(isinstance(p["kill"], bool) for p in by_pid.values())
+    assert by_pid.get(1, {"kill": False})["kill"] is False
+    assert by_pid.get(os.getpid(), {"kill": False})["kill"] is False  # the central itself
+    await login(api, "operator1")
+    _, html, _ = await page(api, "/servers/local")
+    assert 'data-kill="1"' not in html and f'data-kill="{os.getpid()}"' not in html
+
+
+async def test_a_server_that_stopped_answering_is_stale_everywhere(api):
+    await wait_online(api)
+    await api.central.poller.stop()  # nothing polls it back online under the test
+    storage = api.central.storage
+    server = await storage.get_server("local")
+    failed = [PollOutcome(server.id, time.time(), 3.0, ok=False, reason="unreachable", error="no route to host")]
+    for _ in range(api.central.config.poll.offline_after):
+        await storage.write_polls(failed, api.central.config.poll.offline_after)
+    status, shown, _ = await api.get("/api/v1/servers/local", role="viewer")
+    assert shown["server"]["status"] == "offline" and shown["server"]["stale"] is True
+    assert shown["server"]["seen_ago"] >= 0
+    assert shown["server"]["status_text"] == "cannot reach the host over SSH"
+    status, listed, _ = await api.get("/api/v1/servers?name=local", role="viewer")
+    assert listed["servers"][0]["stale"] is True
+    status, procs, _ = await api.get("/api/v1/servers/local/processes", role="viewer")
+    assert procs["stale"] is True and not any(p["kill"] for p in procs["top_cpu"])
+    status, services, _ = await api.get("/api/v1/servers/local/services", role="viewer")
+    assert services["live"] is False and "local is offline" in services["error"]
+    await login(api, "operator1")
+    _, html, _ = await page(api, "/servers/local")
+    assert re.search(r"Last seen \d+ s ago", html) and "actions are off" in html and "data-kill=" not in html
+    _, html, _ = await page(api, "/")
+    assert 'class="stale"' in html

@@ -117,7 +117,7 @@ async def test_overview_live_figures_filter_offline_and_server_page_kill(app, br
         await playwright_api.expect(row(page, name).locator('[data-f="status"] .badge')).to_have_text("online")
         await playwright_api.expect(row(page, name).locator('[data-f="cpu"]')).to_have_text(re.compile(r"^\d+\.\d%$"))
         await playwright_api.expect(row(page, name).locator('[data-f="mem"]')).to_have_text(re.compile(r"^\d+\.\d%$"))
-        await playwright_api.expect(row(page, name).locator('[data-f="last_seen"]')).to_have_text(re.compile(r"^\d+s ago$"))
+        await playwright_api.expect(row(page, name).locator('[data-f="last_seen"]')).to_have_text(re.compile(r"^\d+ s ago$"))
     await playwright_api.expect(page.locator('[data-stat="total"]')).to_have_text("3")  # local, web-1, db-1
     assert await row(page, "web-1").locator(".tag").all_text_contents() == ["web", "prod"]
 

@@ -370,9 +370,11 @@ async def test_alerts_saved_listed_and_acknowledged(storage):
     a = await storage.add_server("a", "10.0.0.1")
     ids = await storage.save_alerts([alert_row(a.id, "cpu", "firing", fired_at=NOW, details={"x": 1}),
                                      alert_row(a.id, "mem", "pending"),
-                                     alert_row(a.id, "old", "resolved", resolved_at=NOW)], [], [])
-    cpu, mem, old = ids
-    assert await storage.alert_counts() == {"pending": 1, "firing": 1}
+                                     alert_row(a.id, "old", "resolved", resolved_at=NOW),
+                                     alert_row(a.id, "inventory_changed", "firing", severity="info")], [], [])
+    cpu, mem, old, info = ids
+    assert await storage.alert_counts() == {"pending": 1, "firing": 2, "firing_info": 1}
+    await storage.save_alerts([], [], [info])
     assert sorted(r["rule"] for r in await storage.open_alerts()) == ["cpu", "mem"]
     assert [r["rule"] for r in await storage.list_alerts()] == ["cpu", "mem", "old"]
     assert [r["rule"] for r in await storage.list_alerts(firing_only=True)] == ["cpu"]
@@ -385,7 +387,7 @@ async def test_alerts_saved_listed_and_acknowledged(storage):
     assert await storage.acked_open_alerts() == {cpu: "alice"}
     # rewrite one, drop another, in one call
     await storage.save_alerts([], [dict(alert_row(a.id, "cpu", "resolved", resolved_at=NOW + 9), id=cpu)], [mem])
-    assert await storage.alert_counts() == {"pending": 0, "firing": 0}
+    assert await storage.alert_counts() == {"pending": 0, "firing": 0, "firing_info": 0}
     assert (await storage.get_alert(cpu))["state"] == "resolved" and old in [r["id"] for r in await storage.list_alerts()]
     with pytest.raises(NotFound):
         await storage.get_alert(mem)

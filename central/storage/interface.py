@@ -197,7 +197,7 @@ class Alerts(ABC):
 
     @abstractmethod
     async def alert_counts(self) -> dict[str, int]:
-        """Open alerts by state: {pending, firing}."""
+        """Open alerts by state: {pending, firing, firing_info} (firing_info: the firing ones of severity info)."""
 
     @abstractmethod
     async def add_silence(self, matcher: dict, starts_at: float, ends_at: float, comment: str,

@@ -5,7 +5,7 @@ and admins acknowledge and silence (acting on alerts changes who gets notified).
 """
 from __future__ import annotations
 
-from .. import alerts
+from .. import alerts, views
 from ..config import ConfigError, parse_duration
 from ..model import Invalid
 from .registry import OPERATOR, VIEWER, Call, Registry, array, boolean, integer, nullable, number, obj, string
@@ -38,6 +38,17 @@ async def list_alerts(call: Call) -> dict:
     return {"alerts": await alerts.list_alerts(call.central, firing_only=q["state"] == "firing",
                                                open_only=q["state"] == "open", server=q.get("server"),
                                                limit=q["limit"])}
+
+
+@endpoints.get("/api/v1/alerts/{id}", summary="One alert, its notifications and its server's status", role=VIEWER,
+               path_params={"id": integer(minimum=1)},
+               response=obj({"alert": {**ALERT, "properties": {**ALERT["properties"], "notifications": array(obj({}, closed=False))}},
+                             "server": nullable(obj({"name": string(), "status": string(), "stale": boolean()},
+                                                    closed=False))},
+                            required=["alert", "server"]), errors=(404,))
+async def show_alert(call: Call) -> dict:
+    """What the page /alerts/ID shows (notifications link there)."""
+    return await views.alert_detail(call.central, call.path["id"])
 
 
 @endpoints.post("/api/v1/alerts/{id}/ack", summary="Acknowledge an open alert", role=OPERATOR,

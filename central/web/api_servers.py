@@ -34,7 +34,14 @@ SERVER = obj({
     "consecutive_failures": integer(), "last_seen": NUM, "last_poll": NUM, "poll_duration": NUM,
     "agent_version": nullable(string()), "agent_sha256": nullable(string()), "hostname": nullable(string()),
     "inventory_hash": nullable(string()), "created_at": number(),
+    "stale": boolean(description="Not online, or not seen for three intervals: its figures are old and actions are off."),
+    "seen_ago": nullable(number(description="Seconds since the last good poll.")),
+    "status_text": nullable(string(description="What status_reason means, in words.")),
 }, required=["id", "name", "kind", "host", "port", "user", "tags", "status", "status_reason"], closed=False)
+PROCESS = obj({"pid": integer(), "start_time": nullable(integer()), "name": nullable(string()), "user": nullable(string()),
+               "cmdline": nullable(string()), "cpu_percent": NUM, "rss": NUM,
+               "kill": boolean(description="Whether the host would accept a kill of this process now.")},
+              required=["pid", "kill"], closed=False)
 SERVER_ROW = {**SERVER, "properties": {**SERVER["properties"], "sample": nullable(SAMPLE), "agent_outdated": boolean()},
               "required": [*SERVER["required"], "sample", "agent_outdated"]}
 AGENT_CHECK = obj({"ok": boolean(), "reason": string(), "error": string(), "hint": string(), "version": nullable(string()),
@@ -166,11 +173,33 @@ async def server_history(call: Call) -> dict:
 @endpoints.get("/api/v1/servers/{name}/processes", summary="Latest top process lists", role=VIEWER,
                path_params={"name": NAME},
                response=obj({"server": string(), "ts": NUM, "count": nullable(integer()),
-                             "top_cpu": array(obj({}, closed=False)), "top_memory": array(obj({}, closed=False))},
-                            required=["server", "ts", "count", "top_cpu", "top_memory"]))
+                             "stale": boolean(description="The server does not answer: the lists are its last ones."),
+                             "top_cpu": array(PROCESS), "top_memory": array(PROCESS)},
+                            required=["server", "ts", "count", "stale", "top_cpu", "top_memory"]))
 async def server_processes(call: Call) -> dict:
-    """The top-CPU and top-memory lists of the newest agent document."""
+    """The top-CPU and top-memory lists of the newest agent document; `kill` on each says whether
+    the host would accept a kill of it (never PID 1, kernel threads, the agent, protected names)."""
     return await views.server_processes(call.central, call.path["name"])
+
+
+UNIT = obj({"unit": string(), "load": nullable(string()), "active": nullable(string()), "sub": nullable(string()),
+            "description": nullable(string()), "watched": boolean(),
+            "actions": array(string(enum=["start", "stop", "restart"]),
+                             description="The verbs the host policy allows on this unit.")},
+           required=["unit", "active", "watched", "actions"], closed=False)
+
+
+@endpoints.get("/api/v1/servers/{name}/services", summary="The host's systemd services and the actions allowed on each",
+               role=VIEWER, path_params={"name": NAME},
+               query={"live": boolean(default=True, description="Ask the host (false: what the last poll said).")},
+               response=obj({"server": string(), "live": boolean(), "ts": NUM, "available": boolean(),
+                             "units": array(UNIT), "error": nullable(string())},
+                            required=["server", "live", "ts", "available", "units", "error"]))
+async def server_services(call: Call) -> dict:
+    """Watched units first, then failed, running and the rest. Asked of the host's agent (which
+    lists units at most every 10 s); when the server does not answer, the failed and watched units
+    of its last poll with no actions, `live` false and `error` saying why."""
+    return await views.server_services(call.central, call.path["name"], live=call.query["live"])
 
 
 @endpoints.get("/api/v1/servers/{name}/inventory", summary="Inventory and its change history", role=VIEWER,
@@ -190,10 +219,14 @@ async def server_inventory(call: Call) -> dict:
 
 @endpoints.get("/api/v1/fleet", summary="Fleet totals, open alerts and averages", role=VIEWER,
                response=obj({"total": integer(), **{s: integer() for s in views.STATUSES},
-                             "alerts_firing": integer(), "alerts_pending": integer(),
+                             "alerts_firing": integer(description="Firing alerts of severity warning or critical."),
+                             "alerts_info": integer(description="Firing alerts of severity info (inventory changes...)."),
+                             "alerts_pending": integer(),
                              "averages": obj({m: NUM for m in views.AVERAGED}, required=list(views.AVERAGED)),
                              "ts": number()},
-                            required=["total", *views.STATUSES, "alerts_firing", "alerts_pending", "averages", "ts"]))
+                            required=["total", *views.STATUSES, "alerts_firing", "alerts_info", "alerts_pending",
+                                      "averages", "ts"]))
 async def fleet_stats(call: Call) -> dict:
-    """Servers by status, alerts firing and pending, and average key figures over online servers."""
+    """Servers by status, alerts firing (warning and critical; info apart) and pending, and average
+    key figures over online servers."""
     return await views.fleet_stats(call.central)

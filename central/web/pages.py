@@ -16,11 +16,12 @@ from urllib.parse import quote
 import jinja2
 import markupsafe
 from aiohttp import web
+from markupsafe import Markup
 
 from .. import __version__, alerts, hosttext, views
 from ..actions import audit_log
 from ..auth import Identity
-from ..model import ADMIN, OPERATOR, CentralError
+from ..model import ADMIN, OPERATOR, CentralError, NotFound
 from .keys import CENTRAL
 from .security import identify, safe_redirect, session_csrf
 
@@ -73,28 +74,31 @@ def fmt_num(value, digits: int = 2) -> str:
     return "–" if _missing(value) else f"{value:.{digits}f}"
 
 
-def fmt_time(ts) -> str:
-    """Local date and time of a Unix time."""
+def fmt_time(ts) -> Markup:
+    """A Unix time as <time>: 2026-12-01 18:10:02 in UTC, which the page's JavaScript rewrites
+    in the browser's time zone (stated once, in the footer) with the same format."""
     if _missing(ts):
-        return "–"
+        return Markup("–")
     try:
-        return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+        utc = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
     except (ValueError, OverflowError, OSError):  # a year 300000 from a host's clock
-        return "–"
+        return Markup("–")
+    return Markup('<time datetime="{}" data-ts="{}">{}</time>').format(
+        utc.strftime("%Y-%m-%dT%H:%M:%SZ"), f"{ts:.3f}", utc.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def fmt_ago(ts, now=None) -> str:
-    """How long ago, like the page's JavaScript fmtAgo."""
+    """How long ago, like the page's JavaScript fmtAgo: 12 s ago, 3 min ago, 2 h ago, 4 d ago."""
     if _missing(ts):
         return "never"
     s = max(0, int((time.time() if now is None else now) - ts))
     if s < 60:
-        return f"{s}s ago"
+        return f"{s} s ago"
     if s < 3600:
-        return f"{s // 60}m ago"
+        return f"{s // 60} min ago"
     if s < 86400:
-        return f"{s // 3600}h ago"
-    return f"{s // 86400}d ago"
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} d ago"
 
 
 def level(value, warn: float = 75, crit: float = 90) -> str:
@@ -120,12 +124,29 @@ async def _identity(request: web.Request) -> Identity:
     return identity
 
 
+async def page_banners(request: web.Request, identity: Identity | None) -> list[dict]:
+    """Notices every page shows at its top: [{"id", "level" (info, warn, crit), "text"}].
+
+    What concerns the central as a whole rather than one server: its storage health
+    (central.writer: poll outcomes that cannot be written wait in memory).
+    """
+    if identity is None or CENTRAL not in request.app:
+        return []
+    storage = request.app[CENTRAL].poller.writer.status()
+    if storage["ok"]:
+        return []
+    text = (f"The database cannot be written: {storage['reason']}. {storage['buffered']} poll results wait"
+            f" in memory (at most {storage['buffer_capacity']})")
+    if storage.get("dropped"):
+        text += f", {storage['dropped']} dropped"
+    return [{"id": "storage-banner", "level": "crit", "text": text + "; they are written when it recovers."}]
+
+
 async def _render(request: web.Request, template: str, identity: Identity | None, status: int = 200, **context) -> web.Response:
     csrf = await session_csrf(request) if identity is not None else None
-    # The storage banner on every page (central.writer: poll outcomes that cannot be written)
-    storage = request.app[CENTRAL].poller.writer.status() if identity is not None and CENTRAL in request.app else None
     html = _env.get_template(template).render(
-        identity=identity, csrf_token=csrf or "", version=__version__, now=time.time(), storage=storage,
+        identity=identity, csrf_token=csrf or "", version=__version__, now=time.time(),
+        banners=await page_banners(request, identity),
         can_act=identity is not None and identity.allows(OPERATOR),
         can_admin=identity is not None and identity.allows(ADMIN), **context)
     return web.Response(text=html, status=status, content_type="text/html",
@@ -166,15 +187,16 @@ async def overview_page(request: web.Request, identity: Identity) -> dict:
 
 @_page("server.html")
 async def server_page(request: web.Request, identity: Identity) -> dict:
-    """One server: GET /api/v1/servers/NAME, .../processes, /api/v1/alerts?server=, /api/v1/audit?server=."""
+    """One server: GET /api/v1/servers/NAME, .../processes, .../services?live=false (the page asks
+    the host itself once loaded), /api/v1/alerts?server=, /api/v1/audit?server=."""
     central = request.app[CENTRAL]
     name = request.match_info["name"]
     detail = await views.server_detail(central, name)
-    doc = (detail["latest"] or {}).get("document") or {}
     return {
         "detail": detail,
-        "doc": doc,
         "processes": await views.server_processes(central, name),
+        "services": await views.server_services(central, name, live=False),
+        "doc": (detail["latest"] or {}).get("document") or {},
         "alerts": await alerts.list_alerts(central, server=name, limit=50),
         "audit": await audit_log(central, name, 50),
     }
@@ -194,9 +216,34 @@ async def alerts_page(request: web.Request, identity: Identity) -> dict:
     }
 
 
+@_page("alert.html")
+async def alert_page(request: web.Request, identity: Identity) -> dict:
+    """One alert (GET /api/v1/alerts/ID): what notifications link to."""
+    try:
+        alert_id = int(request.match_info["id"])
+    except ValueError:
+        raise NotFound(f"no alert with id {request.match_info['id']!r}") from None
+    return {"active": "alerts", **await views.alert_detail(request.app[CENTRAL], alert_id)}
+
+
+@_page("actions.html")
+async def actions_page(request: web.Request, identity: Identity) -> dict:
+    """Every server's actions, newest first (GET /api/v1/audit)."""
+    return {"active": "actions", "audit": await audit_log(request.app[CENTRAL], None, 200)}
+
+
+_FAVICON = (STATIC_DIR / "favicon.svg").read_bytes()
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """/favicon.ico for browsers that ask for it before reading the page's icon link."""
+    return web.Response(body=_FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 # The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
 # describes the JSON API).
-PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "static",
+PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "alert_page", "actions_page",
+                    "favicon", "static",
                     "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
 
@@ -206,4 +253,7 @@ def install_pages(app: web.Application) -> None:
     app.router.add_get("/", overview_page, name="overview_page")
     app.router.add_get("/servers/{name}", server_page, name="server_page")
     app.router.add_get("/alerts", alerts_page, name="alerts_page")
+    app.router.add_get("/alerts/{id}", alert_page, name="alert_page")
+    app.router.add_get("/actions", actions_page, name="actions_page")
+    app.router.add_get("/favicon.ico", favicon, name="favicon")
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)

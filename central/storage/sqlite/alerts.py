@@ -15,10 +15,14 @@ class SQLiteAlerts(SQLiteBase):
                       "fired_at", "last_evaluated", "cleared_at", "resolved_at", "last_notified", "details")
 
     async def alert_counts(self) -> dict[str, int]:
-        """Open alerts by state (pending, firing)."""
-        rows = await self._all("SELECT state, count(*) FROM alerts WHERE state IN ('pending', 'firing') GROUP BY state")
-        counts = {"pending": 0, "firing": 0}
-        counts.update({r[0]: r[1] for r in rows})
+        """Open alerts by state (pending, firing), and firing_info: the firing ones of severity info."""
+        rows = await self._all("SELECT state, severity = 'info', count(*) FROM alerts"
+                               " WHERE state IN ('pending', 'firing') GROUP BY 1, 2")
+        counts = {"pending": 0, "firing": 0, "firing_info": 0}
+        for state, info, n in rows:
+            counts[state] += n
+            if state == "firing" and info:
+                counts["firing_info"] += n
         return counts
 
     async def open_alerts(self) -> list[dict]:

@@ -1,4 +1,4 @@
-// Alerts: acknowledge, silence (prefilled from an alert), end a silence; each asks first.
+// Alerts (the list and one alert): acknowledge, silence (prefilled from an alert), end a silence; each asks first.
 "use strict";
 
 (() => {
@@ -26,6 +26,13 @@
   });
 
   const form = document.getElementById("silence-form");
+  // /alerts?rule=R&server=S#silence-form (the alert page's and server page's Silence…) prefills it
+  const wanted = new URLSearchParams(location.search);
+  if (form && (wanted.has("rule") || wanted.has("server"))) {
+    form.rule.value = wanted.get("rule") || "";
+    form.server.value = wanted.get("server") || "";
+    form.comment.focus();
+  }
   if (form) {
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();

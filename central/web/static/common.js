@@ -63,19 +63,48 @@ const central = (() => {
     while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
     return i === 0 ? v.toFixed(0) + " B" : v.toFixed(1) + " " + units[i];
   }
+  // The one way times are written: 24 h, ISO-like dates, in the browser's time zone (the
+  // footer names it once). The server renders <time data-ts> in UTC; localTimes() rewrites them.
   function fmtAgo(ts, now) {
     if (!isNum(ts)) return "never";
     const s = Math.max(0, Math.floor(now - ts));
-    if (s < 60) return s + "s ago";
-    if (s < 3600) return Math.floor(s / 60) + "m ago";
-    if (s < 86400) return Math.floor(s / 3600) + "h ago";
-    return Math.floor(s / 86400) + "d ago";
+    if (s < 60) return s + " s ago";
+    if (s < 3600) return Math.floor(s / 60) + " min ago";
+    if (s < 86400) return Math.floor(s / 3600) + " h ago";
+    return Math.floor(s / 86400) + " d ago";
   }
+  const pad = (n) => String(n).padStart(2, "0");
+  const fmtDate = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  const fmtClock = (d, seconds = true) => `${pad(d.getHours())}:${pad(d.getMinutes())}` + (seconds ? `:${pad(d.getSeconds())}` : "");
   function fmtTime(ts) {
     if (!isNum(ts) || Math.abs(ts) > 8.64e12) return dash;
-    const d = new Date(ts * 1000), p = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+    const d = new Date(ts * 1000);
+    return `${fmtDate(d)} ${fmtClock(d)}`;
   }
+  function timeZone() {
+    const offset = -new Date().getTimezoneOffset(), sign = offset < 0 ? "-" : "+", a = Math.abs(offset);
+    const utc = `UTC${sign}${pad(Math.floor(a / 60))}:${pad(a % 60)}`;
+    let name = "";
+    try { name = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { name = ""; }
+    return name && name !== "UTC" ? `${name} (${utc})` : utc;
+  }
+  function timeEl(ts) {
+    if (!isNum(ts) || Math.abs(ts) > 8.64e12) return document.createTextNode(dash);
+    const node = document.createElement("time");
+    node.dataset.ts = String(ts);
+    node.dateTime = new Date(ts * 1000).toISOString();
+    node.textContent = fmtTime(ts);
+    return node;
+  }
+  function localTimes(root) {
+    for (const node of (root || document).querySelectorAll("time[data-ts]")) {
+      const text = fmtTime(Number(node.dataset.ts));
+      if (node.textContent !== text) node.textContent = text;
+    }
+  }
+  localTimes();
+  const tzNode = document.getElementById("time-zone");
+  if (tzNode) tzNode.textContent = "times in " + timeZone();
   const level = (v, warn = 75, crit = 90) => !isNum(v) ? "" : v >= crit ? "crit" : v >= warn ? "warn" : "ok";
 
   // el("td", {class: "num"}, "text", child) - builds DOM without innerHTML (no markup injection);
@@ -142,5 +171,7 @@ const central = (() => {
     });
   }
 
-  return {api, safeNext, shown, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, level, el, ask, show, act, role: document.body.dataset.role};
+  const canAct = document.body.dataset.role === "admin" || document.body.dataset.role === "operator";
+  return {api, safeNext, shown, fmtPct, fmtNum, fmtBytes, fmtAgo, fmtTime, fmtDate, fmtClock, timeEl, localTimes, level,
+          el, ask, show, act, canAct, role: document.body.dataset.role};
 })();

@@ -21,12 +21,12 @@
   function newRow(s) {
     const tr = el("tr", {"data-name": s.name},
       el("td", {"data-f": "name"}, el("a", {href: "/servers/" + encodeURIComponent(s.name), text: s.name}),
-         el("div", {class: "sub", text: s.host})),
+         el("div", {class: "sub host"})),
       el("td", {"data-f": "status"}, el("span", {class: "badge"}), el("div", {class: "sub reason"})),
-      el("td", {"data-f": "cpu", class: "num"}), el("td", {"data-f": "mem", class: "num"}),
-      el("td", {"data-f": "disk", class: "num"}), el("td", {"data-f": "load1", class: "num"}),
-      el("td", {"data-f": "spark", class: "spark"}),
-      el("td", {"data-f": "last_seen"}), el("td", {"data-f": "tags"}));
+      el("td", {"data-f": "cpu", "data-label": "CPU", class: "num"}), el("td", {"data-f": "mem", "data-label": "Memory", class: "num"}),
+      el("td", {"data-f": "disk", "data-label": "Disk", class: "num"}), el("td", {"data-f": "load1", "data-label": "Load", class: "num"}),
+      el("td", {"data-f": "spark", "data-label": "CPU, 1 h", class: "spark"}),
+      el("td", {"data-f": "last_seen", "data-label": "Last seen"}), el("td", {"data-f": "tags", "data-label": "Tags"}));
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("viewBox", "0 0 100 24");
     svg.setAttribute("preserveAspectRatio", "none");
@@ -38,13 +38,21 @@
     const sm = s.sample || {};
     tr.dataset.status = s.status;
     tr.dataset.tags = s.tags.join(" ");
+    // a server that does not answer keeps its last figures, greyed and without colour
+    if (tr.classList.contains("stale") !== s.stale) tr.classList.toggle("stale", s.stale);
+    const host = cell(tr, "name").querySelector(".host");
+    const hostText = (s.hostname && s.hostname !== s.name ? s.hostname + " \u00b7 " : "") + s.host;
+    if (host.textContent !== hostText) {
+      host.replaceChildren(...(s.hostname && s.hostname !== s.name
+        ? [el("span", {class: "hostname", text: s.hostname}), " \u00b7 " + s.host] : [s.host]));
+    }
     const badge = cell(tr, "status").querySelector(".badge");
     setClass(badge, "badge", "status-" + s.status);
     setText(badge, s.status);
-    setText(cell(tr, "status").querySelector(".reason"), s.status_reason || "");
+    setText(cell(tr, "status").querySelector(".reason"), s.status_text || s.status_reason || "");
     for (const [f, warn, crit] of [["cpu", 75, 90], ["mem", 75, 90], ["disk", 80, 90]]) {
       setText(cell(tr, f), fmtPct(sm[f]));
-      setClass(cell(tr, f), "num", level(sm[f], warn, crit));
+      setClass(cell(tr, f), "num", s.stale ? "" : level(sm[f], warn, crit));
     }
     setText(cell(tr, "load1"), fmtNum(sm.load1));
     const seen = cell(tr, "last_seen");
