@@ -425,3 +425,22 @@ class LxcFarm:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def install_agent(container, policy):
+    """Copy the bundled agent, a host policy and a fresh agent secret into a container and run
+    the agent under systemd (no deploy: the central's key is root's); returns the secret."""
+    from central.bundled import agent_path
+
+    secret = os.urandom(32).hex()
+    container.attach(["tee", "/usr/local/lib/central-agent.py"], input=agent_path().read_text())
+    container.attach(["tee", "/etc/central-agent.json"], input=json.dumps(policy))
+    container.attach(["chmod", "600", "/etc/central-agent.json"])
+    container.attach(["sh", "-c", "umask 077 && mkdir -p /etc/central-agent && cat > /etc/central-agent/secret"],
+                     input=secret + "\n")
+    container.attach(["systemd-run", "--unit", "central-agent", "/usr/bin/python3",
+                      "/usr/local/lib/central-agent.py", "--policy", "/etc/central-agent.json"])
+    probe = ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8083), 1)"]
+    _wait_for(lambda: container.attach(probe, check=False).returncode == 0, 30, "the agent in " + container.name,
+              interval=0.2)
+    return secret

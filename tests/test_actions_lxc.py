@@ -5,18 +5,14 @@ The agent is installed as a transient systemd unit (central-agent.service) with 
 that allows only central-test-* services.
 """
 import dataclasses
-import json
-import os
 
 import pytest
 
 from central.actions import audit_log, run_action
-from central.bundled import agent_path
 from central.model import Forbidden
 from central import servers
 from central.service import Central
-from tests.agentutil import wait_for
-from tests.lxc import ECHO_UNIT
+from tests.lxc import ECHO_UNIT, install_agent
 
 pytestmark = pytest.mark.lxc
 
@@ -31,21 +27,6 @@ def active_state(container, unit=ECHO_UNIT):
     return container.attach(["systemctl", "show", "-p", "ActiveState", "--value", unit]).stdout.strip()
 
 
-def install_agent(container):
-    """Copy the bundled agent, a policy and a secret in, and run it under systemd; returns the secret."""
-    secret = os.urandom(32).hex()
-    container.attach(["tee", "/usr/local/lib/central-agent.py"], input=agent_path().read_text())
-    container.attach(["tee", "/etc/central-agent.json"], input=json.dumps(POLICY))
-    container.attach(["chmod", "600", "/etc/central-agent.json"])
-    container.attach(["sh", "-c", "umask 077 && mkdir -p /etc/central-agent && cat > /etc/central-agent/secret"],
-                     input=secret + "\n")
-    container.attach(["systemd-run", "--unit", "central-agent", "/usr/bin/python3",
-                      "/usr/local/lib/central-agent.py", "--policy", "/etc/central-agent.json"])
-    probe = ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8083), 1)"]
-    wait_for(lambda: container.attach(probe, check=False).returncode == 0, timeout=30, interval=0.2)
-    return secret
-
-
 @pytest.fixture
 async def central(config, client_key):
     cfg = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, key_path=str(client_key.path)))
@@ -57,7 +38,7 @@ async def central(config, client_key):
 async def test_restart_stop_start_a_real_systemd_service(central, lxc_container):
     container = lxc_container()
     assert container.wait_system_running() in ("running", "degraded")
-    secret = install_agent(container)
+    secret = install_agent(container, POLICY)
     # root: the container has the central's key in root's authorized_keys (no deploy ran)
     added = await servers.add_server(central, container.name, container.address, user="root",
                                      fingerprint=container.fingerprint, agent_secret=secret)

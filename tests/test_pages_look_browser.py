@@ -71,6 +71,7 @@ async def fleet(host_api, test_host):
     api = host_api
     web, db = await asyncio.to_thread(test_host.many, 2)
     for name, host, tags in (("web-1", web, ("web", "prod")), ("db-1", db, ("db",))):
+        await servers.store_agent_secret(api.central, host.agent_secret, host=host.address)
         await servers.add_server(api.central, name, host.address, fingerprint=host.fingerprint, tags=tags)
     for name in ("web-1", "db-1", "local"):
         await wait_online(api, name, batches=200)

@@ -6,14 +6,13 @@ the page.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from central import servers
 from tests.agentutil import wait_for as wait_for_sync
 from tests.apiclient import PASSWORD, start_api, wait_online
-from tests.lxc import ECHO_UNIT
+from tests.lxc import ECHO_UNIT, install_agent
 from tests.test_actions_lxc import main_pid
 from tests.test_pages_browser import ARTIFACTS, base_url, browser  # noqa: F401  (fixture)
 from tests.test_pages_look_browser import new_context, screenshot
@@ -23,30 +22,19 @@ pytestmark = [pytest.mark.lxc, pytest.mark.browser]
 POLICY = {"service_patterns": ["central-test-*", "cron.service"], "watched_units": [ECHO_UNIT]}
 
 
-def install_agent(container):
-    """The bundled agent under systemd in the container, with POLICY."""
-    from central.bundled import agent_path
-
-    container.attach(["tee", "/usr/local/lib/central-agent.py"], input=agent_path().read_text())
-    container.attach(["tee", "/etc/central-agent.json"], input=json.dumps(POLICY))
-    container.attach(["chmod", "600", "/etc/central-agent.json"])
-    container.attach(["systemd-run", "--unit", "central-agent", "/usr/bin/python3",
-                      "/usr/local/lib/central-agent.py", "--policy", "/etc/central-agent.json"])
-    probe = ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8083), 1)"]
-    wait_for_sync(lambda: container.attach(probe, check=False).returncode == 0, timeout=30, interval=0.2)
-
-
 @pytest.fixture
 async def lxc_api(config, client_key, lxc_container):
     import dataclasses
 
     container = lxc_container("page-web")
     assert container.wait_system_running() in ("running", "degraded")
-    await asyncio.to_thread(install_agent, container)
+    secret = await asyncio.to_thread(install_agent, container, POLICY)
     cfg = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, key_path=str(client_key.path)))
     api = await start_api(cfg)
     try:
-        added = await servers.add_server(api.central, container.name, container.address, fingerprint=container.fingerprint)
+        # root: the container has the central's key in root's authorized_keys (no deploy ran)
+        added = await servers.add_server(api.central, container.name, container.address, user="root",
+                                         fingerprint=container.fingerprint, agent_secret=secret)
         assert added["agent"]["ok"], added
         await wait_online(api, container.name, batches=200)
         yield api, container
