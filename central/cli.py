@@ -183,7 +183,7 @@ def init(ctx):
         password = _run(_with_central(config, lambda c: c.auth.ensure_first_admin("admin")))
     except (CentralError, OSError, RuntimeError) as exc:
         raise click.ClickException(_p(exc)) from None
-    console.print(f"database: {_h(config.database_path)}")
+    console.print(f"database: {_h(config.database_location)}")
     console.print(f"SSH key:  {_h(config.key_path)} ({'created' if created else 'exists'})")
     console.print("\nThe central's public key:")
     click.echo(line)

@@ -82,6 +82,14 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """`[storage]`: which backend. Empty url: SQLite at database.path (the embedded default);
+    "postgresql://..." (or postgres://): that PostgreSQL database (central.storage.postgres)."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class PollConfig:
     interval: float = 10.0
     timeout: float = 5.0
@@ -326,6 +334,7 @@ class Config:
     data_dir: str = ""
     http: HTTPConfig = field(default_factory=HTTPConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -345,6 +354,20 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite database file."""
         return Path(self.database.path) if self.database.path else self.data_path / "central.db"
+
+    @property
+    def database_target(self) -> str | Path:
+        """What Storage.open opens: storage.url when set (PostgreSQL), else the SQLite file."""
+        return self.storage.url or self.database_path
+
+    @property
+    def database_location(self) -> str:
+        """Where the database is, for messages (a URL without its password, or the file)."""
+        if self.storage.url:
+            from .storage.postgres import safe_url
+
+            return safe_url(self.storage.url)
+        return str(self.database_path)
 
     @property
     def key_path(self) -> Path:
@@ -601,6 +624,8 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         raise ConfigError(f"http.port: must be between 1 and 65535, got {cfg.http.port}")
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
         raise ConfigError("retention: expected raw <= minute <= hour")
+    if cfg.storage.url and not re.match(r"^postgres(ql)?://\S*$", cfg.storage.url):
+        raise ConfigError("storage.url: expected empty (SQLite at database.path) or a postgresql:// URL")
     _check_alerts(cfg.alerts)
     _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)

@@ -38,9 +38,9 @@ async def check_database_writable(config: Config) -> None:
     """Raise StorageUnavailable, in one line, unless `central serve` can write its database
     (read-only file or file system, disk full, not openable). A lock another process holds is
     no reason not to start: poll outcomes wait in memory until it is released."""
-    path = config.database_path
+    path = config.database_location
     try:
-        storage = await Storage.open(path, config.database.lock_timeout)
+        storage = await Storage.open(config.database_target, config.database.lock_timeout)
     except StorageUnavailable as exc:
         raise StorageUnavailable(f"{path}: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - sqlite3 or OS errors opening the file: one line, no traceback
@@ -106,7 +106,7 @@ class Central:
         `central serve`, whose writes wait for another process's lock only database.lock_timeout
         (its reads queue behind them); a CLI command waits up to 10 s."""
         files.private_dir(config.data_path)
-        storage = await Storage.open(config.database_path, config.database.lock_timeout if serving else 10.0)
+        storage = await Storage.open(config.database_target, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:
             await ensure_local_server(central)

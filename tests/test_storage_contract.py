@@ -1,7 +1,7 @@
 """The storage contract: what every backend of central.storage.Storage must do.
 
-Each test runs once per backend in BACKENDS (only SQLite today; a PostgreSQL backend adds its
-opener there). Only the interface is used here: backend-specific checks (schema versions,
+Each test runs once per backend in BACKENDS: SQLite on a temporary file, and PostgreSQL on a
+database of its own in the real server tests/pgserver.py starts from Debian's packages. Only the interface is used here: backend-specific checks (schema versions,
 files, connections) live in tests/test_storage_<backend>.py.
 """
 from __future__ import annotations
@@ -18,18 +18,23 @@ DAY = 86400.0
 NOW = 1_800_000_000.0  # fixed "now" so buckets are predictable
 
 
-async def _sqlite(tmp_path):
-    return await Storage.open(tmp_path / "c.db")
+def _sqlite(request, tmp_path):
+    return tmp_path / "c.db"
 
 
-# backend name -> opener of its database (the same database on every call within a test)
-BACKENDS = {"sqlite": _sqlite}
+def _postgres(request, tmp_path):
+    return request.getfixturevalue("pg_url")
+
+
+# backend name -> where the test's database is (Storage.open opens it; the same one on every
+# call within a test)
+BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=list(BACKENDS))
 def backend(request, tmp_path):
     """Opens the test's database on this backend (again: reopens the same one)."""
-    return functools.partial(BACKENDS[request.param], tmp_path)
+    return functools.partial(Storage.open, BACKENDS[request.param](request, tmp_path))
 
 
 @pytest.fixture

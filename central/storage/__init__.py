@@ -1,5 +1,5 @@
-"""central's storage: one interface by concept (central.storage.interface), one backend today
-(central.storage.sqlite). Everything outside this package uses only what is exported here."""
+"""central's storage: one interface by concept (central.storage.interface), two backends
+(central.storage.sqlite, the embedded default; central.storage.postgres). Everything outside this package uses only what is exported here."""
 from __future__ import annotations
 
 from .interface import (

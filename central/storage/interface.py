@@ -1,6 +1,6 @@
 """The storage interface: what the rest of central may ask of a database, by concept.
 
-Every backend implements `Storage` (today: central.storage.sqlite). Callers see only domain
+Every backend implements `Storage` (central.storage.sqlite, central.storage.postgres). Callers see only domain
 types (Server, PollOutcome, plain dicts and lists, numbers); no backend's connection, row or
 error type crosses this interface, and "no such thing" / "already exists" are the domain
 errors NotFound and Conflict. tests/test_storage_contract.py is the contract every backend
@@ -430,8 +430,12 @@ class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, Agent
     async def open(cls, target: str | Path, lock_timeout: float = 10.0) -> "Storage":
         """Open (creating if needed) the database at target and bring its schema up to date.
 
-        target is a SQLite file path (the only backend today); lock_timeout is how long a write
-        waits for a lock another process holds."""
+        target is a SQLite file path, or a postgresql://... URL (central.storage.postgres);
+        lock_timeout is how long a write waits for a lock another process holds."""
+        from .postgres import PostgresStorage, is_postgres_url
+
+        if is_postgres_url(target):
+            return await PostgresStorage.open(str(target), lock_timeout)
         from .sqlite import SQLiteStorage
 
         return await SQLiteStorage.open(target, lock_timeout)
