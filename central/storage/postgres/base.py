@@ -39,7 +39,8 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "58", "40")
 _UNAVAILABLE_CODES = {"25006", "55P03"}
 
 # what the driver and the connection raise (the rest: the caller's own errors, passed through)
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                  asyncio.TimeoutError)
 
 _PARTITION_NAME = re.compile(r"^(samples|rollups_60|rollups_3600)_(n?)(\d+)$")
 
@@ -53,7 +54,9 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
         if code in _UNAVAILABLE_CODES or code[:2] in _UNAVAILABLE_CLASSES:
             return StorageUnavailable(f"the database cannot be written: {exc}")
         return None
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)) and not isinstance(exc, ValueError):
+    # a connection the server ended shows as one of these when next used (the pool replaces it)
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)) \
+            and not isinstance(exc, ValueError):
         return StorageUnavailable(f"the database cannot be reached: {type(exc).__name__}: {exc}")
     return None
 
