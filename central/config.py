@@ -90,6 +90,19 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RemoteWriteConfig:
+    """`[remote_write]`: also send every sample to a Prometheus remote-write receiver (central.remotewrite)."""
+
+    url: str = ""  # empty: off; e.g. http://127.0.0.1:9090/api/v1/write
+    timeout: float = 10.0
+    batch_size: int = 2000  # samples per request
+    max_samples: int = 100_000  # kept in memory while the receiver is away (oldest dropped first)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    bearer_token_file: str = ""  # a file holding the token sent as Authorization: Bearer
+
+
+@dataclass(frozen=True)
 class PollConfig:
     interval: float = 10.0
     timeout: float = 5.0
@@ -335,6 +348,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -397,6 +411,9 @@ _DURATIONS = {
     "http.session_max_age",
     "database.lock_timeout",
     "http.login_backoff_max",
+    "remote_write.timeout",
+    "remote_write.backoff_initial",
+    "remote_write.backoff_max",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -441,6 +458,11 @@ _POSITIVE = {
     "http.max_body_bytes",
     "database.lock_timeout",
     "database.outage_buffer",
+    "remote_write.timeout",
+    "remote_write.batch_size",
+    "remote_write.max_samples",
+    "remote_write.backoff_initial",
+    "remote_write.backoff_max",
     "http.login_attempts",
     "http.login_attempts_per_user",
     "http.login_backoff_max",
@@ -572,7 +594,9 @@ def _env_overrides(env: typing.Mapping[str, str]) -> dict:
         if rest == "data_dir":
             out["data_dir"] = value
             continue
-        section, _, key = rest.partition("_")
+        # the longest section the name starts with (remote_write before a section "remote")
+        section = next((sec for sec in sorted(sections, key=len, reverse=True) if rest.startswith(sec + "_")), "")
+        key = rest[len(section) + 1:]
         if section in sections and key:
             out.setdefault(section, {})[key] = value
     return out
@@ -626,6 +650,8 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         raise ConfigError("retention: expected raw <= minute <= hour")
     if cfg.storage.url and not re.match(r"^postgres(ql)?://\S*$", cfg.storage.url):
         raise ConfigError("storage.url: expected empty (SQLite at database.path) or a postgresql:// URL")
+    if cfg.remote_write.url and not re.match(r"^https?://[^\s/]+(/\S*)?$", cfg.remote_write.url):
+        raise ConfigError(f"remote_write.url: expected an http:// or https:// URL, got {cfg.remote_write.url!r}")
     _check_alerts(cfg.alerts)
     _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)

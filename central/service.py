@@ -25,6 +25,7 @@ from .config import Config
 from .model import StorageUnavailable
 from .notifiers import Dispatcher
 from .poller import Poller
+from .remotewrite import RemoteWriter, RemoteWriteSettings
 from .servers import ensure_local_server
 from .sshpool import SSHPool, public_key_line
 from .storage import Storage
@@ -53,6 +54,20 @@ async def check_database_writable(config: Config) -> None:
         log.warning("%s is locked by another process; poll outcomes wait in memory until it is released", path)
     finally:
         await storage.close()
+
+
+def remote_write_settings(config: Config) -> RemoteWriteSettings:
+    """The remote writer's settings from [remote_write] (the bearer token read from its file)."""
+    rw = config.remote_write
+    token = None
+    if rw.bearer_token_file:
+        try:
+            token = Path(rw.bearer_token_file).read_text().strip()
+        except OSError as exc:
+            raise StorageUnavailable(f"remote_write.bearer_token_file: cannot read {rw.bearer_token_file}: "
+                                     f"{exc.strerror}") from None
+    return RemoteWriteSettings(url=rw.url, timeout=rw.timeout, batch_size=rw.batch_size, max_samples=rw.max_samples,
+                               backoff_initial=rw.backoff_initial, backoff_max=rw.backoff_max, bearer_token=token)
 
 
 def restricted_key_line(public_key: str, agent_port: int = 8083) -> str:
@@ -99,6 +114,11 @@ class Central:
         self.poller.writer.listeners.append(self.alerts.storage_health)
         self.terminal = Terminals(config, storage, self.auth, self.transports)
         self.poller.maintenance_hooks.append(self.terminal.prune)
+        # remote write (remote_write.url): every stored sample also goes to a Prometheus receiver
+        self.remote_write: RemoteWriter | None = None
+        if config.remote_write.url:
+            self.remote_write = RemoteWriter(remote_write_settings(config))
+            self.poller.hooks.append(self.remote_write.on_batch)
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool = False) -> "Central":
@@ -115,6 +135,8 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        if self.remote_write is not None:
+            await self.remote_write.stop()
         await self.terminal.close()
         await self.alerts.stop()
         await self.notifier.stop()

@@ -57,7 +57,8 @@ async def prometheus_metrics(call: Call) -> web.Response:
     poller = central.poller
     text = metrics.render(servers, latest, durations=poller.durations, errors_by_reason=poller.errors_by_reason,
                           polls=poller.polls, alerts_firing=alerts["firing"], process=process,
-                          storage=poller.writer.status(), failed_writes=poller.writer.failed_writes)
+                          storage=poller.writer.status(), failed_writes=poller.writer.failed_writes,
+                          remote_write=central.remote_write.status() if central.remote_write else None)
     return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
