@@ -58,15 +58,23 @@ class PGServer:
         return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True,
                               user=self._user, timeout=120)
 
-    def start(self) -> None:
+    def start(self, durable: bool = False) -> None:
+        """initdb and start; durable: PostgreSQL's defaults (fsync on; for benchmarks), else
+        fsync off (the tests' data is thrown away)."""
         self._run(BIN / "initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                   "--locale=C.UTF-8", "--no-sync")
         opts = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' -c port={self.port}"
-                " -c fsync=off -c max_connections=200 -c shared_buffers=64MB")
+                f" -c fsync={'on' if durable else 'off'} -c max_connections=200 -c shared_buffers=64MB")
         self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-o", opts, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         self._run(BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop", check=False)
+
+    def pids(self) -> list[int]:
+        """The server's processes (the postmaster and its children), for CPU accounting."""
+        main = int((self.data / "postmaster.pid").read_text().split()[0])
+        kids = [int(p) for p in Path(f"/proc/{main}/task/{main}/children").read_text().split()]
+        return [main, *kids]
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql:///{database}?host={self.socket_dir}&port={self.port}&user={SUPERUSER}"
