@@ -103,6 +103,16 @@ class RemoteWriteConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: several centrals on one PostgreSQL database share the fleet (central.cluster)."""
+
+    enabled: bool = False
+    # A member that stops heartbeating loses its servers within this long.
+    ttl: float = 15.0
+    member: str = ""  # this central's name in the cluster; empty: hostname:http port:pid
+
+
+@dataclass(frozen=True)
 class PollConfig:
     interval: float = 10.0
     timeout: float = 5.0
@@ -349,6 +359,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -414,6 +425,7 @@ _DURATIONS = {
     "remote_write.timeout",
     "remote_write.backoff_initial",
     "remote_write.backoff_max",
+    "cluster.ttl",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -463,6 +475,7 @@ _POSITIVE = {
     "remote_write.max_samples",
     "remote_write.backoff_initial",
     "remote_write.backoff_max",
+    "cluster.ttl",
     "http.login_attempts",
     "http.login_attempts_per_user",
     "http.login_backoff_max",
@@ -652,6 +665,11 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         raise ConfigError("storage.url: expected empty (SQLite at database.path) or a postgresql:// URL")
     if cfg.remote_write.url and not re.match(r"^https?://[^\s/]+(/\S*)?$", cfg.remote_write.url):
         raise ConfigError(f"remote_write.url: expected an http:// or https:// URL, got {cfg.remote_write.url!r}")
+    if cfg.cluster.enabled and not cfg.storage.url:
+        raise ConfigError("cluster.enabled: several centrals share one PostgreSQL database; set storage.url")
+    if cfg.cluster.enabled and cfg.cluster.ttl < 2 * cfg.poll.reload_interval:
+        raise ConfigError(f"cluster.ttl: {cfg.cluster.ttl:g}s must be at least twice poll.reload_interval "
+                          f"({cfg.poll.reload_interval:g}s): leases are renewed at each reload")
     _check_alerts(cfg.alerts)
     _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)

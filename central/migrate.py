@@ -2,7 +2,8 @@
 
 Every table is copied (servers, agent secrets, users, tokens, page sessions, terminal rights,
 accounts and sessions, alerts, silences, notifications, audit, inventory, samples, rollups,
-rollup progress, meta), with its ids, so every reference stays valid. Rows are read in one
+rollup progress, meta), with its ids (not the cluster's members and leases: they are the
+running centrals' state, made again by the centrals on the destination), so every reference stays valid. Rows are read in one
 read transaction of the source (one consistent snapshot, even while a central still writes
 it) and written in batches as upserts on each table's primary key: running it again brings
 the destination up to the source's newest state, copying nothing twice. At the end the row

@@ -85,6 +85,9 @@ class Poller:
         self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         # Run with each round of rollup and pruning (the terminal prunes its recordings here).
         self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
+        # Several centrals (central.cluster): which of the listed servers this central polls;
+        # None: all of them.
+        self.ownership: Callable[[dict[int, Server]], Awaitable[set[int]]] | None = None
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._main: list[asyncio.Task] = []
@@ -124,6 +127,12 @@ class Poller:
     async def reload(self) -> None:
         """Pick up added, removed and changed servers."""
         servers = {s.id: s for s in await self.storage.list_servers()}
+        if self.ownership is not None:
+            # a local server is this central's own host only under its own name; the rest are leased
+            local = {sid for sid, s in servers.items() if s.kind == "local"}
+            owned = await self.ownership({sid: s for sid, s in servers.items() if sid not in local})
+            servers = {sid: s for sid, s in servers.items()
+                       if sid in owned or (sid in local and s.name == self.config.poll.local_name)}
         for sid in list(self._tasks):
             if sid not in servers:
                 self._tasks.pop(sid).cancel()

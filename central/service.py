@@ -21,6 +21,7 @@ import asyncssh
 from . import files
 from .alerts import AlertEngine
 from .auth import Auth
+from .cluster import Membership, default_member_name
 from .config import Config
 from .model import StorageUnavailable
 from .notifiers import Dispatcher
@@ -114,6 +115,13 @@ class Central:
         self.poller.writer.listeners.append(self.alerts.storage_health)
         self.terminal = Terminals(config, storage, self.auth, self.transports)
         self.poller.maintenance_hooks.append(self.terminal.prune)
+        # several centrals on one database (cluster.enabled): poll only this central's share
+        self.membership: Membership | None = None
+        if config.cluster.enabled:
+            member = config.cluster.member or default_member_name(config.http.port)
+            self.membership = Membership(storage, member, ttl=config.cluster.ttl,
+                                         address=f"{config.http.listen}:{config.http.port}")
+            self.poller.ownership = self.membership.ownership
         # remote write (remote_write.url): every stored sample also goes to a Prometheus receiver
         self.remote_write: RemoteWriter | None = None
         if config.remote_write.url:
@@ -135,6 +143,8 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        if self.membership is not None:
+            await self.membership.leave()
         if self.remote_write is not None:
             await self.remote_write.stop()
         await self.terminal.close()

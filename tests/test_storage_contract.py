@@ -659,3 +659,35 @@ async def test_the_writable_check_commits_without_touching_stored_data(storage):
     assert [s.name for s in await storage.list_servers()] == ["a"]
     assert await storage.agent_secret(server.id) == SECRET_A
     assert sorted(await storage.latest_samples()) == [server.id]
+
+
+# several centrals: members and leases (central.cluster)
+
+async def test_members_heartbeat_and_leave(storage):
+    assert [m["member"] for m in await storage.heartbeat("a", "10.0.0.1:9083", ttl=30)] == ["a"]
+    members = await storage.heartbeat("b", "10.0.0.2:9083", ttl=30)
+    assert [(m["member"], m["address"], m["servers"]) for m in members] == [("a", "10.0.0.1:9083", 0),
+                                                                          ("b", "10.0.0.2:9083", 0)]
+    assert all(m["now"] >= m["heartbeat_at"] >= m["started_at"] for m in members)
+    # a heartbeat older than the TTL is not live
+    assert [m["member"] for m in await storage.heartbeat("b", "", ttl=0.0)] == []
+    await storage.leave("a")
+    assert [m["member"] for m in await storage.heartbeat("b", "", ttl=30)] == ["b"]
+
+
+async def test_a_lease_is_held_by_one_member_until_it_expires_or_is_released(storage):
+    ids = [(await storage.add_server(f"s{i}", "10.0.0.1")).id for i in range(4)]
+    assert await storage.claim_servers("a", ids[:3], ttl=30) == set(ids[:3])
+    assert await storage.claim_servers("b", ids, ttl=30) == {ids[3]}  # a's stay a's
+    assert await storage.claim_servers("a", ids[:3], ttl=30) == set(ids[:3])  # renewed
+    members = {m["member"]: m["servers"] for m in await storage.heartbeat("a", "", ttl=30)}
+    assert members == {"a": 3}
+    await storage.release_servers("a", [ids[0]])
+    assert await storage.claim_servers("b", [ids[0]], ttl=30) == {ids[0]}
+    # a lease not renewed in time (ttl 0: expired at once) is taken over
+    assert await storage.claim_servers("a", [ids[1]], ttl=0.0) == set()
+    assert await storage.claim_servers("b", [ids[1]], ttl=30) == {ids[1]}
+    await storage.remove_server("s2")  # its lease goes with it
+    assert await storage.claim_servers("b", [ids[2]], ttl=30) == set()
+    await storage.leave("b")
+    assert await storage.claim_servers("a", [ids[0], ids[1], ids[3]], ttl=30) == {ids[0], ids[1], ids[3]}

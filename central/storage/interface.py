@@ -423,7 +423,31 @@ class Terminal(ABC):
         """Delete ended sessions that started before `before`; returns their recording file names."""
 
 
-class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets):
+class Cluster(ABC):
+    """Several centrals on one database (central.cluster): members by heartbeat, and a lease per
+    server held by the one member that polls it. Times come from the database's clock where
+    it has one (PostgreSQL), so members' clocks need not agree."""
+
+    @abstractmethod
+    async def heartbeat(self, member: str, address: str, ttl: float) -> list[dict]:
+        """Record that member is alive now; the live members (a heartbeat within ttl), by name:
+        {member, address, started_at, heartbeat_at, servers (leases held), now (the database's time)}."""
+
+    @abstractmethod
+    async def claim_servers(self, member: str, server_ids: Sequence[int], ttl: float) -> set[int]:
+        """Take or renew the leases of these servers for ttl, each unless another member holds it
+        unexpired; the ids whose lease member holds now."""
+
+    @abstractmethod
+    async def release_servers(self, member: str, server_ids: Sequence[int]) -> None:
+        """Give up member's leases of these servers (their new owner takes them at once)."""
+
+    @abstractmethod
+    async def leave(self, member: str) -> None:
+        """Remove member and every lease it holds (a clean shutdown hands over at once)."""
+
+
+class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets, Cluster):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..interface import Storage
 from .alerts import PostgresAlerts
+from .cluster import PostgresCluster
 from .audit import PostgresAudit
 from .base import PostgresBase, safe_url
 from .inventory import PostgresInventory
@@ -29,5 +30,5 @@ def is_postgres_url(target: object) -> bool:
 
 
 class PostgresStorage(PostgresServers, PostgresSamples, PostgresInventory, PostgresAlerts, PostgresAudit,
-                      PostgresUsers, PostgresTerminal, PostgresAgentSecrets, PostgresBase, Storage):
+                      PostgresUsers, PostgresTerminal, PostgresAgentSecrets, PostgresCluster, PostgresBase, Storage):
     """central's database on PostgreSQL: `await PostgresStorage.open("postgresql://...")`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ...model import METRICS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The partition widths: a day of raw samples or 1-minute rollups, 30 days of 1-hour rollups.
 DAY = 86400
 PARTITIONS = {"samples": DAY, "rollups_60": DAY, "rollups_3600": 30 * DAY}
@@ -216,8 +216,22 @@ _V1 = [
         value text NOT NULL)""",
 ]
 
+# 2: several centrals on one database (central.cluster): members by heartbeat, a lease per server.
+_V2 = [
+    """CREATE TABLE IF NOT EXISTS members (
+        member text PRIMARY KEY,
+        address text NOT NULL DEFAULT '',
+        started_at double precision NOT NULL,
+        heartbeat_at double precision NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        server_id bigint PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+        member text NOT NULL,
+        expires_at double precision NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS leases_member ON leases (member)",
+]
+
 # (version, statements): applied in order, each in its own transaction, once per database.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
 
 # Tables with an identity id: `central migrate` sets their sequences past the copied ids.
 IDENTITY_TABLES = ("servers", "inventory_history", "alerts", "silences", "notifications", "audit", "users",

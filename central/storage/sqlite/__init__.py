@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..interface import Storage
 from .alerts import SQLiteAlerts
+from .cluster import SQLiteCluster
 from .audit import SQLiteAudit
 from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
 from .inventory import SQLiteInventory
@@ -19,5 +20,5 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
 class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteBase, Storage):
+                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteCluster, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""
