@@ -64,6 +64,8 @@ class Membership:
         self.clock = clock
         self.members: list[dict] = []  # the live members at the last heartbeat
         self.owned: set[int] = set()
+        # called with (gained, lost) server ids when this central's share changes (the alert engine)
+        self.listeners: list = []
         self._last_ok: float | None = None
 
     async def ownership(self, servers: dict[int, Server]) -> set[int]:
@@ -83,14 +85,26 @@ class Membership:
                 if self.owned:
                     log.warning("cluster: no heartbeat for longer than the TTL (%s); polling nothing until the "
                                 "database answers", exc)
+                await self._moved(set(), set(self.owned))
                 self.owned = set()
             return set(self.owned)
         self._last_ok = self.clock()
         if held != self.owned:
             log.info("cluster: %s polls %d of %d servers (%d live members)", self.member, len(held), len(servers),
                      len(live))
+        gained, lost = held - self.owned, self.owned - held
         self.owned = held
+        await self._moved(gained, lost)
         return set(held)
+
+    async def _moved(self, gained: set[int], lost: set[int]) -> None:
+        if not (gained or lost):
+            return
+        for listener in self.listeners:
+            try:
+                await listener(gained, lost)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop polling
+                log.exception("cluster: ownership listener %r failed", listener)
 
     async def leave(self) -> None:
         """Hand every server over at once (a clean stop)."""

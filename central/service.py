@@ -122,6 +122,10 @@ class Central:
             self.membership = Membership(storage, member, ttl=config.cluster.ttl,
                                          address=f"{config.http.listen}:{config.http.port}")
             self.poller.ownership = self.membership.ownership
+            # alerts are evaluated and notified by the server's owner only
+            membership = self.membership
+            self.alerts.owns = lambda server_id: server_id in membership.owned
+            self.membership.listeners.append(self.alerts.adopt)
         # remote write (remote_write.url): every stored sample also goes to a Prometheus receiver
         self.remote_write: RemoteWriter | None = None
         if config.remote_write.url:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 
 import pytest
 
 from central import views
 from central.cluster import owner, share
-from central.config import ClusterConfig, StorageConfig
+from central.config import AlertRule, ClusterConfig, NotifierConfig, RouteConfig, StorageConfig
 from central.service import Central
 from tests.helpers import wait_for
+from tests.receivers import HTTPReceiver
 from tests.sshharness import document_agent
 from tests.test_poller import stored
 
@@ -112,3 +114,62 @@ async def _all_seen(central: Central, ids: set[int]) -> bool:
 
 async def _all_seen_after(central: Central, ids: set[int], after: float) -> bool:
     return all(s.last_seen and s.last_seen >= after for s in await central.storage.list_servers() if s.id in ids)
+
+
+def cpu_agent(doc: dict, state: dict):
+    """The real document with the CPU figure the test sets."""
+    async def handler(request):
+        d = json.loads(json.dumps(doc))
+        d["cpu"]["percent"] = state["cpu"]
+        return await document_agent(d)(request)
+    return handler
+
+
+async def test_an_alert_fires_once_and_resolves_once_across_a_takeover(config, pg_url, ssh_host, agent_document):
+    receiver = await HTTPReceiver().start()
+    alerts = dataclasses.replace(
+        config.alerts, rules=(AlertRule("cpu_hot", "cpu.percent", ">", 50.0),), tick_interval=0.2,
+        route=RouteConfig(group_wait=0.0, group_interval=0.2, repeat_interval=3600.0))
+    base = dataclasses.replace(
+        config, storage=StorageConfig(url=pg_url), alerts=alerts,
+        notifiers=(NotifierConfig(name="hook", type="webhook", url=receiver.url(), retries=0),),
+        poll=dataclasses.replace(config.poll, local=False, reload_interval=0.5, interval=0.5))
+    state = {"cpu": 99.0}
+    centrals: dict[str, Central] = {}
+    try:
+        for m in ("c0", "c1"):
+            centrals[m] = await Central.open(dataclasses.replace(
+                base, cluster=ClusterConfig(enabled=True, ttl=TTL, member=m)))
+            await centrals[m].poller.start()
+        host = await ssh_host(agent=cpu_agent(agent_document, state))
+        server = await stored(centrals["c0"], host)
+        # more servers (cool ones), so that both centrals poll some: the new owner's alert
+        # engine runs before the takeover and must adopt the alert it did not start with
+        for _ in range(7):
+            await stored(centrals["c0"], await ssh_host(agent=cpu_agent(agent_document, {"cpu": 1.0})))
+        await wait_for(lambda: all(c.membership.owned and c.alerts._started for c in centrals.values()),
+                       timeout=30, what="both centrals polling and evaluating")
+
+        def events(kind):
+            return [a for r in receiver.requests for a in r["json"]["alerts"] if a["event"] == kind]
+
+        await wait_for(lambda: events("firing"), timeout=30, what="the firing message")
+        first = next(m for m, c in centrals.items() if server.id in c.membership.owned)
+        other = "c1" if first == "c0" else "c0"
+        dead = centrals.pop(first)
+        dead.membership = None  # a crash: no hand-over, the lease expires
+        await dead.close()
+        await wait_for(lambda: server.id in centrals[other].membership.owned, timeout=10 * TTL,
+                       what="the takeover")
+        polls = centrals[other].poller.polls
+        await wait_for(lambda: centrals[other].poller.polls >= polls + 3, timeout=30, what="polls by the new owner")
+        state["cpu"] = 1.0
+        await wait_for(lambda: events("resolved"), timeout=30, what="the resolved message")
+        await centrals[other].notifier.wait_idle()
+        assert len(events("firing")) == 1 and len(events("resolved")) == 1, receiver.requests
+        [row] = await centrals[other].storage.list_alerts()
+        assert (row["rule"], row["state"]) == ("cpu_hot", "resolved")
+    finally:
+        for c in centrals.values():
+            await c.close()
+        await receiver.stop()
