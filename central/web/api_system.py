@@ -83,7 +83,8 @@ async def prometheus_metrics(call: Call) -> web.Response:
 async def central_status(call: Call) -> dict:
     """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
     notification channel's health (as in /api/v1/notifiers); `storage` says whether poll outcomes
-    can be written and how many wait in memory."""
+    can be written and how many wait in memory; `cluster` (null unless cluster.enabled) names this
+    central among the members sharing the database and lists the live ones (docs/scaling.md)."""
     return await views.central_status(call.central)
 
 
