@@ -129,7 +129,7 @@ class Poller:
         servers = {s.id: s for s in await self.storage.list_servers()}
         if self.ownership is not None:
             # a local server is this central's own host only under its own name; the rest are leased
-            local = {sid for sid, s in servers.items() if s.kind == "local"}
+            local = {sid for sid, s in servers.items() if self.transports.of(s).own_host}
             owned = await self.ownership({sid: s for sid, s in servers.items() if sid not in local})
             servers = {sid: s for sid, s in servers.items()
                        if sid in owned or (sid in local and s.name == self.config.poll.local_name)}
