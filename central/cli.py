@@ -5,6 +5,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -64,10 +65,22 @@ def _config(ctx: click.Context) -> Config:
     obj = ctx.find_root().obj
     if "config" not in obj:
         try:
-            obj["config"] = load_config(obj.get("config_path"))
+            env = dict(os.environ, CENTRAL_DATA_DIR=obj["data_dir"]) if obj.get("data_dir") else None
+            obj["config"] = load_config(obj.get("config_path"), env=env)
         except ConfigError as exc:
             raise click.ClickException(f"config: {exc}") from None
     return obj["config"]
+
+
+def require_initialised(config: Config) -> None:
+    """Refuse, in one line, a data directory `central init` never made (only init creates one):
+    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database."""
+    if config.database_path.exists():
+        return
+    where = config.data_path
+    raise click.ClickException(
+        _p(f"{where} is not a central data directory (no {config.database_path.name}; `central init` never ran "
+           f"there): point at the right one with CENTRAL_DATA_DIR=DIR or --data-dir DIR, or run `central init`"))
 
 
 async def _with_central(config: Config, fn):
@@ -85,6 +98,7 @@ def central_command(fn):
     @click.pass_context
     def wrapper(ctx, *args, **kwargs):
         config = _config(ctx)
+        require_initialised(config)
         try:
             return _run(_with_central(config, lambda c: fn(c, *args, **kwargs)))
         # Messages may quote a host (an agent's error, a hostname): one line, controls escaped.
@@ -144,10 +158,13 @@ def _echo_json(data) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CENTRAL_CONFIG",
               help="Config file (default: $CENTRAL_CONFIG or <data dir>/config.toml).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="The central's data directory (default: $CENTRAL_DATA_DIR, else /var/lib/central as root, "
+                   "~/.local/share/central otherwise).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="central")
 @click.pass_context
-def cli(ctx, config_path, verbose):
+def cli(ctx, config_path, data_dir, verbose):
     """central: one page for every host, over SSH.
 
     \b
@@ -158,6 +175,8 @@ def cli(ctx, config_path, verbose):
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    # as if CENTRAL_DATA_DIR named it: the config file found there, and every path under it
+    ctx.obj["data_dir"] = os.path.abspath(data_dir) if data_dir else None
     level = logging.WARNING - 10 * verbose
     logs.configure(max(level, logging.DEBUG))  # one line per record, host text escaped
 
@@ -212,6 +231,7 @@ def serve(ctx, listen, port):
     if listen or port:
         http = dataclasses.replace(config.http, **{k: v for k, v in (("listen", listen), ("port", port)) if v})
         config = dataclasses.replace(config, http=http)
+    require_initialised(config)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
     from .notifiers import check_channels
@@ -852,8 +872,6 @@ def _actor() -> str:
     try:
         return "cli:" + getpass.getuser()
     except (KeyError, OSError):
-        import os
-
         return f"cli:uid{os.getuid()}"
 
 

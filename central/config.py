@@ -570,7 +570,8 @@ def default_config_path(env: typing.Mapping[str, str] | None = None) -> Path | N
     env = os.environ if env is None else env
     if env.get("CENTRAL_CONFIG"):
         return Path(env["CENTRAL_CONFIG"])
-    candidate = default_data_dir() / "config.toml"
+    data_dir = Path(env["CENTRAL_DATA_DIR"]) if env.get("CENTRAL_DATA_DIR") else default_data_dir()
+    candidate = data_dir / "config.toml"
     return candidate if candidate.exists() else None
 
 

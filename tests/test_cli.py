@@ -112,3 +112,24 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     assert run("server", "remove", "web1").exit_code == 1  # no terminal, no --yes
     assert run("server", "remove", "web1", "--yes").exit_code == 0
     assert "web1" not in run("server", "list").output
+
+
+def test_a_data_directory_never_initialised_is_refused_in_one_line_and_left_alone(run, tmp_path, monkeypatch):
+    """A shell without the right CENTRAL_DATA_DIR gets one line naming the directory and how to
+    pick the right one, never a fresh empty database; --data-dir picks it; only init creates."""
+    other = tmp_path / "elsewhere"
+    for args in (["server", "list"], ["server", "add", "web1", "127.0.0.1"], ["alert", "list"], ["serve"]):
+        result = run("--data-dir", str(other), *args)
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"Error: {other} is not a central data directory"), result.output
+        assert "CENTRAL_DATA_DIR=DIR or --data-dir DIR" in result.output
+        assert not other.exists()  # nothing was created
+    assert run("init").exit_code == 0
+    data = tmp_path / "data"
+    monkeypatch.setenv("CENTRAL_DATA_DIR", str(other))  # a new shell pointing elsewhere
+    assert run("server", "list").exit_code == 1 and not other.exists()
+    rows = json.loads(run("--data-dir", str(data), "server", "list", "--json").output)
+    assert [r["name"] for r in rows] == ["local"]
+    assert run("--data-dir", str(other), "init").exit_code == 0
+    assert (other / "central.db").is_file()

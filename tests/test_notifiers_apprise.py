@@ -219,6 +219,7 @@ def test_cli_notifier_test_and_list(tmp_path, threaded_receiver):
                     '[[notifiers]]\nname = "ops"\ntype = "webhook"\nurl_env = "CENTRAL_TEST_OPS_URL"\n')
     env = {"CENTRAL_CONFIG": str(conf), "CENTRAL_TEST_OPS_URL": f"http://127.0.0.1:{port}/h/{SECRET}"}
     runner = CliRunner()
+    assert runner.invoke(cli, ["init"], env=env).exit_code == 0
     r = runner.invoke(cli, ["notifier", "test", "ops"], env=env)
     assert r.exit_code == 0, r.output
     assert r.output.startswith("ops: delivered in ") and r.output.rstrip().endswith("(HTTP 200)")
@@ -284,14 +285,11 @@ async def test_alertmanager_test_message_is_a_short_lived_info_alert(storage, re
 
 
 def test_serve_refuses_to_start_with_an_unreadable_secret_url(tmp_path):
-    from central.service import ensure_key_pair
-
     data = tmp_path / "data"
-    data.mkdir()
-    ensure_key_pair(data / "id_ed25519")
     conf = tmp_path / "central.toml"
     conf.write_text(f'data_dir = "{data}"\n[[notifiers]]\nname = "mail"\ntype = "apprise"\n'
                     'url_env = "CENTRAL_TEST_UNSET_MAIL_URL"\n')
+    assert CliRunner().invoke(cli, ["init"], env={"CENTRAL_CONFIG": str(conf)}).exit_code == 0
     r = CliRunner().invoke(cli, ["serve", "--port", "1"], env={"CENTRAL_CONFIG": str(conf)})
     assert r.exit_code == 1
     assert r.output.strip() == ("Error: config: notifiers[0] (mail).url_env: the environment variable "
