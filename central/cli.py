@@ -234,6 +234,21 @@ def serve(ctx, listen, port):
     require_initialised(config)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    try:
+        files.lock_data_dir(config.data_path)
+    except files.AlreadyServing as exc:
+        path, pid = exc.args
+        who = f"pid {pid}" if pid else "another process"
+        raise click.ClickException(_p(f"central serve already runs on {config.data_path} ({who} holds {path}); "
+                                      "stop it first (two would poll and notify twice)")) from None
+    try:
+        _serve_locked(config)
+    finally:
+        files.unlock_data_dir()
+
+
+def _serve_locked(config: Config) -> None:
+    """What `central serve` does once it holds the data directory's lock."""
     from .notifiers import check_channels
     from .service import check_database_writable
     from .telegrambot import check_bot
