@@ -258,7 +258,8 @@ def _serve_locked(config: Config) -> None:
         check_channels(config.notifiers)
         check_bot(config.telegram)
     except ConfigError as exc:
-        raise click.ClickException(f"config: {exc}") from None
+        where = f"{config.source}: " if config.source else ""
+        raise click.ClickException(f"config: {where}{exc}") from None
     try:
         asyncio.run(check_database_writable(config))
     except CentralError as exc:

@@ -48,7 +48,7 @@ def test_errors_are_one_line(run, tmp_path):
     bad.write_text("[poll]\ninterval = -1\n")
     result = run("--config", str(bad), "server", "list")
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: config: poll.interval: must not be negative, got -1"
+    assert result.output.strip() == f"Error: config: {bad}: poll.interval: must not be negative, got -1"
 
 
 def test_server_list_filters_by_tag_and_status(run, tmp_path):

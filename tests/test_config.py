@@ -57,3 +57,28 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("value, seconds", [(10, 10), ("90s", 90), ("5m", 300), ("48h", 172800), ("2w", 1209600), ("250ms", 0.25)])
 def test_durations(value, seconds):
     assert parse_duration(value, "k") == seconds
+
+
+def test_config_errors_name_the_file_count_items_from_one_and_name_the_rule(tmp_path):
+    path = tmp_path / "central.toml"
+    path.write_text('[[alerts.rules]]\nname = "cpu_high"\nmetric = "cpu.percent"\n'
+                    '[[alerts.rules]]\nname = "disk full"\nmetric = "disk.percent"\nthreshold = "lots"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value) == f'{path}: alerts.rules[2] ("disk full").threshold: expected a number, got \'lots\''
+    path.write_text('[[alerts.rules]]\nname = "cpu_high"\nmetric = "cpu.percent"\n'
+                    '[[alerts.rules]]\nname = "disk_high"\nmetric = "disk"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value).startswith(f'{path}: alerts.rules[2] ("disk_high").metric: unknown metric \'disk\'')
+    # without a name the item is still counted from one; a duration key still parses as one
+    path.write_text('[[alerts.inhibit]]\nequal = ["server"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value).startswith(f"{path}: alerts.inhibit[1].source_rules: required")
+    path.write_text('[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nfor = "5m"\n')
+    assert load_config(path, env={}).alerts.rules[0].for_ == 300.0
+    # no file: the key alone
+    with pytest.raises(ConfigError) as err:
+        load_config(None, env={"CENTRAL_HTTP_PORT": "0", "CENTRAL_DATA_DIR": str(tmp_path)})
+    assert str(err.value) == "http.port: must be between 1 and 65535, got 0"

@@ -172,14 +172,14 @@ async def test_secret_urls_are_scrubbed_from_errors_and_never_returned(storage, 
 
 
 def test_serve_refuses_a_missing_or_unknown_secret_url_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"^notifiers\[0\] \(mail\)\.url_env: the environment variable "
+    with pytest.raises(ConfigError, match=r"^notifiers\[1\] \(\"mail\"\)\.url_env: the environment variable "
                                           r"CENTRAL_NOPE is not set or empty$"):
         check_channels([apprise("mail", url_env="CENTRAL_NOPE")], env={})
     f = tmp_path / "u"
     f.write_text(f"nosuchservice://{SECRET}@x\n")
     with pytest.raises(ConfigError) as err:
         check_channels([apprise("a", url_file=str(f))], env={})
-    assert str(err.value).startswith("notifiers[0] (a).url_file: URL line 1 is not one Apprise understands")
+    assert str(err.value).startswith('notifiers[1] ("a").url_file: URL line 1 is not one Apprise understands')
     assert SECRET not in str(err.value)
     with pytest.raises(ConfigError, match=r"url_file: cannot read"):
         check_channels([apprise("a", url_file=str(tmp_path / "missing"))], env={})
@@ -292,5 +292,5 @@ def test_serve_refuses_to_start_with_an_unreadable_secret_url(tmp_path):
     assert CliRunner().invoke(cli, ["init"], env={"CENTRAL_CONFIG": str(conf)}).exit_code == 0
     r = CliRunner().invoke(cli, ["serve", "--port", "1"], env={"CENTRAL_CONFIG": str(conf)})
     assert r.exit_code == 1
-    assert r.output.strip() == ("Error: config: notifiers[0] (mail).url_env: the environment variable "
+    assert r.output.strip() == (f'Error: config: {conf}: notifiers[1] ("mail").url_env: the environment variable '
                                 "CENTRAL_TEST_UNSET_MAIL_URL is not set or empty")
