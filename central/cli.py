@@ -374,6 +374,8 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
     else:
         click.echo(f"warning: {agent['reason']}: {_p(agent['error'])}")
         click.echo(_p(agent["hint"]))
+    for warning in result["warnings"]:
+        click.echo(f"warning: {_p(warning)}")
 
 
 @server.command("list")

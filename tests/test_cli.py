@@ -98,6 +98,13 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     assert result.exit_code == 0, result.output
     assert "agent 1.1.0 answers" in result.output, result.output
     assert f"host key {host.fingerprint} pinned" in result.output and "agent" in result.output
+    assert "warning" not in result.output
+    result = run("server", "add", "web1b", host.address, "--host-key-fingerprint", host.fingerprint)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: web1b has the same address and port ({host.address}:22) and the same host key "
+            f"({host.fingerprint}) as server web1: the same host under two names is polled and alerted twice "
+            "(`central server remove web1b` if unintended)") in result.output.splitlines()
+    assert run("server", "remove", "web1b", "--yes").exit_code == 0
     result = run("server", "add", "web2", host.address, "--host-key-fingerprint", "SHA256:" + "x" * 43)
     assert result.exit_code == 1 and "host_key_mismatch" in result.output
     rows = {r["name"]: r for r in json.loads(run("server", "list", "--json").output)}
