@@ -10,6 +10,7 @@ import sys
 import time
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape as markup_escape
 from rich.table import Table
@@ -45,7 +46,55 @@ class SafeTable(Table):
     """A rich Table whose text cells are host text: escaped and never read as markup.
 
     Cells that are ours and styled are passed as rich Text objects (see _styled).
+
+    A table with headers keeps one line per row at any terminal width (80 columns included):
+    no border columns, and a cell too long for its share of the width is cut with an
+    ellipsis; only the columns named in `wrap` (a hint to act on) wrap instead. `--json`
+    always has every value whole.
     """
+
+    def __init__(self, *headers, wrap: tuple[str, ...] = (), **kwargs) -> None:
+        self._fit = bool(headers)
+        if headers:
+            kwargs.setdefault("box", box.SIMPLE_HEAD)
+            kwargs.setdefault("show_edge", False)
+            kwargs.setdefault("pad_edge", False)
+            kwargs.setdefault("padding", (0, 1, 0, 0))  # with the box's blank separator: 2 spaces apart
+        super().__init__(*headers, **kwargs)
+        for column in self.columns:
+            if self._fit and str(column.header) not in wrap:
+                column.no_wrap = True
+                column.overflow = "ellipsis"
+
+    def _calculate_column_widths(self, console, options) -> list[int]:
+        """Each column as wide as its widest cell, the widest cut first when they do not fit
+        (never a column below its header's first 10 characters, unless its cells are narrower)."""
+        if not self._fit:
+            return super()._calculate_column_widths(console, options)
+        natural = [self._measure_column(console, options, c).maximum or 1 for c in self.columns]
+        pads = [self._get_padding_width(i) for i in range(len(self.columns))]
+        floor = [min(n, p + max(4, min(len(str(c.header)), 10))) for n, p, c in zip(natural, pads, self.columns)]
+        room = options.max_width
+        if sum(natural) <= room:
+            return natural
+        if sum(floor) >= room:  # a very narrow terminal: rich's own squeeze
+            return super()._calculate_column_widths(console, options)
+        low, high = 0, max(natural)  # the largest cap C with sum(min(n, max(C, f))) <= room
+        while low < high:
+            cap = (low + high + 1) // 2
+            if sum(min(n, max(cap, f)) for n, f in zip(natural, floor)) <= room:
+                low = cap
+            else:
+                high = cap - 1
+        widths = [min(n, max(low, f)) for n, f in zip(natural, floor)]
+        spare = room - sum(widths)
+        for i in sorted(range(len(widths)), key=lambda i: natural[i] - widths[i], reverse=True):
+            if spare <= 0:
+                break
+            if widths[i] < natural[i]:
+                widths[i] += 1
+                spare -= 1
+        return widths
 
     def add_row(self, *cells, **kwargs) -> None:
         """Add a row; str cells are shown literally (escaped), Text cells as they are."""
@@ -747,7 +796,8 @@ _STATE_STYLE = {"ok": "green", "failed": "red", "skipped": "cyan", "running": "y
 def _deploy_table(results, final: bool) -> SafeTable:
     """One row per server: the step it is at (live) or how it ended (summary)."""
     if final:
-        t = SafeTable("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
+        t = SafeTable("server", "target", "result", "agent", "sha256", "message", title="deploy summary",
+                      wrap=("message",))
     else:
         t = SafeTable("server", "target", "state", "step")
     for r in results:
