@@ -277,9 +277,13 @@ def serve(ctx, listen, port):
     import dataclasses
 
     config = _config(ctx)
+    overrides = {}
     if listen or port:
         http = dataclasses.replace(config.http, **{k: v for k, v in (("listen", listen), ("port", port)) if v})
         config = dataclasses.replace(config, http=http)
+        overrides = {f"CENTRAL_HTTP_{k.upper()}": str(v) for k, v in (("listen", listen), ("port", port)) if v}
+    if ctx.find_root().obj.get("data_dir"):
+        overrides["CENTRAL_DATA_DIR"] = ctx.find_root().obj["data_dir"]
     require_initialised(config)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
@@ -291,12 +295,12 @@ def serve(ctx, listen, port):
         raise click.ClickException(_p(f"central serve already runs on {config.data_path} ({who} holds {path}); "
                                       "stop it first (two would poll and notify twice)")) from None
     try:
-        _serve_locked(config)
+        _serve_locked(config, overrides)
     finally:
         files.unlock_data_dir()
 
 
-def _serve_locked(config: Config) -> None:
+def _serve_locked(config: Config, overrides: dict) -> None:
     """What `central serve` does once it holds the data directory's lock."""
     from .notifiers import check_channels
     from .service import check_database_writable
@@ -314,7 +318,7 @@ def _serve_locked(config: Config) -> None:
     except CentralError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from None
     try:
-        run_app(config)
+        run_app(config, overrides)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.http.listen}:{config.http.port}: {exc.strerror or exc}") from None
 

@@ -98,3 +98,59 @@ def test_a_second_serve_on_the_same_data_directory_refuses_naming_the_first(serv
     assert first.wait(30) == 0
     third, third_port = serving.start_answering()
     assert (serving.data / "serve.lock").read_text().strip() == str(third.pid)
+
+
+def _api(port: int, token: str, path: str):
+    import json
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_sighup_reloads_rules_notifiers_and_retention_and_refuses_a_bad_file(serving):
+    import json
+
+    proc, port = serving.start_answering()
+    created = serving.run("token", "create", "reload-test", "--user", "admin", "--json")
+    assert created.returncode == 0, created.stderr
+    token = json.loads(created.stdout)["token"]
+    assert _api(port, token, "/api/v1/notifiers")["notifiers"] == []
+
+    def sighup_and_wait(marker: str) -> str:
+        before = len(serving.output(proc))
+        proc.send_signal(signal.SIGHUP)
+        return wait_for_sync(lambda: marker in serving.output(proc)[before:] and serving.output(proc)[before:],
+                             30, f"{marker!r} in the log")
+
+    good = ('[poll]\nlocal = false\n[retention]\nraw = "24h"\n'
+            '[[alerts.rules]]\nname = "load_high"\nmetric = "load.1"\nop = ">"\nthreshold = 50\n'
+            '[[notifiers]]\nname = "ops"\ntype = "webhook"\nurl = "http://127.0.0.1:9/hook"\n')
+    serving.config.write_text(good)
+    log = sighup_and_wait("notifier ops added")
+    where = f"config reloaded from {serving.config}: "
+    assert where + "alert rule load_high added" in log
+    assert where + "retention.raw: 172800s -> 86400s" in log
+    assert "restart" not in log  # --port from the command line is kept, not a change
+    assert [n["name"] for n in _api(port, token, "/api/v1/notifiers")["notifiers"]] == ["ops"]
+
+    # a bad file is refused with the reason, and the running config stays
+    serving.config.write_text(good.replace('metric = "load.1"', 'metric = "load.one"'))
+    log = sighup_and_wait("config reload refused")
+    assert (f'config reload refused, the running config is kept: {serving.config}: alerts.rules[1] ("load_high")'
+            f".metric: unknown metric 'load.one'") in log
+    assert [n["name"] for n in _api(port, token, "/api/v1/notifiers")["notifiers"]] == ["ops"]
+    assert proc.poll() is None
+
+    # removing, and a setting that needs a restart
+    serving.config.write_text('[poll]\nlocal = false\ninterval = "30s"\n')
+    log = sighup_and_wait("notifier ops removed")
+    assert where + "alert rule load_high removed" in log
+    assert where + "retention.raw: 86400s -> 172800s" in log
+    assert where + "poll changed: takes effect at the next restart" in log
+    assert _api(port, token, "/api/v1/notifiers")["notifiers"] == []
+    # back to the file it started with: nothing to do
+    serving.config.write_text("[poll]\nlocal = false\n")
+    log = sighup_and_wait("nothing changed")
+    assert where + "nothing changed" in log and "restart" not in log
+    assert proc.poll() is None and serving.answers(port)
