@@ -45,6 +45,10 @@ ACTION_KINDS = tuple(model.ACTION_KINDS)
 GLOB_RE = re.compile(r"^[][A-Za-z0-9@_.:*?!-]{1,200}$")
 AGENT_DIR = "/opt/central-agent"
 UPLOAD_COMMAND = f"sh -c 'mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.py.new'"
+#: run before anything is uploaded (as scripts/deploy-agent.sh does): "python MAJOR MINOR" or nothing
+PYTHON_CHECK = ('command -v python3 >/dev/null 2>&1 && '
+                'python3 -c "import sys; print(\\"python %d %d\\" % sys.version_info[:2])"')
+NO_PYTHON_HINT = "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again"
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,8 @@ class Deployer:
                     raise StepFailed("privileges", f"{server.user} is not root and 'sudo -n' failed",
                                      f"Log in as root or allow {server.user} passwordless sudo")
 
+            self._set(result, step="python")
+            await self._check_python(conn)
             self._set(result, step="upload")
             upload = await conn.run(sudo + UPLOAD_COMMAND, input=self.agent, encoding=None, check=False)
             if upload.exit_status != 0:
@@ -349,6 +355,16 @@ class Deployer:
         if self.terminal_key is not None:
             await self._record_terminal(server, result)
         self._set(result, state="ok", message=result.mode or "")
+
+    async def _check_python(self, conn: asyncssh.SSHClientConnection) -> None:
+        """python3 3.6+ on the host, checked before anything is uploaded (nothing is left behind)."""
+        probe = await conn.run(PYTHON_CHECK, check=False)
+        words = ((probe.stdout or "").strip().splitlines() or [""])[-1].split()
+        if len(words) != 3 or words[0] != "python" or not (words[1].isdigit() and words[2].isdigit()):
+            raise StepFailed("python", "python3 not found on the host (or it does not run)", NO_PYTHON_HINT)
+        if (int(words[1]), int(words[2])) < (3, 6):
+            raise StepFailed("python", f"python3 is {words[1]}.{words[2]}; the agent needs 3.6 or later",
+                             "Install a newer python3 and run again")
 
     async def _check_operator_access(self, server: Server, conn: asyncssh.SSHClientConnection, sudo: str) -> None:
         """A fresh login as the operator must still work; if not, undo the host's sshd and

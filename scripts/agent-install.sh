@@ -86,14 +86,20 @@ sha=$1 port=$2 policy_b64=$3 key_b64=$4 blob=$5 login=${6:--} rotate=${7:-0}
 case $login in -|[a-z_]*) ;; *) fail "bad login user argument" ;; esac
 
 step python
+# The clients check python3 before they upload; should this fail anyway, leave nothing behind.
+no_python() {
+    rm -f "$dir/agent.py.new"
+    rmdir "$dir" 2>/dev/null || true
+    fail "$@"
+}
 py=$(command -v python3 2>/dev/null) || py=""
 [ -n "$py" ] && ver=$("$py" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/null) || py=""
-[ -n "$py" ] || fail "python3 not found on the host (or it does not run)" \
+[ -n "$py" ] || no_python "python3 not found on the host (or it does not run)" \
     "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again"
 # shellcheck disable=SC2086  # split into major and minor on purpose
 set -- $ver
 if [ "$1" -lt 3 ] || { [ "$1" -eq 3 ] && [ "$2" -lt 6 ]; }; then
-    fail "python3 is $1.$2; the agent needs 3.6 or later" "Install a newer python3 and run again"
+    no_python "python3 is $1.$2; the agent needs 3.6 or later" "Install a newer python3 and run again"
 fi
 
 step verify-upload

@@ -205,6 +205,10 @@ installer="$SCRIPT_DIR/agent-install.sh"
 
 last_line() { tail -n1 "$1" | tr -d '\r'; }
 
+# Run on the host before anything is uploaded: "python MAJOR MINOR", or nothing.
+# shellcheck disable=SC2016  # expanded by the remote shell, on purpose
+PYTHON_CHECK='command -v python3 >/dev/null 2>&1 && python3 -c "import sys; print(\"python %d %d\" % sys.version_info[:2])"'
+
 secret_name() {  # a file name for a host's secret (ssh target text made safe)
     printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '_'
 }
@@ -226,9 +230,27 @@ deploy_host() {
     }
     say() { printf '[%s] %s\n' "$target" "$*" >&2; }
 
+    # the address and port ssh dials for the target (after ~/.ssh/config and --ssh-opt)
+    local resolved host port
+    resolved=$(ssh -G "${ssh_opts[@]+"${ssh_opts[@]}"}" "$target" 2>/dev/null || true)
+    host=$(awk '$1 == "hostname" { print $2; exit }' <<<"$resolved")
+    port=$(awk '$1 == "port" { print $2; exit }' <<<"$resolved")
+    [[ -n $host ]] || host=${target#*@}
+    [[ -n $port ]] || port=22
+
     say "connecting"
     # shellcheck disable=SC2016  # expanded by the remote shell, on purpose
     if ! out=$("${ssh_cmd[@]}" "$target" 'echo "ok $(id -u) $(id -un)"' 2>"$log"); then
+        if grep -q "REMOTE HOST IDENTIFICATION HAS CHANGED" "$log"; then
+            fail connect "the host key of $host changed since you last logged in (ssh: REMOTE HOST IDENTIFICATION HAS CHANGED)" \
+                "If the host was reinstalled, check its new key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it), then: ssh-keygen -R $host, and run again"
+        elif grep -q "Host key verification failed" "$log"; then
+            local presents
+            presents=$(ssh-keyscan -T 5 -p "$port" "$host" 2>/dev/null | ssh-keygen -lf - 2>/dev/null \
+                | awk '{ printf "%s%s %s", sep, $2, $NF; sep = ", " }' || true)
+            fail connect "the host key of $host is not in your known_hosts (ssh: Host key verification failed)${presents:+; it presents $presents}" \
+                "deploy-agent.sh never accepts an unknown key: compare it with 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' on the host, log in once with 'ssh $target' and answer yes (or add it to ~/.ssh/known_hosts), then run again"
+        fi
         fail connect "cannot log in over SSH ($(last_line "$log"))" \
             "Check that the host is up, that 'ssh $target' works without a password prompt (ssh-copy-id), and that its host key is in known_hosts"
     fi
@@ -240,6 +262,21 @@ deploy_host() {
         "${ssh_cmd[@]}" "$target" 'sudo -n true' >"$log" 2>&1 \
             || fail privileges "$user is not root and 'sudo -n' failed" \
                 "Log in as root or allow $user passwordless sudo"
+    fi
+
+    # python3 first: nothing is uploaded to a host the agent cannot run on
+    say "checking python3"
+    local pyver
+    pyver=$("${ssh_cmd[@]}" "$target" "$PYTHON_CHECK" 2>"$log" | tail -n1 | tr -d '\r') || true
+    case $pyver in
+        "python "[0-9]*) ;;
+        *) fail python "python3 not found on the host (or it does not run)" \
+               "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again" ;;
+    esac
+    local major minor
+    read -r _ major minor <<<"$pyver"
+    if (( major < 3 || (major == 3 && minor < 6) )); then
+        fail python "python3 is $major.$minor; the agent needs 3.6 or later" "Install a newer python3 and run again"
     fi
 
     say "uploading agent.py ($(cut -c1-12 <<<"$agent_sha"))"
@@ -302,12 +339,6 @@ deploy_host() {
     "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
 
     # hand the secret to the central for the address it will know the host by
-    local resolved host port
-    resolved=$(ssh -G "${ssh_opts[@]+"${ssh_opts[@]}"}" "$target" 2>/dev/null || true)
-    host=$(awk '$1 == "hostname" { print $2; exit }' <<<"$resolved")
-    port=$(awk '$1 == "port" { print $2; exit }' <<<"$resolved")
-    [[ -n $host ]] || host=${target#*@}
-    [[ -n $port ]] || port=22
     local where
     if [[ -n $secret_dir ]]; then
         where="$secret_dir/$(secret_name "$host").secret"

@@ -279,3 +279,18 @@ def test_bad_options_are_one_line_errors(run, operator):
     assert result.exit_code == 1 and "invalid central user 'root'" in result.output
     result, rows = deploy(run, operator, "local")
     assert result.exit_code == 0 and rows["local"]["state"] == "skipped"
+
+
+def test_a_host_without_python_is_checked_first_and_left_as_it_was(run, operator, test_host, operator_key,
+                                                                   client_key):
+    host, = legacy_hosts(test_host, operator_key, client_key, 1)
+    host.hide_path("/usr/bin/python3")
+    add_as_root(run, "nopy", host)
+    operator.trust([host])
+    result, rows = deploy(run, operator, "nopy")
+    assert result.exit_code == 1
+    assert (rows["nopy"]["state"], rows["nopy"]["step"]) == ("failed", "python"), rows
+    assert rows["nopy"]["message"] == "python3 not found on the host (or it does not run)"
+    assert "apt-get install python3" in rows["nopy"]["hint"]
+    assert host.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+    assert host.run(["getent", "passwd", "central"], check=False).returncode != 0

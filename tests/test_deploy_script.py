@@ -263,6 +263,30 @@ def test_missing_python_and_unreachable_host_fail_clearly(test_host, host_farm, 
     assert "apt-get install python3" in rows["root@" + nopython.address]
     assert "FAILED" in rows[dead] and "ssh-copy-id" in rows[dead]
     assert "1 of 3 hosts deployed" in res.stdout
+    # python3 is checked before anything is uploaded: nothing is left on that host
+    assert "uploading" not in res.stderr.split("[root@%s] FAILED" % nopython.address)[0].split(
+        "[root@%s] checking python3" % nopython.address)[1]
+    assert nopython.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+
+
+def test_an_unknown_host_key_is_explained_with_the_key_it_presents(test_host, operator_key, client_key, tmp_path):
+    host, = fresh_hosts(test_host, operator_key, 1)
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")  # the operator never logged in to it
+    res = deploy(["root@" + host.address], operator_key, kh, "--secret-dir", str(tmp_path / "s"),
+                 central_key=client_key.public_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [line] = [line for line in res.stderr.splitlines() if "FAILED" in line]
+    assert line.startswith(f"[root@{host.address}] FAILED at connect: the host key of {host.address} is not in "
+                           "your known_hosts (ssh: Host key verification failed); it presents "), line
+    assert host.fingerprint in line
+    assert "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub" in line and f"ssh root@{host.address}" in line
+    assert host.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+    # once the key is known, the same command deploys
+    known_hosts_for([host], kh)
+    res = deploy(["root@" + host.address], operator_key, kh, "--secret-dir", str(tmp_path / "s"),
+                 central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_without_a_central_or_secret_dir_nothing_is_deployed(test_host, operator_key, client_key, tmp_path):
