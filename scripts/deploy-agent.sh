@@ -31,6 +31,11 @@ Options:
                           user (allows a shell; add the server with --user that user)
   --central-user NAME     the central's login user to create (default central)
   --rotate-secret         give the agent a new secret even if it has a sound one
+  --uninstall             remove what deploying installed instead: the agent and its service
+                          (unit or fallback loop and boot entry), /opt/central-agent, the
+                          policy, /etc/central-agent (secret, the login user's key), the sshd
+                          Match block, the central's (and terminal) key lines in
+                          authorized_keys, and the login user deploy created (--central-user)
   --central CMD           the central CLI that stores the secrets (default: central on
                           PATH, else $SCRIPT_DIR/../.venv/bin/central)
   --secret-dir DIR        write each host's secret to DIR/HOST.secret (mode 0600) instead;
@@ -69,6 +74,7 @@ install_key=1
 full_access=0
 central_user=central
 rotate=0
+uninstall=0
 central_cli=""
 secret_dir=""
 terminal_user=""
@@ -92,6 +98,7 @@ while [[ $# -gt 0 ]]; do
         --full-access) full_access=1; shift ;;
         --central-user) need_arg "$@"; central_user=$2; shift 2 ;;
         --rotate-secret) rotate=1; shift ;;
+        --uninstall) uninstall=1; shift ;;
         --central) need_arg "$@"; central_cli=$2; shift 2 ;;
         --secret-dir) need_arg "$@"; secret_dir=$2; shift 2 ;;
         --terminal-user) need_arg "$@"; terminal_user=$2; shift 2 ;;
@@ -119,7 +126,9 @@ done
 [[ -r $agent_path ]] || die "agent file $agent_path not found or unreadable (use --agent PATH)"
 [[ $central_user =~ ^[a-z_][a-z0-9_-]{0,31}$ && $central_user != root ]] \
     || die "--central-user must be a user name (not root), not '$central_user'"
-if [[ -n $secret_dir ]]; then
+if [[ $uninstall == 1 ]]; then
+    :  # nothing goes to the central
+elif [[ -n $secret_dir ]]; then
     { mkdir -p "$secret_dir" && chmod 0700 "$secret_dir"; } || die "cannot create --secret-dir $secret_dir"
 else
     # each host's agent secret goes to the central's database, so the central must be here
@@ -165,6 +174,19 @@ policy_json=$(printf '{"actions": {"kill": %s, "service": %s, "docker": %s}, "se
     "$(json_list "${container_patterns[@]}")" "$(json_list "${watch_units[@]+"${watch_units[@]}"}")")
 
 key_line=""
+uninstall_blobs=()
+if [[ $uninstall == 1 ]]; then
+    # the public keys name the lines to remove; a key file that is not here: none of its lines
+    for f in "$central_key" "$terminal_key"; do
+        blob=-
+        if [[ -r $f ]]; then
+            read -r _ blob _ < "$f" || true
+            [[ ${blob:-} =~ ^[A-Za-z0-9+/=]+$ ]] || die "$f is not an OpenSSH public key line"
+        fi
+        uninstall_blobs+=("$blob")
+    done
+    install_key=0
+fi
 if [[ $install_key == 1 ]]; then
     [[ -r $central_key ]] || die "central public key $central_key not found (run 'central init', pass --central-key FILE.pub, or --no-central-key)"
     read -r key_type key_blob _ < "$central_key" || true
@@ -262,6 +284,28 @@ deploy_host() {
         "${ssh_cmd[@]}" "$target" 'sudo -n true' >"$log" 2>&1 \
             || fail privileges "$user is not root and 'sudo -n' failed" \
                 "Log in as root or allow $user passwordless sudo"
+    fi
+
+    if [[ $uninstall == 1 ]]; then
+        say "uninstalling"
+        local code=0 line step msg hint
+        out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$(printf ' %q' uninstall "${uninstall_blobs[@]}" "$central_user")" \
+            <"$installer" 2>&1) || code=$?
+        if [[ $code != 0 ]] || ! grep -qx UNINSTALLED <<<"$out"; then
+            line=$(grep '^FAIL ' <<<"$out" | tail -n1)
+            if [[ -n $line ]]; then
+                IFS=$'\t' read -r step msg hint <<<"${line#FAIL }"
+                fail "$step" "$msg" "$hint"
+            fi
+            fail uninstall "$(tail -n1 <<<"$out")" "Run again; if it persists, check the host by hand"
+        fi
+        "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
+        local n
+        n=$(grep -c '^REMOVED ' <<<"$out" || true)
+        sed -n 's/^REMOVED /  removed /p; s/^NOTE /  note: /p' <<<"$out" | sed "s|^|[$target]|" >&2
+        say "uninstalled ($n items removed); forget it in the central with: central server remove NAME"
+        result "$target" "removed" "-" "-" "$n items removed"
+        exit 0
     fi
 
     # python3 first: nothing is uploaded to a host the agent cannot run on
@@ -376,8 +420,12 @@ for i in $(seq 1 "$idx"); do
     else
         host=${targets[$((i - 1))]} res=FAILED version=- sha=- msg="deploy stopped unexpectedly"
     fi
-    [[ $res == ok ]] || failed=$((failed + 1))
+    [[ $res == ok || $res == removed ]] || failed=$((failed + 1))
     printf '%-32s %-7s %-10s %-13s %s\n' "$host" "$res" "$version" "$sha" "$msg"
 done
-printf '\n%d of %d hosts deployed\n' "$((idx - failed))" "$idx"
+if [[ $uninstall == 1 ]]; then
+    printf '\n%d of %d hosts uninstalled\n' "$((idx - failed))" "$idx"
+else
+    printf '\n%d of %d hosts deployed\n' "$((idx - failed))" "$idx"
+fi
 [[ $failed == 0 ]]
