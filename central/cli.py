@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, alerts, files, hosttext, logs, servers, views
+from . import servers as servers_mod
 from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
@@ -918,6 +919,79 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
         done = sum(1 for r in results if r.state == "ok")
         skipped = sum(1 for r in results if r.state == "skipped")
         console.print(f"{done} deployed, {skipped} skipped, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("servers", nargs=-1)
+@click.option("--all", "all_servers", is_flag=True, help="Every server central knows (except its own host).")
+@click.option("--remove", is_flag=True, help="Then remove the servers from central too, with their history.")
+@click.option("--central-user", default="central", show_default=True,
+              help="The login user deploy created on the hosts (removed if deploy created it).")
+@click.option("--user", "login_user",
+              help="Who you log in as (default: the server's user when it is not the central's, "
+                   "else your ssh config's, else your own name, as ssh does).")
+@click.option("--identity", type=click.Path(dir_okay=False), help="Your SSH private key to log in with.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False),
+              help="known_hosts file to check host keys against (default: yours, as ssh uses).")
+@click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers undeployed in parallel.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@central_command
+async def undeploy(central: Central, servers, all_servers, remove, central_user, login_user, identity, known_hosts,
+                   pinned_host_key, ssh_config, jobs, yes, as_json):
+    """Remove the agent and everything deploying installed from servers, over your own SSH access.
+
+    On each host: the agent and its service (systemd unit, or the fallback loop and its boot
+    entry), /opt/central-agent, the policy /etc/central-agent.json, /etc/central-agent (the
+    secret and the login user's key), the sshd Match block (sshd -t, then reloaded), every
+    authorized_keys line holding the central's key or the terminal key, and the login user
+    `central` if deploy created it. The same as scripts/deploy-agent.sh --uninstall.
+    The servers stay in central (polling them now fails) unless --remove.
+
+    \b
+    Example:
+      central undeploy web1 --yes
+      central undeploy web1 web2 --remove --yes
+    """
+    from .deploy import DeployOptions, Undeployer, select_servers
+
+    options = DeployOptions(central_user=central_user, login_user=login_user, identity=identity,
+                            known_hosts=known_hosts, pinned_host_key=pinned_host_key,
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+    targets = await select_servers(central, servers, all_servers)
+    if not targets:
+        raise CentralError("no servers to undeploy")
+    names = ", ".join(s.name for s in targets)
+    _confirm_removal(yes, f"Remove the agent and central's access from {names}"
+                          + (" and remove them from central with their history?" if remove else "?"))
+
+    def on_change(result):
+        if not as_json and result.state in ("ok", "failed", "skipped"):
+            detail = f": {result.message}" if result.state != "ok" else ""
+            err_console.print(_p(f"[{result.server}] {result.state}{detail}"), markup=False, highlight=False)
+
+    results = await Undeployer(central, options, on_change).run(targets)
+    if remove:
+        for r in results:
+            if r.state == "ok":
+                await servers_mod.remove_server(central, r.server)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        _echo_json([{**r.to_dict(), "removed_from_central": remove and r.state == "ok"} for r in results])
+    else:
+        t = SafeTable("server", "target", "result", "message", title="undeploy summary", wrap=("message",))
+        for r in results:
+            message = f"at {r.step}: {r.message}. {r.hint}" if r.state == "failed" else r.message
+            t.add_row(r.server, r.target, _styled(r.state, _STATE_STYLE.get(r.state, "")), message)
+        console.print(t)
+        done = sum(1 for r in results if r.state == "ok")
+        console.print(f"{done} undeployed, {len(failed)} failed"
+                      + ("; removed from central" if remove and done else
+                         ("" if remove or not done else "; `central server remove NAME` forgets a server")))
     if failed:
         sys.exit(1)
 

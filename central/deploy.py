@@ -451,6 +451,85 @@ class Deployer:
         return installed
 
 
+class Undeployer(Deployer):
+    """Removes what deploying installed from servers (the installer's `uninstall` mode) over the
+    operator's own SSH access; calls on_change(result) after every step."""
+
+    def __init__(self, central, options: DeployOptions,
+                 on_change: Callable[[DeployResult], None] | None = None):
+        super().__init__(central, replace(options, terminal_user=None), on_change)
+
+    def _blobs(self, server: Server) -> list[str]:
+        """The key blobs whose authorized_keys lines go: the central's key, the terminal key ("-": none)."""
+        blobs = [public_key_line(load_client_key(server.key_path or self.central.config.key_path)).split()[1]]
+        terminal = Path(str(self.central.config.terminal_key_path) + ".pub")
+        try:
+            blobs.append(terminal.read_text().split()[1])
+        except (OSError, IndexError):
+            blobs.append("-")
+        return blobs
+
+    async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
+        slog = server_log(log, server.name)
+        no_agent = self.central.transports.of(server).no_agent
+        if no_agent is not None:
+            self._set(result, state="skipped", message=no_agent)
+            return
+        try:
+            await self._undeploy(server, result)
+        except StepFailed as failure:
+            slog.info("undeploy failed at %s: %s", failure.step, failure.message)
+            self._set(result, state="failed", step=failure.step, message=failure.message, hint=failure.hint)
+        except Exception as exc:  # noqa: BLE001 - one host's surprise must not stop the others
+            slog.exception("undeploy failed at %s", result.step)
+            self._set(result, state="failed", message=f"{type(exc).__name__}: {exc}",
+                      hint="Run again; if it persists, check the host by hand")
+
+    async def _undeploy(self, server: Server, result: DeployResult) -> None:
+        self._set(result, state="running", step="connect")
+        blobs = self._blobs(server)
+        conn = await self._connect(server, result)
+        async with conn:
+            self._set(result, step="privileges")
+            who = await conn.run("id -u", check=False)
+            sudo = ""
+            if (who.stdout or "").strip() != "0":
+                sudo = "sudo -n "
+                if (await conn.run("sudo -n true", check=False)).exit_status != 0:
+                    raise StepFailed("privileges", f"{server.user} is not root and 'sudo -n' failed",
+                                     f"Log in as root or allow {server.user} passwordless sudo")
+            args = ["uninstall", *blobs, self.options.central_user]
+            command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+            process = await conn.create_process(command, stderr=asyncssh.STDOUT)
+            process.stdin.write(self.installer)
+            process.stdin.write_eof()
+            removed, failure, done, last = [], None, False, ""
+            async for line in process.stdout:
+                line = line.rstrip("\n")
+                kind, _, rest = line.partition(" ")
+                last = line or last
+                if kind == "STEP":
+                    self._set(result, step=rest)
+                elif kind == "REMOVED":
+                    removed.append(rest)
+                elif kind == "FAIL":
+                    step, _, tail = rest.partition("\t")
+                    message, _, hint = tail.partition("\t")
+                    failure = StepFailed(step, message, hint)
+                elif line == "UNINSTALLED":
+                    done = True
+            completed = await process.wait()
+        if failure is not None:
+            raise failure
+        if completed.exit_status != 0 or not done:
+            raise StepFailed(result.step or "uninstall", last or f"the uninstaller exited {completed.exit_status}",
+                             "Run again; if it persists, check the host by hand")
+        self.central.transports.forget(server.id)
+        server_log(log, server.name).info("undeployed: removed %s", ", ".join(removed) or "nothing")
+        self._set(result, state="ok", mode=None,
+                  message=f"{len(removed)} items removed" + (f": {', '.join(removed)}" if removed else ""))
+
+
 async def select_servers(central, names: Sequence[str], all_servers: bool) -> list[Server]:
     """The servers named (each must exist), or with all_servers every remote server."""
     if all_servers:

@@ -294,3 +294,38 @@ def test_a_host_without_python_is_checked_first_and_left_as_it_was(run, operator
     assert "apt-get install python3" in rows["nopy"]["hint"]
     assert host.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
     assert host.run(["getent", "passwd", "central"], check=False).returncode != 0
+
+
+@pytest.mark.slow  # a deploy, two undeploys and a failing server test: about a minute
+def test_undeploy_removes_what_deploy_installed_and_remove_forgets_the_server(
+        run, operator, test_host, operator_key, client_key):
+    from tests.test_deploy_script import host_state
+
+    host, = test_host.many(1, agent=False, login_user=False,
+                           authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    host.run(["sh", "-c", "mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys"])
+    before = host_state(host)
+    host.run(["sh", "-c", "cat >> /root/.ssh/authorized_keys"],
+             input=restricted_key_line(client_key.public_key) + " central\n")
+    add_as_root(run, "web", host)
+    operator.trust([host])
+    result, rows = deploy(run, operator, "web")
+    assert result.exit_code == 0 and rows["web"]["state"] == "ok", result.output
+    assert stored(run, "web")[0] == "central" and host.port_open()
+
+    assert run("undeploy", *operator.options, "web").exit_code == 1  # no terminal, no --yes
+    result = run("undeploy", *operator.options, "--json", "--yes", "web")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["state"] == "ok" and row["removed_from_central"] is False, row
+    for what in ("/opt/central-agent", "/etc/central-agent.json", "/etc/central-agent", "user central",
+                 "/etc/ssh/sshd_config.d/central-agent.conf"):
+        assert what in row["message"], row
+    assert not host.port_open()
+    assert host_state(host) == before
+    # the server stays until asked; polling it now fails
+    assert run("server", "test", "web").exit_code == 1
+    result = run("undeploy", *operator.options, "--remove", "--yes", "web")
+    assert result.exit_code == 0, result.output
+    assert "1 undeployed, 0 failed; removed from central" in result.output
+    assert "web" not in [r["name"] for r in json.loads(run("server", "list", "--json").output)]
