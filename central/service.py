@@ -127,6 +127,7 @@ class Central:
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
+        self.reloaded_from = config.source  # the config file the last reload read ("": none)
         self.notifier = Dispatcher(storage, config.notifiers, alerts=config.alerts, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
@@ -161,7 +162,9 @@ class Central:
         new = load_config(config_path or old.source or None, env=env)
         check_channels(new.notifiers)
         changes = describe_changes(old, new)
-        merged = dataclasses.replace(old, alerts=new.alerts, notifiers=new.notifiers, retention=new.retention)
+        merged = dataclasses.replace(old, alerts=new.alerts, notifiers=new.notifiers, retention=new.retention,
+                                     source=new.source)
+        self.reloaded_from = new.source
         if not any(not line.endswith(RESTART_NOTE) for line in changes):
             return changes
         self.config = merged

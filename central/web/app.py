@@ -79,7 +79,6 @@ async def reload_config(central: Central, overrides: dict | None = None) -> None
     """SIGHUP: re-read the config file; log each change, or why the file was refused (the
     running config stays as it was)."""
     async with _reload_lock:  # two quick SIGHUPs: one after the other
-        where = central.config.source or "the environment (no config file)"
         try:
             changes = await central.reload(env={**os.environ, **(overrides or {})})
         except ConfigError as exc:
@@ -88,6 +87,7 @@ async def reload_config(central: Central, overrides: dict | None = None) -> None
         except Exception:  # noqa: BLE001 - a reload must never end the central
             log.exception("config reload failed, the running config is kept")
             return
+        where = central.reloaded_from or "the environment (no config file)"
         if not changes:
             log.warning("config reloaded from %s: nothing changed", where)
         for line in changes:
