@@ -340,12 +340,14 @@ def test_deploy_to_container_with_systemd(lxc_container, operator_key, client_ke
 def host_state(host):
     """What deploying touches on a host, as text: comparing it before a deploy and after an
     uninstall shows that the uninstall removed exactly what the deploy added."""
+    run = host.attach if hasattr(host, "attach") else host.run
     script = ("ls -A /etc/ssh /etc/ssh/sshd_config.d /opt /etc | grep -i central; "
               "sha256sum /etc/ssh/sshd_config; cat /etc/ssh/sshd_config.d/* 2>/dev/null | sha256sum; "
               "getent passwd central; getent group central; crontab -l 2>/dev/null; cat /etc/rc.local 2>/dev/null; "
               "cat /root/.ssh/authorized_keys 2>/dev/null; ls -A /root/.ssh 2>/dev/null; "
-              "ls /var/log | grep central; true")
-    return host.run(["sh", "-c", script]).stdout
+              "ls /var/log | grep central; ls /etc/systemd/system | grep central; "
+              "ls /etc/systemd/system/multi-user.target.wants 2>/dev/null | grep central; true")
+    return run(["sh", "-c", script]).stdout
 
 
 def test_uninstall_removes_exactly_what_deploy_installed(test_host, operator_key, client_key, tmp_path):
@@ -382,3 +384,23 @@ def test_uninstall_removes_exactly_what_deploy_installed(test_host, operator_key
     # a second run finds nothing to remove and says so
     res = deploy([target], operator_key, kh, "--uninstall", central_key=client_key.public_path)
     assert res.returncode == 0 and "(0 items removed)" in res.stderr, res.stdout + res.stderr
+
+
+@pytest.mark.lxc
+def test_uninstall_from_a_container_with_systemd(lxc_container, operator_key, client_key, tmp_path):
+    container = lxc_container("undeploy-sd", authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    kh = container.write_known_hosts(tmp_path / "known_hosts")
+    target = "root@" + container.address
+    container.attach(["sh", "-c", "mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys"])
+    before = host_state(container)
+    res = deploy([target], operator_key, kh, "--secret-dir", str(tmp_path / "s"), central_key=client_key.public_path)
+    assert res.returncode == 0 and "systemd" in res.stdout, res.stdout + res.stderr
+    assert container.attach(["systemctl", "is-active", "central-agent"]).stdout.strip() == "active"
+    res = deploy([target], operator_key, kh, "--uninstall", central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"[{target}]  removed systemd unit central-agent.service" in res.stderr, res.stderr
+    assert container.attach(["systemctl", "is-active", "central-agent"], check=False).stdout.strip() != "active"
+    assert host_state(container) == before
+    # sshd was reloaded through systemd without the block: the central's key opens nothing
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        asyncio.run(probe_with_central_key(container, client_key, kh))
