@@ -82,3 +82,27 @@ def test_config_errors_name_the_file_count_items_from_one_and_name_the_rule(tmp_
     with pytest.raises(ConfigError) as err:
         load_config(None, env={"CENTRAL_HTTP_PORT": "0", "CENTRAL_DATA_DIR": str(tmp_path)})
     assert str(err.value) == "http.port: must be between 1 and 65535, got 0"
+
+
+async def test_a_reload_hands_the_new_rules_notifiers_and_retention_to_the_running_parts(central, tmp_path):
+    """Central.reload (what SIGHUP runs, tests/test_serve_process.py drives it through the signal):
+    the alert engine evaluates the new rules and notifies through the new dispatcher, the poller
+    prunes with the new retention; a file that does not load changes nothing."""
+    path = tmp_path / "central.toml"
+    env = {"CENTRAL_DATA_DIR": str(central.config.data_path)}
+    path.write_text('[retention]\nraw = "1h"\n[[alerts.rules]]\nname = "load_high"\nmetric = "load.1"\n'
+                    'op = ">"\nthreshold = 4\n[[notifiers]]\nname = "ops"\ntype = "webhook"\n'
+                    'url = "http://127.0.0.1:9/hook"\n')
+    old_dispatcher = central.notifier
+    changes = await central.reload(str(path), env=env)
+    assert "alert rule load_high added" in changes and "notifier ops added" in changes
+    assert "retention.raw: 172800s -> 3600s" in changes
+    assert "load_high" in [r.name for r in central.alerts.rules]
+    assert central.notifier is not old_dispatcher and central.alerts.notifier is central.notifier
+    assert [c.name for c in central.notifier.channels] == ["ops"]
+    assert central.poller.config.retention.raw == 3600.0 and central.config.retention.raw == 3600.0
+    assert central.config.poll == central.poller.config.poll  # what needs a restart stays
+    path.write_text('[[alerts.rules]]\nname = "load_high"\nmetric = "load.1"\nop = "=>"\n')
+    with pytest.raises(ConfigError, match=r'alerts.rules\[1\] \("load_high"\).op'):
+        await central.reload(str(path), env=env)
+    assert "load_high" in [r.name for r in central.alerts.rules] and central.config.retention.raw == 3600.0
