@@ -124,12 +124,14 @@ def _config(ctx: click.Context) -> Config:
 
 def require_initialised(config: Config) -> None:
     """Refuse, in one line, a data directory `central init` never made (only init creates one):
-    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database."""
-    if config.database_path.exists():
+    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database. On PostgreSQL
+    (storage.url) the database is named by the URL, not found in the data directory."""
+    if config.database_path.exists() or (config.storage.url and config.data_path.is_dir()):
         return
     where = config.data_path
+    what = "it does not exist" if config.storage.url else f"no {config.database_path.name}"
     raise click.ClickException(
-        _p(f"{where} is not a central data directory (no {config.database_path.name}; `central init` never ran "
+        _p(f"{where} is not a central data directory ({what}; `central init` never ran "
            f"there): point at the right one with CENTRAL_DATA_DIR=DIR or --data-dir DIR, or run `central init`"))
 
 

@@ -65,6 +65,8 @@ def test_three_central_processes_share_30_hosts_and_survive_a_kill_9(tmp_path, t
             env = {**os.environ, **common, "CENTRAL_DATA_DIR": str(tmp_path / m), "CENTRAL_CLUSTER_MEMBER": m,
                    "CENTRAL_HTTP_PORT": str(ports[m])}
             env.pop("CENTRAL_CONFIG", None)
+            init = subprocess.run([sys.executable, "-m", "central", "init"], env=env, capture_output=True, text=True)
+            assert init.returncode == 0, init.stdout + init.stderr
             logs.append(open(tmp_path / f"{m}.log", "wb"))
             procs[m] = subprocess.Popen([sys.executable, "-m", "central", "serve"], env=env,
                                         stdout=subprocess.DEVNULL, stderr=logs[-1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import asyncpg
 import pytest
@@ -192,3 +193,21 @@ def _db(url: str) -> str:
 def _drop_connections(pg_server, db: str) -> None:
     pg_server.psql(f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
                    " AND pid <> pg_backend_pid()")
+
+
+def test_the_cli_on_postgresql_needs_an_initialised_data_directory_not_a_database_file(tmp_path, pg_url,
+                                                                                      monkeypatch):
+    from click.testing import CliRunner
+
+    from central.cli import cli
+
+    monkeypatch.setenv("CENTRAL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CENTRAL_STORAGE_URL", pg_url)
+    monkeypatch.delenv("CENTRAL_CONFIG", raising=False)
+    r = CliRunner().invoke(cli, ["server", "list"])
+    assert r.exit_code == 1 and "is not a central data directory (it does not exist" in r.output
+    assert CliRunner().invoke(cli, ["init"]).exit_code == 0
+    assert not (tmp_path / "data" / "central.db").exists()  # the database is PostgreSQL's
+    r = CliRunner().invoke(cli, ["server", "list", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [s["name"] for s in json.loads(r.output)] == ["local"]
