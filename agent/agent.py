@@ -71,7 +71,7 @@ import threading
 import time
 from urllib.parse import parse_qs, quote, urlsplit
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 log = logging.getLogger("central-agent")
 
@@ -992,7 +992,20 @@ def docker_request(sock_path, method, path, timeout=5.0):
         conn.close()
 
 
-def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
+def docker_usable(sock_path):
+    """Whether the Engine socket exists and this process may use it (no request made)."""
+    return bool(sock_path) and os.path.exists(sock_path) and os.access(sock_path, os.R_OK | os.W_OK)
+
+
+def docker_list(sock_path, timeout=5.0):
+    """The Engine's GET /containers/json?all=1 list (raises DockerError/RuntimeError)."""
+    status, body = docker_request(sock_path, "GET", "/containers/json?all=1", timeout)
+    if status != 200 or not isinstance(body, list):
+        raise RuntimeError("docker API answered %s" % status)
+    return body
+
+
+def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0, listing=None):
     """Containers from the Docker Engine API on the unix socket (never the docker CLI)."""
     if not sock_path or not os.path.exists(sock_path):
         return {"available": False, "containers": []}
@@ -1000,9 +1013,7 @@ def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
         # An unprivileged reader (the central collecting its own host) may not use the socket,
         # and being allowed to would amount to root: no docker here, not a failing collector.
         return {"available": False, "containers": []}
-    status, body = docker_request(sock_path, "GET", "/containers/json?all=1", timeout)
-    if status != 200 or not isinstance(body, list):
-        raise RuntimeError("docker API answered %s" % status)
+    body = docker_list(sock_path, timeout) if listing is None else listing
     out = []
     for c in body[:200]:
         names = c.get("Names") or []
@@ -1011,6 +1022,398 @@ def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
                     "state": c.get("State"), "status": c.get("Status")})
     out.sort(key=lambda c: c["name"] or "")
     return {"available": True, "containers": out}
+
+
+# --------------------------------------------------------------------------- containers
+#
+# Per-container figures come from the containers' cgroups (v1 or v2), never from the Engine's
+# stats endpoint (which sleeps a second per container); names, images, health and restart
+# counts from the Docker/Podman Engine API on its unix socket when there is one, LXC
+# containers from their cgroups (lxc.payload.NAME, lxc/NAME) and /var/lib/lxc/NAME/config.
+
+DEFAULT_LXC_PATH = "/var/lib/lxc"
+PODMAN_SOCKET = "/run/podman/podman.sock"
+MAX_AGENT_CONTAINERS = 100  # the document's containers list holds at most this many
+_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+# where each engine puts its containers' cgroups: (parent dir, pattern of the entry, engine)
+_CGROUP_ENGINE_DIRS = (
+    ("docker", re.compile(r"([0-9a-f]{64})\Z"), "docker"),  # cgroupfs driver
+    ("system.slice", re.compile(r"docker-([0-9a-f]{64})\.scope\Z"), "docker"),  # systemd driver
+    ("machine.slice", re.compile(r"libpod-([0-9a-f]{64})\.scope\Z"), "podman"),
+)
+
+
+def cgroup_roots(proc="/proc", sys="/sys"):
+    """The host's cgroup mounts: {"version": 1|2|None, "v2": dir or None, "v1": {controller: dir}}.
+
+    version 2 when the unified hierarchy holds the controllers, 1 when v1 controllers are
+    mounted (a hybrid host's unified mount then only names cgroups)."""
+    v1, v2 = {}, None
+    for dev, mp, fstype, opts in _mounts(proc):
+        if fstype == "cgroup":
+            for opt in opts.split(","):
+                if opt in ("memory", "cpu", "cpuacct", "pids", "blkio", "freezer") and opt not in v1:
+                    v1[opt] = _sys_path(sys, mp)
+        elif fstype == "cgroup2" and v2 is None:
+            v2 = _sys_path(sys, mp)
+    version = 1 if "memory" in v1 else None
+    if version is None and v2 is not None:
+        controllers = (_read_opt(os.path.join(v2, "cgroup.controllers")) or "").split()
+        version = 2 if ("memory" in controllers or "cpu" in controllers) else None
+    return {"version": version, "v2": v2, "v1": v1}
+
+
+def _container_dirs(root):
+    """[(engine, key, relative cgroup path)] of the container cgroups under one hierarchy root:
+    lxc.payload.NAME and lxc/NAME (LXC, Proxmox), docker/ID and system.slice/docker-ID.scope
+    (Docker, cgroupfs and systemd drivers), machine.slice/libpod-ID.scope (Podman)."""
+    out = []
+    try:
+        top = os.listdir(root)
+    except OSError:
+        return out
+    for entry in top:
+        if entry.startswith("lxc.payload."):
+            out.append(("lxc", entry[len("lxc.payload."):], entry))
+    if "lxc" in top:  # LXC 3 and Proxmox: lxc/NAME (lxc/NAME/ns on Proxmox is inside it)
+        try:
+            for entry in os.listdir(os.path.join(root, "lxc")):
+                if CONTAINER_RE.fullmatch(entry) and os.path.isdir(os.path.join(root, "lxc", entry)):
+                    out.append(("lxc", entry, "lxc/" + entry))
+        except OSError:
+            pass
+    for parent, pattern, engine in _CGROUP_ENGINE_DIRS:
+        if parent not in top:
+            continue
+        try:
+            names = os.listdir(os.path.join(root, parent))
+        except OSError:
+            continue
+        for entry in names:
+            m = pattern.match(entry)
+            if m:
+                out.append((engine, m.group(1), parent + "/" + entry))
+    return out
+
+
+def _io_stat_v2(path):
+    """(read bytes, written bytes) summed over the devices of a v2 io.stat."""
+    rd = wr = 0
+    for line in _read_text(path).splitlines():
+        for field in line.split()[1:]:
+            if field.startswith("rbytes="):
+                rd += int(field[7:])
+            elif field.startswith("wbytes="):
+                wr += int(field[7:])
+    return rd, wr
+
+
+def _io_stat_v1(path):
+    """(read bytes, written bytes) of a v1 blkio.throttle.io_service_bytes(_recursive)."""
+    rd = wr = 0
+    for line in _read_text(path).splitlines():
+        f = line.split()
+        if len(f) == 3 and f[1] == "Read":
+            rd += int(f[2])
+        elif len(f) == 3 and f[1] == "Write":
+            wr += int(f[2])
+    return rd, wr
+
+
+def _limit(value):
+    """A cgroup byte limit, None for "max" or v1's near-2^63 "unlimited"."""
+    if value is None or value == "max":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return None if n >= (1 << 62) else n
+
+
+def _cgroup_pids(dirs):
+    """Up to 200 pids from the cgroup.procs of the given dirs and their children (3 levels)."""
+    pids = []
+    todo = [(d, 0) for d in dirs]
+    seen = 0
+    while todo and len(pids) < 200 and seen < 64:
+        d, depth = todo.pop(0)
+        seen += 1
+        try:
+            pids.extend(int(p) for p in _read_text(os.path.join(d, "cgroup.procs")).split()[:200])
+        except (OSError, ValueError):
+            continue
+        if depth < 3 and not pids:
+            try:
+                todo.extend((os.path.join(d, e), depth + 1) for e in sorted(os.listdir(d))
+                            if os.path.isdir(os.path.join(d, e)))
+            except OSError:
+                pass
+    return pids
+
+
+def _start_ticks(proc, pid):
+    """The start time (clock ticks after boot) of a process, None when it is gone."""
+    try:
+        return int(parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat")))[1][19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_container_cgroup(roots, rel):
+    """Cumulative figures of one container cgroup (relative path rel under each hierarchy):
+    {"cpu_ns", "memory_used", "memory_limit", "cpu_limit", "pids", "read_bytes", "write_bytes",
+    "frozen", "dirs"}; None when the cgroup is gone (the container stopped)."""
+    out = {}
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        st = _kv_file(os.path.join(d, "cpu.stat"))  # raises when the cgroup is gone
+        out["cpu_ns"] = st["usage_usec"] * 1000 if "usage_usec" in st else None
+        current = _read_int(os.path.join(d, "memory.current"))
+        mst = _kv_file(os.path.join(d, "memory.stat")) if current is not None else {}
+        out["memory_used"] = None if current is None else max(0, current - mst.get("inactive_file", 0))
+        out["memory_limit"] = _limit(_read_opt(os.path.join(d, "memory.max")))
+        cpu_max = (_read_opt(os.path.join(d, "cpu.max")) or "max").split()
+        out["cpu_limit"] = (round(float(cpu_max[0]) / float(cpu_max[1]), 2)
+                            if len(cpu_max) == 2 and cpu_max[0] != "max" else None)
+        out["pids"] = _read_int(os.path.join(d, "pids.current"))
+        try:
+            out["read_bytes"], out["write_bytes"] = _io_stat_v2(os.path.join(d, "io.stat"))
+        except (OSError, ValueError):
+            out["read_bytes"] = out["write_bytes"] = None
+        events = _read_opt(os.path.join(d, "cgroup.events")) or ""
+        out["frozen"] = "frozen 1" in events
+        out["dirs"] = [d]
+        return out
+    v1 = roots["v1"]
+    mem = os.path.join(v1["memory"], rel)
+    usage = _read_int(os.path.join(mem, "memory.usage_in_bytes"))
+    if usage is None and not os.path.isdir(mem):
+        return None
+    mst = _kv_file(os.path.join(mem, "memory.stat")) if usage is not None else {}
+    out["memory_used"] = None if usage is None else max(0, usage - mst.get("total_inactive_file", 0))
+    out["memory_limit"] = _limit(_read_opt(os.path.join(mem, "memory.limit_in_bytes")))
+    acct = v1.get("cpuacct")
+    out["cpu_ns"] = _read_int(os.path.join(acct, rel, "cpuacct.usage")) if acct else None
+    cpu = v1.get("cpu")
+    quota = _read_int(os.path.join(cpu, rel, "cpu.cfs_quota_us")) if cpu else None
+    period = _read_int(os.path.join(cpu, rel, "cpu.cfs_period_us")) if cpu else None
+    out["cpu_limit"] = round(float(quota) / period, 2) if quota and quota > 0 and period else None
+    pids = v1.get("pids")
+    out["pids"] = _read_int(os.path.join(pids, rel, "pids.current")) if pids else None
+    blkio = v1.get("blkio")
+    out["read_bytes"] = out["write_bytes"] = None
+    if blkio:
+        try:
+            out["read_bytes"], out["write_bytes"] = _io_stat_v1(
+                os.path.join(blkio, rel, "blkio.throttle.io_service_bytes_recursive"))
+        except (OSError, ValueError):
+            pass
+    freezer = v1.get("freezer")
+    out["frozen"] = bool(freezer) and _read_opt(os.path.join(freezer, rel, "freezer.state")) == "FROZEN"
+    out["dirs"] = [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]
+    return out
+
+
+def _container_net(proc, pid):
+    """(rx bytes, tx bytes) over the non-loopback interfaces of a process's network namespace."""
+    ifaces = read_net_sample(os.path.join(proc, str(pid)))["ifaces"]
+    return sum(v[0] for v in ifaces.values()), sum(v[1] for v in ifaces.values())
+
+
+def _docker_health(status):
+    """healthy / unhealthy / starting from the Engine's Status text, None without a healthcheck."""
+    status = status or ""
+    if "(healthy)" in status:
+        return "healthy"
+    if "(unhealthy)" in status:
+        return "unhealthy"
+    if "(health: starting)" in status:
+        return "starting"
+    return None
+
+
+def lxc_configured(lxc_path=DEFAULT_LXC_PATH):
+    """{name: image} of the LXC containers defined under lxc_path (image: the template that
+    created it, from the config's comment, or None)."""
+    out = {}
+    try:
+        names = os.listdir(lxc_path)
+    except OSError:
+        return out
+    for name in names[:1000]:
+        if not CONTAINER_RE.fullmatch(name):
+            continue
+        try:
+            head = _read_bytes(os.path.join(lxc_path, name, "config"), 4096).decode("utf-8", "replace")
+        except OSError:
+            continue
+        image = None
+        m = re.search(r"Template used to create this container: \S*?lxc-(\S+)", head)
+        if m:
+            image = m.group(1)[:64]
+        m = re.search(r"^lxc\.include = \S*/config/(\S+?)\.common\.conf", head, re.M)
+        if image is None and m:
+            image = m.group(1)[:64]
+        out[name] = image
+    return out
+
+
+_NO_FIGURES = dict((k, None) for k in ("uptime", "cpu_percent", "cpu_limit", "memory_used", "memory_limit",
+                                         "memory_percent", "pids", "read_rate", "write_rate", "rx_rate",
+                                         "tx_rate"))
+
+
+class ContainerCollector(object):
+    """Every container on the host, with rates since the previous call (Collector.all)."""
+
+    INSPECT_TTL = 60.0  # a running container's RestartCount is re-read at most this often
+    LXC_TTL = 30.0  # /var/lib/lxc is listed at most this often
+
+    def __init__(self, proc="/proc", sys="/sys", lxc_path=DEFAULT_LXC_PATH,
+                 sockets=(DEFAULT_DOCKER_SOCKET, PODMAN_SOCKET)):
+        self.proc, self.sys, self.lxc_path, self.sockets = proc, sys, lxc_path, sockets
+        self._roots = None
+        self._prev = {}  # key -> (t, cpu_ns, read, write, rx, tx)
+        self._init = {}  # key -> (pid, start ticks)
+        self._inspect = {}  # engine id -> (monotonic time, restart count)
+        self._lxc = (0.0, {})
+
+    def roots(self):
+        if self._roots is None:
+            self._roots = cgroup_roots(self.proc, self.sys)
+        return self._roots
+
+    def _engines(self, docker_list):
+        """{full id: (engine, socket, listing entry)} from the Engine APIs."""
+        out = {}
+        for sock in self.sockets:
+            engine = "podman" if "podman" in sock else "docker"
+            if sock == self.sockets[0] and docker_list is not None:
+                listing = docker_list
+            elif sock != self.sockets[0] and docker_usable(sock):
+                try:
+                    listing = docker_list(sock)
+                except (DockerError, RuntimeError):
+                    continue
+            else:
+                continue
+            for c in listing[:500]:
+                if isinstance(c, dict) and _ID_RE.match(str(c.get("Id") or "")):
+                    out[c["Id"]] = (engine, sock, c)
+        return out
+
+    def _restarts(self, sock, cid, now):
+        cached = self._inspect.get(cid)
+        if cached is not None and now - cached[0] < self.INSPECT_TTL:
+            return cached[1]
+        try:
+            status, body = docker_request(sock, "GET", "/containers/%s/json" % cid, 5.0)
+        except DockerError:
+            status, body = None, None
+        count = body.get("RestartCount") if status == 200 and isinstance(body, dict) else None
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
+        self._inspect[cid] = (now, count)
+        return count
+
+    def _uptime(self, key, dirs, boot_ticks):
+        """(seconds since the container's first process started, a pid in it) or (None, None)."""
+        cached = self._init.get(key)
+        if cached is not None and _start_ticks(self.proc, cached[0]) == cached[1]:
+            pid, start = cached
+        else:
+            best = None
+            for pid in _cgroup_pids(dirs):
+                start = _start_ticks(self.proc, pid)
+                if start is not None and (best is None or start < best[1]):
+                    best = (pid, start)
+            if best is None:
+                self._init.pop(key, None)
+                return None, None
+            self._init[key] = pid, start = best
+        return round(max(0.0, (boot_ticks - start) / float(_CLK_TCK)), 1), pid
+
+    def collect(self, docker_list=None, docker_error=None):
+        """The containers section: {"available", "reason"?, "cgroup", "count", "containers"}."""
+        roots = self.roots()
+        now = time.monotonic()
+        boot_ticks = int(collect_uptime(self.proc) * _CLK_TCK)
+        ref = roots["v2"] if roots["version"] == 2 else roots["v1"].get("memory")
+        found = _container_dirs(ref) if ref else []
+        engines = self._engines(docker_list)
+        if now - self._lxc[0] >= self.LXC_TTL:
+            self._lxc = (now, lxc_configured(self.lxc_path))
+        lxc = self._lxc[1]
+        rows, seen = [], set()
+        for engine, key, rel in found:
+            info = engines.get(key) if engine != "lxc" else None
+            ident = (engine, key)
+            seen.add(ident)
+            row = {"name": key if engine == "lxc" else key[:12], "id": None if engine == "lxc" else key[:12],
+                   "engine": info[0] if info else engine, "image": lxc.get(key) if engine == "lxc" else None,
+                   "state": "running", "status": None, "health": None, "restarts": None}
+            if info:
+                c = info[2]
+                names = c.get("Names") or []
+                row.update(name=str(names[0]).lstrip("/") if names else key[:12], image=c.get("Image"),
+                           state=c.get("State") or "running", status=c.get("Status"),
+                           health=_docker_health(c.get("Status")),
+                           restarts=self._restarts(info[1], key, now))
+            try:
+                fig = read_container_cgroup(roots, rel)
+            except (OSError, ValueError, KeyError):
+                fig = None
+            if fig is None:
+                continue
+            if fig.pop("frozen") and row["state"] == "running":
+                row["state"] = "frozen" if engine == "lxc" else "paused"
+            row["uptime"], pid = self._uptime(ident, fig.pop("dirs"), boot_ticks)
+            rx = tx = None
+            if pid is not None:
+                try:
+                    rx, tx = _container_net(self.proc, pid)
+                except (OSError, ValueError):
+                    pass
+            prev = self._prev.get(ident)
+            cur = (now, fig["cpu_ns"], fig["read_bytes"], fig["write_bytes"], rx, tx)
+            self._prev[ident] = cur
+            dt = now - prev[0] if prev else 0.0
+
+            def rate(i, scale=1.0, digits=1):
+                if dt <= 0 or cur[i] is None or prev[i] is None or cur[i] < prev[i]:
+                    return None
+                return round((cur[i] - prev[i]) / dt * scale, digits)
+
+            row.update(cpu_percent=rate(1, 1e-7, 2), cpu_limit=fig["cpu_limit"],
+                       memory_used=fig["memory_used"], memory_limit=fig["memory_limit"],
+                       memory_percent=_pct(fig["memory_used"], fig["memory_limit"]),
+                       pids=fig["pids"], read_rate=rate(2), write_rate=rate(3),
+                       rx_rate=rate(4), tx_rate=rate(5))
+            rows.append(row)
+        # Containers that exist but run no cgroup: stopped LXC ones, exited Engine ones.
+        running_lxc = set(k for e, k, r in found if e == "lxc")
+        for name, image in lxc.items():
+            if name not in running_lxc:
+                rows.append(dict(_NO_FIGURES, name=name, id=None, engine="lxc", image=image, state="stopped",
+                                 status=None, health=None, restarts=None))
+        cgroup_ids = set(k for e, k, r in found if e != "lxc")
+        for cid, (engine, sock, c) in engines.items():
+            if cid not in cgroup_ids:
+                names = c.get("Names") or []
+                rows.append(dict(_NO_FIGURES, name=str(names[0]).lstrip("/") if names else cid[:12],
+                                 id=cid[:12], engine=engine, image=c.get("Image"), state=c.get("State"),
+                                 status=c.get("Status"), health=_docker_health(c.get("Status")),
+                                 restarts=self._restarts(sock, cid, now)))
+        for gone in [k for k in self._prev if k not in seen]:
+            del self._prev[gone]
+            self._init.pop(gone, None)
+        for gone in [k for k in self._inspect if k not in engines]:
+            del self._inspect[gone]
+        rows.sort(key=lambda r: (r["state"] != "running", r["name"] or ""))
+        available = bool(rows) or bool(ref)
+        return {"available": available, "reason": None if available else
+                "no cgroup hierarchy with the memory controller is mounted, and no container engine answers",
+                "cgroup": roots["version"], "count": len(rows), "containers": rows[:MAX_AGENT_CONTAINERS]}
 
 
 # --------------------------------------------------------------------------- inventory
@@ -1564,7 +1967,8 @@ class Collector(object):
     INVENTORY_TTL = 25.0
 
     def __init__(self, proc="/proc", sys="/sys", policy=None, etc="/etc",
-                 docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None):
+                 docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None,
+                 lxc_path=DEFAULT_LXC_PATH, podman_socket=PODMAN_SOCKET):
         self.proc = proc
         self.sys = sys
         self.etc = etc
@@ -1580,6 +1984,8 @@ class Collector(object):
         self._inventory_cache = None  # (monotonic time, inventory, hash)
         self._units_lock = threading.Lock()
         self._units = None  # (monotonic time, units or None without systemd, error)
+        self.containers = ContainerCollector(proc, sys, lxc_path if self.live or lxc_path != DEFAULT_LXC_PATH
+                                             else "/nonexistent", (docker_socket, podman_socket))
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1728,10 +2134,25 @@ class Collector(object):
             self._section(doc, errors, "processes",
                           lambda: self._processes_summary(state, policy))
             self._section(doc, errors, "systemd", lambda: self._systemd(policy["watched_units"]))
-            self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket))
+            self._docker_and_containers(doc, errors)
             self._section(doc, errors, "inventory_hash", self._inventory_hash)
             doc["errors"] = errors
             return doc
+
+    def _docker_and_containers(self, doc, errors):
+        """The docker and containers sections from one Engine listing per poll."""
+        listing, failure = None, None
+        if docker_usable(self.docker_socket):
+            try:
+                listing = docker_list(self.docker_socket)
+            except Exception as e:
+                failure = "%s: %s" % (type(e).__name__, e)
+        if failure is not None:
+            doc["docker"] = None
+            errors["docker"] = failure
+        else:
+            self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket, listing=listing))
+        self._section(doc, errors, "containers", lambda: self.containers.collect(listing, failure))
 
     def system(self):
         """The /api/system document (its own rate baseline, independent of all())."""

@@ -43,7 +43,8 @@ MAX_INTERFACES = 128
 MAX_DISKS = 64
 MAX_ADDRESSES = 32  # per interface
 MAX_UNITS = 256  # systemd.failed, systemd.watched, processes.watched
-MAX_CONTAINERS = 200
+MAX_CONTAINERS = 200  # docker.containers
+MAX_CONTAINER_ENTRIES = 100  # containers.containers (the agent sends at most 100 too)
 MAX_ERRORS = 32
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -285,6 +286,15 @@ PROCESS = Obj(
     cpu_percent=PROCESS_PERCENT, rss=BYTES,
 )
 
+# One entry of the containers section: Docker/Podman (names, health, restarts from the Engine
+# API) and LXC containers, figures from each one's cgroup (docs/agent-protocol.md).
+CONTAINER = Obj(
+    name=NAME, id=SHORT, engine=SHORT, image=NAME, state=SHORT, status=NAME, health=SHORT,
+    restarts=COUNT, uptime=Num(0, MAX_DURATION), cpu_percent=PROCESS_PERCENT, cpu_limit=Num(0, MAX_CPUS),
+    memory_used=BYTES, memory_limit=BYTES, memory_percent=MEMORY_PERCENT, pids=COUNT,
+    read_rate=RATE, write_rate=RATE, rx_rate=RATE, tx_rate=RATE,
+)
+
 SCHEMA = Obj(
     agent=Obj(version=SHORT, sha256=SHORT, python=SHORT),
     timestamp=Num(0, MAX_TIME),
@@ -310,6 +320,8 @@ SCHEMA = Obj(
     systemd=Obj(available=Bool(), failed=List(NAME, MAX_UNITS), watched=Map(SHORT, MAX_UNITS)),
     docker=Obj(available=Bool(),
                containers=List(Obj(name=NAME, id=SHORT, image=NAME, state=SHORT, status=NAME), MAX_CONTAINERS)),
+    containers=Obj(available=Bool(), reason=NAME, cgroup=Int(1, 2), count=COUNT,
+                   containers=List(CONTAINER, MAX_CONTAINER_ENTRIES)),
     inventory_hash=Str(128),
     errors=Map(NAME, MAX_ERRORS),
 )
