@@ -54,6 +54,7 @@ refuses every action (fail closed) and says why in the 403 detail and in /api/he
 
 import errno
 import fnmatch
+import functools
 import heapq
 import json
 import logging
@@ -1259,6 +1260,13 @@ def lxc_configured(lxc_path=DEFAULT_LXC_PATH):
     return out
 
 
+def _counter_rate(prev, cur, dt, i, scale=1.0, digits=1):
+    """The rate of counter i between two samples (None without both, or after a reset)."""
+    if dt <= 0 or cur[i] is None or prev[i] is None or cur[i] < prev[i]:
+        return None
+    return round((cur[i] - prev[i]) / dt * scale, digits)
+
+
 _NO_FIGURES = dict((k, None) for k in ("uptime", "cpu_percent", "cpu_limit", "memory_used", "memory_limit",
                                          "memory_percent", "pids", "read_rate", "write_rate", "rx_rate",
                                          "tx_rate"))
@@ -1287,11 +1295,16 @@ class ContainerCollector(object):
     def _engines(self, docker_list):
         """{full id: (engine, socket, listing entry)} from the Engine APIs."""
         out = {}
-        for sock in self.sockets:
-            engine = "podman" if "podman" in sock else "docker"
-            if sock == self.sockets[0] and docker_list is not None:
+        for i, sock in enumerate(self.sockets):
+            if not sock:
+                continue
+            engine = "docker" if i == 0 else "podman"
+            if i == 0:
+                # the docker socket's listing is the Collector's (shared with the docker section)
+                if docker_list is None:
+                    continue
                 listing = docker_list
-            elif sock != self.sockets[0] and docker_usable(sock):
+            elif docker_usable(sock):
                 try:
                     listing = docker_list(sock)
                 except (DockerError, RuntimeError):
@@ -1379,11 +1392,7 @@ class ContainerCollector(object):
             self._prev[ident] = cur
             dt = now - prev[0] if prev else 0.0
 
-            def rate(i, scale=1.0, digits=1):
-                if dt <= 0 or cur[i] is None or prev[i] is None or cur[i] < prev[i]:
-                    return None
-                return round((cur[i] - prev[i]) / dt * scale, digits)
-
+            rate = functools.partial(_counter_rate, prev, cur, dt)
             row.update(cpu_percent=rate(1, 1e-7, 2), cpu_limit=fig["cpu_limit"],
                        memory_used=fig["memory_used"], memory_limit=fig["memory_limit"],
                        memory_percent=_pct(fig["memory_used"], fig["memory_limit"]),
@@ -1985,7 +1994,8 @@ class Collector(object):
         self._units_lock = threading.Lock()
         self._units = None  # (monotonic time, units or None without systemd, error)
         self.containers = ContainerCollector(proc, sys, lxc_path if self.live or lxc_path != DEFAULT_LXC_PATH
-                                             else "/nonexistent", (docker_socket, podman_socket))
+                                             else "/nonexistent",
+                                             (docker_socket, podman_socket if self.live else None))
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
