@@ -161,7 +161,9 @@
       runAction(`${verb[0].toUpperCase() + verb.slice(1)} ${b.dataset.service} on ${NAME}?`, "service",
                 {unit: b.dataset.service, verb});
     } else if (b.dataset.container) {
-      runAction(`Restart container ${b.dataset.container} on ${NAME}?`, "docker", {container: b.dataset.container, verb: "restart"});
+      const verb = b.dataset.verb || "restart";
+      runAction(`${verb[0].toUpperCase() + verb.slice(1)} container ${b.dataset.container} on ${NAME}?`, "docker",
+                {container: b.dataset.container, verb});
     } else if (b.dataset.ack) {
       act(`Acknowledge alert ${b.dataset.ack}? Its repeat notifications stop.`, "Acknowledge",
           () => api("POST", `/api/v1/alerts/${b.dataset.ack}/ack`),
@@ -260,6 +262,16 @@
     filterServices();
   }
   svcFilter.addEventListener("input", filterServices);
+  // containers: a text filter over the server-rendered table (the page reload refreshes it)
+  const ctFilter = document.getElementById("ct-filter");
+  if (ctFilter) {
+    ctFilter.addEventListener("input", () => {
+      const text = ctFilter.value.trim().toLowerCase();
+      for (const tr of document.querySelectorAll("#containers tbody tr[data-container-row]")) {
+        tr.hidden = !!text && !tr.textContent.toLowerCase().includes(text);
+      }
+    });
+  }
   svcState.addEventListener("input", filterServices);
 
   async function refreshAudit() {
