@@ -50,6 +50,7 @@ BAD_PAYLOAD = "bad_payload"
 TIMEOUT = "timeout"
 AGENT_IMPOSTOR = "agent_impostor"
 AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
+CENTRAL_ERROR = "central_error"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
     Reason(AUTH_FAILED, "SSH refused the central's key", ERROR, "poll.auth_failed"),
@@ -68,6 +69,10 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(AGENT_NEEDS_REDEPLOY, "the central has no agent secret for this server (an agent deployed "
            "before agents authenticated, or its secret not handed over): redeploy it with central deploy",
            ERROR, "poll.agent_needs_redeploy"),
+    # A poll that failed inside the central itself (a bug): the server's loop survives it and
+    # polls again at the next interval; the central's log has the traceback, once per change.
+    Reason(CENTRAL_ERROR, "the central failed while polling this server (a bug in the central: its log "
+           "has the traceback); it polls again at the next interval", ERROR, "poll.central_error"),
 )}
 REASON_TEXT = {r.name: r.text for r in REASONS.values()}
 BLOCKING_REASONS = frozenset(r.name for r in REASONS.values() if r.blocks_polling)
@@ -236,6 +241,9 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("agent_needs_redeploy", "poll.agent_needs_redeploy", ">=", 1.0, 0.0, "warning",
                 "{server}: the central has no agent secret for it, so it is not polled; run "
                 "`central deploy {server}`: {error}"),
+    BuiltinRule("central_error", "poll.central_error", ">=", 1.0, 0.0, "warning",
+                "the central itself fails while polling {server} (a bug in the central; its log has "
+                "the traceback): {error}"),
     BuiltinRule("disk_almost_full", "disk.percent", ">=", "disk_full_percent", "disk_full_for", "warning",
                 "{label} on {server} is {value}% full (threshold {threshold}%)"),
     BuiltinRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, "unit_inactive_for", "warning",
