@@ -908,29 +908,52 @@ def unit_verbs(policy, unit):
     return list(VERBS)
 
 
-def services_document(policy, units):
-    """The /api/services document: systemd's summary plus every service unit with the verbs
-    the policy allows on it (watched units, of any type, included); units None: no systemd."""
+_UNIT_DETAIL_FIELDS = ("since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse")
+
+
+def listed_units(policy, units):
+    """The units /api/services lists: services and timers systemd has loaded, and the watched
+    units of any type (a unit only referenced by others, load state not-found, is left out
+    unless watched)."""
+    keys = set(_unit_key(w) for w in policy["watched_units"])
+    return [u for u in units if u["unit"] in keys or (u["unit"].endswith((".service", ".timer"))
+                                                     and u["load"] != "not-found")]
+
+
+def services_document(policy, units, details=None):
+    """The /api/services document: systemd's summary plus every service and timer unit with the
+    verbs the policy allows on it (watched units, of any type, included) and its details (since,
+    main PID, cgroup memory and CPU; null when not yet sampled); units None: no systemd."""
     watched = policy["watched_units"]
     if units is None:
-        return dict(_no_systemd(watched), units=[])
+        return dict(_no_systemd(watched), units=[], details_at=None)
     doc = collect_systemd(watched, units=units)
     keys = set(_unit_key(w) for w in watched)
-    # Units that do not exist (only referenced by others: load state not-found) are left
-    # out, unless watched.
-    doc["units"] = [dict(u, watched=u["unit"] in keys, actions=unit_verbs(policy, u["unit"]))
-                    for u in units if u["unit"] in keys or (u["unit"].endswith(".service")
-                                                           and u["load"] != "not-found")]
+    details = details or {}
+    rows = []
+    for u in listed_units(policy, units):
+        d = details.get(u["unit"]) or {}
+        row = dict(u, type=u["unit"].rsplit(".", 1)[-1], watched=u["unit"] in keys,
+                   actions=unit_verbs(policy, u["unit"]))
+        for k in _UNIT_DETAIL_FIELDS:
+            row[k] = d.get(k)
+        rows.append(row)
+    doc["units"] = rows
+    doc["details_at"] = None
     return doc
 
 
-def _run(argv, timeout):
-    """Run argv (never through a shell); return (exit status, combined output)."""
+def _run(argv, timeout, stderr=True, limit=None):
+    """Run argv (never through a shell); return (exit status, output: stdout and stderr, or
+    stdout alone when stderr is False; read until limit bytes when given, then the command is
+    ended)."""
     import subprocess
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, close_fds=True,
-                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
+                         stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL, close_fds=True,
+                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "TZ": "UTC",
                               "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
+    if limit is not None:
+        return _run_capped(p, timeout, limit)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -938,6 +961,135 @@ def _run(argv, timeout):
         out, _ = p.communicate()
         return None, "timed out after %.0f s: %s" % (timeout, out.decode("utf-8", "replace"))
     return p.returncode, out.decode("utf-8", "replace")
+
+
+def _run_capped(p, timeout, limit):
+    """Read a started process's stdout up to limit bytes or the deadline, then end it."""
+    import select
+    deadline = time.monotonic() + timeout
+    chunks, total, timed_out = [], 0, False
+    fd = p.stdout.fileno()
+    try:
+        while total < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, min(65536, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdout.close()
+        p.wait()
+    out = b"".join(chunks).decode("utf-8", "replace")
+    return (None if timed_out else p.returncode), out
+
+
+# --------------------------------------------------------------------------- units
+#
+# Every service and timer with its state, since when, main PID and its cgroup's memory and CPU:
+# one `systemctl show` of the listed units (argv, no shell) at most every UNITS_TTL seconds,
+# the cgroup files read then too, so a poll never pays for it.
+
+UNIT_PROPERTIES = ("Id", "MainPID", "ControlGroup", "StateChangeTimestampMonotonic", "NRestarts",
+                   "LastTriggerUSecMonotonic", "NextElapseUSecRealtime")
+MAX_DETAILED_UNITS = 1000
+
+
+def parse_unit_show(text):
+    """{unit: {property: value}} from `systemctl show -p ... UNIT...` (blank-line separated blocks)."""
+    out = {}
+    block = {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                out[block["Id"]] = block
+            block = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            block[key] = value
+    return out
+
+
+def _usec_int(value):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def _utc_time(text):
+    """Unix seconds of a systemd timestamp printed under TZ=UTC ("Thu 2026-12-03 02:01:52 UTC")."""
+    import calendar
+    parts = (text or "").split()
+    if len(parts) != 4 or parts[3] != "UTC":
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(parts[1] + " " + parts[2], "%Y-%m-%d %H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def unit_cgroup_usage(roots, control_group):
+    """(memory bytes, cpu ns) of a unit's cgroup (ControlGroup=/system.slice/x.service); None
+    where the hierarchy has no such cgroup (v1 without accounting for it)."""
+    if not control_group or not control_group.startswith("/") or ".." in control_group:
+        return None, None
+    rel = control_group.lstrip("/")
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        mem = _read_int(os.path.join(d, "memory.current"))
+        try:
+            st = _kv_file(os.path.join(d, "cpu.stat"))
+        except OSError:
+            st = {}
+        return mem, (st["usage_usec"] * 1000 if "usage_usec" in st else None)
+    v1 = roots["v1"]
+    mem = _read_int(os.path.join(v1["memory"], rel, "memory.usage_in_bytes")) if "memory" in v1 else None
+    cpu = _read_int(os.path.join(v1["cpuacct"], rel, "cpuacct.usage")) if "cpuacct" in v1 else None
+    return mem, cpu
+
+
+def unit_details(systemctl, names, roots, prev=None, timeout=10.0):
+    """{unit: {"since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse"}}
+    of the named units: one `systemctl show` and their cgroups' files; cpu_percent since prev
+    (a previous result with its "_t" and "_cpu" kept)."""
+    names = [n for n in names if LISTED_UNIT_RE.fullmatch(n)][:MAX_DETAILED_UNITS]
+    if not names:
+        return {}
+    code, out = _run([systemctl, "show", "--no-pager", "-p", ",".join(UNIT_PROPERTIES), "--"] + names,
+                     timeout, stderr=False)
+    if code != 0:
+        raise RuntimeError("systemctl show exited %s" % code)
+    now_mono, now = time.monotonic(), time.time()
+    prev = prev or {}
+    result = {}
+    for unit, p in parse_unit_show(out).items():
+        changed = _usec_int(p.get("StateChangeTimestampMonotonic"))
+        trigger = _usec_int(p.get("LastTriggerUSecMonotonic"))
+        mem, cpu_ns = unit_cgroup_usage(roots, p.get("ControlGroup")) if roots else (None, None)
+        pid = _usec_int(p.get("MainPID"))
+        entry = {"since": round(now - (now_mono - changed / 1e6), 1) if changed else None,
+                 "main_pid": pid if pid and pid <= PID_MAX_LIMIT else None,
+                 "restarts": _usec_int(p.get("NRestarts")) or (0 if p.get("NRestarts") == "0" else None),
+                 "memory": mem, "cpu_percent": None,
+                 "last_trigger": round(now - (now_mono - trigger / 1e6), 1) if trigger else None,
+                 "next_elapse": _utc_time(p.get("NextElapseUSecRealtime")), "_t": now_mono, "_cpu": cpu_ns}
+        before = prev.get(unit)
+        if before and before.get("_cpu") is not None and cpu_ns is not None and cpu_ns >= before["_cpu"] \
+                and now_mono > before["_t"]:
+            entry["cpu_percent"] = round((cpu_ns - before["_cpu"]) / (now_mono - before["_t"]) / 1e7, 2)
+        result[unit] = entry
+    return result
 
 
 _UNIX_HTTP = []
@@ -1974,6 +2126,8 @@ class Collector(object):
     # inventory_hash in all() reuses an inventory at most this old (seconds): collecting
     # it costs about a quarter of a poll, and inventory changes are rare.
     INVENTORY_TTL = 25.0
+    # Unit details (since, main PID, cgroup memory/CPU: one systemctl show) at most this often.
+    UNITS_TTL = 60.0
 
     def __init__(self, proc="/proc", sys="/sys", policy=None, etc="/etc",
                  docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None,
@@ -1993,6 +2147,7 @@ class Collector(object):
         self._inventory_cache = None  # (monotonic time, inventory, hash)
         self._units_lock = threading.Lock()
         self._units = None  # (monotonic time, units or None without systemd, error)
+        self._unit_details = None  # (monotonic time, {unit: details}, Unix time)
         self.containers = ContainerCollector(proc, sys, lxc_path if self.live or lxc_path != DEFAULT_LXC_PATH
                                              else "/nonexistent",
                                              (docker_socket, podman_socket if self.live else None))
@@ -2032,8 +2187,9 @@ class Collector(object):
         return cached[1]
 
     def forget_units(self):
-        """Make the next poll list the units again (after a service action)."""
+        """Make the next poll list the units again, and their details (after a service action)."""
         self._units = None
+        self._unit_details = None
 
     def _systemd(self, watched):
         units = self.units()
@@ -2201,10 +2357,35 @@ class Collector(object):
         return {"timestamp": round(time.time(), 3), "count": len(table), "sort": sort,
                 "processes": out}
 
+    def unit_details(self, policy, units):
+        """(unit details, their Unix time) for the listed units, sampled at most every UNITS_TTL
+        seconds (one systemctl show); the previous sample when a refresh fails."""
+        with self._units_lock:
+            now = time.monotonic()
+            cached = self._unit_details
+            if cached is None or now - cached[0] >= self.UNITS_TTL:
+                exe = systemctl_path(self.systemctl)
+                names = [u["unit"] for u in listed_units(policy, units)]
+                try:
+                    details = unit_details(exe, names, self.containers.roots(),
+                                           cached[1] if cached else None) if exe else {}
+                except Exception:
+                    log.exception("unit details")
+                    details = cached[1] if cached else {}
+                cached = self._unit_details = (now, details, time.time())
+        return cached[1], cached[2]
+
     def services(self):
-        """The /api/services document."""
+        """The /api/services document (units listed at most every SYSTEMD_TTL seconds, their
+        details at most every UNITS_TTL seconds)."""
         policy, _ = self.policy()
-        return services_document(policy, self.units())
+        units = self.units()
+        if units is None:
+            return services_document(policy, None)
+        details, at = self.unit_details(policy, units)
+        doc = services_document(policy, units, details)
+        doc["details_at"] = round(at, 3)
+        return doc
 
     def docker(self):
         """The /api/docker document."""

@@ -320,14 +320,29 @@ def _units(doc: dict, limit: int = 2000) -> list[dict]:
         verbs = u.get("actions") if isinstance(u.get("actions"), list) else []
         out.append({"unit": u["unit"][:256],
                     **{k: u[k][:200] if isinstance(u.get(k), str) else None for k in ("load", "active", "sub", "description")},
+                    "type": u["unit"].rsplit(".", 1)[-1][:32] if "." in u["unit"] else None,
                     "watched": u.get("watched") is True,
-                    "actions": [v for v in VERBS if v in verbs]})
+                    "actions": [v for v in VERBS if v in verbs],
+                    **{k: _finite(u.get(k)) for k in _UNIT_NUMBERS}})
     return out
 
 
+# what the agent's /api/services says of each unit beyond its state (agent 1.2.0; null before)
+_UNIT_NUMBERS = ("since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse")
+
+
+def _finite(value) -> float | int | None:
+    """A host's number if it is a finite, non-negative int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (value == value and abs(value) < 1e18):
+        return None
+    return value if 0 <= value < 2**63 else None
+
+
 def _unit_order(u: dict) -> tuple:
-    # watched first, then failed, then running, then the rest; by name within each
-    rank = 0 if u["watched"] else 1 if u["active"] == "failed" else 2 if u["active"] == "active" else 3
+    # failed first, then watched, then running, then the rest; by name within each
+    rank = 0 if u["active"] == "failed" else 1 if u["watched"] else 2 if u["active"] == "active" else 3
     return (rank, u["unit"])
 
 
@@ -349,7 +364,7 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
         else:
             units = sorted(_units(doc), key=_unit_order)
             return {"server": name, "live": True, "ts": time.time(), "available": doc.get("available") is True,
-                    "units": units, "error": None}
+                    "units": units, "error": None, "details_at": _finite(doc.get("details_at"))}
     elif live:
         error = f"{name} is {server.status}: showing what its last poll said"
     latest = await central.storage.latest_document(server.id)
@@ -363,8 +378,12 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
         if isinstance(u, str):
             entry = units.setdefault(u, {"unit": u[:256], "load": None, "sub": None, "description": None, "actions": []})
             entry.update(watched=True, active=state[:64] if isinstance(state, str) else None)
+    for entry in units.values():
+        entry.setdefault("type", entry["unit"].rsplit(".", 1)[-1] if "." in entry["unit"] else None)
+        for k in _UNIT_NUMBERS:
+            entry.setdefault(k, None)
     return {"server": name, "live": False, "ts": ts, "available": sd.get("available") is True,
-            "units": sorted(units.values(), key=_unit_order), "error": error}
+            "units": sorted(units.values(), key=_unit_order), "error": error, "details_at": None}
 
 
 async def alert_detail(central: Central, alert_id: int) -> dict:

@@ -240,3 +240,29 @@ def test_the_collector_shares_one_engine_listing_between_docker_and_containers(a
     assert [x["name"] for x in doc["docker"]["containers"]] == ["db", "old", "web"]
     assert by_name(doc["containers"])["web"]["health"] == "healthy"
     assert engine.requests.count("/containers/json?all=1") == 1
+
+
+# --- units (systemctl show, captured from a real Debian 12 container: tests/data/systemd/README.md)
+
+def test_systemctl_show_output_of_a_real_debian_12_container(agent):
+    from tests.agentutil import DATA
+
+    with open(os.path.join(DATA, "systemd", "show-debian12.txt")) as fh:
+        units = agent.parse_unit_show(fh.read())
+    assert sorted(units) == ["apt-daily.timer", "cron.service", "nonexist.service", "ssh.service"]
+    assert units["cron.service"]["MainPID"] == "52" and units["cron.service"]["ControlGroup"] == "/system.slice/cron.service"
+    assert agent._utc_time(units["apt-daily.timer"]["NextElapseUSecRealtime"]) == 1796263312.0  # 2026-12-03 02:01:52Z
+    assert agent._usec_int(units["apt-daily.timer"]["LastTriggerUSecMonotonic"]) is None  # 0: never
+    assert agent._usec_int(units["nonexist.service"]["MainPID"]) is None
+    assert agent._utc_time("Thu 2026-12-03 02:01:52 CET") is None  # only what TZ=UTC prints
+
+
+def test_unit_cgroup_usage_on_v2_and_refused_paths(agent, tmp_path):
+    proc, sys, lxc = v2_host(tmp_path)
+    roots = agent.cgroup_roots(proc, sys)
+    cg = sys + "/fs/cgroup/system.slice/cron.service"
+    write(cg + "/memory.current", "4096\n")
+    write(cg + "/cpu.stat", "usage_usec 7\n")
+    assert agent.unit_cgroup_usage(roots, "/system.slice/cron.service") == (4096, 7000)
+    assert agent.unit_cgroup_usage(roots, "/../../etc") == (None, None)
+    assert agent.unit_cgroup_usage(roots, "") == (None, None)

@@ -185,21 +185,31 @@ async def server_processes(call: Call) -> dict:
 
 UNIT = obj({"unit": string(), "load": nullable(string()), "active": nullable(string()), "sub": nullable(string()),
             "description": nullable(string()), "watched": boolean(),
+            "type": nullable(string(description="service, timer, or the type of a watched unit")),
+            "since": nullable(number(description="When the unit last changed state (Unix time).")),
+            "main_pid": nullable(integer()), "restarts": nullable(integer(description="systemd's NRestarts.")),
+            "memory": nullable(number(description="Bytes its cgroup uses.")),
+            "cpu_percent": nullable(number(description="Its cgroup's CPU, percent of one core, between the last two samples.")),
+            "last_trigger": nullable(number(description="A timer's last run (Unix time).")),
+            "next_elapse": nullable(number(description="A calendar timer's next run (Unix time).")),
             "actions": array(string(enum=["start", "stop", "restart"]),
                              description="The verbs the host policy allows on this unit.")},
            required=["unit", "active", "watched", "actions"], closed=False)
 
 
-@endpoints.get("/api/v1/servers/{name}/services", summary="The host's systemd services and the actions allowed on each",
+@endpoints.get("/api/v1/servers/{name}/services", summary="The host's systemd services and timers and the actions allowed on each",
                role=VIEWER, path_params={"name": NAME},
                query={"live": boolean(default=True, description="Ask the host (false: what the last poll said).")},
                response=obj({"server": string(), "live": boolean(), "ts": NUM, "available": boolean(),
-                             "units": array(UNIT), "error": nullable(string())},
+                             "units": array(UNIT), "error": nullable(string()),
+                             "details_at": nullable(number(description="When the host last sampled the units' details."))},
                             required=["server", "live", "ts", "available", "units", "error"]))
 async def server_services(call: Call) -> dict:
-    """Watched units first, then failed, running and the rest. Asked of the host's agent (which
-    lists units at most every 10 s); when the server does not answer, the failed and watched units
-    of its last poll with no actions, `live` false and `error` saying why."""
+    """Failed units first, then watched, running and the rest; services and timers, each with when it
+    last changed state, its main PID and its cgroup's memory and CPU. Asked of the host's agent (which
+    lists units at most every 10 s and samples their details at most every 60 s); when the server does
+    not answer, the failed and watched units of its last poll with no actions, `live` false and `error`
+    saying why."""
     return await views.server_services(call.central, call.path["name"], live=call.query["live"])
 
 
