@@ -1,4 +1,4 @@
-"""The HTML pages: login, overview (/), one server (/servers/NAME), alerts (/alerts).
+"""The HTML pages: login, overview (/), one server (/servers/NAME) and its containers, alerts (/alerts).
 
 Server-rendered jinja2 templates over the same data functions the JSON API returns (views,
 service, alerts, actions); the page's JavaScript (static files only: the Content-Security-Policy
@@ -281,7 +281,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 # The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
 # describes the JSON API).
-PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "alert_page", "actions_page",
+PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "container_page", "alerts_page", "alert_page", "actions_page",
                     "favicon", "static",
                     "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
