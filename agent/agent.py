@@ -36,7 +36,8 @@ executed by the agent itself under a host-side JSON policy file (``--policy``, d
      "container_patterns": ["*"],
      "protected_containers": [],
      "watched_units": [],
-     "watched_processes": []}
+     "watched_processes": [],
+     "logs": true}
 
 Why this default when the file is absent: the actions are fixed verbs on named objects
 (no shell, no arguments of the caller's choosing reach a command line), every request is
@@ -97,6 +98,7 @@ DEFAULT_POLICY = {
     "protected_containers": [],
     "watched_units": [],
     "watched_processes": [],
+    "logs": True,
 }
 
 UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
@@ -992,6 +994,135 @@ def _run_capped(p, timeout, limit):
     return (None if timed_out else p.returncode), out
 
 
+# --------------------------------------------------------------------------- logs
+#
+# The last lines of a unit's journal or of a container's log, on demand (GET /api/logs): the
+# journal through `journalctl -o json` (argv, no shell), a Docker container's through the
+# Engine's logs endpoint, an LXC container's from its own journal files (seen through
+# /proc/PID/root of its init, so nothing runs inside it). Capped in lines and bytes; the host
+# policy's "logs": false refuses it.
+
+LOG_LINES_DEFAULT = 100
+LOG_LINES_MAX = 1000
+LOG_MESSAGE_CHARS = 2000
+LOG_BYTES_MAX = 512 * 1024  # of the answer's messages together
+LOG_READ_MAX = 8 << 20  # what is read of journalctl's or the Engine's output at most
+
+
+def _journal_entry(record):
+    """{"ts", "priority", "identifier", "pid", "message"} of one journalctl -o json record."""
+    msg = record.get("MESSAGE")
+    if isinstance(msg, list):  # a message that is not UTF-8 comes as a list of byte values
+        try:
+            msg = bytes(b for b in msg if isinstance(b, int) and 0 <= b < 256).decode("utf-8", "replace")
+        except ValueError:
+            msg = None
+    ts = _usec_int(record.get("__REALTIME_TIMESTAMP"))
+    prio = _usec_int(record.get("PRIORITY"))
+    pid = _usec_int(record.get("_PID") or record.get("SYSLOG_PID"))
+    ident = record.get("SYSLOG_IDENTIFIER") or record.get("_COMM")
+    return {"ts": round(ts / 1e6, 6) if ts else None,
+            "priority": prio if prio is not None else (0 if record.get("PRIORITY") == "0" else None),
+            "identifier": ident[:200] if isinstance(ident, str) else None,
+            "pid": pid if pid and pid <= PID_MAX_LIMIT else None,
+            "message": msg[:LOG_MESSAGE_CHARS] if isinstance(msg, str) else None}
+
+
+def _cap_lines(entries):
+    """The newest entries that fit LOG_BYTES_MAX together (oldest first); (entries, truncated)."""
+    out, total = [], 0
+    for e in reversed(entries):
+        size = len(e.get("message") or "") + 64
+        if total + size > LOG_BYTES_MAX:
+            return list(reversed(out)), True
+        out.append(e)
+        total += size
+    return list(reversed(out)), False
+
+
+def journal_lines(journalctl, lines, unit=None, directory=None, timeout=15.0):
+    """The last lines of a unit's journal (or of a whole journal directory), oldest first."""
+    argv = [journalctl, "--no-pager", "-o", "json", "-n", str(int(lines))]
+    if directory:
+        argv += ["-D", directory]
+    if unit:
+        argv += ["-u", unit]
+    code, out = _run(argv, timeout, stderr=False, limit=LOG_READ_MAX)
+    if code not in (0, None) and not out:
+        raise ActionError(502, "agent_error", "journalctl exited %s" % code)
+    entries = []
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the read limit
+        if isinstance(record, dict):
+            entries.append(_journal_entry(record))
+    return entries[-lines:]
+
+
+def docker_log_lines(sock_path, container, lines, timeout=15.0):
+    """The last lines of a Docker container's log (stdout and stderr, with the Engine's timestamps)."""
+    import http.client
+    conn = _unix_http_class()(sock_path, timeout)
+    try:
+        conn.request("GET", "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&tail=%d"
+                     % (quote(container, safe=""), lines), headers={"Host": "docker"})
+        resp = conn.getresponse()
+        raw = resp.read(LOG_READ_MAX)
+        if resp.status == 404:
+            raise ActionError(404, "not_found", "no container %r" % container)
+        if resp.status != 200:
+            raise ActionError(502, "agent_error", "docker API answered %s" % resp.status)
+        # without a TTY the Engine multiplexes stdout and stderr in frames: 1 byte stream, 3 zero bytes, size
+        tty = not (len(raw) >= 8 and raw[0] in (0, 1, 2) and raw[1:4] == b"\x00\x00\x00")
+    except (OSError, http.client.HTTPException) as e:
+        raise ActionError(503, "unavailable", "docker API on %s: %s" % (sock_path, e))
+    finally:
+        conn.close()
+    entries = []
+    for stream, text in _docker_frames(raw, tty):
+        for line in text.splitlines():
+            stamp, _, message = line.partition(" ")
+            entries.append({"ts": _rfc3339(stamp), "priority": 3 if stream == 2 else 6,
+                            "identifier": "stderr" if stream == 2 else "stdout", "pid": None,
+                            "message": message[:LOG_MESSAGE_CHARS]})
+    return entries[-lines:]
+
+
+def _docker_frames(raw, tty):
+    """[(stream, text)] of the Engine's multiplexed log stream (8-byte headers), or the raw text."""
+    if tty:
+        return [(1, raw.decode("utf-8", "replace"))]
+    out, i = [], 0
+    while i + 8 <= len(raw):
+        stream, size = raw[i], struct.unpack(">I", raw[i + 4:i + 8])[0]
+        out.append((stream, raw[i + 8:i + 8 + size].decode("utf-8", "replace")))
+        i += 8 + size
+    return out
+
+
+def _rfc3339(stamp):
+    """Unix seconds of the Engine's 2024-01-02T03:04:05.123456789Z timestamps, None otherwise."""
+    import calendar
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z\Z", stamp)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
+
+
+def lxc_journal_dir(proc, pid):
+    """The journal directory of an LXC container, through its init's root: persistent first."""
+    for sub in ("var/log/journal", "run/log/journal"):
+        d = os.path.join(proc, str(pid), "root", sub)
+        try:
+            if any(os.scandir(d)):
+                return d
+        except OSError:
+            continue
+    return None
+
+
 # --------------------------------------------------------------------------- units
 #
 # Every service and timer with its state, since when, main PID and its cgroup's memory and CPU:
@@ -1869,6 +2000,10 @@ def _merge_policy(data):
                     raise ValueError("actions.%s must be one of kill/service/docker with a "
                                      "boolean value" % k)
                 pol["actions"][k] = v
+        elif key == "logs":
+            if not isinstance(value, bool):
+                raise ValueError("logs must be true or false")
+            pol[key] = value
         else:
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ValueError("%s must be a list of strings" % key)
@@ -2374,6 +2509,54 @@ class Collector(object):
                     details = cached[1] if cached else {}
                 cached = self._unit_details = (now, details, time.time())
         return cached[1], cached[2]
+
+    def logs(self, query):
+        """The /api/logs document: the last lines of a unit's journal (unit=NAME) or of a container's
+        log (container=NAME), lines=N (1 to LOG_LINES_MAX). Raises ActionError."""
+        policy, _ = self.policy()
+        if not policy.get("logs", True):
+            raise ActionError(403, "forbidden", "the host policy turns logs off (\"logs\": false)")
+        unit, container, lines = (query.get(k, [None])[-1] for k in ("unit", "container", "lines"))
+        if (unit is None) == (container is None):
+            raise ActionError(400, "bad_request", "give unit or container")
+        if lines is None:
+            lines = LOG_LINES_DEFAULT
+        elif lines.isdigit() and 1 <= int(lines) <= LOG_LINES_MAX:
+            lines = int(lines)
+        else:
+            raise ActionError(400, "bad_request", "lines: must be an integer from 1 to %d" % LOG_LINES_MAX)
+        journalctl = _which("journalctl")
+        if unit is not None:
+            if not LISTED_UNIT_RE.fullmatch(unit) or ".." in unit or unit.startswith("-"):
+                raise ActionError(400, "bad_request", "unit: not a unit name")
+            if systemctl_path(self.systemctl) is None or journalctl is None:
+                raise ActionError(404, "not_found", "no systemd journal on this host")
+            source, name = "journal", _unit_key(unit)
+            entries = journal_lines(journalctl, lines, unit=name)
+        else:
+            if not CONTAINER_RE.fullmatch(container):
+                raise ActionError(400, "bad_request", "container: not a container name")
+            source, name, entries = self._container_logs(container, lines, journalctl)
+        entries, cut = _cap_lines(entries)
+        return {"source": source, "name": name, "lines": entries, "count": len(entries),
+                "truncated": cut, "timestamp": round(time.time(), 3)}
+
+    def _container_logs(self, container, lines, journalctl):
+        doc = self.containers.collect(docker_list(self.docker_socket) if docker_usable(self.docker_socket) else None)
+        found = [c for c in doc["containers"] if container in (c["name"], c["id"])]
+        if not found:
+            raise ActionError(404, "not_found", "no container %r on this host" % container)
+        c = found[0]
+        if c["engine"] == "docker":
+            return "docker", c["name"], docker_log_lines(self.docker_socket, c["id"] or c["name"], lines)
+        if c["engine"] == "lxc":
+            cached = self.containers._init.get(("lxc", c["name"]))
+            directory = lxc_journal_dir(self.proc, cached[0]) if cached else None
+            if directory is None or journalctl is None:
+                raise ActionError(404, "not_found", "container %r has no journal to read (not running, or no "
+                                  "systemd journal inside)" % container)
+            return "lxc-journal", c["name"], journal_lines(journalctl, lines, directory=directory)
+        raise ActionError(404, "not_found", "logs of %s containers are not read here" % c["engine"])
 
     def services(self):
         """The /api/services document (units listed at most every SYSTEMD_TTL seconds, their
@@ -3270,7 +3453,7 @@ class Agent(object):
     """Routes HTTP requests to a Collector."""
 
     GET_ROUTES = ("/api/health", "/api/all", "/api/system", "/api/processes",
-                  "/api/services", "/api/docker", "/api/inventory")
+                  "/api/services", "/api/docker", "/api/inventory", "/api/logs")
     POST_ROUTES = ("/api/actions/kill", "/api/actions/service", "/api/actions/docker")
 
     def __init__(self, collector, host_log=None):
@@ -3283,7 +3466,7 @@ class Agent(object):
             if req.method != "GET":
                 return 405, {"error": "method_not_allowed", "detail": "use GET"}, \
                     [("Allow", "GET")]
-            return self.get(path, req.query)
+            return self.get(path, req.query, req)
         if path in self.POST_ROUTES:
             if req.method != "POST":
                 return 405, {"error": "method_not_allowed", "detail": "use POST"}, \
@@ -3291,9 +3474,21 @@ class Agent(object):
             return self.post(path.rsplit("/", 1)[1], req)
         return 404, {"error": "not_found", "detail": "no such endpoint %s" % path[:100]}, ()
 
-    def get(self, path, query):
-        """Serve one GET endpoint."""
+    def get(self, path, query, req=None):
+        """Serve one GET endpoint (a log read is written to the host's log, as actions are)."""
         c = self.collector
+        if path == "/api/logs":
+            try:
+                status, payload = 200, c.logs(query or {})
+            except ActionError as e:
+                status, payload = e.status, {"error": e.code, "detail": e.detail}
+            what = " ".join("%s=%s" % (k, inert(json.dumps((query or {}).get(k, [None])[-1]), 120))
+                            for k in ("unit", "container", "lines") if (query or {}).get(k))
+            who = "by %s" % _peer_text(req.peer_uid) if req is not None else "in-process"
+            result = ("ok %d lines" % payload["count"]) if status == 200 else "refused %d %s: %s" % (
+                status, payload.get("error"), inert(payload.get("detail") or "", 300))
+            self.host_log.event(LOG_NOTICE if status == 200 else LOG_WARNING, "logs %s %s -> %s" % (what, who, result))
+            return status, payload, ()
         try:
             return 200, endpoint(c, path, query), ()
         except ValueError as e:
