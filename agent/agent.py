@@ -1123,6 +1123,216 @@ def lxc_journal_dir(proc, pid):
     return None
 
 
+# --------------------------------------------------------------------------- hardware
+#
+# Temperatures and fans (hwmon, thermal zones: file reads per poll, no spawn), SMART health
+# (`smartctl --json`, at most every SMART_TTL seconds, in a thread of its own so no poll waits
+# for it) and GPUs (`nvidia-smi --query-gpu` at most every GPU_TTL seconds, likewise; AMD from
+# sysfs per poll). A section without anything to read says `available: false` and why; a tool
+# that is not installed is looked up once and never run.
+
+MAX_SENSORS = 64
+SMART_TTL = 1800.0
+GPU_TTL = 60.0
+NVIDIA_FIELDS = ("index", "name", "uuid", "utilization.gpu", "memory.used", "memory.total", "temperature.gpu",
+                 "power.draw", "power.limit")
+
+
+def _milli(path):
+    value = _read_int(path)
+    return None if value is None else round(value / 1000.0, 1)
+
+
+def collect_sensors(sys="/sys"):
+    """{"available", "reason", "temperatures": [{"name", "label", "celsius", "high", "critical"}],
+    "fans": [{"name", "label", "rpm"}]} from hwmon chips and thermal zones."""
+    temps, fans = [], []
+    hw = os.path.join(sys, "class", "hwmon")
+    try:
+        chips = sorted(os.listdir(hw))
+    except OSError:
+        chips = []
+    for chip in chips:
+        d = os.path.join(hw, chip)
+        name = _read_opt(os.path.join(d, "name")) or chip
+        try:
+            files = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for f in files:
+            m = re.match(r"(temp|fan)(\d+)_input\Z", f)
+            if not m or len(temps) + len(fans) >= MAX_SENSORS:
+                continue
+            base = os.path.join(d, m.group(1) + m.group(2))
+            label = _read_opt(base + "_label") or "%s%s" % (m.group(1), m.group(2))
+            if m.group(1) == "temp":
+                celsius = _milli(base + "_input")
+                if celsius is not None:
+                    temps.append({"name": name[:64], "label": label[:64], "celsius": celsius,
+                                  "high": _milli(base + "_max"), "critical": _milli(base + "_crit")})
+            else:
+                rpm = _read_int(base + "_input")
+                if rpm is not None:
+                    fans.append({"name": name[:64], "label": label[:64], "rpm": rpm})
+    th = os.path.join(sys, "class", "thermal")
+    try:
+        zones = sorted(z for z in os.listdir(th) if z.startswith("thermal_zone"))
+    except OSError:
+        zones = []
+    for zone in zones:
+        d = os.path.join(th, zone)
+        celsius = _milli(os.path.join(d, "temp"))
+        if celsius is None or len(temps) >= MAX_SENSORS:
+            continue
+        critical = None
+        for i in range(16):
+            kind = _read_opt(os.path.join(d, "trip_point_%d_type" % i))
+            if kind is None:
+                break
+            if kind == "critical":
+                critical = _milli(os.path.join(d, "trip_point_%d_temp" % i))
+        temps.append({"name": zone[:64], "label": (_read_opt(os.path.join(d, "type")) or zone)[:64],
+                      "celsius": celsius, "high": None, "critical": critical})
+    available = bool(temps or fans)
+    return {"available": available,
+            "reason": None if available else "no hwmon sensors or thermal zones in %s/class" % sys,
+            "temperatures": temps, "fans": fans}
+
+
+def parse_smartctl(doc):
+    """One disk's figures from `smartctl --json -a DEV`: {"device", "model", "serial", "passed",
+    "temperature", "reallocated", "pending", "percentage_used", "media_errors", "power_on_hours",
+    "error"}."""
+    dev = doc.get("device") if isinstance(doc.get("device"), dict) else {}
+    status = doc.get("smart_status") if isinstance(doc.get("smart_status"), dict) else {}
+    temp = doc.get("temperature") if isinstance(doc.get("temperature"), dict) else {}
+    attrs = {}
+    table = (doc.get("ata_smart_attributes") or {}).get("table") if isinstance(doc.get("ata_smart_attributes"), dict) else None
+    for a in table or []:
+        if isinstance(a, dict) and isinstance(a.get("raw"), dict):
+            attrs[a.get("id")] = a["raw"].get("value")
+    nvme = doc.get("nvme_smart_health_information_log")
+    nvme = nvme if isinstance(nvme, dict) else {}
+    poh = doc.get("power_on_time") if isinstance(doc.get("power_on_time"), dict) else {}
+    messages = (doc.get("smartctl") or {}).get("messages") if isinstance(doc.get("smartctl"), dict) else None
+    errors = [m.get("string") for m in messages or [] if isinstance(m, dict) and m.get("severity") == "error"]
+
+    def num(v):
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    return {"device": dev.get("name") if isinstance(dev.get("name"), str) else None,
+            "model": doc.get("model_name") if isinstance(doc.get("model_name"), str) else None,
+            "serial": doc.get("serial_number") if isinstance(doc.get("serial_number"), str) else None,
+            "passed": status.get("passed") if isinstance(status.get("passed"), bool) else None,
+            "temperature": num(temp.get("current")),
+            "reallocated": num(attrs.get(5)), "pending": num(attrs.get(197)),
+            "percentage_used": num(nvme.get("percentage_used")), "media_errors": num(nvme.get("media_errors")),
+            "power_on_hours": num(poh.get("hours")),
+            "error": "; ".join(e for e in errors if isinstance(e, str))[:200] or None}
+
+
+def collect_smart(smartctl, timeout=30.0):
+    """Every disk `smartctl --scan` finds, each from `smartctl --json -a DEV` (argv, no shell)."""
+    code, out = _run([smartctl, "--scan", "--json"], timeout, stderr=False)
+    try:
+        scan = json.loads(out)
+    except ValueError:
+        raise RuntimeError("smartctl --scan exited %s without JSON" % code)
+    disks = []
+    for d in (scan.get("devices") or [])[:MAX_DISKS_SMART]:
+        name = d.get("name") if isinstance(d, dict) else None
+        if not isinstance(name, str) or not re.match(r"/dev/[A-Za-z0-9/_-]{1,64}\Z", name):
+            continue
+        argv = [smartctl, "--json", "-a", name]
+        if isinstance(d.get("type"), str) and re.match(r"[a-z0-9+,]{1,32}\Z", d["type"]):
+            argv[3:3] = ["-d", d["type"]]
+        code, out = _run(argv, timeout, stderr=False)
+        try:
+            disks.append(parse_smartctl(json.loads(out)))
+        except ValueError:
+            disks.append({"device": name, "error": "smartctl exited %s without JSON" % code})
+    return disks
+
+
+MAX_DISKS_SMART = 32
+
+
+def parse_nvidia_smi(text):
+    """GPUs from `nvidia-smi --query-gpu=<NVIDIA_FIELDS> --format=csv,noheader,nounits`."""
+    gpus = []
+    for line in text.splitlines():
+        f = [x.strip() for x in line.split(",")]
+        if len(f) != len(NVIDIA_FIELDS):
+            continue
+
+        def num(v):
+            try:
+                return float(v)
+            except ValueError:
+                return None  # "[N/A]", "[Not Supported]"
+        mem_used, mem_total = num(f[4]), num(f[5])
+        gpus.append({"vendor": "nvidia", "index": int(f[0]) if f[0].isdigit() else None, "name": f[1][:100],
+                     "id": f[2][:64], "utilization": num(f[3]),
+                     "memory_used": int(mem_used * 1048576) if mem_used is not None else None,
+                     "memory_total": int(mem_total * 1048576) if mem_total is not None else None,
+                     "temperature": num(f[6]), "power": num(f[7]), "power_limit": num(f[8])})
+    return gpus
+
+
+def collect_amd_gpus(sys="/sys"):
+    """AMD GPUs from the amdgpu driver's sysfs files (busy percent, VRAM, hwmon temperature, power)."""
+    out = []
+    drm = os.path.join(sys, "class", "drm")
+    try:
+        cards = sorted(c for c in os.listdir(drm) if re.match(r"card\d+\Z", c))
+    except OSError:
+        return out
+    for card in cards:
+        dev = os.path.join(drm, card, "device")
+        if _read_opt(os.path.join(dev, "vendor")) != "0x1002":
+            continue
+        temp = power = None
+        try:
+            for h in os.listdir(os.path.join(dev, "hwmon")):
+                temp = _milli(os.path.join(dev, "hwmon", h, "temp1_input"))
+                watts = _read_int(os.path.join(dev, "hwmon", h, "power1_average"))
+                power = round(watts / 1e6, 1) if watts is not None else None
+        except OSError:
+            pass
+        out.append({"vendor": "amd", "index": int(card[4:]), "name": card, "id": None,
+                    "utilization": _read_int(os.path.join(dev, "gpu_busy_percent")),
+                    "memory_used": _read_int(os.path.join(dev, "mem_info_vram_used")),
+                    "memory_total": _read_int(os.path.join(dev, "mem_info_vram_total")),
+                    "temperature": temp, "power": power, "power_limit": None})
+    return out
+
+
+class SlowTool(object):
+    """A tool's answer refreshed at most every ttl seconds in a thread of its own, so that no
+    poll waits for it: a poll gets the last answer (`sampled_at` says when)."""
+
+    def __init__(self, fn, ttl):
+        self.fn, self.ttl = fn, ttl
+        self._lock = threading.Lock()
+        self._at = None  # monotonic time of the last start
+        self._result = None  # (Unix time, value, error)
+
+    def get(self):
+        with self._lock:
+            now = time.monotonic()
+            if self._at is None or now - self._at >= self.ttl:
+                self._at = now
+                threading.Thread(target=self._refresh, name="agent-slow-tool", daemon=True).start()
+            return self._result
+
+    def _refresh(self):
+        try:
+            result = (time.time(), self.fn(), None)
+        except Exception as e:  # kept until the next refresh
+            result = (time.time(), None, "%s: %s" % (type(e).__name__, e))
+        with self._lock:
+            self._result = result
+
+
 # --------------------------------------------------------------------------- units
 #
 # Every service and timer with its state, since when, main PID and its cgroup's memory and CPU:
@@ -2283,6 +2493,7 @@ class Collector(object):
         self._units_lock = threading.Lock()
         self._units = None  # (monotonic time, units or None without systemd, error)
         self._unit_details = None  # (monotonic time, {unit: details}, Unix time)
+        self._tools = {}  # "smart", "nvidia": SlowTool, made on first use when the tool exists
         self.containers = ContainerCollector(proc, sys, lxc_path if self.live or lxc_path != DEFAULT_LXC_PATH
                                              else "/nonexistent",
                                              (docker_socket, podman_socket if self.live else None))
@@ -2436,9 +2647,59 @@ class Collector(object):
                           lambda: self._processes_summary(state, policy))
             self._section(doc, errors, "systemd", lambda: self._systemd(policy["watched_units"]))
             self._docker_and_containers(doc, errors)
+            self._section(doc, errors, "sensors", lambda: collect_sensors(self.sys))
+            self._section(doc, errors, "smart", self.smart)
+            self._section(doc, errors, "gpus", self.gpus)
             self._section(doc, errors, "inventory_hash", self._inventory_hash)
             doc["errors"] = errors
             return doc
+
+    def _tool(self, key, program, fn, ttl):
+        """The SlowTool of a program, None when it is not installed (looked up once, never run)."""
+        if key not in self._tools:
+            exe = _which(program) if self.live else None
+            self._tools[key] = SlowTool(lambda: fn(exe), ttl) if exe else None
+        return self._tools[key]
+
+    def smart(self):
+        """The smart section: disks' health from smartctl, sampled every SMART_TTL seconds."""
+        tool = self._tool("smart", "smartctl", collect_smart, SMART_TTL)
+        if tool is None:
+            return {"available": False, "reason": "smartctl is not installed (smartmontools)",
+                    "sampled_at": None, "disks": []}
+        got = tool.get()
+        if got is None:
+            return {"available": False, "reason": "first sample under way", "sampled_at": None, "disks": []}
+        at, disks, error = got
+        if error is not None:
+            return {"available": False, "reason": error[:200], "sampled_at": round(at, 3), "disks": []}
+        return {"available": bool(disks), "reason": None if disks else "smartctl --scan finds no disk",
+                "sampled_at": round(at, 3), "disks": disks}
+
+    def gpus(self):
+        """The gpus section: NVIDIA from nvidia-smi (every GPU_TTL seconds), AMD from sysfs."""
+        gpus, reasons, at = collect_amd_gpus(self.sys), [], None
+
+        def query(exe):
+            code, out = _run([exe, "--query-gpu=" + ",".join(NVIDIA_FIELDS), "--format=csv,noheader,nounits"],
+                             15.0, stderr=False)
+            if code != 0:
+                raise RuntimeError("nvidia-smi exited %s" % code)
+            return parse_nvidia_smi(out)
+        tool = self._tool("nvidia", "nvidia-smi", query, GPU_TTL)
+        if tool is None:
+            reasons.append("nvidia-smi is not installed")
+        else:
+            got = tool.get()
+            if got is not None:
+                at = round(got[0], 3)
+                if got[2]:
+                    reasons.append(got[2][:200])
+                gpus.extend(got[1] or [])
+        if not gpus:
+            reasons.append("no amdgpu card in %s/class/drm" % self.sys)
+        return {"available": bool(gpus), "reason": None if gpus else "; ".join(reasons), "sampled_at": at,
+                "gpus": gpus[:16]}
 
     def _docker_and_containers(self, doc, errors):
         """The docker and containers sections from one Engine listing per poll."""

@@ -403,6 +403,12 @@ class AlertEngine:
                     for unit, state in facts.get("units", {}).items()]
         if metric == "process.watched":
             return [(name, count, None) for name, count in facts.get("watched_processes", {}).items()]
+        if metric == "sensor.over_critical":
+            return [(label, round(c - crit, 1), None) for label, c, crit in facts.get("sensors", ())
+                    if c is not None and crit is not None]
+        if metric == "smart.failing":
+            return [(dev, 1.0 if passed is False else 0.0, None) for dev, passed in facts.get("smart", {}).items()
+                    if passed is not None]
         if metric.startswith("container."):
             return self._container_values(metric, server_id, facts, cache)
         if metric in ("network.errors", "network.drops"):

@@ -46,6 +46,9 @@ MAX_UNITS = 256  # systemd.failed, systemd.watched, processes.watched
 MAX_CONTAINERS = 200  # docker.containers
 MAX_CONTAINER_ENTRIES = 100  # containers.containers (the agent sends at most 100 too)
 MAX_ERRORS = 32
+MAX_SENSORS = 64  # sensors.temperatures, sensors.fans
+MAX_SMART_DISKS = 32
+MAX_GPUS = 16
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -280,6 +283,7 @@ RATE = Num(0, MAX_RATE)
 COUNT = Int(0, MAX_COUNT)
 NAME = Str(NAME_CHARS)
 SHORT = Str(SHORT_CHARS)
+TEMPERATURE = Num(-273.15, 1000.0)  # degrees Celsius
 
 PROCESS = Obj(
     pid=Int(1, MAX_PID), start_time=BYTES, user=NAME, name=NAME, cmdline=Str(CMDLINE_CHARS),
@@ -322,6 +326,18 @@ SCHEMA = Obj(
                containers=List(Obj(name=NAME, id=SHORT, image=NAME, state=SHORT, status=NAME), MAX_CONTAINERS)),
     containers=Obj(available=Bool(), reason=NAME, cgroup=Int(1, 2), count=COUNT,
                    containers=List(CONTAINER, MAX_CONTAINER_ENTRIES)),
+    sensors=Obj(available=Bool(), reason=NAME,
+                temperatures=List(Obj(name=SHORT, label=SHORT, celsius=TEMPERATURE, high=TEMPERATURE,
+                                      critical=TEMPERATURE), MAX_SENSORS),
+                fans=List(Obj(name=SHORT, label=SHORT, rpm=Int(0, 1_000_000)), MAX_SENSORS)),
+    smart=Obj(available=Bool(), reason=NAME, sampled_at=Num(0, MAX_TIME),
+              disks=List(Obj(device=NAME, model=NAME, serial=SHORT, passed=Bool(), temperature=Int(0, 1000),
+                             reallocated=BYTES, pending=BYTES, percentage_used=Int(0, 1000), media_errors=BYTES,
+                             power_on_hours=BYTES, error=NAME), MAX_SMART_DISKS)),
+    gpus=Obj(available=Bool(), reason=NAME, sampled_at=Num(0, MAX_TIME),
+             gpus=List(Obj(vendor=SHORT, index=Int(0, 1024), name=NAME, id=SHORT, utilization=PERCENT,
+                           memory_used=BYTES, memory_total=BYTES, temperature=TEMPERATURE, power=Num(0, 1e5),
+                           power_limit=Num(0, 1e5)), MAX_GPUS)),
     inventory_hash=Str(128),
     errors=Map(NAME, MAX_ERRORS),
 )

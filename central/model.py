@@ -194,6 +194,8 @@ ALERT_METRICS: dict[str, AlertMetric] = {a.name: a for a in (
     AlertMetric("container.running", "boolean", label="container"),  # 1 running, 0 not (exited, stopped)
     AlertMetric("container.healthy", "boolean", label="container"),  # 0 when the healthcheck says unhealthy
     AlertMetric("container.restarts", "count", label="container"),  # restarts since the previous poll
+    AlertMetric("sensor.over_critical", "celsius", label="sensor"),  # degrees above the sensor's own critical mark
+    AlertMetric("smart.failing", "boolean", label="disk"),  # 1 when SMART's overall assessment is failed
     *_poll_metrics(),
 )}
 POLL_METRICS = tuple(a.name for a in ALERT_METRICS.values() if a.reasons)
@@ -257,6 +259,10 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
                 "container {label} on {server} is {state}"),
     BuiltinRule("container_unhealthy", "container.healthy", "<", 1.0, 60.0, "warning",
                 "container {label} on {server} is unhealthy ({state})"),
+    BuiltinRule("temperature_critical", "sensor.over_critical", ">=", 0.0, 0.0, "critical",
+                "sensor {label} on {server} is at or above its critical temperature ({value} °C over it)"),
+    BuiltinRule("disk_failing", "smart.failing", ">=", 1.0, 0.0, "critical",
+                "disk {label} on {server}: SMART says it is failing"),
     BuiltinRule("container_restarting", "container.restarts", ">=", 1.0, 0.0, "warning",
                 "container {label} on {server} restarted {value} times since the previous poll ({state})"),
 )}

@@ -201,6 +201,14 @@ def extract_facts(doc: dict) -> dict:
         "watched_processes": _state_map(procs.get("watched")),  # {name: count}, agent policy
         "collector_errors": len(errors) if isinstance(errors, dict) else 0,
         "containers": _container_facts(doc),
+        # [[label, celsius, critical], ...] of sensors with a critical mark
+        "sensors": [[_text(t.get("label"), 64) or _text(t.get("name"), 64) or "?", _num(t.get("celsius")),
+                     _num(t.get("critical"))]
+                    for t in (_get(doc, "sensors").get("temperatures") or [])[:64]
+                    if isinstance(t, dict) and _num(t.get("critical")) is not None],
+        # {device: passed} of the disks smartctl reports on
+        "smart": {d["device"][:_MAX_TEXT]: d.get("passed") for d in (_get(doc, "smart").get("disks") or [])[:32]
+                  if isinstance(d, dict) and isinstance(d.get("device"), str)},
     }
 
 

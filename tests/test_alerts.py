@@ -45,7 +45,7 @@ class Recorder:
         return sum(1 for e, a in self.events if e == event and (rule is None or a["rule"] == rule))
 
 
-def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=(), containers=None):
+def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=(), containers=None, hardware=None):
     """A minimal valid agent document."""
     d = {
         "agent": {"version": "1.0.0", "sha256": "x"}, "timestamp": 1.0, "hostname": "h",
@@ -60,6 +60,8 @@ def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=(
         d["systemd"] = {"available": True, "failed": [], "watched": units}
     if watched is not None:
         d["processes"]["watched"] = watched
+    if hardware is not None:
+        d.update(hardware)
     if containers is not None:
         d["containers"] = {"available": True, "reason": None, "cgroup": 2, "count": len(containers),
                            "containers": containers}
@@ -530,3 +532,21 @@ async def test_container_rules_stopped_unhealthy_restarting_and_a_name_selector(
     assert ("resolved", "container_stopped", "web") in [(e, a["rule"], a["label"]) for e, a in rec.events]
     assert any(st.rule == "container_restarting" and st.label == "db1" and st.state == "firing"
                for st in engine.states.values())
+
+
+async def test_a_sensor_over_its_critical_mark_and_a_failing_disk_are_critical_at_once(storage):
+    clock = Clock()
+    engine, rec, by_id = await make_engine(storage, clock)
+    hot = {"sensors": {"available": True, "temperatures": [
+               {"name": "coretemp", "label": "Package id 0", "celsius": 101.0, "critical": 100.0},
+               {"name": "acpitz", "label": "acpitz", "celsius": 99.0, "critical": None},  # no mark: no alert
+               {"name": "nvme", "label": "Composite", "celsius": 50.0, "critical": 84.8}], "fans": []},
+           "smart": {"available": True, "disks": [{"device": "/dev/sda", "passed": False},
+                                                  {"device": "/dev/sdb", "passed": True},
+                                                  {"device": "/dev/vda", "passed": None}]}}
+    await poll(engine, by_id, clock, ok, hardware=hot)
+    got = sorted((e, a["rule"], a["label"], a["severity"]) for e, a in rec.events)
+    assert got == [("firing", "disk_failing", "/dev/sda", "critical"),
+                   ("firing", "temperature_critical", "Package id 0", "critical")]
+    [temp] = [a for e, a in rec.events if a["rule"] == "temperature_critical"]
+    assert temp["summary"] == "sensor Package id 0 on web1 is at or above its critical temperature (1 °C over it)"
