@@ -1654,58 +1654,100 @@ def _start_ticks(proc, pid):
         return None
 
 
-def read_container_cgroup(roots, rel):
+def _cg(path, size=4096):
+    """A small cgroup file's text (one read), None when it is missing or unreadable."""
+    try:
+        return _read_bytes(path, size).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def _cg_int(path):
+    text = _cg(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
+_STAT_RES = {}
+
+
+def _stat_value(path, key):
+    """One 'key value' line of a memory.stat/cpu.stat file (without parsing the rest): its value,
+    0 when the key is absent, None when the file cannot be read."""
+    text = _cg(path, 16384)
+    if text is None:
+        return None
+    pattern = _STAT_RES.get(key)
+    if pattern is None:
+        pattern = _STAT_RES[key] = re.compile(r"(?m)^%s (\d+)$" % re.escape(key))
+    m = pattern.search(text)
+    return int(m.group(1)) if m else 0
+
+
+def read_container_limits(roots, rel):
+    """(memory limit bytes, CPU limit in CPUs) of a container cgroup; None where unlimited."""
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        cpu_max = (_cg(os.path.join(d, "cpu.max")) or "max").split()
+        return (_limit((_cg(os.path.join(d, "memory.max")) or "").strip() or None),
+                round(float(cpu_max[0]) / float(cpu_max[1]), 2) if len(cpu_max) == 2 and cpu_max[0] != "max"
+                else None)
+    v1 = roots["v1"]
+    limit = _limit((_cg(os.path.join(v1["memory"], rel, "memory.limit_in_bytes")) or "").strip() or None)
+    cpu = v1.get("cpu")
+    quota = _cg_int(os.path.join(cpu, rel, "cpu.cfs_quota_us")) if cpu else None
+    period = _cg_int(os.path.join(cpu, rel, "cpu.cfs_period_us")) if cpu else None
+    return limit, (round(float(quota) / period, 2) if quota and quota > 0 and period else None)
+
+
+def read_container_cgroup(roots, rel, limits=None):
     """Cumulative figures of one container cgroup (relative path rel under each hierarchy):
     {"cpu_ns", "memory_used", "memory_limit", "cpu_limit", "pids", "read_bytes", "write_bytes",
-    "frozen", "dirs"}; None when the cgroup is gone (the container stopped)."""
+    "frozen", "dirs"}; None when the cgroup is gone (the container stopped). limits: the
+    (memory, cpu) limits when the caller keeps them (read_container_limits), else read here."""
     out = {}
     if roots["version"] == 2:
         d = os.path.join(roots["v2"], rel)
-        st = _kv_file(os.path.join(d, "cpu.stat"))  # raises when the cgroup is gone
-        out["cpu_ns"] = st["usage_usec"] * 1000 if "usage_usec" in st else None
-        current = _read_int(os.path.join(d, "memory.current"))
-        mst = _kv_file(os.path.join(d, "memory.stat")) if current is not None else {}
-        out["memory_used"] = None if current is None else max(0, current - mst.get("inactive_file", 0))
-        out["memory_limit"] = _limit(_read_opt(os.path.join(d, "memory.max")))
-        cpu_max = (_read_opt(os.path.join(d, "cpu.max")) or "max").split()
-        out["cpu_limit"] = (round(float(cpu_max[0]) / float(cpu_max[1]), 2)
-                            if len(cpu_max) == 2 and cpu_max[0] != "max" else None)
-        out["pids"] = _read_int(os.path.join(d, "pids.current"))
+        if not os.path.isdir(d):
+            return None
+        usage = _stat_value(os.path.join(d, "cpu.stat"), "usage_usec")
+        out["cpu_ns"] = usage * 1000 if usage else None
+        current = _cg_int(os.path.join(d, "memory.current"))
+        inactive = _stat_value(os.path.join(d, "memory.stat"), "inactive_file") if current is not None else 0
+        out["memory_used"] = None if current is None else max(0, current - (inactive or 0))
+        out["pids"] = _cg_int(os.path.join(d, "pids.current"))
         try:
             out["read_bytes"], out["write_bytes"] = _io_stat_v2(os.path.join(d, "io.stat"))
         except (OSError, ValueError):
             out["read_bytes"] = out["write_bytes"] = None
-        events = _read_opt(os.path.join(d, "cgroup.events")) or ""
-        out["frozen"] = "frozen 1" in events
+        out["frozen"] = "frozen 1" in (_cg(os.path.join(d, "cgroup.events")) or "")
         out["dirs"] = [d]
-        return out
-    v1 = roots["v1"]
-    mem = os.path.join(v1["memory"], rel)
-    usage = _read_int(os.path.join(mem, "memory.usage_in_bytes"))
-    if usage is None and not os.path.isdir(mem):
-        return None
-    mst = _kv_file(os.path.join(mem, "memory.stat")) if usage is not None else {}
-    out["memory_used"] = None if usage is None else max(0, usage - mst.get("total_inactive_file", 0))
-    out["memory_limit"] = _limit(_read_opt(os.path.join(mem, "memory.limit_in_bytes")))
-    acct = v1.get("cpuacct")
-    out["cpu_ns"] = _read_int(os.path.join(acct, rel, "cpuacct.usage")) if acct else None
-    cpu = v1.get("cpu")
-    quota = _read_int(os.path.join(cpu, rel, "cpu.cfs_quota_us")) if cpu else None
-    period = _read_int(os.path.join(cpu, rel, "cpu.cfs_period_us")) if cpu else None
-    out["cpu_limit"] = round(float(quota) / period, 2) if quota and quota > 0 and period else None
-    pids = v1.get("pids")
-    out["pids"] = _read_int(os.path.join(pids, rel, "pids.current")) if pids else None
-    blkio = v1.get("blkio")
-    out["read_bytes"] = out["write_bytes"] = None
-    if blkio:
-        try:
-            out["read_bytes"], out["write_bytes"] = _io_stat_v1(
-                os.path.join(blkio, rel, "blkio.throttle.io_service_bytes_recursive"))
-        except (OSError, ValueError):
-            pass
-    freezer = v1.get("freezer")
-    out["frozen"] = bool(freezer) and _read_opt(os.path.join(freezer, rel, "freezer.state")) == "FROZEN"
-    out["dirs"] = [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]
+    else:
+        v1 = roots["v1"]
+        mem = os.path.join(v1["memory"], rel)
+        usage = _cg_int(os.path.join(mem, "memory.usage_in_bytes"))
+        if usage is None and not os.path.isdir(mem):
+            return None
+        inactive = _stat_value(os.path.join(mem, "memory.stat"), "total_inactive_file") if usage is not None else 0
+        out["memory_used"] = None if usage is None else max(0, usage - (inactive or 0))
+        acct = v1.get("cpuacct")
+        out["cpu_ns"] = _cg_int(os.path.join(acct, rel, "cpuacct.usage")) if acct else None
+        pids = v1.get("pids")
+        out["pids"] = _cg_int(os.path.join(pids, rel, "pids.current")) if pids else None
+        blkio = v1.get("blkio")
+        out["read_bytes"] = out["write_bytes"] = None
+        if blkio:
+            try:
+                out["read_bytes"], out["write_bytes"] = _io_stat_v1(
+                    os.path.join(blkio, rel, "blkio.throttle.io_service_bytes_recursive"))
+            except (OSError, ValueError):
+                pass
+        freezer = v1.get("freezer")
+        out["frozen"] = bool(freezer) and (_cg(os.path.join(freezer, rel, "freezer.state")) or "").strip() == "FROZEN"
+        out["dirs"] = [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]
+    out["memory_limit"], out["cpu_limit"] = limits if limits is not None else read_container_limits(roots, rel)
     return out
 
 
@@ -1770,6 +1812,7 @@ class ContainerCollector(object):
 
     INSPECT_TTL = 60.0  # a running container's RestartCount is re-read at most this often
     LXC_TTL = 30.0  # /var/lib/lxc is listed at most this often
+    LIMITS_TTL = 30.0  # a container's memory and CPU limits are re-read at most this often
 
     def __init__(self, proc="/proc", sys="/sys", lxc_path=DEFAULT_LXC_PATH,
                  sockets=(DEFAULT_DOCKER_SOCKET, PODMAN_SOCKET)):
@@ -1779,6 +1822,7 @@ class ContainerCollector(object):
         self._init = {}  # key -> (pid, start ticks)
         self._inspect = {}  # engine id -> (monotonic time, restart count)
         self._lxc = (0.0, {})
+        self._limits = {}  # key -> (monotonic time, (memory limit, cpu limit))
 
     def roots(self):
         if self._roots is None:
@@ -1825,8 +1869,14 @@ class ContainerCollector(object):
     def _uptime(self, key, dirs, boot_ticks):
         """(seconds since the container's first process started, a pid in it) or (None, None)."""
         cached = self._init.get(key)
-        if cached is not None and _start_ticks(self.proc, cached[0]) == cached[1]:
-            pid, start = cached
+        now = time.monotonic()
+        # the cached init is re-checked (its start time read again) at most every LIMITS_TTL: a
+        # container that restarts gets a new cgroup, and with it a new key
+        if cached is not None and (now - cached[2] < self.LIMITS_TTL
+                                   or _start_ticks(self.proc, cached[0]) == cached[1]):
+            pid, start = cached[0], cached[1]
+            if now - cached[2] >= self.LIMITS_TTL:
+                self._init[key] = (pid, start, now)
         else:
             best = None
             for pid in _cgroup_pids(dirs):
@@ -1836,7 +1886,8 @@ class ContainerCollector(object):
             if best is None:
                 self._init.pop(key, None)
                 return None, None
-            self._init[key] = pid, start = best
+            pid, start = best
+            self._init[key] = (pid, start, now)
         return round(max(0.0, (boot_ticks - start) / float(_CLK_TCK)), 1), pid
 
     def collect(self, docker_list=None, docker_error=None):
@@ -1865,8 +1916,14 @@ class ContainerCollector(object):
                            state=c.get("State") or "running", status=c.get("Status"),
                            health=_docker_health(c.get("Status")),
                            restarts=self._restarts(info[1], key, now))
+            limits = self._limits.get(ident)
+            if limits is None or now - limits[0] >= self.LIMITS_TTL:
+                try:
+                    limits = self._limits[ident] = (now, read_container_limits(roots, rel))
+                except (OSError, ValueError, KeyError):
+                    limits = (now, (None, None))
             try:
-                fig = read_container_cgroup(roots, rel)
+                fig = read_container_cgroup(roots, rel, limits[1])
             except (OSError, ValueError, KeyError):
                 fig = None
             if fig is None:
@@ -1909,6 +1966,7 @@ class ContainerCollector(object):
         for gone in [k for k in self._prev if k not in seen]:
             del self._prev[gone]
             self._init.pop(gone, None)
+            self._limits.pop(gone, None)
         for gone in [k for k in self._inspect if k not in engines]:
             del self._inspect[gone]
         rows.sort(key=lambda r: (r["state"] != "running", r["name"] or ""))
