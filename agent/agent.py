@@ -1116,7 +1116,7 @@ def lxc_journal_dir(proc, pid):
     for sub in ("var/log/journal", "run/log/journal"):
         d = os.path.join(proc, str(pid), "root", sub)
         try:
-            if any(os.scandir(d)):
+            if os.listdir(d):
                 return d
         except OSError:
             continue

@@ -198,3 +198,24 @@ async def test_the_central_stores_lists_charts_and_alerts_on_a_real_container(co
     finally:
         await api.client.close()
 
+
+
+def test_an_lxc_containers_own_journal_read_from_its_host(busy):
+    c, roots = busy
+    agent = agent_module()
+    collector = agent.Collector()
+    marker = "host-read-%d" % time.time_ns()
+    # logger stays alive a second (stdin open) so journald files the line with its metadata
+    c.attach(["sh", "-c", "{ echo '%s from inside'; sleep 1; } | logger -t central-inside" % marker])
+    c.attach(["journalctl", "--sync"], check=False)
+    doc = collector.logs({"container": [c.lxc_name], "lines": ["50"]})
+    assert doc["source"] == "lxc-journal" and doc["name"] == c.lxc_name
+    [line] = [x for x in doc["lines"] if marker in (x["message"] or "")]
+    assert line["identifier"] == "central-inside" and line["message"] == marker + " from inside"
+    assert 1 <= doc["count"] <= 50 and doc["truncated"] is False
+    with pytest.raises(agent.ActionError) as err:
+        collector.logs({"container": ["no-such-container"]})
+    assert err.value.status == 404
+    with pytest.raises(agent.ActionError) as err:
+        collector.logs({"container": [c.lxc_name], "lines": ["5000"]})
+    assert err.value.status == 400
