@@ -16,6 +16,7 @@ import pytest
 
 from central.bundled import agent_module
 from tests.apiclient import start_api, wait_online
+from tests.test_pages_browser import browser  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.lxc
 
@@ -219,3 +220,37 @@ def test_an_lxc_containers_own_journal_read_from_its_host(busy):
     with pytest.raises(agent.ActionError) as err:
         collector.logs({"container": [c.lxc_name], "lines": ["5000"]})
     assert err.value.status == 400
+
+
+@pytest.mark.browser
+async def test_the_page_lists_the_container_and_its_page_charts_it(config, busy, browser):
+    from tests.test_pages_browser import ARTIFACTS, base_url
+    from tests.test_pages_look_browser import screenshot
+    from tests.test_pages_lxc import logged_in, playwright_expect
+
+    c, roots = busy
+    api = await start_api(config)
+    try:
+        await wait_online(api, "local")
+        for _ in range(3):
+            await api.central.poller.wait_flushed()  # a few samples: sparklines and a chart line
+        context, page = await logged_in(browser, api)
+        try:
+            await page.goto(base_url(api) + "/servers/local")
+            row = page.locator(f'#containers tr[data-container-row="{c.lxc_name}"]')
+            await playwright_expect(row).to_have_count(1)
+            assert await row.locator("svg.spark polyline").count() >= 1  # memory, at least
+            await page.fill("#ct-filter", "no-such-thing")
+            await playwright_expect(row).to_be_hidden()
+            await page.fill("#ct-filter", "")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await row.screenshot(path=str(ARTIFACTS / "containers-row.png"))
+            await row.locator("a").click()
+            await page.wait_for_url(base_url(api) + f"/servers/local/containers/{c.lxc_name}")
+            await playwright_expect(page.locator("#chart-mem")).not_to_have_attribute("data-points", "0")
+            await playwright_expect(page.locator("#container-mem")).to_contain_text("256.0 MiB")
+            await screenshot(page, "container-page")
+        finally:
+            await context.close()
+    finally:
+        await api.client.close()
