@@ -505,6 +505,91 @@ async def server_secret(central: Central, name, host, port):
         click.echo(f"agent secret kept for {pending['host']}:{pending['port']} until "
                    f"`central server add NAME {pending['host']}` adds it")
 
+_IMPORT_STYLE = {"add": "green", "change": "yellow", "skip": "dim", "error": "red"}
+
+
+def _import_table(plan) -> SafeTable:
+    """One row per host of the file: what the import does with it and which key it pins."""
+    t = SafeTable("name", "line", "action", "address", "tags", "via", "host key", "note", title="import")
+    for r in plan.rows:
+        key = f"{r.fingerprint} ({r.key_source})" if r.fingerprint else "-"
+        note = r.error if r.action == "error" else ", ".join(r.changes)
+        t.add_row(r.name, r.where, _styled(r.action, _IMPORT_STYLE[r.action]), f"{r.user}@{r.host}:{r.port}",
+                  ", ".join(r.tags), r.via or "-", key, note)
+    return t
+
+
+@server.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The file's format (default: from its name and content).")
+@click.option("--known-hosts", "known_hosts", multiple=True, type=click.Path(dir_okay=False),
+              help="A known_hosts file you trust for the host keys (repeatable; hashed entries work).")
+@click.option("--fetch-host-keys", is_flag=True,
+              help="Ask hosts without a trusted key for theirs; the table shows them for one confirmation.")
+@click.option("--confirm", "confirmation", metavar="DIGEST",
+              help="Confirm fetched keys without a prompt: the digest a dry run printed for them.")
+@click.option("--user", help="The central's login user on the hosts (default: central).")
+@click.option("--inventory-user", is_flag=True,
+              help="Log in as each host's own user from the file (ansible_user, User) instead.")
+@click.option("--tag", "tags", multiple=True, help="A tag for every imported server, besides its groups (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print what would be added, changed or skipped; store nothing.")
+@click.option("--skip-errors", is_flag=True, help="Import the good rows even when others are in error.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (and the result) as JSON.")
+@central_command
+async def server_import(central: Central, path, fmt, known_hosts, fetch_host_keys, confirmation, user,
+                        inventory_user, tags, dry_run, skip_errors, as_json):
+    """Add or update many servers from an Ansible inventory, an ssh config or a CSV file.
+
+    Ansible groups become tags; ansible_host, ansible_port and central_via (a bastion's name)
+    are honoured, and ansible_user with --inventory-user (else it is only who you deploy as).
+    In an ssh config every Host alias without wildcards is a server (HostName, Port, User,
+    ProxyJump as ssh resolves them). CSV has a header: name,host,port,user,tags,host_key,via.
+    Host keys come from a known_hosts file you trust, a host_key per row (a key line, or a
+    fingerprint the host must present), or --fetch-host-keys (all shown, confirmed once).
+    Nothing is trusted silently. Running it again changes nothing.
+
+    \b
+    Example:
+      central server import inventory.ini --known-hosts ~/.ssh/known_hosts --dry-run
+      central server import hosts.yml --known-hosts ~/.ssh/known_hosts
+      central server import ~/.ssh/config --fetch-host-keys
+      central server import fleet.csv --fetch-host-keys --confirm 3f2a9c0d1e4b5a6f
+    """
+    from . import fleet
+
+    entries = fleet.read_fleet_file(path, fmt)
+    known = fleet.read_known_hosts(known_hosts)
+    plan = await fleet.plan_import(central, entries, known_hosts=known, fetch=fetch_host_keys, user=user,
+                                   inventory_user=inventory_user, extra_tags=tags)
+    summary = plan.summary()
+    if as_json and dry_run:
+        _echo_json(plan.to_dict())
+    elif not as_json:
+        console.print(_import_table(plan))
+        console.print(f"{summary['add']} to add, {summary['change']} to change, {summary['skip']} unchanged, "
+                      f"{summary['error']} in error")
+    if dry_run:
+        if plan.confirmation and not as_json:
+            click.echo(f"fetched host keys: confirm them with --confirm {plan.confirmation}")
+        if summary["error"]:
+            sys.exit(1)
+        return
+    if plan.confirmation and confirmation is None:
+        if as_json or not sys.stdin.isatty():
+            raise click.ClickException("cannot confirm the fetched host keys without a terminal: check the table "
+                                       f"(--dry-run) and pass --confirm {plan.confirmation}")
+        if not click.confirm(f"Are these the hosts' keys ({sum(1 for r in plan.rows if r.key_source == 'fetched')} "
+                             "fetched; compare with ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on them)?"):
+            raise click.ClickException("host keys not confirmed; nothing imported")
+        confirmation = plan.confirmation
+    result = await fleet.apply_import(central, plan, confirmation=confirmation, skip_errors=skip_errors)
+    if as_json:
+        _echo_json({**plan.to_dict(), "result": result})
+    else:
+        click.echo(f"imported: {result['added']} added, {result['changed']} changed, {result['skipped']} skipped")
+
+
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
     """A password from stdin (one line) or an interactive prompt; never from argv."""
     if password_stdin:

@@ -347,6 +347,7 @@ class Server:
     hostname: str | None = None
     inventory_hash: str | None = None
     created_at: float = 0.0
+    via: int | None = None  # the id of the bastion server it is reached through (None: directly)
 
     @classmethod
     def from_row(cls, row) -> "Server":
@@ -364,7 +365,7 @@ class Server:
     @property
     def connection_key(self) -> tuple:
         """What identifies the SSH connection; a change means reconnect."""
-        return (self.host, self.port, self.user, self.key_path, self.host_key)
+        return (self.host, self.port, self.user, self.key_path, self.host_key, self.via)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of the stored fields."""

@@ -107,6 +107,15 @@ async def probe(central: Central, host: str, port: int = 22) -> dict:
             "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
 
 
+async def probe_key(central: Central, host: str, port: int = 22, *, via: Server | None = None) -> dict:
+    """The host key a host presents (directly, or through its bastion server `via`)."""
+    if via is None:
+        return await probe(central, host, port)
+    key = await central.pool.fetch_host_key_via(via, host, port)
+    return {"host": host, "port": port, "host_key": public_key_line(key),
+            "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
+
+
 async def probe_new(central: Central, name: str, host: str, port: int = 22) -> dict:
     """The first step of adding a server: check the name is free, return the host key to confirm."""
     check_name(name)
