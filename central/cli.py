@@ -309,10 +309,11 @@ def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
 @click.option("--agent-port", default=8083, show_default=True, type=int, help="Agent port on the host's loopback.")
 @click.option("--accept-host-key", is_flag=True, help="Pin the key the host presents without asking.")
 @click.option("--host-key-fingerprint", "fp", help="Pin only if the host presents this SHA256 fingerprint.")
+@click.option("--via", metavar="BASTION", help="Reach it through this server (a bastion, added before).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @central_command
 async def server_add(central: Central, name, host, user, port, key_path, tags, interval, agent_port,
-                     accept_host_key, fp, as_json):
+                     accept_host_key, fp, via, as_json):
     """Add a server: show its host key fingerprint, pin it once confirmed, check the agent.
 
     An unreachable host or a refused key is an error and nothing is added. When the agent
@@ -322,11 +323,12 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
     Example:
       central server add web1 10.0.0.5 --tag prod --host-key-fingerprint SHA256:abc...
       central server add db1 db1.lan --user monitor --accept-host-key
+      central server add app7 10.1.0.7 --via bastion1 --host-key-fingerprint SHA256:def...
     """
-    probed = await servers.probe_new(central, name, host, port)
+    probed = await servers.probe_new(central, name, host, port, via=via)
     confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await servers.add_server(central, name, host, port=port, user=user, key_path=key_path, tags=list(tags),
-                                      interval=interval, agent_port=agent_port, fingerprint=confirmed)
+                                      interval=interval, agent_port=agent_port, fingerprint=confirmed, via=via)
     if as_json:
         _echo_json(result)
         return

@@ -88,6 +88,7 @@ class Central:
         self.pool = pool
         # where the pool's agent clients find each server's secret (read at every channel open)
         pool.agent_secret = lambda server: storage.agent_secret(server.id)
+        pool.resolve_server = storage.server_by_id  # a server's bastion (Server.via)
         self.transports = Transports(config, pool)
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)

@@ -18,7 +18,8 @@ import asyncssh
 from .agentclient import AgentClient
 from .config import SSHConfig
 from .failures import classify
-from .model import AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE, PollError, Server
+from .model import (AUTH_FAILED, CentralError, BASTION_UNREACHABLE, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE,
+                    PollError, Server)
 from .serverlog import server_log
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,16 @@ def connect_options(ssh: SSHConfig) -> dict:
     )
 
 
-async def fetch_host_key(host: str, port: int, ssh: SSHConfig) -> asyncssh.SSHKey:
-    """The host key a server presents (for trust on first use); raises PollError."""
+#: bastions a connection may pass through (a host behind a bastion behind a bastion)
+MAX_BASTIONS = 2
+
+
+async def fetch_host_key(host: str, port: int, ssh: SSHConfig, tunnel=None) -> asyncssh.SSHKey:
+    """The host key a server presents (for trust on first use), directly or through a bastion's
+    connection; raises PollError."""
     try:
         key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(host, port, config=None), ssh.connect_timeout)
+            asyncssh.get_server_host_key(host, port, config=None, tunnel=tunnel or ()), ssh.connect_timeout)
     except BaseException as exc:  # noqa: BLE001 - classified below
         if isinstance(exc, asyncio.CancelledError):
             raise
@@ -107,6 +113,9 @@ class SSHPool:
         #: where agent clients find a server's secret (central.agentclient.SecretSource); the
         #: Central sets it, a pool without one authenticates no agent
         self.agent_secret = None
+        #: async (server id) -> Server: where the pool finds a server's bastion (Server.via); the
+        #: Central sets it, a pool without one connects only directly
+        self.resolve_server = None
 
     def _client_key(self, server: Server) -> asyncssh.SSHKey:
         path = server.key_path or str(self.default_key_path)
@@ -128,8 +137,9 @@ class SSHPool:
         """Open connections."""
         return sum(1 for e in self._entries.values() if e.conn is not None and not e.conn.is_closed())
 
-    async def connection(self, server: Server) -> asyncssh.SSHClientConnection:
-        """The server's open connection, connecting if needed; raises a classified PollError."""
+    async def connection(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
+        """The server's open connection, connecting if needed (through its bastion, if any);
+        raises a classified PollError."""
         entry = self._entry(server)
         conn = entry.conn
         if conn is not None and not conn.is_closed():
@@ -144,7 +154,7 @@ class SSHPool:
                 err = entry.last_error
                 raise PollError(err.reason, f"{err.message} (next retry in {entry.retry_at - now:.0f}s)")
             if entry.connecting is None:
-                entry.connecting = asyncio.create_task(self._connect_entry(server, entry),
+                entry.connecting = asyncio.create_task(self._connect_entry(server, entry, depth),
                                                        name=f"ssh-connect-{server.name}")
                 entry.connecting.add_done_callback(_retrieve)
             task = entry.connecting
@@ -152,9 +162,9 @@ class SSHPool:
         # to a blackholed host never failed, so no backoff was recorded and every poll sent a new SYN.
         return await asyncio.shield(task)
 
-    async def _connect_entry(self, server: Server, entry: _Entry) -> asyncssh.SSHClientConnection:
+    async def _connect_entry(self, server: Server, entry: _Entry, depth: int = 0) -> asyncssh.SSHClientConnection:
         try:
-            conn = await self._connect(server)
+            conn = await self._connect(server, depth)
         except PollError as err:
             self._backoff(entry, err)
             raise
@@ -174,7 +184,39 @@ class SSHPool:
         # spread so a fleet that lost its network does not reconnect in lockstep.
         entry.retry_at = time.monotonic() + delay / 2 + random.uniform(0, delay / 2)
 
-    async def _connect(self, server: Server) -> asyncssh.SSHClientConnection:
+    async def bastion_of(self, server: Server, depth: int = 0) -> tuple[Server, asyncssh.SSHClientConnection] | None:
+        """(bastion, its pooled connection) for a server reached through one, None for a direct one.
+
+        The bastion's connection is the one the pool keeps for the bastion itself, so one
+        connection carries the tunnels of every host behind it. Its failure is the
+        bastion's: raised as BASTION_UNREACHABLE, naming the bastion and why."""
+        if server.via is None:
+            return None
+        if self.resolve_server is None:
+            raise PollError(BASTION_UNREACHABLE, f"{server.name} is reached through a bastion this pool cannot look up")
+        if depth >= MAX_BASTIONS:
+            raise PollError(BASTION_UNREACHABLE, f"more than {MAX_BASTIONS} bastions in a row to reach {server.name}")
+        try:
+            bastion = await self.resolve_server(server.via)
+        except CentralError:
+            raise PollError(BASTION_UNREACHABLE, f"the bastion of {server.name} is not a server any more") from None
+        try:
+            conn = await self.connection(bastion, depth + 1)
+        except PollError as err:
+            raise PollError(BASTION_UNREACHABLE, f"unreachable via bastion {bastion.name}: {err.reason}: "
+                                                 f"{err.message}") from None
+        return bastion, conn
+
+    async def fetch_host_key_via(self, bastion: Server, host: str, port: int) -> asyncssh.SSHKey:
+        """The host key a host behind a bastion presents, fetched through the bastion's pooled connection."""
+        try:
+            conn = await self.connection(bastion)
+        except PollError as err:
+            raise PollError(BASTION_UNREACHABLE, f"unreachable via bastion {bastion.name}: {err.reason}: "
+                                                 f"{err.message}") from None
+        return await fetch_host_key(host, port, self.ssh, tunnel=conn)
+
+    async def _connect(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
         slog = server_log(log, server.name)
         if not server.host_key:
             raise PollError(HOST_KEY_UNKNOWN, "no host key pinned; run `central server trust`")
@@ -183,10 +225,13 @@ class SSHPool:
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise PollError(HOST_KEY_MISMATCH, f"the pinned host key cannot be read: {exc}") from None
         client_key = self._client_key(server)
+        via = await self.bastion_of(server, depth)
+        tunnel = via[1] if via else ()
         async with self._connect_slots:
             try:
                 conn = await asyncio.wait_for(asyncssh.connect(
                     server.host, server.port,
+                    tunnel=tunnel,
                     username=server.user,
                     client_keys=[client_key],
                     known_hosts=([pinned], [], []),
@@ -196,6 +241,13 @@ class SSHPool:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 err = classify(exc)
+                if via and via[1].is_closed():
+                    # the bastion went away under the connect: its failure, not the host's
+                    err = PollError(BASTION_UNREACHABLE, f"unreachable via bastion {via[0].name}: its connection closed")
+                elif via and isinstance(exc, asyncssh.ChannelOpenError):
+                    # the bastion works but cannot open the way on (host down, or not permitted)
+                    err = PollError(UNREACHABLE, f"bastion {via[0].name} cannot reach {server.host}:{server.port}: "
+                                                 f"{exc.reason}")
                 if err.reason == TIMEOUT:
                     # nothing answered the connect: for the operator that host is unreachable
                     err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
@@ -203,7 +255,7 @@ class SSHPool:
                 # per attempt, so debug: the poller logs the server's state changes once
                 slog.debug("connect failed: %s", err)
                 raise err from None
-        slog.debug("connected to %s:%s", server.host, server.port)
+        slog.debug("connected to %s:%s%s", server.host, server.port, f" via {via[0].name}" if via else "")
         return conn
 
     def agent_client(self, server: Server, max_bytes: int):

@@ -40,6 +40,10 @@ class Servers(ABC):
         """The server called name; NotFound otherwise."""
 
     @abstractmethod
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
+
+    @abstractmethod
     async def find_server(self, name: str) -> Server | None:
         """The server called name, or None."""
 

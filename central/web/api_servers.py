@@ -21,6 +21,7 @@ TAGS = array(string(pattern=TAG_RE.pattern, maxLength=40), maxItems=32)
 INTERVAL = number(minimum=1, maximum=86400, description="Poll interval in seconds (null: poll.interval).")
 FINGERPRINT = string(minLength=1, maxLength=100, description="SHA256:... fingerprint of the host key to pin.")
 STATUS = string(enum=list(views.STATUSES))
+VIA = string(pattern=NAME_RE.pattern, maxLength=63, description="The bastion server it is reached through (null: directly).")
 NUM = nullable(number())
 
 SAMPLE = obj({"ts": number(), **{m: NUM for m in METRICS},
@@ -67,7 +68,8 @@ async def list_servers(call: Call) -> dict:
 
 @endpoints.post("/api/v1/servers", summary="Add a server (two steps: probe the host key, then pin it)", role=ADMIN,
                 body=obj({"name": NAME, "host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
-                          "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT},
+                          "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT,
+                          "via": nullable(VIA)},
                          required=["name", "host"]),
                 responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "agent": AGENT_CHECK},
                                     required=["stored", "server", "agent"]),
@@ -81,12 +83,13 @@ async def create_server(call: Call):
     reported in `agent` with a deploy hint."""
     b = call.body
     if not b.get("fingerprint"):
-        probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22))
+        probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22), via=b.get("via"))
         return Reply({"stored": False, "confirm": probed, "current": None,
                       "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
     result = await servers.add_server(call.central,
         b["name"], b["host"], port=b.get("port", 22), user=b.get("user", "central"), tags=b.get("tags", ()),
-        interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"])
+        interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"],
+        via=b.get("via"))
     return {"stored": True, **result}
 
 
@@ -142,7 +145,7 @@ async def show_server(call: Call) -> dict:
 @endpoints.patch("/api/v1/servers/{name}", summary="Change a server's settings", role=ADMIN,
                  path_params={"name": NAME},
                  body=obj({"host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
-                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT}),
+                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "via": nullable(VIA)}),
                  response=obj({"server": SERVER}, required=["server"]))
 async def update_server(call: Call) -> dict:
     """Only the given fields change. A new host or port un-pins the host key (trust it again)."""

@@ -72,6 +72,13 @@ class SQLiteServers(SQLiteBase):
             raise NotFound(f"no server named {name!r}")
         return Server.from_row(row)
 
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
+        row = await self._one("SELECT * FROM servers WHERE id = ?", (server_id,))
+        if row is None:
+            raise NotFound(f"no server with id {server_id}")
+        return Server.from_row(row)
+
     async def find_server(self, name: str) -> Server | None:
         """The server called name, or None."""
         row = await self._one("SELECT * FROM servers WHERE name = ?", (name,))
