@@ -1,0 +1,111 @@
+"""Hosts behind bastions: real sshd hosts on private bridges the machine has no route to,
+reached only through a real sshd bastion with a leg on each (tests/hostfarm.py add_network)."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import pytest
+
+from central import servers
+from central.service import Central
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture
+async def hcentral(tmp_path, client_key):
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, ssh=dataclasses.replace(cfg.ssh, key_path=str(client_key.path)),
+                              poll=dataclasses.replace(cfg.poll, local=False))
+    c = await Central.open(cfg)
+    yield c
+    await c.close()
+
+
+def machine_reaches(host) -> bool:
+    """Whether the machine has a way to the host of its own: an address on the host's private
+    bridge, or the host a route back to the machine (checked, never tried: a packet to a
+    10.97 address would take the machine's default route off it)."""
+    bridge = host.network.bridge
+    own = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", bridge], capture_output=True, text=True, check=True)
+    back = host.run(["ip", "route", "get", host.farm.gateway], check=False)
+    return bool(own.stdout.strip()) or back.returncode == 0
+
+
+def ssh_sessions_to(host) -> int:
+    """Established TCP connections from the machine to the host's sshd (the real `ss`)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{host.address}:22"],
+                         capture_output=True, text=True, check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+async def add(central, host, via=None, name=None):
+    return await servers.add_server(central, name or host.name, host.address, fingerprint=host.fingerprint,
+                                    agent_secret=host.agent_secret, via=via)
+
+
+async def test_hosts_behind_a_bastion_share_its_one_connection_and_its_failure_is_its_own(hcentral, test_host):
+    net = test_host.network()
+    behind = test_host.many(3, network=net)
+    assert not machine_reaches(behind[0])  # no route from the machine: only through the bastion
+    bastion = test_host(extra_networks=[net], permit_open=[f"{h.address}:22" for h in behind])
+    assert (await add(hcentral, bastion))["agent"]["ok"]
+    # the key to confirm is fetched through the bastion
+    probed = await servers.probe_new(hcentral, behind[0].name, behind[0].address, via=bastion.name)
+    assert probed["fingerprint"] == behind[0].fingerprint
+    for h in behind:
+        result = await add(hcentral, h, via=bastion.name)
+        assert result["agent"]["ok"], result
+    for h in [bastion, *behind]:
+        polled = await servers.poll_now(hcentral, h.name)
+        assert polled["ok"], polled
+        assert polled["document"]["hostname"] == h.name
+    # one SSH connection from the machine to the bastion carries all three tunnels
+    assert ssh_sessions_to(bastion) == 1
+    assert hcentral.pool.size == 4
+    with pytest.raises(servers.Conflict, match="is the bastion of"):
+        await servers.remove_server(hcentral, bastion.name)
+
+    # the bastion goes down: its hosts fail as bastion_unreachable, naming it; it fails as unreachable
+    bastion.stop_sshd()
+    polled = await servers.poll_now(hcentral, bastion.name)
+    assert polled["ok"] is False and polled["reason"] == "unreachable"
+    for h in behind:
+        polled = await servers.poll_now(hcentral, h.name)
+        assert polled["ok"] is False and polled["reason"] == "bastion_unreachable", polled
+        assert f"unreachable via bastion {bastion.name}" in polled["error"]
+
+    # the bastion is back but one host behind it is down: that host's own failure
+    bastion.start_sshd()
+    behind[0].stop_sshd()
+    for s in await hcentral.storage.list_servers():
+        hcentral.pool.reset_backoff(s.id)
+    polled = await servers.poll_now(hcentral, behind[0].name)
+    assert polled["ok"] is False and polled["reason"] == "unreachable", polled
+    assert f"bastion {bastion.name} cannot reach {behind[0].address}:22" in polled["error"]
+    assert (await servers.poll_now(hcentral, behind[1].name))["ok"]
+
+
+async def test_a_chain_of_two_bastions(hcentral, test_host):
+    outer, inner = test_host.network(), test_host.network()
+    (deep,) = test_host.many(1, network=inner)
+    bastion2 = test_host(network=outer, extra_networks=[inner], permit_open=[f"{deep.address}:22"])
+    bastion1 = test_host(extra_networks=[outer], permit_open=[f"{bastion2.address}:22"])
+    assert not machine_reaches(bastion2) and not machine_reaches(deep)
+    await add(hcentral, bastion1)
+    await add(hcentral, bastion2, via=bastion1.name)
+    await add(hcentral, deep, via=bastion2.name)
+    polled = await servers.poll_now(hcentral, deep.name)
+    assert polled["ok"] and polled["document"]["hostname"] == deep.name
+    # a third bastion in a row is refused
+    with pytest.raises(servers.Invalid, match="at most 2 bastions in a row"):
+        await servers.probe_new(hcentral, "farther", deep.address, via=deep.name)
+    with pytest.raises(servers.Invalid, match="loop"):
+        await servers.update_server(hcentral, bastion1.name, via=bastion2.name)
+    # the outer bastion down: both behind it fail as bastion_unreachable
+    bastion1.stop_sshd()
+    for h in (bastion2, deep):
+        polled = await servers.poll_now(hcentral, h.name)
+        assert polled["reason"] == "bastion_unreachable", polled
