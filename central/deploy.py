@@ -281,9 +281,18 @@ class Deployer:
             if prepared.username == opts.central_user and not opts.full_access:
                 raise StepFailed("connect", f"central deploy would log in as {opts.central_user}, the central's "
                                  "own restricted user", "Pass --user USER (root, or a user with passwordless sudo)")
+            via, tunnel = "", ()
+            if server.via is not None and not prepared.tunnel:
+                # behind a bastion (and no ProxyJump of yours for it): the central's own pooled
+                # connection to the bastion carries this login too; the host key is still checked
+                bastion, tunnel = await self.central.pool.bastion_of(server)
+                prepared = await asyncssh.SSHClientConnectionOptions.construct(
+                    None, host=server.host, port=server.port, tunnel=tunnel, **kwargs)
+                via = f" via {bastion.name}"
             if result is not None:
-                self._set(result, target=f"{prepared.username}@{server.host}:{server.port}")
-            return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared),
+                self._set(result, target=f"{prepared.username}@{server.host}:{server.port}{via}")
+            # tunnel given again: connect() re-reads the ssh config, which would otherwise replace it
+            return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared, tunnel=tunnel),
                                           opts.connect_timeout + 5)
         except StepFailed:
             raise

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from central import servers
+from central import fleet, servers
 from central.service import Central
 from tests.conftest import make_config
 
@@ -109,3 +109,88 @@ async def test_a_chain_of_two_bastions(hcentral, test_host):
     for h in (bastion2, deep):
         polled = await servers.poll_now(hcentral, h.name)
         assert polled["reason"] == "bastion_unreachable", polled
+
+
+@pytest.mark.slow
+async def test_a_bastion_down_is_one_alert_not_one_per_host(test_host, client_key, tmp_path):
+    import asyncio
+
+    from central.config import AlertsConfig, NotifierConfig
+    from tests.test_notifiers import Receiver, wait_for
+
+    net = await asyncio.to_thread(test_host.network)
+    behind = await asyncio.to_thread(test_host.many, 2, network=net)
+    bastion = await asyncio.to_thread(test_host, extra_networks=[net], permit_open=[f"{h.address}:22" for h in behind])
+    receiver = await Receiver().start()
+    cfg = make_config(tmp_path, local=False)
+    cfg = dataclasses.replace(
+        cfg, ssh=dataclasses.replace(cfg.ssh, key_path=str(client_key.path)),
+        alerts=dataclasses.replace(AlertsConfig(), unreachable_after=2, tick_interval=0.5),
+        notifiers=(NotifierConfig(name="ops", type="webhook", url=receiver.url, timeout=5.0, backoff=0.1),))
+    central = await Central.open(cfg)
+    try:
+        await add(central, bastion)
+        for h in behind:
+            await add(central, h, via=bastion.name)
+        await central.poller.start()
+
+        async def all_online():
+            return all(s.status == "online" for s in await central.storage.list_servers())
+        await wait_for(all_online, timeout=30, what="every server online")
+
+        await asyncio.to_thread(bastion.stop_sshd)
+
+        async def firing():
+            return await central.storage.list_alerts(firing_only=True)
+        # the hosts' own alerts fire too (a minute after their failures began), recorded but held back
+        alerts = await wait_for(lambda: _three(firing), timeout=120, what="the bastion's and its hosts' alerts")
+        assert sorted((a["rule"], a["server"]) for a in alerts) == sorted(
+            [("server_unreachable", bastion.name)] + [("unreachable_via_bastion", h.name) for h in behind])
+        for h in behind:
+            s = await central.storage.get_server(h.name)
+            assert s.status_reason == "bastion_unreachable" and f"via bastion {bastion.name}" in s.last_error
+        await wait_for(lambda: receiver.events() == ["firing"], timeout=15, what="the one firing notification")
+        [body] = receiver.requests[-1]["body"]["alerts"]
+        assert (body["rule"], body["server"]) == ("server_unreachable", bastion.name)
+        assert receiver.events() == ["firing"]  # still one: nothing was sent per host
+    finally:
+        await central.close()
+        await receiver.stop()
+
+
+async def _three(firing):
+    alerts = await firing()
+    return alerts if len(alerts) == 3 else None
+
+
+async def test_central_deploy_through_the_bastions_pooled_connection(hcentral, test_host, tmp_path, monkeypatch):
+    import asyncio
+
+    from central.deploy import Deployer, DeployOptions
+    from tests.hostfarm import generate_key
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    operator = tmp_path / "operator"
+    operator_pub = generate_key(operator, "operator")
+    net = await asyncio.to_thread(test_host.network)
+    # a fresh host: no login user, no secret, no agent; the operator may log in as root
+    (fresh,) = await asyncio.to_thread(test_host.many, 1, network=net, agent=False, login_user=False,
+                                       authorized_keys=[operator_pub])
+    bastion = await asyncio.to_thread(test_host, extra_networks=[net], permit_open=[f"{fresh.address}:22"])
+    await add(hcentral, bastion)
+    # imported (nothing connects), with its key given per row and its bastion
+    inventory = f"name,host,host_key,via\n{fresh.name},{fresh.address},{fresh.host_public_key},{bastion.name}\n"
+    done = await fleet.import_text(hcentral, inventory, filename="fleet.csv", dry_run=False)
+    assert done["result"]["added"] == 1 and done["rows"][0]["key_source"] == "row"
+    empty_config = tmp_path / "ssh_config"
+    empty_config.write_text("")
+    options = DeployOptions(login_user="root", identity=str(operator), pinned_host_key=True,
+                            ssh_config=(str(empty_config),))
+    [result] = await Deployer(hcentral, options).run([await hcentral.storage.get_server(fresh.name)])
+    assert result.state == "ok", (result.step, result.message, result.hint)
+    assert result.target == f"root@{fresh.address}:22 via {bastion.name}"
+    assert fresh.run(["cat", "/etc/central-agent/secret"]).stdout.strip()
+    polled = await servers.poll_now(hcentral, fresh.name)
+    assert polled["ok"] and polled["document"]["hostname"] == fresh.name
+    # deploy logged in through the central's one connection to the bastion
+    assert ssh_sessions_to(bastion) == 1
