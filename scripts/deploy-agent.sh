@@ -47,6 +47,10 @@ Options:
   --watch-unit UNIT       unit whose state the agent reports (repeatable)
   --identity FILE         ssh private key to log in with (ssh -i)
   --ssh-opt OPT           extra ssh option, as for ssh -o (repeatable)
+  --ssh-config FILE       ssh config file to use instead of ~/.ssh/config (ssh -F; the
+                          jump hosts' ssh reads it too)
+  --jump [USER@]HOST[:PORT][,...]  reach the hosts through these bastions (ssh -J, ProxyJump);
+                          the bastions' settings (key, known_hosts) come from the ssh config
   -j, --jobs N            hosts deployed in parallel (default 8)
   -h, --help              this help
 
@@ -104,6 +108,8 @@ while [[ $# -gt 0 ]]; do
         --watch-unit) need_arg "$@"; watch_units+=("$2"); shift 2 ;;
         --identity) need_arg "$@"; ssh_opts+=(-i "$2"); shift 2 ;;
         --ssh-opt) need_arg "$@"; ssh_opts+=(-o "$2"); shift 2 ;;
+        --ssh-config) need_arg "$@"; ssh_opts+=(-F "$2"); shift 2 ;;
+        --jump) need_arg "$@"; ssh_opts+=(-J "$2"); shift 2 ;;
         -j|--jobs) need_arg "$@"; jobs=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; targets+=("$@"); break ;;

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from central import fleet, servers
 from central.service import Central
 from tests.conftest import make_config
+from tests.hostfarm import generate_key
 
 pytestmark = pytest.mark.hosts
 
@@ -167,7 +170,6 @@ async def test_central_deploy_through_the_bastions_pooled_connection(hcentral, t
     import asyncio
 
     from central.deploy import Deployer, DeployOptions
-    from tests.hostfarm import generate_key
 
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     operator = tmp_path / "operator"
@@ -194,3 +196,60 @@ async def test_central_deploy_through_the_bastions_pooled_connection(hcentral, t
     assert polled["ok"] and polled["document"]["hostname"] == fresh.name
     # deploy logged in through the central's one connection to the bastion
     assert ssh_sessions_to(bastion) == 1
+
+
+def test_deploy_script_through_a_jump_host_then_import_and_poll(test_host, tmp_path, client_key, monkeypatch):
+    """scripts/deploy-agent.sh --jump (ssh -J) deploys hosts only the bastion reaches; their keys
+    come from ssh-keyscan run on the bastion; the inventory import then finds each secret."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from central.cli import cli
+    from tests.hostfarm import REPO_DIR, default_agent_path
+
+    operator = tmp_path / "operator"
+    operator_pub = generate_key(operator, "operator")
+    net = test_host.network()
+    fresh = test_host.many(2, network=net, agent=False, login_user=False, authorized_keys=[operator_pub])
+    bastion = test_host(extra_networks=[net], authorized_keys=[operator_pub], central_keys=[client_key.public_key],
+                        permit_open=[f"{h.address}:22" for h in fresh])
+    # the real ssh-keyscan, on the bastion (the only place that reaches them)
+    scanned = bastion.run(["ssh-keyscan", "-T", "5", "-t", "ed25519", *[h.address for h in fresh]]).stdout
+    assert scanned.count("ssh-ed25519") == 2
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(bastion.known_hosts_line() + "\n" + scanned)
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host jump\n    HostName {bastion.address}\n    User root\n"
+                          f"Host *\n    IdentityFile {operator}\n    IdentitiesOnly yes\n"
+                          f"    UserKnownHostsFile {known_hosts}\n    GlobalKnownHostsFile /dev/null\n"
+                          "    StrictHostKeyChecking yes\n    ConnectTimeout 5\n")
+    data = tmp_path / "data"
+    env = dict(os.environ, CENTRAL_DATA_DIR=str(data), CENTRAL_SSH_KEY_PATH=str(client_key.path),
+               CENTRAL_POLL_LOCAL="false")
+    env.pop("SSH_AUTH_SOCK", None)
+    env.pop("CENTRAL_CONFIG", None)
+    central_cli = Path(sys.executable).parent / "central"
+    assert subprocess.run([str(central_cli), "init"], env=env, capture_output=True).returncode == 0
+    res = subprocess.run(["bash", str(REPO_DIR / "scripts" / "deploy-agent.sh"), "--agent", str(default_agent_path()),
+                          "--ssh-config", str(ssh_config), "--jump", "jump", "--central", str(central_cli),
+                          "--central-key", str(client_key.public_path), "-j", "2",
+                          *[f"root@{h.address}" for h in fresh]], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for key, value in env.items():
+        if key.startswith("CENTRAL_"):
+            monkeypatch.setenv(key, value)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"[edge]\n{bastion.name} ansible_host={bastion.address}\n[app]\n"
+                         + "".join(f"{h.name} ansible_host={h.address} central_via={bastion.name}\n" for h in fresh))
+    bastion_secret = bastion.agent_secret
+    out = CliRunner().invoke(cli, ["server", "secret", "--host", bastion.address], input=bastion_secret)
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(cli, ["server", "import", str(inventory), "--known-hosts", str(known_hosts), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["result"] == {"added": 3, "changed": 0, "skipped": 0}
+    for h in fresh:
+        out = CliRunner().invoke(cli, ["poll", h.name, "--json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.output)["document"]["hostname"] == h.name
