@@ -325,15 +325,21 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
       central server add db1 db1.lan --user monitor --accept-host-key
       central server add app7 10.1.0.7 --via bastion1 --host-key-fingerprint SHA256:def...
     """
-    probed = await servers.probe_new(central, name, host, port, via=via)
-    confirmed = _confirm_key(probed, accept_host_key, fp)
+    if not (fp or accept_host_key) and central.pool.host_cas(host, port):
+        await servers.check_new(central, name, host, port)
+        confirmed = None
+        click.echo(f"{_p(host)}:{port} is vouched for by a trusted host CA: its certificate is checked, no key pinned")
+    else:
+        probed = await servers.probe_new(central, name, host, port, via=via)
+        confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await servers.add_server(central, name, host, port=port, user=user, key_path=key_path, tags=list(tags),
                                       interval=interval, agent_port=agent_port, fingerprint=confirmed, via=via)
     if as_json:
         _echo_json(result)
         return
     agent = result["agent"]
-    click.echo(f"added {name} ({_p(user)}@{_p(host)}:{port}), host key {confirmed} pinned")
+    click.echo(f"added {name} ({_p(user)}@{_p(host)}:{port}), "
+               + (f"host key {confirmed} pinned" if confirmed else "trusted through its host certificate"))
     if agent["ok"]:
         outdated = " [outdated: redeploy with `central deploy --upgrade-outdated`]" if agent.get("outdated") else ""
         click.echo(f"agent {_p(agent.get('version'))} answers{outdated}")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 ADD, CHANGE, SKIP, ERROR = "add", "change", "skip", "error"
 ACTIONS = (ADD, CHANGE, SKIP, ERROR)
 #: where a pinned key came from
-KEY_ROW, KEY_KNOWN_HOSTS, KEY_FETCHED, KEY_PINNED = "row", "known_hosts", "fetched", "pinned"
+KEY_ROW, KEY_KNOWN_HOSTS, KEY_FETCHED, KEY_PINNED, KEY_CA = "row", "known_hosts", "fetched", "pinned", "cert_authority"
 # ed25519 first: when known_hosts holds several keys of a host, pin the one ssh would prefer
 _KEY_PREFERENCE = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 
@@ -170,7 +170,10 @@ async def plan_import(
                 row.error = (f"{e.where}: host {e.name}: {row.key_source} says {row.fingerprint} but "
                              f"{current.host_key_fingerprint} is pinned; verify it and run `central server trust {e.name}`")
                 continue
-            row.host_key, row.fingerprint, row.key_source = current.host_key, current.host_key_fingerprint, KEY_PINNED
+            row.host_key, row.fingerprint = current.host_key, current.host_key_fingerprint
+            row.key_source = KEY_PINNED if current.host_key else KEY_CA
+        elif not row.host_key and not given_fp and central.pool.host_cas(row.host, row.port):
+            row.key_source = KEY_CA  # a trusted host CA vouches: its certificate is checked on connect
         elif not row.host_key:
             if not (fetch or given_fp):
                 row.action = ERROR

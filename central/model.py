@@ -51,6 +51,7 @@ TIMEOUT = "timeout"
 AGENT_IMPOSTOR = "agent_impostor"
 AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
 BASTION_UNREACHABLE = "bastion_unreachable"
+HOST_CERT_INVALID = "host_cert_invalid"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
     Reason(AUTH_FAILED, "SSH refused the central's key", ERROR, "poll.auth_failed"),
@@ -66,6 +67,9 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(AGENT_IMPOSTOR, "what answers on the agent port does not prove it holds the host's secret "
            "(a squatter on the port, or a secret that differs): it is not polled", ERROR,
            "poll.agent_impostor"),
+    # Not blocking: a host whose expired certificate is renewed is polled again by itself.
+    Reason(HOST_CERT_INVALID, "the host's certificate is refused (expired, not yet valid, not for this name, or "
+           "signed by a CA the central does not trust): it is not polled", ERROR, "poll.host_cert_invalid"),
     # Its own alert metric with no built-in rule: a bastion down raises ONE alert, the bastion's
     # own (server_unreachable, ssh_auth_failed, ...), not one per host behind it.
     Reason(BASTION_UNREACHABLE, "the bastion it is reached through cannot be reached (the bastion's own "
@@ -198,6 +202,9 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
                 blocks_tunnels=True),
     BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
                 "{server} refuses the central's SSH key ({value} polls in a row): {error}", blocks_tunnels=True),
+    BuiltinRule("host_cert_invalid", "poll.host_cert_invalid", ">=", 1.0, 0.0, "critical",
+                "{server}: its SSH host certificate is refused, so it is not polled: {error}",
+                inhibits_server=True, blocks_tunnels=True),
     # Held back while its bastion's own alert fires (central.muting.bastion_inhibited), so a
     # bastion down is one alert; it waits a minute so that alert, polled at another phase of the
     # interval, fires first. Fires alone when the bastion answers but cannot carry the tunnel.

@@ -141,6 +141,15 @@ async def probe_key(central: Central, host: str, port: int = 22, *, via: Server 
             "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
 
 
+async def check_new(central: Central, name: str, host: str, port: int = 22) -> None:
+    """Check a new server's name, host and port (the first step when a host CA vouches for it)."""
+    check_name(name)
+    check_host(host)
+    check_port(port)
+    if await central.storage.find_server(name) is not None:
+        raise Conflict(f"a server named {name!r} already exists")
+
+
 async def probe_new(central: Central, name: str, host: str, port: int = 22, via: str | None = None) -> dict:
     """The first step of adding a server: check the name is free, return the host key to confirm
     (fetched through the bastion `via`, if given)."""
@@ -209,13 +218,19 @@ async def add_server(
         agent_secret = check_secret(agent_secret)
     if await central.storage.find_server(name) is not None:
         raise Conflict(f"a server named {name!r} already exists")
-    if not fingerprint:
-        raise Invalid("the host key fingerprint must be confirmed (probe the host first)")
     bastion = await check_via(central, via, name)
-    probed = await probe_key(central, host, port, via=bastion)
-    if probed["fingerprint"] != normalise_fingerprint(fingerprint):
-        raise PollError(HOST_KEY_MISMATCH,
-                        f"{host}:{port} presents {probed['fingerprint']}, not the confirmed {normalise_fingerprint(fingerprint)}")
+    if fingerprint:
+        probed = await probe_key(central, host, port, via=bastion)
+        if probed["fingerprint"] != normalise_fingerprint(fingerprint):
+            raise PollError(HOST_KEY_MISMATCH, f"{host}:{port} presents {probed['fingerprint']}, "
+                                               f"not the confirmed {normalise_fingerprint(fingerprint)}")
+    elif central.pool.host_cas(host, port):
+        # a trusted host CA vouches for this name: nothing to pin; the check below connects and
+        # refuses a certificate that is expired, foreign or for another name (host_cert_invalid)
+        probed = {"host_key": None, "fingerprint": None}
+    else:
+        raise Invalid("the host key fingerprint must be confirmed (probe the host first), "
+                      "or a host CA trusted for it (ssh.host_ca_file, ssh.host_cas)")
     candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
                        agent_port=agent_port, host_key=probed["host_key"],
                        host_key_fingerprint=probed["fingerprint"], via=bastion.id if bastion else None)

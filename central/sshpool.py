@@ -18,7 +18,7 @@ import asyncssh
 from .agentclient import AgentClient
 from .config import SSHConfig
 from .failures import classify
-from .model import (AUTH_FAILED, CentralError, BASTION_UNREACHABLE, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE,
+from .model import (AUTH_FAILED, CentralError, Invalid, BASTION_UNREACHABLE, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE,
                     PollError, Server)
 from .serverlog import server_log
 
@@ -33,6 +33,38 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The key in OpenSSH 'type base64' form, without a comment."""
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+def load_client_keys(path: str | Path, certificate_path: str = "") -> list:
+    """What the central authenticates with: its key, paired with its user certificate when it has
+    one (certificate_path, else <path>-cert.pub if that exists, as ssh looks for it)."""
+    key = load_client_key(path)
+    cert = Path(certificate_path) if certificate_path else Path(str(path) + "-cert.pub")
+    if not cert.exists():
+        if certificate_path:
+            raise PollError(AUTH_FAILED, f"SSH certificate {cert} does not exist")
+        return [key]
+    try:
+        return [(key, asyncssh.read_certificate(str(cert)))]
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise PollError(AUTH_FAILED, f"cannot read SSH certificate {cert}: {exc}") from None
+
+
+def host_authorities(ssh: SSHConfig) -> list:
+    """The host CAs the config trusts (ssh.host_ca_file's @cert-authority lines and ssh.host_cas),
+    as central.fleetfile.KnownHost lines; Invalid naming the file and line when one is bad."""
+    from .fleetfile import parse_known_hosts
+
+    out = []
+    if ssh.host_ca_file:
+        try:
+            text = Path(ssh.host_ca_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Invalid(f"ssh.host_ca_file: cannot read {ssh.host_ca_file}: {exc}") from None
+        out += [k for k in parse_known_hosts(ssh.host_ca_file, text) if k.marker == "cert-authority"]
+    if ssh.host_cas:
+        out += parse_known_hosts("ssh.host_cas", "".join(f"@cert-authority {line}\n" for line in ssh.host_cas))
+    return out
 
 
 def load_client_key(path: str | Path) -> asyncssh.SSHKey:
@@ -107,7 +139,8 @@ class SSHPool:
         self.default_key_path = Path(default_key_path)
         self._entries: dict[int, _Entry] = {}
         self._connect_slots = asyncio.Semaphore(ssh.max_concurrent_connects)
-        self._keys: dict[str, asyncssh.SSHKey] = {}
+        self._keys: dict[str, list] = {}
+        self._authorities: list | None = None
         self._options = connect_options(ssh)
         self.connects = 0  # successful connects, for status and tests
         #: where agent clients find a server's secret (central.agentclient.SecretSource); the
@@ -117,12 +150,22 @@ class SSHPool:
         #: Central sets it, a pool without one connects only directly
         self.resolve_server = None
 
-    def _client_key(self, server: Server) -> asyncssh.SSHKey:
+    def _client_keys(self, server: Server) -> list:
         path = server.key_path or str(self.default_key_path)
-        key = self._keys.get(path)
-        if key is None:
-            key = self._keys[path] = load_client_key(path)
-        return key
+        keys = self._keys.get(path)
+        if keys is None:
+            # the configured certificate belongs to the central's own key, not to a per-server one
+            cert = self.ssh.certificate_path if not server.key_path else ""
+            keys = self._keys[path] = load_client_keys(path, cert)
+        return keys
+
+    def host_cas(self, host: str, port: int) -> list[str]:
+        """The CA keys ('type base64') trusted to vouch for host:port (central.fleetfile matching)."""
+        from .fleetfile import trusted_cas
+
+        if self._authorities is None:
+            self._authorities = host_authorities(self.ssh)
+        return trusted_cas(self._authorities, host, port) if self._authorities else []
 
     def _entry(self, server: Server) -> _Entry:
         entry = self._entries.get(server.id)
@@ -218,13 +261,14 @@ class SSHPool:
 
     async def _connect(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
         slog = server_log(log, server.name)
-        if not server.host_key:
-            raise PollError(HOST_KEY_UNKNOWN, "no host key pinned; run `central server trust`")
+        cas = [asyncssh.import_public_key(k) for k in self.host_cas(server.host, server.port)]
+        if not server.host_key and not cas:
+            raise PollError(HOST_KEY_UNKNOWN, "no host key pinned and no host CA trusted for it; run `central server trust`")
         try:
-            pinned = asyncssh.import_public_key(server.host_key)
+            pinned = [asyncssh.import_public_key(server.host_key)] if server.host_key else []
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise PollError(HOST_KEY_MISMATCH, f"the pinned host key cannot be read: {exc}") from None
-        client_key = self._client_key(server)
+        client_keys = self._client_keys(server)
         via = await self.bastion_of(server, depth)
         tunnel = via[1] if via else ()
         async with self._connect_slots:
@@ -233,8 +277,9 @@ class SSHPool:
                     server.host, server.port,
                     tunnel=tunnel,
                     username=server.user,
-                    client_keys=[client_key],
-                    known_hosts=([pinned], [], []),
+                    client_keys=client_keys,
+                    # the pinned key, and/or the CAs whose certificate for this name is accepted
+                    known_hosts=(pinned, cas, []),
                     **self._options,
                 ), self.ssh.connect_timeout + 1)
             except BaseException as exc:  # noqa: BLE001 - classified below

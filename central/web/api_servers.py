@@ -95,7 +95,7 @@ async def create_server(call: Call):
 
 IMPORT_ROW = obj({"name": string(), "where": string(), "action": string(enum=["add", "change", "skip", "error"]),
                   "host": string(), "port": integer(), "user": string(), "tags": array(string()), "via": nullable(string()),
-                  "fingerprint": nullable(string()), "key_source": nullable(string(enum=["row", "known_hosts", "fetched", "pinned"])),
+                  "fingerprint": nullable(string()), "key_source": nullable(string(enum=["row", "known_hosts", "fetched", "pinned", "cert_authority"])),
                   "changes": array(string()), "error": nullable(string())},
                  required=["name", "where", "action", "fingerprint", "error"], closed=False)
 
