@@ -115,6 +115,7 @@ async def plan_import(
     existing ones too); inventory_user: use each entry's own user instead (ansible_user, User).
     fetch: ask hosts without a trusted key for theirs (shown for confirmation).
     """
+    known_index = fleetfile.KnownHostsIndex(list(known_hosts)) if known_hosts else None
     existing = {s.name: s for s in await central.storage.list_servers()}
     by_id = {s.id: s for s in existing.values()}
     names_in_file = {e.name for e in entries}
@@ -147,7 +148,7 @@ async def plan_import(
             continue
         moved = current is None or (current.host, current.port) != (row.host, row.port)
         given_fp = None
-        trusted = fleetfile.trusted_keys(known_hosts, row.host, row.port) if known_hosts else []
+        trusted = fleetfile.trusted_keys(known_index, row.host, row.port) if known_index else []
         if e.host_key:
             if e.host_key.startswith("SHA256:") or ":" not in e.host_key and " " not in e.host_key:
                 given_fp = e.host_key if e.host_key.startswith("SHA256:") else "SHA256:" + e.host_key

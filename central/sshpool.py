@@ -164,8 +164,11 @@ class SSHPool:
         from .fleetfile import trusted_cas
 
         if self._authorities is None:
-            self._authorities = host_authorities(self.ssh)
-        return trusted_cas(self._authorities, host, port) if self._authorities else []
+            from .fleetfile import KnownHostsIndex
+
+            self._authorities = KnownHostsIndex(host_authorities(self.ssh))
+        return trusted_cas(self._authorities, host, port) if self._authorities.revoked or \
+            self._authorities.literal or self._authorities.hashed or self._authorities.patterned else []
 
     def _entry(self, server: Server) -> _Entry:
         entry = self._entries.get(server.id)
