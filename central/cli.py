@@ -348,6 +348,39 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
         click.echo(_p(agent["hint"]))
 
 
+@server.command("ssh-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The file's format (default: from its name and content).")
+@click.option("--include", metavar="FILE", help="Your own ssh config, for everything the inventory does not say.")
+def server_ssh_config(path, fmt, include):
+    """Print an ssh config for a fleet file's hosts (what scripts/deploy-agent.sh --inventory uses).
+
+    One Host block per host: HostName, Port, User (ansible_user, User) and ProxyJump to its
+    bastion (central_via, via), so `ssh NAME` and deploy-agent.sh reach it as the inventory says.
+
+    \b
+    Example:
+      central server ssh-config inventory.ini --include ~/.ssh/config > fleet_ssh_config
+    """
+    from . import fleet, fleetfile
+
+    try:
+        entries = fleet.read_fleet_file(path, fmt)
+        for e in entries:
+            servers.check_name(e.name)
+            servers.check_host(e.host)
+            if e.user:
+                servers.check_user(e.user)
+            if e.via:
+                servers.check_name(e.via)
+    except CentralError as exc:
+        raise click.ClickException(_p(exc.message)) from None
+    if include and any(c.isspace() or c in '"#' for c in include):
+        raise click.ClickException("--include: a path without spaces, quotes or '#'")
+    click.echo(fleetfile.ssh_config_for(entries, include), nl=False)
+
+
 @server.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--tag", help="Only servers with this tag.")
@@ -846,11 +879,16 @@ def _deploy_table(results, final: bool) -> SafeTable:
 @click.option("--terminal-user", metavar="NAME",
               help="Also install the web terminal's key (restrict,pty) for this existing host account.")
 @click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
+@click.option("--inventory", type=click.Path(dir_okay=False),
+              help="Deploy the hosts of this fleet file (imported before), each as its own user (ansible_user, User).")
+@click.option("--inventory-format", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The fleet file's format (default: from its name and content).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
                  service_patterns, container_patterns, watch_units, full_access, central_user, rotate_secret,
-                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, as_json):
+                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, inventory,
+                 inventory_format, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
@@ -869,8 +907,9 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
       central deploy --all --upgrade-outdated
       central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
       central deploy web1 --terminal-user ops
+      central deploy --inventory inventory.ini --pinned-host-key -j 20
     """
-    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
+    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_inventory, select_servers
 
     if no_actions and allow_actions:
         raise click.UsageError("--no-actions and --allow-actions exclude each other")
@@ -882,7 +921,17 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
                             ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
                             terminal_user=terminal_user)
-    targets = await select_servers(central, servers, all_servers)
+    if inventory:
+        if servers or all_servers:
+            raise click.UsageError("--inventory excludes server names and --all")
+        from dataclasses import replace
+
+        from .fleet import read_fleet_file
+
+        targets, users = await select_inventory(central, read_fleet_file(inventory, inventory_format))
+        options = replace(options, login_users=users)
+    else:
+        targets = await select_servers(central, servers, all_servers)
     if not targets:
         raise CentralError("no servers to deploy to: add them with `central server add` first")
     results: list = []

@@ -76,6 +76,8 @@ class DeployOptions:
     connect_timeout: float = 15.0
     #: also install the terminal key for this existing host account (docs/terminal.md)
     terminal_user: str | None = None
+    #: who to log in as per server name (an inventory's ansible_user / User), below login_user
+    login_users: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -251,6 +253,9 @@ class Deployer:
         """Who to log in as to deploy (None: as ssh would, from ~/.ssh/config or the local user)."""
         if self.options.login_user:
             return self.options.login_user
+        per_server = dict(self.options.login_users).get(server.name)
+        if per_server:
+            return per_server
         if server.user != self.options.central_user:
             return server.user  # deployed the old way, or --full-access: the login is the operator's
         return None
@@ -442,6 +447,21 @@ class Deployer:
             raise StepFailed(result.step or "install", "the installer did not hand over the agent secret",
                              "Run again; if it persists, check the host by hand")
         return installed
+
+
+async def select_inventory(central, entries) -> tuple[list[Server], tuple[tuple[str, str], ...]]:
+    """The servers a fleet file names (each must have been imported) and, per server, the login
+    user the file gives (ansible_user, User)."""
+    found, users = [], []
+    for e in entries:
+        server = await central.storage.find_server(e.name)
+        if server is None:
+            raise Invalid(f"{e.where}: host {e.name} is not a server: import the file first "
+                          f"(central server import {e.path})")
+        found.append(server)
+        if e.user:
+            users.append((e.name, e.user))
+    return found, tuple(users)
 
 
 async def select_servers(central, names: Sequence[str], all_servers: bool) -> list[Server]:

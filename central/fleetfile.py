@@ -104,6 +104,25 @@ def _port(path: str, line: int, host: str, value: object) -> int:
     return port
 
 
+def ssh_config_for(entries: list[Entry], include: str | None = None) -> str:
+    """An OpenSSH client config with one Host block per entry (HostName, Port, User, ProxyJump
+    to its bastion's block), then, for everything else, the operator's own config (include).
+    The caller validates names, hosts and users first (they become config text)."""
+    lines = ["# written by `central server ssh-config`: one Host per inventory host"]
+    for e in entries:
+        lines.append(f"Host {e.name}")
+        lines.append(f"    HostName {e.host}")
+        if e.port is not None:
+            lines.append(f"    Port {e.port}")
+        if e.user:
+            lines.append(f"    User {e.user}")
+        if e.via:
+            lines.append(f"    ProxyJump {e.via}")
+    if include:
+        lines += ["Host *", f"    Include {include}"]
+    return "\n".join(lines) + "\n"
+
+
 # Ansible INI
 
 _RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::([0-9]+))?\]")
