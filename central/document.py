@@ -282,7 +282,7 @@ SHORT = Str(SHORT_CHARS)
 
 PROCESS = Obj(
     pid=Int(1, MAX_PID), start_time=BYTES, user=NAME, name=NAME, cmdline=Str(CMDLINE_CHARS),
-    cpu_percent=PROCESS_PERCENT, rss=BYTES,
+    cpu_percent=PROCESS_PERCENT, rss=BYTES, kill=Bool(),
 )
 
 SCHEMA = Obj(

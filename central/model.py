@@ -52,6 +52,7 @@ AGENT_IMPOSTOR = "agent_impostor"
 AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
 BASTION_UNREACHABLE = "bastion_unreachable"
 HOST_CERT_INVALID = "host_cert_invalid"
+CENTRAL_ERROR = "central_error"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
     Reason(AUTH_FAILED, "SSH refused the central's key", ERROR, "poll.auth_failed"),
@@ -70,13 +71,17 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     # Not blocking: a host whose expired certificate is renewed is polled again by itself.
     Reason(HOST_CERT_INVALID, "the host's certificate is refused (expired, not yet valid, not for this name, or "
            "signed by a CA the central does not trust): it is not polled", ERROR, "poll.host_cert_invalid"),
-    # Its own alert metric with no built-in rule: a bastion down raises ONE alert, the bastion's
-    # own (server_unreachable, ssh_auth_failed, ...), not one per host behind it.
+    # Its own alert metric, whose rule (unreachable_via_bastion) is held back while the bastion's
+    # own alert fires: a bastion down raises ONE alert, not one per host behind it.
     Reason(BASTION_UNREACHABLE, "the bastion it is reached through cannot be reached (the bastion's own "
            "status and alert say why)", OFFLINE, "poll.bastion_unreachable"),
     Reason(AGENT_NEEDS_REDEPLOY, "the central has no agent secret for this server (an agent deployed "
            "before agents authenticated, or its secret not handed over): redeploy it with central deploy",
            ERROR, "poll.agent_needs_redeploy"),
+    # A poll that failed inside the central itself (a bug): the server's loop survives it and
+    # polls again at the next interval; the central's log has the traceback, once per change.
+    Reason(CENTRAL_ERROR, "the central failed while polling this server (a bug in the central: its log "
+           "has the traceback); it polls again at the next interval", ERROR, "poll.central_error"),
 )}
 REASON_TEXT = {r.name: r.text for r in REASONS.values()}
 BLOCKING_REASONS = frozenset(r.name for r in REASONS.values() if r.blocks_polling)
@@ -223,6 +228,9 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("agent_needs_redeploy", "poll.agent_needs_redeploy", ">=", 1.0, 0.0, "warning",
                 "{server}: the central has no agent secret for it, so it is not polled; run "
                 "`central deploy {server}`: {error}"),
+    BuiltinRule("central_error", "poll.central_error", ">=", 1.0, 0.0, "warning",
+                "the central itself fails while polling {server} (a bug in the central; its log has "
+                "the traceback): {error}"),
     BuiltinRule("disk_almost_full", "disk.percent", ">=", "disk_full_percent", "disk_full_for", "warning",
                 "{label} on {server} is {value}% full (threshold {threshold}%)"),
     BuiltinRule("systemd_unit_inactive", "systemd.unit_active", "<", 1.0, "unit_inactive_for", "warning",

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Sequence
 from . import inventory
 from .config import Config
 from .hosttext import clean
-from .model import BAD_PAYLOAD, BLOCKING_REASONS, ERROR, ONLINE, PollError, PollOutcome, Server
+from .model import BAD_PAYLOAD, BLOCKING_REASONS, CENTRAL_ERROR, ERROR, ONLINE, PollError, PollOutcome, Server
 from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
 from .serverlog import server_log
 from .storage import Storage
@@ -171,7 +171,7 @@ class Poller:
             self.lag = started - slot
             # A reason that blocks polling (central.model.REASONS) waits for an operator.
             if server.status_reason not in BLOCKING_REASONS:
-                outcome = await self.poll(server)
+                outcome = await self._poll_surviving(server)
                 self.writer.put(outcome)
                 self._note_state(server, outcome)
                 if outcome.reason in BLOCKING_REASONS:
@@ -184,6 +184,22 @@ class Poller:
             slot += interval
             if slot < time.time():  # overran: skip missed slots rather than burst
                 slot += ((time.time() - slot) // interval + 1) * interval
+
+    async def _poll_surviving(self, server: Server) -> PollOutcome:
+        """poll(), but a bug in the central (any exception but a cancel) fails this one poll as
+        central_error instead of ending the server's loop for good; the traceback is logged
+        when the server starts failing this way, not at every interval."""
+        started = time.time()
+        try:
+            return await self.poll(server)
+        except Exception as exc:  # noqa: BLE001 - one server's bad poll must not stop its polling
+            self.errors_by_reason[CENTRAL_ERROR] = self.errors_by_reason.get(CENTRAL_ERROR, 0) + 1
+            was = self._state.get(server.id)
+            if was is None or was[0] or was[1] != CENTRAL_ERROR:
+                server_log(log, server.name).exception("poll failed inside the central")
+            return PollOutcome(server_id=server.id, ts=started, duration=time.time() - started, ok=False,
+                               reason=CENTRAL_ERROR,
+                               error=clean(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS))
 
     async def poll(self, server: Server) -> PollOutcome:
         """Poll one server now; never raises for a failed poll (the outcome says why)."""

@@ -212,3 +212,39 @@ async def test_polls_keep_their_phase_and_a_slow_host_skips_missed_slots(patient
         # (without the skip the slow host's next poll would start at once: a 1.5 s gap)
         assert gaps and all(abs(g - expected) < 0.3 for g in gaps[1:] or gaps), (host.name, gaps)
     assert len(polls(fast)) >= 4
+
+
+async def test_a_bug_in_one_poll_fails_that_poll_and_the_server_keeps_being_polled(central, ssh_host, agent_document, caplog):
+    # A fault injected inside the central (not the host): the transport raises an exception no
+    # poll failure is, twice. The server's loop survives it: the polls fail as central_error
+    # (logged with the traceback once, not at every interval), and the next one succeeds.
+    host = await ssh_host(agent=document_agent(agent_document))
+    added = await add_server(
+        central, host.name, "127.0.0.1", port=host.port, fingerprint=host.fingerprint, agent_secret=host.secret
+    )
+    transport = central.poller.transports.of_kind(added["server"]["kind"])
+    real_document = transport.document
+    faults = []
+
+    async def faulty_document(server):
+        if len(faults) < 2:
+            faults.append(server.name)
+            raise RuntimeError("injected fault")
+        return await real_document(server)
+
+    transport.document = faulty_document
+    stored_outcomes = []
+
+    async def record(batch, by_id):
+        stored_outcomes.extend((o.ok, o.reason, o.error) for o in batch)
+
+    central.poller.hooks.append(record)
+    await central.poller.start()
+    await wait_for(lambda: any(ok for ok, _, _ in stored_outcomes), timeout=15, what="a good poll after the faults")
+    assert stored_outcomes[:2] == [(False, "central_error", "RuntimeError: injected fault")] * 2, stored_outcomes
+    assert all(ok for ok, _, _ in stored_outcomes[2:]), stored_outcomes
+    assert central.poller.errors_by_reason.get("central_error") == 2
+    server = await central.storage.get_server(host.name)
+    assert server.status == "online" and server.status_reason is None, server
+    tracebacks = [r for r in caplog.records if "poll failed inside the central" in r.getMessage()]
+    assert len(tracebacks) == 1 and tracebacks[0].exc_info[0] is RuntimeError
