@@ -185,3 +185,49 @@ def test_known_hosts_key_that_is_not_the_hosts_is_pinned_and_refused_on_connect(
     assert res.exit_code == 1
     assert f"{csv}:2: host {host.name}: known_hosts says {host.fingerprint}" in res.output
     assert "central server trust" in res.output
+
+
+def test_deploy_script_and_central_deploy_take_the_same_inventory(test_host, tmp_path, client_key, env, monkeypatch):
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.hostfarm import REPO_DIR, default_agent_path
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    operator = tmp_path / "operator"
+    operator_pub = generate_key(operator, "operator")
+    hosts = test_host.many(3, agent=False, login_user=False, authorized_keys=[operator_pub])
+    kh = keyscan(hosts, tmp_path / "known_hosts", hashed=True)
+    empty = tmp_path / "ssh_config"
+    empty.write_text("")
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[web]\n" + "".join(f"{h.name} ansible_host={h.address}\n" for h in hosts)
+                   + "[web:vars]\nansible_user=root\n")
+    assert run("init").exit_code == 0
+    central_cli = Path(sys.executable).parent / "central"
+    res = subprocess.run(["bash", str(REPO_DIR / "scripts" / "deploy-agent.sh"), "--agent", str(default_agent_path()),
+                          "--inventory", str(inv), "--ssh-config", str(empty), "--identity", str(operator),
+                          "--ssh-opt", f"UserKnownHostsFile={kh}", "--ssh-opt", "StrictHostKeyChecking=yes",
+                          "--central", str(central_cli), "--central-key", str(client_key.public_path), "-j", "3"],
+                         env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for h in hosts:
+        assert f"[{h.name}] done" in res.stderr  # progress per host, named as the inventory names it
+    imported = run("server", "import", str(inv), "--known-hosts", str(kh))
+    assert imported.exit_code == 0 and "3 added" in imported.output, imported.output
+    for h in hosts:
+        polled = json.loads(run("poll", h.name, "--json").output)
+        assert polled["ok"] and polled["document"]["hostname"] == h.name
+    # central deploy reads the same file: the same hosts, each as the file's user, in parallel
+    res = run("deploy", "--inventory", str(inv), "--identity", str(operator), "--known-hosts", str(kh),
+              "--ssh-config", str(empty), "-j", "3", "--json")
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.output)
+    assert sorted(r["server"] for r in done) == sorted(h.name for h in hosts)
+    assert {r["state"] for r in done} == {"ok"}
+    assert {r["target"] for r in done} == {f"root@{h.address}:22" for h in hosts}
+    # a host the file names that was never imported is refused by name and line
+    inv.write_text(inv.read_text().replace("[web:vars]", "ghost ansible_host=10.98.0.250\n[web:vars]"))
+    res = run("deploy", "--inventory", str(inv), "--identity", str(operator))
+    assert res.exit_code == 1 and f"{inv}:5: host ghost is not a server" in res.output
