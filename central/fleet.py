@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import fleetfile
 from .fleetfile import Entry, KnownHost
 from .model import CentralError, Conflict, Invalid, PollError
+from .sshpool import MAX_BASTIONS
 from .servers import CENTRAL_LOGIN_USER, check_host, check_name, check_port, check_tags, check_user, probe_key
 
 if TYPE_CHECKING:
@@ -200,9 +201,32 @@ async def plan_import(
                 changes.append("via")
             row.action = CHANGE if changes else SKIP
             row.changes = changes
+    _check_chains(rows, existing, by_id)
     if to_fetch:
         await _fetch_keys(central, to_fetch, rows, existing)
     return ImportPlan(rows)
+
+
+def _check_chains(rows: list[ImportRow], existing: dict, by_id: dict) -> None:
+    """Rows whose bastions, as the file and the stored servers say, loop or go deeper than
+    MAX_BASTIONS become errors (the pool would refuse them at every connect)."""
+    via_of = {name: (by_id[s.via].name if s.via in by_id else None) for name, s in existing.items()}
+    via_of.update({r.name: r.via for r in rows if r.action != ERROR})
+    for row in rows:
+        if row.action == ERROR or row.via is None:
+            continue
+        chain, hop = [row.name], row.via
+        while hop is not None:
+            if hop in chain:
+                row.action, row.error = ERROR, f"{row.where}: host {row.name}: its bastions loop ({' -> '.join(chain + [hop])})"
+                break
+            chain.append(hop)
+            hop = via_of.get(hop)
+        else:
+            if len(chain) - 1 > MAX_BASTIONS:
+                row.action = ERROR
+                row.error = (f"{row.where}: host {row.name}: {' -> '.join(chain)}: at most {MAX_BASTIONS} "
+                             "bastions in a row")
 
 
 async def _fetch_keys(central: Central, to_fetch, rows: list[ImportRow], existing: dict) -> None:
