@@ -399,10 +399,11 @@ async def server_list(central: Central, as_json, tag, status):
         _echo_json(rows)
         return
     t = SafeTable("name", "host", "status", "cpu", "mem", "disk", "load", "last seen", "tags")
+    names = {r["id"]: r["name"] for r in (await central.storage.server_dicts() if any(r.get("via") for r in rows) else ())}
     for r in rows:
         s = r["sample"] or {}
         load = _num(s.get("load1"), ".2f")
-        host = central.transports.address(r)
+        host = central.transports.address(r) + (f" via {names.get(r['via'], '?')}" if r.get("via") else "")
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
     console.print(t)
