@@ -50,7 +50,7 @@ Options:
   --ssh-config FILE       ssh config file to use instead of ~/.ssh/config (ssh -F; the
                           jump hosts' ssh reads it too)
   --inventory FILE        deploy the hosts of an Ansible inventory, ssh config or CSV (as
-                          `central server import` reads it): addresses, ports, users and
+                          central server import reads it): addresses, ports, users and
                           bastions (central_via, ProxyJump, via) from the file
   --jump [USER@]HOST[:PORT][,...]  reach the hosts through these bastions (ssh -J, ProxyJump);
                           the bastions' settings (key, known_hosts) come from the ssh config
