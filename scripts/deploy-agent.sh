@@ -62,6 +62,8 @@ Examples:
   $PROG --central-key ./id_ed25519.pub --no-actions -j 20 \$(cat hosts.txt)
   $PROG --allow-actions service --service-pattern 'nginx*' --watch-unit nginx.service admin@db-1
   $PROG --identity ~/.ssh/deploy --ssh-opt Port=2222 --ssh-opt ProxyJump=bastion root@10.0.0.5
+  $PROG --inventory inventory.ini -j 20          # hosts, users, bastions from the file
+  $PROG --ssh-config ./fleet_ssh_config --jump bastion1 root@10.1.0.7
   $PROG --terminal-user ops root@web-1    # then: central terminal enable web-1 --user ops
 
 Exit status: 0 when every host succeeded, 1 when any failed, 2 for a usage error.
