@@ -85,3 +85,14 @@ def test_ssh_config_for_an_inventory():
         "Host b1", "    HostName 192.0.2.9", "    Port 2222",
         "Host app1", "    HostName 10.1.0.1", "    User deploy", "    ProxyJump b1",
         "Host *", "    Include /home/op/.ssh/config"]
+
+
+async def test_a_bad_host_ca_setting_is_one_error_at_start(config):
+    import dataclasses
+
+    bad = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, host_cas=("*.lan ssh-ed25519 AAAA",)))
+    with pytest.raises(Invalid, match=r"^ssh.host_cas:1: host \*.lan: the key's blob is not a ssh-ed25519 key$"):
+        await Central.open(bad)
+    missing = dataclasses.replace(config, ssh=dataclasses.replace(config.ssh, host_ca_file="/nonexistent/ca"))
+    with pytest.raises(Invalid, match="ssh.host_ca_file: cannot read /nonexistent/ca"):
+        await Central.open(missing)
