@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS servers (
     agent_sha256          TEXT,
     hostname              TEXT,   -- as the agent reports it
     inventory_hash        TEXT,
-    created_at            REAL    NOT NULL
+    created_at            REAL    NOT NULL,
+    -- the bastion it is reached through (a server itself); NULL: directly. A bastion with hosts
+    -- behind it cannot be removed (RESTRICT) before they are moved.
+    via                   INTEGER REFERENCES servers(id) ON DELETE RESTRICT
 );
 
 -- The newest full /api/all document per server, overwritten on each poll.

@@ -30,7 +30,8 @@ from .model import (
     ALERT_METRICS, BUILTIN_RULES, CONTAINER_METRICS, CONTAINER_RUNNING_STATES, INVENTORY_RULE, METRICS, POLL_METRICS,
     REASONS, STORAGE_RULE, Conflict, Invalid, NotFound, PollOutcome, Server, StorageUnavailable,
 )
-from .muting import BUILTIN_INHIBIT, Inhibitor, Window, silence_matches  # noqa: F401 - silence_matches re-exported
+from .muting import (BUILTIN_INHIBIT, Inhibitor, Window, bastion_inhibited, bastions_down,  # noqa: F401
+                     silence_matches)  # silence_matches re-exported
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class AlertEngine:
         self.inhibitor = Inhibitor(((BUILTIN_INHIBIT,) if self.cfg.builtin_inhibit else ()) + tuple(self.cfg.inhibit))
         # Bumped whenever an alert starts or stops firing: the inhibition index is rebuilt then.
         self._version = 0
-        self._inhibit_index: tuple[int, list] | None = None
+        self._inhibit_index: tuple[int, list, frozenset] | None = None
         self.evaluations = 0
         self._rules_cache: dict[tuple[str, tuple[str, ...]], ServerRules] = {}
         self._streaks: dict[int, dict[str, int]] = {}
@@ -637,17 +638,21 @@ class AlertEngine:
     def labels(self, st: AlertState) -> dict:
         """What routes, inhibit rules and windows match on: rule, server, severity, label, tags."""
         server = self.servers.get(st.server_id)
+        bastion = self.servers.get(server.via) if server is not None and server.via is not None else None
         return {"rule": st.rule, "server": server.name if server else None, "severity": st.severity,
-                "label": st.label, "tags": server.tags if server else ()}
+                "label": st.label, "tags": server.tags if server else (), "via": bastion.name if bastion else None}
 
     def inhibited(self, st: AlertState) -> bool:
-        """Whether a firing source alert (e.g. the server is unreachable) mutes this one."""
+        """Whether a firing source alert (e.g. the server is unreachable, or its bastion) mutes this one."""
         if not self.inhibitor.rules:
             return False
         if self._inhibit_index is None or self._inhibit_index[0] != self._version:
             firing = [self.labels(s) for s in self.states.values() if s.state == FIRING]
-            self._inhibit_index = (self._version, self.inhibitor.index(firing))
-        return self.inhibitor.inhibited(self.labels(st), self._inhibit_index[1])
+            self._inhibit_index = (self._version, self.inhibitor.index(firing), bastions_down(firing))
+        labels = self.labels(st)
+        if self.cfg.builtin_inhibit and bastion_inhibited(labels, self._inhibit_index[2]):
+            return True
+        return self.inhibitor.inhibited(labels, self._inhibit_index[1])
 
     def muted(self, st: AlertState, now: float) -> bool:
         """Whether a silence, a maintenance window or an inhibit rule holds this alert's notifications back."""

@@ -50,6 +50,8 @@ BAD_PAYLOAD = "bad_payload"
 TIMEOUT = "timeout"
 AGENT_IMPOSTOR = "agent_impostor"
 AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
+BASTION_UNREACHABLE = "bastion_unreachable"
+HOST_CERT_INVALID = "host_cert_invalid"
 CENTRAL_ERROR = "central_error"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
@@ -66,6 +68,13 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(AGENT_IMPOSTOR, "what answers on the agent port does not prove it holds the host's secret "
            "(a squatter on the port, or a secret that differs): it is not polled", ERROR,
            "poll.agent_impostor"),
+    # Not blocking: a host whose expired certificate is renewed is polled again by itself.
+    Reason(HOST_CERT_INVALID, "the host's certificate is refused (expired, not yet valid, not for this name, or "
+           "signed by a CA the central does not trust): it is not polled", ERROR, "poll.host_cert_invalid"),
+    # Its own alert metric, whose rule (unreachable_via_bastion) is held back while the bastion's
+    # own alert fires: a bastion down raises ONE alert, not one per host behind it.
+    Reason(BASTION_UNREACHABLE, "the bastion it is reached through cannot be reached (the bastion's own "
+           "status and alert say why)", OFFLINE, "poll.bastion_unreachable"),
     Reason(AGENT_NEEDS_REDEPLOY, "the central has no agent secret for this server (an agent deployed "
            "before agents authenticated, or its secret not handed over): redeploy it with central deploy",
            ERROR, "poll.agent_needs_redeploy"),
@@ -216,6 +225,9 @@ class BuiltinRule:
     # While it fires the server cannot be observed: its other alerts are not notified
     # (alerts.builtin_inhibit), since their figures are stale.
     inhibits_server: bool = False
+    # While it fires on a bastion, the hosts behind it cannot be reached either: their
+    # unreachable_via_bastion alerts are held back (one alert for a bastion down, not one per host).
+    blocks_tunnels: bool = False
 
 
 INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
@@ -225,12 +237,23 @@ INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a
 STORAGE_RULE = "storage_failing"
 BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
-                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True),
+                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True,
+                blocks_tunnels=True),
     BuiltinRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, "critical",
                 "{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True),
+                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True,
+                blocks_tunnels=True),
     BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
-                "{server} refuses the central's SSH key ({value} polls in a row): {error}"),
+                "{server} refuses the central's SSH key ({value} polls in a row): {error}", blocks_tunnels=True),
+    BuiltinRule("host_cert_invalid", "poll.host_cert_invalid", ">=", 1.0, 0.0, "critical",
+                "{server}: its SSH host certificate is refused, so it is not polled: {error}",
+                inhibits_server=True, blocks_tunnels=True),
+    # Held back while its bastion's own alert fires (central.muting.bastion_inhibited), so a
+    # bastion down is one alert; it waits a minute so that alert, polled at another phase of the
+    # interval, fires first. Fires alone when the bastion answers but cannot carry the tunnel.
+    BuiltinRule("unreachable_via_bastion", "poll.bastion_unreachable", ">=", "unreachable_after", 60.0, "critical",
+                "{server} cannot be reached through its bastion ({value} polls in a row): {error}",
+                inhibits_server=True, blocks_tunnels=True),
     BuiltinRule("agent_down", "poll.agent_down", ">=", "agent_failures_after", 0.0, "warning",
                 "SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
     BuiltinRule("agent_error", "poll.agent_error", ">=", "agent_failures_after", 0.0, "warning",
@@ -406,6 +429,7 @@ class Server:
     hostname: str | None = None
     inventory_hash: str | None = None
     created_at: float = 0.0
+    via: int | None = None  # the id of the bastion server it is reached through (None: directly)
 
     @classmethod
     def from_row(cls, row) -> "Server":
@@ -423,7 +447,7 @@ class Server:
     @property
     def connection_key(self) -> tuple:
         """What identifies the SSH connection; a change means reconnect."""
-        return (self.host, self.port, self.user, self.key_path, self.host_key)
+        return (self.host, self.port, self.user, self.key_path, self.host_key, self.via)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of the stored fields."""

@@ -152,6 +152,7 @@ class SSHTransport(Transport):
         """Connect with a pool of its own (raising a PollError on SSH failures) and ask /api/health,
         authenticated with the given secret or the stored one."""
         pool = SSHPool(self.config.ssh, self.config.key_path)
+        pool.resolve_server = self.pool.resolve_server
         stored = self.pool.agent_secret
 
         async def source(server: Server) -> str | None:

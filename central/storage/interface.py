@@ -29,14 +29,19 @@ class Servers(ABC):
         self, name: str, host: str, *, kind: str = "ssh", port: int = 22, user: str = "central",
         key_path: str | None = None, agent_port: int = 8083, tags: Sequence[str] = (),
         interval_s: float | None = None, host_key: str | None = None, host_key_fingerprint: str | None = None,
-        agent_secret: str | None = None,
+        agent_secret: str | None = None, via: int | None = None,
     ) -> Server:
         """Insert a server with its agent secret, or the one pending for its host and port (see
-        AgentSecrets), in one transaction; Conflict if the name is taken."""
+        AgentSecrets), in one transaction; Conflict if the name is taken. via: the id of the
+        bastion it is reached through."""
 
     @abstractmethod
     async def get_server(self, name: str) -> Server:
         """The server called name; NotFound otherwise."""
+
+    @abstractmethod
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
 
     @abstractmethod
     async def find_server(self, name: str) -> Server | None:
@@ -71,7 +76,7 @@ class Servers(ABC):
 
     @abstractmethod
     async def remove_server(self, name: str) -> None:
-        """Delete a server and everything stored about it."""
+        """Delete a server and everything stored about it; Conflict while it is the bastion of others."""
 
     @abstractmethod
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:

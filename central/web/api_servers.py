@@ -6,7 +6,7 @@ changes, re-trusts and removes servers.
 """
 from __future__ import annotations
 
-from .. import servers, views
+from .. import fleet, servers, views
 from ..model import CONTAINER_METRICS
 from ..sample import METRICS
 from ..servers import HOST_RE, NAME_RE, TAG_RE, USER_RE
@@ -22,6 +22,7 @@ TAGS = array(string(pattern=TAG_RE.pattern, maxLength=40), maxItems=32)
 INTERVAL = number(minimum=1, maximum=86400, description="Poll interval in seconds (null: poll.interval).")
 FINGERPRINT = string(minLength=1, maxLength=100, description="SHA256:... fingerprint of the host key to pin.")
 STATUS = string(enum=list(views.STATUSES))
+VIA = string(pattern=NAME_RE.pattern, maxLength=63, description="The bastion server it is reached through (null: directly).")
 NUM = nullable(number())
 
 SAMPLE = obj({"ts": number(), **{m: NUM for m in METRICS},
@@ -68,7 +69,8 @@ async def list_servers(call: Call) -> dict:
 
 @endpoints.post("/api/v1/servers", summary="Add a server (two steps: probe the host key, then pin it)", role=ADMIN,
                 body=obj({"name": NAME, "host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
-                          "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT},
+                          "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT,
+                          "via": nullable(VIA)},
                          required=["name", "host"]),
                 responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "agent": AGENT_CHECK,
                                      "warnings": array(string())},
@@ -84,13 +86,51 @@ async def create_server(call: Call):
     same host (the same address and port, or the same pinned host key)."""
     b = call.body
     if not b.get("fingerprint"):
-        probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22))
+        probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22), via=b.get("via"))
         return Reply({"stored": False, "confirm": probed, "current": None,
                       "next": "repeat the request with fingerprint set to confirm.fingerprint"}, 200)
     result = await servers.add_server(call.central,
         b["name"], b["host"], port=b.get("port", 22), user=b.get("user", "central"), tags=b.get("tags", ()),
-        interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"])
+        interval=b.get("interval"), agent_port=b.get("agent_port", 8083), fingerprint=b["fingerprint"],
+        via=b.get("via"))
     return {"stored": True, **result}
+
+
+IMPORT_ROW = obj({"name": string(), "where": string(), "action": string(enum=["add", "change", "skip", "error"]),
+                  "host": string(), "port": integer(), "user": string(), "tags": array(string()), "via": nullable(string()),
+                  "fingerprint": nullable(string()), "key_source": nullable(string(enum=["row", "known_hosts", "fetched", "pinned", "cert_authority"])),
+                  "changes": array(string()), "error": nullable(string())},
+                 required=["name", "where", "action", "fingerprint", "error"], closed=False)
+
+
+@endpoints.post("/api/v1/servers/import", summary="Add or update many servers from an inventory file", role=ADMIN,
+                body=obj({"content": string(maxLength=1_000_000, description="The fleet file's text."),
+                          "filename": string(maxLength=200, description="Its name, for messages and the format guess."),
+                          "format": string(enum=["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+                          "known_hosts": string(maxLength=1_000_000, description="A known_hosts file's text you trust."),
+                          "fetch": boolean(description="Fetch the keys of hosts without a trusted one (confirm them)."),
+                          "user": string(pattern=USER_RE.pattern, maxLength=32),
+                          "inventory_user": boolean(), "tags": TAGS,
+                          "dry_run": boolean(default=True, description="Only say what would happen (the default)."),
+                          "confirmation": string(maxLength=64, description="The dry run's confirmation for fetched keys."),
+                          "skip_errors": boolean()},
+                         required=["content"]),
+                response=obj({"rows": array(IMPORT_ROW), "summary": obj({}, closed=False),
+                              "confirmation": nullable(string()), "dry_run": boolean(),
+                              "result": nullable(obj({"added": integer(), "changed": integer(), "skipped": integer()}))},
+                             required=["rows", "summary", "confirmation", "dry_run", "result"]),
+                errors=(409,))
+async def import_servers(call: Call) -> dict:
+    """A dry run (the default) returns one row per host: add, change, skip (unchanged) or error
+    (naming file, line and host). With dry_run false the rows are stored, unless one is in error
+    (400, nothing stored; skip_errors imports the others) or fetched keys are not confirmed with
+    the dry run's `confirmation` (409)."""
+    b = call.body
+    return await fleet.import_text(call.central, b["content"], filename=b.get("filename") or "upload",
+                                   fmt=b.get("format"), known_hosts=b.get("known_hosts") or "", fetch=b.get("fetch", False),
+                                   user=b.get("user"), inventory_user=b.get("inventory_user", False),
+                                   tags=b.get("tags") or (), dry_run=b.get("dry_run", True),
+                                   confirmation=b.get("confirmation"), skip_errors=b.get("skip_errors", False))
 
 
 @endpoints.get("/api/v1/servers/{name}", summary="One server: settings, status, latest document, inventory",
@@ -108,7 +148,7 @@ async def show_server(call: Call) -> dict:
 @endpoints.patch("/api/v1/servers/{name}", summary="Change a server's settings", role=ADMIN,
                  path_params={"name": NAME},
                  body=obj({"host": HOST, "port": PORT, "user": string(pattern=USER_RE.pattern, maxLength=32),
-                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT}),
+                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "via": nullable(VIA)}),
                  response=obj({"server": SERVER}, required=["server"]))
 async def update_server(call: Call) -> dict:
     """Only the given fields change. A new host or port un-pins the host key (trust it again)."""
