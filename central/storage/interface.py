@@ -450,5 +450,11 @@ class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, Agent
         """Bytes the database takes."""
 
     @abstractmethod
+    async def change_marker(self) -> object:
+        """A value that differs whenever anything stored may have changed since it was taken (a
+        commit by this process or another one): answers built from the database can be kept
+        while it stays equal."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Close the database."""

@@ -15,7 +15,8 @@ from ..config import Config
 from ..service import Central
 from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
-from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
+from .answers import Answers
+from .keys import ANSWERS, CENTRAL, CONFIG, LOGIN_LIMITER
 from .pages import install_pages
 from .terminal_pages import install_terminal_pages
 from .security import host_check, session_storage
@@ -99,6 +100,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts, config.http.login_attempts_per_user,
                                       config.http.login_backoff_max)
+    app[ANSWERS] = Answers(lambda: app[CENTRAL].storage.change_marker())
     app.cleanup_ctx.append(_central_context)
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))

@@ -6,6 +6,7 @@ from aiohttp import web
 from ..auth import Identity, LoginLimiter
 from ..config import Config
 from ..service import Central
+from .answers import Answers
 from .registry import Endpoint
 
 CONFIG = web.AppKey("config", Config)
@@ -13,5 +14,6 @@ CENTRAL = web.AppKey("central", Central)
 # Every declared endpoint, in registration order (routes and the OpenAPI document come from it).
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+ANSWERS = web.AppKey("answers", Answers)
 # Per request: who is calling (set once the credentials were checked; None: anonymous).
 IDENTITY = web.RequestKey("identity", Identity | None)

@@ -120,6 +120,7 @@ class SQLiteSamples(SQLiteBase):
                 if o.sample is not None:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
+            self.latest_changes += 1
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -283,6 +284,7 @@ class SQLiteSamples(SQLiteBase):
     async def import_samples(self, rows: Sequence[tuple]) -> None:
         """Bulk-insert raw samples (server_id, ts, one value per key figure, top_json): imports, benchmarks, tests."""
         self._latest = None  # re-read on next use
+        self.latest_changes += 1
         await self._write_many([(
             f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)"
             f" VALUES (?, ?, {', '.join('?' * len(COLUMNS))}, ?)", list(rows))])
