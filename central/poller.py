@@ -85,6 +85,9 @@ class Poller:
         self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         # Run with each round of rollup and pruning (the terminal prunes its recordings here).
         self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
+        # Called after each load of the server list (the serving process freezes what survived
+        # for the garbage collector then: central/gcpolicy.py).
+        self.reload_hooks: list[Callable[[], object]] = []
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._main: list[asyncio.Task] = []
@@ -140,6 +143,8 @@ class Poller:
         for sid in list(self._servers):
             if sid not in servers:
                 del self._servers[sid]
+        for hook in self.reload_hooks:
+            hook()
 
     async def _reload_loop(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from aiohttp import web
 
 from ..auth import Identity, LoginLimiter
 from ..config import Config
+from ..gcpolicy import GCPolicy
 from ..service import Central
 from .answers import Answers
 from .registry import Endpoint
@@ -15,5 +16,6 @@ CENTRAL = web.AppKey("central", Central)
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 ANSWERS = web.AppKey("answers", Answers)
+GC_POLICY = web.AppKey("gc_policy", GCPolicy)
 # Per request: who is calling (set once the credentials were checked; None: anonymous).
 IDENTITY = web.RequestKey("identity", Identity | None)
