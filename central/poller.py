@@ -90,6 +90,7 @@ class Poller:
         self.reload_hooks: list[Callable[[], object]] = []
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
+        self._servers_marker: object = None  # storage.servers_marker() at the last load
         self._main: list[asyncio.Task] = []
         self._flushed = asyncio.Event()
         self.lag: float = 0.0  # how late the last poll started, seconds
@@ -124,9 +125,16 @@ class Poller:
         self._tasks.clear()
         await self.writer.flush()
 
-    async def reload(self) -> None:
-        """Pick up added, removed and changed servers."""
+    async def reload(self, force: bool = True) -> None:
+        """Pick up added, removed and changed servers (force False: only when something but poll
+        batches wrote since the last load; poll batches change no setting the poller reads)."""
+        marker = await self.storage.servers_marker()
+        if not force and marker == self._servers_marker:
+            for hook in self.reload_hooks:
+                hook()
+            return
         servers = {s.id: s for s in await self.storage.list_servers()}
+        self._servers_marker = marker
         for sid in list(self._tasks):
             if sid not in servers:
                 self._tasks.pop(sid).cancel()
@@ -150,7 +158,7 @@ class Poller:
         while True:
             await asyncio.sleep(self.config.poll.reload_interval)
             try:
-                await self.reload()
+                await self.reload(force=False)
             except Exception:  # noqa: BLE001 - a failed reload must not stop polling
                 log.exception("reloading the server list failed")
 

@@ -35,6 +35,11 @@ class Servers(ABC):
         AgentSecrets), in one transaction; Conflict if the name is taken."""
 
     @abstractmethod
+    async def servers_marker(self) -> object:
+        """A value that stays equal while nothing but poll batches (write_polls) wrote, here or in
+        another process: the poller reloads its server list only when it changes."""
+
+    @abstractmethod
     async def get_server(self, name: str) -> Server:
         """The server called name; NotFound otherwise."""
 

@@ -85,6 +85,12 @@ class SQLiteBase:
         # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
         self._latest: dict[int, dict] | None = None
         self.latest_changes = 0  # bumped whenever that copy changes (for caches of answers built on it)
+        # Commits of this connection, and how many of them were poll batches (write_polls): a commit
+        # that is not one (or another process's: data_version) may have changed the servers table's
+        # settings, so the poller's server list and write_polls' known ids are re-read only then.
+        self.commits = 0
+        self.poll_commits = 0
+        self._server_ids: tuple[object, set[int]] | None = None  # (servers marker, ids) for write_polls
         # A second connection, on a thread of its own, for the hot reads of the API (lists,
         # fleet figures, token lookups): on the writer's connection they queued behind poll
         # batches, rollups and pruning (0.6-1.1 s stalls; BENCHMARKS.md, HTTP API). It only
@@ -227,6 +233,13 @@ class SQLiteBase:
         connection, which never writes itself. For caches of answers built from the database."""
         return (await self._read_one("PRAGMA data_version"))[0]
 
+    async def servers_marker(self) -> tuple[int, int]:
+        """(data_version of the writer's connection: another process's commits, this connection's
+        commits other than poll batches): equal while nothing but poll batches wrote."""
+        async with self.db.execute("PRAGMA data_version") as cur:
+            (version,) = await cur.fetchone()
+        return version, self.commits - self.poll_commits
+
     async def change_marker(self) -> tuple[int, int]:
         """(data_version, latest_changes): any commit, and any change of the in-memory latest samples."""
         return await self.data_version(), self.latest_changes
@@ -241,6 +254,7 @@ class SQLiteBase:
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.execute("COMMIT")
+                self.commits += 1
             except sqlite3.OperationalError as exc:
                 # locked, read-only, full, I/O: the database's trouble, not the caller's data
                 await self._rollback()
