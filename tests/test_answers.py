@@ -124,3 +124,30 @@ async def test_a_failed_build_is_not_kept(storage):
     with pytest.raises(RuntimeError, match="database gone"):
         await answers.body("k", build)
     assert json.loads(await answers.body("k", build)) == {"ok": True}
+
+
+async def test_server_rows_give_exactly_what_json_dumps_gives_and_reuse_unchanged_rows(storage):
+    from central.web.answers import ServerRows, _dumps
+
+    def answer(rows):
+        return {"servers": rows, "total": len(rows), "limit": 100, "offset": 0}
+
+    def row(i, cpu, seen):
+        return {"id": i, "name": f"s{i}", "tags": ["a"], "sample": {"ts": 1.0, "cpu": cpu, "top": [[1, "x", 0.5, 10]]},
+                "agent_outdated": False, "stale": seen > 30, "seen_ago": seen, "status_text": None}
+
+    enc = ServerRows()
+    first = answer([row(1, 5.0, 1.0), row(2, 7.5, 2.0)])
+    assert enc.encode(first) == _dumps(first)
+    kept = dict(enc._rows)  # noqa: SLF001
+    # only the freshness moved: the same row texts are reused, the answer is still exact
+    second = answer([row(1, 5.0, 11.0), row(2, 7.5, 12.0)])
+    assert enc.encode(second) == _dumps(second)
+    assert all(enc._rows[i][1] is kept[i][1] for i in (1, 2))  # noqa: SLF001
+    # a figure changed: that row is serialised again
+    third = answer([row(1, 6.0, 1.0), row(2, 7.5, 2.0)])
+    assert enc.encode(third) == _dumps(third)
+    assert enc._rows[1][1] is not kept[1][1] and enc._rows[2][1] is kept[2][1]  # noqa: SLF001
+    assert enc.encode(answer([])) == _dumps(answer([]))
+    odd = answer([{"id": 3, "name": "s3"}])  # not the row shape it relies on: plain json.dumps
+    assert enc.encode(odd) == _dumps(odd)

@@ -40,8 +40,10 @@ class Answers:
         self._done: dict[Hashable, tuple[Hashable, float, bytes]] = {}  # key -> (marker, built at, body)
         self._building: dict[Hashable, tuple[Hashable, asyncio.Task]] = {}
         self.builds = 0  # answers built (the rest were shared)
+        self.server_rows = ServerRows()  # the server list's rows as text, kept between builds
 
-    async def body(self, key: Hashable, build: Callable[[], Awaitable[object]]) -> bytes:
+    async def body(self, key: Hashable, build: Callable[[], Awaitable[object]],
+                   encode: Callable[[object], str] | None = None) -> bytes:
         """The JSON text of build()'s answer for key, built now or shared with other requests."""
         marker = await self._marker()
         done = self._done.get(key)
@@ -49,19 +51,22 @@ class Answers:
             return done[2]
         building = self._building.get(key)
         if building is None or building[0] != marker:
-            task = asyncio.ensure_future(self._build(key, marker, build))
+            task = asyncio.ensure_future(self._build(key, marker, build, encode))
             building = (marker, task)
             self._building[key] = building
         return await asyncio.shield(building[1])
 
-    async def response(self, key: Hashable, build: Callable[[], Awaitable[object]]) -> web.Response:
-        """body() as the JSON response web.json_response would give."""
-        return web.Response(body=await self.body(key, build), content_type="application/json", charset="utf-8")
+    async def response(self, key: Hashable, build: Callable[[], Awaitable[object]],
+                       encode: Callable[[object], str] | None = None) -> web.Response:
+        """body() as the JSON response web.json_response would give (encode: the answer's JSON
+        text, if not json.dumps; it must give the same text)."""
+        return web.Response(body=await self.body(key, build, encode), content_type="application/json", charset="utf-8")
 
-    async def _build(self, key: Hashable, marker: Hashable, build: Callable[[], Awaitable[object]]) -> bytes:
+    async def _build(self, key: Hashable, marker: Hashable, build: Callable[[], Awaitable[object]],
+                     encode: Callable[[object], str] | None = None) -> bytes:
         try:
             started = self.clock()
-            body = _dumps(await build()).encode()
+            body = (encode or _dumps)(await build()).encode()
             self.builds += 1
             self._done.pop(key, None)
             self._done[key] = (marker, started, body)
@@ -71,3 +76,43 @@ class Answers:
         finally:
             if self._building.get(key, (None, None))[1] is asyncio.current_task():
                 del self._building[key]
+
+
+class ServerRows:
+    """The JSON text of a server list answer ({"servers": [...], "total", "limit", "offset"}),
+    exactly as json.dumps gives it, with each server's row serialised only when it changed.
+
+    A rebuild follows every poll batch, and between two of them most rows are the same: only
+    their freshness (the last keys of a row: stale, seen_ago, status_text) moves with the clock.
+    So the rest of each row is kept as text, by server id, next to the dict it came from, and
+    reused while the row compares equal to it (a C-level comparison, much cheaper than the
+    serialisation it saves)."""
+
+    TAIL = ("stale", "seen_ago", "status_text")  # appended last to every row (views.freshness)
+
+    def __init__(self):
+        self._rows: dict[int, tuple[dict, str]] = {}
+
+    def encode(self, answer: dict) -> str:
+        """json.dumps(answer) of a views.server_list answer, separators (",", ":")."""
+        parts = []
+        rows = self._rows
+        for row in answer["servers"]:
+            keys = list(row)
+            if keys[-len(self.TAIL):] != list(self.TAIL):  # not the shape this relies on: plain
+                parts.append(_dumps(row))
+                continue
+            head = {k: row[k] for k in keys[:-len(self.TAIL)]}
+            kept = rows.get(row["id"])
+            if kept is not None and kept[0] == head:
+                text = kept[1]
+            else:
+                text = _dumps(head)[:-1]
+                rows[row["id"]] = (head, text)
+            parts.append(text + "," + _dumps({k: row[k] for k in self.TAIL})[1:])
+        if len(rows) > 2 * len(answer["servers"]) + 1000:  # servers gone, other pages: start afresh
+            rows.clear()
+        if next(iter(answer)) != "servers":
+            return _dumps(answer)
+        rest = {k: v for k, v in answer.items() if k != "servers"}
+        return '{"servers":[' + ",".join(parts) + "]" + ("," + _dumps(rest)[1:] if rest else "}")

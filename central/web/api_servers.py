@@ -65,8 +65,10 @@ async def list_servers(call: Call) -> web.Response:
     """Servers sorted by name; `total` counts all matches, `servers` holds one page (limit/offset)."""
     q = call.query
     key = ("servers", q.get("tag"), q.get("status"), q.get("name"), q["limit"], q["offset"])
-    return await call.request.app[ANSWERS].response(key, lambda: views.server_list(
-        call.central, tag=q.get("tag"), status=q.get("status"), name=q.get("name"), limit=q["limit"], offset=q["offset"]))
+    answers = call.request.app[ANSWERS]
+    return await answers.response(key, lambda: views.server_list(
+        call.central, tag=q.get("tag"), status=q.get("status"), name=q.get("name"), limit=q["limit"], offset=q["offset"]),
+        answers.server_rows.encode)
 
 
 @endpoints.post("/api/v1/servers", summary="Add a server (two steps: probe the host key, then pin it)", role=ADMIN,
