@@ -72,10 +72,11 @@ async def test_the_served_app_settles_after_each_server_list_load(config):
     await server.start_server()
     try:
         policy = app[GC_POLICY]
-        assert gc.get_threshold() == THRESHOLDS and policy.settles == 1
+        assert gc.get_threshold() == THRESHOLDS and policy.settles >= 1
+        before = policy.settles  # (the poller's own periodic reload settles too)
         await app[CENTRAL].poller.reload()
         await app[CENTRAL].poller.reload()
-        assert policy.settles == 3
+        assert policy.settles >= before + 2
     finally:
         await server.close()
     assert gc.get_freeze_count() == 0

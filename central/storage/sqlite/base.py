@@ -227,7 +227,7 @@ class SQLiteBase:
         async with (await self._reader()).execute(sql, args) as cur:
             return list(await cur.fetchall())
 
-    async def data_version(self) -> int:
+    async def _data_version(self) -> int:
         """A number that changes whenever any connection (this process's writer or another
         process) commits a change to the database: SQLite's data_version seen from the read
         connection, which never writes itself. For caches of answers built from the database."""
@@ -242,7 +242,7 @@ class SQLiteBase:
 
     async def change_marker(self) -> tuple[int, int]:
         """(data_version, latest_changes): any commit, and any change of the in-memory latest samples."""
-        return await self.data_version(), self.latest_changes
+        return await self._data_version(), self.latest_changes
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
