@@ -735,24 +735,80 @@ def parse_stat(data):
     return data[lp + 1:rp].decode("utf-8", "replace"), data[rp + 2:].split()
 
 
+# The real /proc's stat files stay open between scans (pid -> fd), so a scan costs one pread
+# per process instead of open + read + close and a path lookup: about half the scan's CPU at
+# 400 processes (BENCHMARKS.md, Agent). A kept fd reads the same process or fails with ESRCH
+# once it is gone (a reused pid gets a fresh open). At most _STAT_FDS_MAX are kept (a share of
+# the fd limit); the rest are read as before.
+_STAT_FDS = {}
+_STAT_FDS_LOCK = threading.Lock()
+_STAT_FDS_MAX = []
+
+
+def _stat_fds_max():
+    if not _STAT_FDS_MAX:
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            soft = 1024
+        if soft < 0:  # RLIM_INFINITY
+            soft = 1 << 20
+        _STAT_FDS_MAX.append(max(0, min(4096, soft // 2 - 64)))
+    return _STAT_FDS_MAX[0]
+
+
+def _read_stat(prefix, entry, kept):
+    """The stat file's bytes of one process (through its kept fd when kept is a dict)."""
+    if kept is not None:
+        fd = kept.get(entry)
+        if fd is not None:
+            try:
+                return os.pread(fd, 2048, 0)
+            except OSError:  # gone (ESRCH): its pid may belong to a new process now
+                del kept[entry]
+                os.close(fd)
+        if len(kept) < _stat_fds_max():
+            fd = os.open(prefix + entry + "/stat", os.O_RDONLY)
+            try:
+                data = os.pread(fd, 2048, 0)
+            except OSError:
+                os.close(fd)
+                raise
+            kept[entry] = fd
+            return data
+    fd = os.open(prefix + entry + "/stat", os.O_RDONLY)
+    try:
+        return os.read(fd, 2048)
+    finally:
+        os.close(fd)
+
+
 def scan_processes(proc="/proc"):
     """One pass over <proc>/PID/stat: {(pid, start_time): (ticks, rss_bytes, name)}.
 
     Only the stat file is read per process (the cheap part); a process that vanishes
     or cannot be read mid-scan is skipped.
     """
+    with _STAT_FDS_LOCK:
+        return _scan_processes(proc)
+
+
+def _scan_processes(proc):
     table = {}
     page = _PAGE_SIZE
     prefix = proc.rstrip("/") + "/"
-    for entry in os.listdir(proc):
+    kept = _STAT_FDS if prefix == "/proc/" else None  # a test's fake /proc is read as files
+    entries = os.listdir(proc)
+    if kept:
+        alive = set(entries)
+        for entry in [e for e in kept if e not in alive]:
+            os.close(kept.pop(entry))
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            fd = os.open(prefix + entry + "/stat", os.O_RDONLY)
-            try:
-                data = os.read(fd, 2048)
-            finally:
-                os.close(fd)
+            data = _read_stat(prefix, entry, kept)
             rp = data.rfind(b")")
             f = data[rp + 2:].split(None, 22)  # fields 3..24 are all we need
             table[(int(entry), int(f[19]))] = (int(f[11]) + int(f[12]), int(f[21]) * page,

@@ -85,8 +85,12 @@ class Poller:
         self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         # Run with each round of rollup and pruning (the terminal prunes its recordings here).
         self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
+        # Called after each load of the server list (the serving process freezes what survived
+        # for the garbage collector then: central/gcpolicy.py).
+        self.reload_hooks: list[Callable[[], object]] = []
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
+        self._servers_marker: object = None  # storage.servers_marker() at the last load
         self._main: list[asyncio.Task] = []
         self._flushed = asyncio.Event()
         self.lag: float = 0.0  # how late the last poll started, seconds
@@ -121,9 +125,16 @@ class Poller:
         self._tasks.clear()
         await self.writer.flush()
 
-    async def reload(self) -> None:
-        """Pick up added, removed and changed servers."""
+    async def reload(self, force: bool = True) -> None:
+        """Pick up added, removed and changed servers (force False: only when something but poll
+        batches wrote since the last load; poll batches change no setting the poller reads)."""
+        marker = await self.storage.servers_marker()
+        if not force and marker == self._servers_marker:
+            for hook in self.reload_hooks:
+                hook()
+            return
         servers = {s.id: s for s in await self.storage.list_servers()}
+        self._servers_marker = marker
         for sid in list(self._tasks):
             if sid not in servers:
                 self._tasks.pop(sid).cancel()
@@ -140,12 +151,14 @@ class Poller:
         for sid in list(self._servers):
             if sid not in servers:
                 del self._servers[sid]
+        for hook in self.reload_hooks:
+            hook()
 
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll.reload_interval)
             try:
-                await self.reload()
+                await self.reload(force=False)
             except Exception:  # noqa: BLE001 - a failed reload must not stop polling
                 log.exception("reloading the server list failed")
 

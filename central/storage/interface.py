@@ -36,6 +36,11 @@ class Servers(ABC):
         bastion it is reached through."""
 
     @abstractmethod
+    async def servers_marker(self) -> object:
+        """A value that stays equal while nothing but poll batches (write_polls) wrote, here or in
+        another process: the poller reloads its server list only when it changes."""
+
+    @abstractmethod
     async def get_server(self, name: str) -> Server:
         """The server called name; NotFound otherwise."""
 
@@ -481,6 +486,12 @@ class Storage(Servers, Samples, Containers, Inventory, Alerts, Audit, Users, Ter
     @abstractmethod
     async def database_size(self) -> int:
         """Bytes the database takes."""
+
+    @abstractmethod
+    async def change_marker(self) -> object:
+        """A value that differs whenever anything stored may have changed since it was taken (a
+        commit by this process or another one): answers built from the database can be kept
+        while it stays equal."""
 
     @abstractmethod
     async def close(self) -> None:

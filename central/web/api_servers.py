@@ -6,11 +6,14 @@ changes, re-trusts and removes servers.
 """
 from __future__ import annotations
 
+from aiohttp import web
+
 from .. import fleet, servers, views
 from ..model import CONTAINER_METRICS
 from ..sample import METRICS
 from ..servers import HOST_RE, NAME_RE, TAG_RE, USER_RE
 from ..transport import KINDS
+from .keys import ANSWERS
 from .registry import ADMIN, OPERATOR, VIEWER, Call, Registry, Reply, array, boolean, integer, nullable, number, obj, string
 
 endpoints = Registry(tag="servers")
@@ -60,11 +63,14 @@ CONFIRM = obj({"stored": boolean(enum=[False]), "confirm": PROBE, "current": nul
                       "limit": integer(minimum=1, maximum=1000, default=100), "offset": integer(minimum=0, default=0)},
                response=obj({"servers": array(SERVER_ROW), "total": integer(), "limit": integer(), "offset": integer()},
                             required=["servers", "total", "limit", "offset"]))
-async def list_servers(call: Call) -> dict:
+async def list_servers(call: Call) -> web.Response:
     """Servers sorted by name; `total` counts all matches, `servers` holds one page (limit/offset)."""
     q = call.query
-    return await views.server_list(call.central, tag=q.get("tag"), status=q.get("status"), name=q.get("name"),
-                                   limit=q["limit"], offset=q["offset"])
+    key = ("servers", q.get("tag"), q.get("status"), q.get("name"), q["limit"], q["offset"])
+    answers = call.request.app[ANSWERS]
+    return await answers.response(key, lambda: views.server_list(
+        call.central, tag=q.get("tag"), status=q.get("status"), name=q.get("name"), limit=q["limit"], offset=q["offset"]),
+        answers.server_rows.encode)
 
 
 @endpoints.post("/api/v1/servers", summary="Add a server (two steps: probe the host key, then pin it)", role=ADMIN,
@@ -327,7 +333,7 @@ async def server_inventory(call: Call) -> dict:
                              "ts": number()},
                             required=["total", *views.STATUSES, "alerts_firing", "alerts_info", "alerts_pending",
                                       "averages", "ts"]))
-async def fleet_stats(call: Call) -> dict:
+async def fleet_stats(call: Call) -> web.Response:
     """Servers by status, alerts firing (warning and critical; info apart) and pending, and average
     key figures over online servers."""
-    return await views.fleet_stats(call.central)
+    return await call.request.app[ANSWERS].response(("fleet",), lambda: views.fleet_stats(call.central))

@@ -87,6 +87,21 @@ class SQLiteBase:
         # that writes samples (the poller, through write_polls), so it stays exact, and lists
         # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
         self._latest: dict[int, dict] | None = None
+        self.latest_changes = 0  # bumped whenever that copy changes (for caches of answers built on it)
+        # Commits of this connection, and how many of them were poll batches (write_polls): a commit
+        # that is not one (or another process's: data_version) may have changed the servers table's
+        # settings, so the poller's server list and write_polls' known ids are re-read only then.
+        self.commits = 0
+        self.poll_commits = 0
+        self._server_ids: tuple[object, set[int]] | None = None  # (servers marker, ids) for write_polls
+        # A second connection, on a thread of its own, for the hot reads of the API (lists,
+        # fleet figures, token lookups): on the writer's connection they queued behind poll
+        # batches, rollups and pruning (0.6-1.1 s stalls; BENCHMARKS.md, HTTP API). It only
+        # reads committed data, and every read is its own short transaction (cursors are
+        # closed at once), so it sees each commit of the writer's connection as soon as that
+        # returned. Opened on first use (the CLI seldom needs it).
+        self._rdb: aiosqlite.Connection | None = None
+        self._rdb_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path, lock_timeout: float = 10.0):
@@ -182,7 +197,10 @@ class SQLiteBase:
         return total
 
     async def close(self) -> None:
-        """Close the connection (a checkpoint keeps the WAL file small)."""
+        """Close the connections (a checkpoint keeps the WAL file small)."""
+        if self._rdb is not None:
+            rdb, self._rdb = self._rdb, None
+            await rdb.close()
         try:
             async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
                 pass
@@ -201,6 +219,48 @@ class SQLiteBase:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
+    async def _reader(self) -> aiosqlite.Connection:
+        if self._rdb is None:
+            async with self._rdb_lock:
+                if self._rdb is None:
+                    rdb = await aiosqlite.connect(str(self.path), isolation_level=None)
+                    rdb.row_factory = aiosqlite.Row
+                    try:
+                        await _pragma(rdb, f"busy_timeout = {int(self.lock_timeout * 1000)}")
+                        await _pragma(rdb, "query_only = ON")
+                    except BaseException:
+                        await rdb.close()
+                        raise
+                    self._rdb = rdb
+        return self._rdb
+
+    async def _read_one(self, sql: str, args: Sequence = ()):
+        """_one on the read connection (committed data only: never inside a transaction)."""
+        async with (await self._reader()).execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _read_all(self, sql: str, args: Sequence = ()) -> list:
+        """_all on the read connection (committed data only: never inside a transaction)."""
+        async with (await self._reader()).execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _data_version(self) -> int:
+        """A number that changes whenever any connection (this process's writer or another
+        process) commits a change to the database: SQLite's data_version seen from the read
+        connection, which never writes itself. For caches of answers built from the database."""
+        return (await self._read_one("PRAGMA data_version"))[0]
+
+    async def servers_marker(self) -> tuple[int, int]:
+        """(data_version of the writer's connection: another process's commits, this connection's
+        commits other than poll batches): equal while nothing but poll batches wrote."""
+        async with self.db.execute("PRAGMA data_version") as cur:
+            (version,) = await cur.fetchone()
+        return version, self.commits - self.poll_commits
+
+    async def change_marker(self) -> tuple[int, int]:
+        """(data_version, latest_changes): any commit, and any change of the in-memory latest samples."""
+        return await self._data_version(), self.latest_changes
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The connection inside one write transaction (one at a time): committed when the
@@ -211,6 +271,7 @@ class SQLiteBase:
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.execute("COMMIT")
+                self.commits += 1
             except sqlite3.OperationalError as exc:
                 # locked, read-only, full, I/O: the database's trouble, not the caller's data
                 await self._rollback()

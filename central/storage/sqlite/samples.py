@@ -80,8 +80,14 @@ class SQLiteSamples(SQLiteBase):
         async with self.transaction() as db:
             # A server removed while its poll was queued: drop that outcome, not the batch
             # (its samples would break the foreign key and roll back everyone's).
-            async with db.execute("SELECT id FROM servers") as cur:
-                existing = {r[0] for r in await cur.fetchall()}
+            # The ids are re-read only when something but a poll batch committed since (a server
+            # added or removed here or by another process): not 10,000 ids per batch.
+            async with db.execute("PRAGMA data_version") as cur:
+                marker = ((await cur.fetchone())[0], self.commits - self.poll_commits)
+            if self._server_ids is None or self._server_ids[0] != marker:
+                async with db.execute("SELECT id FROM servers") as cur:
+                    self._server_ids = (marker, {r[0] for r in await cur.fetchall()})
+            existing = self._server_ids[1]
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
             failed = [o for o in outcomes if not o.ok and o.server_id in existing]
             if ok:
@@ -124,11 +130,13 @@ class SQLiteSamples(SQLiteBase):
                     [(o.ts, o.duration, o.error, o.reason, o.reason in _ERROR_AT_ONCE, offline_after, o.server_id)
                      for o in failed],
                 )
+        self.poll_commits += 1
         if self._latest is not None:
             for o in ok:
                 if o.sample is not None:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
+            self.latest_changes += 1
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -301,6 +309,7 @@ class SQLiteSamples(SQLiteBase):
     async def import_samples(self, rows: Sequence[tuple]) -> None:
         """Bulk-insert raw samples (server_id, ts, one value per key figure, top_json): imports, benchmarks, tests."""
         self._latest = None  # re-read on next use
+        self.latest_changes += 1
         await self._write_many([(
             f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)"
             f" VALUES (?, ?, {', '.join('?' * len(COLUMNS))}, ?)", list(rows))])

@@ -108,17 +108,17 @@ class SQLiteServers(SQLiteBase):
             where.append("instr(lower(name), ?) > 0")
             args.append(name.lower())
         cond = (" WHERE " + " AND ".join(where)) if where else ""
-        total = (await self._one(f"SELECT count(*) FROM servers{cond}", args))[0]
-        rows = await self._all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
+        total = (await self._read_one(f"SELECT count(*) FROM servers{cond}", args))[0]
+        rows = await self._read_all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
         return json_rows(rows, tags="[]"), total
 
     async def status_counts(self) -> dict[str, int]:
         """How many servers are in each status."""
-        return {r[0]: r[1] for r in await self._all("SELECT status, count(*) FROM servers GROUP BY status")}
+        return {r[0]: r[1] for r in await self._read_all("SELECT status, count(*) FROM servers GROUP BY status")}
 
     async def online_ids(self) -> set[int]:
         """Ids of the servers whose last poll succeeded."""
-        return {r[0] for r in await self._all("SELECT id FROM servers WHERE status = 'online'")}
+        return {r[0] for r in await self._read_all("SELECT id FROM servers WHERE status = 'online'")}
 
     async def update_server(self, name: str, **fields) -> Server:
         """Change stored fields of a server (only known columns)."""
@@ -142,6 +142,7 @@ class SQLiteServers(SQLiteBase):
         await self._write([("DELETE FROM servers WHERE id = ?", (server.id,))])
         if self._latest is not None:
             self._latest.pop(server.id, None)
+            self.latest_changes += 1
 
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
         """Pin a (new) host key and clear a host-key-mismatch status."""
