@@ -39,6 +39,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ]),
 ]
 
+#: servers columns added after schema version 2, with their declarations (see _add_server_columns)
+SERVER_COLUMNS = {"via": "INTEGER REFERENCES servers(id) ON DELETE RESTRICT"}
+
 COLUMNS = tuple(METRICS)  # the key figures' columns, in order
 SAMPLE_COLUMNS = ", ".join(COLUMNS)
 ROLLUP_COLUMNS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in COLUMNS)
@@ -123,6 +126,7 @@ class SQLiteBase:
             )
         await self.db.executescript(schema_text())
         await self._add_metric_columns()
+        await self._add_server_columns()
         for target, statements in MIGRATIONS:
             if version < target:
                 async with self.transaction() as db:
@@ -149,6 +153,19 @@ class SQLiteBase:
                     except aiosqlite.OperationalError as exc:  # another process opening it added it first
                         if "duplicate column" not in str(exc):
                             raise
+
+    async def _add_server_columns(self) -> None:
+        """Give an older database the servers columns added since (schema.sql has them for a new
+        one): adding a nullable column needs no version of its own."""
+        async with self.db.execute("PRAGMA table_info(servers)") as cur:
+            have = {r[1] for r in await cur.fetchall()}
+        for column, decl in SERVER_COLUMNS.items():
+            if column not in have:
+                try:
+                    await self.db.execute(f"ALTER TABLE servers ADD COLUMN {column} {decl}")
+                except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     @property
     def location(self) -> str:
