@@ -127,6 +127,13 @@ def main() -> None:
     p.add_argument("--farm", action="store_true",
                    help="point the servers at a loopback host farm (bench/loopfarm.py with a real agent)"
                         " so the poller does real, successful polls instead of refused connects")
+    p.add_argument("--paths", default="/api/v1/servers,/api/v1/servers?limit=1000,/api/v1/fleet",
+                   help="comma-separated endpoints to load")
+    p.add_argument("--code", default=str(ROOT),
+                   help="the central to serve (a checkout's root; default this one): for before/after runs")
+    p.add_argument("--stallwatch", metavar="OUT.jsonl",
+                   help="serve under bench/stallwatch.py: every event-loop stall over 40 ms, its length,"
+                        " GC or not, and its stack, one JSON line each")
     args = p.parse_args()
     data = Path(args.db_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -182,15 +189,20 @@ def main() -> None:
     print(f"database: {size / 1e9:.2f} GB ({meta['samples']:,} raw samples, {meta['rollups_minute']:,} minute "
           f"and {meta['rollups_hour']:,} hour rollups)", flush=True)
 
-    env = {**os.environ, "CENTRAL_DATA_DIR": str(data), "CENTRAL_CONFIG": "", "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "CENTRAL_DATA_DIR": str(data), "CENTRAL_CONFIG": "", "PYTHONPATH": args.code,
            "CENTRAL_SSH_BACKOFF_MAX": "10s", "CENTRAL_SSH_CONNECT_TIMEOUT": "3s"}
     token = json.loads(run([sys.executable, "-m", "central", "token", "create", "bench", "--user", "admin", "--json"],
                            env=env).stdout)["token"] if _has_admin(env) else _make_admin_token(env)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         http_port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "central", "serve", "--port", str(http_port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "central"]
+    if args.stallwatch:
+        Path(args.stallwatch).unlink(missing_ok=True)
+        command = [sys.executable, str(ROOT / "bench" / "stallwatch.py"), args.stallwatch]
+    print(f"load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
+    server = subprocess.Popen([*command, "serve", "--port", str(http_port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
     try:
         base = f"http://127.0.0.1:{http_port}"
@@ -210,7 +222,9 @@ def main() -> None:
         status = json.loads(run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", base + "/api/v1/status"]).stdout)
         print(f"poller: {status['poller']}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            for path in ("/api/v1/servers", "/api/v1/servers?limit=1000", "/api/v1/fleet"):
+            if args.stallwatch:  # only the stalls while measuring
+                Path(args.stallwatch).write_text("")
+            for path in args.paths.split(","):
                 for c in (int(x) for x in args.connections.split(",")):
                     r = wrk(base + path, token, args.duration, c, Path(tmp))
                     results.append((path, c, r))
@@ -218,6 +232,7 @@ def main() -> None:
                           f"  {r['rps']:7.1f} req/s  non-2xx {r['errors']}", flush=True)
         status = json.loads(run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", base + "/api/v1/status"]).stdout)
         print(f"poller after: {status['poller']}  lag {status['poller']['lag']:.3f} s", flush=True)
+        print(f"load average after: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     finally:
         server.terminate()
         try:
@@ -228,10 +243,35 @@ def main() -> None:
             server.wait()
         for proc in farm_procs:
             bench_core.stop(proc)
+    if args.stallwatch:
+        summarise_stalls(Path(args.stallwatch))
     print("\n| endpoint | connections | p50 ms | p90 ms | p99 ms | req/s |")
     print("|---|---|---|---|---|---|")
     for path, c, r in results:
         print(f"| `GET {path}` | {c} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | {r['rps']:.0f} |")
+
+
+def summarise_stalls(path: Path) -> None:
+    """Stalls over 40 ms while measuring: count, total, GC's share, and the commonest places."""
+    import collections
+
+    stalls = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not stalls:
+        print("stalls over 40 ms: none", flush=True)
+        return
+    gc_ones = [s for s in stalls if s["gc"]]
+    print(f"stalls over 40 ms: {len(stalls)}, {sum(s['stall_s'] for s in stalls):.2f} s in all, longest "
+          f"{max(s['stall_s'] for s in stalls) * 1000:.0f} ms; in GC: {len(gc_ones)} "
+          f"(longest {max((s['stall_s'] for s in gc_ones), default=0) * 1000:.0f} ms)", flush=True)
+    places: collections.Counter = collections.Counter()
+    worst: dict = {}
+    for s in stalls:
+        where = "GC" if s["gc"] else " <- ".join(reversed([f for f in s["stack"] if "central/" in f][-3:])) or \
+            (s["stack"][-1] if s["stack"] else "?")
+        places[where] += s["stall_s"]
+        worst[where] = max(worst.get(where, 0), s["stall_s"])
+    for where, total in places.most_common(8):
+        print(f"  {total:6.2f} s (longest {worst[where] * 1000:4.0f} ms)  {where}", flush=True)
 
 
 def _has_admin(env) -> bool:

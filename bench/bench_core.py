@@ -123,6 +123,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+STOP_BACKLOG: list[int] = []  # --stop-backlog: outcomes queued just before the clean stop is timed
+CODE: list[str] = []  # --code: the central the driver runs (a checkout's root), for before/after runs
 PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM in the driver
 
 
@@ -134,10 +136,11 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     data_dir.mkdir(parents=True)
     spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
             "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
-            "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM}
+            "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM,
+            "stop_backlog": STOP_BACKLOG[0] if STOP_BACKLOG else 0}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=CODE[0] if CODE else str(REPO))
     proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "central_driver.py"), str(spec_path)],
                             stdout=subprocess.PIPE, stderr=open(data_dir / "driver.log", "w"), text=True, env=env)
     result, o0, m0 = None, None, None
@@ -166,11 +169,20 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         machine_busy_cores=(m1[0] - m0[0]) / (m1[1] - m0[1]) * os.cpu_count(),
         others_ms_per_poll=(o1 - o0) / result["polls_stored"] * 1000 if result["polls_stored"] else None,
     )
+    result = {k: (float("nan") if v is None and k.endswith(("_ms", "_ms_p50", "_ms_p99", "_ms_per_poll")) else v)
+              for k, v in result.items()}  # a run without a successful poll still prints
     print(f"  {name}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
           f"cipher {result['cipher']}, farm+agents {result['others_core_fraction']:.2f} core, "
           f"machine {result['machine_busy_cores']:.2f} cores busy; back-to-back {result['b2b_total_ms']:.3f} ms/poll "
           f"(request {result['b2b_request_ms']:.3f}, parse {result['b2b_parse_ms']:.3f}, poll {result['b2b_poll_ms']:.3f}, "
           f"store {result['b2b_store_ms']:.3f})", flush=True)
+    print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
+          f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
+          f"collections, longest {result['gc_pause_ms_max']:.0f} ms, gen 2: {result['gc_gen2_collections']} longest "
+          f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; maxrss "
+          f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
+          f"{result['stop_unwritten']} not written",
+          flush=True)
     return result
 
 
@@ -370,7 +382,13 @@ def main() -> None:
     p.add_argument("--profile", choices=["cprofile", "py-spy"], default=None, help="profile the central at the largest scale")
     p.add_argument("--phase-quantum", type=float, default=None, help="override the poller's phase quantum (0: off)")
     p.add_argument("--skip-chacha", action="store_true")
+    p.add_argument("--stop-backlog", type=int, default=0,
+                   help="queue this many extra outcomes (copies of a real one) just before the timed clean stop")
+    p.add_argument("--code", help="the central the driver runs (a checkout's root; default this one)")
     args = p.parse_args()
+    if args.code:
+        CODE.append(args.code)
+    STOP_BACKLOG.append(args.stop_backlog)
     global PHASE_QUANTUM
     PHASE_QUANTUM = args.phase_quantum
     if args.quick:

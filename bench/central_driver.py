@@ -1,6 +1,11 @@
 """Runs the REAL central (Central -> Poller -> SSHPool -> AgentClient -> Storage) in its own
 process against a given list of servers and measures its CPU per stored poll.
 
+It serves exactly what `central serve` serves: the aiohttp app of central.web.app.create_app on
+a loopback port, with its start-up and shutdown contexts (Central.open(serving=True), the
+poller, the terminal, the garbage-collector policy of central/gcpolicy.py). Every GC pause in
+the window is measured (gc.callbacks), and so is the time the clean stop takes.
+
 Usage: python3 bench/central_driver.py SPEC.json   (written by bench/bench_core.py)
 
 SPEC: {"data_dir", "key_path", "interval", "ciphers": [...], "servers": [{"name", "host",
@@ -13,15 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import resource
+import socket
 import sys
 import time
+
+from aiohttp import web
 
 from central.config import PollConfig, SSHConfig, load_config
 from central import poller as poller_module
 from central.poller import phase
 from central.service import Central
+from central.web.app import create_app
+from central.web.keys import CENTRAL
 
 
 def emit(obj: dict) -> None:
@@ -93,10 +104,14 @@ async def run(spec: dict) -> dict:
     )
     if spec.get("phase_quantum") is not None:
         poller_module.PHASE_QUANTUM = spec["phase_quantum"]
-    central = await Central.open(cfg)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, port=sock.getsockname()[1]))
+    setup = await Central.open(cfg)  # the servers first, as `central server add` would have stored them
     for s in spec["servers"]:
-        await central.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
-                                         host_key_fingerprint=s.get("fingerprint"), agent_secret=s["agent_secret"])
+        await setup.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
+                                       host_key_fingerprint=s.get("fingerprint"), agent_secret=s["agent_secret"])
+    await setup.close()
     n = len(spec["servers"])
     records: list[tuple[int, float, float, bool, float]] = []  # sid, ts, duration, ok, stored_at
     seen_ok: set[int] = set()
@@ -108,9 +123,26 @@ async def run(spec: dict) -> dict:
             if o.ok:
                 seen_ok.add(o.server_id)
 
-    central.poller.hooks.append(record)
+    # What `central serve` runs (central.web.app.run_app), on an AppRunner so this process can
+    # measure it and stop it when done.
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None)
     t_start = time.time()
-    await central.poller.start()
+    await runner.setup()
+    await web.TCPSite(runner, cfg.http.listen, cfg.http.port).start()
+    central = app[CENTRAL]
+    central.poller.hooks.append(record)
+    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection in the window
+    gc_t0 = [0.0]
+
+    def gc_pause(phase_, info):
+        if phase_ == "start":
+            gc_t0[0] = time.perf_counter()
+        elif measuring[0]:
+            pauses.append((info["generation"], time.perf_counter() - gc_t0[0]))
+
+    measuring = [False]
+    gc.callbacks.append(gc_pause)
     # Warm-up: every server connected and polled once, then one more full interval.
     deadline = time.time() + spec["warmup_timeout"]
     while len(seen_ok) < n and time.time() < deadline:
@@ -123,12 +155,14 @@ async def run(spec: dict) -> dict:
         profiler = cProfile.Profile()
     emit({"event": "window_start"})
     w0, c0, p0, r0 = time.time(), cpu_now(), time.process_time(), len(records)
+    measuring[0] = True
     if profiler:
         profiler.enable()
     await asyncio.sleep(interval * spec["measure_intervals"])
     if profiler:
         profiler.disable()
     w1, c1, p1 = time.time(), cpu_now(), time.process_time()
+    measuring[0] = False
     emit({"event": "window_end"})
     stored = [r for r in records[r0:] if r[4] < w1]
     ok = [r for r in stored if r[3]]
@@ -146,9 +180,21 @@ async def run(spec: dict) -> dict:
     if profiler:
         profile_path = spec["data_dir"] + "/profile.pstats"
         profiler.dump_stats(profile_path)
+    extra = int(spec.get("stop_backlog") or 0)
+    if extra:  # a real backlog at stop: copies of a real poll's outcome, spread over every server
+        sample = await central.poller.poll(await central.storage.get_server(spec["servers"][0]["name"]))
+        ids = [sv.id for sv in await central.storage.list_servers() if sv.kind == "ssh"]
+        for k in range(extra):
+            central.poller.writer.put(dataclasses.replace(sample, server_id=ids[k % len(ids)], ts=sample.ts - 1 - k * 1e-3,
+                                                          extra=dict(sample.extra)))
+    backlog = central.poller.writer.buffered
+    t_stop = time.perf_counter()
     await central.poller.stop()
+    stop_s = time.perf_counter() - t_stop
     b2b = await back_to_back(central, server0)
-    await central.close()
+    await runner.cleanup()  # the rest of serve's shutdown: terminal, alerts, notifiers, pool, database
+    gc.callbacks.remove(gc_pause)
+    gen2 = [t for g, t in pauses if g == 2]
     cpu = (c1[0] - c0[0]) + (c1[1] - c0[1])
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
@@ -161,6 +207,11 @@ async def run(spec: dict) -> dict:
         "duration_ms_p50": pct(durations, 0.5), "duration_ms_p99": pct(durations, 0.99),
         "lag_ms_p50": pct(lags, 0.5), "lag_ms_p99": pct(lags, 0.99),
         "start_to_stored_ms_p50": pct(to_store, 0.5), "start_to_stored_ms_p99": pct(to_store, 0.99),
+        "gc_collections": len(pauses), "gc_pause_ms_max": max((t for _, t in pauses), default=0) * 1000,
+        "gc_gen2_collections": len(gen2), "gc_gen2_pause_ms_max": max(gen2, default=0) * 1000,
+        "gc_pauses_over_100ms": sum(1 for _, t in pauses if t > 0.1),
+        "stop_s": stop_s, "backlog_at_stop": backlog,
+        "stop_unwritten": getattr(central.poller.writer, "unwritten_at_stop", 0),  # older code: no deadline
         "maxrss_kb": maxrss, **b2b, "profile": profile_path,
     }
 

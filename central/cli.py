@@ -459,10 +459,11 @@ def _confirm_key(probed: dict, accept: bool, expected: str | None) -> str:
 @click.option("--agent-port", default=8083, show_default=True, type=int, help="Agent port on the host's loopback.")
 @click.option("--accept-host-key", is_flag=True, help="Pin the key the host presents without asking.")
 @click.option("--host-key-fingerprint", "fp", help="Pin only if the host presents this SHA256 fingerprint.")
+@click.option("--via", metavar="BASTION", help="Reach it through this server (a bastion, added before).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @central_command
 async def server_add(central: Central, name, host, user, port, key_path, tags, interval, agent_port,
-                     accept_host_key, fp, as_json):
+                     accept_host_key, fp, via, as_json):
     """Add a server: show its host key fingerprint, pin it once confirmed, check the agent.
 
     An unreachable host or a refused key is an error and nothing is added. When the agent
@@ -472,16 +473,23 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
     Example:
       central server add web1 10.0.0.5 --tag prod --host-key-fingerprint SHA256:abc...
       central server add db1 db1.lan --user monitor --accept-host-key
+      central server add app7 10.1.0.7 --via bastion1 --host-key-fingerprint SHA256:def...
     """
-    probed = await servers.probe_new(central, name, host, port)
-    confirmed = _confirm_key(probed, accept_host_key, fp)
+    if not (fp or accept_host_key) and central.pool.host_cas(host, port):
+        await servers.check_new(central, name, host, port)
+        confirmed = None
+        click.echo(f"{_p(host)}:{port} is vouched for by a trusted host CA: its certificate is checked, no key pinned")
+    else:
+        probed = await servers.probe_new(central, name, host, port, via=via)
+        confirmed = _confirm_key(probed, accept_host_key, fp)
     result = await servers.add_server(central, name, host, port=port, user=user, key_path=key_path, tags=list(tags),
-                                      interval=interval, agent_port=agent_port, fingerprint=confirmed)
+                                      interval=interval, agent_port=agent_port, fingerprint=confirmed, via=via)
     if as_json:
         _echo_json(result)
         return
     agent = result["agent"]
-    click.echo(f"added {name} ({_p(user)}@{_p(host)}:{port}), host key {confirmed} pinned")
+    click.echo(f"added {name} ({_p(user)}@{_p(host)}:{port}), "
+               + (f"host key {confirmed} pinned" if confirmed else "trusted through its host certificate"))
     if agent["ok"]:
         outdated = " [outdated: redeploy with `central deploy --upgrade-outdated`]" if agent.get("outdated") else ""
         click.echo(f"agent {_p(agent.get('version'))} answers{outdated}")
@@ -490,6 +498,39 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
         click.echo(_p(agent["hint"]))
     for warning in result["warnings"]:
         click.echo(f"warning: {_p(warning)}")
+
+
+@server.command("ssh-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The file's format (default: from its name and content).")
+@click.option("--include", metavar="FILE", help="Your own ssh config, for everything the inventory does not say.")
+def server_ssh_config(path, fmt, include):
+    """Print an ssh config for a fleet file's hosts (what scripts/deploy-agent.sh --inventory uses).
+
+    One Host block per host: HostName, Port, User (ansible_user, User) and ProxyJump to its
+    bastion (central_via, via), so `ssh NAME` and deploy-agent.sh reach it as the inventory says.
+
+    \b
+    Example:
+      central server ssh-config inventory.ini --include ~/.ssh/config > fleet_ssh_config
+    """
+    from . import fleet, fleetfile
+
+    try:
+        entries = fleet.read_fleet_file(path, fmt)
+        for e in entries:
+            servers.check_name(e.name)
+            servers.check_host(e.host)
+            if e.user:
+                servers.check_user(e.user)
+            if e.via:
+                servers.check_name(e.via)
+    except CentralError as exc:
+        raise click.ClickException(_p(exc.message)) from None
+    if include and any(c.isspace() or c in '"#' for c in include):
+        raise click.ClickException("--include: a path without spaces, quotes or '#'")
+    click.echo(fleetfile.ssh_config_for(entries, include), nl=False)
 
 
 @server.command("list")
@@ -510,10 +551,11 @@ async def server_list(central: Central, as_json, tag, status):
         _echo_json(rows)
         return
     t = SafeTable("name", "host", "status", "cpu", "mem", "disk", "load", "last seen", "tags")
+    names = {r["id"]: r["name"] for r in (await central.storage.server_dicts() if any(r.get("via") for r in rows) else ())}
     for r in rows:
         s = r["sample"] or {}
         load = _num(s.get("load1"), ".2f")
-        host = central.transports.address(r)
+        host = central.transports.address(r) + (f" via {names.get(r['via'], '?')}" if r.get("via") else "")
         t.add_row(r["name"], host, _status_text(r["status"], r["status_reason"]), _pct(s.get("cpu")),
                   _pct(s.get("mem")), _pct(s.get("disk")), load, _age(r["last_seen"]), ", ".join(r["tags"]))
     console.print(t)
@@ -656,6 +698,91 @@ async def server_secret(central: Central, name, host, port):
         pending = result["pending"]
         click.echo(f"agent secret kept for {pending['host']}:{pending['port']} until "
                    f"`central server add NAME {pending['host']}` adds it")
+
+_IMPORT_STYLE = {"add": "green", "change": "yellow", "skip": "dim", "error": "red"}
+
+
+def _import_table(plan) -> SafeTable:
+    """One row per host of the file: what the import does with it and which key it pins."""
+    t = SafeTable("name", "line", "action", "address", "tags", "via", "host key", "note", title="import")
+    for r in plan.rows:
+        key = f"{r.fingerprint} ({r.key_source})" if r.fingerprint else "-"
+        note = r.error if r.action == "error" else ", ".join(r.changes)
+        t.add_row(r.name, r.where, _styled(r.action, _IMPORT_STYLE[r.action]), f"{r.user}@{r.host}:{r.port}",
+                  ", ".join(r.tags), r.via or "-", key, note)
+    return t
+
+
+@server.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The file's format (default: from its name and content).")
+@click.option("--known-hosts", "known_hosts", multiple=True, type=click.Path(dir_okay=False),
+              help="A known_hosts file you trust for the host keys (repeatable; hashed entries work).")
+@click.option("--fetch-host-keys", is_flag=True,
+              help="Ask hosts without a trusted key for theirs; the table shows them for one confirmation.")
+@click.option("--confirm", "confirmation", metavar="DIGEST",
+              help="Confirm fetched keys without a prompt: the digest a dry run printed for them.")
+@click.option("--user", help="The central's login user on the hosts (default: central).")
+@click.option("--inventory-user", is_flag=True,
+              help="Log in as each host's own user from the file (ansible_user, User) instead.")
+@click.option("--tag", "tags", multiple=True, help="A tag for every imported server, besides its groups (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print what would be added, changed or skipped; store nothing.")
+@click.option("--skip-errors", is_flag=True, help="Import the good rows even when others are in error.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (and the result) as JSON.")
+@central_command
+async def server_import(central: Central, path, fmt, known_hosts, fetch_host_keys, confirmation, user,
+                        inventory_user, tags, dry_run, skip_errors, as_json):
+    """Add or update many servers from an Ansible inventory, an ssh config or a CSV file.
+
+    Ansible groups become tags; ansible_host, ansible_port and central_via (a bastion's name)
+    are honoured, and ansible_user with --inventory-user (else it is only who you deploy as).
+    In an ssh config every Host alias without wildcards is a server (HostName, Port, User,
+    ProxyJump as ssh resolves them). CSV has a header: name,host,port,user,tags,host_key,via.
+    Host keys come from a known_hosts file you trust, a host_key per row (a key line, or a
+    fingerprint the host must present), or --fetch-host-keys (all shown, confirmed once).
+    Nothing is trusted silently. Running it again changes nothing.
+
+    \b
+    Example:
+      central server import inventory.ini --known-hosts ~/.ssh/known_hosts --dry-run
+      central server import hosts.yml --known-hosts ~/.ssh/known_hosts
+      central server import ~/.ssh/config --fetch-host-keys
+      central server import fleet.csv --fetch-host-keys --confirm 3f2a9c0d1e4b5a6f
+    """
+    from . import fleet
+
+    entries = fleet.read_fleet_file(path, fmt)
+    known = fleet.read_known_hosts(known_hosts)
+    plan = await fleet.plan_import(central, entries, known_hosts=known, fetch=fetch_host_keys, user=user,
+                                   inventory_user=inventory_user, extra_tags=tags)
+    summary = plan.summary()
+    if as_json and dry_run:
+        _echo_json(plan.to_dict())
+    elif not as_json:
+        console.print(_import_table(plan))
+        console.print(f"{summary['add']} to add, {summary['change']} to change, {summary['skip']} unchanged, "
+                      f"{summary['error']} in error")
+    if dry_run:
+        if plan.confirmation and not as_json:
+            click.echo(f"fetched host keys: confirm them with --confirm {plan.confirmation}")
+        if summary["error"]:
+            sys.exit(1)
+        return
+    if plan.confirmation and confirmation is None:
+        if as_json or not sys.stdin.isatty():
+            raise click.ClickException("cannot confirm the fetched host keys without a terminal: check the table "
+                                       f"(--dry-run) and pass --confirm {plan.confirmation}")
+        if not click.confirm(f"Are these the hosts' keys ({sum(1 for r in plan.rows if r.key_source == 'fetched')} "
+                             "fetched; compare with ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on them)?"):
+            raise click.ClickException("host keys not confirmed; nothing imported")
+        confirmation = plan.confirmation
+    result = await fleet.apply_import(central, plan, confirmation=confirmation, skip_errors=skip_errors)
+    if as_json:
+        _echo_json({**plan.to_dict(), "result": result})
+    else:
+        click.echo(f"imported: {result['added']} added, {result['changed']} changed, {result['skipped']} skipped")
+
 
 def _read_password(password_stdin: bool, confirm: bool = True) -> str:
     """A password from stdin (one line) or an interactive prompt; never from argv."""
@@ -906,11 +1033,16 @@ def _deploy_table(results, final: bool) -> SafeTable:
 @click.option("--terminal-user", metavar="NAME",
               help="Also install the web terminal's key (restrict,pty) for this existing host account.")
 @click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers deployed in parallel.")
+@click.option("--inventory", type=click.Path(dir_okay=False),
+              help="Deploy the hosts of this fleet file (imported before), each as its own user (ansible_user, User).")
+@click.option("--inventory-format", type=click.Choice(["ansible-ini", "ansible-yaml", "ssh-config", "csv"]),
+              help="The fleet file's format (default: from its name and content).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress display).")
 @central_command
 async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_actions, allow_actions,
                  service_patterns, container_patterns, watch_units, full_access, central_user, rotate_secret,
-                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, as_json):
+                 login_user, identity, known_hosts, pinned_host_key, ssh_config, terminal_user, jobs, inventory,
+                 inventory_format, as_json):
     """Install or upgrade the agent on servers over your own SSH access.
 
     The same steps as scripts/deploy-agent.sh (the same installer runs on the host): log in
@@ -929,8 +1061,9 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
       central deploy --all --upgrade-outdated
       central deploy --all --allow-actions service --service-pattern 'nginx*' --pinned-host-key
       central deploy web1 --terminal-user ops
+      central deploy --inventory inventory.ini --pinned-host-key -j 20
     """
-    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_servers
+    from .deploy import ACTION_KINDS, Deployer, DeployOptions, select_inventory, select_servers
 
     if no_actions and allow_actions:
         raise click.UsageError("--no-actions and --allow-actions exclude each other")
@@ -942,7 +1075,17 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
                             known_hosts=known_hosts, pinned_host_key=pinned_host_key,
                             ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs,
                             terminal_user=terminal_user)
-    targets = await select_servers(central, servers, all_servers)
+    if inventory:
+        if servers or all_servers:
+            raise click.UsageError("--inventory excludes server names and --all")
+        from dataclasses import replace
+
+        from .fleet import read_fleet_file
+
+        targets, users = await select_inventory(central, read_fleet_file(inventory, inventory_format))
+        options = replace(options, login_users=users)
+    else:
+        targets = await select_servers(central, servers, all_servers)
     if not targets:
         raise CentralError("no servers to deploy to: add them with `central server add` first")
     results: list = []
@@ -1208,6 +1351,59 @@ async def action_log(central: Central, server_name, limit, before_id, as_json):
                   "-" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}",
                   output[-1][:80] if output else "")
     console.print(t)
+
+
+def _log_line(line: dict) -> str:
+    """One log line for the terminal: time, identifier[pid], message (host text escaped)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line["ts"])) if line.get("ts") else "-"
+    who = line.get("identifier") or ""
+    if line.get("pid"):
+        who += f"[{line['pid']}]"
+    return _p(f"{when} {who + ': ' if who else ''}{line.get('message') or ''}")
+
+
+@cli.command("logs")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("target", metavar="UNIT|CONTAINER")
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(1, 1000), help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep asking every 3 s and print new lines (Ctrl-C ends).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (not with --follow).")
+@central_command
+async def host_logs(central: Central, server_name, target, lines, follow, as_json):
+    """Show the last lines of a unit's journal or a container's log on a server.
+
+    A name with a unit suffix (.service, .timer, ...) is a unit; any other name is a container
+    (Docker, or LXC on an LXC host). Read by the host's agent now, never stored; every request
+    is in the audit log (central action log); the host policy's "logs": false refuses it. The
+    CLI asks as role admin, with actor cli:<your unix user>.
+
+    \b
+    Example:
+      central logs web1 nginx.service -n 50
+      central logs web1 redis -f
+      central logs web1 cron.service --json | jq -r '.lines[].message'
+    """
+    from .actions import LOCAL_OPERATOR_ROLE
+    from .hostlogs import fetch_logs, target_of
+
+    which = target_of(target)
+    answer = await fetch_logs(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, lines=lines, **which)
+    if as_json and not follow:
+        _echo_json(answer)
+        return
+    seen = []
+    for line in answer["lines"]:
+        click.echo(_log_line(line))
+        seen.append((line.get("ts"), line.get("message")))
+    while follow:
+        await asyncio.sleep(3.0)
+        answer = await fetch_logs(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, lines=min(lines, 200), **which)
+        known = set(seen[-1000:])
+        for line in answer["lines"]:
+            key = (line.get("ts"), line.get("message"))
+            if key not in known:
+                click.echo(_log_line(line))
+                seen.append(key)
 
 
 def _duration(ctx, param, value: str) -> float:

@@ -142,6 +142,13 @@ class SSHConfig:
         "aes128-ctr",
         "aes256-ctr",
     )
+    # Host certificate authorities trusted instead of pinning each host key: a known_hosts-style
+    # file whose @cert-authority lines count, and/or lines "PATTERNS KEYTYPE BASE64" here.
+    host_ca_file: str = ""
+    host_cas: tuple[str, ...] = ()
+    # The central's user certificate, signed by a user CA the hosts trust. Empty: key_path +
+    # "-cert.pub" when that file exists (as ssh does), else none.
+    certificate_path: str = ""
 
 
 @dataclass(frozen=True)

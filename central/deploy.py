@@ -80,6 +80,8 @@ class DeployOptions:
     connect_timeout: float = 15.0
     #: also install the terminal key for this existing host account (docs/terminal.md)
     terminal_user: str | None = None
+    #: who to log in as per server name (an inventory's ansible_user / User), below login_user
+    login_users: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -255,6 +257,9 @@ class Deployer:
         """Who to log in as to deploy (None: as ssh would, from ~/.ssh/config or the local user)."""
         if self.options.login_user:
             return self.options.login_user
+        per_server = dict(self.options.login_users).get(server.name)
+        if per_server:
+            return per_server
         if server.user != self.options.central_user:
             return server.user  # deployed the old way, or --full-access: the login is the operator's
         return None
@@ -285,9 +290,18 @@ class Deployer:
             if prepared.username == opts.central_user and not opts.full_access:
                 raise StepFailed("connect", f"central deploy would log in as {opts.central_user}, the central's "
                                  "own restricted user", "Pass --user USER (root, or a user with passwordless sudo)")
+            via, tunnel = "", ()
+            if server.via is not None and not prepared.tunnel:
+                # behind a bastion (and no ProxyJump of yours for it): the central's own pooled
+                # connection to the bastion carries this login too; the host key is still checked
+                bastion, tunnel = await self.central.pool.bastion_of(server)
+                prepared = await asyncssh.SSHClientConnectionOptions.construct(
+                    None, host=server.host, port=server.port, tunnel=tunnel, **kwargs)
+                via = f" via {bastion.name}"
             if result is not None:
-                self._set(result, target=f"{prepared.username}@{server.host}:{server.port}")
-            return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared),
+                self._set(result, target=f"{prepared.username}@{server.host}:{server.port}{via}")
+            # tunnel given again: connect() re-reads the ssh config, which would otherwise replace it
+            return await asyncio.wait_for(asyncssh.connect(server.host, server.port, options=prepared, tunnel=tunnel),
                                           opts.connect_timeout + 5)
         except StepFailed:
             raise
@@ -528,6 +542,21 @@ class Undeployer(Deployer):
         server_log(log, server.name).info("undeployed: removed %s", ", ".join(removed) or "nothing")
         self._set(result, state="ok", mode=None,
                   message=f"{len(removed)} items removed" + (f": {', '.join(removed)}" if removed else ""))
+
+
+async def select_inventory(central, entries) -> tuple[list[Server], tuple[tuple[str, str], ...]]:
+    """The servers a fleet file names (each must have been imported) and, per server, the login
+    user the file gives (ansible_user, User)."""
+    found, users = [], []
+    for e in entries:
+        server = await central.storage.find_server(e.name)
+        if server is None:
+            raise Invalid(f"{e.where}: host {e.name} is not a server: import the file first "
+                          f"(central server import {e.path})")
+        found.append(server)
+        if e.user:
+            users.append((e.name, e.user))
+    return found, tuple(users)
 
 
 async def select_servers(central, names: Sequence[str], all_servers: bool) -> list[Server]:

@@ -8,13 +8,16 @@ import asyncio
 
 import asyncssh
 
-from .model import AUTH_FAILED, HOST_KEY_MISMATCH, TIMEOUT, UNREACHABLE, PollError
+from .model import AUTH_FAILED, HOST_CERT_INVALID, HOST_KEY_MISMATCH, TIMEOUT, UNREACHABLE, PollError
 
 
 def classify(exc: BaseException) -> PollError:
     """Map an exception from connecting to a classified PollError."""
     if isinstance(exc, PollError):
         return exc
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable) and ("Certificate" in exc.reason or "CA key" in exc.reason):
+        # asyncssh's words for a certificate it refuses (expired, principal mismatch, foreign CA)
+        return PollError(HOST_CERT_INVALID, f"host certificate refused ({exc.reason})")
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return PollError(HOST_KEY_MISMATCH, f"host key does not match the pinned key ({exc.reason})")
     if isinstance(exc, asyncssh.PermissionDenied):

@@ -2,8 +2,9 @@
 
 Every table is copied (servers, agent secrets, users, tokens, page sessions, terminal rights,
 accounts and sessions, alerts, silences, notifications, audit, inventory, samples, rollups,
-rollup progress, meta), with its ids (not the cluster's members and leases: they are the
-running centrals' state, made again by the centrals on the destination), so every reference stays valid. Rows are read in one
+container samples and rollups, rollup progress, meta), with its ids (not the cluster's members and leases: they are the
+running centrals' state, made again by the centrals on the destination), so every reference stays valid
+(a server's bastion, servers.via, is set once every server is there: it may name a later one). Rows are read in one
 read transaction of the source (one consistent snapshot, even while a central still writes
 it) and written in batches as upserts on each table's primary key: running it again brings
 the destination up to the source's newest state, copying nothing twice. At the end the row
@@ -43,8 +44,16 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
     ("meta", ("key",)),
     ("samples", ("server_id", "ts")),
     ("rollups", ("server_id", "tier", "ts")),
+    ("container_samples", ("server_id", "name", "ts")),
+    ("container_rollups", ("server_id", "name", "tier", "ts")),
     ("rollup_progress", ("tier",)),
 ]
+# Time-partitioned tables (PostgreSQL): the parent of a row's partition, by tier where there are tiers.
+_PARTITIONED = {"samples": "samples", "rollups": "rollups", "container_samples": "container_samples",
+                "container_rollups": "container_rollups"}
+# Columns that reference a row of their own table, possibly a later one: copied as NULL first,
+# then set once the whole table is there.
+_SELF_REFERENCES = {"servers": ("via",)}
 
 
 class MigrateError(CentralError):
@@ -138,8 +147,16 @@ async def _copy(src: aiosqlite.Connection, dest: PostgresStorage, table: str, ke
     rest = [c for c in columns if c not in key]
     conflict = (f"DO UPDATE SET {', '.join(f'{_q(c)} = excluded.{_q(c)}' for c in rest)}" if rest else "DO NOTHING")
     sql = f"INSERT INTO {table} ({names}) VALUES ({params}) ON CONFLICT ({', '.join(_q(k) for k in key)}) {conflict}"
-    ts_at = columns.index("ts") if table in ("samples", "rollups") else None
-    tier_at = columns.index("tier") if table == "rollups" else None
+    ts_at = columns.index("ts") if table in _PARTITIONED else None
+    tier_at = columns.index("tier") if ts_at is not None and "tier" in columns else None
+    later = [columns.index(c) for c in _SELF_REFERENCES.get(table, ()) if c in columns]
+    deferred: list[tuple] = []  # (key..., value) per self-reference column
+    if later:  # the upsert leaves them alone; set below, after every row is in
+        rest = [c for c in rest if c not in _SELF_REFERENCES[table]]
+        conflict = (f"DO UPDATE SET {', '.join(f'{_q(c)} = excluded.{_q(c)}' for c in rest)}" if rest
+                    else "DO NOTHING")
+        sql = f"INSERT INTO {table} ({names}) VALUES ({params}) ON CONFLICT ({', '.join(_q(k) for k in key)}) {conflict}"
+    key_at = [columns.index(k) for k in key]
     order = ", ".join(key)
     if progress:
         progress(table, 0, total)
@@ -149,14 +166,18 @@ async def _copy(src: aiosqlite.Connection, dest: PostgresStorage, table: str, ke
             if not rows:
                 break
             out = [tuple(f(v) for f, v in zip(convert, r)) for r in rows]
+            if later:
+                for i in later:
+                    deferred += [(i, *(r[k] for k in key_at), r[i]) for r in out]
+                out = [tuple(None if i in later else v for i, v in enumerate(r)) for r in out]
             if ts_at is not None:
                 if tier_at is None:
-                    await dest.ensure_partitions("samples", (r[ts_at] for r in out))
+                    await dest.ensure_partitions(_PARTITIONED[table], (r[ts_at] for r in out))
                 else:
                     for tier in {r[tier_at] for r in out}:
-                        parent = f"rollups_{tier}"
+                        parent = f"{_PARTITIONED[table]}_{tier}"
                         if parent not in PARTITIONS:
-                            raise MigrateError(f"rollups: unknown tier {tier}")
+                            raise MigrateError(f"{table}: unknown tier {tier}")
                         await dest.ensure_partitions(parent, (r[ts_at] for r in out if r[tier_at] == tier))
             try:
                 await dest._write_many([(sql, out)])
@@ -165,6 +186,11 @@ async def _copy(src: aiosqlite.Connection, dest: PostgresStorage, table: str, ke
             count.copied += len(out)
             if progress:
                 progress(table, count.copied, total)
+    for i in later:
+        where = " AND ".join(f"{_q(k)} = ${n}" for n, k in enumerate(key, 2))
+        await dest._write_many([(
+            f"UPDATE {table} SET {_q(columns[i])} = $1 WHERE {where} AND {_q(columns[i])} IS DISTINCT FROM $1",
+            [(row[-1], *row[1:-1]) for row in deferred if row[0] == i])])
     return count
 
 

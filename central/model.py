@@ -50,6 +50,8 @@ BAD_PAYLOAD = "bad_payload"
 TIMEOUT = "timeout"
 AGENT_IMPOSTOR = "agent_impostor"
 AGENT_NEEDS_REDEPLOY = "agent_needs_redeploy"
+BASTION_UNREACHABLE = "bastion_unreachable"
+HOST_CERT_INVALID = "host_cert_invalid"
 CENTRAL_ERROR = "central_error"
 REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(UNREACHABLE, "cannot reach the host over SSH", OFFLINE, "poll.unreachable"),
@@ -66,6 +68,13 @@ REASONS: dict[str, Reason] = {r.name: r for r in (
     Reason(AGENT_IMPOSTOR, "what answers on the agent port does not prove it holds the host's secret "
            "(a squatter on the port, or a secret that differs): it is not polled", ERROR,
            "poll.agent_impostor"),
+    # Not blocking: a host whose expired certificate is renewed is polled again by itself.
+    Reason(HOST_CERT_INVALID, "the host's certificate is refused (expired, not yet valid, not for this name, or "
+           "signed by a CA the central does not trust): it is not polled", ERROR, "poll.host_cert_invalid"),
+    # Its own alert metric, whose rule (unreachable_via_bastion) is held back while the bastion's
+    # own alert fires: a bastion down raises ONE alert, not one per host behind it.
+    Reason(BASTION_UNREACHABLE, "the bastion it is reached through cannot be reached (the bastion's own "
+           "status and alert say why)", OFFLINE, "poll.bastion_unreachable"),
     Reason(AGENT_NEEDS_REDEPLOY, "the central has no agent secret for this server (an agent deployed "
            "before agents authenticated, or its secret not handed over): redeploy it with central deploy",
            ERROR, "poll.agent_needs_redeploy"),
@@ -127,6 +136,38 @@ METRICS: dict[str, Metric] = {m.column: m for m in (
 
 
 @dataclass(frozen=True)
+class ContainerMetric:
+    """A per-container figure: a column of container_samples and container_rollups, a series of
+    the API's container history, a per-container alert metric (label: the container's name)."""
+
+    column: str
+    key: str  # the field of an agent containers.containers[] entry
+    unit: str  # percent | bytes | bytes_per_second | count
+    alert: str
+    label: str
+    integer: bool = False
+
+
+CONTAINER_METRICS: dict[str, ContainerMetric] = {m.column: m for m in (
+    ContainerMetric("cpu", "cpu_percent", "percent", "container.cpu_percent", "CPU (% of one core)"),
+    ContainerMetric("mem", "memory_percent", "percent", "container.memory_percent", "memory (% of limit)"),
+    ContainerMetric("mem_used", "memory_used", "bytes", "container.memory_used", "memory used", integer=True),
+    ContainerMetric("net_rx", "rx_rate", "bytes_per_second", "container.network.rx_rate", "received"),
+    ContainerMetric("net_tx", "tx_rate", "bytes_per_second", "container.network.tx_rate", "sent"),
+    ContainerMetric("disk_read", "read_rate", "bytes_per_second", "container.disk.read_rate", "read"),
+    ContainerMetric("disk_write", "write_rate", "bytes_per_second", "container.disk.write_rate", "written"),
+    ContainerMetric("pids", "pids", "count", "container.pids", "processes", integer=True),
+)}
+# Per server, at most this many containers are stored per poll (running ones first, then by
+# name; the agent sends at most 100): 50 x 8 figures a poll bounds container_samples the way
+# samples are bounded (raw.retention, then rollups).
+MAX_STORED_CONTAINERS = 50
+# Container states (the agent's containers[].state) that count as running for container alerts.
+CONTAINER_RUNNING_STATES = frozenset(["running"])
+CONTAINER_HEALTH = ("healthy", "unhealthy", "starting")
+
+
+@dataclass(frozen=True)
 class AlertMetric:
     """An alert metric that is not a key figure's (those are Metric.alert): a fact of the poll
     (central.sample.extract_facts), one value per label, or a count of failed polls."""
@@ -158,6 +199,12 @@ ALERT_METRICS: dict[str, AlertMetric] = {a.name: a for a in (
     AlertMetric("network.drops", "per_second", label="interface"),
     AlertMetric("systemd.unit_active", "boolean", label="unit"),
     AlertMetric("process.watched", "count", label="process name"),
+    *(AlertMetric(m.alert, m.unit, label="container") for m in CONTAINER_METRICS.values()),
+    AlertMetric("container.running", "boolean", label="container"),  # 1 running, 0 not (exited, stopped)
+    AlertMetric("container.healthy", "boolean", label="container"),  # 0 when the healthcheck says unhealthy
+    AlertMetric("container.restarts", "count", label="container"),  # restarts since the previous poll
+    AlertMetric("sensor.over_critical", "celsius", label="sensor"),  # degrees above the sensor's own critical mark
+    AlertMetric("smart.failing", "boolean", label="disk"),  # 1 when SMART's overall assessment is failed
     *_poll_metrics(),
 )}
 POLL_METRICS = tuple(a.name for a in ALERT_METRICS.values() if a.reasons)
@@ -178,6 +225,9 @@ class BuiltinRule:
     # While it fires the server cannot be observed: its other alerts are not notified
     # (alerts.builtin_inhibit), since their figures are stale.
     inhibits_server: bool = False
+    # While it fires on a bastion, the hosts behind it cannot be reached either: their
+    # unreachable_via_bastion alerts are held back (one alert for a bastion down, not one per host).
+    blocks_tunnels: bool = False
 
 
 INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a metric
@@ -187,12 +237,23 @@ INVENTORY_RULE = "inventory_changed"  # evaluated on inventory changes, not on a
 STORAGE_RULE = "storage_failing"
 BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
     BuiltinRule("server_unreachable", "poll.unreachable", ">=", "unreachable_after", 0.0, "critical",
-                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True),
+                "cannot reach {server} over SSH ({value} polls in a row): {error}", inhibits_server=True,
+                blocks_tunnels=True),
     BuiltinRule("host_key_mismatch", "poll.host_key_mismatch", ">=", 1.0, 0.0, "critical",
                 "{server}: the SSH host key is not the pinned one; polling stopped until an operator "
-                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True),
+                "re-trusts it (central server trust): {error}", keep_firing=False, inhibits_server=True,
+                blocks_tunnels=True),
     BuiltinRule("ssh_auth_failed", "poll.auth_failed", ">=", "agent_failures_after", 0.0, "critical",
-                "{server} refuses the central's SSH key ({value} polls in a row): {error}"),
+                "{server} refuses the central's SSH key ({value} polls in a row): {error}", blocks_tunnels=True),
+    BuiltinRule("host_cert_invalid", "poll.host_cert_invalid", ">=", 1.0, 0.0, "critical",
+                "{server}: its SSH host certificate is refused, so it is not polled: {error}",
+                inhibits_server=True, blocks_tunnels=True),
+    # Held back while its bastion's own alert fires (central.muting.bastion_inhibited), so a
+    # bastion down is one alert; it waits a minute so that alert, polled at another phase of the
+    # interval, fires first. Fires alone when the bastion answers but cannot carry the tunnel.
+    BuiltinRule("unreachable_via_bastion", "poll.bastion_unreachable", ">=", "unreachable_after", 60.0, "critical",
+                "{server} cannot be reached through its bastion ({value} polls in a row): {error}",
+                inhibits_server=True, blocks_tunnels=True),
     BuiltinRule("agent_down", "poll.agent_down", ">=", "agent_failures_after", 0.0, "warning",
                 "SSH to {server} works but its agent does not answer ({value} polls in a row): {error}"),
     BuiltinRule("agent_error", "poll.agent_error", ">=", "agent_failures_after", 0.0, "warning",
@@ -214,6 +275,19 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
                 "watched unit {label} on {server} is {state}"),
     BuiltinRule("process_missing", "process.watched", "<", 1.0, "process_missing_for", "warning",
                 "no process named {label} runs on {server}"),
+    # Container alerts: a container seen running that no longer runs (one never seen running
+    # since the central started is not alerted on: a stopped spare is not an incident), one
+    # whose healthcheck fails, one that restarted since the previous poll.
+    BuiltinRule("container_stopped", "container.running", "<", 1.0, 60.0, "warning",
+                "container {label} on {server} is {state}"),
+    BuiltinRule("container_unhealthy", "container.healthy", "<", 1.0, 60.0, "warning",
+                "container {label} on {server} is unhealthy ({state})"),
+    BuiltinRule("temperature_critical", "sensor.over_critical", ">=", 0.0, 0.0, "critical",
+                "sensor {label} on {server} is at or above its critical temperature ({value} °C over it)"),
+    BuiltinRule("disk_failing", "smart.failing", ">=", 1.0, 0.0, "critical",
+                "disk {label} on {server}: SMART says it is failing"),
+    BuiltinRule("container_restarting", "container.restarts", ">=", 1.0, 0.0, "warning",
+                "container {label} on {server} restarted {value} times since the previous poll ({state})"),
 )}
 BUILTIN_RULE_NAMES = (*BUILTIN_RULES, INVENTORY_RULE, STORAGE_RULE)
 
@@ -355,6 +429,7 @@ class Server:
     hostname: str | None = None
     inventory_hash: str | None = None
     created_at: float = 0.0
+    via: int | None = None  # the id of the bastion server it is reached through (None: directly)
 
     @classmethod
     def from_row(cls, row) -> "Server":
@@ -372,7 +447,7 @@ class Server:
     @property
     def connection_key(self) -> tuple:
         """What identifies the SSH connection; a change means reconnect."""
-        return (self.host, self.port, self.user, self.key_path, self.host_key)
+        return (self.host, self.port, self.user, self.key_path, self.host_key, self.via)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of the stored fields."""

@@ -18,6 +18,20 @@ from .model import BUILTIN_RULES
 # while one fires, that server's other alerts say nothing new and are held back.
 SERVER_DOWN_RULES = tuple(r.name for r in BUILTIN_RULES.values() if r.inhibits_server)
 BUILTIN_INHIBIT = InhibitRule(source_rules=SERVER_DOWN_RULES, equal=("server",))
+# Built-in rules that say no tunnel passes through a server (BuiltinRule.blocks_tunnels), and the
+# rule of a host whose bastion fails: held back while its bastion ("via") has one of those firing.
+TUNNEL_DOWN_RULES = frozenset(r.name for r in BUILTIN_RULES.values() if r.blocks_tunnels)
+VIA_BASTION_RULE = next(r.name for r in BUILTIN_RULES.values() if r.metric == "poll.bastion_unreachable")
+
+
+def bastions_down(firing: Iterable[dict]) -> frozenset:
+    """The servers whose firing alerts say no tunnel passes through them."""
+    return frozenset(a["server"] for a in firing if a["rule"] in TUNNEL_DOWN_RULES and a.get("server"))
+
+
+def bastion_inhibited(alert: dict, down: frozenset) -> bool:
+    """Whether a host's unreachable_via_bastion alert is held back by its bastion's own alert."""
+    return alert["rule"] == VIA_BASTION_RULE and alert.get("via") is not None and alert["via"] in down
 
 
 def globs_match(patterns: Sequence[str], value: str | None) -> bool:

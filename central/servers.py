@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .agentauth import check_secret
 from .model import ERROR, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, Conflict, Invalid, PollError, Server
 from .sample import parse_document
-from .sshpool import fetch_host_key, fingerprint, public_key_line
+from .sshpool import MAX_BASTIONS, fetch_host_key, fingerprint, public_key_line
 from .transport import LOCAL, Transport
 
 if TYPE_CHECKING:
@@ -81,6 +81,31 @@ def check_interval(interval: object) -> float | None:
     return float(interval)
 
 
+async def check_via(central: Central, via: object, name: str | None = None) -> Server | None:
+    """The bastion server a server is reached through (None: directly): an SSH server itself,
+    not the server, at most MAX_BASTIONS deep, never a loop."""
+    if via is None or via == "":
+        return None
+    if not isinstance(via, str):
+        raise Invalid(f"invalid bastion {via!r}: expected a server name")
+    if via == name:
+        raise Invalid(f"{name} cannot be its own bastion")
+    bastion = await central.storage.find_server(via)
+    if bastion is None:
+        raise Invalid(f"no server named {via!r} to be the bastion (add the bastion first)")
+    if central.transports.of(bastion).no_host_key is not None:
+        raise Invalid(f"{via} is not reached over SSH, so it cannot be a bastion")
+    chain, hop = [via], bastion
+    while hop.via is not None:
+        hop = await central.storage.server_by_id(hop.via)
+        if hop.name == name or hop.name in chain:
+            raise Invalid(f"bastion {via} would make a loop through {hop.name}")
+        chain.append(hop.name)
+    if len(chain) > MAX_BASTIONS:
+        raise Invalid(f"{' -> '.join(chain)}: at most {MAX_BASTIONS} bastions in a row")
+    return bastion
+
+
 def normalise_fingerprint(fp: str) -> str:
     """Accept 'SHA256:abc' or 'abc' (as ssh-keygen -l prints, without the prefix)."""
     fp = fp.strip()
@@ -107,19 +132,40 @@ async def probe(central: Central, host: str, port: int = 22) -> dict:
             "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
 
 
-async def probe_new(central: Central, name: str, host: str, port: int = 22) -> dict:
-    """The first step of adding a server: check the name is free, return the host key to confirm."""
+async def probe_key(central: Central, host: str, port: int = 22, *, via: Server | None = None) -> dict:
+    """The host key a host presents (directly, or through its bastion server `via`)."""
+    if via is None:
+        return await probe(central, host, port)
+    key = await central.pool.fetch_host_key_via(via, host, port)
+    return {"host": host, "port": port, "host_key": public_key_line(key),
+            "fingerprint": fingerprint(key), "algorithm": key.get_algorithm()}
+
+
+async def check_new(central: Central, name: str, host: str, port: int = 22) -> None:
+    """Check a new server's name, host and port (the first step when a host CA vouches for it)."""
+    check_name(name)
+    check_host(host)
+    check_port(port)
+    if await central.storage.find_server(name) is not None:
+        raise Conflict(f"a server named {name!r} already exists")
+
+
+async def probe_new(central: Central, name: str, host: str, port: int = 22, via: str | None = None) -> dict:
+    """The first step of adding a server: check the name is free, return the host key to confirm
+    (fetched through the bastion `via`, if given)."""
     check_name(name)
     if await central.storage.find_server(name) is not None:
         raise Conflict(f"a server named {name!r} already exists")
-    return await probe(central, check_host(host), port)
+    bastion = await check_via(central, via, name)
+    check_port(port)
+    return await probe_key(central, check_host(host), port, via=bastion)
 
 
 async def probe_server(central: Central, name: str) -> dict:
     """The first step of re-trusting: the key the server presents now and the pinned fingerprint."""
     server = await central.storage.get_server(name)
     _refuse_without_host_key(central.transports.of(server), name)
-    return {"probe": await probe(central, server.host, server.port), "pinned": server.host_key_fingerprint}
+    return {"probe": await _probe_stored(central, server), "pinned": server.host_key_fingerprint}
 
 
 async def store_agent_secret(central: Central, secret: str, *, name: str | None = None, host: str | None = None,
@@ -149,6 +195,7 @@ async def add_server(
     central: Central, name: str, host: str, *, port: int = 22, user: str = CENTRAL_LOGIN_USER,
     key_path: str | None = None, tags=(), interval: float | None = None,
     agent_port: int = 8083, fingerprint: str | None = None, agent_secret: str | None = None,
+    via: str | None = None,
 ) -> dict:
     """Add a server whose host key the operator confirmed (its fingerprint is given).
 
@@ -171,21 +218,28 @@ async def add_server(
         agent_secret = check_secret(agent_secret)
     if await central.storage.find_server(name) is not None:
         raise Conflict(f"a server named {name!r} already exists")
-    if not fingerprint:
-        raise Invalid("the host key fingerprint must be confirmed (probe the host first)")
-    probed = await probe(central, host, port)
-    if probed["fingerprint"] != normalise_fingerprint(fingerprint):
-        raise PollError(HOST_KEY_MISMATCH,
-                        f"{host}:{port} presents {probed['fingerprint']}, not the confirmed {normalise_fingerprint(fingerprint)}")
+    bastion = await check_via(central, via, name)
+    if fingerprint:
+        probed = await probe_key(central, host, port, via=bastion)
+        if probed["fingerprint"] != normalise_fingerprint(fingerprint):
+            raise PollError(HOST_KEY_MISMATCH, f"{host}:{port} presents {probed['fingerprint']}, "
+                                               f"not the confirmed {normalise_fingerprint(fingerprint)}")
+    elif central.pool.host_cas(host, port):
+        # a trusted host CA vouches for this name: nothing to pin; the check below connects and
+        # refuses a certificate that is expired, foreign or for another name (host_cert_invalid)
+        probed = {"host_key": None, "fingerprint": None}
+    else:
+        raise Invalid("the host key fingerprint must be confirmed (probe the host first), "
+                      "or a host CA trusted for it (ssh.host_ca_file, ssh.host_cas)")
     candidate = Server(id=-1, name=name, host=host, port=port, user=user, key_path=key_path,
                        agent_port=agent_port, host_key=probed["host_key"],
-                       host_key_fingerprint=probed["fingerprint"])
+                       host_key_fingerprint=probed["fingerprint"], via=bastion.id if bastion else None)
     secret = agent_secret or await central.storage.pending_secret(host, port)
     check = await central.transports.ssh.check(candidate, secret=secret)
     server = await central.storage.add_server(
         name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
         interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"],
-        agent_secret=secret)
+        agent_secret=secret, via=bastion.id if bastion else None)
     warnings = await same_host_warnings(central, server)
     return {"server": server.to_dict(), "agent": check, "warnings": warnings}
 
@@ -223,7 +277,7 @@ async def trust_server(central: Central, name: str, fingerprint: str | None = No
     """Re-pin a server's host key after the operator verified the new fingerprint."""
     server = await central.storage.get_server(name)
     _refuse_without_host_key(central.transports.of(server), name)
-    probed = await probe(central, server.host, server.port)
+    probed = await _probe_stored(central, server)
     if fingerprint is None:
         raise Invalid("the new fingerprint must be confirmed", detail=probed["fingerprint"])
     if probed["fingerprint"] != normalise_fingerprint(fingerprint):
@@ -251,6 +305,9 @@ async def update_server(central: Central, name: str, **changes) -> Server:
             fields["user"] = check_user(value)
         elif key == "host":
             fields["host"] = check_host(value)
+        elif key == "via":
+            bastion = await check_via(central, value, name)
+            fields["via"] = bastion.id if bastion else None
         elif key == "key_path":
             if value is not None and not Path(value).is_file():
                 raise Invalid(f"key file {value} does not exist")
@@ -289,6 +346,12 @@ async def poll_now(central: Central, name: str) -> dict:
         result["reason"] = outcome.reason
         result["error"] = outcome.error
     return result
+
+
+async def _probe_stored(central: Central, server: Server) -> dict:
+    """The key a stored server presents now (through its bastion, if it has one)."""
+    bastion = await central.storage.server_by_id(server.via) if server.via is not None else None
+    return await probe_key(central, server.host, server.port, via=bastion)
 
 
 def _refuse_without_host_key(transport: Transport, name: str) -> None:

@@ -28,7 +28,7 @@ from .notifiers import Dispatcher
 from .poller import Poller
 from .remotewrite import RemoteWriter, RemoteWriteSettings
 from .servers import ensure_local_server
-from .sshpool import SSHPool, public_key_line
+from .sshpool import SSHPool, host_authorities, public_key_line
 from .storage import Storage
 from .terminal import Terminals
 from .transport import Transports
@@ -139,6 +139,7 @@ class Central:
         self.pool = pool
         # where the pool's agent clients find each server's secret (read at every channel open)
         pool.agent_secret = lambda server: storage.agent_secret(server.id)
+        pool.resolve_server = storage.server_by_id  # a server's bastion (Server.via)
         self.transports = Transports(config, pool)
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
@@ -174,6 +175,7 @@ class Central:
         `central serve`, whose writes wait for another process's lock only database.lock_timeout
         (its reads queue behind them); a CLI command waits up to 10 s."""
         files.private_dir(config.data_path)
+        host_authorities(config.ssh)  # a host CA file that cannot be read is one line at start, not a failed poll
         storage = await Storage.open(config.database_target, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:

@@ -18,7 +18,8 @@ import asyncssh
 from .agentclient import AgentClient
 from .config import SSHConfig
 from .failures import classify
-from .model import AUTH_FAILED, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE, PollError, Server
+from .model import (AUTH_FAILED, CentralError, Invalid, BASTION_UNREACHABLE, HOST_KEY_MISMATCH, HOST_KEY_UNKNOWN, TIMEOUT, UNREACHABLE,
+                    PollError, Server)
 from .serverlog import server_log
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,38 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 def public_key_line(key: asyncssh.SSHKey) -> str:
     """The key in OpenSSH 'type base64' form, without a comment."""
     return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+def load_client_keys(path: str | Path, certificate_path: str = "") -> list:
+    """What the central authenticates with: its key, paired with its user certificate when it has
+    one (certificate_path, else <path>-cert.pub if that exists, as ssh looks for it)."""
+    key = load_client_key(path)
+    cert = Path(certificate_path) if certificate_path else Path(str(path) + "-cert.pub")
+    if not cert.exists():
+        if certificate_path:
+            raise PollError(AUTH_FAILED, f"SSH certificate {cert} does not exist")
+        return [key]
+    try:
+        return [(key, asyncssh.read_certificate(str(cert)))]
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise PollError(AUTH_FAILED, f"cannot read SSH certificate {cert}: {exc}") from None
+
+
+def host_authorities(ssh: SSHConfig) -> list:
+    """The host CAs the config trusts (ssh.host_ca_file's @cert-authority lines and ssh.host_cas),
+    as central.fleetfile.KnownHost lines; Invalid naming the file and line when one is bad."""
+    from .fleetfile import parse_known_hosts
+
+    out = []
+    if ssh.host_ca_file:
+        try:
+            text = Path(ssh.host_ca_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Invalid(f"ssh.host_ca_file: cannot read {ssh.host_ca_file}: {exc}") from None
+        out += [k for k in parse_known_hosts(ssh.host_ca_file, text) if k.marker == "cert-authority"]
+    if ssh.host_cas:
+        out += parse_known_hosts("ssh.host_cas", "".join(f"@cert-authority {line}\n" for line in ssh.host_cas))
+    return out
 
 
 def load_client_key(path: str | Path) -> asyncssh.SSHKey:
@@ -59,11 +92,16 @@ def connect_options(ssh: SSHConfig) -> dict:
     )
 
 
-async def fetch_host_key(host: str, port: int, ssh: SSHConfig) -> asyncssh.SSHKey:
-    """The host key a server presents (for trust on first use); raises PollError."""
+#: bastions a connection may pass through (a host behind a bastion behind a bastion)
+MAX_BASTIONS = 2
+
+
+async def fetch_host_key(host: str, port: int, ssh: SSHConfig, tunnel=None) -> asyncssh.SSHKey:
+    """The host key a server presents (for trust on first use), directly or through a bastion's
+    connection; raises PollError."""
     try:
         key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(host, port, config=None), ssh.connect_timeout)
+            asyncssh.get_server_host_key(host, port, config=None, tunnel=tunnel or ()), ssh.connect_timeout)
     except BaseException as exc:  # noqa: BLE001 - classified below
         if isinstance(exc, asyncio.CancelledError):
             raise
@@ -101,19 +139,36 @@ class SSHPool:
         self.default_key_path = Path(default_key_path)
         self._entries: dict[int, _Entry] = {}
         self._connect_slots = asyncio.Semaphore(ssh.max_concurrent_connects)
-        self._keys: dict[str, asyncssh.SSHKey] = {}
+        self._keys: dict[str, list] = {}
+        self._authorities: list | None = None
         self._options = connect_options(ssh)
         self.connects = 0  # successful connects, for status and tests
         #: where agent clients find a server's secret (central.agentclient.SecretSource); the
         #: Central sets it, a pool without one authenticates no agent
         self.agent_secret = None
+        #: async (server id) -> Server: where the pool finds a server's bastion (Server.via); the
+        #: Central sets it, a pool without one connects only directly
+        self.resolve_server = None
 
-    def _client_key(self, server: Server) -> asyncssh.SSHKey:
+    def _client_keys(self, server: Server) -> list:
         path = server.key_path or str(self.default_key_path)
-        key = self._keys.get(path)
-        if key is None:
-            key = self._keys[path] = load_client_key(path)
-        return key
+        keys = self._keys.get(path)
+        if keys is None:
+            # the configured certificate belongs to the central's own key, not to a per-server one
+            cert = self.ssh.certificate_path if not server.key_path else ""
+            keys = self._keys[path] = load_client_keys(path, cert)
+        return keys
+
+    def host_cas(self, host: str, port: int) -> list[str]:
+        """The CA keys ('type base64') trusted to vouch for host:port (central.fleetfile matching)."""
+        from .fleetfile import trusted_cas
+
+        if self._authorities is None:
+            from .fleetfile import KnownHostsIndex
+
+            self._authorities = KnownHostsIndex(host_authorities(self.ssh))
+        return trusted_cas(self._authorities, host, port) if self._authorities.revoked or \
+            self._authorities.literal or self._authorities.hashed or self._authorities.patterned else []
 
     def _entry(self, server: Server) -> _Entry:
         entry = self._entries.get(server.id)
@@ -128,8 +183,9 @@ class SSHPool:
         """Open connections."""
         return sum(1 for e in self._entries.values() if e.conn is not None and not e.conn.is_closed())
 
-    async def connection(self, server: Server) -> asyncssh.SSHClientConnection:
-        """The server's open connection, connecting if needed; raises a classified PollError."""
+    async def connection(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
+        """The server's open connection, connecting if needed (through its bastion, if any);
+        raises a classified PollError."""
         entry = self._entry(server)
         conn = entry.conn
         if conn is not None and not conn.is_closed():
@@ -144,7 +200,7 @@ class SSHPool:
                 err = entry.last_error
                 raise PollError(err.reason, f"{err.message} (next retry in {entry.retry_at - now:.0f}s)")
             if entry.connecting is None:
-                entry.connecting = asyncio.create_task(self._connect_entry(server, entry),
+                entry.connecting = asyncio.create_task(self._connect_entry(server, entry, depth),
                                                        name=f"ssh-connect-{server.name}")
                 entry.connecting.add_done_callback(_retrieve)
             task = entry.connecting
@@ -152,9 +208,9 @@ class SSHPool:
         # to a blackholed host never failed, so no backoff was recorded and every poll sent a new SYN.
         return await asyncio.shield(task)
 
-    async def _connect_entry(self, server: Server, entry: _Entry) -> asyncssh.SSHClientConnection:
+    async def _connect_entry(self, server: Server, entry: _Entry, depth: int = 0) -> asyncssh.SSHClientConnection:
         try:
-            conn = await self._connect(server)
+            conn = await self._connect(server, depth)
         except PollError as err:
             self._backoff(entry, err)
             raise
@@ -174,28 +230,72 @@ class SSHPool:
         # spread so a fleet that lost its network does not reconnect in lockstep.
         entry.retry_at = time.monotonic() + delay / 2 + random.uniform(0, delay / 2)
 
-    async def _connect(self, server: Server) -> asyncssh.SSHClientConnection:
-        slog = server_log(log, server.name)
-        if not server.host_key:
-            raise PollError(HOST_KEY_UNKNOWN, "no host key pinned; run `central server trust`")
+    async def bastion_of(self, server: Server, depth: int = 0) -> tuple[Server, asyncssh.SSHClientConnection] | None:
+        """(bastion, its pooled connection) for a server reached through one, None for a direct one.
+
+        The bastion's connection is the one the pool keeps for the bastion itself, so one
+        connection carries the tunnels of every host behind it. Its failure is the
+        bastion's: raised as BASTION_UNREACHABLE, naming the bastion and why."""
+        if server.via is None:
+            return None
+        if self.resolve_server is None:
+            raise PollError(BASTION_UNREACHABLE, f"{server.name} is reached through a bastion this pool cannot look up")
+        if depth >= MAX_BASTIONS:
+            raise PollError(BASTION_UNREACHABLE, f"more than {MAX_BASTIONS} bastions in a row to reach {server.name}")
         try:
-            pinned = asyncssh.import_public_key(server.host_key)
+            bastion = await self.resolve_server(server.via)
+        except CentralError:
+            raise PollError(BASTION_UNREACHABLE, f"the bastion of {server.name} is not a server any more") from None
+        try:
+            conn = await self.connection(bastion, depth + 1)
+        except PollError as err:
+            raise PollError(BASTION_UNREACHABLE, f"unreachable via bastion {bastion.name}: {err.reason}: "
+                                                 f"{err.message}") from None
+        return bastion, conn
+
+    async def fetch_host_key_via(self, bastion: Server, host: str, port: int) -> asyncssh.SSHKey:
+        """The host key a host behind a bastion presents, fetched through the bastion's pooled connection."""
+        try:
+            conn = await self.connection(bastion)
+        except PollError as err:
+            raise PollError(BASTION_UNREACHABLE, f"unreachable via bastion {bastion.name}: {err.reason}: "
+                                                 f"{err.message}") from None
+        return await fetch_host_key(host, port, self.ssh, tunnel=conn)
+
+    async def _connect(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
+        slog = server_log(log, server.name)
+        cas = [asyncssh.import_public_key(k) for k in self.host_cas(server.host, server.port)]
+        if not server.host_key and not cas:
+            raise PollError(HOST_KEY_UNKNOWN, "no host key pinned and no host CA trusted for it; run `central server trust`")
+        try:
+            pinned = [asyncssh.import_public_key(server.host_key)] if server.host_key else []
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise PollError(HOST_KEY_MISMATCH, f"the pinned host key cannot be read: {exc}") from None
-        client_key = self._client_key(server)
+        client_keys = self._client_keys(server)
+        via = await self.bastion_of(server, depth)
+        tunnel = via[1] if via else ()
         async with self._connect_slots:
             try:
                 conn = await asyncio.wait_for(asyncssh.connect(
                     server.host, server.port,
+                    tunnel=tunnel,
                     username=server.user,
-                    client_keys=[client_key],
-                    known_hosts=([pinned], [], []),
+                    client_keys=client_keys,
+                    # the pinned key, and/or the CAs whose certificate for this name is accepted
+                    known_hosts=(pinned, cas, []),
                     **self._options,
                 ), self.ssh.connect_timeout + 1)
             except BaseException as exc:  # noqa: BLE001 - classified below
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 err = classify(exc)
+                if via and via[1].is_closed():
+                    # the bastion went away under the connect: its failure, not the host's
+                    err = PollError(BASTION_UNREACHABLE, f"unreachable via bastion {via[0].name}: its connection closed")
+                elif via and isinstance(exc, asyncssh.ChannelOpenError):
+                    # the bastion works but cannot open the way on (host down, or not permitted)
+                    err = PollError(UNREACHABLE, f"bastion {via[0].name} cannot reach {server.host}:{server.port}: "
+                                                 f"{exc.reason}")
                 if err.reason == TIMEOUT:
                     # nothing answered the connect: for the operator that host is unreachable
                     err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
@@ -203,7 +303,7 @@ class SSHPool:
                 # per attempt, so debug: the poller logs the server's state changes once
                 slog.debug("connect failed: %s", err)
                 raise err from None
-        slog.debug("connected to %s:%s", server.host, server.port)
+        slog.debug("connected to %s:%s%s", server.host, server.port, f" via {via[0].name}" if via else "")
         return conn
 
     def agent_client(self, server: Server, max_bytes: int):

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 BATCH = 2000  # outcomes per transaction
 GATHER = 0.2  # seconds: what arrives within this window goes into one transaction
 RETRY_INITIAL, RETRY_MAX = 0.5, 10.0  # seconds between write attempts while failing
+# A clean stop writes what is queued in batches of STOP_BATCH for at most STOP_BUDGET seconds
+# (whatever the backlog: an outage's 10,000 buffered outcomes, or a poller that fell behind).
+# The first STOP_OLDEST_SHARE of it goes to the oldest outcomes, in order; then only each
+# server's newest outcome is kept (its status, latest document and newest figures: what the
+# outage buffer exists for) and written; the older ones skipped then, and anything left at the
+# deadline, are counted (unwritten_at_stop) and said in one log line.
+STOP_BUDGET = 4.0
+STOP_BATCH = 500
+STOP_OLDEST_SHARE = 0.6
 
 
 @dataclass
@@ -48,10 +57,12 @@ Listener = Callable[[StorageHealth], Awaitable[None]]
 class Writer:
     """Stores queued outcomes in batches through store(batch); buffers them while it fails."""
 
-    def __init__(self, store: Store, capacity: int, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, capacity: int, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self._store = store
         self.capacity = capacity
         self.clock = clock
+        self.monotonic = monotonic  # the stop's deadline
         self._pending: deque[PollOutcome] = deque()
         self._inflight: list[PollOutcome] = []
         # Per server, the pending outcome that carries its agent document: only the newest is
@@ -67,6 +78,7 @@ class Writer:
         self.dropped = 0  # outcomes dropped from a full buffer, since start
         self.failed_writes = 0  # failed write attempts, since start
         self._outage_dropped = 0
+        self.unwritten_at_stop = 0  # outcomes the last flush() did not write (skipped or left)
         self._told = False  # listeners hear the health once the first write succeeded, then on changes
 
     @property
@@ -109,16 +121,45 @@ class Writer:
             if not self._pending:
                 self._wake.clear()
 
-    async def flush(self) -> None:
-        """Write everything pending now (at shutdown); what cannot be written is logged as lost."""
-        while self._pending:
-            if not await self._write_batch():
-                log.error("%d poll outcomes could not be written before shutdown: %s",
-                          self.buffered, self.health.reason)
-                return
+    async def flush(self, budget: float = STOP_BUDGET, batch: int = STOP_BATCH) -> int:
+        """Write what is pending (at shutdown) within about budget seconds (one batch may end
+        past it); returns how many outcomes were not written (also in unwritten_at_stop)."""
+        start = self.monotonic()
+        deadline = start + budget
+        total = self.buffered
+        # 1. the oldest outcomes, in the order they came
+        while self._pending and self.monotonic() < start + budget * STOP_OLDEST_SHARE:
+            if not await self._write_batch(batch):
+                return self._lost_at_stop()
+        if not self._pending:
+            self.unwritten_at_stop = 0
+            return 0
+        # 2. the time is short: only each server's newest outcome (its status, latest document,
+        # newest figures); the older ones are skipped (its consecutive-failure count misses them)
+        newest = {o.server_id: o for o in self._pending}
+        keep = {id(o) for o in newest.values()}
+        skipped = len(self._pending) - len(keep)
+        self._pending = deque(o for o in self._pending if id(o) in keep)
+        while self._pending and self.monotonic() < deadline:
+            if not await self._write_batch(batch):
+                return self._lost_at_stop(skipped)
+        left = len(self._pending)
+        self._pending.clear()
+        self._document_of.clear()
+        self.unwritten_at_stop = skipped + left
+        log.warning("stopping: %d of %d queued poll outcomes not written within %.1fs: %d older ones of servers "
+                    "whose newest outcome was written, %d newest ones left at the deadline", self.unwritten_at_stop,
+                    total, budget, skipped, left)
+        return self.unwritten_at_stop
 
-    async def _write_batch(self) -> bool:
-        batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+    def _lost_at_stop(self, skipped: int = 0) -> int:
+        self.unwritten_at_stop = skipped + self.buffered
+        log.error("%d poll outcomes could not be written before shutdown: %s", self.unwritten_at_stop,
+                  self.health.reason)
+        return self.unwritten_at_stop
+
+    async def _write_batch(self, size: int = BATCH) -> bool:
+        batch = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
         if not batch:
             return True
         self._inflight = batch

@@ -52,6 +52,13 @@ Options:
   --watch-unit UNIT       unit whose state the agent reports (repeatable)
   --identity FILE         ssh private key to log in with (ssh -i)
   --ssh-opt OPT           extra ssh option, as for ssh -o (repeatable)
+  --ssh-config FILE       ssh config file to use instead of ~/.ssh/config (ssh -F; the
+                          jump hosts' ssh reads it too)
+  --inventory FILE        deploy the hosts of an Ansible inventory, ssh config or CSV (as
+                          central server import reads it): addresses, ports, users and
+                          bastions (central_via, ProxyJump, via) from the file
+  --jump [USER@]HOST[:PORT][,...]  reach the hosts through these bastions (ssh -J, ProxyJump);
+                          the bastions' settings (key, known_hosts) come from the ssh config
   -j, --jobs N            hosts deployed in parallel (default 8)
   -h, --help              this help
 
@@ -60,6 +67,8 @@ Examples:
   $PROG --central-key ./id_ed25519.pub --no-actions -j 20 \$(cat hosts.txt)
   $PROG --allow-actions service --service-pattern 'nginx*' --watch-unit nginx.service admin@db-1
   $PROG --identity ~/.ssh/deploy --ssh-opt Port=2222 --ssh-opt ProxyJump=bastion root@10.0.0.5
+  $PROG --inventory inventory.ini -j 20          # hosts, users, bastions from the file
+  $PROG --ssh-config ./fleet_ssh_config --jump bastion1 root@10.1.0.7
   $PROG --terminal-user ops root@web-1    # then: central terminal enable web-1 --user ops
 
 Exit status: 0 when every host succeeded, 1 when any failed, 2 for a usage error.
@@ -85,6 +94,8 @@ service_patterns=()
 container_patterns=()
 watch_units=()
 ssh_opts=()
+ssh_config_file=""
+inventory=""
 jobs=8
 targets=()
 
@@ -111,6 +122,9 @@ while [[ $# -gt 0 ]]; do
         --watch-unit) need_arg "$@"; watch_units+=("$2"); shift 2 ;;
         --identity) need_arg "$@"; ssh_opts+=(-i "$2"); shift 2 ;;
         --ssh-opt) need_arg "$@"; ssh_opts+=(-o "$2"); shift 2 ;;
+        --ssh-config) need_arg "$@"; ssh_opts+=(-F "$2"); ssh_config_file=$2; shift 2 ;;
+        --inventory) need_arg "$@"; inventory=$2; shift 2 ;;
+        --jump) need_arg "$@"; ssh_opts+=(-J "$2"); shift 2 ;;
         -j|--jobs) need_arg "$@"; jobs=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; targets+=("$@"); break ;;
@@ -119,7 +133,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-[[ ${#targets[@]} -gt 0 ]] || { usage >&2; exit 2; }
+[[ ${#targets[@]} -gt 0 || -n $inventory ]] || { usage >&2; exit 2; }
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive number, not '$jobs'"
 [[ $agent_port =~ ^[1-9][0-9]{0,4}$ && $agent_port -le 65535 ]] \
     || die "--agent-port must be a port number, not '$agent_port'"
@@ -138,6 +152,24 @@ else
     fi
     { [[ -n $central_cli ]] && "$central_cli" --help >/dev/null 2>&1; } \
         || die "the central CLI was not found${central_cli:+ ($central_cli does not run)}: run this where the central runs, pass --central CMD, or --secret-dir DIR"
+fi
+if [[ -n $inventory ]]; then
+    # the inventory's hosts as ssh sees them: a generated ssh config (HostName, Port, User,
+    # ProxyJump to the bastion) that includes yours for everything else; its Host names are the targets
+    [[ -n $central_cli ]] || central_cli=$(command -v central 2>/dev/null || true)
+    [[ -n $central_cli || ! -x $SCRIPT_DIR/../.venv/bin/central ]] || central_cli=$SCRIPT_DIR/../.venv/bin/central
+    [[ -n $central_cli ]] || die "--inventory needs the central CLI (pass --central CMD)"
+    inventory_config=$(mktemp "${TMPDIR:-/tmp}/deploy-agent-inventory.XXXXXX")
+    trap 'rm -f "$inventory_config"' EXIT
+    include=${ssh_config_file:-}
+    [[ -n $include || ! -r $HOME/.ssh/config ]] || include=$HOME/.ssh/config
+    "$central_cli" server ssh-config "$inventory" ${include:+--include "$include"} >"$inventory_config" \
+        || die "cannot read the inventory $inventory"
+    ssh_opts+=(-F "$inventory_config")  # the last -F is the one ssh reads
+    while read -r word name _; do
+        [[ $word == Host && $name != "*" ]] && targets+=("$name")
+    done <"$inventory_config"
+    [[ ${#targets[@]} -gt 0 ]] || die "the inventory $inventory names no hosts"
 fi
 target_re='^[][A-Za-z0-9_.@%:-]+$'
 for t in "${targets[@]}"; do
@@ -219,7 +251,7 @@ policy_b64=$(b64 "$policy_json")
 key_b64=$(b64 "$key_line")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/deploy-agent.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; [[ -z ${inventory_config:-} ]] || rm -f "$inventory_config"' EXIT
 
 # The remote half (shared with `central deploy`): runs on the host as root under `sh -s`.
 installer="$SCRIPT_DIR/agent-install.sh"

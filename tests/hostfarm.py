@@ -351,9 +351,10 @@ class PinnedSSHTarget(object):
         return argv + ["%s@%s" % (user, self.address)]
 
 
-def central_match_block(user=CENTRAL_USER, port=AGENT_PORT):
+def central_match_block(user=CENTRAL_USER, port=AGENT_PORT, permit_open=()):
     """The sshd Match block deploy installs for the central's login user (the same lines as
-    scripts/agent-install.sh writes; a test compares the two)."""
+    scripts/agent-install.sh writes; a test compares the two). permit_open: more host:port
+    targets it may forward to (a bastion's: the SSH ports of the hosts behind it)."""
     return "\n".join([
         "# Written by central deploy: the central's login user may only forward to the agent.",
         "Match User %s" % user,
@@ -364,7 +365,7 @@ def central_match_block(user=CENTRAL_USER, port=AGENT_PORT):
         "    PasswordAuthentication no",
         "    KbdInteractiveAuthentication no",
         "    AllowTcpForwarding local",
-        "    PermitOpen 127.0.0.1:%d" % port,
+        "    PermitOpen %s" % " ".join(["127.0.0.1:%d" % port] + list(permit_open)),
         "    PermitListen none",
         "    AllowStreamLocalForwarding no",
         "    PermitTunnel no",
@@ -377,12 +378,13 @@ def central_match_block(user=CENTRAL_USER, port=AGENT_PORT):
     ]) + "\n"
 
 
-def restricted_line(public_key_line, port=AGENT_PORT):
-    """The central's restricted authorized_keys line for a public key line (options dropped)."""
+def restricted_line(public_key_line, port=AGENT_PORT, permit_open=()):
+    """The central's restricted authorized_keys line for a public key line (options dropped);
+    permit_open: more host:port targets (a bastion's)."""
     parts = public_key_line.split()
     start = next(i for i, p in enumerate(parts) if p.startswith(("ssh-", "ecdsa-", "sk-")))
-    return 'restrict,port-forwarding,permitopen="127.0.0.1:%d",command="/bin/false" %s %s central' % (
-        port, parts[start], parts[start + 1])
+    opens = "".join(',permitopen="%s"' % t for t in ["127.0.0.1:%d" % port] + list(permit_open))
+    return 'restrict,port-forwarding%s,command="/bin/false" %s %s central' % (opens, parts[start], parts[start + 1])
 
 
 class TestHost(PinnedSSHTarget):
@@ -392,13 +394,19 @@ class TestHost(PinnedSSHTarget):
 
     port = 22
 
-    def __init__(self, farm, name, index):
+    def __init__(self, farm, name, index, network=None, extra_networks=()):
         self.farm = farm
         self.name = name
         self.index = index
-        self.address = "%s.%d" % (farm.subnet_prefix, index)
+        #: the PrivateNetwork the host sits on (None: the farm's bridge, which the machine reaches)
+        self.network = network
+        self.address = "%s.%d" % (network.prefix if network else farm.subnet_prefix, index)
+        #: its addresses on further private networks (a bastion's legs), by network
+        self.extra_networks = list(extra_networks)
+        self.addresses = {net: "%s.%d" % (net.prefix, index) for net in self.extra_networks}
         self.netns = "hf-%d-%d" % (farm.subnet_index, index)
         self.veth = "hfv%d-%d" % (farm.subnet_index, index)
+        self.extra_veths = ["hfw%d-%d-%d" % (farm.subnet_index, index, i + 1) for i in range(len(self.extra_networks))]
         self.state_dir = farm.base_dir / name
         self.host_key_path = self.state_dir / "ssh_host_ed25519_key"
         self.authorized_keys_path = self.state_dir / "authorized_keys"
@@ -484,7 +492,7 @@ class TestHost(PinnedSSHTarget):
         top, rest = path.strip("/").split("/", 1)
         return self.state_dir / "cow" / top / "upper" / rest
 
-    def _prepare_etc(self, login_user, central_keys, sshd_include):
+    def _prepare_etc(self, login_user, central_keys, sshd_include, permit_open=()):
         """Write the host's own /etc files before it starts: sshd's config and, for a deployed
         host, the login user, the Match drop-in, the central keys and the agent secret."""
         def write(path, text, mode=0o644):
@@ -515,8 +523,9 @@ class TestHost(PinnedSSHTarget):
         with open("/etc/shadow") as f:
             shadow = [line for line in f.read().splitlines() if not line.startswith(CENTRAL_USER + ":")]
         write("/etc/shadow", "\n".join(shadow + ["%s:*:19000:0:99999:7:::" % CENTRAL_USER]) + "\n", 0o640)
-        write("/etc/ssh/sshd_config.d/central-agent.conf", central_match_block())
-        write("/etc/central-agent/authorized_keys", "".join(restricted_line(k) + "\n" for k in central_keys))
+        write("/etc/ssh/sshd_config.d/central-agent.conf", central_match_block(permit_open=permit_open))
+        write("/etc/central-agent/authorized_keys",
+              "".join(restricted_line(k, permit_open=permit_open) + "\n" for k in central_keys))
         self.agent_secret = os.urandom(32).hex()
         write(SECRET_PATH, self.agent_secret + "\n", 0o600)
 
@@ -550,7 +559,11 @@ class TestHost(PinnedSSHTarget):
 
     def _sshd_answers(self):
         try:
-            with socket.create_connection((self.address, self.port), timeout=1.0) as s:
+            if self.network is not None:  # the machine has no way there: ask from inside
+                s = self.connect(self.port, self.address, timeout=1.0)
+            else:
+                s = socket.create_connection((self.address, self.port), timeout=1.0)
+            with s:
                 return s.recv(64).startswith(b"SSH-")
         except OSError:
             return False
@@ -698,6 +711,19 @@ class TestHost(PinnedSSHTarget):
         return self.spawn(argv)
 
 
+class PrivateNetwork:
+    """A bridge 10.97.N.0/24 with no address on the machine (see HostFarm.add_network)."""
+
+    def __init__(self, subnet_index, lock_fd):
+        self.subnet_index = subnet_index
+        self.prefix = "10.97.%d" % subnet_index
+        self.bridge = "hfp-%d" % subnet_index
+        self.lock_fd = lock_fd
+
+    def __repr__(self):
+        return "<PrivateNetwork %s.0/24 on %s>" % (self.prefix, self.bridge)
+
+
 class HostFarm:
     """A set of test hosts on one private bridge; a context manager.
 
@@ -725,6 +751,7 @@ class HostFarm:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.agent_path = Path(agent_path) if agent_path else default_agent_path()
         self.hosts = {}
+        self.networks = []  # PrivateNetwork, see add_network
         self._next_index = 1
         self._lock = threading.Lock()
         # one thread drains every host's syslog socket (a full datagram queue would block the agent)
@@ -763,7 +790,8 @@ class HostFarm:
             "closed": self._closed,
             "remove_base_dir": self._remove_base_dir,
             "bridge": self.bridge,
-            "hosts": [{"netns": h.netns, "veth": h.veth, "pids": [p for p in (h.init_pid, h._unshare and
+            "bridges": [n.bridge for n in self.networks],
+            "hosts": [{"netns": h.netns, "veth": h.veth, "extra_veths": h.extra_veths, "pids": [p for p in (h.init_pid, h._unshare and
                                                               h._unshare.pid) if p]}
                       for h in self.hosts.values()],
         }
@@ -832,7 +860,8 @@ class HostFarm:
                               policy=policy, agent_argv_extra=agent_argv_extra, **kwargs)[0]
 
     def add_hosts(self, names, agent=True, authorized_keys=(), policy=None,
-                  agent_argv_extra=(), login_user=True, central_keys=None, sshd_include=True):
+                  agent_argv_extra=(), login_user=True, central_keys=None, sshd_include=True,
+                  network=None, extra_networks=(), permit_open=()):
         """Create several hosts at once (faster: each step runs for all, then all are awaited).
 
         names: a list of hostnames (None entries get a generated name) or a count.
@@ -841,6 +870,11 @@ class HostFarm:
         Match drop-in, the agent secret); central_keys (default: authorized_keys) are the
         keys that user accepts, restricted to forwarding to the agent.
         sshd_include: the host's sshd_config includes /etc/ssh/sshd_config.d/*.conf.
+        network: a PrivateNetwork (add_network) to put the hosts on instead of the farm's bridge:
+        the machine cannot reach them, only hosts with a leg on it can. extra_networks: more
+        private networks each host gets a leg on (a bastion: farm bridge + private network).
+        permit_open: host:port targets the central's login user may forward to besides the
+        agent (a bastion's hosts behind it).
         """
         if central_keys is None:
             central_keys = list(authorized_keys)
@@ -858,7 +892,7 @@ class HostFarm:
                 name = name or "host-%d-%d" % (self.subnet_index, index)
                 if name in self.hosts:
                     raise HostFarmError("host %s exists already" % name)
-                host = TestHost(self, name, index)
+                host = TestHost(self, name, index, network, extra_networks)
                 self.hosts[name] = host
                 hosts.append(host)
             self._create_network(hosts)
@@ -867,7 +901,7 @@ class HostFarm:
             generate_key(host.host_key_path, "root@" + host.name)
             host.authorized_keys_path.write_text(
                 "".join(k.strip() + "\n" for k in authorized_keys))
-            host._prepare_etc(login_user, central_keys, sshd_include)
+            host._prepare_etc(login_user, central_keys, sshd_include, permit_open)
             self._launch_init(host)
         with self._lock:
             self._write_state()
@@ -888,13 +922,37 @@ class HostFarm:
             root_batch += [
                 "netns add %s" % host.netns,
                 "link add %s type veth peer name eth0 netns %s" % (host.veth, host.netns),
-                "link set %s master %s up" % (host.veth, self.bridge),
+                "link set %s master %s up" % (host.veth, host.network.bridge if host.network else self.bridge),
             ]
+            for i, (net, veth) in enumerate(zip(host.extra_networks, host.extra_veths)):
+                root_batch += ["link add %s type veth peer name eth%d netns %s" % (veth, i + 1, host.netns),
+                               "link set %s master %s up" % (veth, net.bridge)]
         _ip([], batch="\n".join(root_batch) + "\n")
         for host in hosts:
-            # only the test subnet: no default route, so nothing can leave the machine
-            _ip([], netns=host.netns, batch="link set lo up\naddr add %s/24 dev eth0\n"
-                "link set eth0 up\n" % host.address)
+            # only the test subnets: no default route, so nothing can leave the machine
+            batch = "link set lo up\naddr add %s/24 dev eth0\nlink set eth0 up\n" % host.address
+            for i, net in enumerate(host.extra_networks):
+                batch += "addr add %s/24 dev eth%d\nlink set eth%d up\n" % (host.addresses[net], i + 1, i + 1)
+            _ip([], netns=host.netns, batch=batch)
+
+    def add_network(self):
+        """A private network: a bridge of its own with no address on the machine, so only the
+        hosts on it (and bastions with a leg on it) reach each other; returns PrivateNetwork."""
+        if self._closed:
+            raise HostFarmError("farm is closed")
+        n, fd = claim_subnet("10.97", "hfp-", STATE_ROOT / "locks")
+        if n is None:
+            raise HostFarmError("no free 10.97.N.0/24 private test subnet")
+        net = PrivateNetwork(n, fd)
+        try:
+            _ip([], batch="link add %s type bridge\nlink set %s up\n" % (net.bridge, net.bridge))
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            self.networks.append(net)
+            self._write_state()
+        return net
 
     def _launch_init(self, host):
         argv = ["ip", "netns", "exec", host.netns,
@@ -924,6 +982,14 @@ class HostFarm:
         host._unshare.stdout.close()
         with self._lock:
             self._write_state()
+
+    def remove_network(self, net):
+        """Delete a private network's bridge (after the hosts on it are removed)."""
+        with self._lock:
+            self.networks.remove(net)
+            self._write_state()
+        _ip(["link", "del", net.bridge], check=False)
+        os.close(net.lock_fd)
 
     def host(self, name):
         """The host called name."""
@@ -967,7 +1033,8 @@ class HostFarm:
             host._syslog.close()
             host._syslog = None
         # deleting the veth explicitly is synchronous; the netns would drop it only later
-        _ip(["link", "del", host.veth], check=False)
+        for veth in [host.veth] + host.extra_veths:
+            _ip(["link", "del", veth], check=False)
         _ip(["netns", "del", host.netns], check=False)
 
     def close(self):
@@ -983,6 +1050,9 @@ class HostFarm:
                 errors.append("%s: %s" % (host.name, exc))
         self.hosts.clear()
         _ip(["link", "del", self.bridge], check=False)
+        for net in self.networks:
+            _ip(["link", "del", net.bridge], check=False)
+            os.close(net.lock_fd)
         if self.base_dir.exists():
             self._write_state()
         if self._reaper is not None:
@@ -1029,9 +1099,11 @@ def _reap(base_dir):
                 except ProcessLookupError:
                     pass
         time.sleep(0.2)
-        subprocess.run(["ip", "link", "del", host["veth"]], capture_output=True)
+        for veth in [host["veth"]] + host.get("extra_veths", []):
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", host["netns"]], capture_output=True)
-    subprocess.run(["ip", "link", "del", state["bridge"]], capture_output=True)
+    for bridge in [state["bridge"]] + state.get("bridges", []):
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     if state.get("remove_base_dir"):
         shutil.rmtree(base_dir, ignore_errors=True)
 

@@ -50,6 +50,13 @@ class HostFactory:
         self.farm = farm
         self.client_key = client_key
         self.created = []
+        self.networks = []
+
+    def network(self):
+        """A private network (HostFarm.add_network), removed after the test."""
+        net = self.farm.add_network()
+        self.networks.append(net)
+        return net
 
     def _kwargs(self, kwargs):
         kwargs.setdefault("authorized_keys", [self.client_key.public_key])
@@ -72,6 +79,8 @@ class HostFactory:
         for host in self.created:
             if host.name in self.farm.hosts:
                 self.farm.remove_host(host.name)
+        for net in self.networks:
+            self.farm.remove_network(net)
 
 
 @pytest.fixture

@@ -502,7 +502,12 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     assert sd == {"available": True, "failed": ["srv.mount", "nginx.service"],
                   "watched": {"nginx": "failed", "backup.timer": "active", "gone.service": "inactive"}}
     services = c.services()
-    assert len(fake_systemctl.runs()) == 1                 # the same listing
+    # the same listing, and one `systemctl show` for the units' details (cached for UNITS_TTL)
+    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show"]
+    assert fake_systemctl.runs()[1].endswith(" -- cron.service nginx.service ssh.service systemd-journald.service"
+                                             " rsyslog.service backup.timer")
+    c.services()
+    assert len(fake_systemctl.runs()) == 2
     units = {u["unit"]: u for u in services["units"]}
     # apache2.service is only referenced (not-found): left out
     assert sorted(units) == ["backup.timer", "cron.service", "nginx.service", "rsyslog.service",
@@ -510,7 +515,10 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     assert units["rsyslog.service"]["actions"] == []         # matches no service_patterns
     assert units["nginx.service"] == {"unit": "nginx.service", "load": "loaded", "active": "failed",
                                       "sub": "failed", "watched": True, "actions": ["start", "stop", "restart"],
-                                      "description": "A high performance web server and a reverse proxy server"}
+                                      "description": "A high performance web server and a reverse proxy server",
+                                      "type": "service", "since": None, "main_pid": None, "restarts": None,
+                                      "memory": None, "cpu_percent": None, "last_trigger": None,
+                                      "next_elapse": None}
     assert units["cron.service"]["actions"] == ["start", "stop", "restart"]
     assert units["ssh.service"]["actions"] == []             # protected by the default policy
     assert units["systemd-journald.service"]["actions"] == []  # protected, though in the patterns
@@ -518,10 +526,10 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     # a service action makes the next poll list the units again
     c.action("service", {"unit": "cron.service", "verb": "restart"})
     c.all()
-    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show", "restart", "list-units"]
+    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show", "show", "restart", "list-units"]
     c.SYSTEMD_TTL = 0.0
     c.all()
-    assert len(fake_systemctl.runs()) == 5
+    assert len(fake_systemctl.runs()) == 6
 
 
 def test_without_systemd_a_poll_spawns_nothing(agent, tmp_path, monkeypatch):
@@ -533,7 +541,8 @@ def test_without_systemd_a_poll_spawns_nothing(agent, tmp_path, monkeypatch):
     c.SYSTEMD_TTL = 0.0
     for _ in range(3):
         assert c.all()["systemd"] == {"available": False, "failed": [], "watched": {"a.service": None}}
-    assert c.services() == {"available": False, "failed": [], "watched": {"a.service": None}, "units": []}
+    assert c.services() == {"available": False, "failed": [], "watched": {"a.service": None}, "units": [],
+                            "details_at": None}
     assert runs == []
 
 
@@ -547,3 +556,58 @@ def test_a_failing_systemctl_is_an_error_entry_not_rerun_every_poll(agent, tmp_p
     docs = [c.all() for _ in range(3)]
     assert all(d["systemd"] is None and "Failed to connect to bus" in d["errors"]["systemd"] for d in docs)
     assert log.read_text().count("x") == 1
+
+
+# ----------------------------------------------------------------------- the real /proc, kept stat fds
+
+def _open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_real_proc_scan_keeps_stat_fds_and_follows_processes_coming_and_going(agent):
+    import subprocess
+
+    first = subprocess.Popen(["sleep", "300"])
+    try:
+        table = agent.scan_processes("/proc")
+        keys = {k[0]: k for k in table}
+        assert first.pid in keys and os.getpid() in keys
+        assert table[keys[first.pid]][2] == b"sleep"
+        kept = dict(agent._STAT_FDS)
+        assert str(first.pid) in kept and len(kept) <= agent._stat_fds_max()
+        # the second scan reads through the kept fds: same processes, fresh figures
+        again = agent.scan_processes("/proc")
+        assert keys[first.pid] in again and agent._STAT_FDS[str(first.pid)] == kept[str(first.pid)]
+        second = subprocess.Popen(["sleep", "300"])
+        first.kill()
+        first.wait()  # reaped: its pid is gone from /proc
+        fd = kept[str(first.pid)]
+        table = agent.scan_processes("/proc")
+        pids = {k[0] for k in table}
+        assert second.pid in pids and first.pid not in pids
+        assert str(first.pid) not in agent._STAT_FDS  # its fd was closed...
+        assert str(fd) not in _open_fds() or os.readlink("/proc/self/fd/%d" % fd) != "/proc/%d/stat" % first.pid
+        second.kill()
+        second.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+def test_a_kept_stat_fd_of_a_dead_process_is_not_read_as_a_new_one(agent):
+    """A pid reused between two scans: the kept fd fails (ESRCH) and the pid's new stat is read."""
+    import subprocess
+
+    p = subprocess.Popen(["sleep", "300"])
+    agent.scan_processes("/proc")
+    entry = str(p.pid)
+    fd = agent._STAT_FDS[entry]
+    p.kill()
+    p.wait()
+    # as if the pid were in /proc again (reused): the kept fd is tried, fails, and is dropped
+    with pytest.raises(OSError):
+        agent._read_stat("/proc/", entry, agent._STAT_FDS)
+    assert entry not in agent._STAT_FDS
+    assert "/proc/%s/stat" % entry not in [os.readlink("/proc/self/fd/" + f) for f in os.listdir("/proc/self/fd")
+                                          if os.path.exists("/proc/self/fd/" + f)] or fd not in agent._STAT_FDS.values()

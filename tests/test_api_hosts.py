@@ -73,3 +73,36 @@ async def test_the_same_host_under_a_second_name_is_added_with_a_warning(host_ap
     assert [w.split(" as server ")[1].split(":")[0] for w in again["warnings"]] == ["db", "db-public"]
     assert again["warnings"][0].startswith(f"db2 has the same address and port ({host.address}:22) and the same "
                                            f"host key ({host.fingerprint}) as server db:")
+
+
+async def test_import_dry_run_fetch_confirm_and_rerun(host_api, test_host):
+    api = host_api
+    a, b = test_host.many(2)
+    for h in (a, b):
+        await servers.store_agent_secret(api.central, h.agent_secret, host=h.address)
+    known = f"{a.address} {' '.join(a.host_public_key.split()[:2])}\n"
+    content = f"[web]\n{a.name} ansible_host={a.address}\n{b.name} ansible_host={b.address}\n"
+    body = {"content": content, "filename": "inv.ini", "known_hosts": known}
+    status, err, _ = await api.request("POST", "/api/v1/servers/import", json=body, role="operator")
+    assert status == 403
+    # b has no trusted key: the dry run names file, line and host
+    status, plan, _ = await api.request("POST", "/api/v1/servers/import", json=body)
+    assert status == 200, plan
+    rows = {r["name"]: r for r in plan["rows"]}
+    assert rows[a.name]["action"] == "add" and rows[a.name]["fingerprint"] == a.fingerprint
+    assert rows[b.name]["action"] == "error" and rows[b.name]["error"].startswith(f"inv.ini:3: host {b.name}: no trusted host key")
+    status, err, _ = await api.request("POST", "/api/v1/servers/import", json={**body, "dry_run": False})
+    assert status == 400 and "nothing was stored" in err["detail"], err
+    assert await api.central.storage.find_server(a.name) is None
+    # fetched: b's key is shown, and applying needs the dry run's confirmation
+    status, plan, _ = await api.request("POST", "/api/v1/servers/import", json={**body, "fetch": True})
+    assert {r["name"]: r["key_source"] for r in plan["rows"]} == {a.name: "known_hosts", b.name: "fetched"}
+    assert plan["rows"][1]["fingerprint"] == b.fingerprint and plan["confirmation"]
+    status, err, _ = await api.request("POST", "/api/v1/servers/import", json={**body, "fetch": True, "dry_run": False})
+    assert status == 409 and plan["confirmation"] in err["detail"]
+    status, done, _ = await api.request("POST", "/api/v1/servers/import", json={
+        **body, "fetch": True, "dry_run": False, "confirmation": plan["confirmation"]})
+    assert status == 200 and done["result"] == {"added": 2, "changed": 0, "skipped": 0}, done
+    assert (await servers.poll_now(api.central, b.name))["ok"]
+    status, again, _ = await api.request("POST", "/api/v1/servers/import", json={**body, "fetch": True, "dry_run": False})
+    assert status == 200 and again["result"] == {"added": 0, "changed": 0, "skipped": 2}

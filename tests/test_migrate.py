@@ -21,7 +21,10 @@ DAY = 86400.0
 
 
 def ok(server_id: int, ts: float, cpu: float) -> PollOutcome:
-    sample = {m: float(cpu) for m in METRICS} | {"procs": int(cpu), "top": [[1, "init", 0.5, 1000.0]]}
+    sample = {m: float(cpu) for m in METRICS} | {"procs": int(cpu), "top": [[1, "init", 0.5, 1000.0]],
+                                                 "containers": [["web", float(cpu), 10.0, 1000 + int(cpu), 1.0, 2.0,
+                                                                 3.0, 4.0, 5], ["db", 1.5, 2.0, 2000, 0.0, 0.0,
+                                                                                0.0, 0.0, 12]]}
     return PollOutcome(server_id=server_id, ts=ts, duration=0.01, ok=True, doc_text='{"hostname":"h"}',
                        sample=sample, hostname="h", agent_version="1.1.0", agent_sha256="a" * 64)
 
@@ -33,6 +36,8 @@ async def fill(path) -> None:
         web = await s.add_server("web1", "10.0.0.5", port=2222, tags=["prod", "web"], agent_secret="a" * 64,
                                  host_key="ssh-ed25519 AAAA", host_key_fingerprint="SHA256:x", interval_s=30.0)
         db = await s.add_server("db1", "10.0.0.6")
+        # web1 is reached through db1, a server with a higher id (the copy must not trip over it)
+        await s.update_server("web1", via=db.id)
         await s.add_server("local", "localhost", kind="local", port=0)
         await s.put_pending_secret("10.0.0.9", 22, "b" * 64)
         for i in range(3 * 24 * 6):  # three days, every 10 minutes, two servers
@@ -85,6 +90,11 @@ async def everything(s) -> dict:
         out[f"minute {sid}"] = await s.rollups(sid, TIER_MINUTE, 0, NOW + DAY)
         out[f"hour {sid}"] = await s.rollups(sid, TIER_HOUR, 0, NOW + DAY)
         out[f"document {sid}"] = await s.latest_document(sid)
+        out[f"containers {sid}"] = names = await s.container_names(sid)
+        for name in names:
+            out[f"container {sid} {name}"] = await s.container_samples(sid, name, 0, NOW + DAY)
+            out[f"container history {sid} {name}"] = await s.container_history(
+                sid, name, NOW - 2 * DAY, NOW, retention_raw=DAY, retention_minute=14 * DAY, now=NOW)
         out[f"inventory {sid}"] = (await s.inventory_latest(sid), await s.inventory_history(sid))
         out[f"history {sid}"] = await s.history(sid, NOW - 2 * DAY, NOW, retention_raw=DAY, retention_minute=14 * DAY,
                                                 now=NOW)
@@ -119,10 +129,14 @@ def test_everything_is_copied_and_reads_back_the_same(tmp_path, pg_url, run):
     assert report["ok"] is True and {t["table"] for t in report["tables"]} == {t for t, _ in TABLES}
     counts = {t["table"]: (t["source"], t["destination"]) for t in report["tables"]}
     assert counts["samples"] == (2 * 3 * 24 * 6, 2 * 3 * 24 * 6) and counts["servers"] == (3, 3)
+    assert counts["container_samples"] == (2 * 2 * 3 * 24 * 6,) * 2 and counts["container_rollups"][0] > 0
     assert all(src == dst and src > 0 for src, dst in counts.values()), counts  # every table had rows
     source, copied = asyncio.run(read(db)), asyncio.run(read(pg_url))
     for key in source:
         assert copied[key] == source[key], key
+    assert {d["name"]: d["via"] for d in copied["servers"]}["web1"] == {d["name"]: d["id"]
+                                                                       for d in copied["servers"]}["db1"]
+    assert copied["containers 1"] == ["db", "web"] and len(copied["container 1 web"]) == 3 * 24 * 6
 
 
 def test_a_second_run_catches_up_without_copying_twice(tmp_path, pg_url, run):

@@ -160,3 +160,20 @@ async def test_a_recurring_window_mutes_then_lets_through(storage, receiver):
     assert log == [(berlin(2027, 1, 17, 2, 10), "web1", "firing"), (berlin(2027, 1, 17, 4, 0), "db1", "firing")]
     [db1] = [a for a in await storage.list_alerts(firing_only=True) if a["server"] == "db1"]
     assert db1["started_at"] == berlin(2027, 1, 17, 2, 10)  # recorded all along, only the message waited
+
+
+def test_a_bastion_down_holds_back_the_alerts_of_the_hosts_behind_it():
+    from central.muting import bastion_inhibited, bastions_down
+
+    firing = [{"rule": "server_unreachable", "server": "bastion1", "via": None},
+              {"rule": "unreachable_via_bastion", "server": "bastion2", "via": "bastion1"},
+              {"rule": "disk_almost_full", "server": "web1", "via": "bastion1"}]
+    down = bastions_down(firing)
+    assert down == {"bastion1", "bastion2"}  # a disk alert says nothing about tunnels
+    # a host behind bastion2 (itself behind bastion1): held, so is bastion2's own
+    assert bastion_inhibited({"rule": "unreachable_via_bastion", "server": "app1", "via": "bastion2"}, down)
+    assert bastion_inhibited({"rule": "unreachable_via_bastion", "server": "bastion2", "via": "bastion1"}, down)
+    # the bastion answering: its hosts' alert goes out alone; other rules are not this check's
+    assert not bastion_inhibited({"rule": "unreachable_via_bastion", "server": "app9", "via": "bastion3"}, down)
+    assert not bastion_inhibited({"rule": "disk_almost_full", "server": "app1", "via": "bastion1"}, down)
+    assert not bastion_inhibited({"rule": "unreachable_via_bastion", "server": "app1", "via": None}, down)

@@ -252,3 +252,48 @@ async def test_a_bug_in_one_poll_fails_that_poll_and_the_server_keeps_being_poll
     assert server.status == "online" and server.status_reason is None, server
     tracebacks = [r for r in caplog.records if "poll failed inside the central" in r.getMessage()]
     assert len(tracebacks) == 1 and tracebacks[0].exc_info[0] is RuntimeError
+
+
+async def test_the_periodic_reload_rereads_servers_only_after_a_write_other_than_polls(config, tmp_path):
+    """Poll batches change no setting the poller reads, so the 5 s reload skips the server list
+    while only they wrote; a change here (API/CLI in this process) or by another process (the
+    CLI's own connection) is picked up at the next reload, and write_polls sees new servers."""
+    import sqlite3
+
+    from central.model import PollOutcome
+
+    c = await Central.open(dataclasses.replace(config, poll=dataclasses.replace(config.poll, local=False)))
+    try:
+        a = await c.storage.add_server("a", "10.0.0.1")
+        await c.poller.reload()
+        before = c.poller._servers[a.id]  # noqa: SLF001
+        hooks = []
+        c.poller.reload_hooks.append(lambda: hooks.append(1))
+        for ts in (1.0, 2.0):
+            await c.storage.write_polls([PollOutcome(server_id=a.id, ts=ts, duration=0.1, ok=True,
+                                                     sample={"cpu": 1.0})], offline_after=3)
+        await c.poller.reload(force=False)
+        assert c.poller._servers[a.id] is before and hooks == [1]  # noqa: SLF001 - not re-read, hooks still run
+        await c.storage.update_server("a", tags=["web"])  # a change through this process
+        await c.poller.reload(force=False)
+        assert c.poller._servers[a.id].tags == ("web",)  # noqa: SLF001
+        con = sqlite3.connect(c.storage.location)  # another process's commit (the CLI)
+        con.execute("UPDATE servers SET port = 2222 WHERE name = 'a'")
+        con.execute("INSERT INTO servers (name, kind, host, port, user, agent_port, tags, status, created_at)"
+                    " VALUES ('b', 'ssh', '10.0.0.2', 22, 'central', 8083, '[]', 'unknown', 0)")
+        con.commit()
+        b_id = con.execute("SELECT id FROM servers WHERE name = 'b'").fetchone()[0]
+        con.close()
+        await c.poller.reload(force=False)
+        assert c.poller._servers[a.id].port == 2222 and b_id in c.poller._servers  # noqa: SLF001
+        # write_polls knows b (its cached ids follow the other process's commit): b's poll is stored
+        await c.storage.write_polls([PollOutcome(server_id=b_id, ts=3.0, duration=0.1, ok=True,
+                                                 sample={"cpu": 2.0})], offline_after=3)
+        assert [s["ts"] for s in await c.storage.samples(b_id, 0, 10)] == [3.0]
+        await c.storage.remove_server("b")  # and a removed one's queued poll is dropped, not the batch
+        await c.storage.write_polls([PollOutcome(server_id=b_id, ts=4.0, duration=0.1, ok=True, sample={"cpu": 2.0}),
+                                     PollOutcome(server_id=a.id, ts=4.0, duration=0.1, ok=True, sample={"cpu": 3.0})],
+                                    offline_after=3)
+        assert [s["ts"] for s in await c.storage.samples(a.id, 0, 10)] == [1.0, 2.0, 4.0]
+    finally:
+        await c.close()

@@ -123,9 +123,9 @@ async def test_blackholed_host_gets_backoff_on_connect(tmp_path, client_key, tes
     attempts = []
     real_connect = central.pool._connect
 
-    async def connect(server):
+    async def connect(server, *args):  # args: the bastion depth (central.sshpool)
         attempts.append(server.name)
-        return await real_connect(server)
+        return await real_connect(server, *args)
 
     central.pool._connect = connect
     try:

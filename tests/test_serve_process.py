@@ -98,6 +98,11 @@ def test_a_second_serve_on_the_same_data_directory_refuses_naming_the_first(serv
     assert first.wait(30) == 0
     third, third_port = serving.start_answering()
     assert (serving.data / "serve.lock").read_text().strip() == str(third.pid)
+    # however it ends: killed outright, its lock goes with it (the kernel releases a flock)
+    third.kill()
+    third.wait(30)
+    fourth, _ = serving.start_answering()
+    assert (serving.data / "serve.lock").read_text().strip() == str(fourth.pid)
 
 
 def _api(port: int, token: str, path: str):

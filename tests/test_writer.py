@@ -171,3 +171,73 @@ async def test_check_writable_refuses_a_locked_database(serving):
     finally:
         holder.release()
     await serving.storage.check_writable()
+
+
+class StoreClock:
+    """A clock that advances one second per batch stored: the stop's deadline falls after a known
+    number of batches, whatever this machine's speed (no timed assertion)."""
+
+    def __init__(self, store):
+        self.now = 0.0
+        self.batches: list[int] = []
+        self._store = store
+
+    async def store(self, batch):
+        await self._store(batch)
+        self.batches.append(len(batch))
+        self.now += 1.0
+
+    def __call__(self):
+        return self.now
+
+
+async def backlog(serving, n_servers, rounds):
+    """A real backlog: rounds of one outcome per server (round r at ts 100 + r), oldest first."""
+    ss = await servers(serving, n_servers)
+    outcomes = [ok(s.id, 100.0 + r, f'{{"round":{r}}}') for r in range(rounds) for s in ss]
+    return ss, outcomes
+
+
+async def test_a_stop_writes_the_oldest_then_each_servers_newest_and_counts_the_rest(serving, caplog):
+    ss, outcomes = await backlog(serving, 20, 10)  # 200 queued outcomes
+    clock = StoreClock(serving.poller.store)
+    writer = Writer(clock.store, capacity=1000, monotonic=clock)
+    for o in outcomes:
+        writer.put(o)
+    # budget 10 "seconds": the oldest for 6 batches of 10 (rounds 0-2), then the 20 newest
+    unwritten = await writer.flush(budget=10, batch=10)
+    assert clock.batches == [10] * 8
+    assert unwritten == writer.unwritten_at_stop == 200 - 60 - 20
+    for s in ss:
+        assert await stored_ts(serving, s.id) == [100.0, 101.0, 102.0, 109.0]
+        server = await serving.storage.get_server(s.name)
+        assert (server.status, server.last_seen) == ("online", 109.0)
+        assert await serving.storage.latest_document(s.id) == (109.0, {"round": 9})
+    assert "120 of 200 queued poll outcomes not written" in caplog.text
+    assert writer.buffered == 0
+
+
+async def test_a_stop_that_runs_out_of_time_counts_the_newest_left(serving, caplog):
+    ss, outcomes = await backlog(serving, 20, 5)  # 100 queued
+    clock = StoreClock(serving.poller.store)
+    writer = Writer(clock.store, capacity=1000, monotonic=clock)
+    for o in outcomes:
+        writer.put(o)
+    # budget 3: the oldest for 2 batches (round 0), then one batch of newest (10 of the 20 servers)
+    assert await writer.flush(budget=3, batch=10) == 100 - 20 - 10
+    assert clock.batches == [10, 10, 10]
+    newest_written = [s for s in ss if (await stored_ts(serving, s.id))[-1] == 104.0]
+    assert len(newest_written) == 10
+    assert "60 older ones of servers whose newest outcome was written, 10 newest ones left" in caplog.text
+
+
+async def test_a_stop_with_time_enough_writes_everything_in_order(serving):
+    ss, outcomes = await backlog(serving, 5, 4)
+    clock = StoreClock(serving.poller.store)
+    writer = Writer(clock.store, capacity=1000, monotonic=clock)
+    for o in outcomes:
+        writer.put(o)
+    assert await writer.flush(budget=100, batch=3) == 0
+    assert sum(clock.batches) == 20 and max(clock.batches) == 3  # bounded batches
+    for s in ss:
+        assert await stored_ts(serving, s.id) == [100.0, 101.0, 102.0, 103.0]

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
-from ..model import METRICS, PollOutcome, Server
+from ..model import CONTAINER_METRICS, METRICS, PollOutcome, Server
 
 # Rollup tiers: 1-minute buckets of raw samples, 1-hour buckets of 1-minute ones.
 TIER_MINUTE, TIER_HOUR = 60, 3600
@@ -29,14 +29,24 @@ class Servers(ABC):
         self, name: str, host: str, *, kind: str = "ssh", port: int = 22, user: str = "central",
         key_path: str | None = None, agent_port: int = 8083, tags: Sequence[str] = (),
         interval_s: float | None = None, host_key: str | None = None, host_key_fingerprint: str | None = None,
-        agent_secret: str | None = None,
+        agent_secret: str | None = None, via: int | None = None,
     ) -> Server:
         """Insert a server with its agent secret, or the one pending for its host and port (see
-        AgentSecrets), in one transaction; Conflict if the name is taken."""
+        AgentSecrets), in one transaction; Conflict if the name is taken. via: the id of the
+        bastion it is reached through."""
+
+    @abstractmethod
+    async def servers_marker(self) -> object:
+        """A value that stays equal while nothing but poll batches (write_polls) wrote, here or in
+        another process: the poller reloads its server list only when it changes."""
 
     @abstractmethod
     async def get_server(self, name: str) -> Server:
         """The server called name; NotFound otherwise."""
+
+    @abstractmethod
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
 
     @abstractmethod
     async def find_server(self, name: str) -> Server | None:
@@ -71,7 +81,7 @@ class Servers(ABC):
 
     @abstractmethod
     async def remove_server(self, name: str) -> None:
-        """Delete a server and everything stored about it."""
+        """Delete a server and everything stored about it; Conflict while it is the bastion of others."""
 
     @abstractmethod
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
@@ -129,7 +139,7 @@ class Samples(ABC):
                     now: float | None = None) -> dict:
         """Delete what has passed each tier's retention (never raw samples not rolled up yet),
         and events (inventory history, audit, notifications, resolved alerts) older than
-        `events`; rows deleted: {samples, rollups, events}."""
+        `events`; rows deleted: {samples, rollups, containers, events}."""
 
     @abstractmethod
     async def import_samples(self, rows: Sequence[tuple]) -> None:
@@ -140,6 +150,34 @@ class Samples(ABC):
     async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
         """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric); the tier
         then counts as rolled up to the end of the newest imported bucket."""
+
+
+class Containers(ABC):
+    """Per-container figures (central.model.CONTAINER_METRICS): write_polls stores each poll's
+    sample["containers"] (at most central.model.MAX_STORED_CONTAINERS per server and poll),
+    rollup() and prune() roll them up and expire them with the host's samples."""
+
+    @abstractmethod
+    async def container_samples(self, server_id: int, name: str, start: float, end: float) -> list[dict]:
+        """Raw samples of one container in [start, end), oldest first: {ts, <metric>...}."""
+
+    @abstractmethod
+    async def container_names(self, server_id: int, since: float = 0.0) -> list[str]:
+        """Names of the server's containers with samples at or after since, by name."""
+
+    @abstractmethod
+    async def container_recent(self, server_id: int, since: float,
+                               metrics: Sequence[str] = ("cpu", "mem", "mem_used")) -> dict[str, dict]:
+        """Raw series of every container of a server since a time: {name: {ts: [...], <metric>: [...]}}."""
+
+    @abstractmethod
+    async def container_history(
+        self, server_id: int, name: str, start: float, end: float, *, max_points: int = 500,
+        retention_raw: float, retention_minute: float, now: float | None = None,
+        metrics: Sequence[str] = tuple(CONTAINER_METRICS),
+    ) -> dict:
+        """One container's figures over [start, end) in at most max_points buckets, from the finest
+        tier that covers the range: {source, step, start, end, series: {ts, <m>, <m>_min, <m>_max...}}."""
 
 
 class Inventory(ABC):
@@ -447,7 +485,7 @@ class Cluster(ABC):
         """Remove member and every lease it holds (a clean shutdown hands over at once)."""
 
 
-class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets, Cluster):
+class Storage(Servers, Samples, Containers, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets, Cluster):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod
@@ -476,6 +514,12 @@ class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, Agent
     @abstractmethod
     async def database_size(self) -> int:
         """Bytes the database takes."""
+
+    @abstractmethod
+    async def change_marker(self) -> object:
+        """A value that differs whenever anything stored may have changed since it was taken (a
+        commit by this process or another one): answers built from the database can be kept
+        while it stays equal."""
 
     @abstractmethod
     async def close(self) -> None:

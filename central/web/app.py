@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -14,10 +13,12 @@ from aiohttp import web
 from .. import __version__
 from ..auth import LoginLimiter
 from ..config import Config, ConfigError
+from ..gcpolicy import GCPolicy
 from ..service import Central
 from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
-from .keys import CENTRAL, CONFIG, LOGIN_LIMITER, RELOAD_ENV
+from .answers import Answers
+from .keys import ANSWERS, CENTRAL, CONFIG, GC_POLICY, LOGIN_LIMITER, RELOAD_ENV
 from .pages import install_pages
 from .terminal_pages import install_terminal_pages
 from .security import host_check, session_storage
@@ -96,36 +97,16 @@ async def reload_config(central: Central, overrides: dict | None = None) -> None
             log.warning("config reloaded from %s: %s", where, line)
 
 
-GC_FREEZE_INTERVAL = 30.0
-GC_FULL_EVERY = 120  # freezes, so a full collection about once an hour
-
-
 async def _gc_context(app: web.Application) -> AsyncIterator[None]:
-    """Keep the cyclic GC from stalling the event loop.
-
-    With a thousand SSH connections the process holds millions of long-lived objects, and each
-    full collection walked them all: 150-200 ms with nothing served (BENCHMARKS.md, HTTP API).
-    Long-lived objects are moved out of the collector's reach every 30 s (gc.freeze); once an
-    hour they are unfrozen and collected, so cycles among them are still freed.
-    """
-
-    async def loop() -> None:
-        rounds = 0
-        while True:
-            await asyncio.sleep(GC_FREEZE_INTERVAL)
-            rounds += 1
-            if rounds % GC_FULL_EVERY == 0:
-                gc.unfreeze()
-                gc.collect()
-            gc.freeze()
-
-    task = asyncio.create_task(loop(), name="gc-freeze")
+    """Keep the cyclic GC from stalling the event loop (central/gcpolicy.py): take it over once
+    the central is open (server list loaded), settle it after each server-list load."""
+    policy = app[GC_POLICY]
+    policy.start()
+    app[CENTRAL].poller.reload_hooks.append(policy.settle)
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        gc.unfreeze()
+        policy.stop()
 
 
 def create_app(config: Config) -> web.Application:
@@ -138,6 +119,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[LOGIN_LIMITER] = LoginLimiter(config.http.login_attempts, config.http.login_attempts_per_user,
                                       config.http.login_backoff_max)
+    app[GC_POLICY] = GCPolicy()
+    app[ANSWERS] = Answers(lambda: app[CENTRAL].storage.change_marker())
     app.cleanup_ctx.append(_central_context)
     app.cleanup_ctx.append(_gc_context)
     install(app, (m.endpoints for m in ENDPOINT_MODULES))

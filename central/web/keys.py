@@ -5,7 +5,9 @@ from aiohttp import web
 
 from ..auth import Identity, LoginLimiter
 from ..config import Config
+from ..gcpolicy import GCPolicy
 from ..service import Central
+from .answers import Answers
 from .registry import Endpoint
 
 CONFIG = web.AppKey("config", Config)
@@ -15,5 +17,7 @@ RELOAD_ENV = web.AppKey("reload_env", dict)
 # Every declared endpoint, in registration order (routes and the OpenAPI document come from it).
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+ANSWERS = web.AppKey("answers", Answers)
+GC_POLICY = web.AppKey("gc_policy", GCPolicy)
 # Per request: who is calling (set once the credentials were checked; None: anonymous).
 IDENTITY = web.RequestKey("identity", Identity | None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..interface import Storage
 from .alerts import PostgresAlerts
 from .cluster import PostgresCluster
+from .containers import PostgresContainers
 from .audit import PostgresAudit
 from .base import PostgresBase, safe_url
 from .inventory import PostgresInventory
@@ -29,6 +30,7 @@ def is_postgres_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStorage(PostgresServers, PostgresSamples, PostgresInventory, PostgresAlerts, PostgresAudit,
-                      PostgresUsers, PostgresTerminal, PostgresAgentSecrets, PostgresCluster, PostgresBase, Storage):
+class PostgresStorage(PostgresServers, PostgresSamples, PostgresContainers, PostgresInventory, PostgresAlerts,
+                      PostgresAudit, PostgresUsers, PostgresTerminal, PostgresAgentSecrets, PostgresCluster,
+                      PostgresBase, Storage):
     """central's database on PostgreSQL: `await PostgresStorage.open("postgresql://...")`."""

@@ -22,7 +22,9 @@ import asyncpg
 
 from ...model import METRICS, StorageUnavailable
 from ..sqlite.base import compact, json_rows  # noqa: F401 - the same JSON helpers on both backends
-from .schema import MIGRATION_LOCK, MIGRATIONS, PARTITION_LOCK, PARTITIONS, SCHEMA_VERSION, metric_columns
+from .schema import (
+    MIGRATION_LOCK, MIGRATIONS, PARTITION_LOCK, PARTITIONS, SCHEMA_VERSION, container_columns, metric_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ _UNAVAILABLE_CODES = {"25006", "55P03"}
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
                   asyncio.TimeoutError)
 
-_PARTITION_NAME = re.compile(r"^(samples|rollups_60|rollups_3600)_(n?)(\d+)$")
+_PARTITION_NAME = re.compile(rf"^({'|'.join(sorted(PARTITIONS, key=len, reverse=True))})_(n?)(\d+)$")
 
 
 def unavailable(exc: BaseException) -> StorageUnavailable | None:
@@ -98,6 +100,7 @@ class PostgresBase:
         # as on SQLite: the newest sample per server, kept in memory once read (this process
         # is the one that writes samples, through write_polls)
         self._latest: dict[int, dict] | None = None
+        self.latest_changes = 0  # bumped whenever that copy changes (for caches of answers built on it)
 
     @classmethod
     async def open(cls, url: str, lock_timeout: float = 10.0, *, max_size: int = 10):
@@ -147,7 +150,7 @@ class PostgresBase:
     async def _add_metric_columns(self, con: asyncpg.Connection) -> None:
         """Give an existing database the columns of key figures added to central.model.METRICS
         since it was created (ALTER only when one is missing: it takes the table's lock)."""
-        for table, columns in metric_columns().items():
+        for table, columns in {**metric_columns(), **container_columns()}.items():
             have = {r[0] for r in await con.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
                 " AND table_name = $1", table)}
@@ -159,6 +162,18 @@ class PostgresBase:
     def location(self) -> str:
         """The database URL without its password."""
         return safe_url(self.url)
+
+    async def servers_marker(self) -> int:
+        """The servers table's change counter (markers, bumped by a trigger at every statement
+        that writes servers, here or in another process, except poll batches): equal while
+        nothing but poll batches wrote."""
+        return int(await self._val("SELECT n FROM markers WHERE name = 'servers'"))
+
+    async def change_marker(self) -> tuple[str, int]:
+        """(the database's current snapshot, latest_changes): the snapshot (xmin:xmax:in-progress
+        transactions) changes with every transaction that writes and every commit, of any
+        session; latest_changes with every change of the in-memory latest samples."""
+        return str(await self._val("SELECT pg_current_snapshot()::text")), self.latest_changes
 
     async def database_size(self) -> int:
         """Bytes the database takes (pg_database_size)."""

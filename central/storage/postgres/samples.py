@@ -15,6 +15,12 @@ from .base import (
     COLUMNS, INTEGER_COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, PostgresBase, compact, deleted, json_rows,
     partition_start,
 )
+from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
+from .containers import ROLLUP_MIN as CONTAINER_ROLLUP_MIN
+from .containers import ROLLUP_RAW as CONTAINER_ROLLUP_RAW
+from .containers import TIER_PARENT as CONTAINER_TIER_PARENT
+from .containers import check_container_integers
+from .containers import sample_rows as container_rows
 from .schema import PARTITIONS
 
 _ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
@@ -98,10 +104,16 @@ class PostgresSamples(PostgresBase):
         # servers in id order: two batches touching the same rows lock them in one order (no deadlock)
         outcomes = sorted(outcomes, key=lambda o: (o.server_id, o.ts))
         sampled = [o for o in outcomes if o.ok and o.sample is not None]
+        crows = {}
         for o in sampled:
             _check_integers(o.sample)
+            crows[id(o)] = rows = container_rows(o.server_id, o.ts, o.sample.get("containers"))
+            check_container_integers(rows)
         await self.ensure_partitions("samples", (o.ts for o in sampled))
+        await self.ensure_partitions("container_samples", (o.ts for o in sampled if crows[id(o)]))
         async with self.transaction() as con:
+            # not a change of the servers' settings: the servers marker stays (schema.py, version 3)
+            await con.execute("SET LOCAL central.poll_batch = 'on'")
             existing = {r[0] for r in await con.fetch("SELECT id FROM servers WHERE id = ANY($1::bigint[])",
                                                       list({o.server_id for o in outcomes}))}
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
@@ -127,6 +139,9 @@ class PostgresSamples(PostgresBase):
                         for o in ok if o.sample is not None]
                 if rows:
                     await con.executemany(_INSERT_SAMPLE, rows)
+                container = [row for o in ok if o.sample is not None for row in crows[id(o)]]
+                if container:
+                    await con.executemany(INSERT_CONTAINER_SAMPLES, container)
             if failed:
                 await con.executemany(
                     "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
@@ -144,6 +159,7 @@ class PostgresSamples(PostgresBase):
                 if o.sample is not None:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
+            self.latest_changes += 1
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -245,9 +261,9 @@ class PostgresSamples(PostgresBase):
         """Roll complete buckets of raw samples into 1-minute and 1-minute into 1-hour rollups."""
         now = time.time() if now is None else now
         done = {}
-        for tier, sql, source_start in (
-            (TIER_MINUTE, _ROLLUP_RAW, "SELECT min(ts) FROM samples"),
-            (TIER_HOUR, _ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
+        for tier, sql, csql, source_start in (
+            (TIER_MINUTE, _ROLLUP_RAW, CONTAINER_ROLLUP_RAW, "SELECT min(ts) FROM samples"),
+            (TIER_HOUR, _ROLLUP_MIN, CONTAINER_ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
         ):
             until = math.floor((now - lag) / tier) * tier
             begin = await self._progress(tier)
@@ -259,9 +275,13 @@ class PostgresSamples(PostgresBase):
             if until <= begin:
                 continue
             width = PARTITIONS[_TIER_PARENT[tier]]
-            await self.ensure_partitions(_TIER_PARENT[tier], range(partition_start(begin, width), until, width))
+            starts = range(partition_start(begin, width), until, width)
+            await self.ensure_partitions(_TIER_PARENT[tier], starts)
+            await self.ensure_partitions(CONTAINER_TIER_PARENT[tier], starts)
             async with self.transaction() as con:
                 await con.execute(sql, float(begin), float(until))
+                # containers roll up in the same pass, so one progress mark covers both
+                await con.execute(csql, float(begin), float(until))
                 await con.execute(
                     "INSERT INTO rollup_progress (tier, done_until) VALUES ($1, $2)"
                     " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", tier, float(until))
@@ -280,6 +300,9 @@ class PostgresSamples(PostgresBase):
         counts["samples"] = await self._cut("samples", "samples", raw_cut)
         counts["rollups"] = (await self._cut("rollups_60", "rollups_60", minute_cut)
                              + await self._cut("rollups_3600", "rollups_3600", hour_cut))
+        counts["containers"] = (await self._cut("container_samples", "container_samples", raw_cut)
+                                + await self._cut("container_rollups_60", "container_rollups_60", minute_cut)
+                                + await self._cut("container_rollups_3600", "container_rollups_3600", hour_cut))
         events_cut = now - events
         async with self.transaction() as con:
             n = 0
@@ -302,6 +325,7 @@ class PostgresSamples(PostgresBase):
         """Bulk-insert raw samples (server_id, ts, one value per key figure, top_json): imports, benchmarks, tests."""
         rows = list(rows)
         self._latest = None  # re-read on next use
+        self.latest_changes += 1
         await self.ensure_partitions("samples", (r[1] for r in rows))
         await self._write_many([(_INSERT_SAMPLE, rows)])
 

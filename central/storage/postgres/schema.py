@@ -8,12 +8,13 @@ column is always written "user".
 """
 from __future__ import annotations
 
-from ...model import METRICS
+from ...model import CONTAINER_METRICS, METRICS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The partition widths: a day of raw samples or 1-minute rollups, 30 days of 1-hour rollups.
 DAY = 86400
-PARTITIONS = {"samples": DAY, "rollups_60": DAY, "rollups_3600": 30 * DAY}
+PARTITIONS = {"samples": DAY, "rollups_60": DAY, "rollups_3600": 30 * DAY,
+              "container_samples": DAY, "container_rollups_60": DAY, "container_rollups_3600": 30 * DAY}
 # Held (pg_advisory_lock) while migrations run, so centrals opening one database at once
 # migrate it one after the other; and (transaction-level) while a partition is created.
 MIGRATION_LOCK = 0x63656E7401  # "cent" 1
@@ -26,6 +27,20 @@ def metric_columns() -> dict[str, list[tuple[str, str]]]:
         "samples": [(m.column, "bigint" if m.integer else "double precision") for m in METRICS.values()],
         "rollups": [(f"{m.column}_{agg}", "double precision") for m in METRICS.values() for agg in ("min", "avg", "max")],
     }
+
+
+def container_columns() -> dict[str, list[tuple[str, str]]]:
+    """The per-container figures' columns (central.model.CONTAINER_METRICS), as metric_columns()."""
+    return {
+        "container_samples": [(m.column, "bigint" if m.integer else "double precision")
+                              for m in CONTAINER_METRICS.values()],
+        "container_rollups": [(f"{m.column}_{agg}", "double precision") for m in CONTAINER_METRICS.values()
+                              for agg in ("min", "avg", "max")],
+    }
+
+
+def _container_columns(table: str) -> str:
+    return "".join(f", {name} {type_}" for name, type_ in container_columns()[table])
 
 
 def _columns(table: str) -> str:
@@ -230,8 +245,49 @@ _V2 = [
     "CREATE INDEX IF NOT EXISTS leases_member ON leases (member)",
 ]
 
+# 3: what main added since: per-container figures (partitioned like samples and rollups), the
+# bastion a server is reached through (servers.via), and the servers marker (servers_marker()):
+# a counter every statement that writes the servers table bumps, except poll batches
+# (write_polls sets central.poll_batch in its transaction).
+_V3 = [
+    'ALTER TABLE servers ADD COLUMN IF NOT EXISTS via bigint REFERENCES servers(id) ON DELETE RESTRICT',
+    "CREATE INDEX IF NOT EXISTS servers_via ON servers (via) WHERE via IS NOT NULL",
+    f"""CREATE TABLE IF NOT EXISTS container_samples (
+        server_id bigint NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+        name text NOT NULL,
+        ts double precision NOT NULL{_container_columns("container_samples")},
+        PRIMARY KEY (server_id, name, ts)) PARTITION BY RANGE (ts)""",
+    f"""CREATE TABLE IF NOT EXISTS container_rollups (
+        server_id bigint NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+        name text NOT NULL,
+        tier integer NOT NULL,
+        ts double precision NOT NULL,
+        n bigint NOT NULL{_container_columns("container_rollups")},
+        PRIMARY KEY (server_id, name, tier, ts)) PARTITION BY LIST (tier)""",
+    "CREATE TABLE IF NOT EXISTS container_rollups_60 PARTITION OF container_rollups FOR VALUES IN (60)"
+    " PARTITION BY RANGE (ts)",
+    "CREATE TABLE IF NOT EXISTS container_rollups_3600 PARTITION OF container_rollups FOR VALUES IN (3600)"
+    " PARTITION BY RANGE (ts)",
+    """CREATE TABLE IF NOT EXISTS markers (
+        name text PRIMARY KEY,
+        n bigint NOT NULL DEFAULT 0)""",
+    "INSERT INTO markers (name, n) VALUES ('servers', 0) ON CONFLICT (name) DO NOTHING",
+    """CREATE OR REPLACE FUNCTION central_servers_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE markers SET n = n + 1 WHERE name = 'servers';
+        RETURN NULL;
+    END $$""",
+    "DROP TRIGGER IF EXISTS servers_changed ON servers",
+    "CREATE TRIGGER servers_changed AFTER INSERT OR UPDATE OR DELETE ON servers FOR EACH STATEMENT"
+    " WHEN (current_setting('central.poll_batch', true) IS DISTINCT FROM 'on')"
+    " EXECUTE FUNCTION central_servers_changed()",
+    "DROP TRIGGER IF EXISTS servers_truncated ON servers",
+    "CREATE TRIGGER servers_truncated AFTER TRUNCATE ON servers FOR EACH STATEMENT"
+    " EXECUTE FUNCTION central_servers_changed()",
+]
+
 # (version, statements): applied in order, each in its own transaction, once per database.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
 
 # Tables with an identity id: `central migrate` sets their sequences past the copied ids.
 IDENTITY_TABLES = ("servers", "inventory_history", "alerts", "silences", "notifications", "audit", "users",

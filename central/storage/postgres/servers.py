@@ -21,19 +21,19 @@ class PostgresServers(PostgresBase):
         self, name: str, host: str, *, kind: str = "ssh", port: int = 22, user: str = "central",
         key_path: str | None = None, agent_port: int = 8083, tags: Sequence[str] = (),
         interval_s: float | None = None, host_key: str | None = None, host_key_fingerprint: str | None = None,
-        agent_secret: str | None = None,
+        agent_secret: str | None = None, via: int | None = None,
     ) -> Server:
         """Insert a server with its agent secret, or the one pending for its host and port;
-        Conflict if the name is taken."""
+        Conflict if the name is taken. via: the id of its bastion."""
         now = time.time()
         try:
             async with self.transaction() as con:
                 server_id = await con.fetchval(
                     'INSERT INTO servers (name, kind, host, port, "user", key_path, agent_port, tags,'
-                    " interval_s, host_key, host_key_fingerprint, created_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                    " interval_s, host_key, host_key_fingerprint, created_at, via)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
                     name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
-                    interval_s, host_key, host_key_fingerprint, now)
+                    interval_s, host_key, host_key_fingerprint, now, via)
                 if kind != "local":
                     if agent_secret is not None:
                         await con.execute("INSERT INTO agent_secrets (server_id, secret, updated_at)"
@@ -52,6 +52,13 @@ class PostgresServers(PostgresBase):
         row = await self._one("SELECT * FROM servers WHERE name = $1", (name,))
         if row is None:
             raise NotFound(f"no server named {name!r}")
+        return Server.from_row(row)
+
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
+        row = await self._one("SELECT * FROM servers WHERE id = $1", (server_id,))
+        if row is None:
+            raise NotFound(f"no server with id {server_id}")
         return Server.from_row(row)
 
     async def find_server(self, name: str) -> Server | None:
@@ -109,11 +116,20 @@ class PostgresServers(PostgresBase):
         return await self.get_server(name)
 
     async def remove_server(self, name: str) -> None:
-        """Delete a server and everything stored about it."""
+        """Delete a server and everything stored about it; Conflict while it is the bastion of others."""
         server = await self.get_server(name)
-        await self._write([("DELETE FROM servers WHERE id = $1", (server.id,))])
+        behind = [r[0] for r in await self._all('SELECT name FROM servers WHERE via = $1 ORDER BY name COLLATE "C"',
+                                                (server.id,))]
+        if behind:
+            raise Conflict(f"{name} is the bastion of {', '.join(behind)}: reach them another way first "
+                           "(change their via)")
+        try:
+            await self._write([("DELETE FROM servers WHERE id = $1", (server.id,))])
+        except asyncpg.ForeignKeyViolationError:  # a host put behind it meanwhile
+            raise Conflict(f"{name} is the bastion of another server now: reach it another way first") from None
         if self._latest is not None:
             self._latest.pop(server.id, None)
+            self.latest_changes += 1
 
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
         """Pin a (new) host key and clear a status whose reason blocks polling."""

@@ -8,6 +8,7 @@ from ..interface import Storage
 from .alerts import SQLiteAlerts
 from .cluster import SQLiteCluster
 from .audit import SQLiteAudit
+from .containers import SQLiteContainers
 from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
 from .inventory import SQLiteInventory
 from .samples import SQLiteSamples
@@ -19,6 +20,6 @@ from .users import SQLiteUsers
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
-class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteCluster, SQLiteBase, Storage):
+class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteContainers, SQLiteInventory, SQLiteAlerts, SQLiteAudit,
+                    SQLiteUsers, SQLiteTerminal, SQLiteAgentSecrets, SQLiteCluster, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -16,7 +16,7 @@ class SQLiteAlerts(SQLiteBase):
 
     async def alert_counts(self) -> dict[str, int]:
         """Open alerts by state (pending, firing), and firing_info: the firing ones of severity info."""
-        rows = await self._all("SELECT state, severity = 'info', count(*) FROM alerts"
+        rows = await self._read_all("SELECT state, severity = 'info', count(*) FROM alerts"
                                " WHERE state IN ('pending', 'firing') GROUP BY 1, 2")
         counts = {"pending": 0, "firing": 0, "firing_info": 0}
         for state, info, n in rows:

@@ -47,6 +47,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ]),
 ]
 
+#: servers columns added after schema version 2, with their declarations (see _add_server_columns)
+SERVER_COLUMNS = {"via": "INTEGER REFERENCES servers(id) ON DELETE RESTRICT"}
+
 COLUMNS = tuple(METRICS)  # the key figures' columns, in order
 SAMPLE_COLUMNS = ", ".join(COLUMNS)
 ROLLUP_COLUMNS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in COLUMNS)
@@ -92,6 +95,21 @@ class SQLiteBase:
         # that writes samples (the poller, through write_polls), so it stays exact, and lists
         # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
         self._latest: dict[int, dict] | None = None
+        self.latest_changes = 0  # bumped whenever that copy changes (for caches of answers built on it)
+        # Commits of this connection, and how many of them were poll batches (write_polls): a commit
+        # that is not one (or another process's: data_version) may have changed the servers table's
+        # settings, so the poller's server list and write_polls' known ids are re-read only then.
+        self.commits = 0
+        self.poll_commits = 0
+        self._server_ids: tuple[object, set[int]] | None = None  # (servers marker, ids) for write_polls
+        # A second connection, on a thread of its own, for the hot reads of the API (lists,
+        # fleet figures, token lookups): on the writer's connection they queued behind poll
+        # batches, rollups and pruning (0.6-1.1 s stalls; BENCHMARKS.md, HTTP API). It only
+        # reads committed data, and every read is its own short transaction (cursors are
+        # closed at once), so it sees each commit of the writer's connection as soon as that
+        # returned. Opened on first use (the CLI seldom needs it).
+        self._rdb: aiosqlite.Connection | None = None
+        self._rdb_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path, lock_timeout: float = 10.0):
@@ -131,6 +149,7 @@ class SQLiteBase:
             )
         await self.db.executescript(schema_text())
         await self._add_metric_columns()
+        await self._add_server_columns()
         for target, statements in MIGRATIONS:
             if version < target:
                 async with self.transaction() as db:
@@ -158,6 +177,19 @@ class SQLiteBase:
                         if "duplicate column" not in str(exc):
                             raise
 
+    async def _add_server_columns(self) -> None:
+        """Give an older database the servers columns added since (schema.sql has them for a new
+        one): adding a nullable column needs no version of its own."""
+        async with self.db.execute("PRAGMA table_info(servers)") as cur:
+            have = {r[1] for r in await cur.fetchall()}
+        for column, decl in SERVER_COLUMNS.items():
+            if column not in have:
+                try:
+                    await self.db.execute(f"ALTER TABLE servers ADD COLUMN {column} {decl}")
+                except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+
     @property
     def location(self) -> str:
         """The database file."""
@@ -173,7 +205,10 @@ class SQLiteBase:
         return total
 
     async def close(self) -> None:
-        """Close the connection (a checkpoint keeps the WAL file small)."""
+        """Close the connections (a checkpoint keeps the WAL file small)."""
+        if self._rdb is not None:
+            rdb, self._rdb = self._rdb, None
+            await rdb.close()
         try:
             async with self.db.execute("PRAGMA wal_checkpoint(PASSIVE)"):
                 pass
@@ -192,6 +227,48 @@ class SQLiteBase:
         async with self.db.execute(sql, args) as cur:
             return list(await cur.fetchall())
 
+    async def _reader(self) -> aiosqlite.Connection:
+        if self._rdb is None:
+            async with self._rdb_lock:
+                if self._rdb is None:
+                    rdb = await aiosqlite.connect(str(self.path), isolation_level=None)
+                    rdb.row_factory = aiosqlite.Row
+                    try:
+                        await _pragma(rdb, f"busy_timeout = {int(self.lock_timeout * 1000)}")
+                        await _pragma(rdb, "query_only = ON")
+                    except BaseException:
+                        await rdb.close()
+                        raise
+                    self._rdb = rdb
+        return self._rdb
+
+    async def _read_one(self, sql: str, args: Sequence = ()):
+        """_one on the read connection (committed data only: never inside a transaction)."""
+        async with (await self._reader()).execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _read_all(self, sql: str, args: Sequence = ()) -> list:
+        """_all on the read connection (committed data only: never inside a transaction)."""
+        async with (await self._reader()).execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _data_version(self) -> int:
+        """A number that changes whenever any connection (this process's writer or another
+        process) commits a change to the database: SQLite's data_version seen from the read
+        connection, which never writes itself. For caches of answers built from the database."""
+        return (await self._read_one("PRAGMA data_version"))[0]
+
+    async def servers_marker(self) -> tuple[int, int]:
+        """(data_version of the writer's connection: another process's commits, this connection's
+        commits other than poll batches): equal while nothing but poll batches wrote."""
+        async with self.db.execute("PRAGMA data_version") as cur:
+            (version,) = await cur.fetchone()
+        return version, self.commits - self.poll_commits
+
+    async def change_marker(self) -> tuple[int, int]:
+        """(data_version, latest_changes): any commit, and any change of the in-memory latest samples."""
+        return await self._data_version(), self.latest_changes
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The connection inside one write transaction (one at a time): committed when the
@@ -202,6 +279,7 @@ class SQLiteBase:
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.execute("COMMIT")
+                self.commits += 1
             except sqlite3.OperationalError as exc:
                 # locked, read-only, full, I/O: the database's trouble, not the caller's data
                 await self._rollback()

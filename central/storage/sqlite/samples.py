@@ -10,6 +10,11 @@ from typing import Sequence
 from ...model import ERROR, REASONS, PollOutcome
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, json_rows
+from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
+from .containers import PRUNE as PRUNE_CONTAINERS
+from .containers import ROLLUP_MIN as CONTAINER_ROLLUP_MIN
+from .containers import ROLLUP_RAW as CONTAINER_ROLLUP_RAW
+from .containers import sample_rows as container_rows
 
 # Reasons that make a server 'error' at once (the others: 'offline' after offline_after).
 _ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
@@ -75,8 +80,14 @@ class SQLiteSamples(SQLiteBase):
         async with self.transaction() as db:
             # A server removed while its poll was queued: drop that outcome, not the batch
             # (its samples would break the foreign key and roll back everyone's).
-            async with db.execute("SELECT id FROM servers") as cur:
-                existing = {r[0] for r in await cur.fetchall()}
+            # The ids are re-read only when something but a poll batch committed since (a server
+            # added or removed here or by another process): not 10,000 ids per batch.
+            async with db.execute("PRAGMA data_version") as cur:
+                marker = ((await cur.fetchone())[0], self.commits - self.poll_commits)
+            if self._server_ids is None or self._server_ids[0] != marker:
+                async with db.execute("SELECT id FROM servers") as cur:
+                    self._server_ids = (marker, {r[0] for r in await cur.fetchall()})
+            existing = self._server_ids[1]
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
             failed = [o for o in outcomes if not o.ok and o.server_id in existing]
             if ok:
@@ -101,6 +112,10 @@ class SQLiteSamples(SQLiteBase):
                         for o in ok if o.sample is not None
                     ],
                 )
+                crows = [row for o in ok if o.sample is not None
+                         for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))]
+                if crows:
+                    await db.executemany(INSERT_CONTAINER_SAMPLES, crows)
             if failed:
                 # The reason says the status (central.model.REASONS): 'error' at once, or
                 # 'offline' after offline_after consecutive failures.
@@ -115,11 +130,13 @@ class SQLiteSamples(SQLiteBase):
                     [(o.ts, o.duration, o.error, o.reason, o.reason in _ERROR_AT_ONCE, offline_after, o.server_id)
                      for o in failed],
                 )
+        self.poll_commits += 1
         if self._latest is not None:
             for o in ok:
                 if o.sample is not None:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
+            self.latest_changes += 1
 
     async def latest_document(self, server_id: int) -> tuple[float, dict] | None:
         """(ts, /api/all document) of the server's newest successful poll."""
@@ -227,9 +244,9 @@ class SQLiteSamples(SQLiteBase):
         now = time.time() if now is None else now
         ids = [r[0] for r in await self._all("SELECT id FROM servers")]
         done = {}
-        for tier, sql, source_start in (
-            (TIER_MINUTE, _ROLLUP_RAW, "SELECT min(ts) FROM samples"),
-            (TIER_HOUR, _ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
+        for tier, sql, csql, source_start in (
+            (TIER_MINUTE, _ROLLUP_RAW, CONTAINER_ROLLUP_RAW, "SELECT min(ts) FROM samples"),
+            (TIER_HOUR, _ROLLUP_MIN, CONTAINER_ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
         ):
             until = math.floor((now - lag) / tier) * tier
             begin = await self._progress(tier)
@@ -242,6 +259,8 @@ class SQLiteSamples(SQLiteBase):
                 continue
             async with self.transaction() as db:
                 await db.executemany(sql, [(sid, begin, until) for sid in ids])
+                # containers roll up in the same pass, so one progress mark covers both
+                await db.executemany(csql, [(sid, begin, until) for sid in ids])
                 await db.execute(
                     "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
                     " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
@@ -271,6 +290,13 @@ class SQLiteSamples(SQLiteBase):
         counts["rollups"] = self.db.total_changes - before
         before = self.db.total_changes
         await self._write_many([
+            (PRUNE_CONTAINERS[0], [(i, raw_cut) for (i,) in ids]),
+            (PRUNE_CONTAINERS[1], [(i, minute_cut) for (i,) in ids]),
+            (PRUNE_CONTAINERS[2], [(i, now - hour) for (i,) in ids]),
+        ])
+        counts["containers"] = self.db.total_changes - before
+        before = self.db.total_changes
+        await self._write_many([
             ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"
              " (SELECT max(id) FROM inventory_history GROUP BY server_id)", [(now - events,)]),
             ("DELETE FROM audit WHERE ts < ?", [(now - events,)]),
@@ -283,6 +309,7 @@ class SQLiteSamples(SQLiteBase):
     async def import_samples(self, rows: Sequence[tuple]) -> None:
         """Bulk-insert raw samples (server_id, ts, one value per key figure, top_json): imports, benchmarks, tests."""
         self._latest = None  # re-read on next use
+        self.latest_changes += 1
         await self._write_many([(
             f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)"
             f" VALUES (?, ?, {', '.join('?' * len(COLUMNS))}, ?)", list(rows))])

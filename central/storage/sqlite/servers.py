@@ -13,7 +13,7 @@ from .base import SQLiteBase, json_rows
 _SERVER_UPDATABLE = {
     "host", "port", "user", "key_path", "agent_port", "tags", "interval_s",
     "host_key", "host_key_fingerprint", "status", "status_reason", "last_error",
-    "consecutive_failures", "agent_version", "agent_sha256", "hostname", "inventory_hash",
+    "consecutive_failures", "agent_version", "agent_sha256", "hostname", "inventory_hash", "via",
 }
 # The reasons a re-trusted host key clears (they stop polling), as SQL parameters.
 _BLOCKING = tuple(sorted(BLOCKING_REASONS))
@@ -38,16 +38,17 @@ class SQLiteServers(SQLiteBase):
         host_key: str | None = None,
         host_key_fingerprint: str | None = None,
         agent_secret: str | None = None,
+        via: int | None = None,
     ) -> Server:
         """Insert a server with its agent secret, or the one pending for its host and port;
         Conflict if the name is taken."""
         now = time.time()
         statements = [(
             "INSERT INTO servers (name, kind, host, port, user, key_path, agent_port, tags,"
-            " interval_s, host_key, host_key_fingerprint, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " interval_s, host_key, host_key_fingerprint, created_at, via)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, kind, host, port, user, key_path, agent_port, json.dumps(list(tags)),
-             interval_s, host_key, host_key_fingerprint, now),
+             interval_s, host_key, host_key_fingerprint, now, via),
         )]
         if kind != "local":
             if agent_secret is not None:
@@ -69,6 +70,13 @@ class SQLiteServers(SQLiteBase):
         row = await self._one("SELECT * FROM servers WHERE name = ?", (name,))
         if row is None:
             raise NotFound(f"no server named {name!r}")
+        return Server.from_row(row)
+
+    async def server_by_id(self, server_id: int) -> Server:
+        """The server with this id; NotFound otherwise."""
+        row = await self._one("SELECT * FROM servers WHERE id = ?", (server_id,))
+        if row is None:
+            raise NotFound(f"no server with id {server_id}")
         return Server.from_row(row)
 
     async def find_server(self, name: str) -> Server | None:
@@ -100,17 +108,17 @@ class SQLiteServers(SQLiteBase):
             where.append("instr(lower(name), ?) > 0")
             args.append(name.lower())
         cond = (" WHERE " + " AND ".join(where)) if where else ""
-        total = (await self._one(f"SELECT count(*) FROM servers{cond}", args))[0]
-        rows = await self._all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
+        total = (await self._read_one(f"SELECT count(*) FROM servers{cond}", args))[0]
+        rows = await self._read_all(f"SELECT * FROM servers{cond} ORDER BY name LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit, offset))
         return json_rows(rows, tags="[]"), total
 
     async def status_counts(self) -> dict[str, int]:
         """How many servers are in each status."""
-        return {r[0]: r[1] for r in await self._all("SELECT status, count(*) FROM servers GROUP BY status")}
+        return {r[0]: r[1] for r in await self._read_all("SELECT status, count(*) FROM servers GROUP BY status")}
 
     async def online_ids(self) -> set[int]:
         """Ids of the servers whose last poll succeeded."""
-        return {r[0] for r in await self._all("SELECT id FROM servers WHERE status = 'online'")}
+        return {r[0] for r in await self._read_all("SELECT id FROM servers WHERE status = 'online'")}
 
     async def update_server(self, name: str, **fields) -> Server:
         """Change stored fields of a server (only known columns)."""
@@ -127,9 +135,14 @@ class SQLiteServers(SQLiteBase):
     async def remove_server(self, name: str) -> None:
         """Delete a server and everything stored about it."""
         server = await self.get_server(name)
+        behind = [r[0] for r in await self._all("SELECT name FROM servers WHERE via = ? ORDER BY name", (server.id,))]
+        if behind:
+            raise Conflict(f"{name} is the bastion of {', '.join(behind)}: reach them another way first "
+                           "(change their via)")
         await self._write([("DELETE FROM servers WHERE id = ?", (server.id,))])
         if self._latest is not None:
             self._latest.pop(server.id, None)
+            self.latest_changes += 1
 
     async def pin_host_key(self, name: str, host_key: str, fingerprint: str) -> Server:
         """Pin a (new) host key and clear a host-key-mismatch status."""

@@ -101,7 +101,7 @@ class SQLiteUsers(SQLiteBase):
 
     async def token_user(self, token_hash: str) -> dict | None:
         """The unrevoked token with this hash joined with its user, or None."""
-        row = await self._one(
+        row = await self._read_one(
             "SELECT t.id AS token_id, t.name AS token_name, t.last_used, u.id AS user_id, u.name AS user,"
             " u.role FROM api_tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.token_hash = ? AND t.revoked_at IS NULL", (token_hash,))

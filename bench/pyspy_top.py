@@ -1,0 +1,59 @@
+"""Top functions of a py-spy raw profile (`py-spy record -t -f raw`, as bench_core.py --profile
+py-spy writes it), without the samples of idle threads (waiting in a queue or in epoll).
+
+    python3 bench/pyspy_top.py PROFILE.txt [--top 15]
+
+Prints two lists: by self time (the innermost frame) and by inclusive time for central's own
+functions (any frame of a central/ module), each as a percentage of the busy samples.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+
+# innermost frames that mean the thread was waiting, not working
+IDLE = ("_worker (concurrent/futures/thread.py:81)", "_connection_worker_thread (aiosqlite/core.py:59)",
+        "select (selectors.py:", "wait (threading.py:", "_wait_for_tstate_lock")
+
+
+def _function(frame: str) -> str:
+    """'name (path:line)' -> 'name (path)': a function's samples together, whatever the line."""
+    head, _, tail = frame.rpartition(":")
+    return head + ")" if tail.endswith(")") and tail[:-1].isdigit() else frame
+
+
+def top(path: str, n: int) -> str:
+    self_time: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    busy = idle = 0
+    for line in open(path):
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        k = int(count)
+        if any(frames[-1].startswith(i) or i in frames[-1] for i in IDLE):
+            idle += k
+            continue
+        busy += k
+        self_time[_function(frames[-1])] += k
+        for f in {_function(f) for f in frames}:
+            if "central/" in f:
+                inclusive[f] += k
+    out = [f"busy samples {busy}, idle {idle} (idle threads' samples left out)", "by self time:"]
+    out += [f"  {100 * c / busy:5.1f} %  {f}" for f, c in self_time.most_common(n)]
+    out.append("central functions, inclusive:")
+    out += [f"  {100 * c / busy:5.1f} %  {f}" for f, c in inclusive.most_common(n)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("profile")
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args()
+    print(top(args.profile, args.top))
+
+
+if __name__ == "__main__":
+    main()

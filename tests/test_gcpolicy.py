@@ -1,0 +1,81 @@
+"""The serving process's garbage-collector policy (central/gcpolicy.py): frozen after start-up
+and after each server-list load, thresholds raised, every pause measured, defaults given back;
+and the served app wires it to the real poller's reloads."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from central.gcpolicy import THRESHOLDS, GCPolicy
+from central.web.app import create_app
+from central.web.keys import CENTRAL, GC_POLICY
+
+pytestmark = pytest.mark.unit
+
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_start_freezes_settle_collects_then_freezes_stop_gives_back():
+    before = gc.get_threshold()
+    policy = GCPolicy()
+    policy.start()
+    try:
+        assert gc.get_threshold() == THRESHOLDS
+        assert gc.get_freeze_count() > 0 and policy.settles == 1
+        survivor = Cycle()
+        policy.settle()
+        # frozen (not walked: gc.freeze only moves lists): out of the collector's reach
+        assert survivor not in gc.get_objects()
+        assert policy.settles == 2
+        garbage = Cycle()
+        ref = weakref.ref(garbage)
+        del garbage
+        gc.collect(1)  # a young cycle is still collected by the (small) young collections
+        assert ref() is None
+    finally:
+        policy.stop()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    assert policy._callback not in gc.callbacks  # noqa: SLF001
+
+
+def test_a_full_collection_unfreezes_the_old_objects_once_due():
+    now = [0.0]
+    policy = GCPolicy(clock=lambda: now[0])
+    policy.start()
+    try:
+        kept = Cycle()
+        ref = weakref.ref(kept)
+        policy.settle()  # kept is frozen now
+        del kept
+        now[0] = 3599.0
+        policy.settle()
+        assert ref() is not None  # a frozen cycle is not collected...
+        now[0] = 3601.0
+        policy.settle()  # ...until the full collection is due: everything unfrozen and collected
+        assert ref() is None
+    finally:
+        policy.stop()
+
+
+async def test_the_served_app_settles_after_each_server_list_load(config):
+    app = create_app(config)
+    from aiohttp.test_utils import TestServer
+
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        policy = app[GC_POLICY]
+        assert gc.get_threshold() == THRESHOLDS and policy.settles >= 1
+        before = policy.settles  # (the poller's own periodic reload settles too)
+        await app[CENTRAL].poller.reload()
+        await app[CENTRAL].poller.reload()
+        assert policy.settles >= before + 2
+    finally:
+        await server.close()
+    assert gc.get_freeze_count() == 0
