@@ -241,6 +241,23 @@ class AlertEngine:
         if notifier is not None and hasattr(notifier, "attach"):
             notifier.attach(self.alert_flags)
 
+    def reconfigure(self, config: Config, notifier=None) -> None:
+        """Take the rules, windows, inhibit rules (and a new notifier) of a reloaded config.
+        Open alerts are kept: one of a rule that is gone resolves at the next evaluation of
+        its server as any alert whose condition no longer holds."""
+        self.config = config
+        self.cfg = config.alerts
+        self.rules = builtin_rules(self.cfg) + list(self.cfg.rules)
+        self.windows = [Window(w) for w in self.cfg.maintenance]
+        self.inhibitor = Inhibitor(((BUILTIN_INHIBIT,) if self.cfg.builtin_inhibit else ()) + tuple(self.cfg.inhibit))
+        self._rules_cache.clear()
+        self._inhibit_index = None
+        self._version += 1
+        if notifier is not None:
+            self.notifier = notifier
+            if hasattr(notifier, "attach"):
+                notifier.attach(self.alert_flags)
+
     # lifecycle
 
     async def start(self, run_timer: bool = True) -> None:

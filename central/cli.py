@@ -5,16 +5,19 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
 import time
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape as markup_escape
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__, alerts, files, hosttext, logs, servers, views
+from . import servers as servers_mod
 from .config import Config, ConfigError, load_config, parse_duration
 from .model import REASON_TEXT, STATUSES, CentralError, PollError
 from .service import Central, ensure_key_pair, restricted_key_line
@@ -44,7 +47,55 @@ class SafeTable(Table):
     """A rich Table whose text cells are host text: escaped and never read as markup.
 
     Cells that are ours and styled are passed as rich Text objects (see _styled).
+
+    A table with headers keeps one line per row at any terminal width (80 columns included):
+    no border columns, and a cell too long for its share of the width is cut with an
+    ellipsis; only the columns named in `wrap` (a hint to act on) wrap instead. `--json`
+    always has every value whole.
     """
+
+    def __init__(self, *headers, wrap: tuple[str, ...] = (), **kwargs) -> None:
+        self._fit = bool(headers)
+        if headers:
+            kwargs.setdefault("box", box.SIMPLE_HEAD)
+            kwargs.setdefault("show_edge", False)
+            kwargs.setdefault("pad_edge", False)
+            kwargs.setdefault("padding", (0, 1, 0, 0))  # with the box's blank separator: 2 spaces apart
+        super().__init__(*headers, **kwargs)
+        for column in self.columns:
+            if self._fit and str(column.header) not in wrap:
+                column.no_wrap = True
+                column.overflow = "ellipsis"
+
+    def _calculate_column_widths(self, console, options) -> list[int]:
+        """Each column as wide as its widest cell, the widest cut first when they do not fit
+        (never a column below its header's first 10 characters, unless its cells are narrower)."""
+        if not self._fit:
+            return super()._calculate_column_widths(console, options)
+        natural = [self._measure_column(console, options, c).maximum or 1 for c in self.columns]
+        pads = [self._get_padding_width(i) for i in range(len(self.columns))]
+        floor = [min(n, p + max(4, min(len(str(c.header)), 10))) for n, p, c in zip(natural, pads, self.columns)]
+        room = options.max_width
+        if sum(natural) <= room:
+            return natural
+        if sum(floor) >= room:  # a very narrow terminal: rich's own squeeze
+            return super()._calculate_column_widths(console, options)
+        low, high = 0, max(natural)  # the largest cap C with sum(min(n, max(C, f))) <= room
+        while low < high:
+            cap = (low + high + 1) // 2
+            if sum(min(n, max(cap, f)) for n, f in zip(natural, floor)) <= room:
+                low = cap
+            else:
+                high = cap - 1
+        widths = [min(n, max(low, f)) for n, f in zip(natural, floor)]
+        spare = room - sum(widths)
+        for i in sorted(range(len(widths)), key=lambda i: natural[i] - widths[i], reverse=True):
+            if spare <= 0:
+                break
+            if widths[i] < natural[i]:
+                widths[i] += 1
+                spare -= 1
+        return widths
 
     def add_row(self, *cells, **kwargs) -> None:
         """Add a row; str cells are shown literally (escaped), Text cells as they are."""
@@ -64,10 +115,22 @@ def _config(ctx: click.Context) -> Config:
     obj = ctx.find_root().obj
     if "config" not in obj:
         try:
-            obj["config"] = load_config(obj.get("config_path"))
+            env = dict(os.environ, CENTRAL_DATA_DIR=obj["data_dir"]) if obj.get("data_dir") else None
+            obj["config"] = load_config(obj.get("config_path"), env=env)
         except ConfigError as exc:
             raise click.ClickException(f"config: {exc}") from None
     return obj["config"]
+
+
+def require_initialised(config: Config) -> None:
+    """Refuse, in one line, a data directory `central init` never made (only init creates one):
+    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database."""
+    if config.database_path.exists():
+        return
+    where = config.data_path
+    raise click.ClickException(
+        _p(f"{where} is not a central data directory (no {config.database_path.name}; `central init` never ran "
+           f"there): point at the right one with CENTRAL_DATA_DIR=DIR or --data-dir DIR, or run `central init`"))
 
 
 async def _with_central(config: Config, fn):
@@ -85,6 +148,7 @@ def central_command(fn):
     @click.pass_context
     def wrapper(ctx, *args, **kwargs):
         config = _config(ctx)
+        require_initialised(config)
         try:
             return _run(_with_central(config, lambda c: fn(c, *args, **kwargs)))
         # Messages may quote a host (an agent's error, a hostname): one line, controls escaped.
@@ -144,10 +208,13 @@ def _echo_json(data) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="CENTRAL_CONFIG",
               help="Config file (default: $CENTRAL_CONFIG or <data dir>/config.toml).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="The central's data directory (default: $CENTRAL_DATA_DIR, else /var/lib/central as root, "
+                   "~/.local/share/central otherwise).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="central")
 @click.pass_context
-def cli(ctx, config_path, verbose):
+def cli(ctx, config_path, data_dir, verbose):
     """central: one page for every host, over SSH.
 
     \b
@@ -158,6 +225,8 @@ def cli(ctx, config_path, verbose):
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
+    # as if CENTRAL_DATA_DIR named it: the config file found there, and every path under it
+    ctx.obj["data_dir"] = os.path.abspath(data_dir) if data_dir else None
     level = logging.WARNING - 10 * verbose
     logs.configure(max(level, logging.DEBUG))  # one line per record, host text escaped
 
@@ -209,11 +278,31 @@ def serve(ctx, listen, port):
     import dataclasses
 
     config = _config(ctx)
+    overrides = {}
     if listen or port:
         http = dataclasses.replace(config.http, **{k: v for k, v in (("listen", listen), ("port", port)) if v})
         config = dataclasses.replace(config, http=http)
+        overrides = {f"CENTRAL_HTTP_{k.upper()}": str(v) for k, v in (("listen", listen), ("port", port)) if v}
+    if ctx.find_root().obj.get("data_dir"):
+        overrides["CENTRAL_DATA_DIR"] = ctx.find_root().obj["data_dir"]
+    require_initialised(config)
     if not config.key_path.exists():
         raise click.ClickException(f"no SSH key at {config.key_path}: run `central init` first")
+    try:
+        files.lock_data_dir(config.data_path)
+    except files.AlreadyServing as exc:
+        path, pid = exc.args
+        who = f"pid {pid}" if pid else "another process"
+        raise click.ClickException(_p(f"central serve already runs on {config.data_path} ({who} holds {path}); "
+                                      "stop it first (two would poll and notify twice)")) from None
+    try:
+        _serve_locked(config, overrides)
+    finally:
+        files.unlock_data_dir()
+
+
+def _serve_locked(config: Config, overrides: dict) -> None:
+    """What `central serve` does once it holds the data directory's lock."""
     from .notifiers import check_channels
     from .service import check_database_writable
     from .telegrambot import check_bot
@@ -223,13 +312,14 @@ def serve(ctx, listen, port):
         check_channels(config.notifiers)
         check_bot(config.telegram)
     except ConfigError as exc:
-        raise click.ClickException(f"config: {exc}") from None
+        where = f"{config.source}: " if config.source else ""
+        raise click.ClickException(f"config: {where}{exc}") from None
     try:
         asyncio.run(check_database_writable(config))
     except CentralError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from None
     try:
-        run_app(config)
+        run_app(config, overrides)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.http.listen}:{config.http.port}: {exc.strerror or exc}") from None
 
@@ -346,6 +436,8 @@ async def server_add(central: Central, name, host, user, port, key_path, tags, i
     else:
         click.echo(f"warning: {agent['reason']}: {_p(agent['error'])}")
         click.echo(_p(agent["hint"]))
+    for warning in result["warnings"]:
+        click.echo(f"warning: {_p(warning)}")
 
 
 @server.command("ssh-config")
@@ -836,7 +928,8 @@ _STATE_STYLE = {"ok": "green", "failed": "red", "skipped": "cyan", "running": "y
 def _deploy_table(results, final: bool) -> SafeTable:
     """One row per server: the step it is at (live) or how it ended (summary)."""
     if final:
-        t = SafeTable("server", "target", "result", "agent", "sha256", "message", title="deploy summary")
+        t = SafeTable("server", "target", "result", "agent", "sha256", "message", title="deploy summary",
+                      wrap=("message",))
     else:
         t = SafeTable("server", "target", "state", "step")
     for r in results:
@@ -973,6 +1066,79 @@ async def deploy(central: Central, servers, all_servers, upgrade_outdated, no_ac
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("servers", nargs=-1)
+@click.option("--all", "all_servers", is_flag=True, help="Every server central knows (except its own host).")
+@click.option("--remove", is_flag=True, help="Then remove the servers from central too, with their history.")
+@click.option("--central-user", default="central", show_default=True,
+              help="The login user deploy created on the hosts (removed if deploy created it).")
+@click.option("--user", "login_user",
+              help="Who you log in as (default: the server's user when it is not the central's, "
+                   "else your ssh config's, else your own name, as ssh does).")
+@click.option("--identity", type=click.Path(dir_okay=False), help="Your SSH private key to log in with.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False),
+              help="known_hosts file to check host keys against (default: yours, as ssh uses).")
+@click.option("--pinned-host-key", is_flag=True, help="Check host keys against the keys central pinned instead.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (default: ~/.ssh/config).")
+@click.option("-j", "--jobs", default=8, show_default=True, type=int, help="Servers undeployed in parallel.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@central_command
+async def undeploy(central: Central, servers, all_servers, remove, central_user, login_user, identity, known_hosts,
+                   pinned_host_key, ssh_config, jobs, yes, as_json):
+    """Remove the agent and everything deploying installed from servers, over your own SSH access.
+
+    On each host: the agent and its service (systemd unit, or the fallback loop and its boot
+    entry), /opt/central-agent, the policy /etc/central-agent.json, /etc/central-agent (the
+    secret and the login user's key), the sshd Match block (sshd -t, then reloaded), every
+    authorized_keys line holding the central's key or the terminal key, and the login user
+    `central` if deploy created it. The same as scripts/deploy-agent.sh --uninstall.
+    The servers stay in central (polling them now fails) unless --remove.
+
+    \b
+    Example:
+      central undeploy web1 --yes
+      central undeploy web1 web2 --remove --yes
+    """
+    from .deploy import DeployOptions, Undeployer, select_servers
+
+    options = DeployOptions(central_user=central_user, login_user=login_user, identity=identity,
+                            known_hosts=known_hosts, pinned_host_key=pinned_host_key,
+                            ssh_config=(ssh_config,) if ssh_config else None, jobs=jobs)
+    targets = await select_servers(central, servers, all_servers)
+    if not targets:
+        raise CentralError("no servers to undeploy")
+    names = ", ".join(s.name for s in targets)
+    _confirm_removal(yes, f"Remove the agent and central's access from {names}"
+                          + (" and remove them from central with their history?" if remove else "?"))
+
+    def on_change(result):
+        if not as_json and result.state in ("ok", "failed", "skipped"):
+            detail = f": {result.message}" if result.state != "ok" else ""
+            err_console.print(_p(f"[{result.server}] {result.state}{detail}"), markup=False, highlight=False)
+
+    results = await Undeployer(central, options, on_change).run(targets)
+    if remove:
+        for r in results:
+            if r.state == "ok":
+                await servers_mod.remove_server(central, r.server)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        _echo_json([{**r.to_dict(), "removed_from_central": remove and r.state == "ok"} for r in results])
+    else:
+        t = SafeTable("server", "target", "result", "message", title="undeploy summary", wrap=("message",))
+        for r in results:
+            message = f"at {r.step}: {r.message}. {r.hint}" if r.state == "failed" else r.message
+            t.add_row(r.server, r.target, _styled(r.state, _STATE_STYLE.get(r.state, "")), message)
+        console.print(t)
+        done = sum(1 for r in results if r.state == "ok")
+        console.print(f"{done} undeployed, {len(failed)} failed"
+                      + ("; removed from central" if remove and done else
+                         ("" if remove or not done else "; `central server remove NAME` forgets a server")))
+    if failed:
+        sys.exit(1)
+
+
 @cli.group()
 def action():
     """Run remote actions on a server (kill, service, docker) and read the audit trail.
@@ -995,8 +1161,6 @@ def _actor() -> str:
     try:
         return "cli:" + getpass.getuser()
     except (KeyError, OSError):
-        import os
-
         return f"cli:uid{os.getuid()}"
 
 

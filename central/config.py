@@ -6,6 +6,7 @@ ConfigError with one line naming the key and what is wrong; nothing starts half-
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -456,9 +457,16 @@ _POSITIVE = {
 }
 
 
+def item_key(key: str, index: int, name: object = None) -> str:
+    """How an error names one item of a list of tables: counted from one as a reader counts,
+    with its name when it has one: alerts.rules[2] ("disk full")."""
+    label = f" ({json.dumps(name[:64])})" if isinstance(name, str) and name else ""
+    return f"{key}[{index + 1}]{label}"
+
+
 def _generic(key: str) -> str:
-    """The key without list indexes: alerts.rules[2].for -> alerts.rules.for."""
-    return re.sub(r"\[\d+\]", "", key)
+    """The key without list items: alerts.rules[2] ("x").for -> alerts.rules.for."""
+    return re.sub(r'\[\d+\](?: \("(?:[^"\\]|\\.)*"\))?', "", key)
 
 
 def _coerce(key: str, tp: object, value: object) -> object:
@@ -473,7 +481,8 @@ def _coerce(key: str, tp: object, value: object) -> object:
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected an array of tables, got {value!r}")
-        return tuple(_build(args[0], item, f"{key}[{i}].") for i, item in enumerate(value))
+        return tuple(_build(args[0], item, item_key(key, i, item.get("name") if isinstance(item, dict) else None) + ".")
+                     for i, item in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -577,7 +586,8 @@ def default_config_path(env: typing.Mapping[str, str] | None = None) -> Path | N
     env = os.environ if env is None else env
     if env.get("CENTRAL_CONFIG"):
         return Path(env["CENTRAL_CONFIG"])
-    candidate = default_data_dir() / "config.toml"
+    data_dir = Path(env["CENTRAL_DATA_DIR"]) if env.get("CENTRAL_DATA_DIR") else default_data_dir()
+    candidate = data_dir / "config.toml"
     return candidate if candidate.exists() else None
 
 
@@ -601,7 +611,16 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
     data = _merge(data, _env_overrides(env))
-    cfg = _build(Config, data, "")
+    try:
+        cfg = _check(_build(Config, data, ""))
+    except ConfigError as exc:
+        # name the file (a value may also come from a CENTRAL_* variable: the key says which)
+        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    return dataclasses.replace(cfg, source=source)
+
+
+def _check(cfg: Config) -> Config:
+    """The checks across settings, after each value has its type."""
     if cfg.poll.timeout >= cfg.poll.interval * 10:
         raise ConfigError(f"poll.timeout: {cfg.poll.timeout:g}s is far longer than poll.interval {cfg.poll.interval:g}s")
     if not (0 < cfg.http.port < 65536):
@@ -613,7 +632,7 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     _check_notifiers(cfg.notifiers)
     _check_routing(cfg.alerts, cfg.notifiers)
     _check_telegram(cfg.telegram)
-    return dataclasses.replace(cfg, source=source)
+    return cfg
 
 
 def _check_terminal(cfg: Config) -> None:
@@ -641,7 +660,7 @@ def _check_alerts(alerts: AlertsConfig) -> None:
         raise ConfigError(f"alerts.external_url: expected the page's public http:// or https:// URL, got {alerts.external_url!r}")
     seen = set(BUILTIN_RULES)
     for i, rule in enumerate(alerts.rules):
-        key = f"alerts.rules[{i}]"
+        key = item_key("alerts.rules", i, rule.name)
         if not _RULE_NAME.match(rule.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {rule.name!r}")
         if rule.name in seen:
@@ -654,7 +673,7 @@ def _check_alerts(alerts: AlertsConfig) -> None:
             raise ConfigError(f"{key}.op: expected one of {' '.join(COMPARISONS)}, got {rule.op!r}")
         _check_severity(f"{key}.severity", rule.severity)
     for i, over in enumerate(alerts.overrides):
-        key = f"alerts.overrides[{i}]"
+        key = item_key("alerts.overrides", i, over.rule)
         if not over.rule:
             raise ConfigError(f"{key}.rule: required (a rule name or glob)")
         if not (over.servers or over.tags or over.labels):
@@ -666,7 +685,7 @@ def _check_notifiers(notifiers: tuple[NotifierConfig, ...]) -> None:
     """Each channel has a unique name, a known type and what that type needs."""
     names = set()
     for i, n in enumerate(notifiers):
-        key = f"notifiers[{i}]"
+        key = item_key("notifiers", i, n.name)
         if not _RULE_NAME.match(n.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {n.name!r}")
         if n.name in names:
@@ -716,7 +735,7 @@ def _check_routing(alerts: AlertsConfig, notifiers: tuple[NotifierConfig, ...]) 
     if root.continue_:
         raise ConfigError("alerts.route.continue: only for [[alerts.routes]]")
     for i, route in enumerate((root,) + alerts.routes):
-        key = "alerts.route" if i == 0 else f"alerts.routes[{i - 1}]"
+        key = "alerts.route" if i == 0 else item_key("alerts.routes", i - 1)
         if i and not route.channels:
             raise ConfigError(f"{key}.channels: required (the notifier names this route sends to)")
         for ch in route.channels:
@@ -731,7 +750,7 @@ def _check_routing(alerts: AlertsConfig, notifiers: tuple[NotifierConfig, ...]) 
             if label != "..." and label not in ALERT_LABELS:
                 raise ConfigError(f"{key}.group_by: expected labels from {', '.join(ALERT_LABELS)} or \"...\", got {label!r}")
     for i, rule in enumerate(alerts.inhibit):
-        key = f"alerts.inhibit[{i}]"
+        key = item_key("alerts.inhibit", i)
         if not (rule.source_rules or rule.source_severities):
             raise ConfigError(f"{key}.source_rules: required (which firing alerts mute others), or source_severities")
         for k in ("source_rules", "target_rules"):
@@ -744,7 +763,7 @@ def _check_routing(alerts: AlertsConfig, notifiers: tuple[NotifierConfig, ...]) 
                 raise ConfigError(f"{key}.equal: expected labels from {', '.join(ALERT_LABELS)}, got {label!r}")
     seen = set()
     for i, w in enumerate(alerts.maintenance):
-        key = f"alerts.maintenance[{i}]"
+        key = item_key("alerts.maintenance", i, w.name)
         if not _RULE_NAME.match(w.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '_', '.', ':' or '-' (up to 64), got {w.name!r}")
         if w.name in seen:

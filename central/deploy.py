@@ -45,6 +45,10 @@ ACTION_KINDS = tuple(model.ACTION_KINDS)
 GLOB_RE = re.compile(r"^[][A-Za-z0-9@_.:*?!-]{1,200}$")
 AGENT_DIR = "/opt/central-agent"
 UPLOAD_COMMAND = f"sh -c 'mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.py.new'"
+#: run before anything is uploaded (as scripts/deploy-agent.sh does): "python MAJOR MINOR" or nothing
+PYTHON_CHECK = ('command -v python3 >/dev/null 2>&1 && '
+                'python3 -c "import sys; print(\\"python %d %d\\" % sys.version_info[:2])"')
+NO_PYTHON_HINT = "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again"
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ class Deployer:
                     raise StepFailed("privileges", f"{server.user} is not root and 'sudo -n' failed",
                                      f"Log in as root or allow {server.user} passwordless sudo")
 
+            self._set(result, step="python")
+            await self._check_python(conn)
             self._set(result, step="upload")
             upload = await conn.run(sudo + UPLOAD_COMMAND, input=self.agent, encoding=None, check=False)
             if upload.exit_status != 0:
@@ -363,6 +369,16 @@ class Deployer:
         if self.terminal_key is not None:
             await self._record_terminal(server, result)
         self._set(result, state="ok", message=result.mode or "")
+
+    async def _check_python(self, conn: asyncssh.SSHClientConnection) -> None:
+        """python3 3.6+ on the host, checked before anything is uploaded (nothing is left behind)."""
+        probe = await conn.run(PYTHON_CHECK, check=False)
+        words = ((probe.stdout or "").strip().splitlines() or [""])[-1].split()
+        if len(words) != 3 or words[0] != "python" or not (words[1].isdigit() and words[2].isdigit()):
+            raise StepFailed("python", "python3 not found on the host (or it does not run)", NO_PYTHON_HINT)
+        if (int(words[1]), int(words[2])) < (3, 6):
+            raise StepFailed("python", f"python3 is {words[1]}.{words[2]}; the agent needs 3.6 or later",
+                             "Install a newer python3 and run again")
 
     async def _check_operator_access(self, server: Server, conn: asyncssh.SSHClientConnection, sudo: str) -> None:
         """A fresh login as the operator must still work; if not, undo the host's sshd and
@@ -447,6 +463,85 @@ class Deployer:
             raise StepFailed(result.step or "install", "the installer did not hand over the agent secret",
                              "Run again; if it persists, check the host by hand")
         return installed
+
+
+class Undeployer(Deployer):
+    """Removes what deploying installed from servers (the installer's `uninstall` mode) over the
+    operator's own SSH access; calls on_change(result) after every step."""
+
+    def __init__(self, central, options: DeployOptions,
+                 on_change: Callable[[DeployResult], None] | None = None):
+        super().__init__(central, replace(options, terminal_user=None), on_change)
+
+    def _blobs(self, server: Server) -> list[str]:
+        """The key blobs whose authorized_keys lines go: the central's key, the terminal key ("-": none)."""
+        blobs = [public_key_line(load_client_key(server.key_path or self.central.config.key_path)).split()[1]]
+        terminal = Path(str(self.central.config.terminal_key_path) + ".pub")
+        try:
+            blobs.append(terminal.read_text().split()[1])
+        except (OSError, IndexError):
+            blobs.append("-")
+        return blobs
+
+    async def _deploy_one(self, server: Server, result: DeployResult, upgrade_outdated: bool) -> None:
+        slog = server_log(log, server.name)
+        no_agent = self.central.transports.of(server).no_agent
+        if no_agent is not None:
+            self._set(result, state="skipped", message=no_agent)
+            return
+        try:
+            await self._undeploy(server, result)
+        except StepFailed as failure:
+            slog.info("undeploy failed at %s: %s", failure.step, failure.message)
+            self._set(result, state="failed", step=failure.step, message=failure.message, hint=failure.hint)
+        except Exception as exc:  # noqa: BLE001 - one host's surprise must not stop the others
+            slog.exception("undeploy failed at %s", result.step)
+            self._set(result, state="failed", message=f"{type(exc).__name__}: {exc}",
+                      hint="Run again; if it persists, check the host by hand")
+
+    async def _undeploy(self, server: Server, result: DeployResult) -> None:
+        self._set(result, state="running", step="connect")
+        blobs = self._blobs(server)
+        conn = await self._connect(server, result)
+        async with conn:
+            self._set(result, step="privileges")
+            who = await conn.run("id -u", check=False)
+            sudo = ""
+            if (who.stdout or "").strip() != "0":
+                sudo = "sudo -n "
+                if (await conn.run("sudo -n true", check=False)).exit_status != 0:
+                    raise StepFailed("privileges", f"{server.user} is not root and 'sudo -n' failed",
+                                     f"Log in as root or allow {server.user} passwordless sudo")
+            args = ["uninstall", *blobs, self.options.central_user]
+            command = sudo + "sh -s -- " + " ".join(shlex.quote(a) for a in args)
+            process = await conn.create_process(command, stderr=asyncssh.STDOUT)
+            process.stdin.write(self.installer)
+            process.stdin.write_eof()
+            removed, failure, done, last = [], None, False, ""
+            async for line in process.stdout:
+                line = line.rstrip("\n")
+                kind, _, rest = line.partition(" ")
+                last = line or last
+                if kind == "STEP":
+                    self._set(result, step=rest)
+                elif kind == "REMOVED":
+                    removed.append(rest)
+                elif kind == "FAIL":
+                    step, _, tail = rest.partition("\t")
+                    message, _, hint = tail.partition("\t")
+                    failure = StepFailed(step, message, hint)
+                elif line == "UNINSTALLED":
+                    done = True
+            completed = await process.wait()
+        if failure is not None:
+            raise failure
+        if completed.exit_status != 0 or not done:
+            raise StepFailed(result.step or "uninstall", last or f"the uninstaller exited {completed.exit_status}",
+                             "Run again; if it persists, check the host by hand")
+        self.central.transports.forget(server.id)
+        server_log(log, server.name).info("undeployed: removed %s", ", ".join(removed) or "nothing")
+        self._set(result, state="ok", mode=None,
+                  message=f"{len(removed)} items removed" + (f": {', '.join(removed)}" if removed else ""))
 
 
 async def select_inventory(central, entries) -> tuple[list[Server], tuple[tuple[str, str], ...]]:

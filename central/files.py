@@ -91,3 +91,44 @@ def prepare_database(path: str | Path) -> None:
         extra = Path(str(path) + suffix)
         if extra.exists():
             _tighten(extra, FILE_MODE)
+
+
+class AlreadyServing(Exception):
+    """Another process holds the data directory's serve lock; args: (lock path, its pid or None)."""
+
+
+#: the open lock file of this process' `central serve` (held until the process ends)
+_serve_lock: int | None = None
+
+
+def lock_data_dir(data_dir: str | Path) -> Path:
+    """Take the exclusive lock on DATA_DIR/serve.lock for the life of this process (flock:
+    released by the kernel when the process ends, however it ends) and write our pid in it.
+    Raise AlreadyServing with the holder's pid when another `central serve` has it."""
+    import fcntl
+
+    global _serve_lock
+    path = Path(data_dir) / "serve.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        raise AlreadyServing(path, int(text) if text.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if _serve_lock is not None:
+        os.close(_serve_lock)
+    _serve_lock = fd
+    return path
+
+
+def unlock_data_dir() -> None:
+    """Release the serve lock this process holds (when `central serve` returns)."""
+    global _serve_lock
+    if _serve_lock is not None:
+        os.close(_serve_lock)
+        _serve_lock = None

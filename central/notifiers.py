@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import aiohttp
 
 from . import messages
-from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig
+from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig, item_key
 from .hosttext import clean
 from .model import StorageUnavailable
 from .routing import Message, Router, build_routes, select_routes
@@ -61,8 +61,8 @@ def _iso(ts: float) -> str:
 # secrets
 
 def notifier_key(index: int, cfg: NotifierConfig) -> str:
-    """How config errors name a notifier: notifiers[0] (ops-mail)."""
-    return f"notifiers[{index}] ({cfg.name})"
+    """How config errors name a notifier: notifiers[1] ("ops-mail")."""
+    return item_key("notifiers", index, cfg.name)
 
 
 def channel_urls(cfg: NotifierConfig, key: str = "notifier", env: Mapping[str, str] | None = None) -> list[str]:

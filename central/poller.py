@@ -311,8 +311,8 @@ class Poller:
     # retention
 
     async def _maintenance_loop(self) -> None:
-        r = self.config.retention
         while True:
+            r = self.config.retention  # read each round: a SIGHUP reload may change it
             try:
                 await self.storage.rollup()
                 await self.storage.prune(raw=r.raw, minute=r.minute, hour=r.hour, events=r.events)

@@ -240,7 +240,27 @@ async def add_server(
         name, host, port=port, user=user, key_path=key_path, agent_port=agent_port, tags=tags,
         interval_s=interval, host_key=probed["host_key"], host_key_fingerprint=probed["fingerprint"],
         agent_secret=secret, via=bastion.id if bastion else None)
-    return {"server": server.to_dict(), "agent": check}
+    warnings = await same_host_warnings(central, server)
+    return {"server": server.to_dict(), "agent": check, "warnings": warnings}
+
+
+async def same_host_warnings(central: Central, server: Server) -> list[str]:
+    """One line per other server that looks like the same host under another name: the same
+    address and port, or the same pinned host key. Adding it is allowed (a host may be
+    reached two ways on purpose) but is most often a mistake that polls and alerts twice."""
+    out = []
+    for other in await central.storage.list_servers():
+        if other.id == server.id:
+            continue
+        same = []
+        if other.host.lower() == server.host.lower() and other.port == server.port:
+            same.append(f"the same address and port ({server.host}:{server.port})")
+        if other.host_key_fingerprint and other.host_key_fingerprint == server.host_key_fingerprint:
+            same.append(f"the same host key ({server.host_key_fingerprint})")
+        if same:
+            out.append(f"{server.name} has {' and '.join(same)} as server {other.name}: the same host under "
+                       f"two names is polled and alerted twice (`central server remove {server.name}` if unintended)")
+    return out
 
 
 async def test_server(central: Central, name: str) -> dict:

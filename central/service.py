@@ -79,6 +79,41 @@ def ensure_key_pair(path: Path) -> tuple[str, bool]:
     return line, True
 
 
+RESTART_NOTE = "takes effect at the next restart"
+#: what a reload (SIGHUP) applies; every other section waits for a restart
+RELOADABLE = ("alerts", "notifiers", "retention")
+
+
+def _by_name(items) -> dict:
+    return {getattr(item, "name", None) or str(i + 1): item for i, item in enumerate(items)}
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """What differs between two configs, one line per change, in words an operator reads."""
+    import dataclasses
+
+    lines = []
+    for what, before, after in (("alert rule", old.alerts.rules, new.alerts.rules),
+                                ("notifier", old.notifiers, new.notifiers)):
+        a, b = _by_name(before), _by_name(after)
+        lines += [f"{what} {name} added" for name in b if name not in a]
+        lines += [f"{what} {name} removed" for name in a if name not in b]
+        lines += [f"{what} {name} changed" for name in b if name in a and a[name] != b[name]]
+    for field in dataclasses.fields(old.alerts):
+        if field.name != "rules" and getattr(old.alerts, field.name) != getattr(new.alerts, field.name):
+            lines.append(f"alerts.{field.name.rstrip('_')} changed")
+    for field in dataclasses.fields(old.retention):
+        x, y = getattr(old.retention, field.name), getattr(new.retention, field.name)
+        if x != y:
+            lines.append(f"retention.{field.name}: {x:g}s -> {y:g}s")
+    for field in dataclasses.fields(old):
+        if field.name in RELOADABLE or field.name == "source":
+            continue
+        if getattr(old, field.name) != getattr(new, field.name):
+            lines.append(f"{field.name} changed: {RESTART_NOTE}")
+    return lines
+
+
 class Central:
     """The running system: config, database, transports to the hosts and poller, opened together."""
 
@@ -93,6 +128,7 @@ class Central:
         self.poller = Poller(config, storage, self.transports)
         self.auth = Auth(storage)
         self.started_at = time.time()
+        self.reloaded_from = config.source  # the config file the last reload read ("": none)
         self.notifier = Dispatcher(storage, config.notifiers, alerts=config.alerts, queue_size=config.alerts.queue_size)
         # Starts on the first stored poll batch: short-lived CLI processes never evaluate or notify.
         self.alerts = AlertEngine(config, storage, self.notifier)
@@ -113,6 +149,40 @@ class Central:
         if config.poll.local:
             await ensure_local_server(central)
         return central
+
+    async def reload(self, config_path: str | None = None, env: dict | None = None) -> list[str]:
+        """Re-read the config file (SIGHUP) and apply what can change while serving: alert rules
+        and the rest of [alerts], notifiers and retention. Returns the changes, one line each
+        (empty: nothing changed). A file that does not load, or whose notifiers cannot be
+        read, raises ConfigError and nothing changes."""
+        import dataclasses
+
+        from .config import load_config
+        from .notifiers import check_channels
+
+        old = self.config
+        new = load_config(config_path or old.source or None, env=env)
+        check_channels(new.notifiers)
+        changes = describe_changes(old, new)
+        merged = dataclasses.replace(old, alerts=new.alerts, notifiers=new.notifiers, retention=new.retention,
+                                     source=new.source)
+        self.reloaded_from = new.source
+        if not any(not line.endswith(RESTART_NOTE) for line in changes):
+            return changes
+        self.config = merged
+        self.poller.config = dataclasses.replace(self.poller.config, retention=new.retention, alerts=new.alerts,
+                                                 notifiers=new.notifiers)
+        notifier = None
+        if new.notifiers != old.notifiers or new.alerts != old.alerts:
+            notifier = Dispatcher(self.storage, new.notifiers, alerts=new.alerts, queue_size=new.alerts.queue_size)
+            was_started = self.notifier.started
+            await self.notifier.stop()
+            self.notifier = notifier
+            if was_started:
+                await notifier.start()
+        self.alerts.reconfigure(merged, notifier)
+        self.terminal.config = dataclasses.replace(self.terminal.config, retention=new.retention)
+        return changes
 
     async def close(self) -> None:
         """Stop polling and close connections and the database."""

@@ -17,7 +17,8 @@
 #               key then goes, unrestricted, to the login user's own authorized_keys
 #   ROTATE      1: replace the agent secret even if a valid one exists
 # or `rollback`: put back the sshd configuration and authorized_keys files the last run
-# replaced (the client does this when you cannot log in any more after a run).
+# replaced (the client does this when you cannot log in any more after a run),
+# or `uninstall KEY_BLOB TERMINAL_BLOB LOGIN_USER`: remove what deploys installed (below).
 #
 # Output, one per line: "STEP name" as each step begins, "MODE systemd|fallback",
 # "LOGIN user" (the user the central must log in as), "AGENT version sha256" and
@@ -82,18 +83,135 @@ if [ "${1:-}" = rollback ]; then
     exit 0
 fi
 
+if [ "${1:-}" = uninstall ]; then
+    # Removes exactly what the deploys put on the host: the service (systemd unit, or the
+    # fallback loop with its @reboot/rc.local entry), /opt/central-agent, the policy, the secret
+    # and the login user's key (/etc/central-agent), the sshd Match block (drop-in or marked
+    # block) and the backups of it, every authorized_keys line holding the central's key or the
+    # terminal key (KEY_BLOB, TERMINAL_BLOB; "-": none), the agent's fallback log, and the login
+    # user LOGIN_USER if deploy created it (its comment says so; "-": none).
+    blob=$2 tblob=$3 login=$4
+    case $blob$tblob in *[!A-Za-z0-9+/=-]*) STEP=uninstall; fail "bad key blob argument" ;; esac
+    case $login in -|[a-z_]*) ;; *) STEP=uninstall; fail "bad login user argument" ;; esac
+    case $login in *[!a-z0-9_-]*) STEP=uninstall; fail "bad login user argument" ;; esac
+    removed() { echo "REMOVED $1"; }
+    step stop-agent
+    if [ -f /etc/systemd/system/central-agent.service ]; then
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now central-agent.service >/dev/null 2>&1 || true
+        fi
+        rm -f /etc/systemd/system/central-agent.service
+        if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+        removed "systemd unit central-agent.service"
+    fi
+    ours() {  # the fallback wrapper or the agent, by the pid files deploy wrote
+        tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q -F -e run-agent.sh -e agent.py -e ' -m agent '
+    }
+    for f in wrapper.pid agent.pid; do
+        pid=$(cat "$dir/$f" 2>/dev/null || true)
+        case $pid in ''|*[!0-9]*) continue ;; esac
+        if ours "$pid"; then kill "$pid" 2>/dev/null || true; removed "agent process $pid ($f)"; fi
+    done
+    if command -v crontab >/dev/null 2>&1 && crontab -l 2>/dev/null | grep -q -F "$dir/run-agent.sh"; then
+        { crontab -l 2>/dev/null | grep -v -F "$dir/run-agent.sh" || true; } | crontab - \
+            || fail "cannot remove the @reboot crontab entry" "Remove it by hand (crontab -e)"
+        removed "@reboot crontab entry"
+    fi
+    if [ -f /etc/rc.local ] && grep -q -F "$dir/run-agent.sh" /etc/rc.local; then
+        { grep -v -F "$dir/run-agent.sh" /etc/rc.local || true; } > /etc/rc.local.new
+        chmod 0755 /etc/rc.local.new && mv -f /etc/rc.local.new /etc/rc.local
+        removed "/etc/rc.local entry"
+        # the file as a deploy creates it, with nothing else in it: the deploy's own
+        if [ "$(cat /etc/rc.local)" = "$(printf '#!/bin/sh\nexit 0')" ]; then
+            rm -f /etc/rc.local
+            removed /etc/rc.local
+        fi
+    fi
+    step files
+    for f in "$dir" "$etc" /etc/central-agent.json /etc/central-agent.json.new /var/log/central-agent.log; do
+        if [ -e "$f" ]; then rm -rf "$f"; removed "$f"; fi
+    done
+    step sshd-config
+    sshd=$(sshd_bin)
+    changed=0
+    for f in "$dropin" "$dropin.new" "$dropin$bak" "$dropin.central-none" "$sshd_main.central-none"; do
+        if [ -e "$f" ]; then rm -f "$f"; removed "$f"; changed=1; fi
+    done
+    if [ -f "$sshd_main$bak" ]; then rm -f "$sshd_main$bak"; removed "$sshd_main$bak"; fi
+    if grep -q '^# BEGIN central-agent' "$sshd_main" 2>/dev/null; then
+        awk '/^# BEGIN central-agent/ { skip = 1 } !skip { print } /^# END central-agent/ { skip = 0 }' \
+            "$sshd_main" > "$sshd_main.central-new" && cat "$sshd_main.central-new" > "$sshd_main"
+        rm -f "$sshd_main.central-new"
+        removed "the central-agent block of $sshd_main"
+        changed=1
+    fi
+    if [ "$changed" = 1 ] && [ -n "$sshd" ]; then
+        "$sshd" -t >/dev/null 2>&1 || fail "sshd -t fails after removing the Match block: $("$sshd" -t 2>&1 | tail -n1)" \
+            "Check $sshd_main by hand"
+        reload_sshd || fail "cannot reload sshd (no systemd unit and no live sshd pid file)" "Reload sshd by hand"
+    fi
+    step authorized-keys
+    for b in "$blob" "$tblob"; do
+        [ "$b" != - ] || continue
+        homes=$(mktemp) || fail "cannot create a temporary file"
+        awk -F: '{ print $6 }' /etc/passwd | sort -u > "$homes"
+        while IFS= read -r h; do
+            ak="$h/.ssh/authorized_keys"
+            for f in "$ak$bak" "$ak.central-none"; do  # what a deploy kept for its rollback
+                if [ -e "$f" ]; then rm -f "$f"; removed "$f"; fi
+            done
+            if [ ! -f "$ak" ] || ! grep -q -F -e "$b" "$ak" 2>/dev/null; then continue; fi
+            { grep -v -F -e "$b" "$ak" || true; } > "$ak.central-new" || fail "cannot write $ak"
+            chmod 0600 "$ak.central-new"
+            chown "$(stat -c %u:%g "$ak")" "$ak.central-new" 2>/dev/null || true
+            mv -f "$ak.central-new" "$ak"
+            rm -f "$ak$bak" "$ak.central-none"
+            removed "the central's key line in $ak"
+        done < "$homes"
+        rm -f "$homes"
+    done
+    if [ "$login" != - ]; then
+        step login-user
+        entry=$(awk -F: -v u="$login" '$1 == u { print; exit }' /etc/passwd)
+        if [ -n "$entry" ] && [ "$(echo "$entry" | cut -d: -f5)" = "central agent access (created by central deploy)" ]; then
+            uid=$(echo "$entry" | cut -d: -f3)
+            # its sessions (the central's forward) end first: by pid, only that uid's
+            for p in /proc/[0-9]*; do
+                [ "$(awk '$1 == "Uid:" { print $2; exit }' "$p/status" 2>/dev/null)" = "$uid" ] || continue
+                kill "${p#/proc/}" 2>/dev/null || true
+            done
+            if command -v userdel >/dev/null 2>&1; then
+                userdel "$login" 2>/dev/null || userdel -f "$login" || fail "userdel $login failed"
+            else
+                deluser "$login" >/dev/null || fail "deluser $login failed"
+            fi
+            removed "user $login"
+        elif [ -n "$entry" ]; then
+            echo "NOTE user $login was not created by central deploy: left as it is"
+        fi
+    fi
+    echo "UNINSTALLED"
+    exit 0
+fi
+
 sha=$1 port=$2 policy_b64=$3 key_b64=$4 blob=$5 login=${6:--} rotate=${7:-0}
 case $login in -|[a-z_]*) ;; *) fail "bad login user argument" ;; esac
 
 step python
+# The clients check python3 before they upload; should this fail anyway, leave nothing behind.
+no_python() {
+    rm -f "$dir/agent.py.new"
+    rmdir "$dir" 2>/dev/null || true
+    fail "$@"
+}
 py=$(command -v python3 2>/dev/null) || py=""
 [ -n "$py" ] && ver=$("$py" -c 'import sys; print("%d %d" % sys.version_info[:2])' 2>/dev/null) || py=""
-[ -n "$py" ] || fail "python3 not found on the host (or it does not run)" \
+[ -n "$py" ] || no_python "python3 not found on the host (or it does not run)" \
     "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again"
 # shellcheck disable=SC2086  # split into major and minor on purpose
 set -- $ver
 if [ "$1" -lt 3 ] || { [ "$1" -eq 3 ] && [ "$2" -lt 6 ]; }; then
-    fail "python3 is $1.$2; the agent needs 3.6 or later" "Install a newer python3 and run again"
+    no_python "python3 is $1.$2; the agent needs 3.6 or later" "Install a newer python3 and run again"
 fi
 
 step verify-upload

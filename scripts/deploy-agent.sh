@@ -31,6 +31,11 @@ Options:
                           user (allows a shell; add the server with --user that user)
   --central-user NAME     the central's login user to create (default central)
   --rotate-secret         give the agent a new secret even if it has a sound one
+  --uninstall             remove what deploying installed instead: the agent and its service
+                          (unit or fallback loop and boot entry), /opt/central-agent, the
+                          policy, /etc/central-agent (secret, the login user's key), the sshd
+                          Match block, the central's (and terminal) key lines in
+                          authorized_keys, and the login user deploy created (--central-user)
   --central CMD           the central CLI that stores the secrets (default: central on
                           PATH, else $SCRIPT_DIR/../.venv/bin/central)
   --secret-dir DIR        write each host's secret to DIR/HOST.secret (mode 0600) instead;
@@ -78,6 +83,7 @@ install_key=1
 full_access=0
 central_user=central
 rotate=0
+uninstall=0
 central_cli=""
 secret_dir=""
 terminal_user=""
@@ -103,6 +109,7 @@ while [[ $# -gt 0 ]]; do
         --full-access) full_access=1; shift ;;
         --central-user) need_arg "$@"; central_user=$2; shift 2 ;;
         --rotate-secret) rotate=1; shift ;;
+        --uninstall) uninstall=1; shift ;;
         --central) need_arg "$@"; central_cli=$2; shift 2 ;;
         --secret-dir) need_arg "$@"; secret_dir=$2; shift 2 ;;
         --terminal-user) need_arg "$@"; terminal_user=$2; shift 2 ;;
@@ -133,7 +140,9 @@ done
 [[ -r $agent_path ]] || die "agent file $agent_path not found or unreadable (use --agent PATH)"
 [[ $central_user =~ ^[a-z_][a-z0-9_-]{0,31}$ && $central_user != root ]] \
     || die "--central-user must be a user name (not root), not '$central_user'"
-if [[ -n $secret_dir ]]; then
+if [[ $uninstall == 1 ]]; then
+    :  # nothing goes to the central
+elif [[ -n $secret_dir ]]; then
     { mkdir -p "$secret_dir" && chmod 0700 "$secret_dir"; } || die "cannot create --secret-dir $secret_dir"
 else
     # each host's agent secret goes to the central's database, so the central must be here
@@ -197,6 +206,19 @@ policy_json=$(printf '{"actions": {"kill": %s, "service": %s, "docker": %s}, "se
     "$(json_list "${container_patterns[@]}")" "$(json_list "${watch_units[@]+"${watch_units[@]}"}")")
 
 key_line=""
+uninstall_blobs=()
+if [[ $uninstall == 1 ]]; then
+    # the public keys name the lines to remove; a key file that is not here: none of its lines
+    for f in "$central_key" "$terminal_key"; do
+        blob=-
+        if [[ -r $f ]]; then
+            read -r _ blob _ < "$f" || true
+            [[ ${blob:-} =~ ^[A-Za-z0-9+/=]+$ ]] || die "$f is not an OpenSSH public key line"
+        fi
+        uninstall_blobs+=("$blob")
+    done
+    install_key=0
+fi
 if [[ $install_key == 1 ]]; then
     [[ -r $central_key ]] || die "central public key $central_key not found (run 'central init', pass --central-key FILE.pub, or --no-central-key)"
     read -r key_type key_blob _ < "$central_key" || true
@@ -237,6 +259,10 @@ installer="$SCRIPT_DIR/agent-install.sh"
 
 last_line() { tail -n1 "$1" | tr -d '\r'; }
 
+# Run on the host before anything is uploaded: "python MAJOR MINOR", or nothing.
+# shellcheck disable=SC2016  # expanded by the remote shell, on purpose
+PYTHON_CHECK='command -v python3 >/dev/null 2>&1 && python3 -c "import sys; print(\"python %d %d\" % sys.version_info[:2])"'
+
 secret_name() {  # a file name for a host's secret (ssh target text made safe)
     printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '_'
 }
@@ -258,9 +284,27 @@ deploy_host() {
     }
     say() { printf '[%s] %s\n' "$target" "$*" >&2; }
 
+    # the address and port ssh dials for the target (after ~/.ssh/config and --ssh-opt)
+    local resolved host port
+    resolved=$(ssh -G "${ssh_opts[@]+"${ssh_opts[@]}"}" "$target" 2>/dev/null || true)
+    host=$(awk '$1 == "hostname" { print $2; exit }' <<<"$resolved")
+    port=$(awk '$1 == "port" { print $2; exit }' <<<"$resolved")
+    [[ -n $host ]] || host=${target#*@}
+    [[ -n $port ]] || port=22
+
     say "connecting"
     # shellcheck disable=SC2016  # expanded by the remote shell, on purpose
     if ! out=$("${ssh_cmd[@]}" "$target" 'echo "ok $(id -u) $(id -un)"' 2>"$log"); then
+        if grep -q "REMOTE HOST IDENTIFICATION HAS CHANGED" "$log"; then
+            fail connect "the host key of $host changed since you last logged in (ssh: REMOTE HOST IDENTIFICATION HAS CHANGED)" \
+                "If the host was reinstalled, check its new key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it), then: ssh-keygen -R $host, and run again"
+        elif grep -q "Host key verification failed" "$log"; then
+            local presents
+            presents=$(ssh-keyscan -T 5 -p "$port" "$host" 2>/dev/null | ssh-keygen -lf - 2>/dev/null \
+                | awk '{ printf "%s%s %s", sep, $2, $NF; sep = ", " }' || true)
+            fail connect "the host key of $host is not in your known_hosts (ssh: Host key verification failed)${presents:+; it presents $presents}" \
+                "deploy-agent.sh never accepts an unknown key: compare it with 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' on the host, log in once with 'ssh $target' and answer yes (or add it to ~/.ssh/known_hosts), then run again"
+        fi
         fail connect "cannot log in over SSH ($(last_line "$log"))" \
             "Check that the host is up, that 'ssh $target' works without a password prompt (ssh-copy-id), and that its host key is in known_hosts"
     fi
@@ -272,6 +316,43 @@ deploy_host() {
         "${ssh_cmd[@]}" "$target" 'sudo -n true' >"$log" 2>&1 \
             || fail privileges "$user is not root and 'sudo -n' failed" \
                 "Log in as root or allow $user passwordless sudo"
+    fi
+
+    if [[ $uninstall == 1 ]]; then
+        say "uninstalling"
+        local code=0 line step msg hint
+        out=$("${ssh_cmd[@]}" "$target" "$sudo sh -s --$(printf ' %q' uninstall "${uninstall_blobs[@]}" "$central_user")" \
+            <"$installer" 2>&1) || code=$?
+        if [[ $code != 0 ]] || ! grep -qx UNINSTALLED <<<"$out"; then
+            line=$(grep '^FAIL ' <<<"$out" | tail -n1)
+            if [[ -n $line ]]; then
+                IFS=$'\t' read -r step msg hint <<<"${line#FAIL }"
+                fail "$step" "$msg" "$hint"
+            fi
+            fail uninstall "$(tail -n1 <<<"$out")" "Run again; if it persists, check the host by hand"
+        fi
+        "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
+        local n
+        n=$(grep -c '^REMOVED ' <<<"$out" || true)
+        sed -n 's/^REMOVED /  removed /p; s/^NOTE /  note: /p' <<<"$out" | sed "s|^|[$target]|" >&2
+        say "uninstalled ($n items removed); forget it in the central with: central server remove NAME"
+        result "$target" "removed" "-" "-" "$n items removed"
+        exit 0
+    fi
+
+    # python3 first: nothing is uploaded to a host the agent cannot run on
+    say "checking python3"
+    local pyver
+    pyver=$("${ssh_cmd[@]}" "$target" "$PYTHON_CHECK" 2>"$log" | tail -n1 | tr -d '\r') || true
+    case $pyver in
+        "python "[0-9]*) ;;
+        *) fail python "python3 not found on the host (or it does not run)" \
+               "Install it (Debian/Ubuntu: apt-get install python3; RHEL: dnf install python3) and run again" ;;
+    esac
+    local major minor
+    read -r _ major minor <<<"$pyver"
+    if (( major < 3 || (major == 3 && minor < 6) )); then
+        fail python "python3 is $major.$minor; the agent needs 3.6 or later" "Install a newer python3 and run again"
     fi
 
     say "uploading agent.py ($(cut -c1-12 <<<"$agent_sha"))"
@@ -334,12 +415,6 @@ deploy_host() {
     "${ssh_cmd[@]}" -O exit "$target" >/dev/null 2>&1 || true
 
     # hand the secret to the central for the address it will know the host by
-    local resolved host port
-    resolved=$(ssh -G "${ssh_opts[@]+"${ssh_opts[@]}"}" "$target" 2>/dev/null || true)
-    host=$(awk '$1 == "hostname" { print $2; exit }' <<<"$resolved")
-    port=$(awk '$1 == "port" { print $2; exit }' <<<"$resolved")
-    [[ -n $host ]] || host=${target#*@}
-    [[ -n $port ]] || port=22
     local where
     if [[ -n $secret_dir ]]; then
         where="$secret_dir/$(secret_name "$host").secret"
@@ -377,8 +452,12 @@ for i in $(seq 1 "$idx"); do
     else
         host=${targets[$((i - 1))]} res=FAILED version=- sha=- msg="deploy stopped unexpectedly"
     fi
-    [[ $res == ok ]] || failed=$((failed + 1))
+    [[ $res == ok || $res == removed ]] || failed=$((failed + 1))
     printf '%-32s %-7s %-10s %-13s %s\n' "$host" "$res" "$version" "$sha" "$msg"
 done
-printf '\n%d of %d hosts deployed\n' "$((idx - failed))" "$idx"
+if [[ $uninstall == 1 ]]; then
+    printf '\n%d of %d hosts uninstalled\n' "$((idx - failed))" "$idx"
+else
+    printf '\n%d of %d hosts deployed\n' "$((idx - failed))" "$idx"
+fi
 [[ $failed == 0 ]]

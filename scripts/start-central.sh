@@ -17,11 +17,17 @@
 # ~/.local/share/central), CENTRAL_CONFIG (a config file), CENTRAL_USER (as root: the user the
 # central runs as; "root" keeps it root, which refuses actions on this host), PYTHON
 # (interpreter to use), CENTRAL_VENV (default: .venv next to this script's repository; an
-# existing venv made with --system-site-packages reuses what that Python has installed).
+# existing venv made with --system-site-packages reuses what that Python has installed),
+# CENTRAL_BIN_DIR (where the `central` command is written: default /usr/local/bin as root;
+# unset otherwise, and the script names the venv's own `central`).
+#
+# The `central` command it writes runs the CLI of this install on this data directory from any
+# shell (CENTRAL_DATA_DIR or --data-dir still pick another); it never replaces a `central` it
+# did not write.
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 fail() { echo "start-central.sh: $*" >&2; exit 1; }
@@ -204,6 +210,44 @@ if [ ! -f "$db" ]; then
   echo "first start: initialising $data_dir"
   "${run_as[@]}" "${central[@]}" init || fail "central init failed"
   echo
+fi
+
+# The `central` command for every shell: a wrapper that runs this install's CLI on this data
+# directory (as root in /usr/local/bin, or CENTRAL_BIN_DIR).
+wrapper_mark="# Written by scripts/start-central.sh: the central CLI of this install."
+# shellcheck disable=SC2016  # the wrapper's own expansions, written as they are
+wrapper_text() {
+  printf '#!/bin/sh\n%s\n# Another data directory: CENTRAL_DATA_DIR=DIR or --data-dir DIR.\n' "$wrapper_mark"
+  printf ': "${CENTRAL_DATA_DIR:=%s}"\nexport CENTRAL_DATA_DIR\n' "$data_dir"
+  if [ -n "${CENTRAL_CONFIG:-}" ]; then printf ': "${CENTRAL_CONFIG:=%s}"\nexport CENTRAL_CONFIG\n' "$CENTRAL_CONFIG"; fi
+  if [ "$use_venv" = 0 ]; then printf 'export PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}\n' "'$repo'"; fi
+  printf 'exec %s -P -m central "$@"\n' "'$py'"
+}
+bin_dir=${CENTRAL_BIN_DIR-}
+if [ -z "${CENTRAL_BIN_DIR+set}" ] && [ "$(id -u)" = 0 ]; then bin_dir=/usr/local/bin; fi
+central_cmd=""
+if [ -n "$bin_dir" ]; then
+  wrapper="$bin_dir/central"
+  # the paths are written inside quotes: none may hold a quote, a backslash, $ or `
+  # shellcheck disable=SC1003  # a single quote or a backslash, on purpose
+  case "$py$data_dir$repo${CENTRAL_CONFIG:-}" in
+    *"'"*|*'\'*|*'"'*|*'$'*|*'`'*) echo "warning: not writing $wrapper: a path holds a quote, a backslash, \$ or \`" >&2 ;;
+    *)
+      if [ -e "$wrapper" ] && ! grep -qxF "$wrapper_mark" "$wrapper" 2>/dev/null; then
+        echo "warning: $wrapper exists and was not written by this script: left as it is" >&2
+      elif mkdir -p "$bin_dir" && wrapper_text > "$wrapper.new" && chmod 0755 "$wrapper.new" && mv -f "$wrapper.new" "$wrapper"; then
+        central_cmd=$wrapper
+      else
+        rm -f "$wrapper.new"
+        echo "warning: cannot write $wrapper" >&2
+      fi ;;
+  esac
+fi
+if [ -z "$central_cmd" ]; then
+  if [ "$use_venv" = 1 ]; then central_cmd="$venv/bin/central"; else central_cmd="PYTHONPATH=$repo $py -m central"; fi
+  echo "the central command: $central_cmd (with CENTRAL_DATA_DIR=$data_dir)"
+else
+  echo "the central command: $central_cmd (for $data_dir, from any shell)"
 fi
 
 # what a local client dials: a wildcard listen address is reached through loopback

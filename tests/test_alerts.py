@@ -427,19 +427,19 @@ min_severity = "warning"
     assert cfg.alerts.overrides[0].enabled is False and cfg.notifiers[0].repeat_interval is None
     bad = {
         '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nthreshold = "high"\n':
-            "alerts.rules[0].threshold: expected a number",
+            'alerts.rules[1] ("x").threshold: expected a number',
         '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\n[[alerts.rules]]\nname = "y"\nmetric = "cpu"\n':
-            "alerts.rules[1].metric: unknown metric 'cpu'",
-        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nop = "=>"\n': "alerts.rules[0].op:",
-        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nfor = "soon"\n': "alerts.rules[0].for: expected a duration",
+            'alerts.rules[2] ("y").metric: unknown metric \'cpu\'',
+        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nop = "=>"\n': 'alerts.rules[1] ("x").op:',
+        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nfor = "soon"\n': 'alerts.rules[1] ("x").for: expected a duration',
         '[[alerts.rules]]\nname = "disk_almost_full"\nmetric = "cpu.percent"\n': "is already the name of a built-in rule",
-        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nseverity = "page"\n': "alerts.rules[0].severity:",
-        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nthreshhold = 1\n': "alerts.rules[0].threshhold: unknown setting",
-        '[[alerts.overrides]]\nrule = "x"\n': "alerts.overrides[0]: give servers, tags or labels",
-        '[[notifiers]]\nname = "a"\ntype = "sms"\n': "notifiers[0].type:",
-        '[[notifiers]]\nname = "a"\ntype = "webhook"\nurl = "ftp://x"\n': "notifiers[0].url:",
+        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nseverity = "page"\n': 'alerts.rules[1] ("x").severity:',
+        '[[alerts.rules]]\nname = "x"\nmetric = "cpu.percent"\nthreshhold = 1\n': 'alerts.rules[1] ("x").threshhold: unknown setting',
+        '[[alerts.overrides]]\nrule = "x"\n': 'alerts.overrides[1] ("x"): give servers, tags or labels',
+        '[[notifiers]]\nname = "a"\ntype = "sms"\n': 'notifiers[1] ("a").type:',
+        '[[notifiers]]\nname = "a"\ntype = "webhook"\nurl = "ftp://x"\n': 'notifiers[1] ("a").url:',
         '[[notifiers]]\nname = "a"\ntype = "command"\nargv = "echo hi"\n': None,
-        '[[notifiers]]\nname = "a"\ntype = "command"\n': "notifiers[0].argv:",
+        '[[notifiers]]\nname = "a"\ntype = "command"\n': 'notifiers[1] ("a").argv:',
         '[alerts]\nunreachable_after = 0\n': "alerts.unreachable_after: must be greater than 0",
         '[alerts]\ndisabled = ["nope"]\n': "alerts.disabled:",
     }

@@ -39,6 +39,7 @@ async def test_create_two_step_show_test_and_trust(host_api, test_host):
     assert status == 201, second
     assert second["stored"] is True and second["agent"]["ok"] is True
     assert second["server"]["host_key_fingerprint"] == host.fingerprint
+    assert second["warnings"] == []
     status, shown, _ = await api.get("/api/v1/servers/h1", role="viewer")
     assert status == 200 and shown["server"]["tags"] == ["lab"] and shown["server"]["host"] == host.address
     assert "host_key" not in shown["server"]
@@ -53,6 +54,25 @@ async def test_create_two_step_show_test_and_trust(host_api, test_host):
     status, trusted, _ = await api.request("POST", "/api/v1/servers/h1/trust", json={"fingerprint": host.fingerprint})
     assert status == 201 and trusted["server"]["host_key_fingerprint"] == host.fingerprint
     assert trusted["previous_fingerprint"] == first["confirm"]["fingerprint"]
+
+
+async def test_the_same_host_under_a_second_name_is_added_with_a_warning(host_api, test_host):
+    api = host_api
+    host = test_host()
+    # known under another address with the same pinned key (say, its public name)
+    await api.central.storage.add_server("db-public", "192.0.2.7", host_key="x", host_key_fingerprint=host.fingerprint)
+    await servers.store_agent_secret(api.central, host.agent_secret, host=host.address)
+    body = {"name": "db", "host": host.address, "fingerprint": host.fingerprint}
+    status, added, _ = await api.request("POST", "/api/v1/servers", json=body)
+    assert status == 201, added
+    assert added["warnings"] == [
+        f"db has the same host key ({host.fingerprint}) as server db-public: the same host under two names is "
+        "polled and alerted twice (`central server remove db` if unintended)"]
+    status, again, _ = await api.request("POST", "/api/v1/servers", json={**body, "name": "db2"})
+    assert status == 201, again
+    assert [w.split(" as server ")[1].split(":")[0] for w in again["warnings"]] == ["db", "db-public"]
+    assert again["warnings"][0].startswith(f"db2 has the same address and port ({host.address}:22) and the same "
+                                           f"host key ({host.fingerprint}) as server db:")
 
 
 async def test_import_dry_run_fetch_confirm_and_rerun(host_api, test_host):

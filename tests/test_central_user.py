@@ -115,8 +115,9 @@ def script(shared_venv):
 
     def environment(data: Path, user: str, **env) -> dict:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CENTRAL_")}
+        # the `central` command goes next to the data directory, never to /usr/local/bin
         environ.update({"CENTRAL_DATA_DIR": str(data), "CENTRAL_USER": user, "CENTRAL_VENV": str(shared_venv),
-                        "PYTHON": SYSTEM_PYTHON}, **env)
+                        "PYTHON": SYSTEM_PYTHON, "CENTRAL_BIN_DIR": str(data.parent / f"bin-{data.name}")}, **env)
         return environ
 
     def run(*args, data: Path, user: str, **env):
@@ -190,6 +191,19 @@ def test_as_root_the_script_runs_the_central_as_its_own_user(script, system_user
     assert mode_and_owner(data_dir) == ("0o700", system_user)
     for name in ("central.db", "central.db-wal", "central.db-shm", "id_ed25519", "session.key", "central.log"):
         assert mode_and_owner(data_dir / name) == ("0o600", system_user), name
+
+    # root's `central` command works from a bare shell, and leaves the central's files its own
+    wrapper = data_dir.parent / f"bin-{data_dir.name}" / "central"
+    assert f"the central command: {wrapper} (for {data_dir}, from any shell)" in res.stdout
+    try:
+        listed = subprocess.run([str(wrapper), "user", "list", "--json"], capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", "HOME": "/root"}, cwd="/", timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert [u["name"] for u in json.loads(listed.stdout)] == ["admin"]
+        for name in ("central.db", "central.db-wal", "central.db-shm"):
+            assert mode_and_owner(data_dir / name) == ("0o600", system_user), name
+    finally:
+        shutil.rmtree(wrapper.parent, ignore_errors=True)
 
     api = Api(port, admin_password(res.stdout))
 

@@ -48,7 +48,7 @@ def test_errors_are_one_line(run, tmp_path):
     bad.write_text("[poll]\ninterval = -1\n")
     result = run("--config", str(bad), "server", "list")
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: config: poll.interval: must not be negative, got -1"
+    assert result.output.strip() == f"Error: config: {bad}: poll.interval: must not be negative, got -1"
 
 
 def test_server_list_filters_by_tag_and_status(run, tmp_path):
@@ -98,6 +98,13 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     assert result.exit_code == 0, result.output
     assert "agent 1.1.0 answers" in result.output, result.output
     assert f"host key {host.fingerprint} pinned" in result.output and "agent" in result.output
+    assert "warning" not in result.output
+    result = run("server", "add", "web1b", host.address, "--host-key-fingerprint", host.fingerprint)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: web1b has the same address and port ({host.address}:22) and the same host key "
+            f"({host.fingerprint}) as server web1: the same host under two names is polled and alerted twice "
+            "(`central server remove web1b` if unintended)") in result.output.splitlines()
+    assert run("server", "remove", "web1b", "--yes").exit_code == 0
     result = run("server", "add", "web2", host.address, "--host-key-fingerprint", "SHA256:" + "x" * 43)
     assert result.exit_code == 1 and "host_key_mismatch" in result.output
     rows = {r["name"]: r for r in json.loads(run("server", "list", "--json").output)}
@@ -112,3 +119,24 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     assert run("server", "remove", "web1").exit_code == 1  # no terminal, no --yes
     assert run("server", "remove", "web1", "--yes").exit_code == 0
     assert "web1" not in run("server", "list").output
+
+
+def test_a_data_directory_never_initialised_is_refused_in_one_line_and_left_alone(run, tmp_path, monkeypatch):
+    """A shell without the right CENTRAL_DATA_DIR gets one line naming the directory and how to
+    pick the right one, never a fresh empty database; --data-dir picks it; only init creates."""
+    other = tmp_path / "elsewhere"
+    for args in (["server", "list"], ["server", "add", "web1", "127.0.0.1"], ["alert", "list"], ["serve"]):
+        result = run("--data-dir", str(other), *args)
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"Error: {other} is not a central data directory"), result.output
+        assert "CENTRAL_DATA_DIR=DIR or --data-dir DIR" in result.output
+        assert not other.exists()  # nothing was created
+    assert run("init").exit_code == 0
+    data = tmp_path / "data"
+    monkeypatch.setenv("CENTRAL_DATA_DIR", str(other))  # a new shell pointing elsewhere
+    assert run("server", "list").exit_code == 1 and not other.exists()
+    rows = json.loads(run("--data-dir", str(data), "server", "list", "--json").output)
+    assert [r["name"] for r in rows] == ["local"]
+    assert run("--data-dir", str(other), "init").exit_code == 0
+    assert (other / "central.db").is_file()

@@ -17,6 +17,7 @@ def run(tmp_path):
     def invoke(*args, input=None):
         return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
 
+    assert invoke("init").exit_code == 0  # only init makes a data directory
     return invoke
 
 

@@ -99,3 +99,54 @@ def test_every_command_has_help_with_an_example():
     assert missing == []
     r = CliRunner().invoke(cli, ["alert", "silence", "--help"])
     assert r.exit_code == 0 and "central alert silence --server web1 --duration 2h" in r.output
+
+
+def test_wide_tables_fit_80_columns_one_line_a_row_and_json_stays_whole(env, tmp_path):
+    """alert list, action log and server list at COLUMNS=80 (a real process: rich reads the width
+    at start): no line wider than 80, one line per row, long cells cut with an ellipsis."""
+    import os
+    import subprocess
+    import sys
+
+    long_summary = "disk / on web1 is 97% full (inodes 12%, 3.1 GB free of 100 GB): " + "x" * 120
+    long_output = "Job for nginx.service failed because the control process exited with error code. " * 3
+
+    async def seed():
+        storage = await Storage.open(tmp_path / "data" / "central.db")
+        try:
+            server = await storage.add_server("a-rather-long-server-name-01", "10.0.0.6", tags=("prod", "eu-west-1"))
+            await storage.save_alerts([{
+                "rule": "disk_almost_full", "server_id": server.id, "label": "/var/lib/postgresql/data",
+                "severity": "warning", "state": "firing", "summary": long_summary, "value": 97.0,
+                "started_at": 1000.0, "fired_at": 1000.0, "last_evaluated": 1000.0,
+                "details": {"first": 97.0, "min": 97.0, "max": 97.0}}], [], [])
+            for i in range(3):
+                await storage.add_audit(actor="cli:operator-with-a-long-name", role="admin", server_id=server.id,
+                                        server_name=server.name, action="service",
+                                        arguments={"unit": f"nginx-frontend-worker@{i}.service", "verb": "restart"},
+                                        result="failed", exit_status=1, output=long_output, duration_ms=1234.5)
+        finally:
+            await storage.close()
+
+    asyncio.run(seed())
+    environ = {**os.environ, "CENTRAL_DATA_DIR": env["CENTRAL_DATA_DIR"], "CENTRAL_CONFIG": "", "COLUMNS": "80"}
+
+    def central(*args):
+        res = subprocess.run([sys.executable, "-m", "central", *args], capture_output=True, text=True, env=environ,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    for args, rows in ((("alert", "list"), 2), (("action", "log"), 3), (("server", "list"), 3)):
+        lines = central(*args).rstrip("\n").splitlines()
+        assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+        assert len(lines) == 2 + rows, "\n".join(lines)  # header, rule, one line per row
+        assert any("…" in line for line in lines[2:]), "\n".join(lines)
+    # what is cut on the terminal is whole in --json
+    summaries = [a["summary"] for a in json.loads(central("alert", "list", "--json"))]
+    assert long_summary in summaries
+    outputs = [r["output"] for r in json.loads(central("action", "log", "--json"))]
+    assert outputs == [long_output] * 3
+    # a wide terminal shows the cells whole
+    environ["COLUMNS"] = "400"
+    assert "a-rather-long-server-name-01" in central("alert", "list")

@@ -279,3 +279,53 @@ def test_bad_options_are_one_line_errors(run, operator):
     assert result.exit_code == 1 and "invalid central user 'root'" in result.output
     result, rows = deploy(run, operator, "local")
     assert result.exit_code == 0 and rows["local"]["state"] == "skipped"
+
+
+def test_a_host_without_python_is_checked_first_and_left_as_it_was(run, operator, test_host, operator_key,
+                                                                   client_key):
+    host, = legacy_hosts(test_host, operator_key, client_key, 1)
+    host.hide_path("/usr/bin/python3")
+    add_as_root(run, "nopy", host)
+    operator.trust([host])
+    result, rows = deploy(run, operator, "nopy")
+    assert result.exit_code == 1
+    assert (rows["nopy"]["state"], rows["nopy"]["step"]) == ("failed", "python"), rows
+    assert rows["nopy"]["message"] == "python3 not found on the host (or it does not run)"
+    assert "apt-get install python3" in rows["nopy"]["hint"]
+    assert host.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+    assert host.run(["getent", "passwd", "central"], check=False).returncode != 0
+
+
+@pytest.mark.slow  # a deploy, two undeploys and a failing server test: about a minute
+def test_undeploy_removes_what_deploy_installed_and_remove_forgets_the_server(
+        run, operator, test_host, operator_key, client_key):
+    from tests.test_deploy_script import host_state
+
+    host, = test_host.many(1, agent=False, login_user=False,
+                           authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    host.run(["sh", "-c", "mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys"])
+    before = host_state(host)
+    host.run(["sh", "-c", "cat >> /root/.ssh/authorized_keys"],
+             input=restricted_key_line(client_key.public_key) + " central\n")
+    add_as_root(run, "web", host)
+    operator.trust([host])
+    result, rows = deploy(run, operator, "web")
+    assert result.exit_code == 0 and rows["web"]["state"] == "ok", result.output
+    assert stored(run, "web")[0] == "central" and host.port_open()
+
+    assert run("undeploy", *operator.options, "web").exit_code == 1  # no terminal, no --yes
+    result = run("undeploy", *operator.options, "--json", "--yes", "web")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["state"] == "ok" and row["removed_from_central"] is False, row
+    for what in ("/opt/central-agent", "/etc/central-agent.json", "/etc/central-agent", "user central",
+                 "/etc/ssh/sshd_config.d/central-agent.conf"):
+        assert what in row["message"], row
+    assert not host.port_open()
+    assert host_state(host) == before
+    # the server stays until asked; polling it now fails
+    assert run("server", "test", "web").exit_code == 1
+    result = run("undeploy", *operator.options, "--remove", "--yes", "web")
+    assert result.exit_code == 0, result.output
+    assert "1 undeployed, 0 failed; removed from central" in result.output
+    assert "web" not in [r["name"] for r in json.loads(run("server", "list", "--json").output)]

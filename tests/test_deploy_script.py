@@ -12,6 +12,7 @@ import asyncssh
 import pytest
 
 from tests import hostfarm, tools
+from tests.helpers import wait_for_sync
 
 SCRIPT = hostfarm.REPO_DIR / "scripts" / "deploy-agent.sh"
 AGENT = hostfarm.default_agent_path()
@@ -263,6 +264,30 @@ def test_missing_python_and_unreachable_host_fail_clearly(test_host, host_farm, 
     assert "apt-get install python3" in rows["root@" + nopython.address]
     assert "FAILED" in rows[dead] and "ssh-copy-id" in rows[dead]
     assert "1 of 3 hosts deployed" in res.stdout
+    # python3 is checked before anything is uploaded: nothing is left on that host
+    assert "uploading" not in res.stderr.split("[root@%s] FAILED" % nopython.address)[0].split(
+        "[root@%s] checking python3" % nopython.address)[1]
+    assert nopython.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+
+
+def test_an_unknown_host_key_is_explained_with_the_key_it_presents(test_host, operator_key, client_key, tmp_path):
+    host, = fresh_hosts(test_host, operator_key, 1)
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")  # the operator never logged in to it
+    res = deploy(["root@" + host.address], operator_key, kh, "--secret-dir", str(tmp_path / "s"),
+                 central_key=client_key.public_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [line] = [line for line in res.stderr.splitlines() if "FAILED" in line]
+    assert line.startswith(f"[root@{host.address}] FAILED at connect: the host key of {host.address} is not in "
+                           "your known_hosts (ssh: Host key verification failed); it presents "), line
+    assert host.fingerprint in line
+    assert "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub" in line and f"ssh root@{host.address}" in line
+    assert host.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
+    # once the key is known, the same command deploys
+    known_hosts_for([host], kh)
+    res = deploy(["root@" + host.address], operator_key, kh, "--secret-dir", str(tmp_path / "s"),
+                 central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_without_a_central_or_secret_dir_nothing_is_deployed(test_host, operator_key, client_key, tmp_path):
@@ -310,3 +335,72 @@ def test_deploy_to_container_with_systemd(lxc_container, operator_key, client_ke
                                    "request.urlopen('http://127.0.0.1:8083/api/health', "
                                    "timeout=5).status)"], check=False)
     assert health.stdout.strip() == "200"
+
+
+def host_state(host):
+    """What deploying touches on a host, as text: comparing it before a deploy and after an
+    uninstall shows that the uninstall removed exactly what the deploy added."""
+    run = host.attach if hasattr(host, "attach") else host.run
+    script = ("ls -A /etc/ssh /etc/ssh/sshd_config.d /opt /etc | grep -i central; "
+              "sha256sum /etc/ssh/sshd_config; cat /etc/ssh/sshd_config.d/* 2>/dev/null | sha256sum; "
+              "getent passwd central; getent group central; crontab -l 2>/dev/null; cat /etc/rc.local 2>/dev/null; "
+              "cat /root/.ssh/authorized_keys 2>/dev/null; ls -A /root/.ssh 2>/dev/null; "
+              "ls /var/log | grep central; ls /etc/systemd/system | grep central; "
+              "ls /etc/systemd/system/multi-user.target.wants 2>/dev/null | grep central; true")
+    return run(["sh", "-c", script]).stdout
+
+
+def test_uninstall_removes_exactly_what_deploy_installed(test_host, operator_key, client_key, tmp_path):
+    host, = fresh_hosts(test_host, operator_key, 1)
+    host.run(["sh", "-c", "mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys"])
+    before = host_state(host)
+    # an older deploy left the central's key restricted in root's own authorized_keys too
+    host.run(["sh", "-c", "cat >> /root/.ssh/authorized_keys"],
+             input='restrict,port-forwarding,permitopen="127.0.0.1:8083",command="/bin/false" '
+                   f"{client_key.public_key} central\n")
+    kh = known_hosts_for([host], tmp_path / "known_hosts")
+    target = "root@" + host.address
+    res = deploy([target], operator_key, kh, "--secret-dir", str(tmp_path / "s"), central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert host.port_open() and agent_processes(host)
+    assert host_state(host) != before
+
+    res = deploy([target], operator_key, kh, "--uninstall", central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 of 1 hosts uninstalled" in res.stdout and " removed " in res.stdout
+    for what in ("/opt/central-agent", "/etc/central-agent.json", "/etc/central-agent",
+                 "/etc/ssh/sshd_config.d/central-agent.conf", "user central"):
+        assert f"[{target}]  removed {what}" in res.stderr, res.stderr
+    wait_for_sync(lambda: not host.port_open() and not agent_processes(host), 20, "the agent to stop")
+    assert host_state(host) == before
+    assert client_key.public_key.split()[1] not in host.run(["cat", "/root/.ssh/authorized_keys"]).stdout
+    # the operator still logs in; the central's key opens nothing any more
+    ssh = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(operator_key), "-o", "BatchMode=yes",
+                          "-o", f"UserKnownHostsFile={kh}", target, "hostname"], capture_output=True, text=True,
+                         timeout=30)
+    assert ssh.returncode == 0 and ssh.stdout.strip() == host.name
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        asyncio.run(probe_with_central_key(host, client_key, kh))
+    # a second run finds nothing to remove and says so
+    res = deploy([target], operator_key, kh, "--uninstall", central_key=client_key.public_path)
+    assert res.returncode == 0 and "(0 items removed)" in res.stderr, res.stdout + res.stderr
+
+
+@pytest.mark.lxc
+def test_uninstall_from_a_container_with_systemd(lxc_container, operator_key, client_key, tmp_path):
+    container = lxc_container("undeploy-sd", authorized_keys=[operator_key.with_suffix(".pub").read_text()])
+    kh = container.write_known_hosts(tmp_path / "known_hosts")
+    target = "root@" + container.address
+    container.attach(["sh", "-c", "mkdir -p /root/.ssh && touch /root/.ssh/authorized_keys"])
+    before = host_state(container)
+    res = deploy([target], operator_key, kh, "--secret-dir", str(tmp_path / "s"), central_key=client_key.public_path)
+    assert res.returncode == 0 and "systemd" in res.stdout, res.stdout + res.stderr
+    assert container.attach(["systemctl", "is-active", "central-agent"]).stdout.strip() == "active"
+    res = deploy([target], operator_key, kh, "--uninstall", central_key=client_key.public_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"[{target}]  removed systemd unit central-agent.service" in res.stderr, res.stderr
+    assert container.attach(["systemctl", "is-active", "central-agent"], check=False).stdout.strip() != "active"
+    assert host_state(container) == before
+    # sshd was reloaded through systemd without the block: the central's key opens nothing
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        asyncio.run(probe_with_central_key(container, client_key, kh))

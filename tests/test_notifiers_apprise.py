@@ -172,14 +172,14 @@ async def test_secret_urls_are_scrubbed_from_errors_and_never_returned(storage, 
 
 
 def test_serve_refuses_a_missing_or_unknown_secret_url_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"^notifiers\[0\] \(mail\)\.url_env: the environment variable "
+    with pytest.raises(ConfigError, match=r"^notifiers\[1\] \(\"mail\"\)\.url_env: the environment variable "
                                           r"CENTRAL_NOPE is not set or empty$"):
         check_channels([apprise("mail", url_env="CENTRAL_NOPE")], env={})
     f = tmp_path / "u"
     f.write_text(f"nosuchservice://{SECRET}@x\n")
     with pytest.raises(ConfigError) as err:
         check_channels([apprise("a", url_file=str(f))], env={})
-    assert str(err.value).startswith("notifiers[0] (a).url_file: URL line 1 is not one Apprise understands")
+    assert str(err.value).startswith('notifiers[1] ("a").url_file: URL line 1 is not one Apprise understands')
     assert SECRET not in str(err.value)
     with pytest.raises(ConfigError, match=r"url_file: cannot read"):
         check_channels([apprise("a", url_file=str(tmp_path / "missing"))], env={})
@@ -219,6 +219,7 @@ def test_cli_notifier_test_and_list(tmp_path, threaded_receiver):
                     '[[notifiers]]\nname = "ops"\ntype = "webhook"\nurl_env = "CENTRAL_TEST_OPS_URL"\n')
     env = {"CENTRAL_CONFIG": str(conf), "CENTRAL_TEST_OPS_URL": f"http://127.0.0.1:{port}/h/{SECRET}"}
     runner = CliRunner()
+    assert runner.invoke(cli, ["init"], env=env).exit_code == 0
     r = runner.invoke(cli, ["notifier", "test", "ops"], env=env)
     assert r.exit_code == 0, r.output
     assert r.output.startswith("ops: delivered in ") and r.output.rstrip().endswith("(HTTP 200)")
@@ -284,15 +285,12 @@ async def test_alertmanager_test_message_is_a_short_lived_info_alert(storage, re
 
 
 def test_serve_refuses_to_start_with_an_unreadable_secret_url(tmp_path):
-    from central.service import ensure_key_pair
-
     data = tmp_path / "data"
-    data.mkdir()
-    ensure_key_pair(data / "id_ed25519")
     conf = tmp_path / "central.toml"
     conf.write_text(f'data_dir = "{data}"\n[[notifiers]]\nname = "mail"\ntype = "apprise"\n'
                     'url_env = "CENTRAL_TEST_UNSET_MAIL_URL"\n')
+    assert CliRunner().invoke(cli, ["init"], env={"CENTRAL_CONFIG": str(conf)}).exit_code == 0
     r = CliRunner().invoke(cli, ["serve", "--port", "1"], env={"CENTRAL_CONFIG": str(conf)})
     assert r.exit_code == 1
-    assert r.output.strip() == ("Error: config: notifiers[0] (mail).url_env: the environment variable "
+    assert r.output.strip() == (f'Error: config: {conf}: notifiers[1] ("mail").url_env: the environment variable '
                                 "CENTRAL_TEST_UNSET_MAIL_URL is not set or empty")

@@ -53,7 +53,9 @@ def start(tmp_path):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CENTRAL_")}
         # As root the script would run the central as a system user of its own, which cannot
         # read this suite's private venvs: here it stays root (tests/test_central_user.py tests that).
-        environ.update({"CENTRAL_DATA_DIR": str(data), "PYTHON": sys.executable, "CENTRAL_USER": "root"}, **env)
+        # The `central` command goes to a directory of the test's, never /usr/local/bin.
+        environ.update({"CENTRAL_DATA_DIR": str(data), "PYTHON": sys.executable, "CENTRAL_USER": "root",
+                        "CENTRAL_BIN_DIR": str(tmp_path / "bin")}, **env)
         res = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ,
                              timeout=240)
         pid_file = data / "central.pid"
@@ -87,6 +89,30 @@ def test_first_start_in_a_venv_serves_refuses_a_busy_port_and_stops_by_pid(start
     # the central runs this checkout, from the venv
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[0].decode().startswith(str(venv))
+
+    # the `central` command works from a shell that knows nothing of the install
+    wrapper = tmp_path / "bin" / "central"
+    assert f"the central command: {wrapper} (for {data}, from any shell)" in res.stdout
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    listed = subprocess.run([str(wrapper), "server", "list", "--json"], capture_output=True, text=True, env=bare,
+                            cwd="/", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [r["name"] for r in json.loads(listed.stdout)] == ["local"]
+    # CENTRAL_DATA_DIR still picks another directory (never initialised: refused)
+    elsewhere = subprocess.run([str(wrapper), "server", "list"], capture_output=True, text=True, timeout=60,
+                               env={**bare, "CENTRAL_DATA_DIR": str(tmp_path / "nothing")})
+    assert elsewhere.returncode == 1 and "is not a central data directory" in elsewhere.stderr
+    # a `central` the script did not write is never replaced
+    os.kill(pid, signal.SIGTERM)
+    wait_for_sync(lambda: not alive(pid), 20, "central to exit on SIGTERM")
+    wrapper.write_text("#!/bin/sh\necho mine\n")
+    res = start("--port", str(port), "--background", CENTRAL_VENV=str(venv))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"warning: {wrapper} exists and was not written by this script: left as it is" in res.stderr
+    assert wrapper.read_text() == "#!/bin/sh\necho mine\n"
+    assert f"the central command: {venv}/bin/central (with CENTRAL_DATA_DIR={data})" in res.stdout
+    wrapper.unlink()
+    pid = int((data / "central.pid").read_text())
 
     # the same data dir again: already running
     res = start("--port", str(port), "--background", CENTRAL_VENV=str(venv))

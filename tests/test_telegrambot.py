@@ -146,7 +146,7 @@ def test_bot_config_errors_name_the_key(tmp_path):
         path.write_text(base + extra)
         with pytest.raises(ConfigError) as err:
             load_config(path, env={})
-        assert str(err.value).startswith(message), str(err.value)
+        assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
     cfg = TelegramConfig(enabled=True, token_env="CENTRAL_NO_TOKEN", allowed_chats=(1,), user="u")
     with pytest.raises(ConfigError, match="^telegram.token_env: the environment variable CENTRAL_NO_TOKEN is not set"):
         check_bot(cfg)

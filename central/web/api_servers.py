@@ -71,8 +71,9 @@ async def list_servers(call: Call) -> dict:
                           "tags": TAGS, "interval": nullable(INTERVAL), "agent_port": PORT, "fingerprint": FINGERPRINT,
                           "via": nullable(VIA)},
                          required=["name", "host"]),
-                responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "agent": AGENT_CHECK},
-                                    required=["stored", "server", "agent"]),
+                responses={201: obj({"stored": boolean(enum=[True]), "server": SERVER, "agent": AGENT_CHECK,
+                                     "warnings": array(string())},
+                                    required=["stored", "server", "agent", "warnings"]),
                            200: CONFIRM},
                 errors=(409, 502))
 async def create_server(call: Call):
@@ -80,7 +81,8 @@ async def create_server(call: Call):
     (200, nothing stored). With it: pins the key only if the host still presents that
     fingerprint, checks SSH login and the agent, and stores the server (201). An unreachable host
     or a refused key is a 502 and nothing is stored; an agent that does not answer yet is
-    reported in `agent` with a deploy hint."""
+    reported in `agent` with a deploy hint. `warnings` names each other server that looks like the
+    same host (the same address and port, or the same pinned host key)."""
     b = call.body
     if not b.get("fingerprint"):
         probed = await servers.probe_new(call.central, b["name"], b["host"], b.get("port", 22), via=b.get("via"))

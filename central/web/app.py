@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import signal
 from typing import AsyncIterator
 
 import aiohttp_session
@@ -11,11 +13,11 @@ from aiohttp import web
 
 from .. import __version__
 from ..auth import LoginLimiter
-from ..config import Config
+from ..config import Config, ConfigError
 from ..service import Central
 from . import api_actions, api_alerts, api_notifiers, api_servers, api_session, api_system, api_terminal
 from .dispatch import errors, install
-from .keys import CENTRAL, CONFIG, LOGIN_LIMITER
+from .keys import CENTRAL, CONFIG, LOGIN_LIMITER, RELOAD_ENV
 from .pages import install_pages
 from .terminal_pages import install_terminal_pages
 from .security import host_check, session_storage
@@ -42,6 +44,15 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     await central.poller.start()
     await central.terminal.start()
     bot = bot_task = None
+    reloads: set[asyncio.Task] = set()
+    loop = asyncio.get_running_loop()
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload_config(central, app.get(RELOAD_ENV, {})), name="config-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         if app[CONFIG].telegram.enabled:
             from ..telegrambot import TelegramBot
@@ -50,11 +61,37 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
             bot_task = asyncio.create_task(bot.run(), name="telegram-bot")
         yield
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
         if bot_task is not None:
             bot_task.cancel()
             await asyncio.gather(bot_task, return_exceptions=True)
             await bot.stop()
         await central.close()
+
+
+_reload_lock = asyncio.Lock()
+
+
+async def reload_config(central: Central, overrides: dict | None = None) -> None:
+    """SIGHUP: re-read the config file; log each change, or why the file was refused (the
+    running config stays as it was)."""
+    async with _reload_lock:  # two quick SIGHUPs: one after the other
+        try:
+            changes = await central.reload(env={**os.environ, **(overrides or {})})
+        except ConfigError as exc:
+            log.error("config reload refused, the running config is kept: %s", exc)
+            return
+        except Exception:  # noqa: BLE001 - a reload must never end the central
+            log.exception("config reload failed, the running config is kept")
+            return
+        where = central.reloaded_from or "the environment (no config file)"
+        if not changes:
+            log.warning("config reloaded from %s: nothing changed", where)
+        for line in changes:
+            log.warning("config reloaded from %s: %s", where, line)
 
 
 GC_FREEZE_INTERVAL = 30.0
@@ -108,8 +145,9 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def run_app(config: Config) -> None:
-    """Serve until interrupted."""
+def run_app(config: Config, reload_env: dict | None = None) -> None:
+    """Serve until interrupted (reload_env: CENTRAL_* settings a SIGHUP reload applies over the file)."""
     app = create_app(config)
+    app[RELOAD_ENV] = dict(reload_env or {})
     print(f"central {__version__} listening on http://{config.http.listen}:{config.http.port}/", flush=True)
     web.run_app(app, host=config.http.listen, port=config.http.port, print=None, access_log=None)

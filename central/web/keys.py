@@ -10,6 +10,8 @@ from .registry import Endpoint
 
 CONFIG = web.AppKey("config", Config)
 CENTRAL = web.AppKey("central", Central)
+# CENTRAL_* settings given on the command line (serve --listen/--port): a SIGHUP reload keeps them.
+RELOAD_ENV = web.AppKey("reload_env", dict)
 # Every declared endpoint, in registration order (routes and the OpenAPI document come from it).
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
