@@ -61,7 +61,7 @@ def test_the_readme_cli_list_names_every_command():
     """The Interfaces list of the README names every command and subcommand the CLI has."""
     listed = README.split("- **CLI**:")[1].split("- **JSON API**")[0]
     named = set()
-    for group, subs in re.findall(r"`central ([a-z]+(?: \| [a-z]+)*|[a-z]+) ?([a-z|]*)`", listed):
+    for group, subs in re.findall(r"`central ([a-z]+(?: \| [a-z]+)*|[a-z]+) ?([a-z|-]*)`", listed):
         if "|" in group or not subs:
             named.update((g.strip(), None) for g in group.split("|"))
         else:
