@@ -84,6 +84,41 @@ CREATE TABLE IF NOT EXISTS rollups (
     PRIMARY KEY (server_id, tier, ts)
 ) WITHOUT ROWID;
 
+-- Per-container figures (central.model.CONTAINER_METRICS), one row per running container and
+-- poll, at most central.model.MAX_STORED_CONTAINERS (50) containers per server and poll
+-- (running first, then by name): retention and rollup tiers as samples, in the same passes.
+CREATE TABLE IF NOT EXISTS container_samples (
+    server_id   INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    name        TEXT    NOT NULL,
+    ts          REAL    NOT NULL,
+    cpu         REAL,      -- percent of one core
+    mem         REAL,      -- percent of its limit
+    mem_used    INTEGER,   -- bytes
+    net_rx      REAL,      -- bytes/s
+    net_tx      REAL,
+    disk_read   REAL,      -- bytes/s
+    disk_write  REAL,
+    pids        INTEGER,
+    PRIMARY KEY (server_id, name, ts)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS container_rollups (
+    server_id  INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    name       TEXT    NOT NULL,
+    tier       INTEGER NOT NULL,
+    ts         REAL    NOT NULL,   -- bucket start
+    n          INTEGER NOT NULL,
+    cpu_min REAL, cpu_avg REAL, cpu_max REAL,
+    mem_min REAL, mem_avg REAL, mem_max REAL,
+    mem_used_min REAL, mem_used_avg REAL, mem_used_max REAL,
+    net_rx_min REAL, net_rx_avg REAL, net_rx_max REAL,
+    net_tx_min REAL, net_tx_avg REAL, net_tx_max REAL,
+    disk_read_min REAL, disk_read_avg REAL, disk_read_max REAL,
+    disk_write_min REAL, disk_write_avg REAL, disk_write_max REAL,
+    pids_min REAL, pids_avg REAL, pids_max REAL,
+    PRIMARY KEY (server_id, name, tier, ts)
+) WITHOUT ROWID;
+
 -- How far each tier has been rolled up, so a restart neither skips nor repeats a bucket.
 CREATE TABLE IF NOT EXISTS rollup_progress (
     tier      INTEGER PRIMARY KEY,

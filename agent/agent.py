@@ -36,7 +36,8 @@ executed by the agent itself under a host-side JSON policy file (``--policy``, d
      "container_patterns": ["*"],
      "protected_containers": [],
      "watched_units": [],
-     "watched_processes": []}
+     "watched_processes": [],
+     "logs": true}
 
 Why this default when the file is absent: the actions are fixed verbs on named objects
 (no shell, no arguments of the caller's choosing reach a command line), every request is
@@ -54,6 +55,7 @@ refuses every action (fail closed) and says why in the 403 detail and in /api/he
 
 import errno
 import fnmatch
+import functools
 import heapq
 import json
 import logging
@@ -71,7 +73,7 @@ import threading
 import time
 from urllib.parse import parse_qs, quote, urlsplit
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 log = logging.getLogger("central-agent")
 
@@ -96,6 +98,7 @@ DEFAULT_POLICY = {
     "protected_containers": [],
     "watched_units": [],
     "watched_processes": [],
+    "logs": True,
 }
 
 UNIT_RE = re.compile(r"[A-Za-z0-9@_:.][A-Za-z0-9@._:-]{0,199}")
@@ -907,29 +910,52 @@ def unit_verbs(policy, unit):
     return list(VERBS)
 
 
-def services_document(policy, units):
-    """The /api/services document: systemd's summary plus every service unit with the verbs
-    the policy allows on it (watched units, of any type, included); units None: no systemd."""
+_UNIT_DETAIL_FIELDS = ("since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse")
+
+
+def listed_units(policy, units):
+    """The units /api/services lists: services and timers systemd has loaded, and the watched
+    units of any type (a unit only referenced by others, load state not-found, is left out
+    unless watched)."""
+    keys = set(_unit_key(w) for w in policy["watched_units"])
+    return [u for u in units if u["unit"] in keys or (u["unit"].endswith((".service", ".timer"))
+                                                     and u["load"] != "not-found")]
+
+
+def services_document(policy, units, details=None):
+    """The /api/services document: systemd's summary plus every service and timer unit with the
+    verbs the policy allows on it (watched units, of any type, included) and its details (since,
+    main PID, cgroup memory and CPU; null when not yet sampled); units None: no systemd."""
     watched = policy["watched_units"]
     if units is None:
-        return dict(_no_systemd(watched), units=[])
+        return dict(_no_systemd(watched), units=[], details_at=None)
     doc = collect_systemd(watched, units=units)
     keys = set(_unit_key(w) for w in watched)
-    # Units that do not exist (only referenced by others: load state not-found) are left
-    # out, unless watched.
-    doc["units"] = [dict(u, watched=u["unit"] in keys, actions=unit_verbs(policy, u["unit"]))
-                    for u in units if u["unit"] in keys or (u["unit"].endswith(".service")
-                                                           and u["load"] != "not-found")]
+    details = details or {}
+    rows = []
+    for u in listed_units(policy, units):
+        d = details.get(u["unit"]) or {}
+        row = dict(u, type=u["unit"].rsplit(".", 1)[-1], watched=u["unit"] in keys,
+                   actions=unit_verbs(policy, u["unit"]))
+        for k in _UNIT_DETAIL_FIELDS:
+            row[k] = d.get(k)
+        rows.append(row)
+    doc["units"] = rows
+    doc["details_at"] = None
     return doc
 
 
-def _run(argv, timeout):
-    """Run argv (never through a shell); return (exit status, combined output)."""
+def _run(argv, timeout, stderr=True, limit=None):
+    """Run argv (never through a shell); return (exit status, output: stdout and stderr, or
+    stdout alone when stderr is False; read until limit bytes when given, then the command is
+    ended)."""
     import subprocess
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, close_fds=True,
-                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
+                         stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL, close_fds=True,
+                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "TZ": "UTC",
                               "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
+    if limit is not None:
+        return _run_capped(p, timeout, limit)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -937,6 +963,474 @@ def _run(argv, timeout):
         out, _ = p.communicate()
         return None, "timed out after %.0f s: %s" % (timeout, out.decode("utf-8", "replace"))
     return p.returncode, out.decode("utf-8", "replace")
+
+
+def _run_capped(p, timeout, limit):
+    """Read a started process's stdout up to limit bytes or the deadline, then end it."""
+    import select
+    deadline = time.monotonic() + timeout
+    chunks, total, timed_out = [], 0, False
+    fd = p.stdout.fileno()
+    try:
+        while total < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, min(65536, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdout.close()
+        p.wait()
+    out = b"".join(chunks).decode("utf-8", "replace")
+    return (None if timed_out else p.returncode), out
+
+
+# --------------------------------------------------------------------------- logs
+#
+# The last lines of a unit's journal or of a container's log, on demand (GET /api/logs): the
+# journal through `journalctl -o json` (argv, no shell), a Docker container's through the
+# Engine's logs endpoint, an LXC container's from its own journal files (seen through
+# /proc/PID/root of its init, so nothing runs inside it). Capped in lines and bytes; the host
+# policy's "logs": false refuses it.
+
+LOG_LINES_DEFAULT = 100
+LOG_LINES_MAX = 1000
+LOG_MESSAGE_CHARS = 2000
+LOG_BYTES_MAX = 512 * 1024  # of the answer's messages together
+LOG_READ_MAX = 8 << 20  # what is read of journalctl's or the Engine's output at most
+
+
+def _journal_entry(record):
+    """{"ts", "priority", "identifier", "pid", "message"} of one journalctl -o json record."""
+    msg = record.get("MESSAGE")
+    if isinstance(msg, list):  # a message that is not UTF-8 comes as a list of byte values
+        try:
+            msg = bytes(b for b in msg if isinstance(b, int) and 0 <= b < 256).decode("utf-8", "replace")
+        except ValueError:
+            msg = None
+    ts = _usec_int(record.get("__REALTIME_TIMESTAMP"))
+    prio = _usec_int(record.get("PRIORITY"))
+    pid = _usec_int(record.get("_PID") or record.get("SYSLOG_PID"))
+    ident = record.get("SYSLOG_IDENTIFIER") or record.get("_COMM")
+    return {"ts": round(ts / 1e6, 6) if ts else None,
+            "priority": prio if prio is not None else (0 if record.get("PRIORITY") == "0" else None),
+            "identifier": ident[:200] if isinstance(ident, str) else None,
+            "pid": pid if pid and pid <= PID_MAX_LIMIT else None,
+            "message": msg[:LOG_MESSAGE_CHARS] if isinstance(msg, str) else None}
+
+
+def _cap_lines(entries):
+    """The newest entries that fit LOG_BYTES_MAX together (oldest first); (entries, truncated)."""
+    out, total = [], 0
+    for e in reversed(entries):
+        size = len(e.get("message") or "") + 64
+        if total + size > LOG_BYTES_MAX:
+            return list(reversed(out)), True
+        out.append(e)
+        total += size
+    return list(reversed(out)), False
+
+
+def journal_lines(journalctl, lines, unit=None, directory=None, timeout=15.0):
+    """The last lines of a unit's journal (or of a whole journal directory), oldest first."""
+    argv = [journalctl, "--no-pager", "-o", "json", "-n", str(int(lines))]
+    if directory:
+        argv += ["-D", directory]
+    if unit:
+        argv += ["-u", unit]
+    code, out = _run(argv, timeout, stderr=False, limit=LOG_READ_MAX)
+    if code not in (0, None) and not out:
+        raise ActionError(502, "agent_error", "journalctl exited %s" % code)
+    entries = []
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the read limit
+        if isinstance(record, dict):
+            entries.append(_journal_entry(record))
+    return entries[-lines:]
+
+
+def docker_log_lines(sock_path, container, lines, timeout=15.0):
+    """The last lines of a Docker container's log (stdout and stderr, with the Engine's timestamps)."""
+    import http.client
+    conn = _unix_http_class()(sock_path, timeout)
+    try:
+        conn.request("GET", "/containers/%s/logs?stdout=1&stderr=1&timestamps=1&tail=%d"
+                     % (quote(container, safe=""), lines), headers={"Host": "docker"})
+        resp = conn.getresponse()
+        raw = resp.read(LOG_READ_MAX)
+        if resp.status == 404:
+            raise ActionError(404, "not_found", "no container %r" % container)
+        if resp.status != 200:
+            raise ActionError(502, "agent_error", "docker API answered %s" % resp.status)
+        # without a TTY the Engine multiplexes stdout and stderr in frames: 1 byte stream, 3 zero bytes, size
+        tty = not (len(raw) >= 8 and raw[0] in (0, 1, 2) and raw[1:4] == b"\x00\x00\x00")
+    except (OSError, http.client.HTTPException) as e:
+        raise ActionError(503, "unavailable", "docker API on %s: %s" % (sock_path, e))
+    finally:
+        conn.close()
+    entries = []
+    for stream, text in _docker_frames(raw, tty):
+        for line in text.splitlines():
+            stamp, _, message = line.partition(" ")
+            entries.append({"ts": _rfc3339(stamp), "priority": 3 if stream == 2 else 6,
+                            "identifier": "stderr" if stream == 2 else "stdout", "pid": None,
+                            "message": message[:LOG_MESSAGE_CHARS]})
+    return entries[-lines:]
+
+
+def _docker_frames(raw, tty):
+    """[(stream, text)] of the Engine's multiplexed log stream (8-byte headers), or the raw text."""
+    if tty:
+        return [(1, raw.decode("utf-8", "replace"))]
+    out, i = [], 0
+    while i + 8 <= len(raw):
+        stream, size = raw[i], struct.unpack(">I", raw[i + 4:i + 8])[0]
+        out.append((stream, raw[i + 8:i + 8 + size].decode("utf-8", "replace")))
+        i += 8 + size
+    return out
+
+
+def _rfc3339(stamp):
+    """Unix seconds of the Engine's 2024-01-02T03:04:05.123456789Z timestamps, None otherwise."""
+    import calendar
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z\Z", stamp)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
+
+
+def lxc_journal_dir(proc, pid):
+    """The journal directory of an LXC container, through its init's root: persistent first."""
+    for sub in ("var/log/journal", "run/log/journal"):
+        d = os.path.join(proc, str(pid), "root", sub)
+        try:
+            if os.listdir(d):
+                return d
+        except OSError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------- hardware
+#
+# Temperatures and fans (hwmon, thermal zones: file reads per poll, no spawn), SMART health
+# (`smartctl --json`, at most every SMART_TTL seconds, in a thread of its own so no poll waits
+# for it) and GPUs (`nvidia-smi --query-gpu` at most every GPU_TTL seconds, likewise; AMD from
+# sysfs per poll). A section without anything to read says `available: false` and why; a tool
+# that is not installed is looked up once and never run.
+
+MAX_SENSORS = 64
+SMART_TTL = 1800.0
+GPU_TTL = 60.0
+NVIDIA_FIELDS = ("index", "name", "uuid", "utilization.gpu", "memory.used", "memory.total", "temperature.gpu",
+                 "power.draw", "power.limit")
+
+
+def _milli(path):
+    value = _read_int(path)
+    return None if value is None else round(value / 1000.0, 1)
+
+
+def collect_sensors(sys="/sys"):
+    """{"available", "reason", "temperatures": [{"name", "label", "celsius", "high", "critical"}],
+    "fans": [{"name", "label", "rpm"}]} from hwmon chips and thermal zones."""
+    temps, fans = [], []
+    hw = os.path.join(sys, "class", "hwmon")
+    try:
+        chips = sorted(os.listdir(hw))
+    except OSError:
+        chips = []
+    for chip in chips:
+        d = os.path.join(hw, chip)
+        name = _read_opt(os.path.join(d, "name")) or chip
+        try:
+            files = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for f in files:
+            m = re.match(r"(temp|fan)(\d+)_input\Z", f)
+            if not m or len(temps) + len(fans) >= MAX_SENSORS:
+                continue
+            base = os.path.join(d, m.group(1) + m.group(2))
+            label = _read_opt(base + "_label") or "%s%s" % (m.group(1), m.group(2))
+            if m.group(1) == "temp":
+                celsius = _milli(base + "_input")
+                if celsius is not None:
+                    temps.append({"name": name[:64], "label": label[:64], "celsius": celsius,
+                                  "high": _milli(base + "_max"), "critical": _milli(base + "_crit")})
+            else:
+                rpm = _read_int(base + "_input")
+                if rpm is not None:
+                    fans.append({"name": name[:64], "label": label[:64], "rpm": rpm})
+    th = os.path.join(sys, "class", "thermal")
+    try:
+        zones = sorted(z for z in os.listdir(th) if z.startswith("thermal_zone"))
+    except OSError:
+        zones = []
+    for zone in zones:
+        d = os.path.join(th, zone)
+        celsius = _milli(os.path.join(d, "temp"))
+        if celsius is None or len(temps) >= MAX_SENSORS:
+            continue
+        critical = None
+        for i in range(16):
+            kind = _read_opt(os.path.join(d, "trip_point_%d_type" % i))
+            if kind is None:
+                break
+            if kind == "critical":
+                critical = _milli(os.path.join(d, "trip_point_%d_temp" % i))
+        temps.append({"name": zone[:64], "label": (_read_opt(os.path.join(d, "type")) or zone)[:64],
+                      "celsius": celsius, "high": None, "critical": critical})
+    available = bool(temps or fans)
+    return {"available": available,
+            "reason": None if available else "no hwmon sensors or thermal zones in %s/class" % sys,
+            "temperatures": temps, "fans": fans}
+
+
+def parse_smartctl(doc):
+    """One disk's figures from `smartctl --json -a DEV`: {"device", "model", "serial", "passed",
+    "temperature", "reallocated", "pending", "percentage_used", "media_errors", "power_on_hours",
+    "error"}."""
+    dev = doc.get("device") if isinstance(doc.get("device"), dict) else {}
+    status = doc.get("smart_status") if isinstance(doc.get("smart_status"), dict) else {}
+    temp = doc.get("temperature") if isinstance(doc.get("temperature"), dict) else {}
+    attrs = {}
+    table = (doc.get("ata_smart_attributes") or {}).get("table") if isinstance(doc.get("ata_smart_attributes"), dict) else None
+    for a in table or []:
+        if isinstance(a, dict) and isinstance(a.get("raw"), dict):
+            attrs[a.get("id")] = a["raw"].get("value")
+    nvme = doc.get("nvme_smart_health_information_log")
+    nvme = nvme if isinstance(nvme, dict) else {}
+    poh = doc.get("power_on_time") if isinstance(doc.get("power_on_time"), dict) else {}
+    messages = (doc.get("smartctl") or {}).get("messages") if isinstance(doc.get("smartctl"), dict) else None
+    errors = [m.get("string") for m in messages or [] if isinstance(m, dict) and m.get("severity") == "error"]
+
+    def num(v):
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    return {"device": dev.get("name") if isinstance(dev.get("name"), str) else None,
+            "model": doc.get("model_name") if isinstance(doc.get("model_name"), str) else None,
+            "serial": doc.get("serial_number") if isinstance(doc.get("serial_number"), str) else None,
+            "passed": status.get("passed") if isinstance(status.get("passed"), bool) else None,
+            "temperature": num(temp.get("current")),
+            "reallocated": num(attrs.get(5)), "pending": num(attrs.get(197)),
+            "percentage_used": num(nvme.get("percentage_used")), "media_errors": num(nvme.get("media_errors")),
+            "power_on_hours": num(poh.get("hours")),
+            "error": "; ".join(e for e in errors if isinstance(e, str))[:200] or None}
+
+
+def collect_smart(smartctl, timeout=30.0):
+    """Every disk `smartctl --scan` finds, each from `smartctl --json -a DEV` (argv, no shell)."""
+    code, out = _run([smartctl, "--scan", "--json"], timeout, stderr=False)
+    try:
+        scan = json.loads(out)
+    except ValueError:
+        raise RuntimeError("smartctl --scan exited %s without JSON" % code)
+    disks = []
+    for d in (scan.get("devices") or [])[:MAX_DISKS_SMART]:
+        name = d.get("name") if isinstance(d, dict) else None
+        if not isinstance(name, str) or not re.match(r"/dev/[A-Za-z0-9/_-]{1,64}\Z", name):
+            continue
+        argv = [smartctl, "--json", "-a", name]
+        if isinstance(d.get("type"), str) and re.match(r"[a-z0-9+,]{1,32}\Z", d["type"]):
+            argv[3:3] = ["-d", d["type"]]
+        code, out = _run(argv, timeout, stderr=False)
+        try:
+            disks.append(parse_smartctl(json.loads(out)))
+        except ValueError:
+            disks.append({"device": name, "error": "smartctl exited %s without JSON" % code})
+    return disks
+
+
+MAX_DISKS_SMART = 32
+
+
+def parse_nvidia_smi(text):
+    """GPUs from `nvidia-smi --query-gpu=<NVIDIA_FIELDS> --format=csv,noheader,nounits`."""
+    gpus = []
+    for line in text.splitlines():
+        f = [x.strip() for x in line.split(",")]
+        if len(f) != len(NVIDIA_FIELDS):
+            continue
+
+        def num(v):
+            try:
+                return float(v)
+            except ValueError:
+                return None  # "[N/A]", "[Not Supported]"
+        mem_used, mem_total = num(f[4]), num(f[5])
+        gpus.append({"vendor": "nvidia", "index": int(f[0]) if f[0].isdigit() else None, "name": f[1][:100],
+                     "id": f[2][:64], "utilization": num(f[3]),
+                     "memory_used": int(mem_used * 1048576) if mem_used is not None else None,
+                     "memory_total": int(mem_total * 1048576) if mem_total is not None else None,
+                     "temperature": num(f[6]), "power": num(f[7]), "power_limit": num(f[8])})
+    return gpus
+
+
+def collect_amd_gpus(sys="/sys"):
+    """AMD GPUs from the amdgpu driver's sysfs files (busy percent, VRAM, hwmon temperature, power)."""
+    out = []
+    drm = os.path.join(sys, "class", "drm")
+    try:
+        cards = sorted(c for c in os.listdir(drm) if re.match(r"card\d+\Z", c))
+    except OSError:
+        return out
+    for card in cards:
+        dev = os.path.join(drm, card, "device")
+        if _read_opt(os.path.join(dev, "vendor")) != "0x1002":
+            continue
+        temp = power = None
+        try:
+            for h in os.listdir(os.path.join(dev, "hwmon")):
+                temp = _milli(os.path.join(dev, "hwmon", h, "temp1_input"))
+                watts = _read_int(os.path.join(dev, "hwmon", h, "power1_average"))
+                power = round(watts / 1e6, 1) if watts is not None else None
+        except OSError:
+            pass
+        out.append({"vendor": "amd", "index": int(card[4:]), "name": card, "id": None,
+                    "utilization": _read_int(os.path.join(dev, "gpu_busy_percent")),
+                    "memory_used": _read_int(os.path.join(dev, "mem_info_vram_used")),
+                    "memory_total": _read_int(os.path.join(dev, "mem_info_vram_total")),
+                    "temperature": temp, "power": power, "power_limit": None})
+    return out
+
+
+class SlowTool(object):
+    """A tool's answer refreshed at most every ttl seconds in a thread of its own, so that no
+    poll waits for it: a poll gets the last answer (`sampled_at` says when)."""
+
+    def __init__(self, fn, ttl):
+        self.fn, self.ttl = fn, ttl
+        self._lock = threading.Lock()
+        self._at = None  # monotonic time of the last start
+        self._result = None  # (Unix time, value, error)
+
+    def get(self):
+        with self._lock:
+            now = time.monotonic()
+            if self._at is None or now - self._at >= self.ttl:
+                self._at = now
+                threading.Thread(target=self._refresh, name="agent-slow-tool", daemon=True).start()
+            return self._result
+
+    def _refresh(self):
+        try:
+            result = (time.time(), self.fn(), None)
+        except Exception as e:  # kept until the next refresh
+            result = (time.time(), None, "%s: %s" % (type(e).__name__, e))
+        with self._lock:
+            self._result = result
+
+
+# --------------------------------------------------------------------------- units
+#
+# Every service and timer with its state, since when, main PID and its cgroup's memory and CPU:
+# one `systemctl show` of the listed units (argv, no shell) at most every UNITS_TTL seconds,
+# the cgroup files read then too, so a poll never pays for it.
+
+UNIT_PROPERTIES = ("Id", "MainPID", "ControlGroup", "StateChangeTimestampMonotonic", "NRestarts",
+                   "LastTriggerUSecMonotonic", "NextElapseUSecRealtime")
+MAX_DETAILED_UNITS = 1000
+
+
+def parse_unit_show(text):
+    """{unit: {property: value}} from `systemctl show -p ... UNIT...` (blank-line separated blocks)."""
+    out = {}
+    block = {}
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if block.get("Id"):
+                out[block["Id"]] = block
+            block = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            block[key] = value
+    return out
+
+
+def _usec_int(value):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def _utc_time(text):
+    """Unix seconds of a systemd timestamp printed under TZ=UTC ("Thu 2026-12-03 02:01:52 UTC")."""
+    import calendar
+    parts = (text or "").split()
+    if len(parts) != 4 or parts[3] != "UTC":
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(parts[1] + " " + parts[2], "%Y-%m-%d %H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def unit_cgroup_usage(roots, control_group):
+    """(memory bytes, cpu ns) of a unit's cgroup (ControlGroup=/system.slice/x.service); None
+    where the hierarchy has no such cgroup (v1 without accounting for it)."""
+    if not control_group or not control_group.startswith("/") or ".." in control_group:
+        return None, None
+    rel = control_group.lstrip("/")
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        mem = _read_int(os.path.join(d, "memory.current"))
+        try:
+            st = _kv_file(os.path.join(d, "cpu.stat"))
+        except OSError:
+            st = {}
+        return mem, (st["usage_usec"] * 1000 if "usage_usec" in st else None)
+    v1 = roots["v1"]
+    mem = _read_int(os.path.join(v1["memory"], rel, "memory.usage_in_bytes")) if "memory" in v1 else None
+    cpu = _read_int(os.path.join(v1["cpuacct"], rel, "cpuacct.usage")) if "cpuacct" in v1 else None
+    return mem, cpu
+
+
+def unit_details(systemctl, names, roots, prev=None, timeout=10.0):
+    """{unit: {"since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse"}}
+    of the named units: one `systemctl show` and their cgroups' files; cpu_percent since prev
+    (a previous result with its "_t" and "_cpu" kept)."""
+    names = [n for n in names if LISTED_UNIT_RE.fullmatch(n)][:MAX_DETAILED_UNITS]
+    if not names:
+        return {}
+    code, out = _run([systemctl, "show", "--no-pager", "-p", ",".join(UNIT_PROPERTIES), "--"] + names,
+                     timeout, stderr=False)
+    if code != 0:
+        raise RuntimeError("systemctl show exited %s" % code)
+    now_mono, now = time.monotonic(), time.time()
+    prev = prev or {}
+    result = {}
+    for unit, p in parse_unit_show(out).items():
+        changed = _usec_int(p.get("StateChangeTimestampMonotonic"))
+        trigger = _usec_int(p.get("LastTriggerUSecMonotonic"))
+        mem, cpu_ns = unit_cgroup_usage(roots, p.get("ControlGroup")) if roots else (None, None)
+        pid = _usec_int(p.get("MainPID"))
+        entry = {"since": round(now - (now_mono - changed / 1e6), 1) if changed else None,
+                 "main_pid": pid if pid and pid <= PID_MAX_LIMIT else None,
+                 "restarts": _usec_int(p.get("NRestarts")) or (0 if p.get("NRestarts") == "0" else None),
+                 "memory": mem, "cpu_percent": None,
+                 "last_trigger": round(now - (now_mono - trigger / 1e6), 1) if trigger else None,
+                 "next_elapse": _utc_time(p.get("NextElapseUSecRealtime")), "_t": now_mono, "_cpu": cpu_ns}
+        before = prev.get(unit)
+        if before and before.get("_cpu") is not None and cpu_ns is not None and cpu_ns >= before["_cpu"] \
+                and now_mono > before["_t"]:
+            entry["cpu_percent"] = round((cpu_ns - before["_cpu"]) / (now_mono - before["_t"]) / 1e7, 2)
+        result[unit] = entry
+    return result
 
 
 _UNIX_HTTP = []
@@ -992,7 +1486,20 @@ def docker_request(sock_path, method, path, timeout=5.0):
         conn.close()
 
 
-def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
+def docker_usable(sock_path):
+    """Whether the Engine socket exists and this process may use it (no request made)."""
+    return bool(sock_path) and os.path.exists(sock_path) and os.access(sock_path, os.R_OK | os.W_OK)
+
+
+def docker_list(sock_path, timeout=5.0):
+    """The Engine's GET /containers/json?all=1 list (raises DockerError/RuntimeError)."""
+    status, body = docker_request(sock_path, "GET", "/containers/json?all=1", timeout)
+    if status != 200 or not isinstance(body, list):
+        raise RuntimeError("docker API answered %s" % status)
+    return body
+
+
+def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0, listing=None):
     """Containers from the Docker Engine API on the unix socket (never the docker CLI)."""
     if not sock_path or not os.path.exists(sock_path):
         return {"available": False, "containers": []}
@@ -1000,9 +1507,7 @@ def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
         # An unprivileged reader (the central collecting its own host) may not use the socket,
         # and being allowed to would amount to root: no docker here, not a failing collector.
         return {"available": False, "containers": []}
-    status, body = docker_request(sock_path, "GET", "/containers/json?all=1", timeout)
-    if status != 200 or not isinstance(body, list):
-        raise RuntimeError("docker API answered %s" % status)
+    body = docker_list(sock_path, timeout) if listing is None else listing
     out = []
     for c in body[:200]:
         names = c.get("Names") or []
@@ -1011,6 +1516,464 @@ def collect_docker(sock_path=DEFAULT_DOCKER_SOCKET, timeout=5.0):
                     "state": c.get("State"), "status": c.get("Status")})
     out.sort(key=lambda c: c["name"] or "")
     return {"available": True, "containers": out}
+
+
+# --------------------------------------------------------------------------- containers
+#
+# Per-container figures come from the containers' cgroups (v1 or v2), never from the Engine's
+# stats endpoint (which sleeps a second per container); names, images, health and restart
+# counts from the Docker/Podman Engine API on its unix socket when there is one, LXC
+# containers from their cgroups (lxc.payload.NAME, lxc/NAME) and /var/lib/lxc/NAME/config.
+
+DEFAULT_LXC_PATH = "/var/lib/lxc"
+PODMAN_SOCKET = "/run/podman/podman.sock"
+MAX_AGENT_CONTAINERS = 100  # the document's containers list holds at most this many
+_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+# where each engine puts its containers' cgroups: (parent dir, pattern of the entry, engine)
+_CGROUP_ENGINE_DIRS = (
+    ("docker", re.compile(r"([0-9a-f]{64})\Z"), "docker"),  # cgroupfs driver
+    ("system.slice", re.compile(r"docker-([0-9a-f]{64})\.scope\Z"), "docker"),  # systemd driver
+    ("machine.slice", re.compile(r"libpod-([0-9a-f]{64})\.scope\Z"), "podman"),
+)
+
+
+def cgroup_roots(proc="/proc", sys="/sys"):
+    """The host's cgroup mounts: {"version": 1|2|None, "v2": dir or None, "v1": {controller: dir}}.
+
+    version 2 when the unified hierarchy holds the controllers, 1 when v1 controllers are
+    mounted (a hybrid host's unified mount then only names cgroups)."""
+    v1, v2 = {}, None
+    for dev, mp, fstype, opts in _mounts(proc):
+        if fstype == "cgroup":
+            for opt in opts.split(","):
+                if opt in ("memory", "cpu", "cpuacct", "pids", "blkio", "freezer") and opt not in v1:
+                    v1[opt] = _sys_path(sys, mp)
+        elif fstype == "cgroup2" and v2 is None:
+            v2 = _sys_path(sys, mp)
+    version = 1 if "memory" in v1 else None
+    if version is None and v2 is not None:
+        controllers = (_read_opt(os.path.join(v2, "cgroup.controllers")) or "").split()
+        version = 2 if ("memory" in controllers or "cpu" in controllers) else None
+    return {"version": version, "v2": v2, "v1": v1}
+
+
+def _container_dirs(root):
+    """[(engine, key, relative cgroup path)] of the container cgroups under one hierarchy root:
+    lxc.payload.NAME and lxc/NAME (LXC, Proxmox), docker/ID and system.slice/docker-ID.scope
+    (Docker, cgroupfs and systemd drivers), machine.slice/libpod-ID.scope (Podman)."""
+    out = []
+    try:
+        top = os.listdir(root)
+    except OSError:
+        return out
+    for entry in top:
+        if entry.startswith("lxc.payload."):
+            out.append(("lxc", entry[len("lxc.payload."):], entry))
+    if "lxc" in top:  # LXC 3 and Proxmox: lxc/NAME (lxc/NAME/ns on Proxmox is inside it)
+        try:
+            for entry in os.listdir(os.path.join(root, "lxc")):
+                if CONTAINER_RE.fullmatch(entry) and os.path.isdir(os.path.join(root, "lxc", entry)):
+                    out.append(("lxc", entry, "lxc/" + entry))
+        except OSError:
+            pass
+    for parent, pattern, engine in _CGROUP_ENGINE_DIRS:
+        if parent not in top:
+            continue
+        try:
+            names = os.listdir(os.path.join(root, parent))
+        except OSError:
+            continue
+        for entry in names:
+            m = pattern.match(entry)
+            if m:
+                out.append((engine, m.group(1), parent + "/" + entry))
+    return out
+
+
+def _io_stat_v2(path):
+    """(read bytes, written bytes) summed over the devices of a v2 io.stat."""
+    rd = wr = 0
+    for line in _read_text(path).splitlines():
+        for field in line.split()[1:]:
+            if field.startswith("rbytes="):
+                rd += int(field[7:])
+            elif field.startswith("wbytes="):
+                wr += int(field[7:])
+    return rd, wr
+
+
+def _io_stat_v1(path):
+    """(read bytes, written bytes) of a v1 blkio.throttle.io_service_bytes(_recursive)."""
+    rd = wr = 0
+    for line in _read_text(path).splitlines():
+        f = line.split()
+        if len(f) == 3 and f[1] == "Read":
+            rd += int(f[2])
+        elif len(f) == 3 and f[1] == "Write":
+            wr += int(f[2])
+    return rd, wr
+
+
+def _limit(value):
+    """A cgroup byte limit, None for "max" or v1's near-2^63 "unlimited"."""
+    if value is None or value == "max":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return None if n >= (1 << 62) else n
+
+
+def _cgroup_pids(dirs):
+    """Up to 200 pids from the cgroup.procs of the given dirs and their children (3 levels)."""
+    pids = []
+    todo = [(d, 0) for d in dirs]
+    seen = 0
+    while todo and len(pids) < 200 and seen < 64:
+        d, depth = todo.pop(0)
+        seen += 1
+        try:
+            pids.extend(int(p) for p in _read_text(os.path.join(d, "cgroup.procs")).split()[:200])
+        except (OSError, ValueError):
+            continue
+        if depth < 3 and not pids:
+            try:
+                todo.extend((os.path.join(d, e), depth + 1) for e in sorted(os.listdir(d))
+                            if os.path.isdir(os.path.join(d, e)))
+            except OSError:
+                pass
+    return pids
+
+
+def _start_ticks(proc, pid):
+    """The start time (clock ticks after boot) of a process, None when it is gone."""
+    try:
+        return int(parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat")))[1][19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cg(path, size=4096):
+    """A small cgroup file's text (one read), None when it is missing or unreadable."""
+    try:
+        return _read_bytes(path, size).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def _cg_int(path):
+    text = _cg(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
+_STAT_RES = {}
+
+
+def _stat_value(path, key):
+    """One 'key value' line of a memory.stat/cpu.stat file (without parsing the rest): its value,
+    0 when the key is absent, None when the file cannot be read."""
+    text = _cg(path, 16384)
+    if text is None:
+        return None
+    pattern = _STAT_RES.get(key)
+    if pattern is None:
+        pattern = _STAT_RES[key] = re.compile(r"(?m)^%s (\d+)$" % re.escape(key))
+    m = pattern.search(text)
+    return int(m.group(1)) if m else 0
+
+
+def read_container_limits(roots, rel):
+    """(memory limit bytes, CPU limit in CPUs) of a container cgroup; None where unlimited."""
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        cpu_max = (_cg(os.path.join(d, "cpu.max")) or "max").split()
+        return (_limit((_cg(os.path.join(d, "memory.max")) or "").strip() or None),
+                round(float(cpu_max[0]) / float(cpu_max[1]), 2) if len(cpu_max) == 2 and cpu_max[0] != "max"
+                else None)
+    v1 = roots["v1"]
+    limit = _limit((_cg(os.path.join(v1["memory"], rel, "memory.limit_in_bytes")) or "").strip() or None)
+    cpu = v1.get("cpu")
+    quota = _cg_int(os.path.join(cpu, rel, "cpu.cfs_quota_us")) if cpu else None
+    period = _cg_int(os.path.join(cpu, rel, "cpu.cfs_period_us")) if cpu else None
+    return limit, (round(float(quota) / period, 2) if quota and quota > 0 and period else None)
+
+
+def read_container_cgroup(roots, rel, limits=None):
+    """Cumulative figures of one container cgroup (relative path rel under each hierarchy):
+    {"cpu_ns", "memory_used", "memory_limit", "cpu_limit", "pids", "read_bytes", "write_bytes",
+    "frozen", "dirs"}; None when the cgroup is gone (the container stopped). limits: the
+    (memory, cpu) limits when the caller keeps them (read_container_limits), else read here."""
+    out = {}
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        if not os.path.isdir(d):
+            return None
+        usage = _stat_value(os.path.join(d, "cpu.stat"), "usage_usec")
+        out["cpu_ns"] = usage * 1000 if usage else None
+        current = _cg_int(os.path.join(d, "memory.current"))
+        inactive = _stat_value(os.path.join(d, "memory.stat"), "inactive_file") if current is not None else 0
+        out["memory_used"] = None if current is None else max(0, current - (inactive or 0))
+        out["pids"] = _cg_int(os.path.join(d, "pids.current"))
+        try:
+            out["read_bytes"], out["write_bytes"] = _io_stat_v2(os.path.join(d, "io.stat"))
+        except (OSError, ValueError):
+            out["read_bytes"] = out["write_bytes"] = None
+        out["frozen"] = "frozen 1" in (_cg(os.path.join(d, "cgroup.events")) or "")
+        out["dirs"] = [d]
+    else:
+        v1 = roots["v1"]
+        mem = os.path.join(v1["memory"], rel)
+        usage = _cg_int(os.path.join(mem, "memory.usage_in_bytes"))
+        if usage is None and not os.path.isdir(mem):
+            return None
+        inactive = _stat_value(os.path.join(mem, "memory.stat"), "total_inactive_file") if usage is not None else 0
+        out["memory_used"] = None if usage is None else max(0, usage - (inactive or 0))
+        acct = v1.get("cpuacct")
+        out["cpu_ns"] = _cg_int(os.path.join(acct, rel, "cpuacct.usage")) if acct else None
+        pids = v1.get("pids")
+        out["pids"] = _cg_int(os.path.join(pids, rel, "pids.current")) if pids else None
+        blkio = v1.get("blkio")
+        out["read_bytes"] = out["write_bytes"] = None
+        if blkio:
+            try:
+                out["read_bytes"], out["write_bytes"] = _io_stat_v1(
+                    os.path.join(blkio, rel, "blkio.throttle.io_service_bytes_recursive"))
+            except (OSError, ValueError):
+                pass
+        freezer = v1.get("freezer")
+        out["frozen"] = bool(freezer) and (_cg(os.path.join(freezer, rel, "freezer.state")) or "").strip() == "FROZEN"
+        out["dirs"] = [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]
+    out["memory_limit"], out["cpu_limit"] = limits if limits is not None else read_container_limits(roots, rel)
+    return out
+
+
+def _container_net(proc, pid):
+    """(rx bytes, tx bytes) over the non-loopback interfaces of a process's network namespace."""
+    ifaces = read_net_sample(os.path.join(proc, str(pid)))["ifaces"]
+    return sum(v[0] for v in ifaces.values()), sum(v[1] for v in ifaces.values())
+
+
+def _docker_health(status):
+    """healthy / unhealthy / starting from the Engine's Status text, None without a healthcheck."""
+    status = status or ""
+    if "(healthy)" in status:
+        return "healthy"
+    if "(unhealthy)" in status:
+        return "unhealthy"
+    if "(health: starting)" in status:
+        return "starting"
+    return None
+
+
+def lxc_configured(lxc_path=DEFAULT_LXC_PATH):
+    """{name: image} of the LXC containers defined under lxc_path (image: the template that
+    created it, from the config's comment, or None)."""
+    out = {}
+    try:
+        names = os.listdir(lxc_path)
+    except OSError:
+        return out
+    for name in names[:1000]:
+        if not CONTAINER_RE.fullmatch(name):
+            continue
+        try:
+            head = _read_bytes(os.path.join(lxc_path, name, "config"), 4096).decode("utf-8", "replace")
+        except OSError:
+            continue
+        image = None
+        m = re.search(r"Template used to create this container: \S*?lxc-(\S+)", head)
+        if m:
+            image = m.group(1)[:64]
+        m = re.search(r"^lxc\.include = \S*/config/(\S+?)\.common\.conf", head, re.M)
+        if image is None and m:
+            image = m.group(1)[:64]
+        out[name] = image
+    return out
+
+
+def _counter_rate(prev, cur, dt, i, scale=1.0, digits=1):
+    """The rate of counter i between two samples (None without both, or after a reset)."""
+    if dt <= 0 or cur[i] is None or prev[i] is None or cur[i] < prev[i]:
+        return None
+    return round((cur[i] - prev[i]) / dt * scale, digits)
+
+
+_NO_FIGURES = dict((k, None) for k in ("uptime", "cpu_percent", "cpu_limit", "memory_used", "memory_limit",
+                                         "memory_percent", "pids", "read_rate", "write_rate", "rx_rate",
+                                         "tx_rate"))
+
+
+class ContainerCollector(object):
+    """Every container on the host, with rates since the previous call (Collector.all)."""
+
+    INSPECT_TTL = 60.0  # a running container's RestartCount is re-read at most this often
+    LXC_TTL = 30.0  # /var/lib/lxc is listed at most this often
+    LIMITS_TTL = 30.0  # a container's memory and CPU limits are re-read at most this often
+
+    def __init__(self, proc="/proc", sys="/sys", lxc_path=DEFAULT_LXC_PATH,
+                 sockets=(DEFAULT_DOCKER_SOCKET, PODMAN_SOCKET)):
+        self.proc, self.sys, self.lxc_path, self.sockets = proc, sys, lxc_path, sockets
+        self._roots = None
+        self._prev = {}  # key -> (t, cpu_ns, read, write, rx, tx)
+        self._init = {}  # key -> (pid, start ticks)
+        self._inspect = {}  # engine id -> (monotonic time, restart count)
+        self._lxc = (0.0, {})
+        self._limits = {}  # key -> (monotonic time, (memory limit, cpu limit))
+
+    def roots(self):
+        if self._roots is None:
+            self._roots = cgroup_roots(self.proc, self.sys)
+        return self._roots
+
+    def _engines(self, docker_list):
+        """{full id: (engine, socket, listing entry)} from the Engine APIs."""
+        out = {}
+        for i, sock in enumerate(self.sockets):
+            if not sock:
+                continue
+            engine = "docker" if i == 0 else "podman"
+            if i == 0:
+                # the docker socket's listing is the Collector's (shared with the docker section)
+                if docker_list is None:
+                    continue
+                listing = docker_list
+            elif docker_usable(sock):
+                try:
+                    listing = docker_list(sock)
+                except (DockerError, RuntimeError):
+                    continue
+            else:
+                continue
+            for c in listing[:500]:
+                if isinstance(c, dict) and _ID_RE.match(str(c.get("Id") or "")):
+                    out[c["Id"]] = (engine, sock, c)
+        return out
+
+    def _restarts(self, sock, cid, now):
+        cached = self._inspect.get(cid)
+        if cached is not None and now - cached[0] < self.INSPECT_TTL:
+            return cached[1]
+        try:
+            status, body = docker_request(sock, "GET", "/containers/%s/json" % cid, 5.0)
+        except DockerError:
+            status, body = None, None
+        count = body.get("RestartCount") if status == 200 and isinstance(body, dict) else None
+        count = count if isinstance(count, int) and not isinstance(count, bool) else None
+        self._inspect[cid] = (now, count)
+        return count
+
+    def _uptime(self, key, dirs, boot_ticks):
+        """(seconds since the container's first process started, a pid in it) or (None, None)."""
+        cached = self._init.get(key)
+        now = time.monotonic()
+        # the cached init is re-checked (its start time read again) at most every LIMITS_TTL: a
+        # container that restarts gets a new cgroup, and with it a new key
+        if cached is not None and (now - cached[2] < self.LIMITS_TTL
+                                   or _start_ticks(self.proc, cached[0]) == cached[1]):
+            pid, start = cached[0], cached[1]
+            if now - cached[2] >= self.LIMITS_TTL:
+                self._init[key] = (pid, start, now)
+        else:
+            best = None
+            for pid in _cgroup_pids(dirs):
+                start = _start_ticks(self.proc, pid)
+                if start is not None and (best is None or start < best[1]):
+                    best = (pid, start)
+            if best is None:
+                self._init.pop(key, None)
+                return None, None
+            pid, start = best
+            self._init[key] = (pid, start, now)
+        return round(max(0.0, (boot_ticks - start) / float(_CLK_TCK)), 1), pid
+
+    def collect(self, docker_list=None, docker_error=None):
+        """The containers section: {"available", "reason"?, "cgroup", "count", "containers"}."""
+        roots = self.roots()
+        now = time.monotonic()
+        boot_ticks = int(collect_uptime(self.proc) * _CLK_TCK)
+        ref = roots["v2"] if roots["version"] == 2 else roots["v1"].get("memory")
+        found = _container_dirs(ref) if ref else []
+        engines = self._engines(docker_list)
+        if now - self._lxc[0] >= self.LXC_TTL:
+            self._lxc = (now, lxc_configured(self.lxc_path))
+        lxc = self._lxc[1]
+        rows, seen = [], set()
+        for engine, key, rel in found:
+            info = engines.get(key) if engine != "lxc" else None
+            ident = (engine, key)
+            seen.add(ident)
+            row = {"name": key if engine == "lxc" else key[:12], "id": None if engine == "lxc" else key[:12],
+                   "engine": info[0] if info else engine, "image": lxc.get(key) if engine == "lxc" else None,
+                   "state": "running", "status": None, "health": None, "restarts": None}
+            if info:
+                c = info[2]
+                names = c.get("Names") or []
+                row.update(name=str(names[0]).lstrip("/") if names else key[:12], image=c.get("Image"),
+                           state=c.get("State") or "running", status=c.get("Status"),
+                           health=_docker_health(c.get("Status")),
+                           restarts=self._restarts(info[1], key, now))
+            limits = self._limits.get(ident)
+            if limits is None or now - limits[0] >= self.LIMITS_TTL:
+                try:
+                    limits = self._limits[ident] = (now, read_container_limits(roots, rel))
+                except (OSError, ValueError, KeyError):
+                    limits = (now, (None, None))
+            try:
+                fig = read_container_cgroup(roots, rel, limits[1])
+            except (OSError, ValueError, KeyError):
+                fig = None
+            if fig is None:
+                continue
+            if fig.pop("frozen") and row["state"] == "running":
+                row["state"] = "frozen" if engine == "lxc" else "paused"
+            row["uptime"], pid = self._uptime(ident, fig.pop("dirs"), boot_ticks)
+            rx = tx = None
+            if pid is not None:
+                try:
+                    rx, tx = _container_net(self.proc, pid)
+                except (OSError, ValueError):
+                    pass
+            prev = self._prev.get(ident)
+            cur = (now, fig["cpu_ns"], fig["read_bytes"], fig["write_bytes"], rx, tx)
+            self._prev[ident] = cur
+            dt = now - prev[0] if prev else 0.0
+
+            rate = functools.partial(_counter_rate, prev, cur, dt)
+            row.update(cpu_percent=rate(1, 1e-7, 2), cpu_limit=fig["cpu_limit"],
+                       memory_used=fig["memory_used"], memory_limit=fig["memory_limit"],
+                       memory_percent=_pct(fig["memory_used"], fig["memory_limit"]),
+                       pids=fig["pids"], read_rate=rate(2), write_rate=rate(3),
+                       rx_rate=rate(4), tx_rate=rate(5))
+            rows.append(row)
+        # Containers that exist but run no cgroup: stopped LXC ones, exited Engine ones.
+        running_lxc = set(k for e, k, r in found if e == "lxc")
+        for name, image in lxc.items():
+            if name not in running_lxc:
+                rows.append(dict(_NO_FIGURES, name=name, id=None, engine="lxc", image=image, state="stopped",
+                                 status=None, health=None, restarts=None))
+        cgroup_ids = set(k for e, k, r in found if e != "lxc")
+        for cid, (engine, sock, c) in engines.items():
+            if cid not in cgroup_ids:
+                names = c.get("Names") or []
+                rows.append(dict(_NO_FIGURES, name=str(names[0]).lstrip("/") if names else cid[:12],
+                                 id=cid[:12], engine=engine, image=c.get("Image"), state=c.get("State"),
+                                 status=c.get("Status"), health=_docker_health(c.get("Status")),
+                                 restarts=self._restarts(sock, cid, now)))
+        for gone in [k for k in self._prev if k not in seen]:
+            del self._prev[gone]
+            self._init.pop(gone, None)
+            self._limits.pop(gone, None)
+        for gone in [k for k in self._inspect if k not in engines]:
+            del self._inspect[gone]
+        rows.sort(key=lambda r: (r["state"] != "running", r["name"] or ""))
+        available = bool(rows) or bool(ref)
+        return {"available": available, "reason": None if available else
+                "no cgroup hierarchy with the memory controller is mounted, and no container engine answers",
+                "cgroup": roots["version"], "count": len(rows), "containers": rows[:MAX_AGENT_CONTAINERS]}
 
 
 # --------------------------------------------------------------------------- inventory
@@ -1305,6 +2268,10 @@ def _merge_policy(data):
                     raise ValueError("actions.%s must be one of kill/service/docker with a "
                                      "boolean value" % k)
                 pol["actions"][k] = v
+        elif key == "logs":
+            if not isinstance(value, bool):
+                raise ValueError("logs must be true or false")
+            pol[key] = value
         else:
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ValueError("%s must be a list of strings" % key)
@@ -1562,9 +2529,12 @@ class Collector(object):
     # inventory_hash in all() reuses an inventory at most this old (seconds): collecting
     # it costs about a quarter of a poll, and inventory changes are rare.
     INVENTORY_TTL = 25.0
+    # Unit details (since, main PID, cgroup memory/CPU: one systemctl show) at most this often.
+    UNITS_TTL = 60.0
 
     def __init__(self, proc="/proc", sys="/sys", policy=None, etc="/etc",
-                 docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None):
+                 docker_socket=DEFAULT_DOCKER_SOCKET, systemctl=None, live=None,
+                 lxc_path=DEFAULT_LXC_PATH, podman_socket=PODMAN_SOCKET):
         self.proc = proc
         self.sys = sys
         self.etc = etc
@@ -1580,6 +2550,11 @@ class Collector(object):
         self._inventory_cache = None  # (monotonic time, inventory, hash)
         self._units_lock = threading.Lock()
         self._units = None  # (monotonic time, units or None without systemd, error)
+        self._unit_details = None  # (monotonic time, {unit: details}, Unix time)
+        self._tools = {}  # "smart", "nvidia": SlowTool, made on first use when the tool exists
+        self.containers = ContainerCollector(proc, sys, lxc_path if self.live or lxc_path != DEFAULT_LXC_PATH
+                                             else "/nonexistent",
+                                             (docker_socket, podman_socket if self.live else None))
         try:
             self._baseline("all")
         except Exception:  # a broken /proc must not make the agent unstartable
@@ -1616,8 +2591,9 @@ class Collector(object):
         return cached[1]
 
     def forget_units(self):
-        """Make the next poll list the units again (after a service action)."""
+        """Make the next poll list the units again, and their details (after a service action)."""
         self._units = None
+        self._unit_details = None
 
     def _systemd(self, watched):
         units = self.units()
@@ -1728,10 +2704,75 @@ class Collector(object):
             self._section(doc, errors, "processes",
                           lambda: self._processes_summary(state, policy))
             self._section(doc, errors, "systemd", lambda: self._systemd(policy["watched_units"]))
-            self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket))
+            self._docker_and_containers(doc, errors)
+            self._section(doc, errors, "sensors", lambda: collect_sensors(self.sys))
+            self._section(doc, errors, "smart", self.smart)
+            self._section(doc, errors, "gpus", self.gpus)
             self._section(doc, errors, "inventory_hash", self._inventory_hash)
             doc["errors"] = errors
             return doc
+
+    def _tool(self, key, program, fn, ttl):
+        """The SlowTool of a program, None when it is not installed (looked up once, never run)."""
+        if key not in self._tools:
+            exe = _which(program) if self.live else None
+            self._tools[key] = SlowTool(lambda: fn(exe), ttl) if exe else None
+        return self._tools[key]
+
+    def smart(self):
+        """The smart section: disks' health from smartctl, sampled every SMART_TTL seconds."""
+        tool = self._tool("smart", "smartctl", collect_smart, SMART_TTL)
+        if tool is None:
+            return {"available": False, "reason": "smartctl is not installed (smartmontools)",
+                    "sampled_at": None, "disks": []}
+        got = tool.get()
+        if got is None:
+            return {"available": False, "reason": "first sample under way", "sampled_at": None, "disks": []}
+        at, disks, error = got
+        if error is not None:
+            return {"available": False, "reason": error[:200], "sampled_at": round(at, 3), "disks": []}
+        return {"available": bool(disks), "reason": None if disks else "smartctl --scan finds no disk",
+                "sampled_at": round(at, 3), "disks": disks}
+
+    def gpus(self):
+        """The gpus section: NVIDIA from nvidia-smi (every GPU_TTL seconds), AMD from sysfs."""
+        gpus, reasons, at = collect_amd_gpus(self.sys), [], None
+
+        def query(exe):
+            code, out = _run([exe, "--query-gpu=" + ",".join(NVIDIA_FIELDS), "--format=csv,noheader,nounits"],
+                             15.0, stderr=False)
+            if code != 0:
+                raise RuntimeError("nvidia-smi exited %s" % code)
+            return parse_nvidia_smi(out)
+        tool = self._tool("nvidia", "nvidia-smi", query, GPU_TTL)
+        if tool is None:
+            reasons.append("nvidia-smi is not installed")
+        else:
+            got = tool.get()
+            if got is not None:
+                at = round(got[0], 3)
+                if got[2]:
+                    reasons.append(got[2][:200])
+                gpus.extend(got[1] or [])
+        if not gpus:
+            reasons.append("no amdgpu card in %s/class/drm" % self.sys)
+        return {"available": bool(gpus), "reason": None if gpus else "; ".join(reasons), "sampled_at": at,
+                "gpus": gpus[:16]}
+
+    def _docker_and_containers(self, doc, errors):
+        """The docker and containers sections from one Engine listing per poll."""
+        listing, failure = None, None
+        if docker_usable(self.docker_socket):
+            try:
+                listing = docker_list(self.docker_socket)
+            except Exception as e:
+                failure = "%s: %s" % (type(e).__name__, e)
+        if failure is not None:
+            doc["docker"] = None
+            errors["docker"] = failure
+        else:
+            self._section(doc, errors, "docker", lambda: collect_docker(self.docker_socket, listing=listing))
+        self._section(doc, errors, "containers", lambda: self.containers.collect(listing, failure))
 
     def system(self):
         """The /api/system document (its own rate baseline, independent of all())."""
@@ -1770,10 +2811,83 @@ class Collector(object):
         return {"timestamp": round(time.time(), 3), "count": len(table), "sort": sort,
                 "processes": out}
 
-    def services(self):
-        """The /api/services document."""
+    def unit_details(self, policy, units):
+        """(unit details, their Unix time) for the listed units, sampled at most every UNITS_TTL
+        seconds (one systemctl show); the previous sample when a refresh fails."""
+        with self._units_lock:
+            now = time.monotonic()
+            cached = self._unit_details
+            if cached is None or now - cached[0] >= self.UNITS_TTL:
+                exe = systemctl_path(self.systemctl)
+                names = [u["unit"] for u in listed_units(policy, units)]
+                try:
+                    details = unit_details(exe, names, self.containers.roots(),
+                                           cached[1] if cached else None) if exe else {}
+                except Exception:
+                    log.exception("unit details")
+                    details = cached[1] if cached else {}
+                cached = self._unit_details = (now, details, time.time())
+        return cached[1], cached[2]
+
+    def logs(self, query):
+        """The /api/logs document: the last lines of a unit's journal (unit=NAME) or of a container's
+        log (container=NAME), lines=N (1 to LOG_LINES_MAX). Raises ActionError."""
         policy, _ = self.policy()
-        return services_document(policy, self.units())
+        if not policy.get("logs", True):
+            raise ActionError(403, "forbidden", "the host policy turns logs off (\"logs\": false)")
+        unit, container, lines = (query.get(k, [None])[-1] for k in ("unit", "container", "lines"))
+        if (unit is None) == (container is None):
+            raise ActionError(400, "bad_request", "give unit or container")
+        if lines is None:
+            lines = LOG_LINES_DEFAULT
+        elif lines.isdigit() and 1 <= int(lines) <= LOG_LINES_MAX:
+            lines = int(lines)
+        else:
+            raise ActionError(400, "bad_request", "lines: must be an integer from 1 to %d" % LOG_LINES_MAX)
+        journalctl = _which("journalctl")
+        if unit is not None:
+            if not LISTED_UNIT_RE.fullmatch(unit) or ".." in unit or unit.startswith("-"):
+                raise ActionError(400, "bad_request", "unit: not a unit name")
+            if systemctl_path(self.systemctl) is None or journalctl is None:
+                raise ActionError(404, "not_found", "no systemd journal on this host")
+            source, name = "journal", _unit_key(unit)
+            entries = journal_lines(journalctl, lines, unit=name)
+        else:
+            if not CONTAINER_RE.fullmatch(container):
+                raise ActionError(400, "bad_request", "container: not a container name")
+            source, name, entries = self._container_logs(container, lines, journalctl)
+        entries, cut = _cap_lines(entries)
+        return {"source": source, "name": name, "lines": entries, "count": len(entries),
+                "truncated": cut, "timestamp": round(time.time(), 3)}
+
+    def _container_logs(self, container, lines, journalctl):
+        doc = self.containers.collect(docker_list(self.docker_socket) if docker_usable(self.docker_socket) else None)
+        found = [c for c in doc["containers"] if container in (c["name"], c["id"])]
+        if not found:
+            raise ActionError(404, "not_found", "no container %r on this host" % container)
+        c = found[0]
+        if c["engine"] == "docker":
+            return "docker", c["name"], docker_log_lines(self.docker_socket, c["id"] or c["name"], lines)
+        if c["engine"] == "lxc":
+            cached = self.containers._init.get(("lxc", c["name"]))
+            directory = lxc_journal_dir(self.proc, cached[0]) if cached else None
+            if directory is None or journalctl is None:
+                raise ActionError(404, "not_found", "container %r has no journal to read (not running, or no "
+                                  "systemd journal inside)" % container)
+            return "lxc-journal", c["name"], journal_lines(journalctl, lines, directory=directory)
+        raise ActionError(404, "not_found", "logs of %s containers are not read here" % c["engine"])
+
+    def services(self):
+        """The /api/services document (units listed at most every SYSTEMD_TTL seconds, their
+        details at most every UNITS_TTL seconds)."""
+        policy, _ = self.policy()
+        units = self.units()
+        if units is None:
+            return services_document(policy, None)
+        details, at = self.unit_details(policy, units)
+        doc = services_document(policy, units, details)
+        doc["details_at"] = round(at, 3)
+        return doc
 
     def docker(self):
         """The /api/docker document."""
@@ -2658,7 +3772,7 @@ class Agent(object):
     """Routes HTTP requests to a Collector."""
 
     GET_ROUTES = ("/api/health", "/api/all", "/api/system", "/api/processes",
-                  "/api/services", "/api/docker", "/api/inventory")
+                  "/api/services", "/api/docker", "/api/inventory", "/api/logs")
     POST_ROUTES = ("/api/actions/kill", "/api/actions/service", "/api/actions/docker")
 
     def __init__(self, collector, host_log=None):
@@ -2671,7 +3785,7 @@ class Agent(object):
             if req.method != "GET":
                 return 405, {"error": "method_not_allowed", "detail": "use GET"}, \
                     [("Allow", "GET")]
-            return self.get(path, req.query)
+            return self.get(path, req.query, req)
         if path in self.POST_ROUTES:
             if req.method != "POST":
                 return 405, {"error": "method_not_allowed", "detail": "use POST"}, \
@@ -2679,9 +3793,21 @@ class Agent(object):
             return self.post(path.rsplit("/", 1)[1], req)
         return 404, {"error": "not_found", "detail": "no such endpoint %s" % path[:100]}, ()
 
-    def get(self, path, query):
-        """Serve one GET endpoint."""
+    def get(self, path, query, req=None):
+        """Serve one GET endpoint (a log read is written to the host's log, as actions are)."""
         c = self.collector
+        if path == "/api/logs":
+            try:
+                status, payload = 200, c.logs(query or {})
+            except ActionError as e:
+                status, payload = e.status, {"error": e.code, "detail": e.detail}
+            what = " ".join("%s=%s" % (k, inert(json.dumps((query or {}).get(k, [None])[-1]), 120))
+                            for k in ("unit", "container", "lines") if (query or {}).get(k))
+            who = "by %s" % _peer_text(req.peer_uid) if req is not None else "in-process"
+            result = ("ok %d lines" % payload["count"]) if status == 200 else "refused %d %s: %s" % (
+                status, payload.get("error"), inert(payload.get("detail") or "", 300))
+            self.host_log.event(LOG_NOTICE if status == 200 else LOG_WARNING, "logs %s %s -> %s" % (what, who, result))
+            return status, payload, ()
         try:
             return 200, endpoint(c, path, query), ()
         except ValueError as e:

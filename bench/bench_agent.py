@@ -11,7 +11,11 @@ Glances only computes fresh data once per refresh period (-t 1), so its requests
 spaced 1.05 s apart and its CPU per request includes the background work between them:
 that is what one fresh /api/4/all costs it.
 
+With --containers N (default 20) the agent also reports N container-shaped workloads (real
+cgroups and network namespaces, see BenchContainers), and its document has every section on.
+
 Usage: python3 bench/bench_agent.py [--requests 300] [--glances-requests 25] [--target-processes 400]
+       [--containers 20]
        [--python /usr/bin/python3] [--glances .venv-bench/bin/glances]
 Raw results go to bench/results/agent-<time>.json; a markdown table is printed.
 """
@@ -190,6 +194,49 @@ def start_targets(args):
     return targets
 
 
+class BenchContainers:
+    """N container-shaped workloads the agent finds as LXC containers: for each, a `sleep` in a
+    network namespace of its own (`unshare --net`) moved into a real cgroup
+    lxc.payload.central-bench-I on every mounted hierarchy, so the agent's container collector
+    reads what it reads for real LXC containers (cgroup files, the process's net/dev). Removed
+    (processes ended by PID, cgroups rmdir'ed) by close()."""
+
+    def __init__(self, n):
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("bench_agent_module", AGENT)
+        agent = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(agent)
+        roots = agent.cgroup_roots()
+        self.hierarchies = sorted(set(os.path.realpath(d) for d in roots["v1"].values())
+                                  | ({roots["v2"]} if roots["v2"] else set()))
+        self.procs, self.dirs = [], []
+        for i in range(n):
+            p = subprocess.Popen(["unshare", "--net", "sleep", "3600"])
+            self.procs.append(p)
+            for h in self.hierarchies:
+                d = os.path.join(h, "lxc.payload.central-bench-%d" % i)
+                try:
+                    os.makedirs(d, exist_ok=True)
+                    with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                        f.write(str(p.pid))
+                    self.dirs.append(d)
+                except OSError:
+                    pass  # a hierarchy that takes no new cgroups here (the unified one on a hybrid host)
+
+    def close(self):
+        for p in self.procs:
+            p.kill()  # by PID: only what this script started
+        for p in self.procs:
+            p.wait()
+        for d in reversed(self.dirs):
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.02)  # the killed process leaves the cgroup a moment later
+
+
 def run_scenario(targets, args):
     out = {"processes": process_count()}
     for t in targets:
@@ -199,6 +246,17 @@ def run_scenario(targets, args):
         else:
             out[t.name] = measure(t.proc.pid, t.port, t.path, args.requests, secret=t.secret)
     return out
+
+
+def measure_doc(target):
+    """One signed GET of the target's document, its body."""
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+    try:
+        signer = Auth(conn, target.secret)
+        conn.request("GET", target.path, headers=signer.headers(target.path))
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def table(results):
@@ -228,6 +286,8 @@ def main():
                    help="spawn sleep processes until about this many exist (second scenario)")
     p.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3")
                    else sys.executable)
+    p.add_argument("--containers", type=int, default=20,
+                   help="container-shaped cgroups (with a netns each) for the agent to report (0: none)")
     p.add_argument("--node-exporter", default="/usr/bin/prometheus-node-exporter")
     p.add_argument("--glances", default=os.path.join(ROOT, ".venv-bench", "bin", "glances"))
     args = p.parse_args()
@@ -237,14 +297,24 @@ def main():
                    [args.python, "-c", "import sys; print(sys.version.split()[0])"]
                ).decode().strip(),
                "cpus": os.cpu_count(), "kernel": os.uname().release, "scenarios": []}
+    containers = BenchContainers(args.containers) if args.containers else None
+    results["containers"] = args.containers
     targets = start_targets(args)
     sleepers = []
     try:
         results["scenarios"].append(run_scenario(targets, args))
-        for _ in range(max(0, args.target_processes - process_count())):
-            sleepers.append(subprocess.Popen(["sleep", "3600"]))
-        results["scenarios"].append(run_scenario(targets, args))
+        if args.target_processes:
+            for _ in range(max(0, args.target_processes - process_count())):
+                sleepers.append(subprocess.Popen(["sleep", "3600"]))
+            results["scenarios"].append(run_scenario(targets, args))
+        # what the agent's new sections hold in the last document
+        body = json.loads(measure_doc(targets[0]))
+        results["sections"] = {k: body.get(k) and {kk: (len(vv) if isinstance(vv, list) else vv)
+                                                  for kk, vv in body[k].items()}
+                               for k in ("containers", "sensors", "smart", "gpus")}
     finally:
+        if containers is not None:
+            containers.close()
         for s in sleepers:
             s.kill()          # by PID: only the processes this script started
         for s in sleepers:
@@ -259,6 +329,7 @@ def main():
     print("python for the agent: %s (%s); %d CPUs; kernel %s\n" % (
         args.python, results["python_version"], results["cpus"], results["kernel"]))
     print(table(results))
+    print("\nnew sections in the agent's last document: %s" % json.dumps(results.get("sections")))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from .config import SEVERITIES, AlertRule, AlertsConfig, Config
 from .model import (
-    ALERT_METRICS, BUILTIN_RULES, INVENTORY_RULE, METRICS, POLL_METRICS, REASONS, STORAGE_RULE, Conflict, Invalid,
-    NotFound, PollOutcome, Server, StorageUnavailable,
+    ALERT_METRICS, BUILTIN_RULES, CONTAINER_METRICS, CONTAINER_RUNNING_STATES, INVENTORY_RULE, METRICS, POLL_METRICS,
+    REASONS, STORAGE_RULE, Conflict, Invalid, NotFound, PollOutcome, Server, StorageUnavailable,
 )
 from .muting import (BUILTIN_INHIBIT, Inhibitor, Window, bastion_inhibited, bastions_down,  # noqa: F401
                      silence_matches)  # silence_matches re-exported
@@ -50,6 +50,8 @@ POLL_GROUPS = {r.name: r.alert_metric for r in REASONS.values()}
 _POLL_METRICS = POLL_METRICS
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ACTIVE_UNIT_STATES = ("active", "reloading")
+# container.<figure> alert metric -> its index in a facts["containers"] entry (after state, health, restarts)
+_CONTAINER_INDEX = {m.alert: 3 + i for i, m in enumerate(CONTAINER_METRICS.values())}
 
 
 def builtin_rules(cfg: AlertsConfig) -> list[AlertRule]:
@@ -229,6 +231,10 @@ class AlertEngine:
         self._rules_cache: dict[tuple[str, tuple[str, ...]], ServerRules] = {}
         self._streaks: dict[int, dict[str, int]] = {}
         self._net_prev: dict[int, tuple[float, dict]] = {}
+        # per server: containers seen running (container_stopped alerts only on those) and each
+        # container's previous restart count (container.restarts is the increase)
+        self._containers_running: dict[int, set] = {}
+        self._restarts_prev: dict[int, dict] = {}
         self._errors: dict[int, str] = {}
         # Changed states by identity: an alert may resolve and a new one open for its key in one round.
         self._dirty: dict[int, AlertState] = {}
@@ -415,12 +421,53 @@ class AlertEngine:
                     for unit, state in facts.get("units", {}).items()]
         if metric == "process.watched":
             return [(name, count, None) for name, count in facts.get("watched_processes", {}).items()]
+        if metric == "sensor.over_critical":
+            return [(label, round(c - crit, 1), None) for label, c, crit in facts.get("sensors", ())
+                    if c is not None and crit is not None]
+        if metric == "smart.failing":
+            return [(dev, 1.0 if passed is False else 0.0, None) for dev, passed in facts.get("smart", {}).items()
+                    if passed is not None]
+        if metric.startswith("container."):
+            return self._container_values(metric, server_id, facts, cache)
         if metric in ("network.errors", "network.drops"):
             if "net" not in cache:
                 cache["net"] = self._network_rates(server_id, outcome.ts, facts)
             i = 0 if metric == "network.errors" else 1
             return [(name, rates[i], None) for name, rates in cache["net"].items()]
         return []
+
+    def _container_values(self, metric: str, server_id: int, facts: dict,
+                          cache: dict) -> list[tuple[str, float | None, str | None]]:
+        """Per-container metrics, labelled with the container's name (the rule's labels select names)."""
+        containers = facts.get("containers") or {}
+        if "container_restarts" not in cache:
+            # once per poll, whichever rule asks first: the state both restart and stop rules read
+            prev = self._restarts_prev.get(server_id, {})
+            now = {name: c[2] for name, c in containers.items()}
+            self._restarts_prev[server_id] = now
+            running = self._containers_running.setdefault(server_id, set())
+            running.intersection_update(containers)  # a removed container is no longer tracked
+            running.update(name for name, c in containers.items() if c[0] in CONTAINER_RUNNING_STATES)
+            restarts = {}
+            for name, c in containers.items():
+                before = prev.get(name)
+                more = max(0.0, now[name] - before) if now[name] is not None and before is not None else 0.0
+                # a container caught in its restart loop counts even when the count is unknown (LXC)
+                restarts[name] = max(more, 1.0) if c[0] == "restarting" else more
+            cache["container_restarts"] = restarts
+        if metric == "container.running":
+            running = self._containers_running.get(server_id, set())
+            return [(name, 1.0 if c[0] in CONTAINER_RUNNING_STATES else 0.0, c[0] or "unknown")
+                    for name, c in containers.items() if name in running]
+        if metric == "container.healthy":
+            return [(name, 0.0 if c[1] == "unhealthy" else 1.0, c[1]) for name, c in containers.items()
+                    if c[1] is not None]
+        if metric == "container.restarts":
+            return [(name, value, containers[name][0]) for name, value in cache["container_restarts"].items()]
+        index = _CONTAINER_INDEX.get(metric)
+        if index is None:
+            return []
+        return [(name, c[index], c[0]) for name, c in containers.items() if c[0] in CONTAINER_RUNNING_STATES]
 
     def _network_rates(self, server_id: int, ts: float, facts: dict) -> dict[str, tuple]:
         """{interface: (errors/s, drops/s)} since this server's previous poll (None on the first, or after a reset)."""

@@ -1293,6 +1293,59 @@ async def action_log(central: Central, server_name, limit, before_id, as_json):
     console.print(t)
 
 
+def _log_line(line: dict) -> str:
+    """One log line for the terminal: time, identifier[pid], message (host text escaped)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(line["ts"])) if line.get("ts") else "-"
+    who = line.get("identifier") or ""
+    if line.get("pid"):
+        who += f"[{line['pid']}]"
+    return _p(f"{when} {who + ': ' if who else ''}{line.get('message') or ''}")
+
+
+@cli.command("logs")
+@click.argument("server_name", metavar="SERVER")
+@click.argument("target", metavar="UNIT|CONTAINER")
+@click.option("-n", "--lines", default=100, show_default=True, type=click.IntRange(1, 1000), help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep asking every 3 s and print new lines (Ctrl-C ends).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (not with --follow).")
+@central_command
+async def host_logs(central: Central, server_name, target, lines, follow, as_json):
+    """Show the last lines of a unit's journal or a container's log on a server.
+
+    A name with a unit suffix (.service, .timer, ...) is a unit; any other name is a container
+    (Docker, or LXC on an LXC host). Read by the host's agent now, never stored; every request
+    is in the audit log (central action log); the host policy's "logs": false refuses it. The
+    CLI asks as role admin, with actor cli:<your unix user>.
+
+    \b
+    Example:
+      central logs web1 nginx.service -n 50
+      central logs web1 redis -f
+      central logs web1 cron.service --json | jq -r '.lines[].message'
+    """
+    from .actions import LOCAL_OPERATOR_ROLE
+    from .hostlogs import fetch_logs, target_of
+
+    which = target_of(target)
+    answer = await fetch_logs(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, lines=lines, **which)
+    if as_json and not follow:
+        _echo_json(answer)
+        return
+    seen = []
+    for line in answer["lines"]:
+        click.echo(_log_line(line))
+        seen.append((line.get("ts"), line.get("message")))
+    while follow:
+        await asyncio.sleep(3.0)
+        answer = await fetch_logs(central, _actor(), LOCAL_OPERATOR_ROLE, server_name, lines=min(lines, 200), **which)
+        known = set(seen[-1000:])
+        for line in answer["lines"]:
+            key = (line.get("ts"), line.get("message"))
+            if key not in known:
+                click.echo(_log_line(line))
+                seen.append(key)
+
+
 def _duration(ctx, param, value: str) -> float:
     """click callback: a duration option ("30m", "2h") in seconds."""
     try:

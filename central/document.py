@@ -43,8 +43,12 @@ MAX_INTERFACES = 128
 MAX_DISKS = 64
 MAX_ADDRESSES = 32  # per interface
 MAX_UNITS = 256  # systemd.failed, systemd.watched, processes.watched
-MAX_CONTAINERS = 200
+MAX_CONTAINERS = 200  # docker.containers
+MAX_CONTAINER_ENTRIES = 100  # containers.containers (the agent sends at most 100 too)
 MAX_ERRORS = 32
+MAX_SENSORS = 64  # sensors.temperatures, sensors.fans
+MAX_SMART_DISKS = 32
+MAX_GPUS = 16
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -279,10 +283,20 @@ RATE = Num(0, MAX_RATE)
 COUNT = Int(0, MAX_COUNT)
 NAME = Str(NAME_CHARS)
 SHORT = Str(SHORT_CHARS)
+TEMPERATURE = Num(-273.15, 1000.0)  # degrees Celsius
 
 PROCESS = Obj(
     pid=Int(1, MAX_PID), start_time=BYTES, user=NAME, name=NAME, cmdline=Str(CMDLINE_CHARS),
     cpu_percent=PROCESS_PERCENT, rss=BYTES, kill=Bool(),
+)
+
+# One entry of the containers section: Docker/Podman (names, health, restarts from the Engine
+# API) and LXC containers, figures from each one's cgroup (docs/agent-protocol.md).
+CONTAINER = Obj(
+    name=NAME, id=SHORT, engine=SHORT, image=NAME, state=SHORT, status=NAME, health=SHORT,
+    restarts=COUNT, uptime=Num(0, MAX_DURATION), cpu_percent=PROCESS_PERCENT, cpu_limit=Num(0, MAX_CPUS),
+    memory_used=BYTES, memory_limit=BYTES, memory_percent=MEMORY_PERCENT, pids=COUNT,
+    read_rate=RATE, write_rate=RATE, rx_rate=RATE, tx_rate=RATE,
 )
 
 SCHEMA = Obj(
@@ -310,6 +324,20 @@ SCHEMA = Obj(
     systemd=Obj(available=Bool(), failed=List(NAME, MAX_UNITS), watched=Map(SHORT, MAX_UNITS)),
     docker=Obj(available=Bool(),
                containers=List(Obj(name=NAME, id=SHORT, image=NAME, state=SHORT, status=NAME), MAX_CONTAINERS)),
+    containers=Obj(available=Bool(), reason=NAME, cgroup=Int(1, 2), count=COUNT,
+                   containers=List(CONTAINER, MAX_CONTAINER_ENTRIES)),
+    sensors=Obj(available=Bool(), reason=NAME,
+                temperatures=List(Obj(name=SHORT, label=SHORT, celsius=TEMPERATURE, high=TEMPERATURE,
+                                      critical=TEMPERATURE), MAX_SENSORS),
+                fans=List(Obj(name=SHORT, label=SHORT, rpm=Int(0, 1_000_000)), MAX_SENSORS)),
+    smart=Obj(available=Bool(), reason=NAME, sampled_at=Num(0, MAX_TIME),
+              disks=List(Obj(device=NAME, model=NAME, serial=SHORT, passed=Bool(), temperature=Int(0, 1000),
+                             reallocated=BYTES, pending=BYTES, percentage_used=Int(0, 1000), media_errors=BYTES,
+                             power_on_hours=BYTES, error=NAME), MAX_SMART_DISKS)),
+    gpus=Obj(available=Bool(), reason=NAME, sampled_at=Num(0, MAX_TIME),
+             gpus=List(Obj(vendor=SHORT, index=Int(0, 1024), name=NAME, id=SHORT, utilization=PERCENT,
+                           memory_used=BYTES, memory_total=BYTES, temperature=TEMPERATURE, power=Num(0, 1e5),
+                           power_limit=Num(0, 1e5)), MAX_GPUS)),
     inventory_hash=Str(128),
     errors=Map(NAME, MAX_ERRORS),
 )

@@ -136,6 +136,38 @@ METRICS: dict[str, Metric] = {m.column: m for m in (
 
 
 @dataclass(frozen=True)
+class ContainerMetric:
+    """A per-container figure: a column of container_samples and container_rollups, a series of
+    the API's container history, a per-container alert metric (label: the container's name)."""
+
+    column: str
+    key: str  # the field of an agent containers.containers[] entry
+    unit: str  # percent | bytes | bytes_per_second | count
+    alert: str
+    label: str
+    integer: bool = False
+
+
+CONTAINER_METRICS: dict[str, ContainerMetric] = {m.column: m for m in (
+    ContainerMetric("cpu", "cpu_percent", "percent", "container.cpu_percent", "CPU (% of one core)"),
+    ContainerMetric("mem", "memory_percent", "percent", "container.memory_percent", "memory (% of limit)"),
+    ContainerMetric("mem_used", "memory_used", "bytes", "container.memory_used", "memory used", integer=True),
+    ContainerMetric("net_rx", "rx_rate", "bytes_per_second", "container.network.rx_rate", "received"),
+    ContainerMetric("net_tx", "tx_rate", "bytes_per_second", "container.network.tx_rate", "sent"),
+    ContainerMetric("disk_read", "read_rate", "bytes_per_second", "container.disk.read_rate", "read"),
+    ContainerMetric("disk_write", "write_rate", "bytes_per_second", "container.disk.write_rate", "written"),
+    ContainerMetric("pids", "pids", "count", "container.pids", "processes", integer=True),
+)}
+# Per server, at most this many containers are stored per poll (running ones first, then by
+# name; the agent sends at most 100): 50 x 8 figures a poll bounds container_samples the way
+# samples are bounded (raw.retention, then rollups).
+MAX_STORED_CONTAINERS = 50
+# Container states (the agent's containers[].state) that count as running for container alerts.
+CONTAINER_RUNNING_STATES = frozenset(["running"])
+CONTAINER_HEALTH = ("healthy", "unhealthy", "starting")
+
+
+@dataclass(frozen=True)
 class AlertMetric:
     """An alert metric that is not a key figure's (those are Metric.alert): a fact of the poll
     (central.sample.extract_facts), one value per label, or a count of failed polls."""
@@ -167,6 +199,12 @@ ALERT_METRICS: dict[str, AlertMetric] = {a.name: a for a in (
     AlertMetric("network.drops", "per_second", label="interface"),
     AlertMetric("systemd.unit_active", "boolean", label="unit"),
     AlertMetric("process.watched", "count", label="process name"),
+    *(AlertMetric(m.alert, m.unit, label="container") for m in CONTAINER_METRICS.values()),
+    AlertMetric("container.running", "boolean", label="container"),  # 1 running, 0 not (exited, stopped)
+    AlertMetric("container.healthy", "boolean", label="container"),  # 0 when the healthcheck says unhealthy
+    AlertMetric("container.restarts", "count", label="container"),  # restarts since the previous poll
+    AlertMetric("sensor.over_critical", "celsius", label="sensor"),  # degrees above the sensor's own critical mark
+    AlertMetric("smart.failing", "boolean", label="disk"),  # 1 when SMART's overall assessment is failed
     *_poll_metrics(),
 )}
 POLL_METRICS = tuple(a.name for a in ALERT_METRICS.values() if a.reasons)
@@ -237,6 +275,19 @@ BUILTIN_RULES: dict[str, BuiltinRule] = {b.name: b for b in (
                 "watched unit {label} on {server} is {state}"),
     BuiltinRule("process_missing", "process.watched", "<", 1.0, "process_missing_for", "warning",
                 "no process named {label} runs on {server}"),
+    # Container alerts: a container seen running that no longer runs (one never seen running
+    # since the central started is not alerted on: a stopped spare is not an incident), one
+    # whose healthcheck fails, one that restarted since the previous poll.
+    BuiltinRule("container_stopped", "container.running", "<", 1.0, 60.0, "warning",
+                "container {label} on {server} is {state}"),
+    BuiltinRule("container_unhealthy", "container.healthy", "<", 1.0, 60.0, "warning",
+                "container {label} on {server} is unhealthy ({state})"),
+    BuiltinRule("temperature_critical", "sensor.over_critical", ">=", 0.0, 0.0, "critical",
+                "sensor {label} on {server} is at or above its critical temperature ({value} °C over it)"),
+    BuiltinRule("disk_failing", "smart.failing", ">=", 1.0, 0.0, "critical",
+                "disk {label} on {server}: SMART says it is failing"),
+    BuiltinRule("container_restarting", "container.restarts", ">=", 1.0, 0.0, "warning",
+                "container {label} on {server} restarted {value} times since the previous poll ({state})"),
 )}
 BUILTIN_RULE_NAMES = (*BUILTIN_RULES, INVENTORY_RULE, STORAGE_RULE)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from .document import decode, dumps, normalise
-from .model import METRICS
+from .model import CONTAINER_METRICS, MAX_STORED_CONTAINERS, METRICS
 
 TOP_N = 5
 _MAX_TEXT = 200
@@ -67,6 +67,35 @@ def _top(processes: dict) -> list:
     return out
 
 
+_CONTAINER_KEYS = tuple((m.key, m.integer) for m in CONTAINER_METRICS.values())
+
+
+def _containers(doc: dict) -> list:
+    """The containers stored per poll: [[name, figure per CONTAINER_METRICS...], ...], running
+    ones first (the agent's order), at most MAX_STORED_CONTAINERS, names unique."""
+    section = doc.get("containers")
+    entries = section.get("containers") if isinstance(section, dict) else None
+    out: list = []
+    if not isinstance(entries, list):
+        return out
+    seen = set()
+    for c in entries:
+        if len(out) >= MAX_STORED_CONTAINERS:
+            break
+        if not isinstance(c, dict) or c.get("state") != "running":
+            continue
+        name = c.get("name")
+        if not isinstance(name, str) or not name or name in seen:
+            continue
+        seen.add(name)
+        row = [name[:_MAX_TEXT]]
+        for key, integer in _CONTAINER_KEYS:
+            v = _num(c.get(key))
+            row.append(None if v is None else int(v) if integer else v)
+        out.append(row)
+    return out
+
+
 def _largest(entries: list, key: str) -> float | None:
     """The largest finite value of key over a list section's entries (the fullest filesystem)."""
     values = [_num(e.get(key)) for e in entries if isinstance(e, dict)]
@@ -99,11 +128,14 @@ def _compile_extract_sample():
         if m.integer:
             value = f"_int_or_none({value})"
         items.append(f"{m.column!r}: {value}")
-    lines.append("    return {" + ", ".join(items) + ", 'top': _top(_get(doc, 'processes'))}")
-    namespace = {"_num": _num, "_largest": _largest, "_top": _top, "_get": _get, "_int_or_none": _int_or_none}
+    lines.append("    return {" + ", ".join(items) + ", 'top': _top(_get(doc, 'processes')),"
+                 " 'containers': _containers(doc)}")
+    namespace = {"_num": _num, "_largest": _largest, "_top": _top, "_get": _get, "_int_or_none": _int_or_none,
+                 "_containers": _containers}
     exec("\n".join(lines), namespace)  # noqa: S102 - code made from our own table, not from input
     fn = namespace["extract_sample"]
-    fn.__doc__ = "The key figures of a checked document, as {metric: float|None, 'top': [...]}"
+    fn.__doc__ = ("The key figures of a checked document, as {metric: float|None, 'top': [...],"
+                  " 'containers': [[name, figures...], ...]}")
     return fn
 
 
@@ -168,4 +200,28 @@ def extract_facts(doc: dict) -> dict:
         "units": _state_map(systemd.get("watched")),  # {unit: "active" | "inactive" | ... | None}
         "watched_processes": _state_map(procs.get("watched")),  # {name: count}, agent policy
         "collector_errors": len(errors) if isinstance(errors, dict) else 0,
+        "containers": _container_facts(doc),
+        # [[label, celsius, critical], ...] of sensors with a critical mark
+        "sensors": [[_text(t.get("label"), 64) or _text(t.get("name"), 64) or "?", _num(t.get("celsius")),
+                     _num(t.get("critical"))]
+                    for t in (_get(doc, "sensors").get("temperatures") or [])[:64]
+                    if isinstance(t, dict) and _num(t.get("critical")) is not None],
+        # {device: passed} of the disks smartctl reports on
+        "smart": {d["device"][:_MAX_TEXT]: d.get("passed") for d in (_get(doc, "smart").get("disks") or [])[:32]
+                  if isinstance(d, dict) and isinstance(d.get("device"), str)},
     }
+
+
+def _container_facts(doc: dict) -> dict:
+    """{name: [state, health, restarts, figure per CONTAINER_METRICS...]} of every container the
+    agent lists (stopped ones too), for container alerts."""
+    section = doc.get("containers")
+    entries = section.get("containers") if isinstance(section, dict) else None
+    out: dict = {}
+    if not isinstance(entries, list):
+        return out
+    for c in entries[:200]:
+        if isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] not in out:
+            out[c["name"][:_MAX_TEXT]] = [_text(c.get("state"), 64), _text(c.get("health"), 64),
+                                          _num(c.get("restarts")), *(_num(c.get(k)) for k, _ in _CONTAINER_KEYS)]
+    return out

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from typing import Mapping
+from urllib.parse import urlencode
 
 from .agentclient import AgentClient
 from .bundled import agent_module, agent_sha256
@@ -92,6 +93,10 @@ class Transport:
 
     async def services(self, server: Server) -> dict:
         """The agent's /api/services document (units with the verbs its policy allows); raises PollError."""
+        raise NotImplementedError
+
+    async def logs(self, server: Server, query: dict) -> tuple[int, object]:
+        """(status, answer) of the agent's GET /api/logs (query: unit or container, lines)."""
         raise NotImplementedError
 
     def action_policy(self) -> dict | None:
@@ -193,6 +198,15 @@ class SSHTransport(Transport):
             raise PollError(AGENT_ERROR, f"GET /api/services answered {status}")
         return doc
 
+    async def logs(self, server: Server, query: dict) -> tuple[int, object]:
+        """GET /api/logs on a channel of its own; a journalctl of 1,000 lines can take seconds."""
+        client = AgentClient(self.pool, server, self.config.poll.max_response_bytes)
+        try:
+            return await client.request_json("GET", "/api/logs?" + urlencode(query),
+                                             timeout=max(self.config.poll.timeout, 20.0))
+        finally:
+            client.close()
+
     def forget(self, server_id: int) -> None:
         """Close the server's connection."""
         self.pool.forget(server_id)
@@ -281,9 +295,27 @@ class LocalTransport(Transport):
         return _LocalActionChannel(self, server)
 
     async def services(self, server: Server) -> dict:
-        """The units the polls list, with the verbs the local action policy allows."""
-        units = await asyncio.to_thread(lambda: self.collector().units())
-        return agent_module().services_document(self.action_policy(), units)
+        """The units the polls list, with the verbs the local action policy allows and their details."""
+        policy = self.action_policy()
+
+        def collect():
+            c = self.collector()
+            units = c.units()
+            if units is None:
+                return agent_module().services_document(policy, None)
+            details, at = c.unit_details(policy, units)
+            return dict(agent_module().services_document(policy, units, details), details_at=round(at, 3))
+        return await asyncio.to_thread(collect)
+
+    async def logs(self, server: Server, query: dict) -> tuple[int, object]:
+        """The bundled agent's logs, in-process (actions.local_policy's "logs" says whether)."""
+        agent = agent_module()
+        if not self.action_policy().get("logs", True):
+            return 403, {"error": "forbidden", "detail": "actions.local_policy turns logs off (\"logs\": false)"}
+        try:
+            return 200, await asyncio.to_thread(self.collector().logs, {k: [str(v)] for k, v in query.items()})
+        except agent.ActionError as exc:
+            return exc.status, {"error": exc.code, "detail": exc.detail}
 
     def action_policy(self) -> dict:
         """The agent's policy from actions.local_policy, with central.service protected; every

@@ -13,7 +13,8 @@ from . import __version__, alerts
 from .bundled import agent_module, agent_sha256
 from .config import ConfigError, parse_duration
 from .actions import VERBS
-from .model import METRICS, ONLINE, REASON_TEXT, STATUSES, Invalid, PollError, Unavailable
+from .model import (CONTAINER_METRICS, METRICS, ONLINE, REASON_TEXT, STATUSES, Invalid, NotFound, PollError,
+                    Unavailable)
 
 if TYPE_CHECKING:
     from .service import Central
@@ -198,6 +199,81 @@ async def server_history(central: Central, name: str, *, metrics: list[str] | No
     return {"server": name, "metrics": metrics, **data}
 
 
+# The containers table's sparklines cover this much of the recent past (raw samples).
+SPARK_SECONDS = 1800.0
+_CONTAINER_TEXT = ("name", "id", "engine", "image", "state", "status", "health")
+_CONTAINER_NUMBERS = ("restarts", "uptime", "cpu_percent", "cpu_limit", "memory_used", "memory_limit",
+                      "memory_percent", "pids", "read_rate", "write_rate", "rx_rate", "tx_rate")
+
+
+def _container_entries(doc: dict) -> tuple[dict, list[dict]]:
+    """(containers section, its entries checked) of a stored document."""
+    section = doc.get("containers") if isinstance(doc.get("containers"), dict) else {}
+    out = []
+    for c in section.get("containers") or []:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            continue
+        entry = {k: c[k] if isinstance(c.get(k), str) else None for k in _CONTAINER_TEXT}
+        entry.update({k: c[k] if isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool) else None
+                      for k in _CONTAINER_NUMBERS})
+        out.append(entry)
+    return section, out
+
+
+def _container_actions(central: Central, server, entry: dict, stale: bool) -> list[str]:
+    """The verbs the page offers on a container: Docker ones (the docker action kind, which the
+    agent carries out on the Docker socket), none on Podman or LXC containers (no action kind for
+    them) or while the server does not answer; the host policy still decides."""
+    if stale or entry["engine"] != "docker":
+        return []
+    return list(VERBS)
+
+
+async def server_containers(central: Central, name: str) -> dict:
+    """Every container of the server's newest document (running first), each with sparkline series
+    of the last SPARK_SECONDS (cpu, mem_used) and the verbs the page may offer on it."""
+    server = await central.storage.get_server(name)
+    fresh = freshness(central, server.to_dict())
+    latest = await central.storage.latest_document(server.id)
+    ts, doc = latest if latest else (None, {})
+    section, entries = _container_entries(doc)
+    since = (ts or time.time()) - SPARK_SECONDS
+    recent = await central.storage.container_recent(server.id, since, ("cpu", "mem_used"))
+    for e in entries:
+        e["spark"] = recent.get(e["name"]) or {"ts": [], "cpu": [], "mem_used": []}
+        e["actions"] = _container_actions(central, server, e, fresh["stale"])
+    return {"server": name, "ts": ts, "stale": fresh["stale"], "available": section.get("available") is True,
+            "reason": section.get("reason") if isinstance(section.get("reason"), str) else None,
+            "cgroup": section.get("cgroup") if section.get("cgroup") in (1, 2) else None,
+            "count": section.get("count") if isinstance(section.get("count"), int) else len(entries),
+            "containers": entries}
+
+
+async def container_detail(central: Central, name: str, container: str, *, start: float | None = None,
+                           end: float | None = None, range_: str | None = None, max_points: int = 500,
+                           metrics: list[str] | None = None) -> dict:
+    """One container: its entry in the newest document (null once it is gone) and its history."""
+    metrics = list(metrics or CONTAINER_METRICS)
+    bad = [m for m in metrics if m not in CONTAINER_METRICS]
+    if bad:
+        raise Invalid(f"metrics: unknown metric {bad[0]!r} (known: {', '.join(CONTAINER_METRICS)})")
+    server = await central.storage.get_server(name)
+    fresh = freshness(central, server.to_dict())
+    latest = await central.storage.latest_document(server.id)
+    ts, doc = latest if latest else (None, {})
+    entry = next((e for e in _container_entries(doc)[1] if e["name"] == container), None)
+    start, end = parse_range(range_, start, end)
+    r = central.config.retention
+    history = await central.storage.container_history(server.id, container, start, end, max_points=max_points,
+                                                      retention_raw=r.raw, retention_minute=r.minute, metrics=metrics)
+    if entry is None and not history["series"]["ts"]:
+        raise NotFound(f"no container {container!r} on {name}", "it is not in the newest document and has no stored figures")
+    if entry is not None:
+        entry["actions"] = _container_actions(central, server, entry, fresh["stale"])
+    return {"server": name, "container": container, "ts": ts, "stale": fresh["stale"], "current": entry,
+            "metrics": metrics, **history}
+
+
 def _kill_offered(p: dict, policy: dict | None) -> bool:
     """Whether the page may offer a Kill for this process entry."""
     if policy is not None:  # in-process: the policy its actions run under decides
@@ -244,14 +320,29 @@ def _units(doc: dict, limit: int = 2000) -> list[dict]:
         verbs = u.get("actions") if isinstance(u.get("actions"), list) else []
         out.append({"unit": u["unit"][:256],
                     **{k: u[k][:200] if isinstance(u.get(k), str) else None for k in ("load", "active", "sub", "description")},
+                    "type": u["unit"].rsplit(".", 1)[-1][:32] if "." in u["unit"] else None,
                     "watched": u.get("watched") is True,
-                    "actions": [v for v in VERBS if v in verbs]})
+                    "actions": [v for v in VERBS if v in verbs],
+                    **{k: _finite(u.get(k)) for k in _UNIT_NUMBERS}})
     return out
 
 
+# what the agent's /api/services says of each unit beyond its state (agent 1.2.0; null before)
+_UNIT_NUMBERS = ("since", "main_pid", "restarts", "memory", "cpu_percent", "last_trigger", "next_elapse")
+
+
+def _finite(value) -> float | int | None:
+    """A host's number if it is a finite, non-negative int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (value == value and abs(value) < 1e18):
+        return None
+    return value if 0 <= value < 2**63 else None
+
+
 def _unit_order(u: dict) -> tuple:
-    # watched first, then failed, then running, then the rest; by name within each
-    rank = 0 if u["watched"] else 1 if u["active"] == "failed" else 2 if u["active"] == "active" else 3
+    # failed first, then watched, then running, then the rest; by name within each
+    rank = 0 if u["active"] == "failed" else 1 if u["watched"] else 2 if u["active"] == "active" else 3
     return (rank, u["unit"])
 
 
@@ -273,7 +364,7 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
         else:
             units = sorted(_units(doc), key=_unit_order)
             return {"server": name, "live": True, "ts": time.time(), "available": doc.get("available") is True,
-                    "units": units, "error": None}
+                    "units": units, "error": None, "details_at": _finite(doc.get("details_at"))}
     elif live:
         error = f"{name} is {server.status}: showing what its last poll said"
     latest = await central.storage.latest_document(server.id)
@@ -287,8 +378,12 @@ async def server_services(central: Central, name: str, *, live: bool = True) -> 
         if isinstance(u, str):
             entry = units.setdefault(u, {"unit": u[:256], "load": None, "sub": None, "description": None, "actions": []})
             entry.update(watched=True, active=state[:64] if isinstance(state, str) else None)
+    for entry in units.values():
+        entry.setdefault("type", entry["unit"].rsplit(".", 1)[-1] if "." in entry["unit"] else None)
+        for k in _UNIT_NUMBERS:
+            entry.setdefault(k, None)
     return {"server": name, "live": False, "ts": ts, "available": sd.get("available") is True,
-            "units": sorted(units.values(), key=_unit_order), "error": error}
+            "units": sorted(units.values(), key=_unit_order), "error": error, "details_at": None}
 
 
 async def alert_detail(central: Central, alert_id: int) -> dict:

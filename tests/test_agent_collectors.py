@@ -502,7 +502,12 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     assert sd == {"available": True, "failed": ["srv.mount", "nginx.service"],
                   "watched": {"nginx": "failed", "backup.timer": "active", "gone.service": "inactive"}}
     services = c.services()
-    assert len(fake_systemctl.runs()) == 1                 # the same listing
+    # the same listing, and one `systemctl show` for the units' details (cached for UNITS_TTL)
+    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show"]
+    assert fake_systemctl.runs()[1].endswith(" -- cron.service nginx.service ssh.service systemd-journald.service"
+                                             " rsyslog.service backup.timer")
+    c.services()
+    assert len(fake_systemctl.runs()) == 2
     units = {u["unit"]: u for u in services["units"]}
     # apache2.service is only referenced (not-found): left out
     assert sorted(units) == ["backup.timer", "cron.service", "nginx.service", "rsyslog.service",
@@ -510,7 +515,10 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     assert units["rsyslog.service"]["actions"] == []         # matches no service_patterns
     assert units["nginx.service"] == {"unit": "nginx.service", "load": "loaded", "active": "failed",
                                       "sub": "failed", "watched": True, "actions": ["start", "stop", "restart"],
-                                      "description": "A high performance web server and a reverse proxy server"}
+                                      "description": "A high performance web server and a reverse proxy server",
+                                      "type": "service", "since": None, "main_pid": None, "restarts": None,
+                                      "memory": None, "cpu_percent": None, "last_trigger": None,
+                                      "next_elapse": None}
     assert units["cron.service"]["actions"] == ["start", "stop", "restart"]
     assert units["ssh.service"]["actions"] == []             # protected by the default policy
     assert units["systemd-journald.service"]["actions"] == []  # protected, though in the patterns
@@ -518,10 +526,10 @@ def test_units_are_listed_once_per_ttl_with_the_verbs_the_policy_allows(agent, t
     # a service action makes the next poll list the units again
     c.action("service", {"unit": "cron.service", "verb": "restart"})
     c.all()
-    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show", "restart", "list-units"]
+    assert [r.split()[0] for r in fake_systemctl.runs()] == ["list-units", "show", "show", "restart", "list-units"]
     c.SYSTEMD_TTL = 0.0
     c.all()
-    assert len(fake_systemctl.runs()) == 5
+    assert len(fake_systemctl.runs()) == 6
 
 
 def test_without_systemd_a_poll_spawns_nothing(agent, tmp_path, monkeypatch):
@@ -533,7 +541,8 @@ def test_without_systemd_a_poll_spawns_nothing(agent, tmp_path, monkeypatch):
     c.SYSTEMD_TTL = 0.0
     for _ in range(3):
         assert c.all()["systemd"] == {"available": False, "failed": [], "watched": {"a.service": None}}
-    assert c.services() == {"available": False, "failed": [], "watched": {"a.service": None}, "units": []}
+    assert c.services() == {"available": False, "failed": [], "watched": {"a.service": None}, "units": [],
+                            "details_at": None}
     assert runs == []
 
 

@@ -45,7 +45,7 @@ class Recorder:
         return sum(1 for e, a in self.events if e == event and (rule is None or a["rule"] == rule))
 
 
-def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=()):
+def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=(), containers=None, hardware=None):
     """A minimal valid agent document."""
     d = {
         "agent": {"version": "1.0.0", "sha256": "x"}, "timestamp": 1.0, "hostname": "h",
@@ -60,6 +60,11 @@ def doc(cpu=10.0, disks=(("/", 50.0, 10.0),), units=None, watched=None, ifaces=(
         d["systemd"] = {"available": True, "failed": [], "watched": units}
     if watched is not None:
         d["processes"]["watched"] = watched
+    if hardware is not None:
+        d.update(hardware)
+    if containers is not None:
+        d["containers"] = {"available": True, "reason": None, "cgroup": 2, "count": len(containers),
+                           "containers": containers}
     return d
 
 
@@ -486,3 +491,62 @@ def test_example_config_loads(tmp_path):
     assert cfg.alerts.route.group_by == ("...",) and cfg.alerts.route.repeat_interval == 4 * 3600.0
     assert [w.name for w in cfg.alerts.maintenance] == ["sunday-backups"]
     assert cfg.alerts.inhibit[0].equal == ("server", "label")
+
+
+def ct(name, state="running", health=None, restarts=0, mem=10.0):
+    return {"name": name, "engine": "docker", "state": state, "health": health, "restarts": restarts,
+            "memory_percent": mem, "cpu_percent": 1.0}
+
+
+async def test_container_rules_stopped_unhealthy_restarting_and_a_name_selector(storage):
+    from central.model import BUILTIN_RULES
+
+    clock = Clock()
+    engine, rec, by_id = await make_engine(storage, clock, rules=(
+        AlertRule("db_memory", "container.memory_percent", ">=", 90.0, labels=("db*",)),))
+    # spare was never seen running: no container_stopped for it, ever
+    await poll(engine, by_id, clock, ok, containers=[ct("web"), ct("db1", mem=95.0), ct("cache", mem=95.0),
+                                                     ct("spare", state="exited")])
+    assert [(a["rule"], a["label"]) for e, a in rec.events] == [("db_memory", "db1")]  # cache is not selected
+    clock.advance(10)
+    await poll(engine, by_id, clock, ok, containers=[ct("web", state="exited"), ct("db1", health="unhealthy", restarts=2),
+                                                     ct("cache"), ct("spare", state="exited")])
+    # restarted twice since the previous poll: at once; stopped and unhealthy wait their 60 s
+    assert [(e, a["rule"], a["label"]) for e, a in rec.events[1:]] == [("firing", "container_restarting", "db1"),
+                                                                         ("resolved", "db_memory", "db1")]
+    [restart] = [a for e, a in rec.events if a["rule"] == "container_restarting"]
+    assert restart["summary"] == "container db1 on web1 restarted 2 times since the previous poll (running)"
+    pending = {(st.rule, st.label) for st in engine.states.values() if st.state == "pending"}
+    assert pending == {("container_stopped", "web"), ("container_unhealthy", "db1")}
+    clock.advance(BUILTIN_RULES["container_stopped"].for_)
+    await poll(engine, by_id, clock, ok, containers=[ct("web", state="exited"), ct("db1", health="unhealthy", restarts=2),
+                                                     ct("cache"), ct("spare", state="exited")])
+    fired = sorted((a["rule"], a["label"]) for e, a in rec.events if e == "firing")
+    assert fired == [("container_restarting", "db1"), ("container_stopped", "web"), ("container_unhealthy", "db1"),
+                     ("db_memory", "db1")]
+    [stopped] = [a for e, a in rec.events if a["rule"] == "container_stopped"]
+    assert stopped["summary"] == "container web on web1 is exited"
+    # web removed: its alert resolves (the series is gone); a restarting state counts as a restart
+    clock.advance(10)
+    await poll(engine, by_id, clock, ok, containers=[ct("db1", state="restarting", restarts=2), ct("cache")])
+    assert ("resolved", "container_stopped", "web") in [(e, a["rule"], a["label"]) for e, a in rec.events]
+    assert any(st.rule == "container_restarting" and st.label == "db1" and st.state == "firing"
+               for st in engine.states.values())
+
+
+async def test_a_sensor_over_its_critical_mark_and_a_failing_disk_are_critical_at_once(storage):
+    clock = Clock()
+    engine, rec, by_id = await make_engine(storage, clock)
+    hot = {"sensors": {"available": True, "temperatures": [
+               {"name": "coretemp", "label": "Package id 0", "celsius": 101.0, "critical": 100.0},
+               {"name": "acpitz", "label": "acpitz", "celsius": 99.0, "critical": None},  # no mark: no alert
+               {"name": "nvme", "label": "Composite", "celsius": 50.0, "critical": 84.8}], "fans": []},
+           "smart": {"available": True, "disks": [{"device": "/dev/sda", "passed": False},
+                                                  {"device": "/dev/sdb", "passed": True},
+                                                  {"device": "/dev/vda", "passed": None}]}}
+    await poll(engine, by_id, clock, ok, hardware=hot)
+    got = sorted((e, a["rule"], a["label"], a["severity"]) for e, a in rec.events)
+    assert got == [("firing", "disk_failing", "/dev/sda", "critical"),
+                   ("firing", "temperature_critical", "Package id 0", "critical")]
+    [temp] = [a for e, a in rec.events if a["rule"] == "temperature_critical"]
+    assert temp["summary"] == "sensor Package id 0 on web1 is at or above its critical temperature (1 °C over it)"

@@ -18,7 +18,7 @@ async def test_every_endpoint_but_health_and_readiness_needs_auth(api):
     from central.web.keys import ENDPOINTS
 
     for ep in api.app[ENDPOINTS]:
-        path = ep.path.replace("{name}", "local").replace("{id}", "1")
+        path = ep.path.replace("{name}", "local").replace("{id}", "1").replace("{container}", "web")
         status, body, resp = await api.request(ep.method, path, role=None, json={})
         if ep.path in ("/health", "/readiness", "/api/v1/login"):
             assert status != 401, ep.path

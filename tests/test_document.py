@@ -321,4 +321,5 @@ def test_no_body_breaks_parse_document(body):
     check_output(d.SCHEMA, doc)
     assert d.normalise(json.loads(text)) == doc
     sample = extract_sample(doc)
-    assert all(v is None or math.isfinite(v) for k, v in sample.items() if k != "top")
+    assert all(v is None or math.isfinite(v) for k, v in sample.items() if k not in ("top", "containers"))
+    assert all(v is None or math.isfinite(v) for row in sample["containers"] for v in row[1:])

@@ -229,7 +229,7 @@ async def test_services_and_processes_say_what_may_be_done(api):
     # this machine runs no systemd: nothing to list, and nothing was spawned to find that out
     if not os.path.isdir("/run/systemd/system"):
         assert services == {"server": "local", "live": True, "ts": services["ts"], "available": False,
-                            "units": [], "error": None}
+                            "units": [], "error": None, "details_at": None}
     status, procs, _ = await api.get("/api/v1/servers/local/processes", role="viewer")
     assert status == 200 and procs["stale"] is False
     by_pid = {p["pid"]: p for p in procs["top_cpu"] + procs["top_memory"]}

@@ -62,17 +62,18 @@ async def test_an_overlay_clone_shows_its_disk_its_network_and_its_units(lxc_api
     names = [i["name"] for i in detail["inventory"]["doc"]["interfaces"]]
     assert names == ["eth0"], names
 
-    # its units, watched first, each with the verbs the host's policy allows
+    # its units, failed first, then watched, each with the verbs the host's policy allows
     status, services, _ = await api.get(f"/api/v1/servers/{c.name}/services", role="viewer")
     assert status == 200 and services["live"] is True and services["available"] is True, services
     units = {u["unit"]: u for u in services["units"]}
-    assert services["units"][0]["unit"] == ECHO_UNIT and units[ECHO_UNIT]["watched"] is True
+    first_ok = next(u for u in services["units"] if u["active"] != "failed")  # failed units come first
+    assert first_ok["unit"] == ECHO_UNIT and units[ECHO_UNIT]["watched"] is True
     assert units[ECHO_UNIT]["active"] == "active" and units[ECHO_UNIT]["sub"] == "running"
     assert units[ECHO_UNIT]["actions"] == ["start", "stop", "restart"]
     assert units["cron.service"]["actions"] == ["start", "stop", "restart"]
     assert units["ssh.service"]["actions"] == []                  # protected
     assert units["systemd-journald.service"]["actions"] == []     # protected
-    assert all(u.endswith(".service") for u in units)
+    assert all(u.endswith((".service", ".timer")) for u in units)
     assert len(units) > 10                                        # the host's units, not only failed/watched
 
     # the page: the units with their buttons and a filter, at both sizes

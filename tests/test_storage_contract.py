@@ -654,3 +654,78 @@ async def test_the_writable_check_commits_without_touching_stored_data(storage):
     assert [s.name for s in await storage.list_servers()] == ["a"]
     assert await storage.agent_secret(server.id) == SECRET_A
     assert sorted(await storage.latest_samples()) == [server.id]
+
+
+# --- containers ---------------------------------------------------------------------------
+
+def with_containers(outcome: PollOutcome, containers: list) -> PollOutcome:
+    """outcome with sample["containers"] ([[name, cpu, mem, mem_used, net_rx, net_tx, disk_read,
+    disk_write, pids], ...], as central.sample makes it)."""
+    outcome.sample["containers"] = containers
+    return outcome
+
+
+def container(name: str, cpu: float, mem_used: int = 1000) -> list:
+    return [name, cpu, 10.0, mem_used, 1.0, 2.0, 3.0, 4.0, 5]
+
+
+async def test_container_samples_are_stored_per_container_and_rolled_up(storage):
+    from central.model import CONTAINER_METRICS
+
+    assert list(CONTAINER_METRICS) == ["cpu", "mem", "mem_used", "net_rx", "net_tx", "disk_read", "disk_write", "pids"]
+    a = await storage.add_server("a", "10.0.0.1")
+    b = await storage.add_server("b", "10.0.0.2")
+    start = NOW - 3600
+    batch = []
+    for i in range(120):  # two polls a minute for an hour, cpu 0/20 alternating
+        ts = start + 30 * i
+        batch.append(with_containers(ok(a.id, ts), [container("web", 20.0 * (i % 2)), container("db", 50.0, 2000)]))
+    batch.append(with_containers(ok(b.id, start), [container("web", 99.0)]))
+    await storage.write_polls(batch, offline_after=3)
+    assert await storage.container_names(a.id) == ["db", "web"]
+    raw = await storage.container_samples(a.id, "web", start, NOW)
+    assert len(raw) == 120 and raw[1]["cpu"] == 20.0 and raw[1]["mem_used"] == 1000 and raw[1]["pids"] == 5
+    # another server's container of the same name is its own series
+    assert [r["cpu"] for r in await storage.container_samples(b.id, "web", 0, NOW)] == [99.0]
+    recent = await storage.container_recent(a.id, NOW - 120)
+    assert sorted(recent) == ["db", "web"] and recent["db"]["mem_used"] == [2000] * 4
+    await storage.rollup(now=NOW, lag=0)
+    hist = await storage.container_history(a.id, "web", start, NOW, max_points=10, retention_raw=60,
+                                           retention_minute=7 * DAY, now=NOW)
+    assert hist["source"] == "minute"
+    assert all(v == 10.0 for v in hist["series"]["cpu"]) and max(hist["series"]["cpu_max"]) == 20.0
+    assert min(hist["series"]["cpu_min"]) == 0.0
+    with pytest.raises(ValueError):
+        await storage.container_history(a.id, "web", start, NOW, retention_raw=60, retention_minute=60,
+                                        metrics=["cpu; DROP TABLE servers"])
+    # raw container samples go with the raw retention once rolled up; rollups stay
+    counts = await storage.prune(raw=60, minute=7 * DAY, hour=30 * DAY, events=30 * DAY, now=NOW)
+    assert counts["containers"] == 241 - 4  # all but the last minute's 2 polls x 2 containers of a
+    assert await storage.container_samples(a.id, "web", 0, NOW - 60) == []
+    hist = await storage.container_history(a.id, "db", start, NOW, max_points=10, retention_raw=60,
+                                           retention_minute=7 * DAY, now=NOW)
+    assert hist["series"]["mem_used"] and all(v == 2000 for v in hist["series"]["mem_used"])
+
+
+async def test_containers_stored_per_poll_are_capped_and_removed_with_their_server(storage):
+    from central.model import MAX_STORED_CONTAINERS
+
+    a = await storage.add_server("a", "10.0.0.1")
+    many = [container(f"c{i:03d}", 1.0) for i in range(MAX_STORED_CONTAINERS + 30)]
+    many.insert(1, container("c000", 7.0))  # a name twice: the first one is kept
+    await storage.write_polls([with_containers(ok(a.id, NOW), many)], offline_after=3)
+    names = await storage.container_names(a.id)
+    assert len(names) == MAX_STORED_CONTAINERS and names[0] == "c000" and "c049" in names and "c050" not in names
+    assert [r["cpu"] for r in await storage.container_samples(a.id, "c000", 0, NOW + 1)] == [1.0]
+    await storage.remove_server("a")
+    assert await storage.container_names(a.id) == []
+
+
+async def test_a_container_row_the_database_refuses_keeps_other_servers_samples(storage):
+    a = await storage.add_server("a", "10.0.0.1")
+    b = await storage.add_server("b", "10.0.0.2")
+    bad = with_containers(ok(a.id, NOW), [container("x", 1.0, mem_used=10**19)])
+    refused = await storage.write_polls([bad, with_containers(ok(b.id, NOW), [container("y", 2.0)])], offline_after=3)
+    assert [o for o, _ in refused] == [bad]
+    assert await storage.container_names(a.id) == [] and await storage.container_names(b.id) == ["y"]
+    assert a.id not in await storage.latest_samples()

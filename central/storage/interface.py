@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
-from ..model import METRICS, PollOutcome, Server
+from ..model import CONTAINER_METRICS, METRICS, PollOutcome, Server
 
 # Rollup tiers: 1-minute buckets of raw samples, 1-hour buckets of 1-minute ones.
 TIER_MINUTE, TIER_HOUR = 60, 3600
@@ -134,7 +134,7 @@ class Samples(ABC):
                     now: float | None = None) -> dict:
         """Delete what has passed each tier's retention (never raw samples not rolled up yet),
         and events (inventory history, audit, notifications, resolved alerts) older than
-        `events`; rows deleted: {samples, rollups, events}."""
+        `events`; rows deleted: {samples, rollups, containers, events}."""
 
     @abstractmethod
     async def import_samples(self, rows: Sequence[tuple]) -> None:
@@ -145,6 +145,34 @@ class Samples(ABC):
     async def import_rollups(self, tier: int, rows: Sequence[tuple]) -> None:
         """Bulk-insert rollup buckets (server_id, ts, n, then min/avg/max per metric); the tier
         then counts as rolled up to the end of the newest imported bucket."""
+
+
+class Containers(ABC):
+    """Per-container figures (central.model.CONTAINER_METRICS): write_polls stores each poll's
+    sample["containers"] (at most central.model.MAX_STORED_CONTAINERS per server and poll),
+    rollup() and prune() roll them up and expire them with the host's samples."""
+
+    @abstractmethod
+    async def container_samples(self, server_id: int, name: str, start: float, end: float) -> list[dict]:
+        """Raw samples of one container in [start, end), oldest first: {ts, <metric>...}."""
+
+    @abstractmethod
+    async def container_names(self, server_id: int, since: float = 0.0) -> list[str]:
+        """Names of the server's containers with samples at or after since, by name."""
+
+    @abstractmethod
+    async def container_recent(self, server_id: int, since: float,
+                               metrics: Sequence[str] = ("cpu", "mem", "mem_used")) -> dict[str, dict]:
+        """Raw series of every container of a server since a time: {name: {ts: [...], <metric>: [...]}}."""
+
+    @abstractmethod
+    async def container_history(
+        self, server_id: int, name: str, start: float, end: float, *, max_points: int = 500,
+        retention_raw: float, retention_minute: float, now: float | None = None,
+        metrics: Sequence[str] = tuple(CONTAINER_METRICS),
+    ) -> dict:
+        """One container's figures over [start, end) in at most max_points buckets, from the finest
+        tier that covers the range: {source, step, start, end, series: {ts, <m>, <m>_min, <m>_max...}}."""
 
 
 class Inventory(ABC):
@@ -428,7 +456,7 @@ class Terminal(ABC):
         """Delete ended sessions that started before `before`; returns their recording file names."""
 
 
-class Storage(Servers, Samples, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets):
+class Storage(Servers, Samples, Containers, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod

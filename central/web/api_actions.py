@@ -1,4 +1,5 @@
-"""/api/v1/servers/{name}/actions and /api/v1/audit: run a remote action, read the audit trail.
+"""/api/v1/servers/{name}/actions, /logs and /api/v1/audit: run a remote action, read a unit's or a
+container's log through the agent (central.hostlogs), read the audit trail.
 
 Thin handlers over central.actions.run_action and audit_log (the CLI's functions too):
 run_action checks the role (admin, operator), validates the arguments, sends the action to
@@ -6,6 +7,7 @@ the host's agent and records the outcome in the audit table, refusals included.
 """
 from __future__ import annotations
 
+from .. import hostlogs
 from ..actions import KINDS, RESULTS, SIGNALS, VERBS, audit_log, run_action
 from .registry import OPERATOR, VIEWER, Call, Registry, array, boolean, integer, nullable, number, obj, string
 
@@ -38,6 +40,31 @@ async def run_server_action(call: Call) -> dict:
     ident = call.identity
     return await run_action(call.central, ident.user, ident.role, call.path["name"], call.body["action"],
                             call.body["arguments"])
+
+
+LOG_LINE = obj({"ts": nullable(number()), "priority": nullable(integer(minimum=0, maximum=7)),
+                "identifier": nullable(string()), "pid": nullable(integer()), "message": string()},
+               required=["ts", "message"], closed=False)
+
+
+@endpoints.get("/api/v1/servers/{name}/logs", summary="The last lines of a unit's journal or a container's log",
+               role=OPERATOR, path_params={"name": NAME},
+               query={"unit": string(maxLength=256, description="A systemd unit (nginx means nginx.service)."),
+                      "container": string(maxLength=128, description="A container name (Docker, or LXC on an LXC host)."),
+                      "lines": integer(minimum=1, maximum=hostlogs.LINES_MAX, default=hostlogs.LINES_DEFAULT)},
+               response=obj({"server": string(), "source": nullable(string(description="journal, docker or lxc-journal")),
+                             "name": nullable(string()), "lines": array(LOG_LINE), "count": integer(),
+                             "truncated": boolean(description="Cut to the agent's size cap (512 KiB of messages)."),
+                             "audit_id": integer()},
+                            required=["server", "source", "lines", "count", "truncated", "audit_id"]),
+               errors=(404, 409, 502))
+async def server_logs(call: Call) -> dict:
+    """Asked of the host's agent now and never stored: `journalctl -o json` for a unit, the Engine's
+    logs for a Docker container, an LXC container's own journal; oldest line first. The host policy's
+    `"logs": false` refuses it (403); every request is in the audit log (action `logs`)."""
+    ident, q = call.identity, call.query
+    return await hostlogs.fetch_logs(call.central, ident.user, ident.role, call.path["name"], unit=q.get("unit"),
+                                     container=q.get("container"), lines=q["lines"])
 
 
 @endpoints.get("/api/v1/audit", summary="The audit trail of actions, newest first", role=VIEWER,

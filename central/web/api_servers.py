@@ -7,6 +7,7 @@ changes, re-trusts and removes servers.
 from __future__ import annotations
 
 from .. import fleet, servers, views
+from ..model import CONTAINER_METRICS
 from ..sample import METRICS
 from ..servers import HOST_RE, NAME_RE, TAG_RE, USER_RE
 from ..transport import KINDS
@@ -226,22 +227,80 @@ async def server_processes(call: Call) -> dict:
 
 UNIT = obj({"unit": string(), "load": nullable(string()), "active": nullable(string()), "sub": nullable(string()),
             "description": nullable(string()), "watched": boolean(),
+            "type": nullable(string(description="service, timer, or the type of a watched unit")),
+            "since": nullable(number(description="When the unit last changed state (Unix time).")),
+            "main_pid": nullable(integer()), "restarts": nullable(integer(description="systemd's NRestarts.")),
+            "memory": nullable(number(description="Bytes its cgroup uses.")),
+            "cpu_percent": nullable(number(description="Its cgroup's CPU, percent of one core, between the last two samples.")),
+            "last_trigger": nullable(number(description="A timer's last run (Unix time).")),
+            "next_elapse": nullable(number(description="A calendar timer's next run (Unix time).")),
             "actions": array(string(enum=["start", "stop", "restart"]),
                              description="The verbs the host policy allows on this unit.")},
            required=["unit", "active", "watched", "actions"], closed=False)
 
 
-@endpoints.get("/api/v1/servers/{name}/services", summary="The host's systemd services and the actions allowed on each",
+@endpoints.get("/api/v1/servers/{name}/services", summary="The host's systemd services and timers and the actions allowed on each",
                role=VIEWER, path_params={"name": NAME},
                query={"live": boolean(default=True, description="Ask the host (false: what the last poll said).")},
                response=obj({"server": string(), "live": boolean(), "ts": NUM, "available": boolean(),
-                             "units": array(UNIT), "error": nullable(string())},
+                             "units": array(UNIT), "error": nullable(string()),
+                             "details_at": nullable(number(description="When the host last sampled the units' details."))},
                             required=["server", "live", "ts", "available", "units", "error"]))
 async def server_services(call: Call) -> dict:
-    """Watched units first, then failed, running and the rest. Asked of the host's agent (which
-    lists units at most every 10 s); when the server does not answer, the failed and watched units
-    of its last poll with no actions, `live` false and `error` saying why."""
+    """Failed units first, then watched, running and the rest; services and timers, each with when it
+    last changed state, its main PID and its cgroup's memory and CPU. Asked of the host's agent (which
+    lists units at most every 10 s and samples their details at most every 60 s); when the server does
+    not answer, the failed and watched units of its last poll with no actions, `live` false and `error`
+    saying why."""
     return await views.server_services(call.central, call.path["name"], live=call.query["live"])
+
+
+CONTAINER_NAME = string(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Container name (as the agent lists it).")
+CONTAINER = obj({
+    "name": string(), "id": nullable(string()), "engine": nullable(string(description="docker, podman or lxc")),
+    "image": nullable(string()), "state": nullable(string()), "status": nullable(string()),
+    "health": nullable(string(description="healthy, unhealthy, starting; null without a healthcheck")),
+    "restarts": NUM, "uptime": NUM, "cpu_percent": NUM, "cpu_limit": NUM, "memory_used": NUM, "memory_limit": NUM,
+    "memory_percent": NUM, "pids": NUM, "read_rate": NUM, "write_rate": NUM, "rx_rate": NUM, "tx_rate": NUM,
+    "actions": array(string(enum=["start", "stop", "restart"]), description="Verbs the page offers (Docker containers)."),
+}, required=["name", "state", "actions"], closed=False)
+
+
+@endpoints.get("/api/v1/servers/{name}/containers", summary="The host's containers with figures and sparklines",
+               role=VIEWER, path_params={"name": NAME},
+               response=obj({"server": string(), "ts": NUM, "stale": boolean(), "available": boolean(),
+                             "reason": nullable(string()), "cgroup": nullable(integer()), "count": integer(),
+                             "containers": array({**CONTAINER, "properties": {
+                                 **CONTAINER["properties"],
+                                 "spark": obj({"ts": array(number()), "cpu": array(NUM), "mem_used": array(NUM)},
+                                              description="Stored samples of the last 30 minutes.")}})},
+                            required=["server", "ts", "stale", "available", "count", "containers"]))
+async def server_containers(call: Call) -> dict:
+    """Docker, Podman and (on an LXC host) LXC containers of the newest poll, running first, with
+    their CPU and memory over the last 30 minutes; figures come from each container's cgroup."""
+    return await views.server_containers(call.central, call.path["name"])
+
+
+@endpoints.get("/api/v1/servers/{name}/containers/{container}", summary="One container: now and its history",
+               role=VIEWER, path_params={"name": NAME, "container": CONTAINER_NAME},
+               query={"metrics": string(maxLength=200, description=f"Comma-separated, of: {', '.join(CONTAINER_METRICS)} (default all)."),
+                      "start": number(minimum=0, maximum=1e11, description="Unix time."),
+                      "end": number(minimum=0, maximum=1e11, description="Unix time (default now)."),
+                      "range": string(pattern=r"^\d{1,6}[smhdw]$", description="Length like 1h, 24h, 7d, 30d (default 1h)."),
+                      "points": integer(minimum=10, maximum=2000, default=500, description="At most this many points.")},
+               response=obj({"server": string(), "container": string(), "ts": NUM, "stale": boolean(),
+                             "current": nullable(CONTAINER), "metrics": array(string()),
+                             "source": string(enum=["raw", "minute", "hour"]), "step": number(), "start": number(),
+                             "end": number(), "series": obj({"ts": array(number())}, required=["ts"], closed=False)},
+                            required=["server", "container", "current", "metrics", "source", "series"]))
+async def container_detail(call: Call) -> dict:
+    """The container's entry in the newest poll (null once it is gone) and its figures over a range,
+    from the finest stored tier that keeps the range within `points` buckets."""
+    q = call.query
+    metrics = [m.strip() for m in q["metrics"].split(",") if m.strip()] if q.get("metrics") else None
+    return await views.container_detail(call.central, call.path["name"], call.path["container"], metrics=metrics,
+                                        start=q.get("start"), end=q.get("end"), range_=q.get("range"),
+                                        max_points=q["points"])
 
 
 @endpoints.get("/api/v1/servers/{name}/inventory", summary="Inventory and its change history", role=VIEWER,

@@ -1,4 +1,4 @@
-"""The HTML pages: login, overview (/), one server (/servers/NAME), alerts (/alerts).
+"""The HTML pages: login, overview (/), one server (/servers/NAME) and its containers, alerts (/alerts).
 
 Server-rendered jinja2 templates over the same data functions the JSON API returns (views,
 service, alerts, actions); the page's JavaScript (static files only: the Content-Security-Policy
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from markupsafe import Markup
 from .. import __version__, alerts, hosttext, views
 from ..actions import audit_log
 from ..auth import Identity
-from ..model import ADMIN, OPERATOR, CentralError, NotFound
+from ..model import ADMIN, OPERATOR, CentralError, Invalid, NotFound
 from .keys import CENTRAL
 from .security import identify, safe_redirect, session_csrf
 
@@ -30,6 +31,8 @@ STATIC_DIR = HERE / "static"
 # The overview shows every server on one page (client-side filtering needs them all).
 OVERVIEW_LIMIT = 1000
 
+
+CONTAINER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # The most characters of one host-supplied value a page shows (a 200 KB command line is cut).
 SHOWN_LIMIT = 1000
@@ -108,12 +111,36 @@ def level(value, warn: float = 75, crit: float = 90) -> str:
     return "crit" if value >= crit else "warn" if value >= warn else "ok"
 
 
+def sparkline(values, width: int = 96, height: int = 20) -> Markup:
+    """A small inline SVG line of a series (gaps where a value is unknown), scaled to its maximum."""
+    points = [None if _missing(v) else float(v) for v in (values or [])]
+    known = [v for v in points if v is not None]
+    if len(known) < 2:
+        return Markup('<svg class="spark" width="{}" height="{}" aria-hidden="true"></svg>').format(width, height)
+    top = max(known) or 1.0
+    step = width / max(len(points) - 1, 1)
+    runs, run = [], []
+    for i, v in enumerate(points):
+        if v is None:
+            if run:
+                runs.append(run)
+            run = []
+            continue
+        run.append(f"{i * step:.1f},{height - 1 - (height - 2) * v / top:.1f}")
+    if run:
+        runs.append(run)
+    lines = "".join(f'<polyline points="{" ".join(r)}"/>' for r in runs)
+    return Markup(f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+                  f' aria-label="max {top:.4g}">{lines}</svg>')
+
+
 # finalize=shown: every {{ value }} a template prints is made inert, whichever template it is.
 _env = jinja2.Environment(loader=jinja2.PackageLoader("central.web", "templates"),
                           autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.ChainableUndefined,
                           finalize=shown,
                           trim_blocks=True, lstrip_blocks=True)
-_env.filters.update(pct=fmt_pct, bytes=fmt_bytes, num=fmt_num, time=fmt_time, ago=fmt_ago, level=level)
+_env.filters.update(pct=fmt_pct, bytes=fmt_bytes, num=fmt_num, time=fmt_time, ago=fmt_ago, level=level,
+                    sparkline=sparkline)
 
 
 async def _identity(request: web.Request) -> Identity:
@@ -196,10 +223,22 @@ async def server_page(request: web.Request, identity: Identity) -> dict:
         "detail": detail,
         "processes": await views.server_processes(central, name),
         "services": await views.server_services(central, name, live=False),
+        "containers": await views.server_containers(central, name),
         "doc": (detail["latest"] or {}).get("document") or {},
         "alerts": await alerts.list_alerts(central, server=name, limit=50),
         "audit": await audit_log(central, name, 50),
     }
+
+
+@_page("container.html")
+async def container_page(request: web.Request, identity: Identity) -> dict:
+    """One container: GET /api/v1/servers/NAME/containers/CONTAINER (the charts ask it again per range)."""
+    central = request.app[CENTRAL]
+    name, container = request.match_info["name"], request.match_info["container"]
+    if not CONTAINER_NAME_RE.fullmatch(container):
+        raise Invalid("container: expected a container name (letters, digits, _ . -)")
+    return {"c": await views.container_detail(central, name, container, range_="1h", max_points=300),
+            "server": (await views.server_detail(central, name))["server"]}
 
 
 @_page("alerts.html")
@@ -242,7 +281,7 @@ async def favicon(request: web.Request) -> web.Response:
 
 # The HTML routes and the terminal's WebSocket (left out of the OpenAPI document, which
 # describes the JSON API).
-PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "alerts_page", "alert_page", "actions_page",
+PAGE_ROUTE_NAMES = ("login_page", "overview_page", "server_page", "container_page", "alerts_page", "alert_page", "actions_page",
                     "favicon", "static",
                     "terminal_page", "terminal_sessions_page", "terminal_replay_page", "terminal_websocket")
 
@@ -252,6 +291,7 @@ def install_pages(app: web.Application) -> None:
     app.router.add_get("/login", login_page, name="login_page")
     app.router.add_get("/", overview_page, name="overview_page")
     app.router.add_get("/servers/{name}", server_page, name="server_page")
+    app.router.add_get("/servers/{name}/containers/{container}", container_page, name="container_page")
     app.router.add_get("/alerts", alerts_page, name="alerts_page")
     app.router.add_get("/alerts/{id}", alert_page, name="alert_page")
     app.router.add_get("/actions", actions_page, name="actions_page")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..interface import Storage
 from .alerts import SQLiteAlerts
 from .audit import SQLiteAudit
+from .containers import SQLiteContainers
 from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
 from .inventory import SQLiteInventory
 from .samples import SQLiteSamples
@@ -18,6 +19,6 @@ from .users import SQLiteUsers
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
-class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
+class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteContainers, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
                     SQLiteTerminal, SQLiteAgentSecrets, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -10,6 +10,11 @@ from typing import Sequence
 from ...model import ERROR, REASONS, PollOutcome
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, json_rows
+from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
+from .containers import PRUNE as PRUNE_CONTAINERS
+from .containers import ROLLUP_MIN as CONTAINER_ROLLUP_MIN
+from .containers import ROLLUP_RAW as CONTAINER_ROLLUP_RAW
+from .containers import sample_rows as container_rows
 
 # Reasons that make a server 'error' at once (the others: 'offline' after offline_after).
 _ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
@@ -101,6 +106,10 @@ class SQLiteSamples(SQLiteBase):
                         for o in ok if o.sample is not None
                     ],
                 )
+                crows = [row for o in ok if o.sample is not None
+                         for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))]
+                if crows:
+                    await db.executemany(INSERT_CONTAINER_SAMPLES, crows)
             if failed:
                 # The reason says the status (central.model.REASONS): 'error' at once, or
                 # 'offline' after offline_after consecutive failures.
@@ -227,9 +236,9 @@ class SQLiteSamples(SQLiteBase):
         now = time.time() if now is None else now
         ids = [r[0] for r in await self._all("SELECT id FROM servers")]
         done = {}
-        for tier, sql, source_start in (
-            (TIER_MINUTE, _ROLLUP_RAW, "SELECT min(ts) FROM samples"),
-            (TIER_HOUR, _ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
+        for tier, sql, csql, source_start in (
+            (TIER_MINUTE, _ROLLUP_RAW, CONTAINER_ROLLUP_RAW, "SELECT min(ts) FROM samples"),
+            (TIER_HOUR, _ROLLUP_MIN, CONTAINER_ROLLUP_MIN, f"SELECT min(ts) FROM rollups WHERE tier = {TIER_MINUTE}"),
         ):
             until = math.floor((now - lag) / tier) * tier
             begin = await self._progress(tier)
@@ -242,6 +251,8 @@ class SQLiteSamples(SQLiteBase):
                 continue
             async with self.transaction() as db:
                 await db.executemany(sql, [(sid, begin, until) for sid in ids])
+                # containers roll up in the same pass, so one progress mark covers both
+                await db.executemany(csql, [(sid, begin, until) for sid in ids])
                 await db.execute(
                     "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
                     " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
@@ -269,6 +280,13 @@ class SQLiteSamples(SQLiteBase):
             (f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_HOUR} AND ts < ?", [(i, now - hour) for (i,) in ids]),
         ])
         counts["rollups"] = self.db.total_changes - before
+        before = self.db.total_changes
+        await self._write_many([
+            (PRUNE_CONTAINERS[0], [(i, raw_cut) for (i,) in ids]),
+            (PRUNE_CONTAINERS[1], [(i, minute_cut) for (i,) in ids]),
+            (PRUNE_CONTAINERS[2], [(i, now - hour) for (i,) in ids]),
+        ])
+        counts["containers"] = self.db.total_changes - before
         before = self.db.total_changes
         await self._write_many([
             ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"

@@ -161,7 +161,9 @@
       runAction(`${verb[0].toUpperCase() + verb.slice(1)} ${b.dataset.service} on ${NAME}?`, "service",
                 {unit: b.dataset.service, verb});
     } else if (b.dataset.container) {
-      runAction(`Restart container ${b.dataset.container} on ${NAME}?`, "docker", {container: b.dataset.container, verb: "restart"});
+      const verb = b.dataset.verb || "restart";
+      runAction(`${verb[0].toUpperCase() + verb.slice(1)} container ${b.dataset.container} on ${NAME}?`, "docker",
+                {container: b.dataset.container, verb});
     } else if (b.dataset.ack) {
       act(`Acknowledge alert ${b.dataset.ack}? Its repeat notifications stop.`, "Acknowledge",
           () => api("POST", `/api/v1/alerts/${b.dataset.ack}/ack`),
@@ -199,7 +201,7 @@
     } catch (err) { /* the next refresh tries again */ }
   }
 
-  // services: watched first, then failed, running, the rest; filter by text and state
+  // services and timers: failed first, then watched, running, the rest; filter by text, state and type
   const svcFilter = document.getElementById("svc-filter"), svcState = document.getElementById("svc-state");
   const ORDER = {restart: 0, stop: 1, start: 2};
   function verbsFor(u) {
@@ -214,9 +216,13 @@
     if (u.watched) name.append(" ", el("span", {class: "tag", text: "watched"}));
     if (u.description) name.append(el("div", {class: "sub", text: u.description}));
     const tr = el("tr", {"data-unit": u.unit, "data-active": u.active || "", "data-sub": u.sub || "",
-                         "data-watched": u.watched ? "true" : "false"},
+                         "data-watched": u.watched ? "true" : "false", "data-type": u.type || ""},
       name, el("td", {"data-label": "State"}, el("span", {class: "badge " + badge, text: u.active || "unknown"}), u.sub ? " " : "",
-                       u.sub ? el("span", {class: "sub", text: u.sub}) : ""));
+                       u.sub ? el("span", {class: "sub", text: u.sub}) : ""),
+      el("td", {"data-label": "Since", class: "wide", text: u.since == null ? "\u2013" : fmtAgo(u.since, Date.now() / 1000)}),
+      el("td", {"data-label": "PID", class: "num wide", text: u.main_pid ? String(u.main_pid) : "\u2013"}),
+      el("td", {"data-label": "Memory", class: "num wide", text: fmtBytes(u.memory)}),
+      el("td", {"data-label": "CPU", class: "num wide", text: fmtPct(u.cpu_percent)}));
     if (canAct) {
       const buttons = (live ? verbsFor(u) : []).map((v) => el("button", {type: "button", class: "small" + (v === "restart" ? "" : " secondary"),
         "data-service": u.unit, "data-verb": v, disabled: stale, text: v[0].toUpperCase() + v.slice(1)}));
@@ -235,7 +241,8 @@
       const main = watched || a === "failed" || tr.dataset.sub === "running";
       const ok = (!text || tr.textContent.toLowerCase().includes(text)) &&
         ((!state && (main || text)) || state === "all" || (state === "running" && a === "active") || (state === "failed" && a === "failed") ||
-         (state === "watched" && watched) || (state === "inactive" && a !== "active"));
+         (state === "watched" && watched) || (state === "inactive" && a !== "active") ||
+         ((state === "service" || state === "timer") && tr.dataset.type === state));
       if (tr.hidden === ok) tr.hidden = !ok;
       if (ok) shown++;
     }
@@ -251,7 +258,7 @@
     }
     const body = document.querySelector("#services tbody");
     const rows = doc.units.map((u) => unitRow(u, doc.live));
-    body.replaceChildren(...(rows.length ? rows : [el("tr", {class: "empty"}, el("td", {colspan: 3,
+    body.replaceChildren(...(rows.length ? rows : [el("tr", {class: "empty"}, el("td", {colspan: 7,
       text: doc.available ? "No units." : "No systemd here."}))]));
     document.getElementById("services-card").dataset.live = String(doc.live);
     document.getElementById("services-info").textContent = !doc.available ? "systemd is not available on this host"
@@ -260,6 +267,16 @@
     filterServices();
   }
   svcFilter.addEventListener("input", filterServices);
+  // containers: a text filter over the server-rendered table (the page reload refreshes it)
+  const ctFilter = document.getElementById("ct-filter");
+  if (ctFilter) {
+    ctFilter.addEventListener("input", () => {
+      const text = ctFilter.value.trim().toLowerCase();
+      for (const tr of document.querySelectorAll("#containers tbody tr[data-container-row]")) {
+        tr.hidden = !!text && !tr.textContent.toLowerCase().includes(text);
+      }
+    });
+  }
   svcState.addEventListener("input", filterServices);
 
   async function refreshAudit() {
