@@ -100,6 +100,53 @@ async def test_samples_live_in_day_partitions_and_retention_drops_them_whole(sto
     assert len(await storage.rollups(a.id, TIER_MINUTE, 0, NOW + 1)) == 5 * 24
 
 
+async def test_a_version_2_database_is_brought_to_version_3_with_what_it_held(pg_url, pg_server):
+    from central.storage.postgres.schema import MIGRATIONS
+
+    assert SCHEMA_VERSION == 3
+    con = await asyncpg.connect(pg_url)  # a database as the central before containers and bastions made it
+    try:
+        await con.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                          " applied_at double precision NOT NULL)")
+        for version, statements in MIGRATIONS[:2]:
+            for stmt in statements:
+                await con.execute(stmt)
+            await con.execute("INSERT INTO schema_migrations VALUES ($1, 0)", version)
+        await con.execute("INSERT INTO servers (name, host, created_at) VALUES ('old', '10.0.0.1', 0)")
+    finally:
+        await con.close()
+    s = await Storage.open(pg_url)
+    try:
+        old = await s.get_server("old")
+        inner = await s.add_server("inner", "10.1.0.1", via=old.id)
+        marker = await s.servers_marker()
+        await s.write_polls([dataclasses.replace(ok(inner.id, NOW), sample=ok(inner.id, NOW).sample | {
+            "containers": [["web", 1.0, 2.0, 3, 4.0, 5.0, 6.0, 7.0, 8]]})], offline_after=3)
+        assert await s.container_names(inner.id) == ["web"] and await s.servers_marker() == marker
+    finally:
+        await s.close()
+    assert pg_server.psql("SELECT max(version) FROM schema_migrations", _db(pg_url)) == "3"
+
+
+async def test_container_samples_live_in_day_partitions_dropped_whole(storage, pg_url, pg_server):
+    a = await storage.add_server("a", "10.0.0.1")
+    start = NOW - 5 * DAY
+    polls = [dataclasses.replace(o, sample=o.sample | {"containers": [["web", 1.0, 2.0, 3, 4.0, 5.0, 6.0, 7.0, 8]]})
+             for o in (ok(a.id, start + i * 3600.0) for i in range(5 * 24))]
+    await storage.write_polls(polls, offline_after=3)
+    assert len(await storage.partitions("container_samples")) == 6
+    await storage.rollup(now=NOW, lag=0)
+    counts = await storage.prune(raw=2 * DAY, minute=14 * DAY, hour=400 * DAY, events=365 * DAY, now=NOW)
+    assert counts["containers"] == 3 * 24
+    assert len(await storage.partitions("container_samples")) == 3
+    assert min(r["ts"] for r in await storage.container_samples(a.id, "web", 0, NOW + 1)) >= NOW - 2 * DAY
+    # the minute rollups of the dropped days stay, in partitions of their own
+    assert len(await storage.partitions("container_rollups_60")) == 6
+    hist = await storage.container_history(a.id, "web", start, NOW, max_points=200, retention_raw=2 * DAY,
+                                           retention_minute=14 * DAY, now=NOW)
+    assert hist["source"] == "minute" and len(hist["series"]["ts"]) == 5 * 24
+
+
 async def test_a_lock_held_past_lock_timeout_is_storage_unavailable_and_nothing_is_lost(storage, pg_url):
     a = await storage.add_server("a", "10.0.0.1")
     holder = await asyncpg.connect(pg_url)

@@ -173,7 +173,8 @@ class PostgresBase:
         """(the database's current snapshot, latest_changes): the snapshot (xmin:xmax:in-progress
         transactions) changes with every transaction that writes and every commit, of any
         session; latest_changes with every change of the in-memory latest samples."""
-        return str(await self._val("SELECT pg_current_snapshot()::text")), self.latest_changes
+        # txid_current_snapshot: pg_current_snapshot's older name, there from PostgreSQL 12 on too
+        return str(await self._val("SELECT txid_current_snapshot()::text")), self.latest_changes
 
     async def database_size(self) -> int:
         """Bytes the database takes (pg_database_size)."""
