@@ -304,3 +304,19 @@ CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+
+-- Several centrals on one database (central.cluster): each live member's heartbeat, and the
+-- lease of each server held by the one member that polls it.
+CREATE TABLE IF NOT EXISTS members (
+    member        TEXT PRIMARY KEY,
+    address       TEXT NOT NULL DEFAULT '',
+    started_at    REAL NOT NULL,
+    heartbeat_at  REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS leases (
+    server_id   INTEGER PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+    member      TEXT NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_member ON leases (member);

@@ -219,6 +219,9 @@ class AlertEngine:
         self.clock = clock
         self.rules = builtin_rules(self.cfg) + list(self.cfg.rules)
         self.states: dict[tuple[str, int, str], AlertState] = {}
+        # Several centrals (central.cluster): whether this central owns (polls) a server, whose
+        # alerts it then evaluates and notifies alone; None: it owns every server.
+        self.owns: Callable[[int], bool] | None = None
         self.by_server: dict[int, dict[tuple[str, int, str], AlertState]] = {}
         self.servers: dict[int, Server] = {}
         self.silences: list[dict] = []
@@ -273,7 +276,8 @@ class AlertEngine:
         self._started = True
         for row in await self.storage.open_alerts():
             st = AlertState.from_row(row)
-            self._put(st)
+            if self._owned(st.server_id):
+                self._put(st)
         for server in await self.storage.list_servers():
             self.servers[server.id] = server
             group = POLL_GROUPS.get(server.status_reason or "")
@@ -305,6 +309,36 @@ class AlertEngine:
                 await self.tick()
             except Exception:  # noqa: BLE001 - the timer must survive a bad round
                 log.exception("alert timer round failed")
+
+    # several centrals
+
+    def _owned(self, server_id: int | None) -> bool:
+        return self.owns is None or server_id is None or self.owns(server_id)
+
+    async def adopt(self, gained: set[int], lost: set[int]) -> None:
+        """Ownership moved (central.cluster.Membership listener): write and forget the open alerts
+        of servers another central polls now; take over the open alerts of servers gained, as
+        their last owner stored them (fired and notified ones stay notified: no second firing
+        message; the one resolved message comes from whoever owns the server then)."""
+        if not self._started:
+            return  # start() loads the owned ones
+        async with self._lock:
+            if lost:
+                try:
+                    await self._flush()
+                except Exception as exc:  # noqa: BLE001 - the new owner reads what was stored before
+                    log.warning("cluster: alert states of servers handed over not written: %s", exc)
+                for st in [st for st in self.states.values() if st.server_id in lost]:
+                    self._drop(st)
+            if gained:
+                adopted = set()
+                for row in await self.storage.open_alerts():
+                    st = AlertState.from_row(row)
+                    if st.server_id in gained and st.key not in self.states:
+                        self._put(st)
+                        adopted.add(st.id)
+                if adopted and self.notifier is not None and hasattr(self.notifier, "adopt"):
+                    await self.notifier.adopt(adopted)
 
     # state bookkeeping
 
@@ -548,7 +582,7 @@ class AlertEngine:
         for change in await self.storage.inventory_changes_since(self._inventory_after):
             self._inventory_after = change["id"]
             server = self.servers.get(change["server_id"])
-            if server is None:
+            if server is None or not self._owned(server.id):
                 continue
             rule = AlertRule(INVENTORY_RULE, "inventory", "!=", 0.0, 0.0, 0.0, "info")
             for over in self.cfg.overrides:

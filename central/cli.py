@@ -124,12 +124,14 @@ def _config(ctx: click.Context) -> Config:
 
 def require_initialised(config: Config) -> None:
     """Refuse, in one line, a data directory `central init` never made (only init creates one):
-    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database."""
-    if config.database_path.exists():
+    a shell without CENTRAL_DATA_DIR would otherwise get a fresh empty database. On PostgreSQL
+    (storage.url) the database is named by the URL, not found in the data directory."""
+    if config.database_path.exists() or (config.storage.url and config.data_path.is_dir()):
         return
     where = config.data_path
+    what = "it does not exist" if config.storage.url else f"no {config.database_path.name}"
     raise click.ClickException(
-        _p(f"{where} is not a central data directory (no {config.database_path.name}; `central init` never ran "
+        _p(f"{where} is not a central data directory ({what}; `central init` never ran "
            f"there): point at the right one with CENTRAL_DATA_DIR=DIR or --data-dir DIR, or run `central init`"))
 
 
@@ -252,7 +254,7 @@ def init(ctx):
         password = _run(_with_central(config, lambda c: c.auth.ensure_first_admin("admin")))
     except (CentralError, OSError, RuntimeError) as exc:
         raise click.ClickException(_p(exc)) from None
-    console.print(f"database: {_h(config.database_path)}")
+    console.print(f"database: {_h(config.database_location)}")
     console.print(f"SSH key:  {_h(config.key_path)} ({'created' if created else 'exists'})")
     console.print("\nThe central's public key:")
     click.echo(line)
@@ -262,6 +264,64 @@ def init(ctx):
         click.echo("\nCreated the first user: admin (role admin). Its password, shown only this once:")
         click.echo(f"  {password}")
         click.echo("Change it with `central user passwd admin`.")
+
+
+@cli.command()
+@click.option("--to", "url", required=True, metavar="URL", help="The PostgreSQL database: postgresql://...")
+@click.option("--from", "source", type=click.Path(dir_okay=False), default=None,
+              help="The SQLite file to copy (default: database.path of the config).")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+              help="Rows per write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_context
+def migrate(ctx, url, source, batch, as_json):
+    """Copy the SQLite database into PostgreSQL (everything, ids and all).
+
+    Servers, agent secrets, users, tokens, sessions, alerts, silences, notifications, audit,
+    inventory, samples and rollups are copied table by table with progress; then each
+    table's rows are counted on both sides, and a difference fails the command. Safe to run
+    again: it brings the destination up to the source's newest state (stop the central
+    before the last run, then set storage.url; docs/scaling.md).
+
+    \b
+    Example:
+      central migrate --to 'postgresql://central@db1/central'
+    """
+    from pathlib import Path
+
+    from .migrate import migrate as run_migration
+
+    config = _config(ctx)
+    path = Path(source) if source else config.database_path
+    shown: dict[str, int] = {}
+
+    def progress(table: str, done: int, total: int) -> None:
+        # a line per table start and end, and about every tenth of a big table
+        step = max(total // 10, batch)
+        if done == 0 or done >= total or done - shown.get(table, 0) >= step:
+            shown[table] = done
+            if not as_json:
+                err_console.print(f"{table}: {done:,} of {total:,} rows", highlight=False)
+
+    try:
+        report = _run(run_migration(path, url, batch=batch, progress=progress))
+    except CentralError as exc:
+        raise click.ClickException(_p(exc.message)) from None
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(_p(str(exc))) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        table = SafeTable("table", "source rows", "destination rows", "copied", "")
+        for t in report.tables:
+            table.add_row(t.table, f"{t.source:,}", f"{t.destination:,}", f"{t.copied:,}",
+                          _styled("ok", "green") if t.ok else _styled("DIFFERENT", "red"))
+        console.print(table)
+        console.print(f"{_h(report.source)} -> {_h(report.destination)}: "
+                      + ("every table has the same number of rows" if report.ok else "counts differ"))
+    if not report.ok:
+        bad = ", ".join(f"{t.table} ({t.source} vs {t.destination})" for t in report.tables if not t.ok)
+        raise click.ClickException(_p(f"the destination's counts differ from the source's: {bad}"))
 
 
 @cli.command()

@@ -83,6 +83,37 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """`[storage]`: which backend. Empty url: SQLite at database.path (the embedded default);
+    "postgresql://..." (or postgres://): that PostgreSQL database (central.storage.postgres)."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteWriteConfig:
+    """`[remote_write]`: also send every sample to a Prometheus remote-write receiver (central.remotewrite)."""
+
+    url: str = ""  # empty: off; e.g. http://127.0.0.1:9090/api/v1/write
+    timeout: float = 10.0
+    batch_size: int = 2000  # samples per request
+    max_samples: int = 100_000  # kept in memory while the receiver is away (oldest dropped first)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    bearer_token_file: str = ""  # a file holding the token sent as Authorization: Bearer
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: several centrals on one PostgreSQL database share the fleet (central.cluster)."""
+
+    enabled: bool = False
+    # A member that stops heartbeating loses its servers within this long.
+    ttl: float = 15.0
+    member: str = ""  # this central's name in the cluster; empty: hostname:http port:pid
+
+
+@dataclass(frozen=True)
 class PollConfig:
     interval: float = 10.0
     timeout: float = 5.0
@@ -334,6 +365,9 @@ class Config:
     data_dir: str = ""
     http: HTTPConfig = field(default_factory=HTTPConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     ssh: SSHConfig = field(default_factory=SSHConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -353,6 +387,20 @@ class Config:
     def database_path(self) -> Path:
         """The SQLite database file."""
         return Path(self.database.path) if self.database.path else self.data_path / "central.db"
+
+    @property
+    def database_target(self) -> str | Path:
+        """What Storage.open opens: storage.url when set (PostgreSQL), else the SQLite file."""
+        return self.storage.url or self.database_path
+
+    @property
+    def database_location(self) -> str:
+        """Where the database is, for messages (a URL without its password, or the file)."""
+        if self.storage.url:
+            from .storage.postgres import safe_url
+
+            return safe_url(self.storage.url)
+        return str(self.database_path)
 
     @property
     def key_path(self) -> Path:
@@ -382,6 +430,10 @@ _DURATIONS = {
     "http.session_max_age",
     "database.lock_timeout",
     "http.login_backoff_max",
+    "remote_write.timeout",
+    "remote_write.backoff_initial",
+    "remote_write.backoff_max",
+    "cluster.ttl",
     "poll.interval",
     "poll.timeout",
     "poll.reload_interval",
@@ -426,6 +478,12 @@ _POSITIVE = {
     "http.max_body_bytes",
     "database.lock_timeout",
     "database.outage_buffer",
+    "remote_write.timeout",
+    "remote_write.batch_size",
+    "remote_write.max_samples",
+    "remote_write.backoff_initial",
+    "remote_write.backoff_max",
+    "cluster.ttl",
     "http.login_attempts",
     "http.login_attempts_per_user",
     "http.login_backoff_max",
@@ -565,7 +623,9 @@ def _env_overrides(env: typing.Mapping[str, str]) -> dict:
         if rest == "data_dir":
             out["data_dir"] = value
             continue
-        section, _, key = rest.partition("_")
+        # the longest section the name starts with (remote_write before a section "remote")
+        section = next((sec for sec in sorted(sections, key=len, reverse=True) if rest.startswith(sec + "_")), "")
+        key = rest[len(section) + 1:]
         if section in sections and key:
             out.setdefault(section, {})[key] = value
     return out
@@ -627,6 +687,15 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"http.port: must be between 1 and 65535, got {cfg.http.port}")
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):
         raise ConfigError("retention: expected raw <= minute <= hour")
+    if cfg.storage.url and not re.match(r"^postgres(ql)?://\S*$", cfg.storage.url):
+        raise ConfigError("storage.url: expected empty (SQLite at database.path) or a postgresql:// URL")
+    if cfg.remote_write.url and not re.match(r"^https?://[^\s/]+(/\S*)?$", cfg.remote_write.url):
+        raise ConfigError(f"remote_write.url: expected an http:// or https:// URL, got {cfg.remote_write.url!r}")
+    if cfg.cluster.enabled and not cfg.storage.url:
+        raise ConfigError("cluster.enabled: several centrals share one PostgreSQL database; set storage.url")
+    if cfg.cluster.enabled and cfg.cluster.ttl < 2 * cfg.poll.reload_interval:
+        raise ConfigError(f"cluster.ttl: {cfg.cluster.ttl:g}s must be at least twice poll.reload_interval "
+                          f"({cfg.poll.reload_interval:g}s): leases are renewed at each reload")
     _check_alerts(cfg.alerts)
     _check_terminal(cfg)
     _check_notifiers(cfg.notifiers)

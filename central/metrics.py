@@ -59,7 +59,8 @@ def process_stats(proc: str = "/proc") -> dict:
 
 def render(servers: Sequence[Server], latest: Mapping[int, dict], *, durations: Histogram,
            errors_by_reason: Mapping[str, int], polls: int, alerts_firing: int,
-           process: Mapping[str, float | None], storage: Mapping | None = None, failed_writes: int = 0) -> str:
+           process: Mapping[str, float | None], storage: Mapping | None = None, failed_writes: int = 0,
+           remote_write: Mapping | None = None) -> str:
     """The whole /metrics page (storage: central.writer.Writer.status())."""
     out: list[str] = []
     _family(out, "central_server_up", "gauge", "1 if the server's last poll succeeded (status online), else 0.")
@@ -101,6 +102,20 @@ def render(servers: Sequence[Server], latest: Mapping[int, dict], *, durations: 
         out.append(f"central_storage_dropped_outcomes_total {storage['dropped']}")
         _family(out, "central_storage_failed_writes_total", "counter", "Write attempts of poll outcomes that failed.")
         out.append(f"central_storage_failed_writes_total {failed_writes}")
+    if remote_write is not None:
+        for key, kind, help_ in (
+            ("sent", "counter", "Samples the remote-write receiver accepted."),
+            ("failed", "counter", "Samples in batches the remote-write receiver refused for good (HTTP 4xx)."),
+            ("dropped", "counter", "Samples dropped, oldest first, because the remote-write queue was full."),
+        ):
+            _family(out, f"central_remote_write_samples_{key}_total", kind, help_)
+            out.append(f"central_remote_write_samples_{key}_total {remote_write[key]}")
+        _family(out, "central_remote_write_failed_requests_total", "counter",
+                "Remote-write requests that failed and were retried (no connection, timeout, 5xx, 429).")
+        out.append(f"central_remote_write_failed_requests_total {remote_write['failed_requests']}")
+        _family(out, "central_remote_write_queued_samples", "gauge",
+                "Samples waiting in memory to be sent (remote_write.max_samples at most).")
+        out.append(f"central_remote_write_queued_samples {remote_write['queued']}")
     _family(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.")
     out.append(f"process_cpu_seconds_total {_num(process['cpu_seconds'])}")
     _family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")

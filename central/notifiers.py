@@ -429,6 +429,16 @@ class Dispatcher:
                 c.put(Message(c.name, event, {}, [alert], [], frozenset([alert["id"]]), now))
         self.router.add(alert, now)
 
+    async def adopt(self, alert_ids: set[int]) -> None:
+        """Alerts another central notified (central.cluster takeover): their last sends from the
+        shared delivery log, so neither a firing message nor a repeat goes out twice."""
+        if not self.channels or not alert_ids:
+            return
+        for (alert_id, channel), ts in (await self.storage.last_sent()).items():
+            if alert_id in alert_ids and channel in self.by_name:
+                self.by_name[channel].last_sent[alert_id] = ts
+                self.router.seed[(alert_id, channel)] = ts
+
     def remind(self, alerts: Sequence[tuple[dict, bool, bool]], now: float) -> None:
         """The timer's round over the firing alerts already notified: [(alert, acknowledged, muted)]."""
         if not self.channels:

@@ -85,12 +85,16 @@ class Poller:
         self._state: dict[int, tuple[bool, str | None, float | None]] = {}  # server id -> (ok, reason, failing since)
         # Run with each round of rollup and pruning (the terminal prunes its recordings here).
         self.maintenance_hooks: list[Callable[[], Awaitable[object]]] = []
+        # Several centrals (central.cluster): which of the listed servers this central polls;
+        # None: all of them.
+        self.ownership: Callable[[dict[int, Server]], Awaitable[set[int]]] | None = None
         # Called after each load of the server list (the serving process freezes what survived
         # for the garbage collector then: central/gcpolicy.py).
         self.reload_hooks: list[Callable[[], object]] = []
         self._tasks: dict[int, asyncio.Task] = {}
         self._servers: dict[int, Server] = {}
         self._servers_marker: object = None  # storage.servers_marker() at the last load
+        self._listed: dict[int, Server] = {}  # every stored server at the last load (a cluster's share of it polled)
         self._main: list[asyncio.Task] = []
         self._flushed = asyncio.Event()
         self.lag: float = 0.0  # how late the last poll started, seconds
@@ -127,13 +131,37 @@ class Poller:
 
     async def reload(self, force: bool = True) -> None:
         """Pick up added, removed and changed servers (force False: only when something but poll
-        batches wrote since the last load; poll batches change no setting the poller reads)."""
+        batches wrote since the last load; poll batches change no setting the poller reads).
+        In a cluster (ownership set) the leases are renewed at every call all the same, and the
+        list is read again when they changed or the servers did."""
         marker = await self.storage.servers_marker()
-        if not force and marker == self._servers_marker:
+        unchanged = not force and marker == self._servers_marker
+        if unchanged and self.ownership is None:
             for hook in self.reload_hooks:
                 hook()
             return
-        servers = {s.id: s for s in await self.storage.list_servers()}
+        listed = self._listed if unchanged else {s.id: s for s in await self.storage.list_servers()}
+        if self.ownership is None:
+            servers = listed
+        else:
+            # a local server is this central's own host only under its own name; the rest are leased
+            local = {sid for sid, s in listed.items() if self.transports.of(s).own_host}
+            owned = await self.ownership({sid: s for sid, s in listed.items() if sid not in local})
+
+            def mine(candidates: dict[int, Server]) -> dict[int, Server]:
+                return {sid: s for sid, s in candidates.items()
+                        if sid in owned or (sid in local and s.name == self.config.poll.local_name)}
+
+            servers = mine(listed)
+            if unchanged:
+                if servers.keys() == self._servers.keys():
+                    for hook in self.reload_hooks:
+                        hook()
+                    return
+                # servers handed over: their status as stored now (another central polled them)
+                listed = {s.id: s for s in await self.storage.list_servers()}
+                servers = mine(listed)
+        self._listed = listed
         self._servers_marker = marker
         for sid in list(self._tasks):
             if sid not in servers:

@@ -21,10 +21,12 @@ import asyncssh
 from . import files
 from .alerts import AlertEngine
 from .auth import Auth
+from .cluster import Membership, default_member_name
 from .config import Config
 from .model import StorageUnavailable
 from .notifiers import Dispatcher
 from .poller import Poller
+from .remotewrite import RemoteWriter, RemoteWriteSettings
 from .servers import ensure_local_server
 from .sshpool import SSHPool, host_authorities, public_key_line
 from .storage import Storage
@@ -38,9 +40,9 @@ async def check_database_writable(config: Config) -> None:
     """Raise StorageUnavailable, in one line, unless `central serve` can write its database
     (read-only file or file system, disk full, not openable). A lock another process holds is
     no reason not to start: poll outcomes wait in memory until it is released."""
-    path = config.database_path
+    path = config.database_location
     try:
-        storage = await Storage.open(path, config.database.lock_timeout)
+        storage = await Storage.open(config.database_target, config.database.lock_timeout)
     except StorageUnavailable as exc:
         raise StorageUnavailable(f"{path}: {exc.message}") from None
     except Exception as exc:  # noqa: BLE001 - sqlite3 or OS errors opening the file: one line, no traceback
@@ -53,6 +55,20 @@ async def check_database_writable(config: Config) -> None:
         log.warning("%s is locked by another process; poll outcomes wait in memory until it is released", path)
     finally:
         await storage.close()
+
+
+def remote_write_settings(config: Config) -> RemoteWriteSettings:
+    """The remote writer's settings from [remote_write] (the bearer token read from its file)."""
+    rw = config.remote_write
+    token = None
+    if rw.bearer_token_file:
+        try:
+            token = Path(rw.bearer_token_file).read_text().strip()
+        except OSError as exc:
+            raise StorageUnavailable(f"remote_write.bearer_token_file: cannot read {rw.bearer_token_file}: "
+                                     f"{exc.strerror}") from None
+    return RemoteWriteSettings(url=rw.url, timeout=rw.timeout, batch_size=rw.batch_size, max_samples=rw.max_samples,
+                               backoff_initial=rw.backoff_initial, backoff_max=rw.backoff_max, bearer_token=token)
 
 
 def restricted_key_line(public_key: str, agent_port: int = 8083) -> str:
@@ -136,6 +152,22 @@ class Central:
         self.poller.writer.listeners.append(self.alerts.storage_health)
         self.terminal = Terminals(config, storage, self.auth, self.transports)
         self.poller.maintenance_hooks.append(self.terminal.prune)
+        # several centrals on one database (cluster.enabled): poll only this central's share
+        self.membership: Membership | None = None
+        if config.cluster.enabled:
+            member = config.cluster.member or default_member_name(config.http.port)
+            self.membership = Membership(storage, member, ttl=config.cluster.ttl,
+                                         address=f"{config.http.listen}:{config.http.port}")
+            self.poller.ownership = self.membership.ownership
+            # alerts are evaluated and notified by the server's owner only
+            membership = self.membership
+            self.alerts.owns = lambda server_id: server_id in membership.owned
+            self.membership.listeners.append(self.alerts.adopt)
+        # remote write (remote_write.url): every stored sample also goes to a Prometheus receiver
+        self.remote_write: RemoteWriter | None = None
+        if config.remote_write.url:
+            self.remote_write = RemoteWriter(remote_write_settings(config))
+            self.poller.hooks.append(self.remote_write.on_batch)
 
     @classmethod
     async def open(cls, config: Config, *, serving: bool = False) -> "Central":
@@ -144,7 +176,7 @@ class Central:
         (its reads queue behind them); a CLI command waits up to 10 s."""
         files.private_dir(config.data_path)
         host_authorities(config.ssh)  # a host CA file that cannot be read is one line at start, not a failed poll
-        storage = await Storage.open(config.database_path, config.database.lock_timeout if serving else 10.0)
+        storage = await Storage.open(config.database_target, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
         if config.poll.local:
             await ensure_local_server(central)
@@ -187,6 +219,10 @@ class Central:
     async def close(self) -> None:
         """Stop polling and close connections and the database."""
         await self.poller.stop()
+        if self.membership is not None:
+            await self.membership.leave()
+        if self.remote_write is not None:
+            await self.remote_write.stop()
         await self.terminal.close()
         await self.alerts.stop()
         await self.notifier.stop()

@@ -64,6 +64,9 @@ class Transport:
     # The settings an operator may change (None: all of them), and why only those.
     settable: frozenset[str] | None = None
     settable_text: str = ""
+    # Collected on the central's own host: never shared among several centrals (central.cluster),
+    # each polls only the one of its own name (poll.local_name).
+    own_host: bool = False
 
     def address(self, user: str, host: str, port: int) -> str:
         """How lists show where a server is."""
@@ -250,6 +253,7 @@ class LocalTransport(Transport):
     kind = LOCAL
     no_host_key = "{name} is the central's own host; it has no SSH host key"
     no_agent = "the central's own host: collected in-process, no agent"
+    own_host = True
     settable = frozenset({"tags", "interval_s"})
     settable_text = "{name} is the central's own host: only tags and interval can change"
 

@@ -133,6 +133,7 @@ async def central_status(central: Central) -> dict:
         "pool": {"connections": central.pool.size, "connects": central.pool.connects},
         "notifiers": (await notifications_status(central))["notifiers"],
         "storage": central.poller.writer.status(),
+        "cluster": central.membership.status() if central.membership is not None else None,
     }
 
 

@@ -29,6 +29,7 @@ APT_PACKAGES=(
   prometheus prometheus-alertmanager
   chromium fonts-dejavu-core
   shellcheck sqlite3 python3 python3-venv
+  postgresql
 )
 # What a contributor without root can run (tests/skippolicy.py gives tests that use the host
 # or LXC fixtures their marker, and the fast modules the `unit` marker).

@@ -9,7 +9,7 @@ from central.config import Config, PollConfig, RetentionConfig, SSHConfig, load_
 from central.service import Central, ensure_key_pair
 
 # skippolicy: under CI=true a skip fails the run; outside CI every skip is summarised loudly.
-pytest_plugins = ["tests.skippolicy", "tests.hostfixtures", "tests.sshharness", "pytester"]
+pytest_plugins = ["tests.skippolicy", "tests.hostfixtures", "tests.sshharness", "tests.pgserver", "pytester"]
 
 from tests.agentutil import agent, start_agent  # noqa: E402,F401  (fixtures for the agent tests)
 

@@ -1,7 +1,7 @@
 """The storage contract: what every backend of central.storage.Storage must do.
 
-Each test runs once per backend in BACKENDS (only SQLite today; a PostgreSQL backend adds its
-opener there). Only the interface is used here: backend-specific checks (schema versions,
+Each test runs once per backend in BACKENDS: SQLite on a temporary file, and PostgreSQL on a
+database of its own in the real server tests/pgserver.py starts from Debian's packages. Only the interface is used here: backend-specific checks (schema versions,
 files, connections) live in tests/test_storage_<backend>.py.
 """
 from __future__ import annotations
@@ -18,18 +18,23 @@ DAY = 86400.0
 NOW = 1_800_000_000.0  # fixed "now" so buckets are predictable
 
 
-async def _sqlite(tmp_path):
-    return await Storage.open(tmp_path / "c.db")
+def _sqlite(request, tmp_path):
+    return tmp_path / "c.db"
 
 
-# backend name -> opener of its database (the same database on every call within a test)
-BACKENDS = {"sqlite": _sqlite}
+def _postgres(request, tmp_path):
+    return request.getfixturevalue("pg_url")
+
+
+# backend name -> where the test's database is (Storage.open opens it; the same one on every
+# call within a test)
+BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=list(BACKENDS))
 def backend(request, tmp_path):
     """Opens the test's database on this backend (again: reopens the same one)."""
-    return functools.partial(BACKENDS[request.param], tmp_path)
+    return functools.partial(Storage.open, BACKENDS[request.param](request, tmp_path))
 
 
 @pytest.fixture
@@ -656,6 +661,38 @@ async def test_the_writable_check_commits_without_touching_stored_data(storage):
     assert sorted(await storage.latest_samples()) == [server.id]
 
 
+# several centrals: members and leases (central.cluster)
+
+async def test_members_heartbeat_and_leave(storage):
+    assert [m["member"] for m in await storage.heartbeat("a", "10.0.0.1:9083", ttl=30)] == ["a"]
+    members = await storage.heartbeat("b", "10.0.0.2:9083", ttl=30)
+    assert [(m["member"], m["address"], m["servers"]) for m in members] == [("a", "10.0.0.1:9083", 0),
+                                                                          ("b", "10.0.0.2:9083", 0)]
+    assert all(m["now"] >= m["heartbeat_at"] >= m["started_at"] for m in members)
+    # a heartbeat older than the TTL is not live
+    assert [m["member"] for m in await storage.heartbeat("b", "", ttl=0.0)] == []
+    await storage.leave("a")
+    assert [m["member"] for m in await storage.heartbeat("b", "", ttl=30)] == ["b"]
+
+
+async def test_a_lease_is_held_by_one_member_until_it_expires_or_is_released(storage):
+    ids = [(await storage.add_server(f"s{i}", "10.0.0.1")).id for i in range(4)]
+    assert await storage.claim_servers("a", ids[:3], ttl=30) == set(ids[:3])
+    assert await storage.claim_servers("b", ids, ttl=30) == {ids[3]}  # a's stay a's
+    assert await storage.claim_servers("a", ids[:3], ttl=30) == set(ids[:3])  # renewed
+    members = {m["member"]: m["servers"] for m in await storage.heartbeat("a", "", ttl=30)}
+    assert members == {"a": 3}
+    await storage.release_servers("a", [ids[0]])
+    assert await storage.claim_servers("b", [ids[0]], ttl=30) == {ids[0]}
+    # a lease not renewed in time (ttl 0: expired at once) is taken over
+    assert await storage.claim_servers("a", [ids[1]], ttl=0.0) == set()
+    assert await storage.claim_servers("b", [ids[1]], ttl=30) == {ids[1]}
+    await storage.remove_server("s2")  # its lease goes with it
+    assert await storage.claim_servers("b", [ids[2]], ttl=30) == set()
+    await storage.leave("b")
+    assert await storage.claim_servers("a", [ids[0], ids[1], ids[3]], ttl=30) == {ids[0], ids[1], ids[3]}
+
+
 # --- containers ---------------------------------------------------------------------------
 
 def with_containers(outcome: PollOutcome, containers: list) -> PollOutcome:
@@ -729,3 +766,64 @@ async def test_a_container_row_the_database_refuses_keeps_other_servers_samples(
     assert [o for o, _ in refused] == [bad]
     assert await storage.container_names(a.id) == [] and await storage.container_names(b.id) == ["y"]
     assert a.id not in await storage.latest_samples()
+
+
+# --- bastions, lookups by id, and the markers the poller and the answers cache rest on -------
+
+async def test_a_server_behind_a_bastion_and_lookup_by_id(storage):
+    bastion = await storage.add_server("bastion", "10.0.0.1")
+    inner = await storage.add_server("inner", "10.1.0.1", via=bastion.id)
+    assert inner.via == bastion.id and (await storage.server_by_id(inner.id)).name == "inner"
+    with pytest.raises(NotFound):
+        await storage.server_by_id(inner.id + 1000)
+    with pytest.raises(Conflict, match="bastion of inner"):
+        await storage.remove_server("bastion")
+    assert (await storage.get_server("inner")).via == bastion.id  # nothing removed
+    moved = await storage.update_server("inner", via=None)
+    assert moved.via is None
+    await storage.remove_server("bastion")
+    assert [s.name for s in await storage.list_servers()] == ["inner"]
+
+
+async def test_the_servers_marker_stays_while_only_poll_batches_write(backend):
+    storage = await backend()
+    other = await backend()  # another process on the same database (the CLI)
+    try:
+        a = await storage.add_server("a", "10.0.0.1")
+        first = await storage.servers_marker()
+        assert await storage.servers_marker() == first
+        await storage.write_polls([ok(a.id, NOW), failed(a.id, NOW + 30)], offline_after=1)
+        assert await storage.servers_marker() == first  # poll batches: the same
+        await storage.update_server("a", tags=["x"])
+        second = await storage.servers_marker()
+        assert second != first
+        await other.add_server("b", "10.0.0.2")  # another process's change is seen too
+        third = await storage.servers_marker()
+        assert third != second
+        await other.remove_server("b")
+        assert await storage.servers_marker() != third
+    finally:
+        await other.close()
+        await storage.close()
+
+
+async def test_the_change_marker_moves_with_any_commit_of_any_process(backend):
+    storage = await backend()
+    other = await backend()
+    try:
+        a = await storage.add_server("a", "10.0.0.1")
+        first = await storage.change_marker()
+        assert await storage.change_marker() == first  # nothing committed: the same
+        await storage.write_polls([ok(a.id, NOW)], offline_after=3)
+        second = await storage.change_marker()
+        assert second != first
+        await other.add_user("alice", "admin", "scrypt$x")  # another process's commit
+        assert await storage.change_marker() != second
+        # the in-memory latest samples are part of it
+        await storage.latest_samples()
+        third = await storage.change_marker()
+        await storage.write_polls([ok(a.id, NOW + 30)], offline_after=3)
+        assert await storage.change_marker() != third
+    finally:
+        await other.close()
+        await storage.close()

@@ -1,6 +1,6 @@
 """The storage interface: what the rest of central may ask of a database, by concept.
 
-Every backend implements `Storage` (today: central.storage.sqlite). Callers see only domain
+Every backend implements `Storage` (central.storage.sqlite, central.storage.postgres). Callers see only domain
 types (Server, PollOutcome, plain dicts and lists, numbers); no backend's connection, row or
 error type crosses this interface, and "no such thing" / "already exists" are the domain
 errors NotFound and Conflict. tests/test_storage_contract.py is the contract every backend
@@ -461,15 +461,43 @@ class Terminal(ABC):
         """Delete ended sessions that started before `before`; returns their recording file names."""
 
 
-class Storage(Servers, Samples, Containers, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets):
+class Cluster(ABC):
+    """Several centrals on one database (central.cluster): members by heartbeat, and a lease per
+    server held by the one member that polls it. Times come from the database's clock where
+    it has one (PostgreSQL), so members' clocks need not agree."""
+
+    @abstractmethod
+    async def heartbeat(self, member: str, address: str, ttl: float) -> list[dict]:
+        """Record that member is alive now; the live members (a heartbeat within ttl), by name:
+        {member, address, started_at, heartbeat_at, servers (leases held), now (the database's time)}."""
+
+    @abstractmethod
+    async def claim_servers(self, member: str, server_ids: Sequence[int], ttl: float) -> set[int]:
+        """Take or renew the leases of these servers for ttl, each unless another member holds it
+        unexpired; the ids whose lease member holds now."""
+
+    @abstractmethod
+    async def release_servers(self, member: str, server_ids: Sequence[int]) -> None:
+        """Give up member's leases of these servers (their new owner takes them at once)."""
+
+    @abstractmethod
+    async def leave(self, member: str) -> None:
+        """Remove member and every lease it holds (a clean shutdown hands over at once)."""
+
+
+class Storage(Servers, Samples, Containers, Inventory, Alerts, Audit, Users, Terminal, AgentSecrets, Cluster):
     """A database of central: open with `await Storage.open(target)`, close with `await storage.close()`."""
 
     @classmethod
     async def open(cls, target: str | Path, lock_timeout: float = 10.0) -> "Storage":
         """Open (creating if needed) the database at target and bring its schema up to date.
 
-        target is a SQLite file path (the only backend today); lock_timeout is how long a write
-        waits for a lock another process holds."""
+        target is a SQLite file path, or a postgresql://... URL (central.storage.postgres);
+        lock_timeout is how long a write waits for a lock another process holds."""
+        from .postgres import PostgresStorage, is_postgres_url
+
+        if is_postgres_url(target):
+            return await PostgresStorage.open(str(target), lock_timeout)
         from .sqlite import SQLiteStorage
 
         return await SQLiteStorage.open(target, lock_timeout)

@@ -31,6 +31,15 @@ STORAGE = obj({"ok": boolean(), "reason": nullable(string()), "since": nullable(
               required=["ok", "reason", "since", "failed_writes", "buffered", "buffer_capacity", "dropped"])
 
 
+CLUSTER = obj({"member": string(description="This central's name among the members."), "ttl": number(),
+               "servers": integer(description="Servers this central polls (its leases)."),
+               "members": array(obj({"member": string(), "address": string(), "started_at": number(),
+                                     "heartbeat_at": number(), "servers": integer(),
+                                     "age": number(description="Seconds since its last heartbeat.")},
+                                    required=["member", "address", "started_at", "heartbeat_at", "servers", "age"]))},
+              required=["member", "ttl", "servers", "members"])
+
+
 @endpoints.get("/readiness", summary="Readiness: database open and writable, poller running", role=NONE,
                responses={200: obj({"status": string(enum=["ready"]), "uptime": number(), "storage": STORAGE},
                                    required=["status", "uptime", "storage"]),
@@ -57,7 +66,8 @@ async def prometheus_metrics(call: Call) -> web.Response:
     poller = central.poller
     text = metrics.render(servers, latest, durations=poller.durations, errors_by_reason=poller.errors_by_reason,
                           polls=poller.polls, alerts_firing=alerts["firing"], process=process,
-                          storage=poller.writer.status(), failed_writes=poller.writer.failed_writes)
+                          storage=poller.writer.status(), failed_writes=poller.writer.failed_writes,
+                          remote_write=central.remote_write.status() if central.remote_write else None)
     return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -68,12 +78,13 @@ async def prometheus_metrics(call: Call) -> web.Response:
                                             "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
                                            required=["lag", "servers", "polls", "polls_failed"]),
                              "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"]),
-                             "notifiers": array(NOTIFIER), "storage": STORAGE},
+                             "notifiers": array(NOTIFIER), "storage": STORAGE, "cluster": nullable(CLUSTER)},
                             required=["version", "uptime", "database", "poller", "pool", "storage"]))
 async def central_status(call: Call) -> dict:
     """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
     notification channel's health (as in /api/v1/notifiers); `storage` says whether poll outcomes
-    can be written and how many wait in memory."""
+    can be written and how many wait in memory; `cluster` (null unless cluster.enabled) names this
+    central among the members sharing the database and lists the live ones (docs/scaling.md)."""
     return await views.central_status(call.central)
 
 

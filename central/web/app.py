@@ -43,6 +43,8 @@ async def _central_context(app: web.Application) -> AsyncIterator[None]:
     central = await Central.open(app[CONFIG], serving=True)
     app[CENTRAL] = central
     await central.poller.start()
+    if central.remote_write is not None:
+        await central.remote_write.start()
     await central.terminal.start()
     bot = bot_task = None
     reloads: set[asyncio.Task] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..interface import Storage
 from .alerts import SQLiteAlerts
+from .cluster import SQLiteCluster
 from .audit import SQLiteAudit
 from .containers import SQLiteContainers
 from .base import MIGRATIONS, SCHEMA_VERSION, SQLiteBase
@@ -19,6 +20,6 @@ from .users import SQLiteUsers
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 
-class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteContainers, SQLiteInventory, SQLiteAlerts, SQLiteAudit, SQLiteUsers,
-                    SQLiteTerminal, SQLiteAgentSecrets, SQLiteBase, Storage):
+class SQLiteStorage(SQLiteServers, SQLiteSamples, SQLiteContainers, SQLiteInventory, SQLiteAlerts, SQLiteAudit,
+                    SQLiteUsers, SQLiteTerminal, SQLiteAgentSecrets, SQLiteCluster, SQLiteBase, Storage):
     """central's database in one SQLite file: `await SQLiteStorage.open(path)`."""

@@ -24,7 +24,7 @@ from ...model import METRICS, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Migrations from version N-1 to N: (N, [statements]). Each must be idempotent. (A key figure
 # added to central.model.METRICS needs none: _add_metric_columns adds its columns.)
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -36,6 +36,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         " ON DELETE CASCADE, secret TEXT NOT NULL, updated_at REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS pending_agent_secrets (host TEXT NOT NULL, port INTEGER NOT NULL,"
         " secret TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (host, port))",
+    ]),
+    # 3: several centrals on one database (central.cluster, issue 19): members and server leases.
+    (3, [
+        "CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, address TEXT NOT NULL DEFAULT '',"
+        " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS leases (server_id INTEGER PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,"
+        " member TEXT NOT NULL, expires_at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS leases_member ON leases (member)",
     ]),
 ]
 
