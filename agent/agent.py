@@ -868,13 +868,26 @@ def process_entries(proc, prev, cur, dt, keys):
     return out
 
 
-def _kernel_thread(proc, pid):
-    """Whether a process is a kernel thread (PF_KTHREAD in its stat flags)."""
+def _kernel_thread(proc, pid, start_time=None):
+    """Whether a process is a kernel thread (PF_KTHREAD in its stat flags). With its start time
+    the answer is kept (a process is a kernel thread or not for its whole life), so the top
+    lists' entries are not read again at every poll."""
+    key = (proc, pid, start_time)
+    if start_time is not None and key in _KTHREAD_CACHE:
+        return _KTHREAD_CACHE[key]
     try:
-        return bool(int(parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat"), 2048))[1][6])
-                    & PF_KTHREAD)
+        fields = parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat"), 2048))[1]
+        kthread = bool(int(fields[6]) & PF_KTHREAD)
     except (OSError, ValueError, IndexError):
         return False
+    if start_time is not None and fields[19] == str(start_time).encode():  # the same process
+        if len(_KTHREAD_CACHE) > 4096:
+            _KTHREAD_CACHE.clear()
+        _KTHREAD_CACHE[key] = kthread
+    return kthread
+
+
+_KTHREAD_CACHE = {}
 
 
 def kill_offered(policy, entry, proc="/proc", own_pid=None):
@@ -888,7 +901,7 @@ def kill_offered(policy, entry, proc="/proc", own_pid=None):
         return False
     if any(fnmatch.fnmatchcase(entry["name"], p) for p in policy["protected_processes"]):
         return False
-    return not _kernel_thread(proc, pid)
+    return not _kernel_thread(proc, pid, entry.get("start_time"))
 
 
 def _proc_cpu(prev, cur, dt, key):
