@@ -1922,6 +1922,7 @@ class KeptFiles(object):
     def __init__(self, limit=None):
         self.fds = {}
         self.used = set()
+        self.reopened = 0  # kept files that failed and were opened again (a cgroup replaced)
         if limit is None:
             try:
                 import resource
@@ -1942,6 +1943,7 @@ class KeptFiles(object):
             except OSError:  # its cgroup (or process) is gone: open the path again
                 del self.fds[path]
                 os.close(fd)
+                self.reopened += 1
         fd = os.open(path, os.O_RDONLY)
         try:
             data = os.pread(fd, size, 0)
@@ -2101,7 +2103,15 @@ class ContainerCollector(object):
                 files = self._files.get(ident)
                 if files is None:
                     files = self._files[ident] = container_cgroup_files(roots, rel)
+                reopened = self._kept.reopened if self._kept is not None else 0
                 fig = read_container_cgroup(roots, rel, limits[1], files, self._read)
+                if fig is not None and self._kept is not None and self._kept.reopened != reopened:
+                    # a new cgroup of the same name (the container restarted): a new init and
+                    # network namespace, and its limits read again
+                    self._init.pop(ident, None)
+                    if limits[0] != now:
+                        limits = self._limits[ident] = (now, read_container_limits(roots, rel))
+                        fig["memory_limit"], fig["cpu_limit"] = limits[1]
             except (OSError, ValueError, KeyError):
                 fig = None
             if fig is None:
