@@ -856,12 +856,18 @@ def process_details(proc, pid):
     return user, cmdline
 
 
-def process_entries(proc, prev, cur, dt, keys):
-    """Build process dicts for the given (pid, start_time) keys with cpu percent since prev."""
+def process_entries(proc, prev, cur, dt, keys, details=None):
+    """Build process dicts for the given (pid, start_time) keys with cpu percent since prev.
+    details: a dict shared by the calls of one scan, so a process in both top lists is read once."""
     out = []
     for key in keys:
         ticks, rss, comm = cur[key]
-        user, cmdline = process_details(proc, key[0])
+        found = details.get(key) if details is not None else None
+        if found is None:
+            found = process_details(proc, key[0])
+            if details is not None:
+                details[key] = found
+        user, cmdline = found
         out.append({"pid": key[0], "start_time": key[1], "user": user,
                     "name": comm.decode("utf-8", "replace"), "cmdline": cmdline,
                     "cpu_percent": _proc_cpu(prev, cur, dt, key), "rss": rss})
@@ -2865,9 +2871,10 @@ class Collector(object):
 
         top_cpu = heapq.nlargest(TOP_N, table, key=delta)
         top_mem = heapq.nlargest(TOP_N, table, key=lambda k: table[k][1])
+        details = {}  # (pid, start) -> (user, cmdline), read once per poll
         out = {"count": len(table),
-               "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu),
-               "top_memory": process_entries(self.proc, prev, table, dt, top_mem)}
+               "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu, details),
+               "top_memory": process_entries(self.proc, prev, table, dt, top_mem, details)}
         offered = {}
         for entry in out["top_cpu"] + out["top_memory"]:
             if entry["pid"] not in offered:
