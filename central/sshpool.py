@@ -253,6 +253,21 @@ class SSHPool:
                                                  f"{err.message}") from None
         return bastion, conn
 
+    async def blame_bastion(self, server: Server, err: PollError) -> PollError:
+        """A host's failed poll, as BASTION_UNREACHABLE when the connection broke because its
+        bastion's did (the bastion went down while the host's tunnelled connection was open)."""
+        if server.via is None or err.reason not in (UNREACHABLE, TIMEOUT) or self.resolve_server is None:
+            return err
+        entry = self._entries.get(server.via)
+        if entry is not None and entry.conn is not None and not entry.conn.is_closed():
+            return err
+        try:
+            bastion = await self.resolve_server(server.via)
+        except CentralError:
+            return err
+        return PollError(BASTION_UNREACHABLE, f"unreachable via bastion {bastion.name}: its connection closed "
+                                              f"({err.message})")
+
     async def fetch_host_key_via(self, bastion: Server, host: str, port: int) -> asyncssh.SSHKey:
         """The host key a host behind a bastion presents, fetched through the bastion's pooled connection."""
         try:

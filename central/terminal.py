@@ -557,8 +557,10 @@ class Terminals:
         except (asyncssh.KeyImportError, ValueError, TypeError) as exc:
             raise Unavailable(f"the pinned host key of {server.name} cannot be read: {exc}") from None
         try:
+            # behind a bastion: through the pool's connection to it, as polls go (never directly)
+            via = await self.transports.ssh.pool.bastion_of(server)
             conn = await asyncio.wait_for(asyncssh.connect(
-                server.host, server.port, username=account, client_keys=[key],
+                server.host, server.port, username=account, client_keys=[key], tunnel=via[1] if via else (),
                 known_hosts=([pinned], [], []), **connect_options(ssh)), ssh.connect_timeout + 1)
         except Exception as exc:  # noqa: BLE001 - classified
             err = classify(exc)

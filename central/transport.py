@@ -126,7 +126,10 @@ class SSHTransport(Transport):
     async def document(self, server: Server) -> tuple[dict, str]:
         """GET /api/all on the kept channel."""
         client = self.pool.agent_client(server, self.config.poll.max_response_bytes)
-        status, body = await client.request("GET", "/api/all", timeout=self.config.poll.timeout)
+        try:
+            status, body = await client.request("GET", "/api/all", timeout=self.config.poll.timeout)
+        except PollError as err:
+            raise await self.pool.blame_bastion(server, err) from None
         if status != 200:
             raise PollError(AGENT_ERROR, f"GET /api/all answered {status}")
         return parse_document(body)
