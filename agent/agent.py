@@ -691,8 +691,14 @@ def disk_rates(prev, cur):
 
 def read_net_sample(proc="/proc"):
     """Cumulative counters per interface from /proc/net/dev (loopback left out)."""
+    return {"t": time.monotonic(), "ifaces": parse_net_dev(_read_text(os.path.join(proc, "net", "dev"), 1 << 20))}
+
+
+def parse_net_dev(text):
+    """{interface: (rx bytes, tx bytes, rx errors, tx errors, rx drops, tx drops)} of a net/dev
+    text (loopback and the links of SKIP_NET left out)."""
     ifaces = {}
-    for line in _read_text(os.path.join(proc, "net", "dev"), 1 << 20).splitlines()[2:]:
+    for line in text.splitlines()[2:]:
         name, _, rest = line.partition(":")
         name = name.strip()
         if not name or name in SKIP_NET:
@@ -701,7 +707,7 @@ def read_net_sample(proc="/proc"):
         if len(f) < 16:
             continue
         ifaces[name] = (int(f[0]), int(f[8]), int(f[2]), int(f[10]), int(f[3]), int(f[11]))
-    return {"t": time.monotonic(), "ifaces": ifaces}
+    return ifaces
 
 
 def net_rates(prev, cur):
@@ -850,25 +856,44 @@ def process_details(proc, pid):
     return user, cmdline
 
 
-def process_entries(proc, prev, cur, dt, keys):
-    """Build process dicts for the given (pid, start_time) keys with cpu percent since prev."""
+def process_entries(proc, prev, cur, dt, keys, details=None):
+    """Build process dicts for the given (pid, start_time) keys with cpu percent since prev.
+    details: a dict shared by the calls of one scan, so a process in both top lists is read once."""
     out = []
     for key in keys:
         ticks, rss, comm = cur[key]
-        user, cmdline = process_details(proc, key[0])
+        found = details.get(key) if details is not None else None
+        if found is None:
+            found = process_details(proc, key[0])
+            if details is not None:
+                details[key] = found
+        user, cmdline = found
         out.append({"pid": key[0], "start_time": key[1], "user": user,
                     "name": comm.decode("utf-8", "replace"), "cmdline": cmdline,
                     "cpu_percent": _proc_cpu(prev, cur, dt, key), "rss": rss})
     return out
 
 
-def _kernel_thread(proc, pid):
-    """Whether a process is a kernel thread (PF_KTHREAD in its stat flags)."""
+def _kernel_thread(proc, pid, start_time=None):
+    """Whether a process is a kernel thread (PF_KTHREAD in its stat flags). With its start time
+    the answer is kept (a process is a kernel thread or not for its whole life), so the top
+    lists' entries are not read again at every poll."""
+    key = (proc, pid, start_time)
+    if start_time is not None and key in _KTHREAD_CACHE:
+        return _KTHREAD_CACHE[key]
     try:
-        return bool(int(parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat"), 2048))[1][6])
-                    & PF_KTHREAD)
+        fields = parse_stat(_read_bytes(os.path.join(proc, str(pid), "stat"), 2048))[1]
+        kthread = bool(int(fields[6]) & PF_KTHREAD)
     except (OSError, ValueError, IndexError):
         return False
+    if start_time is not None and fields[19] == str(start_time).encode():  # the same process
+        if len(_KTHREAD_CACHE) > 4096:
+            _KTHREAD_CACHE.clear()
+        _KTHREAD_CACHE[key] = kthread
+    return kthread
+
+
+_KTHREAD_CACHE = {}
 
 
 def kill_offered(policy, entry, proc="/proc", own_pid=None):
@@ -882,7 +907,7 @@ def kill_offered(policy, entry, proc="/proc", own_pid=None):
         return False
     if any(fnmatch.fnmatchcase(entry["name"], p) for p in policy["protected_processes"]):
         return False
-    return not _kernel_thread(proc, pid)
+    return not _kernel_thread(proc, pid, entry.get("start_time"))
 
 
 def _proc_cpu(prev, cur, dt, key):
@@ -1646,10 +1671,15 @@ def _container_dirs(root):
     return out
 
 
-def _io_stat_v2(path):
+def _read_small(path, size=4096):
+    """Up to size bytes of a file: one open, read and close (ContainerCollector's default reader)."""
+    return _read_bytes(path, size)
+
+
+def _io_stat_v2(path, read=_read_small):
     """(read bytes, written bytes) summed over the devices of a v2 io.stat."""
     rd = wr = 0
-    for line in _read_text(path).splitlines():
+    for line in read(path, 65536).decode("ascii", "replace").splitlines():
         for field in line.split()[1:]:
             if field.startswith("rbytes="):
                 rd += int(field[7:])
@@ -1658,10 +1688,10 @@ def _io_stat_v2(path):
     return rd, wr
 
 
-def _io_stat_v1(path):
+def _io_stat_v1(path, read=_read_small):
     """(read bytes, written bytes) of a v1 blkio.throttle.io_service_bytes(_recursive)."""
     rd = wr = 0
-    for line in _read_text(path).splitlines():
+    for line in read(path, 65536).decode("ascii", "replace").splitlines():
         f = line.split()
         if len(f) == 3 and f[1] == "Read":
             rd += int(f[2])
@@ -1710,16 +1740,16 @@ def _start_ticks(proc, pid):
         return None
 
 
-def _cg(path, size=4096):
+def _cg(path, size=4096, read=_read_small):
     """A small cgroup file's text (one read), None when it is missing or unreadable."""
     try:
-        return _read_bytes(path, size).decode("ascii", "replace")
+        return read(path, size).decode("ascii", "replace")
     except OSError:
         return None
 
 
-def _cg_int(path):
-    text = _cg(path)
+def _cg_int(path, read=_read_small):
+    text = _cg(path, 4096, read)
     try:
         return int(text.split()[0]) if text else None
     except ValueError:
@@ -1729,10 +1759,10 @@ def _cg_int(path):
 _STAT_RES = {}
 
 
-def _stat_value(path, key):
+def _stat_value(path, key, read=_read_small):
     """One 'key value' line of a memory.stat/cpu.stat file (without parsing the rest): its value,
     0 when the key is absent, None when the file cannot be read."""
-    text = _cg(path, 16384)
+    text = _cg(path, 16384, read)
     if text is None:
         return None
     pattern = _STAT_RES.get(key)
@@ -1758,58 +1788,79 @@ def read_container_limits(roots, rel):
     return limit, (round(float(quota) / period, 2) if quota and quota > 0 and period else None)
 
 
-def read_container_cgroup(roots, rel, limits=None):
+def container_cgroup_files(roots, rel):
+    """The files read_container_cgroup reads for one container cgroup (relative path rel under
+    each hierarchy), joined once: {"version", "cpu", "memory", "memory_stat", "pids", "io",
+    "frozen", "dir", "dirs"}; an entry is None where its hierarchy is not mounted."""
+    if roots["version"] == 2:
+        d = os.path.join(roots["v2"], rel)
+        return {"version": 2, "cpu": os.path.join(d, "cpu.stat"), "memory": os.path.join(d, "memory.current"),
+                "memory_stat": os.path.join(d, "memory.stat"), "pids": os.path.join(d, "pids.current"),
+                "io": os.path.join(d, "io.stat"), "frozen": os.path.join(d, "cgroup.events"), "dir": d,
+                "dirs": [d]}
+    v1 = roots["v1"]
+
+    def path(controller, name):
+        return os.path.join(v1[controller], rel, name) if v1.get(controller) else None
+
+    mem = os.path.join(v1["memory"], rel)
+    return {"version": 1, "cpu": path("cpuacct", "cpuacct.usage"),
+            "memory": os.path.join(mem, "memory.usage_in_bytes"),
+            "memory_stat": os.path.join(mem, "memory.stat"), "pids": path("pids", "pids.current"),
+            "io": path("blkio", "blkio.throttle.io_service_bytes_recursive"),
+            "frozen": path("freezer", "freezer.state"), "dir": mem,
+            "dirs": [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]}
+
+
+def read_container_cgroup(roots, rel, limits=None, files=None, read=_read_small):
     """Cumulative figures of one container cgroup (relative path rel under each hierarchy):
     {"cpu_ns", "memory_used", "memory_limit", "cpu_limit", "pids", "read_bytes", "write_bytes",
     "frozen", "dirs"}; None when the cgroup is gone (the container stopped). limits: the
-    (memory, cpu) limits when the caller keeps them (read_container_limits), else read here."""
+    (memory, cpu) limits when the caller keeps them (read_container_limits), else read here;
+    files: container_cgroup_files(roots, rel) when the caller keeps it; read(path, size): how
+    a file's bytes are read (ContainerCollector re-reads files it keeps open)."""
+    f = files or container_cgroup_files(roots, rel)
     out = {}
-    if roots["version"] == 2:
-        d = os.path.join(roots["v2"], rel)
-        if not os.path.isdir(d):
+    if f["version"] == 2:
+        if not os.path.isdir(f["dir"]):
             return None
-        usage = _stat_value(os.path.join(d, "cpu.stat"), "usage_usec")
+        usage = _stat_value(f["cpu"], "usage_usec", read)
         out["cpu_ns"] = usage * 1000 if usage else None
-        current = _cg_int(os.path.join(d, "memory.current"))
-        inactive = _stat_value(os.path.join(d, "memory.stat"), "inactive_file") if current is not None else 0
+        current = _cg_int(f["memory"], read)
+        inactive = _stat_value(f["memory_stat"], "inactive_file", read) if current is not None else 0
         out["memory_used"] = None if current is None else max(0, current - (inactive or 0))
-        out["pids"] = _cg_int(os.path.join(d, "pids.current"))
+        out["pids"] = _cg_int(f["pids"], read)
         try:
-            out["read_bytes"], out["write_bytes"] = _io_stat_v2(os.path.join(d, "io.stat"))
+            out["read_bytes"], out["write_bytes"] = _io_stat_v2(f["io"], read)
         except (OSError, ValueError):
             out["read_bytes"] = out["write_bytes"] = None
-        out["frozen"] = "frozen 1" in (_cg(os.path.join(d, "cgroup.events")) or "")
-        out["dirs"] = [d]
+        out["frozen"] = "frozen 1" in (_cg(f["frozen"], 4096, read) or "")
     else:
-        v1 = roots["v1"]
-        mem = os.path.join(v1["memory"], rel)
-        usage = _cg_int(os.path.join(mem, "memory.usage_in_bytes"))
-        if usage is None and not os.path.isdir(mem):
+        usage = _cg_int(f["memory"], read)
+        if usage is None and not os.path.isdir(f["dir"]):
             return None
-        inactive = _stat_value(os.path.join(mem, "memory.stat"), "total_inactive_file") if usage is not None else 0
+        inactive = _stat_value(f["memory_stat"], "total_inactive_file", read) if usage is not None else 0
         out["memory_used"] = None if usage is None else max(0, usage - (inactive or 0))
-        acct = v1.get("cpuacct")
-        out["cpu_ns"] = _cg_int(os.path.join(acct, rel, "cpuacct.usage")) if acct else None
-        pids = v1.get("pids")
-        out["pids"] = _cg_int(os.path.join(pids, rel, "pids.current")) if pids else None
-        blkio = v1.get("blkio")
+        out["cpu_ns"] = _cg_int(f["cpu"], read) if f["cpu"] else None
+        out["pids"] = _cg_int(f["pids"], read) if f["pids"] else None
         out["read_bytes"] = out["write_bytes"] = None
-        if blkio:
+        if f["io"]:
             try:
-                out["read_bytes"], out["write_bytes"] = _io_stat_v1(
-                    os.path.join(blkio, rel, "blkio.throttle.io_service_bytes_recursive"))
+                out["read_bytes"], out["write_bytes"] = _io_stat_v1(f["io"], read)
             except (OSError, ValueError):
                 pass
-        freezer = v1.get("freezer")
-        out["frozen"] = bool(freezer) and (_cg(os.path.join(freezer, rel, "freezer.state")) or "").strip() == "FROZEN"
-        out["dirs"] = [os.path.join(v1[c], rel) for c in ("pids", "memory") if c in v1]
+        out["frozen"] = bool(f["frozen"]) and (_cg(f["frozen"], 4096, read) or "").strip() == "FROZEN"
+    out["dirs"] = f["dirs"]
     out["memory_limit"], out["cpu_limit"] = limits if limits is not None else read_container_limits(roots, rel)
     return out
 
 
-def _container_net(proc, pid):
+def _container_net(proc, pid, read=_read_small):
     """(rx bytes, tx bytes) over the non-loopback interfaces of a process's network namespace."""
-    ifaces = read_net_sample(os.path.join(proc, str(pid)))["ifaces"]
+    path = "%s/%d/net/dev" % (proc, pid)
+    data = read(path, 65536)
+    text = data.decode("utf-8", "replace") if len(data) < 65536 else _read_text(path, 1 << 20)
+    ifaces = parse_net_dev(text)
     return sum(v[0] for v in ifaces.values()), sum(v[1] for v in ifaces.values())
 
 
@@ -1863,6 +1914,66 @@ _NO_FIGURES = dict((k, None) for k in ("uptime", "cpu_percent", "cpu_limit", "me
                                          "tx_rate"))
 
 
+class KeptFiles(object):
+    """Files kept open between polls and re-read with one pread from offset 0: a poll of the
+    containers' cgroup files and net/dev then costs one syscall per file instead of a path
+    lookup, open, read and close (about half the kernel time per container; BENCHMARKS.md).
+
+    Every read is fresh: cgroup files and /proc files format their figures at each read. A kept
+    file whose cgroup was removed fails (ENODEV), and is then opened again by its path, which
+    finds the new cgroup of that name or none (the error the caller sees). sweep() closes the
+    files not read since the previous sweep (stopped containers, a container's new init pid).
+    At most `limit` are kept (a share of the fd limit); the rest are read with open/read/close."""
+
+    def __init__(self, limit=None):
+        self.fds = {}
+        self.used = set()
+        self.reopened = 0  # kept files that failed and were opened again (a cgroup replaced)
+        if limit is None:
+            try:
+                import resource
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            except (ImportError, OSError, ValueError):
+                soft = 1024
+            if soft < 0:  # RLIM_INFINITY
+                soft = 1 << 20
+            limit = max(0, min(2048, soft // 4))
+        self.limit = limit
+
+    def read(self, path, size=4096):
+        self.used.add(path)
+        fd = self.fds.get(path)
+        if fd is not None:
+            try:
+                return os.pread(fd, size, 0)
+            except OSError:  # its cgroup (or process) is gone: open the path again
+                del self.fds[path]
+                os.close(fd)
+                self.reopened += 1
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        if len(self.fds) < self.limit:
+            self.fds[path] = fd
+        else:
+            os.close(fd)
+        return data
+
+    def sweep(self):
+        """Close the kept files not read since the last sweep."""
+        for path in [p for p in self.fds if p not in self.used]:
+            os.close(self.fds.pop(path))
+        self.used = set()
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 class ContainerCollector(object):
     """Every container on the host, with rates since the previous call (Collector.all)."""
 
@@ -1871,8 +1982,16 @@ class ContainerCollector(object):
     LIMITS_TTL = 30.0  # a container's memory and CPU limits are re-read at most this often
 
     def __init__(self, proc="/proc", sys="/sys", lxc_path=DEFAULT_LXC_PATH,
-                 sockets=(DEFAULT_DOCKER_SOCKET, PODMAN_SOCKET)):
+                 sockets=(DEFAULT_DOCKER_SOCKET, PODMAN_SOCKET), keep_open=None):
         self.proc, self.sys, self.lxc_path, self.sockets = proc, sys, lxc_path, sockets
+        # The real /sys and /proc's files stay open between polls (KeptFiles); a test's fake
+        # tree is read file by file (a removed regular file would stay readable through its fd).
+        if keep_open is None:
+            keep_open = proc == "/proc" and sys == "/sys"
+        self._kept = KeptFiles() if keep_open else None
+        self._read = self._kept.read if keep_open else _read_small
+        self._files = {}  # key -> container_cgroup_files()
+        self._collect_lock = threading.Lock()  # the kept fds are closed by sweep(): one poll at a time
         self._roots = None
         self._prev = {}  # key -> (t, cpu_ns, read, write, rx, tx)
         self._init = {}  # key -> (pid, start ticks)
@@ -1948,6 +2067,14 @@ class ContainerCollector(object):
 
     def collect(self, docker_list=None, docker_error=None):
         """The containers section: {"available", "reason"?, "cgroup", "count", "containers"}."""
+        with self._collect_lock:
+            try:
+                return self._collect(docker_list)
+            finally:
+                if self._kept is not None:
+                    self._kept.sweep()
+
+    def _collect(self, docker_list):
         roots = self.roots()
         now = time.monotonic()
         boot_ticks = int(collect_uptime(self.proc) * _CLK_TCK)
@@ -1979,7 +2106,18 @@ class ContainerCollector(object):
                 except (OSError, ValueError, KeyError):
                     limits = (now, (None, None))
             try:
-                fig = read_container_cgroup(roots, rel, limits[1])
+                files = self._files.get(ident)
+                if files is None:
+                    files = self._files[ident] = container_cgroup_files(roots, rel)
+                reopened = self._kept.reopened if self._kept is not None else 0
+                fig = read_container_cgroup(roots, rel, limits[1], files, self._read)
+                if fig is not None and self._kept is not None and self._kept.reopened != reopened:
+                    # a new cgroup of the same name (the container restarted): a new init and
+                    # network namespace, and its limits read again
+                    self._init.pop(ident, None)
+                    if limits[0] != now:
+                        limits = self._limits[ident] = (now, read_container_limits(roots, rel))
+                        fig["memory_limit"], fig["cpu_limit"] = limits[1]
             except (OSError, ValueError, KeyError):
                 fig = None
             if fig is None:
@@ -1990,7 +2128,7 @@ class ContainerCollector(object):
             rx = tx = None
             if pid is not None:
                 try:
-                    rx, tx = _container_net(self.proc, pid)
+                    rx, tx = _container_net(self.proc, pid, self._read)
                 except (OSError, ValueError):
                     pass
             prev = self._prev.get(ident)
@@ -2023,6 +2161,8 @@ class ContainerCollector(object):
             del self._prev[gone]
             self._init.pop(gone, None)
             self._limits.pop(gone, None)
+        for gone in [k for k in self._files if k not in seen]:
+            del self._files[gone]
         for gone in [k for k in self._inspect if k not in engines]:
             del self._inspect[gone]
         rows.sort(key=lambda r: (r["state"] != "running", r["name"] or ""))
@@ -2731,9 +2871,10 @@ class Collector(object):
 
         top_cpu = heapq.nlargest(TOP_N, table, key=delta)
         top_mem = heapq.nlargest(TOP_N, table, key=lambda k: table[k][1])
+        details = {}  # (pid, start) -> (user, cmdline), read once per poll
         out = {"count": len(table),
-               "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu),
-               "top_memory": process_entries(self.proc, prev, table, dt, top_mem)}
+               "top_cpu": process_entries(self.proc, prev, table, dt, top_cpu, details),
+               "top_memory": process_entries(self.proc, prev, table, dt, top_mem, details)}
         offered = {}
         for entry in out["top_cpu"] + out["top_memory"]:
             if entry["pid"] not in offered:

@@ -15,7 +15,7 @@ With --containers N (default 20) the agent also reports N container-shaped workl
 cgroups and network namespaces, see BenchContainers), and its document has every section on.
 
 Usage: python3 bench/bench_agent.py [--requests 300] [--glances-requests 25] [--target-processes 400]
-       [--containers 20]
+       [--containers 20] [--baseline old/agent.py]
        [--python /usr/bin/python3] [--glances .venv-bench/bin/glances]
 Raw results go to bench/results/agent-<time>.json; a markdown table is printed.
 """
@@ -178,6 +178,12 @@ def start_targets(args):
     targets.append(Target("agent (-m, deployed)", [args.python, "-m", "agent", "--port", str(port),
                                                    "--policy", "/nonexistent"] + auth, port, "/api/all",
                           secret=secret, cwd=deployed))
+    if args.baseline:
+        # another agent.py (e.g. `git show main:agent/agent.py`), measured in the same run
+        port = free_port()
+        targets.append(Target("agent (baseline)", [args.python, args.baseline, "--port", str(port),
+                                                   "--policy", "/nonexistent"] + auth, port, "/api/all",
+                              secret=secret))
     if os.path.exists(args.node_exporter):
         port = free_port()
         targets.append(Target("node_exporter", [args.node_exporter,
@@ -266,7 +272,8 @@ def table(results):
     for sc in results["scenarios"]:
         ne = sc.get("node_exporter", {}).get("cpu_ms_per_request")
         gl = sc.get("glances", {}).get("cpu_ms_per_request")
-        for name in ("agent", "agent (.pyc)", "agent (-m, deployed)", "node_exporter", "glances"):
+        for name in ("agent", "agent (.pyc)", "agent (-m, deployed)", "agent (baseline)", "node_exporter",
+                     "glances"):
             r = sc.get(name)
             if not r:
                 continue
@@ -288,6 +295,8 @@ def main():
                    else sys.executable)
     p.add_argument("--containers", type=int, default=20,
                    help="container-shaped cgroups (with a netns each) for the agent to report (0: none)")
+    p.add_argument("--baseline", metavar="AGENT_PY",
+                   help="also measure this agent.py (started as a script), for a before/after in one run")
     p.add_argument("--node-exporter", default="/usr/bin/prometheus-node-exporter")
     p.add_argument("--glances", default=os.path.join(ROOT, ".venv-bench", "bin", "glances"))
     args = p.parse_args()

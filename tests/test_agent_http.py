@@ -152,14 +152,17 @@ def test_slow_client_does_not_delay_others_and_times_out(start_agent):
 
 def _connection_fds(pid):
     """The agent's fds but the /proc/PID/stat files its process scan keeps open (bounded, one
-    per process on the host: agent.scan_processes), which come and go with the host's processes."""
+    per process on the host: agent.scan_processes) and the containers' cgroup and net/dev files
+    its container collector keeps open (bounded, a few per container: agent.KeptFiles), which
+    come and go with the host's processes and containers."""
     out = []
     for fd in os.listdir("/proc/%d/fd" % pid):
         try:
             target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
         except OSError:
             continue
-        if not (target.startswith("/proc/") and target.endswith("/stat")):
+        if not (target.startswith("/proc/") and target.endswith(("/stat", "/net/dev"))
+                or target.startswith("/sys/fs/cgroup/")):
             out.append(target)
     return out
 

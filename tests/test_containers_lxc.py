@@ -148,6 +148,23 @@ def test_agent_figures_match_the_cgroup_files_and_the_load_inside(busy):
     # the agent measured between its two reads, which lie within [t0, t3] and span [t1, t2]
     assert sent / (t3 - t0) * 0.95 <= fig["tx_rate"] <= sent / (t2 - t1) * 1.05, (fig["tx_rate"], sent)
 
+    # restarted between two polls: a new cgroup of the same name. The agent keeps the cgroup
+    # files and net/dev open between polls (agent.KeptFiles); the old cgroup's fail, are opened
+    # again, and the figures, init and network namespace are the new container's
+    kept = collector.containers._kept
+    assert kept is not None and any("/lxc.payload.%s/" % c.lxc_name in p for p in kept.fds), sorted(kept.fds)
+    assert "/proc/%d/net/dev" % init_pid(c) in kept.fds
+    c.kill()
+    c.start()
+    again = entry(collector.all(), c)
+    etimes = int(subprocess.run(["ps", "-o", "etimes=", "-p", str(init_pid(c))], capture_output=True,
+                                text=True).stdout)
+    assert again["state"] == "running" and abs(again["uptime"] - etimes) <= 2, (again["uptime"], etimes)
+    assert "/proc/%d/net/dev" % init_pid(c) in kept.fds
+    assert again["cpu_limit"] is None and again["memory_limit"] == LIMIT  # the quota was the old cgroup's
+    assert abs(again["memory_used"] - memory_from_files(roots, c)) <= 8 * MIB, again  # (still booting)
+    assert abs(again["pids"] - int(cgroup_file(roots, "pids", c, "pids.current"))) <= 2, again
+
     # a stopped container: listed from /var/lib/lxc, its figures null
     c.kill()
     gone = entry(collector.all(), c)
