@@ -265,8 +265,12 @@ def test_missing_python_and_unreachable_host_fail_clearly(test_host, host_farm, 
     assert "FAILED" in rows[dead] and "ssh-copy-id" in rows[dead]
     assert "1 of 3 hosts deployed" in res.stdout
     # python3 is checked before anything is uploaded: nothing is left on that host
-    assert "uploading" not in res.stderr.split("[root@%s] FAILED" % nopython.address)[0].split(
-        "[root@%s] checking python3" % nopython.address)[1]
+    # (hosts are deployed in parallel: only that host's own lines count)
+    own = [line for line in res.stderr.splitlines() if line.startswith("[root@%s] " % nopython.address)]
+    checked = [i for i, line in enumerate(own) if "checking python3" in line]
+    failed = [i for i, line in enumerate(own) if "FAILED" in line]
+    assert checked and failed and checked[0] < failed[0], own
+    assert not any("uploading" in line for line in own[:failed[0]]), own
     assert nopython.run(["test", "-e", "/opt/central-agent"], check=False).returncode != 0
 
 

@@ -275,7 +275,8 @@ _FAVICON = (STATIC_DIR / "favicon.svg").read_bytes()
 
 
 async def favicon(request: web.Request) -> web.Response:
-    """/favicon.ico for browsers that ask for it before reading the page's icon link."""
+    """/favicon.ico, the pages' icon (an SVG), served from memory: a static file's response
+    leaves its open file to the garbage collector when the browser goes away mid-request."""
     return web.Response(body=_FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
