@@ -119,14 +119,24 @@ async def test_init_and_the_agent_and_its_threads_are_refused(central, test_host
         await run_action(central, "cli:tester", "admin", host.name, "kill", {"pid": host.agent_pid, "signal": "KILL"})
     threads = [t for t in ns_threads(host.agent) if t[0] != host.agent_pid]
     assert threads, "the agent has worker threads"
+    refused = 0
     for tid, start_time in threads:
         # not in any process list, so only a caller who names the start time gets this far
-        with pytest.raises(Invalid, match="is a thread of process %d" % host.agent_pid):
+        try:
             await run_action(central, "cli:tester", "admin", host.name, "kill",
                              {"pid": tid, "start_time": start_time, "signal": "KILL"})
+        except Invalid as err:
+            assert "is a thread of process %d" % host.agent_pid in str(err)
+            refused += 1
+        except NotFound:
+            # a short-lived thread (a rare sampler's) ended in between: it is gone, not killed
+            assert tid not in [t for t, _ in ns_threads(host.agent)]
+        else:
+            raise AssertionError(f"the kill of thread {tid} of the agent was not refused")
+    assert refused >= 1
     assert host.agent.alive()
     results = [r["result"] for r in await audit_log(central, host.name)]
-    assert results == ["invalid"] * len(threads) + ["refused", "refused"]
+    assert results.count("invalid") == refused and results[-2:] == ["refused", "refused"], results
     # the host's sshd (our way in) is protected by the default policy, too
     sshd = host.sshd.ns_pid
     with pytest.raises(Forbidden, match="protected"):
