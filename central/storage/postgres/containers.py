@@ -3,11 +3,11 @@ their rollups and retention (in the same passes as the host's samples, samples.p
 history per container. Partitioned by time as samples and rollups are."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Sequence
 
 from ...model import CONTAINER_METRICS
+from .. import history
 from ..interface import TIER_HOUR, TIER_MINUTE
 from ..sqlite.containers import sample_rows  # noqa: F401 - the same rows (cap, one per name) on both backends
 from .base import PostgresBase
@@ -107,45 +107,21 @@ class PostgresContainers(PostgresBase):
         """One container's figures over [start, end) in at most max_points buckets, from the finest
         tier that covers the range (as history() for a server)."""
         now = time.time() if now is None else now
-        bad = set(metrics) - set(CONTAINER_COLUMNS)
-        if bad:
-            raise ValueError(f"unknown container metrics: {sorted(bad)}")
-        span = max(end - start, 1.0)
-        step = span / max(max_points - 1, 1)
-        if start >= now - retention_raw and step < TIER_MINUTE:
-            source, resolution = "raw", 0
-        elif start >= now - retention_minute and step < TIER_HOUR:
-            source, resolution = "minute", TIER_MINUTE
-        else:
-            source, resolution = "hour", TIER_HOUR
-        step = math.ceil(max(step, float(resolution), 1.0))
-        minute_done = await self._val("SELECT done_until FROM rollup_progress WHERE tier = $1", (TIER_MINUTE,)) or 0.0
-        hour_done = await self._val("SELECT done_until FROM rollup_progress WHERE tier = $1", (TIER_HOUR,)) or 0.0
+        history.check_metrics(metrics, CONTAINER_COLUMNS, "container metrics")
+        progress = "SELECT done_until FROM rollup_progress WHERE tier = $1"
+        source, step, spans = history.plan(
+            start, end, max_points=max_points, now=now, retention_raw=retention_raw,
+            retention_minute=retention_minute, minute_done=await self._val(progress, (TIER_MINUTE,)) or 0.0,
+            hour_done=await self._val(progress, (TIER_HOUR,)) or 0.0)
         parts, args = [], []
-
-        def part(table: str, where: str, lo: float, hi: float) -> None:
-            args.extend((server_id, name, lo, hi))
+        for span in spans:
+            table, where = (("container_samples", "true") if span.tier is None
+                            else ("container_rollups", f"tier = {span.tier}"))
+            args.extend((server_id, name, span.lo, span.hi))
             n = len(args)
             parts.append(self._container_part(table, metrics, step, where, (n - 3, n - 2, n - 1, n)))
-
-        if source == "hour":
-            part("container_rollups", f"tier = {TIER_HOUR}", start, min(end, hour_done))
-        if source in ("hour", "minute"):
-            lo = max(start, hour_done) if source == "hour" else start
-            part("container_rollups", f"tier = {TIER_MINUTE}", lo, min(end, minute_done))
-            start_raw = max(start, minute_done, hour_done if source == "hour" else 0.0)
-        else:
-            start_raw = start
-        part("container_samples", "true", start_raw, end)
-        cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0),"
-                         f" min({m}_min), max({m}_max)" for m in metrics)
-        rows = await self._all(f"SELECT b, {cols} FROM ({' UNION ALL '.join(parts)}) u GROUP BY b ORDER BY b", args)
-        series: dict = {"ts": [r[0] for r in rows]}
-        for i, m in enumerate(metrics):
-            series[m] = [r[1 + 3 * i] for r in rows]
-            series[m + "_min"] = [r[2 + 3 * i] for r in rows]
-            series[m + "_max"] = [r[3 + 3 * i] for r in rows]
-        return {"source": source, "step": step, "start": start, "end": end, "series": series}
+        sql = f"SELECT b, {history.bucket_columns(metrics)} FROM ({' UNION ALL '.join(parts)}) u GROUP BY b ORDER BY b"
+        return history.answer(source, step, start, end, await self._all(sql, args), metrics)
 
     @staticmethod
     def _container_part(table: str, metrics: Sequence[str], step: int, where: str, p: tuple[int, ...]) -> str:

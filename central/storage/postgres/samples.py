@@ -10,6 +10,7 @@ from typing import Sequence
 import asyncpg
 
 from ...model import ERROR, REASONS, PollOutcome
+from .. import history
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import (
     COLUMNS, INTEGER_COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, PostgresBase, compact, deleted, json_rows,
@@ -200,46 +201,19 @@ class PostgresSamples(PostgresBase):
     ) -> dict:
         """Key figures over [start, end) in at most max_points buckets, from the finest tier that covers the range."""
         now = time.time() if now is None else now
-        bad = set(metrics) - set(COLUMNS)
-        if bad:
-            raise ValueError(f"unknown metrics: {sorted(bad)}")
-        span = max(end - start, 1.0)
-        step = span / max(max_points - 1, 1)
-        if start >= now - retention_raw and step < TIER_MINUTE:
-            source, resolution = "raw", 0
-        elif start >= now - retention_minute and step < TIER_HOUR:
-            source, resolution = "minute", TIER_MINUTE
-        else:
-            source, resolution = "hour", TIER_HOUR
-        step = math.ceil(max(step, float(resolution), 1.0))
-        minute_done = await self._progress(TIER_MINUTE) or 0.0
-        hour_done = await self._progress(TIER_HOUR) or 0.0
+        history.check_metrics(metrics, COLUMNS)
+        source, step, spans = history.plan(
+            start, end, max_points=max_points, now=now, retention_raw=retention_raw,
+            retention_minute=retention_minute, minute_done=await self._progress(TIER_MINUTE) or 0.0,
+            hour_done=await self._progress(TIER_HOUR) or 0.0)
         parts, args = [], []
-
-        def part(table: str, where: str, lo: float, hi: float) -> None:
-            args.extend((server_id, lo, hi))
+        for span in spans:
+            table, where = ("samples", "true") if span.tier is None else ("rollups", f"tier = {span.tier}")
+            args.extend((server_id, span.lo, span.hi))
             n = len(args)
             parts.append(self._history_part(table, metrics, step, where, (n - 2, n - 1, n)))
-
-        if source == "hour":
-            part("rollups", f"tier = {TIER_HOUR}", start, min(end, hour_done))
-        if source in ("hour", "minute"):
-            lo = max(start, hour_done) if source == "hour" else start
-            part("rollups", f"tier = {TIER_MINUTE}", lo, min(end, minute_done))
-            start_raw = max(start, minute_done, hour_done if source == "hour" else 0.0)
-        else:
-            start_raw = start
-        part("samples", "true", start_raw, end)
-        cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0),"
-                         f" min({m}_min), max({m}_max)" for m in metrics)
-        sql = f"SELECT b, {cols} FROM ({' UNION ALL '.join(parts)}) u GROUP BY b ORDER BY b"
-        rows = await self._all(sql, args)
-        series: dict = {"ts": [r[0] for r in rows]}
-        for i, m in enumerate(metrics):
-            series[m] = [r[1 + 3 * i] for r in rows]
-            series[m + "_min"] = [r[2 + 3 * i] for r in rows]
-            series[m + "_max"] = [r[3 + 3 * i] for r in rows]
-        return {"source": source, "step": step, "start": start, "end": end, "series": series}
+        sql = f"SELECT b, {history.bucket_columns(metrics)} FROM ({' UNION ALL '.join(parts)}) u GROUP BY b ORDER BY b"
+        return history.answer(source, step, start, end, await self._all(sql, args), metrics)
 
     @staticmethod
     def _history_part(table: str, metrics: Sequence[str], step: int, where: str, p: tuple[int, int, int]) -> str:

@@ -2,11 +2,11 @@
 retention (in the same passes as the host's samples), and history per container."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Sequence
 
 from ...model import CONTAINER_METRICS, MAX_STORED_CONTAINERS
+from .. import history
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import SQLiteBase
 
@@ -106,42 +106,19 @@ class SQLiteContainers(SQLiteBase):
         """One container's figures over [start, end) in at most max_points buckets, from the finest
         tier that covers the range (as history() for a server)."""
         now = time.time() if now is None else now
-        bad = set(metrics) - set(CONTAINER_COLUMNS)
-        if bad:
-            raise ValueError(f"unknown container metrics: {sorted(bad)}")
-        span = max(end - start, 1.0)
-        step = span / max(max_points - 1, 1)
-        if start >= now - retention_raw and step < TIER_MINUTE:
-            source, resolution = "raw", 0
-        elif start >= now - retention_minute and step < TIER_HOUR:
-            source, resolution = "minute", TIER_MINUTE
-        else:
-            source, resolution = "hour", TIER_HOUR
-        step = math.ceil(max(step, float(resolution), 1.0))
-        minute_done = await self._progress_of(TIER_MINUTE) or 0.0
-        hour_done = await self._progress_of(TIER_HOUR) or 0.0
+        history.check_metrics(metrics, CONTAINER_COLUMNS, "container metrics")
+        source, step, spans = history.plan(
+            start, end, max_points=max_points, now=now, retention_raw=retention_raw,
+            retention_minute=retention_minute, minute_done=await self._progress_of(TIER_MINUTE) or 0.0,
+            hour_done=await self._progress_of(TIER_HOUR) or 0.0)
         parts, args = [], []
-        if source == "hour":
-            parts.append(self._part("container_rollups", metrics, step, f"tier = {TIER_HOUR}"))
-            args += [server_id, name, start, min(end, hour_done)]
-        if source in ("hour", "minute"):
-            lo = max(start, hour_done) if source == "hour" else start
-            parts.append(self._part("container_rollups", metrics, step, f"tier = {TIER_MINUTE}"))
-            args += [server_id, name, lo, min(end, minute_done)]
-            start_raw = max(start, minute_done, hour_done if source == "hour" else 0.0)
-        else:
-            start_raw = start
-        parts.append(self._part("container_samples", metrics, step))
-        args += [server_id, name, start_raw, end]
-        cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0),"
-                         f" min({m}_min), max({m}_max)" for m in metrics)
-        rows = await self._all(f"SELECT b, {cols} FROM ({' UNION ALL '.join(parts)}) GROUP BY b ORDER BY b", args)
-        series: dict = {"ts": [r[0] for r in rows]}
-        for i, m in enumerate(metrics):
-            series[m] = [r[1 + 3 * i] for r in rows]
-            series[m + "_min"] = [r[2 + 3 * i] for r in rows]
-            series[m + "_max"] = [r[3 + 3 * i] for r in rows]
-        return {"source": source, "step": step, "start": start, "end": end, "series": series}
+        for span in spans:
+            table, where = (("container_samples", "1") if span.tier is None
+                            else ("container_rollups", f"tier = {span.tier}"))
+            parts.append(self._part(table, metrics, step, where))
+            args += [server_id, name, span.lo, span.hi]
+        sql = f"SELECT b, {history.bucket_columns(metrics)} FROM ({' UNION ALL '.join(parts)}) GROUP BY b ORDER BY b"
+        return history.answer(source, step, start, end, await self._all(sql, args), metrics)
 
     @staticmethod
     def _part(table: str, metrics: Sequence[str], step: int, where: str = "1") -> str:

@@ -8,6 +8,7 @@ import time
 from typing import Sequence
 
 from ...model import ERROR, REASONS, PollOutcome
+from .. import history
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, json_rows
 from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
@@ -182,46 +183,18 @@ class SQLiteSamples(SQLiteBase):
     ) -> dict:
         """Key figures over [start, end) in at most max_points buckets, from the finest tier that covers the range."""
         now = time.time() if now is None else now
-        bad = set(metrics) - set(COLUMNS)
-        if bad:
-            raise ValueError(f"unknown metrics: {sorted(bad)}")
-        span = max(end - start, 1.0)
-        # Buckets are aligned to multiples of step, so a range can touch one more than span/step.
-        step = span / max(max_points - 1, 1)
-        if start >= now - retention_raw and step < TIER_MINUTE:
-            source, resolution = "raw", 0
-        elif start >= now - retention_minute and step < TIER_HOUR:
-            source, resolution = "minute", TIER_MINUTE
-        else:
-            source, resolution = "hour", TIER_HOUR
-        step = math.ceil(max(step, float(resolution), 1.0))
-        # Each tier answers for the time it has rolled up; what is newer comes from the next
-        # finer tier, so a range never misses its newest minutes (or a new server's data).
-        minute_done = await self._progress(TIER_MINUTE) or 0.0
-        hour_done = await self._progress(TIER_HOUR) or 0.0
+        history.check_metrics(metrics, COLUMNS)
+        source, step, spans = history.plan(
+            start, end, max_points=max_points, now=now, retention_raw=retention_raw,
+            retention_minute=retention_minute, minute_done=await self._progress(TIER_MINUTE) or 0.0,
+            hour_done=await self._progress(TIER_HOUR) or 0.0)
         parts, args = [], []
-        if source == "hour":
-            parts.append(self._history_part("rollups", metrics, step, f"tier = {TIER_HOUR}"))
-            args += [server_id, start, min(end, hour_done)]
-        if source in ("hour", "minute"):
-            lo = max(start, hour_done) if source == "hour" else start
-            parts.append(self._history_part("rollups", metrics, step, f"tier = {TIER_MINUTE}"))
-            args += [server_id, lo, min(end, minute_done)]
-            start_raw = max(start, minute_done, hour_done if source == "hour" else 0.0)
-        else:
-            start_raw = start
-        parts.append(self._history_part("samples", metrics, step))
-        args += [server_id, start_raw, end]
-        cols = ", ".join(f"sum({m}_avg * n) / nullif(sum(CASE WHEN {m}_avg IS NOT NULL THEN n END), 0),"
-                         f" min({m}_min), max({m}_max)" for m in metrics)
-        sql = f"SELECT b, {cols} FROM ({' UNION ALL '.join(parts)}) GROUP BY b ORDER BY b"
-        rows = await self._all(sql, args)
-        series: dict = {"ts": [r[0] for r in rows]}
-        for i, m in enumerate(metrics):
-            series[m] = [r[1 + 3 * i] for r in rows]
-            series[m + "_min"] = [r[2 + 3 * i] for r in rows]
-            series[m + "_max"] = [r[3 + 3 * i] for r in rows]
-        return {"source": source, "step": step, "start": start, "end": end, "series": series}
+        for span in spans:
+            table, where = ("samples", "1") if span.tier is None else ("rollups", f"tier = {span.tier}")
+            parts.append(self._history_part(table, metrics, step, where))
+            args += [server_id, span.lo, span.hi]
+        sql = f"SELECT b, {history.bucket_columns(metrics)} FROM ({' UNION ALL '.join(parts)}) GROUP BY b ORDER BY b"
+        return history.answer(source, step, start, end, await self._all(sql, args), metrics)
 
     @staticmethod
     def _history_part(table: str, metrics: Sequence[str], step: int, where: str = "1") -> str:
