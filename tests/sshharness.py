@@ -36,6 +36,7 @@ import asyncssh
 import pytest
 
 from central.agentauth import new_secret
+from central.hosttext import clean
 from central.model import Server
 from tests.sshserver import (
     AgentAuth,
@@ -276,6 +277,16 @@ def agent_document() -> dict:
         collector.all()  # the first document has no CPU figures yet (no earlier counters)
         _DOCUMENT.update(collector.all())
     return json.loads(json.dumps(_DOCUMENT))
+
+
+def cleaned(value):
+    """value with its text cleaned as the central's normaliser cleans it: the one change a real
+    document may see (a command line with a newline or a tab in it, say)."""
+    if isinstance(value, dict):
+        return {clean(k): cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cleaned(v) for v in value]
+    return clean(value) if isinstance(value, str) else value
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from central import document as d
 from central.bundled import agent_module
-from central.hosttext import clean, is_clean
+from central.hosttext import is_clean
 from central.model import PollError
 from central.sample import extract_sample, parse_document
+from tests.sshharness import cleaned
 
 BASE = {"timestamp": 1.0, "hostname": "h"}
 
@@ -39,16 +40,6 @@ def real():
     collector.all()
     time.sleep(0.2)
     return json.loads(json.dumps(collector.all())), json.loads(json.dumps(collector.inventory()))
-
-
-def cleaned(value):
-    """value with its text cleaned: the one change a real document may see (a command line
-    with a newline in it, say)."""
-    if isinstance(value, dict):
-        return {clean(k): cleaned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [cleaned(v) for v in value]
-    return clean(value) if isinstance(value, str) else value
 
 
 def test_real_documents_pass_unchanged(real):
