@@ -311,7 +311,8 @@ CREATE TABLE IF NOT EXISTS members (
     member        TEXT PRIMARY KEY,
     address       TEXT NOT NULL DEFAULT '',
     started_at    REAL NOT NULL,
-    heartbeat_at  REAL NOT NULL
+    heartbeat_at  REAL NOT NULL,
+    lag           REAL            -- its poller's lag at that heartbeat, seconds
 );
 
 CREATE TABLE IF NOT EXISTS leases (

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .model import Server
 from .storage import Storage
@@ -56,8 +56,10 @@ def default_member_name(port: int) -> str:
 class Membership:
     """This central's place in the cluster: its heartbeat, share and leases (Poller.ownership)."""
 
-    def __init__(self, storage: Storage, member: str, *, ttl: float, address: str = "", clock=time.monotonic):
+    def __init__(self, storage: Storage, member: str, *, ttl: float, address: str = "", clock=time.monotonic,
+                 lag: Callable[[], float] | None = None):
         self.storage = storage
+        self.lag = lag  # this central's poller lag, sent with each heartbeat
         self.member = member
         self.ttl = ttl
         self.address = address
@@ -71,7 +73,8 @@ class Membership:
     async def ownership(self, servers: dict[int, Server]) -> set[int]:
         """The ids of the servers this central polls now (heartbeat, share, leases)."""
         try:
-            self.members = await self.storage.heartbeat(self.member, self.address, self.ttl)
+            lag = self.lag() if self.lag is not None else None
+            self.members = await self.storage.heartbeat(self.member, self.address, self.ttl, lag=lag)
             live = [m["member"] for m in self.members]
             if self.member not in live:  # our own write is not visible: never claim blind
                 live.append(self.member)
@@ -116,5 +119,5 @@ class Membership:
 
     def status(self) -> dict:
         return {"member": self.member, "ttl": self.ttl, "servers": len(self.owned),
-                "members": [{k: m[k] for k in ("member", "address", "started_at", "heartbeat_at", "servers")}
+                "members": [{k: m.get(k) for k in ("member", "address", "started_at", "heartbeat_at", "servers", "lag")}
                             | {"age": m["now"] - m["heartbeat_at"]} for m in self.members]}

@@ -157,7 +157,8 @@ class Central:
         if config.cluster.enabled:
             member = config.cluster.member or default_member_name(config.http.port)
             self.membership = Membership(storage, member, ttl=config.cluster.ttl,
-                                         address=f"{config.http.listen}:{config.http.port}")
+                                         address=f"{config.http.listen}:{config.http.port}",
+                                         lag=lambda: self.poller.lag)
             self.poller.ownership = self.membership.ownership
             # alerts are evaluated and notified by the server's owner only
             membership = self.membership

@@ -288,3 +288,48 @@ async def test_a_server_that_stopped_answering_is_stale_everywhere(api):
     assert re.search(r"Last seen \d+ s ago", html) and "actions are off" in html and "data-kill=" not in html
     _, html, _ = await page(api, "/")
     assert 'class="stale"' in html
+
+
+async def test_the_overview_lists_the_centrals_sharing_the_database_with_their_share_and_lag(config):
+    """Several centrals on one database: the page shows each live member, how many servers it
+    polls, its poller's lag and its last heartbeat (what GET /api/v1/status says in `cluster`)."""
+    import dataclasses
+
+    from central.cluster import owner
+    from central.config import ClusterConfig
+    from tests.apiclient import start_api
+
+    cfg = dataclasses.replace(config, cluster=ClusterConfig(enabled=True, ttl=30.0, member="c-a"))
+    api = await start_api(cfg)
+    try:
+        # a server shared by the members (each central polls its own host itself, outside the leases)
+        shared = await api.central.storage.add_server("s1", "127.0.0.1", port=1)
+        # a second member, alive (a heartbeat of its own), that the rendezvous gives no server
+        other = next(n for n in (f"c-{i}" for i in range(100)) if n != "c-a" and owner(["c-a", n], shared.id) == "c-a")
+        await api.central.storage.heartbeat(other, "10.0.0.2:9083", 30.0, lag=0.25)
+
+        def both_seen() -> bool:
+            members = {m["member"]: m for m in api.central.membership.members}
+            return other in members and members.get("c-a", {}).get("servers") == 1
+        await wait_for(both_seen, timeout=30, what="both members and c-a's lease at a heartbeat")
+        await login(api, "viewer1")
+        status, html, _ = await page(api, "/")
+        assert status == 200
+        rows = dict(re.findall(r'<tr data-member="([^"]+)"(.*?)</tr>', html, re.S))
+        assert set(rows) == {"c-a", other}
+        assert rows["c-a"].startswith(' class="self"') and "(this one)" in rows["c-a"]
+        assert re.search(r'data-f="servers">1<', rows["c-a"]) and re.search(r'data-f="servers">0<', rows[other])
+        assert 'data-f="share">100.0%<' in rows["c-a"] and 'data-f="share">0.0%<' in rows[other]
+        assert 'data-f="lag">0.25 s<' in rows[other]
+        assert re.search(r'data-f="lag">\d+\.\d\d s<', rows["c-a"])  # its own poller's lag, sent with its heartbeat
+        assert "10.0.0.2:9083" in rows[other]
+        status, body, _ = await api.get("/api/v1/status")
+        assert {m["member"]: m["lag"] for m in body["cluster"]["members"]}[other] == 0.25
+    finally:
+        await api.client.close()
+
+
+async def test_a_single_central_shows_no_centrals_table(api):
+    await login(api, "viewer1")
+    _, html, _ = await page(api, "/")
+    assert 'id="servers"' in html and 'id="members"' not in html

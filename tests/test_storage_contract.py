@@ -665,9 +665,9 @@ async def test_the_writable_check_commits_without_touching_stored_data(storage):
 
 async def test_members_heartbeat_and_leave(storage):
     assert [m["member"] for m in await storage.heartbeat("a", "10.0.0.1:9083", ttl=30)] == ["a"]
-    members = await storage.heartbeat("b", "10.0.0.2:9083", ttl=30)
-    assert [(m["member"], m["address"], m["servers"]) for m in members] == [("a", "10.0.0.1:9083", 0),
-                                                                          ("b", "10.0.0.2:9083", 0)]
+    members = await storage.heartbeat("b", "10.0.0.2:9083", ttl=30, lag=0.125)
+    assert [(m["member"], m["address"], m["servers"], m["lag"]) for m in members] == [
+        ("a", "10.0.0.1:9083", 0, None), ("b", "10.0.0.2:9083", 0, 0.125)]
     assert all(m["now"] >= m["heartbeat_at"] >= m["started_at"] for m in members)
     # a heartbeat older than the TTL is not live
     assert [m["member"] for m in await storage.heartbeat("b", "", ttl=0.0)] == []

@@ -100,10 +100,9 @@ async def test_samples_live_in_day_partitions_and_retention_drops_them_whole(sto
     assert len(await storage.rollups(a.id, TIER_MINUTE, 0, NOW + 1)) == 5 * 24
 
 
-async def test_a_version_2_database_is_brought_to_version_3_with_what_it_held(pg_url, pg_server):
+async def test_a_version_2_database_is_brought_to_the_current_version_with_what_it_held(pg_url, pg_server):
     from central.storage.postgres.schema import MIGRATIONS
 
-    assert SCHEMA_VERSION == 3
     con = await asyncpg.connect(pg_url)  # a database as the central before containers and bastions made it
     try:
         await con.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
@@ -123,9 +122,11 @@ async def test_a_version_2_database_is_brought_to_version_3_with_what_it_held(pg
         await s.write_polls([dataclasses.replace(ok(inner.id, NOW), sample=ok(inner.id, NOW).sample | {
             "containers": [["web", 1.0, 2.0, 3, 4.0, 5.0, 6.0, 7.0, 8]]})], offline_after=3)
         assert await s.container_names(inner.id) == ["web"] and await s.servers_marker() == marker
+        # version 4: the members' poller lag
+        assert [m["lag"] for m in await s.heartbeat("c0", "", 30.0, lag=0.5)] == [0.5]
     finally:
         await s.close()
-    assert pg_server.psql("SELECT max(version) FROM schema_migrations", _db(pg_url)) == "3"
+    assert pg_server.psql("SELECT max(version) FROM schema_migrations", _db(pg_url)) == str(SCHEMA_VERSION)
 
 
 async def test_container_samples_live_in_day_partitions_dropped_whole(storage, pg_url, pg_server):

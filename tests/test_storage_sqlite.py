@@ -52,6 +52,20 @@ async def test_an_older_database_gets_the_columns_of_new_key_figures(tmp_path):
     con.close()
 
 
+async def test_an_older_database_gets_the_members_lag_column(tmp_path):
+    path = tmp_path / "c.db"
+    await (await Storage.open(path)).close()
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE members DROP COLUMN lag")  # a members table from before the poll lag
+    con.commit()
+    con.close()
+    s = await Storage.open(path)
+    try:
+        assert [m["lag"] for m in await s.heartbeat("c0", "", 30.0, lag=0.5)] == [0.5]
+    finally:
+        await s.close()
+
+
 async def test_concurrent_writes_do_not_collide(tmp_path):
     storage = await Storage.open(tmp_path / "c.db")
     try:

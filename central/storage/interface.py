@@ -467,9 +467,10 @@ class Cluster(ABC):
     it has one (PostgreSQL), so members' clocks need not agree."""
 
     @abstractmethod
-    async def heartbeat(self, member: str, address: str, ttl: float) -> list[dict]:
-        """Record that member is alive now; the live members (a heartbeat within ttl), by name:
-        {member, address, started_at, heartbeat_at, servers (leases held), now (the database's time)}."""
+    async def heartbeat(self, member: str, address: str, ttl: float, lag: float | None = None) -> list[dict]:
+        """Record that member is alive now, and its poller's lag (seconds its last poll started
+        late); the live members (a heartbeat within ttl), by name: {member, address, started_at,
+        heartbeat_at, lag, servers (leases held), now (the database's time)}."""
 
     @abstractmethod
     async def claim_servers(self, member: str, server_ids: Sequence[int], ttl: float) -> set[int]:

@@ -35,8 +35,11 @@ CLUSTER = obj({"member": string(description="This central's name among the membe
                "servers": integer(description="Servers this central polls (its leases)."),
                "members": array(obj({"member": string(), "address": string(), "started_at": number(),
                                      "heartbeat_at": number(), "servers": integer(),
+                                     "lag": nullable(number(description="How late its last poll started, seconds, "
+                                                                        "at its last heartbeat.")),
                                      "age": number(description="Seconds since its last heartbeat.")},
-                                    required=["member", "address", "started_at", "heartbeat_at", "servers", "age"]))},
+                                    required=["member", "address", "started_at", "heartbeat_at", "servers", "lag",
+                                              "age"]))},
               required=["member", "ttl", "servers", "members"])
 
 

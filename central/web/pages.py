@@ -209,7 +209,9 @@ async def overview_page(request: web.Request, identity: Identity) -> dict:
     central = request.app[CENTRAL]
     listing = await views.server_list(central, limit=OVERVIEW_LIMIT)
     return {"active": "overview", "listing": listing, "fleet": await views.fleet_stats(central),
-            "tags": sorted({t for s in listing["servers"] for t in s["tags"]}), "statuses": views.STATUSES}
+            "tags": sorted({t for s in listing["servers"] for t in s["tags"]}), "statuses": views.STATUSES,
+            # several centrals on one database: who polls how much (GET /api/v1/status, cluster)
+            "cluster": central.membership.status() if central.membership is not None else None}
 
 
 @_page("server.html")

@@ -12,17 +12,17 @@ _NOW = "extract(epoch from clock_timestamp())::float8"
 class PostgresCluster(PostgresBase):
     """central.storage.interface.Cluster on PostgreSQL."""
 
-    async def heartbeat(self, member: str, address: str, ttl: float) -> list[dict]:
+    async def heartbeat(self, member: str, address: str, ttl: float, lag: float | None = None) -> list[dict]:
         """Record that member is alive now; the live members."""
         async with self.transaction() as con:
             await con.execute(
-                f"INSERT INTO members (member, address, started_at, heartbeat_at) VALUES ($1, $2, {_NOW}, {_NOW})"
-                " ON CONFLICT (member) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at",
-                member, address)
+                f"INSERT INTO members (member, address, started_at, heartbeat_at, lag) VALUES ($1, $2, {_NOW}, {_NOW}, $3)"
+                " ON CONFLICT (member) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at,"
+                " lag = excluded.lag", member, address, lag)
             # members silent for a long while (ten TTLs) are forgotten
             await con.execute(f"DELETE FROM members WHERE heartbeat_at < {_NOW} - $1::float8", 10 * ttl)
             rows = await con.fetch(
-                f"SELECT m.member, m.address, m.started_at, m.heartbeat_at, {_NOW} AS now,"
+                f"SELECT m.member, m.address, m.started_at, m.heartbeat_at, m.lag, {_NOW} AS now,"
                 f" (SELECT count(*) FROM leases l WHERE l.member = m.member AND l.expires_at > {_NOW}) AS servers"
                 f" FROM members m WHERE m.heartbeat_at > {_NOW} - $1::float8 ORDER BY m.member COLLATE \"C\"", ttl)
         return [dict(r) for r in rows]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ...model import CONTAINER_METRICS, METRICS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The partition widths: a day of raw samples or 1-minute rollups, 30 days of 1-hour rollups.
 DAY = 86400
 PARTITIONS = {"samples": DAY, "rollups_60": DAY, "rollups_3600": 30 * DAY,
@@ -287,7 +287,10 @@ _V3 = [
 ]
 
 # (version, statements): applied in order, each in its own transaction, once per database.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
+# 4: each member's poller lag with its heartbeat (the members' table on the page and in /api/v1/status).
+_V4 = ["ALTER TABLE members ADD COLUMN IF NOT EXISTS lag double precision"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 
 # Tables with an identity id: `central migrate` sets their sequences past the copied ids.
 IDENTITY_TABLES = ("servers", "inventory_history", "alerts", "silences", "notifications", "audit", "users",

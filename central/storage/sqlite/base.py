@@ -47,8 +47,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ]),
 ]
 
-#: servers columns added after schema version 2, with their declarations (see _add_server_columns)
-SERVER_COLUMNS = {"via": "INTEGER REFERENCES servers(id) ON DELETE RESTRICT"}
+#: nullable columns added since their table was made, with their declarations (see _add_columns)
+ADDED_COLUMNS = {
+    "servers": {"via": "INTEGER REFERENCES servers(id) ON DELETE RESTRICT"},
+    "members": {"lag": "REAL"},
+}
 
 COLUMNS = tuple(METRICS)  # the key figures' columns, in order
 SAMPLE_COLUMNS = ", ".join(COLUMNS)
@@ -149,7 +152,7 @@ class SQLiteBase:
             )
         await self.db.executescript(schema_text())
         await self._add_metric_columns()
-        await self._add_server_columns()
+        await self._add_columns()
         for target, statements in MIGRATIONS:
             if version < target:
                 async with self.transaction() as db:
@@ -177,18 +180,19 @@ class SQLiteBase:
                         if "duplicate column" not in str(exc):
                             raise
 
-    async def _add_server_columns(self) -> None:
-        """Give an older database the servers columns added since (schema.sql has them for a new
+    async def _add_columns(self) -> None:
+        """Give an older database the nullable columns added since (schema.sql has them for a new
         one): adding a nullable column needs no version of its own."""
-        async with self.db.execute("PRAGMA table_info(servers)") as cur:
-            have = {r[1] for r in await cur.fetchall()}
-        for column, decl in SERVER_COLUMNS.items():
-            if column not in have:
-                try:
-                    await self.db.execute(f"ALTER TABLE servers ADD COLUMN {column} {decl}")
-                except aiosqlite.OperationalError as exc:  # another process opening it added it first
-                    if "duplicate column" not in str(exc):
-                        raise
+        for table, columns in ADDED_COLUMNS.items():
+            async with self.db.execute(f"PRAGMA table_info({table})") as cur:
+                have = {r[1] for r in await cur.fetchall()}
+            for column, decl in columns.items():
+                if column not in have:
+                    try:
+                        await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     @property
     def location(self) -> str:

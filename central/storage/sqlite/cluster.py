@@ -11,17 +11,17 @@ from .base import SQLiteBase
 class SQLiteCluster(SQLiteBase):
     """central.storage.interface.Cluster on SQLite."""
 
-    async def heartbeat(self, member: str, address: str, ttl: float) -> list[dict]:
+    async def heartbeat(self, member: str, address: str, ttl: float, lag: float | None = None) -> list[dict]:
         """Record that member is alive now; the live members."""
         now = time.time()
         await self._write([
-            ("INSERT INTO members (member, address, started_at, heartbeat_at) VALUES (?, ?, ?, ?)"
-             " ON CONFLICT (member) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at",
-             (member, address, now, now)),
+            ("INSERT INTO members (member, address, started_at, heartbeat_at, lag) VALUES (?, ?, ?, ?, ?)"
+             " ON CONFLICT (member) DO UPDATE SET address = excluded.address, heartbeat_at = excluded.heartbeat_at,"
+             " lag = excluded.lag", (member, address, now, now, lag)),
             ("DELETE FROM members WHERE heartbeat_at < ?", (now - 10 * ttl,)),
         ])
         rows = await self._all(
-            "SELECT m.member, m.address, m.started_at, m.heartbeat_at, ? AS now,"
+            "SELECT m.member, m.address, m.started_at, m.heartbeat_at, m.lag, ? AS now,"
             " (SELECT count(*) FROM leases l WHERE l.member = m.member AND l.expires_at > ?) AS servers"
             " FROM members m WHERE m.heartbeat_at > ? ORDER BY m.member", (now, now, now - ttl))
         return [dict(r) for r in rows]
