@@ -165,34 +165,27 @@ class SQLiteBase:
     async def _add_metric_columns(self) -> None:
         """Give an existing database the columns of key figures added to central.model.METRICS
         since it was created (schema.sql has them for a new one), so adding one needs no migration."""
-        wanted = {
-            "samples": [(m.column, "INTEGER" if m.integer else "REAL") for m in METRICS.values()],
-            "rollups": [(f"{m.column}_{agg}", "REAL") for m in METRICS.values() for agg in ("min", "avg", "max")],
-        }
-        for table, columns in wanted.items():
-            async with self.db.execute(f"PRAGMA table_info({table})") as cur:
-                have = {r[1] for r in await cur.fetchall()}
-            for column, type_ in columns:
-                if column not in have:
-                    try:
-                        await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
-                    except aiosqlite.OperationalError as exc:  # another process opening it added it first
-                        if "duplicate column" not in str(exc):
-                            raise
+        await self._add_missing("samples", {m.column: "INTEGER" if m.integer else "REAL" for m in METRICS.values()})
+        await self._add_missing("rollups", {f"{m.column}_{agg}": "REAL" for m in METRICS.values()
+                                            for agg in ("min", "avg", "max")})
 
     async def _add_columns(self) -> None:
         """Give an older database the nullable columns added since (schema.sql has them for a new
         one): adding a nullable column needs no version of its own."""
         for table, columns in ADDED_COLUMNS.items():
-            async with self.db.execute(f"PRAGMA table_info({table})") as cur:
-                have = {r[1] for r in await cur.fetchall()}
-            for column, decl in columns.items():
-                if column not in have:
-                    try:
-                        await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-                    except aiosqlite.OperationalError as exc:  # another process opening it added it first
-                        if "duplicate column" not in str(exc):
-                            raise
+            await self._add_missing(table, columns)
+
+    async def _add_missing(self, table: str, columns: dict[str, str]) -> None:
+        """ALTER TABLE table ADD COLUMN for each of columns (name: declaration) it lacks."""
+        async with self.db.execute(f"PRAGMA table_info({table})") as cur:
+            have = {r[1] for r in await cur.fetchall()}
+        for column, decl in columns.items():
+            if column not in have:
+                try:
+                    await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                except aiosqlite.OperationalError as exc:  # another process opening it added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     @property
     def location(self) -> str:
