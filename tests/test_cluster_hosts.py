@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,6 +95,16 @@ def test_three_central_processes_share_30_hosts_and_survive_a_kill_9(tmp_path, t
             with urllib.request.urlopen(req, timeout=10) as resp:
                 body = json.loads(resp.read())
             assert {s["name"] for s in body["servers"]} == {h.name for h in hosts}, m
+            # and its page: the whole fleet, and the three centrals with their shares
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                html = resp.read().decode()
+            assert {h.name for h in hosts} <= set(re.findall(r'data-name="([^"]+)"', html)), m
+            members = re.findall(r'<tr data-member="([^"]+)"', html)
+            assert members == ["c0", "c1", "c2"], (m, members)
+            assert f'<tr data-member="{m}" class="self">' in html
+            shares = [int(n) for n in re.findall(r'data-f="servers">(\d+)<', html)]
+            assert len(shares) == 3 and all(shares), (m, shares)  # 30 hosts: everyone polls some
 
         dead = {sid for sid, member in owners().items() if member == "c0"}
         assert dead
