@@ -1283,7 +1283,8 @@ def collect_sensors(sys="/sys"):
 def parse_smartctl(doc):
     """One disk's figures from `smartctl --json -a DEV`: {"device", "model", "serial", "passed",
     "temperature", "reallocated", "pending", "percentage_used", "media_errors", "power_on_hours",
-    "error"}."""
+    "error"}. A SCSI/SAS disk's model is `scsi_model_name` from smartctl 7.3 on (`model_name`
+    before), and its grown defect list stands for the reallocated sectors."""
     dev = doc.get("device") if isinstance(doc.get("device"), dict) else {}
     status = doc.get("smart_status") if isinstance(doc.get("smart_status"), dict) else {}
     temp = doc.get("temperature") if isinstance(doc.get("temperature"), dict) else {}
@@ -1300,12 +1301,16 @@ def parse_smartctl(doc):
 
     def num(v):
         return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    model = doc.get("model_name")
+    if not isinstance(model, str):
+        model = doc.get("scsi_model_name")
+    reallocated = attrs.get(5) if 5 in attrs else doc.get("scsi_grown_defect_list")
     return {"device": dev.get("name") if isinstance(dev.get("name"), str) else None,
-            "model": doc.get("model_name") if isinstance(doc.get("model_name"), str) else None,
+            "model": model if isinstance(model, str) else None,
             "serial": doc.get("serial_number") if isinstance(doc.get("serial_number"), str) else None,
             "passed": status.get("passed") if isinstance(status.get("passed"), bool) else None,
             "temperature": num(temp.get("current")),
-            "reallocated": num(attrs.get(5)), "pending": num(attrs.get(197)),
+            "reallocated": num(reallocated), "pending": num(attrs.get(197)),
             "percentage_used": num(nvme.get("percentage_used")), "media_errors": num(nvme.get("media_errors")),
             "power_on_hours": num(poh.get("hours")),
             "error": "; ".join(e for e in errors if isinstance(e, str))[:200] or None}
@@ -1324,13 +1329,25 @@ def collect_smart(smartctl, timeout=30.0):
         if not isinstance(name, str) or not re.match(r"/dev/[A-Za-z0-9/_-]{1,64}\Z", name):
             continue
         argv = [smartctl, "--json", "-a", name]
-        if isinstance(d.get("type"), str) and re.match(r"[a-z0-9+,]{1,32}\Z", d["type"]):
-            argv[3:3] = ["-d", d["type"]]
+        kind = d.get("type")
+        if not isinstance(kind, str) or not re.match(r"[a-z0-9+,]{1,32}\Z", kind):
+            kind = None
+        if kind:
+            argv[3:3] = ["-d", kind]
+        # disks behind a RAID controller ("-d megaraid,N", "cciss,N", ...) share one device name:
+        # the type keeps them apart
+        label = "%s [%s]" % (name, kind) if kind and "," in kind else None
         code, out = _run(argv, timeout, stderr=False)
         try:
-            disks.append(parse_smartctl(json.loads(out)))
+            doc = json.loads(out)
+            if not isinstance(doc, dict):
+                raise ValueError(out[:40])
+            disk = parse_smartctl(doc)
         except ValueError:
-            disks.append({"device": name, "error": "smartctl exited %s without JSON" % code})
+            disk = {"device": name, "error": "smartctl exited %s without JSON" % code}
+        if label:
+            disk["device"] = label
+        disks.append(disk)
     return disks
 
 

@@ -1,13 +1,19 @@
-"""The agent's sensors, SMART and GPU sections: parsers on real captures from this machine
-(tests/data/hardware/README.md: no SMART disk, GPU or hwmon chip here) and on documents written
+"""The agent's sensors, SMART and GPU sections: parsers on real outputs captured on real disks,
+GPUs and machines by other projects (tests/data/hardware/README.md says where each comes from),
+on this machine's own captures (no SMART disk, GPU or hwmon chip here) and on documents written
 to the tools' documented formats, and that nothing is spawned when a tool is absent."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import sys
+import threading
 
 import pytest
 
+from central import document
 from tests.agentutil import DATA
 
 pytestmark = pytest.mark.unit
@@ -129,3 +135,177 @@ def test_slow_tools_run_in_their_own_thread_at_most_once_per_ttl(agent):
             t.join(5)
     assert tool.get()[1] == ["disk"] and tool.get()[1] == ["disk"]
     assert calls == ["agent-slow-tool"]  # once within the ttl
+
+
+# ------------------------------------------------------------------ captures from real hardware
+
+
+def smart_capture(name):
+    return capture(os.path.join("smartctl", name))
+
+
+def test_smartctl_ata_captures(agent):
+    # Seagate Barracuda 7200.12 (smartctl 7.3 via SAT): passes, with 304 reallocated sectors
+    st = agent.parse_smartctl(smart_capture("smartctl_exporter-ST3500418AS_12.json"))
+    assert st == {"device": "/dev/sda", "model": "ST3500418AS", "serial": "REDACTED", "passed": True,
+                  "temperature": 33, "reallocated": 304, "pending": 0, "percentage_used": None,
+                  "media_errors": None, "power_on_hours": 44668, "error": None}
+    wd = agent.parse_smartctl(smart_capture("smartctl_exporter-WDC_WD20EFRX-68EUZN0_17.json"))
+    assert (wd["model"], wd["passed"], wd["temperature"], wd["reallocated"], wd["pending"],
+            wd["power_on_hours"]) == ("WDC WD20EFRX-68EUZN0", True, 34, 0, 0, 47657)
+    # a failing Hitachi Deskstar behind a USB JMicron bridge (smartctl 7.1, exit status 216)
+    failing = agent.parse_smartctl(smart_capture("scrutiny-smart-fail2.json"))
+    assert failing == {"device": "/dev/sdc", "model": "Hitachi HDS721050DLE630", "serial": "MSK423Y20S3HBC",
+                       "passed": False, "temperature": 25, "reallocated": 1975, "pending": 8,
+                       "percentage_used": None, "media_errors": None, "power_on_hours": 65592, "error": None}
+
+
+def test_smartctl_nvme_captures(agent):
+    worn = agent.parse_smartctl(smart_capture("smartctl_exporter-nvme-null-INTEL_SSDPE2KX020T7-nvme6.json"))
+    assert (worn["device"], worn["model"], worn["passed"], worn["temperature"], worn["percentage_used"],
+            worn["media_errors"], worn["power_on_hours"], worn["reallocated"]) == (
+        "/dev/nvme6", "INTEL SSDPE2KX020T7", True, 19, 75, 0, 49441, None)
+    # critical warning 0x10 (volatile memory backup failed): smartctl's verdict is FAILED, exit status 8
+    failed = agent.parse_smartctl(smart_capture("smartctl_exporter-nvme-null-SAMSUNG_MZWLL3T2HAJQ-00005-nvme0.json"))
+    assert (failed["model"], failed["passed"], failed["temperature"], failed["percentage_used"],
+            failed["media_errors"]) == ("SAMSUNG MZWLL3T2HAJQ-00005", False, 40, 0, 0)
+    errors = agent.parse_smartctl(smart_capture("scrutiny-smart-nvme-failed.json"))
+    assert (errors["model"], errors["passed"], errors["media_errors"], errors["percentage_used"],
+            errors["temperature"]) == ("Samsung SSD 970 EVO 500GB", True, 7, 3, 35)
+
+
+def test_smartctl_scsi_captures(agent):
+    """smartctl 7.3 and later name a SCSI disk's model scsi_model_name, and a SCSI disk's
+    reallocations are its grown defect list (no ATA attribute 5)."""
+    seagate = agent.parse_smartctl(smart_capture("smartctl_exporter-SEAGATE_ST373453LC_26.json"))
+    assert seagate == {"device": "/dev/sdb", "model": "SEAGATE ST373453LC", "serial": "REDACTED", "passed": True,
+                       "temperature": 33, "reallocated": 260, "pending": None, "percentage_used": None,
+                       "media_errors": None, "power_on_hours": 102880, "error": None}
+    hitachi = agent.parse_smartctl(smart_capture("smartctl_exporter-HITACHI_H109060SESUN600G_10.json"))
+    assert (hitachi["model"], hitachi["reallocated"], hitachi["temperature"], hitachi["power_on_hours"]) == (
+        "HITACHI H109060SESUN600G", 0, 26, 22364)
+
+
+def test_smartctl_open_failure_capture(agent):
+    disk = agent.parse_smartctl(smart_capture("scrutiny-smart-fail.json"))
+    assert disk["passed"] is None and disk["model"] is None
+    assert disk["error"] == "Smartctl open device: /dev/sda failed: \\\\.\\PhysicalDrive0: Open failed, Error=5"
+
+
+NVIDIA_UNITS = (" %", " MiB", " W")
+
+
+def nvidia_rows(agent, name):
+    """The rows of an `nvidia-smi --query-gpu=<NVIDIA_FIELDS> --format=csv` capture the way
+    `--format=csv,noheader,nounits` prints them: without the header line and the unit suffixes."""
+    with open(os.path.join(HW, "nvidia-smi", name)) as fh:
+        header, *rows = fh.read().splitlines()
+    assert [h.split(" [")[0] for h in header.split(", ")] == list(agent.NVIDIA_FIELDS)
+    out = []
+    for row in rows:
+        cells = []
+        for cell in row.split(", "):
+            for unit in NVIDIA_UNITS:
+                if cell.endswith(unit):
+                    cell = cell[:-len(unit)]
+            cells.append(cell)
+        out.append(", ".join(cells))
+    return "\n".join(out) + "\n"
+
+
+def test_nvidia_smi_captures(agent):
+    h100 = agent.parse_nvidia_smi(nvidia_rows(agent, "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load.csv"))
+    assert h100 == [{"vendor": "nvidia", "index": 0, "name": "NVIDIA H100 80GB HBM3",
+                     "id": "GPU-00000000-0000-0000-0000-000000000000", "utilization": 100.0,
+                     "memory_used": 19818 << 20, "memory_total": 81559 << 20, "temperature": 59.0,
+                     "power": 631.95, "power_limit": 700.0}]
+    mig = agent.parse_nvidia_smi(nvidia_rows(agent, "linux-x86_64__nvidia-h100-mig__590.48.01__idle.csv"))
+    assert mig[0]["utilization"] is None  # MIG mode: utilization.gpu is [N/A]
+    assert (mig[0]["memory_used"], mig[0]["temperature"], mig[0]["power"]) == (59 << 20, 42.0, 71.15)
+    rtx = agent.parse_nvidia_smi(nvidia_rows(agent, "linux-x86_64__nvidia-geforce-rtx-4080-super__595.71.05__idle.csv"))
+    assert (rtx[0]["name"], rtx[0]["utilization"], rtx[0]["memory_total"], rtx[0]["power"],
+            rtx[0]["power_limit"]) == ("NVIDIA GeForce RTX 4080 SUPER", 0.0, 16376 << 20, 26.2, 320.0)
+
+
+NODE_SYS = os.path.join(HW, "node_exporter-sys")
+PROCFS_SYS = os.path.join(HW, "procfs-sys")
+
+
+def test_hwmon_and_thermal_captures(agent):
+    doc = agent.collect_sensors(NODE_SYS)  # class/hwmon/* are symlinks into devices/, as in sysfs
+    temps = doc["temperatures"]
+    assert doc["available"] is True and len(temps) == 12
+    assert temps[0] == {"name": "coretemp", "label": "Physical id 0", "celsius": 55.0, "high": 84.0,
+                        "critical": 100.0}
+    assert [t["label"] for t in temps[:5]] == ["Physical id 0", "Core 0", "Core 1", "Core 2", "Core 3"]
+    assert [t["celsius"] for t in temps[:5]] == [55.0, 54.0, 52.0, 53.0, 50.0]
+    assert {"name": "mt7996_phy0_2", "label": "temp1", "celsius": 57.0, "high": None, "critical": None} in temps
+    assert temps[-1] == {"name": "thermal_zone0", "label": "cpu-thermal", "celsius": 12.4, "high": None,
+                         "critical": None}
+    assert doc["fans"] == [{"name": "nct6779", "label": "fan2", "rpm": 1098}]
+    zones = agent.collect_sensors(PROCFS_SYS)["temperatures"]
+    assert zones == [{"name": "thermal_zone0", "label": "bcm2835_thermal", "celsius": 49.9, "high": None,
+                      "critical": None},
+                     {"name": "thermal_zone1", "label": "acpitz", "celsius": -44.0, "high": None, "critical": None}]
+
+
+def test_amdgpu_capture(agent):
+    # card0: amdgpu Vega 10 (1002:687f), no hwmon directory in the capture; card1: i915, skipped
+    assert agent.collect_amd_gpus(PROCFS_SYS) == [
+        {"vendor": "amd", "index": 0, "name": "card0", "id": None, "utilization": 4, "memory_used": 1490378752,
+         "memory_total": 8573157376, "temperature": None, "power": None, "power_limit": None}]
+
+
+STAND_IN = """#!{python}
+# Replays captured outputs: smartctl --scan --json, smartctl --json [-d TYPE] -a DEV, nvidia-smi --query-gpu
+import os, sys
+data = {data!r}
+args = sys.argv[1:]
+if os.path.basename(sys.argv[0]) == "nvidia-smi":
+    name = "nvidia.txt"
+elif "--scan" in args:
+    name = "scan.json"
+else:
+    name = "disk-" + args[args.index("-d") + 1].replace(",", "-") + ".json" if "-d" in args else "disk.json"
+with open(os.path.join(data, name)) as fh:
+    sys.stdout.write(fh.read())
+sys.exit(4 if name.startswith("disk") else 0)
+"""
+
+
+def test_api_all_from_captures_passes_the_central_normaliser(agent, tmp_path, monkeypatch):
+    """A whole /api/all of a Collector reading the captured sysfs trees, with stand-in smartctl and
+    nvidia-smi that replay captures (a MegaRAID scan: two disks behind /dev/bus/0), through the
+    central's normaliser: every captured figure survives."""
+    sys_dir = tmp_path / "sys"
+    shutil.copytree(NODE_SYS, str(sys_dir), symlinks=True)
+    shutil.copytree(os.path.join(PROCFS_SYS, "class", "drm"), str(sys_dir / "class" / "drm"))
+    replay, bin_dir = tmp_path / "replay", tmp_path / "bin"
+    replay.mkdir()
+    bin_dir.mkdir()
+    shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smartctl_scan_megaraid.json"), str(replay / "scan.json"))
+    shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smart-megaraid0.json"), str(replay / "disk-megaraid-0.json"))
+    shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smart-megaraid1.json"), str(replay / "disk-megaraid-1.json"))
+    (replay / "nvidia.txt").write_text(nvidia_rows(agent, "linux-x86_64__nvidia-l40s__595.80__load.csv"))
+    for tool in ("smartctl", "nvidia-smi"):
+        path = bin_dir / tool
+        path.write_text(STAND_IN.format(python=sys.executable, data=str(replay)))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ.get("PATH", ""))
+    c = agent.Collector(sys=str(sys_dir))
+    first = c.all()
+    assert first["smart"]["reason"] == "first sample under way"
+    for t in threading.enumerate():
+        if t.name == "agent-slow-tool":
+            t.join(30)
+    doc = document.normalise(c.all())
+    smart, gpus, sensors = doc["smart"], doc["gpus"], doc["sensors"]
+    assert smart["available"] is True and [d["device"] for d in smart["disks"]] == [
+        "/dev/bus/0 [megaraid,0]", "/dev/bus/0 [megaraid,1]"]  # one device name, two disks
+    assert [(d["model"], d["passed"], d["temperature"], d["reallocated"]) for d in smart["disks"]] == [
+        ("WD4000FYYX", True, 36, 0), ("WD4000FYYX", True, 36, 387)]
+    assert {g["vendor"]: (g["name"], g["utilization"], g["memory_used"]) for g in gpus["gpus"]} == {
+        "amd": ("card0", 4.0, 1490378752), "nvidia": ("NVIDIA L40S", 9.0, 1235 << 20)}
+    assert gpus["gpus"][1]["power"] == 110.23 and gpus["gpus"][1]["power_limit"] == 350.0
+    assert sensors["fans"] == [{"name": "nct6779", "label": "fan2", "rpm": 1098}]
+    assert [t["celsius"] for t in sensors["temperatures"]][-1] == 12.4 and len(sensors["temperatures"]) == 12
