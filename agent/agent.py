@@ -1224,20 +1224,25 @@ def _milli(path):
     return None if value is None else round(value / 1000.0, 1)
 
 
+def _natural(name):
+    """Sort key putting hwmon2 before hwmon10 and temp2_input before temp10_input."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def collect_sensors(sys="/sys"):
     """{"available", "reason", "temperatures": [{"name", "label", "celsius", "high", "critical"}],
     "fans": [{"name", "label", "rpm"}]} from hwmon chips and thermal zones."""
     temps, fans = [], []
     hw = os.path.join(sys, "class", "hwmon")
     try:
-        chips = sorted(os.listdir(hw))
+        chips = sorted(os.listdir(hw), key=_natural)
     except OSError:
         chips = []
     for chip in chips:
         d = os.path.join(hw, chip)
         name = _read_opt(os.path.join(d, "name")) or chip
         try:
-            files = sorted(os.listdir(d))
+            files = sorted(os.listdir(d), key=_natural)
         except OSError:
             continue
         for f in files:
@@ -1257,7 +1262,7 @@ def collect_sensors(sys="/sys"):
                     fans.append({"name": name[:64], "label": label[:64], "rpm": rpm})
     th = os.path.join(sys, "class", "thermal")
     try:
-        zones = sorted(z for z in os.listdir(th) if z.startswith("thermal_zone"))
+        zones = sorted((z for z in os.listdir(th) if z.startswith("thermal_zone")), key=_natural)
     except OSError:
         zones = []
     for zone in zones:

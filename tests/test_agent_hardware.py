@@ -249,6 +249,20 @@ def test_hwmon_and_thermal_captures(agent):
                      {"name": "thermal_zone1", "label": "acpitz", "celsius": -44.0, "high": None, "critical": None}]
 
 
+def test_sensors_in_numeric_order(agent, tmp_path):
+    """A many-core coretemp has temp2..temp30 and a machine hwmon0..hwmon12: listed (and cut at
+    MAX_SENSORS) in numeric order, not hwmon10 before hwmon2."""
+    sys = str(tmp_path)
+    for chip, temp in (("hwmon10", "temp2"), ("hwmon2", "temp10"), ("hwmon2", "temp2")):
+        write(sys + "/class/hwmon/%s/name" % chip, chip + "\n")
+        write(sys + "/class/hwmon/%s/%s_input" % (chip, temp), "40000\n")
+    for zone in ("thermal_zone11", "thermal_zone3"):
+        write(sys + "/class/thermal/%s/temp" % zone, "30000\n")
+    got = [(t["name"], t["label"]) for t in agent.collect_sensors(sys)["temperatures"]]
+    assert got == [("hwmon2", "temp2"), ("hwmon2", "temp10"), ("hwmon10", "temp2"),
+                   ("thermal_zone3", "thermal_zone3"), ("thermal_zone11", "thermal_zone11")]
+
+
 def test_amdgpu_capture(agent):
     # card0: amdgpu Vega 10 (1002:687f), no hwmon directory in the capture; card1: i915, skipped
     assert agent.collect_amd_gpus(PROCFS_SYS) == [
