@@ -186,6 +186,22 @@ def test_smartctl_scsi_captures(agent):
         "HITACHI H109060SESUN600G", 0, 26, 22364)
 
 
+def test_collect_smart_runs_what_a_real_scan_lists(agent, monkeypatch):
+    runs = []
+
+    def run(argv, timeout, **kw):
+        runs.append(argv)
+        name = ("scrutiny-smartctl_scan_simple.json" if "--scan" in argv
+                else "smartctl_exporter-SEAGATE_ST373453LC_26.json")
+        with open(os.path.join(HW, "smartctl", name)) as fh:
+            return 0, fh.read()
+    monkeypatch.setattr(agent, "_run", run)
+    disks = agent.collect_smart("smartctl")
+    assert runs[0] == ["smartctl", "--scan", "--json"]
+    assert runs[1:] == [["smartctl", "--json", "-a", "-d", "scsi", "/dev/sd" + c] for c in "abcdefg"]
+    assert len(disks) == 7 and disks[0]["model"] == "SEAGATE ST373453LC"
+
+
 def test_smartctl_open_failure_capture(agent):
     disk = agent.parse_smartctl(smart_capture("scrutiny-smart-fail.json"))
     assert disk["passed"] is None and disk["model"] is None
