@@ -73,7 +73,7 @@ import threading
 import time
 from urllib.parse import parse_qs, quote, urlsplit
 
-VERSION = "1.2.0"
+VERSION = "1.2.1"
 
 log = logging.getLogger("central-agent")
 

@@ -96,7 +96,7 @@ def test_server_commands_against_a_real_host(run, tmp_path, test_host, client_ke
     assert host.agent_secret not in result.output
     result = run("server", "add", "web1", host.address, "--tag", "prod", "--host-key-fingerprint", host.fingerprint)
     assert result.exit_code == 0, result.output
-    assert "agent 1.2.0 answers" in result.output, result.output
+    assert "agent 1.2.1 answers" in result.output, result.output
     assert f"host key {host.fingerprint} pinned" in result.output and "agent" in result.output
     assert "warning" not in result.output
     result = run("server", "add", "web1b", host.address, "--host-key-fingerprint", host.fingerprint)

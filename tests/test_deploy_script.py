@@ -146,7 +146,7 @@ def test_walkthrough_deploy_then_add_picks_up_the_secret(test_host, operator_key
         assert refused
         assert len(agent_processes(host)) == 1
         added = central_env.run("server", "add", "h%d" % i, host.address, "--host-key-fingerprint", host.fingerprint)
-        assert added.returncode == 0 and "agent 1.2.0 answers" in added.stdout, added.stdout + added.stderr
+        assert added.returncode == 0 and "agent 1.2.1 answers" in added.stdout, added.stdout + added.stderr
         assert "(central@%s:22)" % host.address in added.stdout
         polled = json.loads(central_env.run("poll", "h%d" % i, "--json").stdout)
         assert polled["ok"] and polled["document"]["hostname"] == host.name
