@@ -271,12 +271,13 @@ def markdown(res: dict) -> str:
         for c in w["centrals"]:
             out.append(f"| {w['members']} | {c['member']} | {c['servers']} | {c['polls']:.0f} | {c['polls_per_s']:.1f} | "
                        f"**{fmt(c['cpu_ms_per_poll'])}** | {c['core_share']:.3f} | {c['rss_mb']:.0f} |")
-    out += ["", "| centrals | total polls/s | samples stored in window | centrals' CPU ms/poll | PostgreSQL CPU ms/poll |"
+    out += ["", "| centrals | total polls/s | samples stored in window | centrals' CPU ms/poll | centrals' core share |"
+            " PostgreSQL CPU ms/poll |"
             " farm+agent core share | machine busy cores | load (1 min) at window end | split settled after s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in res["runs"]:
         out.append(f"| {w['members']} | **{w['polls_per_s']:.1f}** | {w['samples_stored']} | {fmt(w['central_ms_per_poll'])} | "
-                   f"{fmt(w['pg_ms_per_poll'])} | {w['farm_core_share']:.3f} | {w['machine_busy_cores']:.2f} | "
+                   f"{w['central_cpu_s'] / w['window_s']:.3f} | {fmt(w['pg_ms_per_poll'])} | {w['farm_core_share']:.3f} | {w['machine_busy_cores']:.2f} | "
                    f"{w['loadavg'][0]:.2f} | {w['split_s']:.1f} |")
     t = res.get("takeover")
     if t:
