@@ -1217,6 +1217,9 @@ SMART_TTL = 1800.0
 GPU_TTL = 60.0
 NVIDIA_FIELDS = ("index", "name", "uuid", "utilization.gpu", "memory.used", "memory.total", "temperature.gpu",
                  "power.draw", "power.limit")
+# per-process GPU memory, asked in the same sample (one more nvidia-smi run a minute, only where it exists)
+NVIDIA_APP_FIELDS = ("gpu_uuid", "pid", "process_name", "used_memory")
+GPU_PROCESSES = 8  # per GPU, the largest first
 
 
 def _milli(path):
@@ -1379,6 +1382,31 @@ def parse_nvidia_smi(text):
                      "memory_total": int(mem_total * 1048576) if mem_total is not None else None,
                      "temperature": num(f[6]), "power": num(f[7]), "power_limit": num(f[8])})
     return gpus
+
+
+def parse_nvidia_apps(text):
+    """{gpu uuid: [{pid, name, memory_used}], largest first} from `nvidia-smi
+    --query-compute-apps=<NVIDIA_APP_FIELDS> --format=csv,noheader,nounits`. A process name may
+    hold commas (it is a path), so the line is split from both ends; a line that does not fit
+    (a message such as "No running processes found") is skipped."""
+    apps = {}
+    for line in text.splitlines():
+        head = line.split(",", 2)
+        if len(head) != 3 or "," not in head[2]:
+            continue
+        name, mem = head[2].rsplit(",", 1)
+        try:
+            pid, used = int(head[1].strip()), float(mem.strip())
+        except ValueError:
+            continue  # "[N/A]" memory (a MIG instance without the figure) or not a process line
+        if pid < 1:
+            continue
+        apps.setdefault(head[0].strip()[:64], []).append(
+            {"pid": pid, "name": name.strip()[:200], "memory_used": int(used * 1048576)})
+    for procs in apps.values():
+        procs.sort(key=lambda p: -p["memory_used"])
+        del procs[GPU_PROCESSES:]
+    return apps
 
 
 def collect_amd_gpus(sys="/sys"):
@@ -2962,7 +2990,14 @@ class Collector(object):
                              15.0, stderr=False)
             if code != 0:
                 raise RuntimeError("nvidia-smi exited %s" % code)
-            return parse_nvidia_smi(out)
+            found = parse_nvidia_smi(out)
+            if found:
+                code, out = _run([exe, "--query-compute-apps=" + ",".join(NVIDIA_APP_FIELDS),
+                                  "--format=csv,noheader,nounits"], 15.0, stderr=False)
+                apps = parse_nvidia_apps(out) if code == 0 else None
+                for gpu in found:  # null: not known (the query failed), [] none
+                    gpu["processes"] = apps.get(gpu["id"], []) if apps is not None else None
+            return found
         tool = self._tool("nvidia", "nvidia-smi", query, GPU_TTL)
         if tool is None:
             reasons.append("nvidia-smi is not installed")

@@ -49,6 +49,7 @@ MAX_ERRORS = 32
 MAX_SENSORS = 64  # sensors.temperatures, sensors.fans
 MAX_SMART_DISKS = 32
 MAX_GPUS = 16
+GPU_PROCESSES = 8  # gpus[].processes: the agent sends the largest first
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -337,7 +338,9 @@ SCHEMA = Obj(
     gpus=Obj(available=Bool(), reason=NAME, sampled_at=Num(0, MAX_TIME),
              gpus=List(Obj(vendor=SHORT, index=Int(0, 1024), name=NAME, id=SHORT, utilization=PERCENT,
                            memory_used=BYTES, memory_total=BYTES, temperature=TEMPERATURE, power=Num(0, 1e5),
-                           power_limit=Num(0, 1e5)), MAX_GPUS)),
+                           power_limit=Num(0, 1e5),
+                           processes=List(Obj(pid=Int(1, MAX_PID), name=Str(CMDLINE_CHARS), memory_used=BYTES),
+                                          GPU_PROCESSES)), MAX_GPUS)),
     inventory_hash=Str(128),
     errors=Map(NAME, MAX_ERRORS),
 )

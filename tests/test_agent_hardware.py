@@ -229,6 +229,22 @@ def nvidia_rows(agent, name):
     return "\n".join(out) + "\n"
 
 
+def test_nvidia_compute_apps(agent):
+    # nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory --format=csv,noheader,nounits
+    # (its documented form: no public capture of it was found; see tests/data/hardware/README.md)
+    apps = agent.parse_nvidia_apps(
+        "GPU-3f1c, 1201, /opt/app, with comma/bin/train, 30000\n"
+        "GPU-3f1c, 1202, python3, 512\n"
+        "GPU-aa00, 77, [Not Found], [N/A]\n"
+        "No running processes found\n"
+        + "".join(f"GPU-bb00, {100 + i}, p{i}, {i}\n" for i in range(12)))
+    assert apps["GPU-3f1c"] == [{"pid": 1201, "name": "/opt/app, with comma/bin/train", "memory_used": 30000 << 20},
+                                {"pid": 1202, "name": "python3", "memory_used": 512 << 20}]
+    assert "GPU-aa00" not in apps  # a MIG process without a memory figure
+    assert [p["pid"] for p in apps["GPU-bb00"]] == [111, 110, 109, 108, 107, 106, 105, 104]  # the 8 largest
+    assert agent.parse_nvidia_apps("") == {}
+
+
 def test_nvidia_smi_captures(agent):
     h100 = agent.parse_nvidia_smi(nvidia_rows(agent, "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load.csv"))
     assert h100 == [{"vendor": "nvidia", "index": 0, "name": "NVIDIA H100 80GB HBM3",
@@ -292,7 +308,7 @@ import os, sys
 data = {data!r}
 args = sys.argv[1:]
 if os.path.basename(sys.argv[0]) == "nvidia-smi":
-    name = "nvidia.txt"
+    name = "nvidia-apps.txt" if any(a.startswith("--query-compute-apps=") for a in args) else "nvidia.txt"
 elif "--scan" in args:
     name = "scan.json"
 else:
@@ -316,7 +332,11 @@ def test_api_all_from_captures_passes_the_central_normaliser(agent, tmp_path, mo
     shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smartctl_scan_megaraid.json"), str(replay / "scan.json"))
     shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smart-megaraid0.json"), str(replay / "disk-megaraid-0.json"))
     shutil.copy(os.path.join(HW, "smartctl", "scrutiny-smart-megaraid1.json"), str(replay / "disk-megaraid-1.json"))
-    (replay / "nvidia.txt").write_text(nvidia_rows(agent, "linux-x86_64__nvidia-l40s__595.80__load.csv"))
+    rows = nvidia_rows(agent, "linux-x86_64__nvidia-l40s__595.80__load.csv")
+    (replay / "nvidia.txt").write_text(rows)
+    uuid = rows.split(",")[2].strip()
+    # no capture of --query-compute-apps was found: its documented form, for the L40S above
+    (replay / "nvidia-apps.txt").write_text(f"{uuid}, 4242, /usr/bin/python3, 1200\n")
     for tool in ("smartctl", "nvidia-smi"):
         path = bin_dir / tool
         path.write_text(STAND_IN.format(python=sys.executable, data=str(replay)))
@@ -337,5 +357,6 @@ def test_api_all_from_captures_passes_the_central_normaliser(agent, tmp_path, mo
     assert {g["vendor"]: (g["name"], g["utilization"], g["memory_used"]) for g in gpus["gpus"]} == {
         "amd": ("card0", 4.0, 1490378752), "nvidia": ("NVIDIA L40S", 9.0, 1235 << 20)}
     assert gpus["gpus"][1]["power"] == 110.23 and gpus["gpus"][1]["power_limit"] == 350.0
+    assert gpus["gpus"][1]["processes"] == [{"pid": 4242, "name": "/usr/bin/python3", "memory_used": 1200 << 20}]
     assert sensors["fans"] == [{"name": "nct6779", "label": "fan2", "rpm": 1098}]
     assert [t["celsius"] for t in sensors["temperatures"]][-1] == 12.4 and len(sensors["temperatures"]) == 12
