@@ -236,13 +236,7 @@ class Bench:
 
     def close(self) -> None:
         for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p)
         for f in self.logs:
             f.close()
         for p in (self.farm, self.agent):

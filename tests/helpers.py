@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 
@@ -41,3 +42,14 @@ def central_over(storage):
 
     config = Config()
     return Central(config, storage, SSHPool(config.ssh, config.key_path))
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """End a process the test started, by its PID: SIGTERM, then SIGKILL after timeout seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from central.cli import cli
-from tests.helpers import wait_for_sync
+from tests.helpers import stop_process, wait_for_sync
 
 pytestmark = pytest.mark.hosts
 
@@ -130,12 +130,6 @@ def test_three_central_processes_share_30_hosts_and_survive_a_kill_9(tmp_path, t
         assert float(closest) >= INTERVAL / 2, closest
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
         for log in logs:
             log.close()

@@ -18,7 +18,7 @@ from central.config import AlertsConfig, NotifierConfig, load_config
 from central.notifiers import Dispatcher
 from central.storage import Storage
 from tests import tools
-from tests.helpers import central_over, wait_for
+from tests.helpers import central_over, stop_process, wait_for
 from tests.test_alerts import Clock, failed, ok
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -367,12 +367,7 @@ async def alertmanager(tmp_path):
             await wait_for(ready, timeout=30, what="alertmanager to be ready")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
         log_file.close()
 
 

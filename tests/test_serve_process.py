@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import wait_for_sync
+from tests.helpers import stop_process, wait_for_sync
 
 
 def free_port() -> int:
@@ -67,13 +67,7 @@ class Serving:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 20)
             proc.log.close()
 
 
