@@ -121,7 +121,7 @@ def raise_nofile() -> None:
 
 
 def run_prometheus(workdir: Path, n: int, interval: float, measure_intervals: int, variants: int,
-                   binary: str) -> dict:
+                   binary: str, settle: float = 0.0) -> dict:
     """Prometheus scraping n farm targets; CPU per scrape over the window and RSS."""
     run_dir = workdir / f"prom-{n}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -160,7 +160,7 @@ def run_prometheus(workdir: Path, n: int, interval: float, measure_intervals: in
                 raise RuntimeError(f"prometheus exited; see {run_dir / 'prometheus.log'}")
             time.sleep(0.5)
         all_scraped_after = time.time() - t_start
-        time.sleep(interval)
+        time.sleep(interval + settle)
         m0, s0, c0, f0, b0, w0 = prom_metrics(port), served(), proc_cpu([prom.pid]), proc_cpu([farm.pid]), machine_busy(), time.time()
         time.sleep(interval * measure_intervals)
         c1, f1, b1, w1, s1 = proc_cpu([prom.pid]), proc_cpu([farm.pid]), machine_busy(), time.time(), served()
@@ -221,7 +221,7 @@ def markdown(results: dict) -> str:
         c_rss, p_rss = c["maxrss_kb"] / 1024, p["rss_kb"] / 1024
         out.append(
             f"| {row['rep']} | {row['hosts']} | **{f3(c['cpu_ms_per_poll'])}** | **{f3(p['cpu_ms_per_scrape'])}** | "
-            f"**{ratio:.1f}** | {c['polls_stored']} / {p['scrapes']} | {c_rss:.0f} | {p_rss:.0f} ({p['hwm_kb'] / 1024:.0f}) | "
+            f"**{ratio:.2f}** | {c['polls_stored']} / {p['scrapes']} | {c_rss:.0f} | {p_rss:.0f} ({p['hwm_kb'] / 1024:.0f}) | "
             f"{c_rss / p_rss:.2f} | {c['cpu_core_fraction']:.3f} / {p['cpu_core_fraction']:.3f} | "
             f"{f3(c['others_ms_per_poll'])} / {f3(p['farm_ms_per_scrape'])} | "
             f"{c['machine_busy_cores']:.2f} / {p['machine_busy_cores']:.2f} | "
@@ -249,7 +249,13 @@ def main() -> None:
     p.add_argument("--node-exporter", default=NODE_EXPORTER)
     p.add_argument("--prometheus", default=PROMETHEUS)
     p.add_argument("--skip-central", action="store_true")
+    p.add_argument("--prom-settle", type=float, default=0.0,
+                   help="extra seconds Prometheus scrapes before its window (its head memory grows with the samples)")
+    p.add_argument("--report", metavar="JSON", help="print the table of a saved run and exit")
     args = p.parse_args()
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return
     if not os.path.exists(args.prometheus):
         sys.exit(f"bench_peer: {args.prometheus} is missing (Debian package prometheus; scripts/test.sh installs it)")
     if args.capture or not BODY.exists():
@@ -262,6 +268,7 @@ def main() -> None:
     samples, families = series_count(body)
     version = subprocess.run([args.prometheus, "--version"], capture_output=True, text=True)
     results = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "cpus": os.cpu_count(),
+               "prom_settle": args.prom_settle, "command": " ".join(sys.argv[1:]),
                "interval": args.interval, "measure_intervals": args.measure_intervals, "variants": args.variants,
                "prometheus_version": (version.stdout or version.stderr).splitlines()[0].split(" (")[0],
                "body": {"bytes": len(body), "samples": samples, "families": families}, "rows": []}
@@ -287,7 +294,7 @@ def main() -> None:
                                                  args.interval, args.measure_intervals)
                 print(f"rep {rep}: prometheus, {n} targets", flush=True)
                 row["prometheus"] = pr = run_prometheus(workdir, n, args.interval, args.measure_intervals, args.variants,
-                                                        args.prometheus)
+                                                        args.prometheus, args.prom_settle)
                 print(f"  prometheus-{n}: {f3(pr['cpu_ms_per_scrape'])} ms CPU/scrape, {pr['scrapes']} scrapes, RSS "
                       f"{pr['rss_kb'] / 1024:.0f} MB (peak {pr['hwm_kb'] / 1024:.0f}), machine {pr['machine_busy_cores']:.2f} "
                       f"cores busy, load {pr['load_start'][0]:.2f}-{pr['load_end'][0]:.2f}", flush=True)
