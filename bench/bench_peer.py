@@ -150,12 +150,12 @@ def run_prometheus(workdir: Path, n: int, interval: float, measure_intervals: in
         t_start = time.time()
         wait_http(port, "/-/ready")
 
-        def served() -> int:
-            return json.loads(http_get(control, "/count"))["served"]
+        def served(key: str = "served") -> int:
+            return json.loads(http_get(control, "/count"))[key]
 
         # Warm-up as the central driver's: every target answered once, then one more interval.
         deadline = time.time() + 120
-        while served() < n and time.time() < deadline:
+        while served("targets") < n and time.time() < deadline:
             if prom.poll() is not None:
                 raise RuntimeError(f"prometheus exited; see {run_dir / 'prometheus.log'}")
             time.sleep(0.5)

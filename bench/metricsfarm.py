@@ -10,7 +10,8 @@ the farm one write.
 
 Run: python3 bench/metricsfarm.py --body FILE --targets N [--variants 8]
 Prints {"pid": P, "control": PORT, "ports": [...]} as its first stdout line, then serves until
-SIGTERM. GET /count on the control port answers {"served": total /metrics answers so far}.
+SIGTERM. GET /count on the control port answers {"served": total /metrics answers so far,
+"targets": how many targets answered at least one}.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ class Farm:
     def __init__(self, ans: dict[bool, list[bytes]]):
         self.answers = ans
         self.served = 0
+        self.ports_served: set[int] = set()  # targets answered at least once
 
 
 class Target(asyncio.Protocol):
@@ -79,6 +81,7 @@ class Target(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
 
     def data_received(self, data):
         self.buf += data
@@ -98,6 +101,7 @@ class Target(asyncio.Protocol):
             self.transport.write(copies[self.n % len(copies)])
             self.n += 1
             self.farm.served += 1
+            self.farm.ports_served.add(self.port)
 
 
 class Control(asyncio.Protocol):
@@ -108,7 +112,7 @@ class Control(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data):
-        body = json.dumps({"served": self.farm.served}).encode()
+        body = json.dumps({"served": self.farm.served, "targets": len(self.farm.ports_served)}).encode()
         self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
         self.transport.close()

@@ -56,7 +56,7 @@ def test_every_target_serves_the_captured_body_with_its_values_shifted_in_turn()
             conn.close()
         conn = http.client.HTTPConnection("127.0.0.1", first["control"], timeout=10)
         conn.request("GET", "/count")
-        assert json.loads(conn.getresponse().read()) == {"served": 12}
+        assert json.loads(conn.getresponse().read()) == {"served": 12, "targets": 3}
     finally:
         farm.terminate()
         farm.wait(10)
