@@ -560,14 +560,23 @@ def test_a_failing_systemctl_is_an_error_entry_not_rerun_every_poll(agent, tmp_p
 
 # ----------------------------------------------------------------------- the real /proc, kept stat fds
 
-def _open_fds():
-    return set(os.listdir("/proc/self/fd"))
+def _fd_targets() -> dict:
+    """This process's open fds and what each one is open on. Other threads open and close fds
+    meanwhile (an fd listed can be gone when it is read), so a vanished one is left out."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            pass
+    return out
 
 
 def test_real_proc_scan_keeps_stat_fds_and_follows_processes_coming_and_going(agent):
     import subprocess
 
     first = subprocess.Popen(["sleep", "300"])
+    second = None
     try:
         table = agent.scan_processes("/proc")
         keys = {k[0]: k for k in table}
@@ -586,13 +595,12 @@ def test_real_proc_scan_keeps_stat_fds_and_follows_processes_coming_and_going(ag
         pids = {k[0] for k in table}
         assert second.pid in pids and first.pid not in pids
         assert str(first.pid) not in agent._STAT_FDS  # its fd was closed...
-        assert str(fd) not in _open_fds() or os.readlink("/proc/self/fd/%d" % fd) != "/proc/%d/stat" % first.pid
-        second.kill()
-        second.wait()
+        assert _fd_targets().get(fd) != "/proc/%d/stat" % first.pid
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_a_kept_stat_fd_of_a_dead_process_is_not_read_as_a_new_one(agent):
@@ -609,5 +617,4 @@ def test_a_kept_stat_fd_of_a_dead_process_is_not_read_as_a_new_one(agent):
     with pytest.raises(OSError):
         agent._read_stat("/proc/", entry, agent._STAT_FDS)
     assert entry not in agent._STAT_FDS
-    assert "/proc/%s/stat" % entry not in [os.readlink("/proc/self/fd/" + f) for f in os.listdir("/proc/self/fd")
-                                          if os.path.exists("/proc/self/fd/" + f)] or fd not in agent._STAT_FDS.values()
+    assert "/proc/%s/stat" % entry not in _fd_targets().values() or fd not in agent._STAT_FDS.values()
