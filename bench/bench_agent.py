@@ -189,6 +189,9 @@ def start_targets(args):
         targets.append(Target("node_exporter", [args.node_exporter,
                                                 "--web.listen-address=127.0.0.1:%d" % port],
                               port, "/metrics"))
+    else:
+        print(f"bench_agent: {args.node_exporter} is missing (Debian package prometheus-node-exporter): "
+              "no node_exporter column", file=sys.stderr)
     if args.glances and os.path.exists(args.glances):
         port = free_port()
         targets.append(Target("glances", [args.glances, "-w", "--bind", "127.0.0.1",
