@@ -126,6 +126,7 @@ def stop(proc: subprocess.Popen) -> None:
 STOP_BACKLOG: list[int] = []  # --stop-backlog: outcomes queued just before the clean stop is timed
 CODE: list[str] = []  # --code: the central the driver runs (a checkout's root), for before/after runs
 PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM in the driver
+MAX_CONNECTS: list[int] = []  # --max-connects: ssh.max_concurrent_connects in the driver
 
 
 def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
@@ -137,7 +138,8 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
             "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
             "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM,
-            "stop_backlog": STOP_BACKLOG[0] if STOP_BACKLOG else 0}
+            "stop_backlog": STOP_BACKLOG[0] if STOP_BACKLOG else 0,
+            "max_connects": MAX_CONNECTS[0] if MAX_CONNECTS else None}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=CODE[0] if CODE else str(REPO))
@@ -385,7 +387,11 @@ def main() -> None:
     p.add_argument("--stop-backlog", type=int, default=0,
                    help="queue this many extra outcomes (copies of a real one) just before the timed clean stop")
     p.add_argument("--code", help="the central the driver runs (a checkout's root; default this one)")
+    p.add_argument("--max-connects", type=int, default=None,
+                   help="ssh.max_concurrent_connects of the central (default: the config's default)")
     args = p.parse_args()
+    if args.max_connects:
+        MAX_CONNECTS.append(args.max_connects)
     if args.code:
         CODE.append(args.code)
     STOP_BACKLOG.append(args.stop_backlog)

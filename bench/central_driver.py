@@ -100,7 +100,8 @@ async def run(spec: dict) -> dict:
     cfg = dataclasses.replace(
         cfg, data_dir=spec["data_dir"],
         poll=dataclasses.replace(PollConfig(), interval=interval, local=False),
-        ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"])),
+        ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"]),
+                                **({"max_concurrent_connects": spec["max_connects"]} if spec.get("max_connects") else {})),
     )
     if spec.get("phase_quantum") is not None:
         poller_module.PHASE_QUANTUM = spec["phase_quantum"]
