@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "bench"))
 
-from bench_core import free_port, machine_busy, proc_cpu, start_agent, start_farm, stop  # noqa: E402
+from bench_core import fmt, free_port, machine_busy, proc_cpu, save_results, start_agent, start_farm, stop  # noqa: E402
 from central.cluster import share  # noqa: E402
 from central.service import ensure_key_pair  # noqa: E402
 from central.storage import Storage  # noqa: E402
@@ -248,10 +247,6 @@ class Bench:
             shutil.rmtree(self.pg_root, ignore_errors=True)
 
 
-def fmt(v, digits=3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def markdown(res: dict) -> str:
     a = res["args"]
     out = [f"Run {res['started']} on {res['cpus']} cores, {a['servers']} loopback servers at {a['interval']:g} s, "
@@ -329,10 +324,7 @@ def main() -> None:
         raise
     bench.close()
     res["load_after"] = os.getloadavg()
-    out_dir = REPO / "bench" / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"cluster-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(res, indent=2))
+    out = save_results("cluster", res)
     shutil.rmtree(bench.work, ignore_errors=True)
     print(f"\nraw results: {out}\n")
     print(markdown(res))

@@ -112,6 +112,20 @@ def start_farm(workdir: Path, pub: Path, agent_ports: list[int], ttl: float, liv
     return proc, first["port"], line
 
 
+def save_results(prefix: str, results: dict) -> Path:
+    """Write a run's raw results to bench/results/PREFIX-<time>.json; returns the file."""
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    return out
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A figure for a markdown table: fixed digits, "-" when not measured."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def stop(proc: subprocess.Popen) -> None:
     """End a process this bench started, by its PID."""
     if proc.poll() is None:
@@ -477,10 +491,7 @@ def main() -> None:
         if farm is not None:
             stop(farm)
         stop(agent)
-    out_dir = REPO / "bench" / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = save_results("core", results)
     print(f"\nraw results: {out}  (work dir {workdir})\n")
     print(markdown(results))
     shutil.rmtree(workdir, ignore_errors=True) if not args.profile else None

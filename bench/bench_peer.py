@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "bench"))
 
 import bench_core  # noqa: E402
-from bench_core import AES, free_port, machine_busy, proc_cpu, stop  # noqa: E402
+from bench_core import AES, fmt, free_port, machine_busy, proc_cpu, stop  # noqa: E402
 
 BODY = REPO / "bench" / "data" / "node_exporter-metrics.txt"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -200,10 +200,6 @@ def run_central(workdir: Path, n: int, farm_port: int, farm_key: str, key: Path,
     return r
 
 
-def f3(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def markdown(results: dict) -> str:
     b = results["body"]
     out = [f"Run {results['started']} UTC on {results['cpus']} cores, {results['prometheus_version']}; interval "
@@ -220,10 +216,10 @@ def markdown(results: dict) -> str:
         ratio = c["cpu_ms_per_poll"] / p["cpu_ms_per_scrape"] if p["cpu_ms_per_scrape"] else None
         c_rss, p_rss = c["maxrss_kb"] / 1024, p["rss_kb"] / 1024
         out.append(
-            f"| {row['rep']} | {row['hosts']} | **{f3(c['cpu_ms_per_poll'])}** | **{f3(p['cpu_ms_per_scrape'])}** | "
+            f"| {row['rep']} | {row['hosts']} | **{fmt(c['cpu_ms_per_poll'])}** | **{fmt(p['cpu_ms_per_scrape'])}** | "
             f"**{ratio:.2f}** | {c['polls_stored']} / {p['scrapes']} | {c_rss:.0f} | {p_rss:.0f} ({p['hwm_kb'] / 1024:.0f}) | "
             f"{c_rss / p_rss:.2f} | {c['cpu_core_fraction']:.3f} / {p['cpu_core_fraction']:.3f} | "
-            f"{f3(c['others_ms_per_poll'])} / {f3(p['farm_ms_per_scrape'])} | "
+            f"{fmt(c['others_ms_per_poll'])} / {fmt(p['farm_ms_per_scrape'])} | "
             f"{c['machine_busy_cores']:.2f} / {p['machine_busy_cores']:.2f} | "
             f"{c['load_start'][0]:.2f}-{c['load_end'][0]:.2f} ; {p['load_start'][0]:.2f}-{p['load_end'][0]:.2f} |")
     out.append("")
@@ -295,7 +291,7 @@ def main() -> None:
                 print(f"rep {rep}: prometheus, {n} targets", flush=True)
                 row["prometheus"] = pr = run_prometheus(workdir, n, args.interval, args.measure_intervals, args.variants,
                                                         args.prometheus, args.prom_settle)
-                print(f"  prometheus-{n}: {f3(pr['cpu_ms_per_scrape'])} ms CPU/scrape, {pr['scrapes']} scrapes, RSS "
+                print(f"  prometheus-{n}: {fmt(pr['cpu_ms_per_scrape'])} ms CPU/scrape, {pr['scrapes']} scrapes, RSS "
                       f"{pr['rss_kb'] / 1024:.0f} MB (peak {pr['hwm_kb'] / 1024:.0f}), machine {pr['machine_busy_cores']:.2f} "
                       f"cores busy, load {pr['load_start'][0]:.2f}-{pr['load_end'][0]:.2f}", flush=True)
                 results["rows"].append(row)
@@ -304,10 +300,7 @@ def main() -> None:
             stop(cfarm)
         if agent is not None:
             stop(agent)
-    out_dir = REPO / "bench" / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"peer-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = bench_core.save_results("peer", results)
     print(f"\nraw results: {out}\n")
     if not args.skip_central:
         print(markdown(results))
