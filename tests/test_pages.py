@@ -5,6 +5,7 @@ The browser tests (tests/test_pages_browser.py) drive the same pages in real Chr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import os
 import re
@@ -16,9 +17,11 @@ import pytest
 from yarl import URL
 
 from central import servers
+from central.cluster import owner
+from central.config import ClusterConfig
 from central.model import PollOutcome
 from central.web import pages
-from tests.apiclient import PASSWORD, api, wait_online  # noqa: F401  (fixture)
+from tests.apiclient import PASSWORD, api, start_api, wait_online  # noqa: F401  (fixture)
 from tests.helpers import wait_for
 
 PAGES = ("/", "/servers/local", "/alerts")
@@ -293,12 +296,6 @@ async def test_a_server_that_stopped_answering_is_stale_everywhere(api):
 async def test_the_overview_lists_the_centrals_sharing_the_database_with_their_share_and_lag(config):
     """Several centrals on one database: the page shows each live member, how many servers it
     polls, its poller's lag and its last heartbeat (what GET /api/v1/status says in `cluster`)."""
-    import dataclasses
-
-    from central.cluster import owner
-    from central.config import ClusterConfig
-    from tests.apiclient import start_api
-
     cfg = dataclasses.replace(config, cluster=ClusterConfig(enabled=True, ttl=30.0, member="c-a"))
     api = await start_api(cfg)
     try:
