@@ -215,3 +215,25 @@ async def test_a_host_that_drops_the_connection_during_the_handshake_is_unreacha
     host.drop_on_connect = True
     err = await failure(pool, host.server())
     assert err.reason == "unreachable", err
+
+
+async def test_a_service_started_without_a_user_in_its_environment_still_connects(ssh_host, config, monkeypatch):
+    # asyncssh reads getpass.getuser() at every connect; without LOGNAME/USER/LNAME/USERNAME that
+    # is a password-database lookup each time, so the pool names the user once, as getuser would
+    import getpass
+    import os
+    import pwd
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    p = make_pool(config, connect_timeout=2)
+    try:
+        assert os.environ["LOGNAME"] == pwd.getpwuid(os.getuid()).pw_name == getpass.getuser()
+        host = await ssh_host()
+        assert not (await p.connection(host.server())).is_closed()
+    finally:
+        await p.close()
+    monkeypatch.setenv("USER", "operator-set")
+    monkeypatch.delenv("LOGNAME")
+    make_pool(config)
+    assert "LOGNAME" not in os.environ and os.environ["USER"] == "operator-set"
