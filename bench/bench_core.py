@@ -185,21 +185,148 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         machine_busy_cores=(m1[0] - m0[0]) / (m1[1] - m0[1]) * os.cpu_count(),
         others_ms_per_poll=(o1 - o0) / result["polls_stored"] * 1000 if result["polls_stored"] else None,
     )
-    result = {k: (float("nan") if v is None and k.endswith(("_ms", "_ms_p50", "_ms_p99", "_ms_per_poll")) else v)
-              for k, v in result.items()}  # a run without a successful poll still prints
-    print(f"  {name}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
+    result = _nan_for_none(result)
+    report(result)
+    return result
+
+
+def report(result: dict) -> None:
+    """The two lines of one driver's result."""
+    print(f"  {result['name']}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
           f"cipher {result['cipher']}, farm+agents {result['others_core_fraction']:.2f} core, "
           f"machine {result['machine_busy_cores']:.2f} cores busy; back-to-back {result['b2b_total_ms']:.3f} ms/poll "
           f"(request {result['b2b_request_ms']:.3f}, parse {result['b2b_parse_ms']:.3f}, poll {result['b2b_poll_ms']:.3f}, "
           f"store {result['b2b_store_ms']:.3f})", flush=True)
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
-          f"collections, longest {result['gc_pause_ms_max']:.0f} ms, gen 2: {result['gc_gen2_collections']} longest "
+          f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
+          f"of CPU), gen 2: {result['gc_gen2_collections']} longest "
           f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; maxrss "
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
           f"{result['stop_unwritten']} not written",
           flush=True)
-    return result
+
+
+def _nan_for_none(result: dict) -> dict:
+    """A run without a successful poll still prints."""
+    return {k: (float("nan") if v is None and k.endswith(("_ms", "_ms_p50", "_ms_p99", "_ms_per_poll")) else v)
+            for k, v in result.items()}
+
+
+class ClusterRun:
+    """--centrals K: K drivers, each one member of a cluster on one real PostgreSQL (started here,
+    tests/pgserver.py), sharing the fleet as several `central serve` processes do (central/cluster.py):
+    the design that puts a fleet one process cannot carry on several cores or machines."""
+
+    def __init__(self, workdir: Path):
+        sys.path.insert(0, str(REPO))
+        from tests.pgserver import PGServer, missing
+
+        why = missing()
+        if why:
+            sys.exit(f"bench_core --centrals: {why}")
+        self.root = Path(tempfile.mkdtemp(prefix="bench-core-pg-"))
+        self.pg = PGServer(self.root)
+        self.pg.start(durable=True)
+        self.runs = 0
+
+    def database(self, servers: list[dict]) -> str:
+        """A new database holding these servers, as `central server add` stores them."""
+        self.runs += 1
+        name = f"core{self.runs}"
+        self.pg.psql(f"CREATE DATABASE {name}")
+        url = self.pg.url(name)
+
+        async def add():
+            storage = await Storage.open(url)
+            for s in servers:
+                await storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
+                                         agent_secret=s["agent_secret"])
+            await storage.close()
+        asyncio.run(add())
+        return url
+
+    def close(self) -> None:
+        self.pg.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_cluster(cluster: ClusterRun, workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
+                other_pids, interval: float, measure_intervals: int, members: int) -> list[dict]:
+    """K drivers, one member each, measured over the same window once every member's share has
+    been polled; returns their results (each with the farm's, the agent's and PostgreSQL's CPU)."""
+    import threading
+
+    url = cluster.database(servers)
+    procs, queues = [], []
+    for i in range(members):
+        data_dir = workdir / f"{name}-c{i}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        spec = {"data_dir": str(data_dir), "key_path": str(key), "interval": interval, "ciphers": ciphers,
+                "servers": servers[:1], "warmup_timeout": 180, "measure_intervals": measure_intervals,
+                "profile": None, "phase_quantum": PHASE_QUANTUM, "stop_backlog": 0,
+                "max_connects": MAX_CONNECTS[0] if MAX_CONNECTS else None,
+                "storage_url": url, "member": f"c{i}", "members": members, "sync": True}
+        (data_dir / "spec.json").write_text(json.dumps(spec))
+        env = dict(os.environ, PYTHONPATH=CODE[0] if CODE else str(REPO))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "central_driver.py"), str(data_dir / "spec.json")],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=open(data_dir / "driver.log", "w"), text=True, env=env))
+    import queue as queue_module
+    events: queue_module.Queue = queue_module.Queue()
+
+    def reader(i, proc):
+        for line in proc.stdout:
+            events.put((i, json.loads(line)))
+        events.put((i, None))
+    threads = [threading.Thread(target=reader, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    pids = lambda: (other_pids() if callable(other_pids) else list(other_pids)) + cluster.pg.pids()  # noqa: E731
+    ready, started, ended, done, results = set(), set(), set(), set(), {}
+    o0 = m0 = o1 = m1 = None
+    while len(done) < members:
+        i, msg = events.get()
+        if msg is None:
+            done.add(i)
+            continue
+        if msg["event"] == "ready":
+            ready.add(i)
+            print(f"    c{i}: its share polled {msg['connected_after_s']:.0f} s after start", flush=True)
+            if len(ready) == members:
+                for p in procs:
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+        elif msg["event"] == "window_start":
+            started.add(i)
+            if len(started) == 1:
+                o0, m0 = proc_cpu(pids()), machine_busy()
+        elif msg["event"] == "window_end":
+            ended.add(i)
+            if len(ended) == members:
+                o1, m1 = proc_cpu(pids()), machine_busy()
+        elif msg["event"] == "result":
+            results[i] = msg
+    for p in procs:
+        p.wait()
+    if len(results) < members or o1 is None:
+        raise RuntimeError(f"{name}: a driver failed; see {workdir}/{name}-c*/driver.log")
+    out = []
+    span = max(r["window_s"] for r in results.values())
+    for i in range(members):
+        r = results[i]
+        r.update(name=f"{name}-c{i}", others_cpu_s=o1 - o0, others_core_fraction=(o1 - o0) / span,
+                 machine_busy_cores=(m1[0] - m0[0]) / (m1[1] - m0[1]) * os.cpu_count(),
+                 others_ms_per_poll=(o1 - o0) / sum(x["polls_stored"] for x in results.values()) * 1000
+                 if any(x["polls_stored"] for x in results.values()) else None, members=members)
+        r = _nan_for_none(r)
+        report(r)
+        out.append(r)
+    total = sum(r["polls_stored"] for r in out)
+    print(f"  {name}: {members} centrals stored {total} polls in the window ({total / span:.0f}/s), "
+          f"farm+agent+PostgreSQL {out[0]['others_core_fraction']:.2f} core", flush=True)
+    return out
 
 
 def loop_servers(n: int, port: int, host_key: str, prefix: str = "h") -> list[dict]:
@@ -353,7 +480,7 @@ def markdown(results: dict) -> str:
         cipher = (r["cipher"] or "?").split("@")[0]
         out.append(
             f"| {r['name']} | {r['hosts']} | {r['interval']:g} | {cipher} | {r['polls_stored']} | **{ms(r['cpu_ms_per_poll'])}** | "
-            f"{ms(r['user_s'] / r['polls_stored'] * 1000)} / {ms(r['sys_s'] / r['polls_stored'] * 1000)} | "
+            f"{ms(r['user_s'] / max(1, r['polls_stored']) * 1000)} / {ms(r['sys_s'] / max(1, r['polls_stored']) * 1000)} | "
             f"{r['cpu_core_fraction']:.3f} | {ms(r['duration_ms_p50'])} / {ms(r['duration_ms_p99'])} | "
             f"{ms(r['lag_ms_p50'])} / {ms(r['lag_ms_p99'])} | {ms(r['start_to_stored_ms_p50'])} / {ms(r['start_to_stored_ms_p99'])} | "
             f"{r['others_core_fraction']:.3f} | {r['machine_busy_cores']:.2f} | "
@@ -401,6 +528,10 @@ def main() -> None:
     p.add_argument("--stop-backlog", type=int, default=0,
                    help="queue this many extra outcomes (copies of a real one) just before the timed clean stop")
     p.add_argument("--code", help="the central the driver runs (a checkout's root; default this one)")
+    p.add_argument("--centrals", type=int, default=0,
+                   help="also run each scale as this many centrals sharing the fleet (cluster.enabled on one"
+                        " PostgreSQL this bench starts), measured over one window")
+    p.add_argument("--only-centrals", action="store_true", help="with --centrals: not the one-central runs")
     p.add_argument("--max-connects", type=int, default=None,
                    help="ssh.max_concurrent_connects of the central (default: the config's default)")
     args = p.parse_args()
@@ -457,11 +588,24 @@ def main() -> None:
                 for name, ciphers in (("loop-aes", AES), ("loop-chacha", CHACHA)):
                     results["runs"].append(run_driver(workdir, f"{name}-{small}", loop_servers(small, farm_port, farm_key),
                                                       ciphers, key, others, args.interval, args.measure_intervals))
-            for n in scales:
-                print(f"loopback farm: {n} hosts", flush=True)
-                profile = args.profile if n == max(scales) else None
-                results["runs"].append(run_driver(workdir, f"loop-aes-{n}", loop_servers(n, farm_port, farm_key), AES, key,
-                                                  others, args.interval, args.measure_intervals, profile))
+            cluster = ClusterRun(workdir) if args.centrals else None
+            try:
+                for n in scales:
+                    print(f"loopback farm: {n} hosts", flush=True)
+                    profile = args.profile if n == max(scales) else None
+                    if not args.only_centrals:
+                        results["runs"].append(run_driver(workdir, f"loop-aes-{n}", loop_servers(n, farm_port, farm_key),
+                                                          AES, key, others, args.interval, args.measure_intervals, profile))
+                    if cluster is not None:
+                        print(f"loopback farm: {n} hosts, {args.centrals} centrals on PostgreSQL", flush=True)
+                        results["runs"] += run_cluster(cluster, workdir, f"loop-aes-{n}-{args.centrals}centrals",
+                                                       loop_servers(n, farm_port, farm_key), AES, key, others,
+                                                       args.interval, args.measure_intervals, args.centrals)
+            finally:
+                if cluster is not None:
+                    cluster.close()
+            if args.only_centrals:
+                args.rate_interval, args.skip_chacha = 0, True
             big = max(scales)
             if args.rate_interval:
                 # The poll rate of 10x the hosts at the default interval: what "one core carries
@@ -482,7 +626,8 @@ def main() -> None:
                     by["sshd-aes"]["cpu_ms_per_poll"] / by["sshd-chacha"]["cpu_ms_per_poll"])
                 ratios[f"real sshd / loopback CPU per poll, {small} hosts, aes128-gcm"] = (
                     by["sshd-aes"]["cpu_ms_per_poll"] / by[f"loop-aes-{small}"]["cpu_ms_per_poll"])
-            ratios["0.5 ms target / measured at the largest scale (aes)"] = 0.5 / by[f"loop-aes-{big}"]["cpu_ms_per_poll"]
+            if f"loop-aes-{big}" in by and by[f"loop-aes-{big}"]["polls_stored"]:
+                ratios["0.5 ms target / measured at the largest scale (aes)"] = 0.5 / by[f"loop-aes-{big}"]["cpu_ms_per_poll"]
             results["ratios"] = ratios
         if not args.skip_db:
             print("database size", flush=True)

@@ -10,6 +10,10 @@ Usage: python3 bench/central_driver.py SPEC.json   (written by bench/bench_core.
 
 SPEC: {"data_dir", "key_path", "interval", "ciphers": [...], "servers": [{"name", "host",
 "port", "host_key"}], "warmup_timeout", "measure_intervals", "profile": null | "cprofile"}
+and, for one of several centrals sharing the fleet (cluster.enabled on one PostgreSQL, the design
+of central/cluster.py): "storage_url", "member", "members" (how many members to wait for; the
+servers are already stored), "sync" (after the warm-up print {"event": "ready"} and wait for a
+line on stdin, so the members measure the same window).
 
 Prints JSON lines on stdout: {"event": "window_start"}, {"event": "window_end"}, then one
 {"event": "result", ...}; bench_core.py samples the farm's and agents' CPU between the first two.
@@ -27,7 +31,7 @@ import time
 
 from aiohttp import web
 
-from central.config import PollConfig, SSHConfig, load_config
+from central.config import ClusterConfig, PollConfig, SSHConfig, StorageConfig, load_config
 from central import poller as poller_module
 from central.poller import phase
 from central.service import Central
@@ -103,16 +107,21 @@ async def run(spec: dict) -> dict:
         ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"]),
                                 **({"max_concurrent_connects": spec["max_connects"]} if spec.get("max_connects") else {})),
     )
+    members = int(spec.get("members") or 0)
+    if members:
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(StorageConfig(), url=spec["storage_url"]),
+                                  cluster=dataclasses.replace(ClusterConfig(), enabled=True, member=spec["member"]))
     if spec.get("phase_quantum") is not None:
         poller_module.PHASE_QUANTUM = spec["phase_quantum"]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, port=sock.getsockname()[1]))
-    setup = await Central.open(cfg)  # the servers first, as `central server add` would have stored them
-    for s in spec["servers"]:
-        await setup.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
-                                       host_key_fingerprint=s.get("fingerprint"), agent_secret=s["agent_secret"])
-    await setup.close()
+    if not members:
+        setup = await Central.open(cfg)  # the servers first, as `central server add` would have stored them
+        for s in spec["servers"]:
+            await setup.storage.add_server(s["name"], s["host"], port=s["port"], host_key=s["host_key"],
+                                           host_key_fingerprint=s.get("fingerprint"), agent_secret=s["agent_secret"])
+        await setup.close()
     n = len(spec["servers"])
     records: list[tuple[int, float, float, bool, float]] = []  # sid, ts, duration, ok, stored_at
     seen_ok: set[int] = set()
@@ -134,21 +143,37 @@ async def run(spec: dict) -> dict:
     central = app[CENTRAL]
     central.poller.hooks.append(record)
     pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection in the window
-    gc_t0 = [0.0]
+    gc_t0 = [0.0, 0.0]
+    pause_cpu: list[float] = []  # the same collections' CPU seconds (the rest of a pause: the process waiting for a core)
 
     def gc_pause(phase_, info):
         if phase_ == "start":
-            gc_t0[0] = time.perf_counter()
+            gc_t0[0], gc_t0[1] = time.perf_counter(), time.thread_time()
         elif measuring[0]:
             pauses.append((info["generation"], time.perf_counter() - gc_t0[0]))
+            pause_cpu.append(time.thread_time() - gc_t0[1])
 
     measuring = [False]
     gc.callbacks.append(gc_pause)
-    # Warm-up: every server connected and polled once, then one more full interval.
+    # Warm-up: every server connected and polled once (a cluster member: every server of its
+    # share, once all members are live), then one more full interval.
+    membership = central.membership
+
+    def warm() -> bool:
+        if membership is None:
+            return len(seen_ok) >= n
+        return len(membership.members) >= members and bool(membership.owned) and membership.owned <= seen_ok
+
     deadline = time.time() + spec["warmup_timeout"]
-    while len(seen_ok) < n and time.time() < deadline:
+    while not warm() and time.time() < deadline:
         await asyncio.sleep(0.5)
     connected_after = time.time() - t_start
+    all_connected = warm()
+    if membership is not None:
+        n = len(membership.owned)
+    if spec.get("sync"):
+        emit({"event": "ready", "connected_after_s": connected_after})
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await asyncio.sleep(interval)
     profiler = None
     if spec.get("profile") == "cprofile":
@@ -172,10 +197,8 @@ async def run(spec: dict) -> dict:
     lags = [((r[1] - phase(r[0], interval)) % interval) * 1000 for r in ok]
     to_store = [(r[4] - r[1]) * 1000 for r in ok]
     server0 = await central.storage.get_server(spec["servers"][0]["name"])
-    conn = central.pool._entries.get(server0.id)
-    cipher = None
-    if conn is not None and conn.conn is not None:
-        cipher = conn.conn.get_extra_info("send_cipher")
+    cipher = next((e.conn.get_extra_info("send_cipher") for e in central.pool._entries.values() if e.conn is not None),
+                  None)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     profile_path = None
     if profiler:
@@ -199,7 +222,7 @@ async def run(spec: dict) -> dict:
     cpu = (c1[0] - c0[0]) + (c1[1] - c0[1])
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
-        "connected_after_s": connected_after, "all_connected": len(seen_ok) >= n,
+        "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
         "cipher": cipher, "ciphers_offered": spec["ciphers"],
         "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
@@ -211,6 +234,7 @@ async def run(spec: dict) -> dict:
         "gc_collections": len(pauses), "gc_pause_ms_max": max((t for _, t in pauses), default=0) * 1000,
         "gc_gen2_collections": len(gen2), "gc_gen2_pause_ms_max": max(gen2, default=0) * 1000,
         "gc_pauses_over_100ms": sum(1 for _, t in pauses if t > 0.1),
+        "gc_pause_cpu_ms_max": max(pause_cpu, default=0) * 1000,
         "stop_s": stop_s, "backlog_at_stop": backlog,
         "stop_unwritten": getattr(central.poller.writer, "unwritten_at_stop", 0),  # older code: no deadline
         "maxrss_kb": maxrss, **b2b, "profile": profile_path,
