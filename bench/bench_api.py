@@ -46,8 +46,10 @@ def refused_port() -> int:
     raise RuntimeError("no free port")
 
 
-async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: str) -> dict:
-    """Fill the database; returns counts."""
+async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: str, raw_hours: float = RAW_HOURS,
+                   minute_days: float = DAYS, hour_days: float = DAYS) -> dict:
+    """Fill the database (raw_hours of raw samples, minute_days of 1-minute and hour_days of 1-hour
+    rollups per server); returns counts."""
     st = await Storage.open(db_path)
     now = time.time()
     rng = random.Random(1)
@@ -60,8 +62,8 @@ async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: st
         ids.append(s.id)
     top = json.dumps([[1, "systemd", 0.1, 12_000_000], [812, "nginx", 3.2, 40_000_000]], separators=(",", ":"))
     counts = {"samples": 0, "rollups_minute": 0, "rollups_hour": 0}
-    start_raw = now - RAW_HOURS * 3600
-    steps = int(RAW_HOURS * 3600 / INTERVAL)
+    start_raw = now - raw_hours * 3600
+    steps = int(raw_hours * 3600 / INTERVAL)
     # server-major: each server's rows go in key order, so SQLite appends instead of splitting
     # pages all over the (server_id, ts) b-tree (3-4x faster to generate; same resulting tables)
     batch = []
@@ -78,7 +80,8 @@ async def generate(db_path: Path, servers: int, port: int, host_key: str, fp: st
         counts["samples"] += len(batch)
     print(f"  raw samples: {counts['samples']:,} in {time.perf_counter() - t0:.0f} s", flush=True)
     vals = [v for _ in METRICS for v in (10.0, 20.0, 30.0)]
-    for tier, count, key in ((TIER_MINUTE, DAYS * 1440, "rollups_minute"), (TIER_HOUR, DAYS * 24, "rollups_hour")):
+    for tier, count, key in ((TIER_MINUTE, int(minute_days * 1440), "rollups_minute"),
+                             (TIER_HOUR, int(hour_days * 24), "rollups_hour")):
         first = (int(now / tier) - count) * tier
         batch = []
         for sid in ids:
@@ -123,6 +126,11 @@ def main() -> None:
     p.add_argument("--servers", type=int, default=1000)
     p.add_argument("--db-dir", default="/tmp/central-bench")
     p.add_argument("--duration", type=int, default=15)
+    p.add_argument("--raw-hours", type=float, default=RAW_HOURS, help="raw samples per server (default: the raw retention)")
+    p.add_argument("--minute-days", type=float, default=DAYS, help="1-minute rollups per server")
+    p.add_argument("--hour-days", type=float, default=DAYS, help="1-hour rollups per server")
+    p.add_argument("--backoff-max", default="10s",
+                   help="ssh.backoff_max of the served central (without --farm its servers are refused)")
     p.add_argument("--connections", default="1,4,16")
     p.add_argument("--farm", action="store_true",
                    help="point the servers at a loopback host farm (bench/loopfarm.py with a real agent)"
@@ -152,8 +160,10 @@ def main() -> None:
         if db.exists():
             for suffix in ("", "-wal", "-shm"):
                 Path(str(db) + suffix).unlink(missing_ok=True)
-        print(f"generating {args.servers} servers and a week of samples in {db} ...", flush=True)
-        counts = asyncio.run(generate(db, args.servers, port, line, fp))
+        print(f"generating {args.servers} servers, {args.raw_hours:g} h of raw samples, {args.minute_days:g} days of "
+              f"minute and {args.hour_days:g} of hour rollups in {db} ...", flush=True)
+        counts = asyncio.run(generate(db, args.servers, port, line, fp, args.raw_hours, args.minute_days, args.hour_days))
+        counts.update(raw_hours=args.raw_hours, minute_days=args.minute_days, hour_days=args.hour_days)
         (data / "generated").write_text(json.dumps({**counts, "port": port}))
     meta = json.loads((data / "generated").read_text())
     farm_procs = []
@@ -190,7 +200,7 @@ def main() -> None:
           f"and {meta['rollups_hour']:,} hour rollups)", flush=True)
 
     env = {**os.environ, "CENTRAL_DATA_DIR": str(data), "CENTRAL_CONFIG": "", "PYTHONPATH": args.code,
-           "CENTRAL_SSH_BACKOFF_MAX": "10s", "CENTRAL_SSH_CONNECT_TIMEOUT": "3s"}
+           "CENTRAL_SSH_BACKOFF_MAX": args.backoff_max, "CENTRAL_SSH_CONNECT_TIMEOUT": "3s"}
     token = json.loads(run([sys.executable, "-m", "central", "token", "create", "bench", "--user", "admin", "--json"],
                            env=env).stdout)["token"] if _has_admin(env) else _make_admin_token(env)
     with socket.socket() as s:
