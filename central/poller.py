@@ -21,9 +21,10 @@ from .hosttext import clean
 from .model import BAD_PAYLOAD, BLOCKING_REASONS, CENTRAL_ERROR, ERROR, ONLINE, PollError, PollOutcome, Server
 from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
 from .serverlog import server_log
+from .sshpool import retrieve_result
 from .storage import Storage
 from .transport import Transports
-from .writer import Writer
+from .writer import STOP_BUDGET, Writer
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ Hook = Callable[[Sequence[PollOutcome], dict], Awaitable[None]]
 # as much CPU as the poll itself (bench/bench_core.py). Slots still spread evenly over the
 # interval (40 per 10 s): a slot holds 1/40 of the fleet, not a burst of all of it.
 PHASE_QUANTUM = 0.25
+# A clean stop takes about STOP_BUDGET (central.writer) whatever the fleet and the backlog: the
+# servers' cancelled loops get at most CANCEL_WAIT to unwind (10,000 of them took 2.5 s on a
+# saturated loop, BENCHMARKS.md), the flush what is left of the budget, never under half of it.
+CANCEL_WAIT = 1.0
 MAX_ERROR_CHARS = 500  # a failed poll's stored message (it may quote the host: cleaned)
 
 
@@ -121,13 +126,22 @@ class Poller:
         ]
 
     async def stop(self) -> None:
-        """Cancel every task and store what is still queued."""
-        tasks = list(self._tasks.values()) + self._main
-        for t in tasks:
+        """Cancel every task and store what is still queued, in about STOP_BUDGET seconds."""
+        start = self.writer.monotonic()
+        loops = list(self._tasks.values())
+        for t in loops + self._main:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # the writer's own loop must have ended before the flush writes (never two writers)
+        await asyncio.gather(*self._main, return_exceptions=True)
+        if loops:
+            done, unwinding = await asyncio.wait(loops, timeout=CANCEL_WAIT)
+            for t in done:
+                retrieve_result(t)
+            for t in unwinding:  # cancelled, still unwinding: they end with the event loop
+                t.add_done_callback(retrieve_result)
         self._tasks.clear()
-        await self.writer.flush()
+        spent = self.writer.monotonic() - start
+        await self.writer.flush(budget=max(STOP_BUDGET / 2, STOP_BUDGET - spent))
 
     async def reload(self, force: bool = True) -> None:
         """Pick up added, removed and changed servers (force False: only when something but poll

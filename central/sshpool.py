@@ -127,8 +127,9 @@ async def fetch_host_key(host: str, port: int, ssh: SSHConfig, tunnel=None) -> a
     return key
 
 
-def _retrieve(task: asyncio.Task) -> None:
-    """Mark a connect task's failure as seen (its waiter may have stopped waiting)."""
+def retrieve_result(task: asyncio.Task) -> None:
+    """Mark a task's failure as seen (a connect's waiter may have stopped waiting; a stopped
+    poller's loops may end after it)."""
     if not task.cancelled():
         task.exception()
 
@@ -219,7 +220,7 @@ class SSHPool:
             if entry.connecting is None:
                 entry.connecting = asyncio.create_task(self._connect_entry(server, entry, depth),
                                                        name=f"ssh-connect-{server.name}")
-                entry.connecting.add_done_callback(_retrieve)
+                entry.connecting.add_done_callback(retrieve_result)
             task = entry.connecting
         # Shielded: a poll's timeout ends this wait, not the connect. Cancelled with it, a connect
         # to a blackholed host never failed, so no backoff was recorded and every poll sent a new SYN.
