@@ -105,6 +105,11 @@ def connect_options(ssh: SSHConfig) -> dict:
         config=None,
         agent_path=None,
         preferred_auth="publickey",
+        # no X.509 (host keys are pinned or vouched for by OpenSSH CAs): asyncssh then does not
+        # look for ~/.ssh/ca-bundle.crt and ~/.ssh/crt at every connect (a third of building its
+        # options, which it does per connection)
+        x509_trusted_certs=None,
+        x509_trusted_cert_paths=None,
     )
 
 
