@@ -177,15 +177,16 @@ class StoreClock:
     """A clock that advances one second per batch stored: the stop's deadline falls after a known
     number of batches, whatever this machine's speed (no timed assertion)."""
 
-    def __init__(self, store):
+    def __init__(self, store, per_outcome: float = 0.0):
         self.now = 0.0
         self.batches: list[int] = []
         self._store = store
+        self.per_outcome = per_outcome  # else one second per batch, whatever its size
 
     async def store(self, batch):
         await self._store(batch)
         self.batches.append(len(batch))
-        self.now += 1.0
+        self.now += self.per_outcome * len(batch) if self.per_outcome else 1.0
 
     def __call__(self):
         return self.now
@@ -283,3 +284,17 @@ async def test_a_stop_does_not_wait_for_loops_slow_to_unwind(serving, monkeypatc
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_stop_sizes_its_last_batches_to_end_about_on_time(serving):
+    # on a saturated event loop one batch of 500 took 1-2.5 s: past a 4 s budget by that much.
+    # Each outcome here costs 0.3 "seconds": after the first batch (3 s) the writer knows the
+    # pace and sizes the next ones to what fits before the deadline
+    ss, outcomes = await backlog(serving, 20, 5)
+    clock = StoreClock(serving.poller.store, per_outcome=0.3)
+    writer = Writer(clock.store, capacity=1000, monotonic=clock)
+    for o in outcomes:
+        writer.put(o)
+    await writer.flush(budget=4, batch=10)
+    assert clock.batches == [10, 3, 1]  # not [10, 10]: that one would have ended at 6 s
+    assert clock.now <= 4 + 0.3  # past the budget by at most one outcome
