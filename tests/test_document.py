@@ -314,3 +314,73 @@ def test_no_body_breaks_parse_document(body):
     sample = extract_sample(doc)
     assert all(v is None or math.isfinite(v) for k, v in sample.items() if k not in ("top", "containers"))
     assert all(v is None or math.isfinite(v) for row in sample["containers"] for v in row[1:])
+
+
+# -- the fast JSON parser (orjson) and the standard library give the same answers
+
+
+def _decoded(body: bytes, fast: bool, monkeypatch) -> tuple[str, str]:
+    """("ok", repr of the value) or ("refused", the message), by one parser."""
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(d, "orjson", None)
+        try:
+            return "ok", repr(d.decode(body))
+        except PollError as err:
+            return "refused", err.message
+
+
+def _same_answer(body: bytes, monkeypatch) -> None:
+    assert _decoded(body, True, monkeypatch) == _decoded(body, False, monkeypatch)
+
+
+HOSTILE_JSON = [
+    b'\xef\xbb\xbf{"a":1}', b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1e400}', b'[1e999999999999]',
+    b'[1.7976931348623159e308]', b'[1.7976931348623158e308]', b'[5e-324]', b'[0.1e-999999]', b'{"a":1e-400}',
+    b'{"a":123456789012345678901234567890}', b'{"a":18446744073709551616}', b'{"a":18446744073709551615}',
+    b'{"a":-9223372036854775809}', b'{"a":-9223372036854775808}', b'[' + b'9' * 5000 + b']',
+    b'{"a":"\\ud800"}', b'{"a":"\\uDFFF\\uD800"}', b'{"a":"\\ud83d\\ude00"}', b'{"a":"\xff"}', b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\x01"}', b'{"a":"\\u0000"}', b'', b' ', b'{"a":1,"a":2}', b'-0', b'-0.0', b'[1,]', b'{"a":1,}', b'01',
+    b'[.5]', b'[1.]', b'[+1]', b'{"a":true} x', b'\x00', b'{"\xc3\xa9":1}',
+    b'[' * 599 + b']' * 599, b'[' * 1000 + b']' * 1000, b'[' * 1024 + b']' * 1024, b'[' * 1025 + b']' * 1025,
+    b'{"a":' * 900 + b'1' + b'}' * 900,
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON, ids=range(len(HOSTILE_JSON)))
+def test_both_json_parsers_give_the_same_answer_to_hostile_bodies(body, monkeypatch):
+    assert d.orjson is not None  # a dependency: the fast path is the one polls take
+    _same_answer(body, monkeypatch)
+
+
+def test_both_json_parsers_give_the_same_answer_to_a_real_document(real, monkeypatch):
+    body = json.dumps(real[0]).encode()
+    _same_answer(body, monkeypatch)
+    assert d._fast_safe(body)  # a real document takes the fast path
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=40)
+
+
+@PROPERTY
+@given(_json_values, st.booleans())
+def test_both_json_parsers_give_the_same_answer_to_any_json(value, ascii_only):
+    # NaN, Infinity, lone surrogates and integers of any size included
+    from _pytest.monkeypatch import MonkeyPatch
+
+    with MonkeyPatch.context() as mp:
+        _same_answer(json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"), mp)
+
+
+@PROPERTY
+@given(st.binary(max_size=300) | _json_values.map(lambda v: json.dumps(v).encode()).flatmap(
+    lambda b: st.tuples(st.just(b), st.integers(0, max(0, len(b) - 1)), st.binary(min_size=1, max_size=3)).map(
+        lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + 1:])))
+def test_both_json_parsers_give_the_same_answer_to_broken_json(body):
+    from _pytest.monkeypatch import MonkeyPatch
+
+    with MonkeyPatch.context() as mp:
+        _same_answer(body, mp)
