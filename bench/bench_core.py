@@ -258,7 +258,7 @@ def run_cluster(cluster: ClusterRun, workdir: Path, name: str, servers: list[dic
     import threading
 
     url = cluster.database(servers)
-    procs, queues = [], []
+    procs = []
     for i in range(members):
         data_dir = workdir / f"{name}-c{i}"
         shutil.rmtree(data_dir, ignore_errors=True)
