@@ -21,12 +21,14 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -218,8 +220,7 @@ class ClusterRun:
     tests/pgserver.py), sharing the fleet as several `central serve` processes do (central/cluster.py):
     the design that puts a fleet one process cannot carry on several cores or machines."""
 
-    def __init__(self, workdir: Path):
-        sys.path.insert(0, str(REPO))
+    def __init__(self):
         from tests.pgserver import PGServer, missing
 
         why = missing()
@@ -255,8 +256,6 @@ def run_cluster(cluster: ClusterRun, workdir: Path, name: str, servers: list[dic
                 other_pids, interval: float, measure_intervals: int, members: int) -> list[dict]:
     """K drivers, one member each, measured over the same window once every member's share has
     been polled; returns their results (each with the farm's, the agent's and PostgreSQL's CPU)."""
-    import threading
-
     url = cluster.database(servers)
     procs = []
     for i in range(members):
@@ -273,8 +272,7 @@ def run_cluster(cluster: ClusterRun, workdir: Path, name: str, servers: list[dic
         procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "central_driver.py"), str(data_dir / "spec.json")],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=open(data_dir / "driver.log", "w"), text=True, env=env))
-    import queue as queue_module
-    events: queue_module.Queue = queue_module.Queue()
+    events: queue.Queue = queue.Queue()
 
     def reader(i, proc):
         for line in proc.stdout:
@@ -314,17 +312,16 @@ def run_cluster(cluster: ClusterRun, workdir: Path, name: str, servers: list[dic
         raise RuntimeError(f"{name}: a driver failed; see {workdir}/{name}-c*/driver.log")
     out = []
     span = max(r["window_s"] for r in results.values())
+    stored = sum(r["polls_stored"] for r in results.values())
     for i in range(members):
         r = results[i]
         r.update(name=f"{name}-c{i}", others_cpu_s=o1 - o0, others_core_fraction=(o1 - o0) / span,
                  machine_busy_cores=(m1[0] - m0[0]) / (m1[1] - m0[1]) * os.cpu_count(),
-                 others_ms_per_poll=(o1 - o0) / sum(x["polls_stored"] for x in results.values()) * 1000
-                 if any(x["polls_stored"] for x in results.values()) else None, members=members)
+                 others_ms_per_poll=(o1 - o0) / stored * 1000 if stored else None, members=members)
         r = _nan_for_none(r)
         report(r)
         out.append(r)
-    total = sum(r["polls_stored"] for r in out)
-    print(f"  {name}: {members} centrals stored {total} polls in the window ({total / span:.0f}/s), "
+    print(f"  {name}: {members} centrals stored {stored} polls in the window ({stored / span:.0f}/s), "
           f"farm+agent+PostgreSQL {out[0]['others_core_fraction']:.2f} core", flush=True)
     return out
 
@@ -588,7 +585,7 @@ def main() -> None:
                 for name, ciphers in (("loop-aes", AES), ("loop-chacha", CHACHA)):
                     results["runs"].append(run_driver(workdir, f"{name}-{small}", loop_servers(small, farm_port, farm_key),
                                                       ciphers, key, others, args.interval, args.measure_intervals))
-            cluster = ClusterRun(workdir) if args.centrals else None
+            cluster = ClusterRun() if args.centrals else None
             try:
                 for n in scales:
                     print(f"loopback farm: {n} hosts", flush=True)

@@ -123,7 +123,8 @@ class Writer:
 
     async def flush(self, budget: float = STOP_BUDGET, batch: int = STOP_BATCH) -> int:
         """Write what is pending (at shutdown) within about budget seconds (batches sized to the pace
-        of those before, so the last one ends about on time); returns how many outcomes were not written (also in unwritten_at_stop)."""
+        of those before, so the last one ends about on time); returns how many outcomes were not
+        written (also in unwritten_at_stop)."""
         start = self.monotonic()
         deadline = start + budget
         total = self.buffered
@@ -132,14 +133,11 @@ class Writer:
         async def write() -> bool:
             # a batch no larger than what the pace so far writes before the deadline (a saturated
             # event loop took 1-2.5 s for one of 500 at 10,000 hosts, past the budget)
-            size = batch
-            if pace[1]:
-                size = max(1, min(batch, int((deadline - self.monotonic()) * pace[1] / pace[0]))) if pace[0] > 0 else batch
             t0 = self.monotonic()
-            n = min(size, len(self._pending))
+            size = batch if pace[0] <= 0 else max(1, min(batch, int((deadline - t0) * pace[1] / pace[0])))
+            pace[1] += min(size, len(self._pending))
             ok = await self._write_batch(size)
             pace[0] += self.monotonic() - t0
-            pace[1] += n
             return ok
 
         # 1. the oldest outcomes, in the order they came
