@@ -91,3 +91,71 @@ def test_the_backend_offers_callers_nothing_beyond_the_interface():
     interface = {n for n in dir(Storage) if not n.startswith("_")}
     backend = {n for n in dir(SQLiteStorage) if not n.startswith("_")}
     assert backend - interface == {"transaction"}  # the concept modules' shared helper
+
+
+def _transactions(trace: list[str]) -> list[list[str]]:
+    """The statements SQLite ran, one list per BEGIN IMMEDIATE ... COMMIT."""
+    out, current = [], None
+    for sql in trace:
+        if sql.startswith("BEGIN IMMEDIATE"):
+            current = []
+        elif sql.startswith("COMMIT"):
+            out.append(current)
+            current = None
+        elif current is not None:
+            current.append(sql)
+    return out
+
+
+async def _maintained(path, chunk: int, monkeypatch) -> tuple[list, dict, list, list]:
+    """Five servers with four days of samples, rolled up and pruned with MAINTENANCE_CHUNK = chunk:
+    (trace of the rollup's transactions, prune counts, trace of the prune's, rows left)."""
+    from central.storage.sqlite import samples as sqlite_samples
+    from tests.test_storage_contract import DAY, fill
+
+    monkeypatch.setattr(sqlite_samples, "MAINTENANCE_CHUNK", chunk)
+    s = await Storage.open(path)
+    for i in range(5):
+        server = await s.add_server(f"s{i}", "10.0.0.1")
+        await fill(s, server.id, NOW - 4 * DAY, NOW, 300.0, lambda ts: float(int(ts) % 7))
+    trace: list[str] = []
+    await s.db.set_trace_callback(trace.append)
+    await s.rollup(now=NOW, lag=0)
+    rollup_trace, trace[:] = list(trace), []
+    counts = await s.prune(raw=2 * DAY, minute=3 * DAY, hour=400 * DAY, events=365 * DAY, now=NOW)
+    prune_trace = list(trace)
+    await s.db.set_trace_callback(None)
+    rows = [tuple(r) for r in await s._all("SELECT * FROM rollups ORDER BY server_id, tier, ts")]
+    rows += [tuple(r) for r in await s._all("SELECT server_id, ts, cpu FROM samples ORDER BY server_id, ts")]
+    await s.close()
+    return _transactions(rollup_trace), counts, _transactions(prune_trace), rows
+
+
+def _servers_in(statements: list[str], prefix: str) -> set[int]:
+    import re
+
+    return {int(m.group(1)) for sql in statements if sql.startswith(prefix)
+            for m in [re.search(r"server_id = (\d+)", sql)] if m}
+
+
+async def test_rollup_and_prune_hold_the_database_for_a_few_servers_at_a_time(tmp_path, monkeypatch):
+    # One transaction over every server held the writer's connection for seconds at 10,000
+    # servers (4 s on a cold start): poll batches and API reads waited behind it.
+    rollup_txs, counts, prune_txs, rows = await _maintained(tmp_path / "c.db", 2, monkeypatch)
+    ids = set(range(1, 6))
+    rolling = [t for t in rollup_txs if any(sql.startswith("INSERT OR REPLACE INTO rollups") for sql in t)]
+    assert len(rolling) == 6  # two tiers, five servers two at a time
+    for tier_txs in (rolling[:3], rolling[3:]):
+        served = [_servers_in(t, "INSERT OR REPLACE INTO rollups") for t in tier_txs]
+        assert all(len(x) <= 2 for x in served) and set().union(*served) == ids
+        # the tier counts as rolled up only in the transaction of its last servers
+        marks = [any("rollup_progress" in sql for sql in t) for t in tier_txs]
+        assert marks == [False, False, True]
+    pruning = [t for t in prune_txs if any(sql.startswith("DELETE FROM samples") for sql in t)]
+    served = [_servers_in(t, "DELETE FROM samples") for t in pruning]
+    assert len(pruning) == 3 and all(len(x) <= 2 for x in served) and set().union(*served) == ids
+    # the same rows and counts as in one pass over every server
+    _, counts_one, prune_one, rows_one = await _maintained(tmp_path / "d.db", 1000, monkeypatch)
+    assert len([t for t in prune_one if any(sql.startswith("DELETE FROM samples") for sql in t)]) == 1
+    assert counts == counts_one and counts["samples"] == 5 * 2 * 288 and counts["rollups"] > 0
+    assert rows == rows_one

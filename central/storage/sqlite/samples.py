@@ -25,6 +25,18 @@ _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
                 ValueError, TypeError)
 
 
+# Rollup and prune work on this many servers per transaction.
+MAINTENANCE_CHUNK = 250
+
+
+def _chunks(ids: Sequence[int]):
+    """(chunk, is_last) over ids in MAINTENANCE_CHUNK slices; one (empty, True) for none."""
+    if not ids:
+        yield [], True
+    for k in range(0, len(ids), MAINTENANCE_CHUNK):
+        yield ids[k:k + MAINTENANCE_CHUNK], k + MAINTENANCE_CHUNK >= len(ids)
+
+
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -230,13 +242,19 @@ class SQLiteSamples(SQLiteBase):
                 begin = math.floor(first / tier) * tier
             if until <= begin:
                 continue
-            async with self.transaction() as db:
-                await db.executemany(sql, [(sid, begin, until) for sid in ids])
-                # containers roll up in the same pass, so one progress mark covers both
-                await db.executemany(csql, [(sid, begin, until) for sid in ids])
-                await db.execute(
-                    "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
-                    " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+            # One transaction per MAINTENANCE_CHUNK servers, the progress mark in the last: poll
+            # batches and reads run between them (one transaction for 10,000 servers held the
+            # connection for seconds). A round cut short redoes the range; INSERT OR REPLACE makes
+            # that harmless, and nothing trusts the rollups past the mark before it moves.
+            for chunk, last in _chunks(ids):
+                async with self.transaction() as db:
+                    await db.executemany(sql, [(sid, begin, until) for sid in chunk])
+                    # containers roll up in the same pass, so one progress mark covers both
+                    await db.executemany(csql, [(sid, begin, until) for sid in chunk])
+                    if last:
+                        await db.execute(
+                            "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                            " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
             done[tier] = (begin, until)
         return done
 
@@ -244,39 +262,36 @@ class SQLiteSamples(SQLiteBase):
                     now: float | None = None) -> dict:
         """Delete what has passed each tier's retention; returns rows deleted per table."""
         now = time.time() if now is None else now
-        ids = [(r[0],) for r in await self._all("SELECT id FROM servers")]
-        counts = {}
+        ids = [r[0] for r in await self._all("SELECT id FROM servers")]
         # Never delete raw samples that have not been rolled up yet.
         rolled = await self._progress(TIER_MINUTE) or 0.0
         raw_cut = min(now - raw, rolled)
         minute_cut = min(now - minute, await self._progress(TIER_HOUR) or 0.0)
-        before = self.db.total_changes
-        await self._write_many([
-            ("DELETE FROM samples WHERE server_id = ? AND ts < ?", [(i, raw_cut) for (i,) in ids]),
-        ])
-        counts["samples"] = self.db.total_changes - before
-        before = self.db.total_changes
-        await self._write_many([
-            (f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_MINUTE} AND ts < ?", [(i, minute_cut) for (i,) in ids]),
-            (f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_HOUR} AND ts < ?", [(i, now - hour) for (i,) in ids]),
-        ])
-        counts["rollups"] = self.db.total_changes - before
-        before = self.db.total_changes
-        await self._write_many([
-            (PRUNE_CONTAINERS[0], [(i, raw_cut) for (i,) in ids]),
-            (PRUNE_CONTAINERS[1], [(i, minute_cut) for (i,) in ids]),
-            (PRUNE_CONTAINERS[2], [(i, now - hour) for (i,) in ids]),
-        ])
-        counts["containers"] = self.db.total_changes - before
-        before = self.db.total_changes
-        await self._write_many([
-            ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"
-             " (SELECT max(id) FROM inventory_history GROUP BY server_id)", [(now - events,)]),
-            ("DELETE FROM audit WHERE ts < ?", [(now - events,)]),
-            ("DELETE FROM notifications WHERE ts < ?", [(now - events,)]),
-            ("DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?", [(now - events,)]),
-        ])
-        counts["events"] = self.db.total_changes - before
+        per_server = (
+            ("samples", "DELETE FROM samples WHERE server_id = ? AND ts < ?", raw_cut),
+            ("rollups", f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_MINUTE} AND ts < ?", minute_cut),
+            ("rollups", f"DELETE FROM rollups WHERE server_id = ? AND tier = {TIER_HOUR} AND ts < ?", now - hour),
+            ("containers", PRUNE_CONTAINERS[0], raw_cut),
+            ("containers", PRUNE_CONTAINERS[1], minute_cut),
+            ("containers", PRUNE_CONTAINERS[2], now - hour),
+        )
+        counts = dict.fromkeys(("samples", "rollups", "containers"), 0)
+        # one transaction per MAINTENANCE_CHUNK servers (as rollup): poll batches and reads between them;
+        # the counts are taken inside each, where no other write runs
+        for chunk, _ in _chunks(ids):
+            async with self.transaction() as db:
+                for what, sql, cut in per_server:
+                    before = db.total_changes
+                    await db.executemany(sql, [(i, cut) for i in chunk])
+                    counts[what] += db.total_changes - before
+        async with self.transaction() as db:
+            before = db.total_changes
+            for sql in ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"
+                        " (SELECT max(id) FROM inventory_history GROUP BY server_id)",
+                        "DELETE FROM audit WHERE ts < ?", "DELETE FROM notifications WHERE ts < ?",
+                        "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?"):
+                await db.execute(sql, (now - events,))
+            counts["events"] = db.total_changes - before
         return counts
 
     async def import_samples(self, rows: Sequence[tuple]) -> None:
