@@ -274,6 +274,12 @@ class AlertsConfig:
     external_url: str = ""
     # Pending notifications held per channel; beyond it the oldest is dropped (and counted).
     queue_size: int = 1000
+    # Against an alert storm (a network loss takes hundreds of hosts down at once): each channel
+    # sends at most storm_messages messages per storm_window; what comes beyond them waits and
+    # goes out as one message that gathers them all. 0: no limit. Alertmanager channels group
+    # by themselves and are never held.
+    storm_messages: int = 10
+    storm_window: float = 60.0
     # How often timers run: keep_firing_for expiry, repeats, silence changes.
     tick_interval: float = 10.0
     # Time zone of the times in notification texts (an IANA name).
@@ -427,6 +433,7 @@ class Config:
 
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
+    "alerts.storm_window",
     "http.session_max_age",
     "database.lock_timeout",
     "http.login_backoff_max",
@@ -475,6 +482,7 @@ _DURATIONS = {
     "alerts.routes.repeat_interval",
 }
 _POSITIVE = {
+    "alerts.storm_window",
     "http.max_body_bytes",
     "database.lock_timeout",
     "database.outage_buffer",
@@ -797,6 +805,8 @@ def _check_globs(key: str, values: tuple[str, ...]) -> None:
 def _check_routing(alerts: AlertsConfig, notifiers: tuple[NotifierConfig, ...]) -> None:
     """Routes name existing notifiers; grouping labels, inhibit rules and maintenance windows are valid."""
     names = {n.name for n in notifiers}
+    if alerts.storm_messages < 0:
+        raise ConfigError(f"alerts.storm_messages: expected 0 (no limit) or more, got {alerts.storm_messages}")
     root = alerts.route
     for k in ("severities", "tags", "servers", "rules"):
         if getattr(root, k):

@@ -124,9 +124,12 @@ def body(message: Message, zone: zoneinfo.ZoneInfo, now: float) -> str:
         return (f"A test message from central, sent {fmt_when(now, zone)} to channel {message.channel!r}. "
                 "If you read this, the channel works.")
     alerts = message.alerts
-    if len(alerts) == 1:
-        return "\n".join(alert_lines(alerts[0], zone, now))
     blocks = []
+    if message.gathered > 1:
+        blocks.append(f"{message.gathered} notifications in one: more came than this channel sends within its "
+                      "storm limit (alerts.storm_messages per alerts.storm_window).")
+    if len(alerts) == 1:
+        return "\n".join(blocks + alert_lines(alerts[0], zone, now))
     for heading, items in (("Firing", message.firing), ("Resolved", message.resolved)):
         if not items:
             continue

@@ -33,7 +33,7 @@ from . import messages
 from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig, item_key
 from .hosttext import clean
 from .model import StorageUnavailable
-from .routing import Message, Router, build_routes, select_routes
+from .routing import Message, Router, build_routes, merge, select_routes
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ def message_environment(message: Message, title: str, text: str) -> dict[str, st
 class Channel:
     """One configured notifier: its filter, queue, worker, repeat bookkeeping and health."""
 
-    def __init__(self, cfg: NotifierConfig, queue_size: int, index: int = 0):
+    def __init__(self, cfg: NotifierConfig, queue_size: int, index: int = 0, *, storm_messages: int = 0,
+                 storm_window: float = 60.0, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.name = cfg.name
         self.key = notifier_key(index, cfg)
@@ -222,6 +223,14 @@ class Channel:
         self.failures_in_row = 0
         self.failing_since: float | None = None
         self.dropped_while_failing = 0
+        # the storm limit: at most storm_messages messages taken for sending per storm_window
+        # (Alertmanager groups by itself: never held)
+        self.storm_messages = 0 if self.keepalive else storm_messages
+        self.storm_window = storm_window
+        self.clock = clock
+        self.taken: collections.deque[float] = collections.deque()  # when the window's messages were taken
+        self.gathered = 0  # messages folded into another by the storm limit
+        self._storm_logged = False
 
     def accepts(self, event: str, severity: str) -> bool:
         """Whether this channel wants this event of this severity."""
@@ -231,8 +240,38 @@ class Channel:
             return severity in self.cfg.severities
         return SEVERITY_RANK.get(severity, 0) >= SEVERITY_RANK[self.cfg.min_severity]
 
+    def _window(self, now: float) -> int:
+        """Messages taken for sending in the storm window up to now."""
+        while self.taken and now - self.taken[0] >= self.storm_window:
+            self.taken.popleft()
+        return len(self.taken)
+
+    def hold_for(self, now: float) -> float:
+        """Seconds until the storm limit lets the next message go (0: now)."""
+        if self.storm_messages <= 0 or self._window(now) < self.storm_messages:
+            if self._storm_logged and not self.queue:
+                self._storm_logged = False
+            return 0.0
+        return self.taken[0] + self.storm_window - now
+
+    def take(self) -> Message:
+        """The next message to send (counted in the storm window)."""
+        self.taken.append(self.clock())
+        return self.queue.popleft()
+
     def put(self, message: Message) -> None:
-        """Queue without waiting; the oldest message goes when full (logged once per failing stretch)."""
+        """Queue without waiting; over the storm limit a message joins the last one queued; the
+        oldest message goes when full (logged once per failing stretch)."""
+        if self.storm_messages > 0 and self.queue and message.event != "test" and self.queue[-1].event != "test" \
+                and self._window(self.clock()) + len(self.queue) >= self.storm_messages:
+            self.queue[-1] = merge(self.queue[-1], message)
+            self.gathered += 1
+            if not self._storm_logged:
+                self._storm_logged = True
+                log.warning("notifier %s: more than %d messages within %s: the next ones go out gathered in one "
+                            "message per window (alerts.storm_messages, alerts.storm_window)", self.name,
+                            self.storm_messages, messages.fmt_duration(self.storm_window))
+            return
         if len(self.queue) >= self.queue_size:
             self.queue.popleft()
             self.dropped += 1
@@ -266,7 +305,7 @@ class Channel:
                 "last_success": self.last_success, "last_error_at": self.last_error_at,
                 "last_error": self.last_error, "failures_in_row": self.failures_in_row,
                 "delivered": self.delivered, "failed": self.failed, "dropped": self.dropped,
-                "queued": len(self.queue)}
+                "queued": len(self.queue), "gathered": self.gathered}
 
     def record(self, ok: bool, detail: str, now: float) -> None:
         """Update health after an attempt; log the first failure of a stretch and the recovery, nothing between."""
@@ -297,7 +336,9 @@ class Dispatcher:
         self.clock = clock
         self.alerts_cfg = alerts or AlertsConfig()
         self.zone = zoneinfo.ZoneInfo(self.alerts_cfg.time_zone)
-        self.channels = [Channel(cfg, queue_size, i) for i, cfg in enumerate(notifiers)]
+        self.channels = [Channel(cfg, queue_size, i, storm_messages=self.alerts_cfg.storm_messages,
+                                 storm_window=self.alerts_cfg.storm_window, clock=clock)
+                         for i, cfg in enumerate(notifiers)]
         self.by_name = {c.name: c for c in self.channels}
         self.routes = build_routes(self.alerts_cfg, [c.name for c in self.channels])
         self.router = Router(self.routes, self.by_name, grouped=lambda n: n in self.by_name and not self.by_name[n].keepalive)
@@ -310,6 +351,7 @@ class Dispatcher:
         self._idle.set()
         self._busy = 0
         self._started = False
+        self._stopping = False
 
     @property
     def started(self) -> bool:
@@ -344,6 +386,7 @@ class Dispatcher:
         if not self.channels or self._started:
             return
         self._started = True
+        self._stopping = False
         for (alert_id, channel), ts in (await self.storage.last_sent()).items():
             if channel in self.by_name:
                 self.by_name[channel].last_sent[alert_id] = ts
@@ -380,6 +423,9 @@ class Dispatcher:
                 await self.session.close()
                 self.session = None
             return
+        self._stopping = True  # messages the storm limit holds go out now
+        for c in self.channels:
+            c.wake.set()
         try:
             await asyncio.wait_for(self.wait_idle(), drain)
         except asyncio.TimeoutError:
@@ -487,7 +533,16 @@ class Dispatcher:
                     self._idle.set()
                 c.wake.clear()
                 await c.wake.wait()
-            message = c.queue.popleft()
+            hold = 0.0 if self._stopping else c.hold_for(self.clock())
+            if hold > 0:
+                # the storm limit: what arrives meanwhile joins the last message queued
+                c.wake.clear()
+                try:
+                    await asyncio.wait_for(c.wake.wait(), hold)  # a stop wakes it early
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            message = c.take()
             self._busy += 1
             try:
                 await self._deliver(c, message)

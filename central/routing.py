@@ -120,6 +120,7 @@ class Message:
     new: frozenset = frozenset()
     created_at: float = 0.0
     route: str = "default"
+    gathered: int = 1  # messages this one stands for (the storm limit folds later ones into it)
 
     @property
     def alerts(self) -> list[dict]:
@@ -130,6 +131,22 @@ class Message:
         """(event, alert) per alert, for the delivery log: firing for new ones, repeat for the others, resolved."""
         return ([("firing" if a["id"] in self.new else "repeat", a) for a in self.firing]
                 + [("resolved", a) for a in self.resolved])
+
+
+def merge(first: Message, later: Message) -> Message:
+    """Two messages of one channel as one (the storm limit): the later one's news win. An alert
+    resolved in either is listed as resolved; the group is what both share."""
+    resolved = {a["id"]: a for a in first.resolved}
+    resolved.update((a["id"], a) for a in later.resolved)
+    firing = {a["id"]: a for a in first.firing}
+    firing.update((a["id"], a) for a in later.firing)
+    firing = {i: a for i, a in firing.items() if i not in resolved}
+    new = (first.new | later.new) & firing.keys()
+    event = "firing" if new else "resolved" if resolved else "repeat"
+    group = {k: v for k, v in first.group.items() if later.group.get(k, object()) == v}
+    return Message(first.channel, event, group, sorted(firing.values(), key=_order),
+                   sorted(resolved.values(), key=_order), frozenset(new), first.created_at,
+                   first.route if first.route == later.route else "several", first.gathered + later.gathered)
 
 
 @dataclass

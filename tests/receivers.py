@@ -5,6 +5,7 @@ import asyncio
 import email
 import email.policy
 import json
+import time
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -23,7 +24,7 @@ class HTTPReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
         entry = {"method": request.method, "path": request.path, "content_type": request.content_type,
-                 "raw": raw, "headers": dict(request.headers), "query": dict(request.query)}
+                 "arrived": time.monotonic(), "raw": raw, "headers": dict(request.headers), "query": dict(request.query)}
         if request.content_type == "application/json":
             entry["json"] = json.loads(raw)
         elif request.content_type == "application/x-www-form-urlencoded":

@@ -106,3 +106,13 @@ async def test_a_reload_hands_the_new_rules_notifiers_and_retention_to_the_runni
     with pytest.raises(ConfigError, match=r'alerts.rules\[1\] \("load_high"\).op'):
         await central.reload(str(path), env=env)
     assert "load_high" in [r.name for r in central.alerts.rules] and central.config.retention.raw == 3600.0
+
+
+def test_the_storm_limit_is_read_checked_and_can_be_turned_off(tmp_path):
+    cfg = load_config(write(tmp_path, '[alerts]\nstorm_messages = 3\nstorm_window = "5m"\n'), env={})
+    assert (cfg.alerts.storm_messages, cfg.alerts.storm_window) == (3, 300.0)
+    assert load_config(write(tmp_path, "[alerts]\nstorm_messages = 0\n"), env={}).alerts.storm_messages == 0
+    with pytest.raises(ConfigError, match=r"alerts.storm_messages: expected 0 \(no limit\) or more, got -1"):
+        load_config(write(tmp_path, "[alerts]\nstorm_messages = -1\n"), env={})
+    with pytest.raises(ConfigError, match="alerts.storm_window: must be greater than 0"):
+        load_config(write(tmp_path, '[alerts]\nstorm_window = "0s"\n'), env={})

@@ -86,8 +86,9 @@ async def fleet_engine(storage, clock, receiver):
     cfg = load_config(env={"CENTRAL_DATA_DIR": "/nonexistent"})
     hooks = tuple(NotifierConfig(name=n, type="webhook", url=receiver.url("/" + n), retries=0) for n in
                   ("pager", "dbteam", "ops"))
+    # storm_messages=0: every message counted as routed (the storm limit has tests of its own)
     alerts_cfg = dataclasses.replace(
-        AlertsConfig(), unreachable_after=1, keep_firing_for=60.0, disk_full_for=0.0,
+        AlertsConfig(), unreachable_after=1, keep_firing_for=60.0, disk_full_for=0.0, storm_messages=0,
         rules=(AlertRule("cpu_high", "cpu.percent", ">", 90.0, 0.0, 60.0, "critical", tags=("cache",)),),
         route=RouteConfig(channels=("ops",)),
         routes=(
@@ -220,3 +221,102 @@ async def test_a_restart_neither_resends_a_group_nor_forgets_its_repeat(storage,
         await dispatcher.stop()
     assert [(r["json"]["event"], len(r["json"]["alerts"])) for r in receiver.requests] == [
         ("firing", 2), ("repeat", 2), ("resolved", 2)]
+
+
+# The storm limit: a network loss takes hundreds of hosts down at once; with the default route
+# (each alert its own message) that was one message per host per channel, and past the queue's
+# 1,000 the oldest were dropped.
+
+async def storm_engine(storage, receiver, n: int, *, limit: int, window: float, alertmanager: bool = False):
+    import time
+
+    cfg = load_config(env={"CENTRAL_DATA_DIR": "/nonexistent"})
+    hooks = (NotifierConfig(name="ops", type="webhook", url=receiver.url("/ops"), retries=0),)
+    if alertmanager:
+        hooks += (NotifierConfig(name="am", type="alertmanager", url=receiver.url("/am"), retries=0),)
+    alerts_cfg = dataclasses.replace(AlertsConfig(), unreachable_after=1, storm_messages=limit, storm_window=window,
+                                     route=RouteConfig(channels=tuple(h.name for h in hooks)))
+    cfg = dataclasses.replace(cfg, alerts=alerts_cfg, notifiers=hooks)
+    by_id = {}
+    for i in range(n):
+        s = await storage.add_server(f"web{i:03d}", "10.0.0.1", tags=("web",))
+        by_id[s.id] = s
+    dispatcher = Dispatcher(storage, cfg.notifiers, alerts=cfg.alerts, clock=time.time)
+    engine = AlertEngine(cfg, storage, dispatcher, clock=time.time)
+    await engine.start(run_timer=False)
+    return engine, dispatcher, by_id
+
+
+def _events(requests) -> list[tuple[str, str]]:
+    return [(a["event"], a["server"]) for r in requests for a in r["json"]["alerts"]]
+
+
+async def test_an_outage_of_200_hosts_is_5_messages_not_200_and_none_is_lost(storage, receiver):
+    import time
+
+    engine, dispatcher, by_id = await storm_engine(storage, receiver, 200, limit=5, window=0.5)
+    names = sorted(s.name for s in by_id.values())
+    try:
+        await engine.on_batch([failed(s.id, time.time()) for s in by_id.values()], by_id)
+        await dispatcher.wait_idle()
+        down = receiver.at("/ops")
+        # four alone, then one that gathers the 196 others (it goes at once: the fifth of the window)
+        assert [len(r["json"]["alerts"]) for r in down] == [1, 1, 1, 1, 196]
+        assert sorted(server for _, server in _events(down)) == names
+        assert {event for event, _ in _events(down)} == {"firing"}
+        gathered = down[-1]["json"]
+        assert gathered["event"] == "firing" and gathered["title"].startswith("[FIRING 196]")
+        assert gathered["text"].startswith("196 notifications in one: ") and "... and 176 more" in gathered["text"]
+        assert dispatcher.health()[0]["gathered"] == 195 and dispatcher.dropped == 0
+        # every alert's firing is in the delivery log, once
+        log = await storage.notifications(limit=10_000)
+        assert sorted(e["alert_id"] for e in log if e["event"] == "firing") == sorted(
+            st.id for st in engine.states.values())
+        # the fleet comes back: its 200 resolutions, again in at most five messages
+        await engine.on_batch([ok(s.id, time.time()) for s in by_id.values()], by_id)
+        await dispatcher.wait_idle()
+        up = receiver.at("/ops")[len(down):]
+        assert len(up) <= 5 and sum(len(r["json"]["alerts"]) for r in up) == 200
+        assert sorted(server for _, server in _events(up)) == names
+        assert {event for event, _ in _events(up)} == {"resolved"}
+    finally:
+        await dispatcher.stop()
+
+
+async def test_messages_over_the_limit_wait_for_the_window_and_go_as_one(storage, receiver):
+    import time
+
+    engine, dispatcher, by_id = await storm_engine(storage, receiver, 12, limit=2, window=0.6)
+    servers = list(by_id.values())
+    try:
+        await engine.on_batch([failed(s.id, time.time()) for s in servers[:2]], by_id)
+        await dispatcher.wait_idle()
+        assert [len(r["json"]["alerts"]) for r in receiver.at("/ops")] == [1, 1]
+        for s in servers[2:]:  # ten more, one poll batch each, within the window
+            await engine.on_batch([failed(s.id, time.time())], by_id)
+        await dispatcher.wait_idle()
+        sent = receiver.at("/ops")
+        assert [len(r["json"]["alerts"]) for r in sent] == [1, 1, 10]
+        assert sorted(server for _, server in _events(sent[2:])) == sorted(s.name for s in servers[2:])
+        # the third went when the first had left the window, not before
+        assert sent[2]["arrived"] - sent[0]["arrived"] >= 0.6 * 0.95
+    finally:
+        await dispatcher.stop()
+
+
+async def test_a_stop_sends_what_the_limit_holds_and_alertmanager_is_never_held(storage, receiver):
+    import time
+
+    engine, dispatcher, by_id = await storm_engine(storage, receiver, 8, limit=1, window=3600.0, alertmanager=True)
+    servers = list(by_id.values())
+    try:
+        await engine.on_batch([failed(servers[0].id, time.time())], by_id)
+        await dispatcher.wait_idle()
+        await engine.on_batch([failed(s.id, time.time()) for s in servers[1:]], by_id)
+        assert len(receiver.at("/ops")) == 1  # the rest waits for a window an hour long
+    finally:
+        await dispatcher.stop(drain=10.0)
+    ops = receiver.at("/ops")
+    assert [len(r["json"]["alerts"]) for r in ops] == [1, 7]
+    # Alertmanager groups by itself: each alert on its own, none gathered
+    assert len(receiver.at("/am/api/v2/alerts")) == 8 and all(len(r["json"]) == 1 for r in receiver.at("/am/api/v2/alerts"))

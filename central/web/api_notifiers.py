@@ -18,6 +18,7 @@ NOTIFIER = obj({
     "state": string(enum=["ok", "failing", "unknown"]), "last_success": NUM, "last_error_at": NUM,
     "last_error": nullable(string()), "failures_in_row": integer(), "delivered": integer(), "failed": integer(),
     "dropped": integer(), "queued": integer(),
+    "gathered": integer(description="Messages the storm limit folded into another (alerts.storm_messages)."),
 }, required=["name", "type", "target", "state", "last_success", "last_error_at", "last_error", "failures_in_row"])
 WINDOW = obj({
     "name": string(), "days": array(string()), "start": string(), "end": string(), "time_zone": string(),
