@@ -33,7 +33,8 @@ from . import messages
 from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig, item_key
 from .hosttext import clean
 from .model import StorageUnavailable
-from .routing import Message, Router, build_routes, merge, select_routes
+from . import routing
+from .routing import Gathering, Message, Router, build_routes, select_routes
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -257,21 +258,28 @@ class Channel:
     def take(self) -> Message:
         """The next message to send (counted in the storm window)."""
         self.taken.append(self.clock())
-        return self.queue.popleft()
+        message = self.queue.popleft()
+        return message.message() if isinstance(message, Gathering) else message
 
     def put(self, message: Message) -> None:
         """Queue without waiting; over the storm limit a message joins the last one queued; the
         oldest message goes when full (logged once per failing stretch)."""
-        if self.storm_messages > 0 and self.queue and message.event != "test" and self.queue[-1].event != "test" \
+        last = self.queue[-1] if self.queue else None
+        if self.storm_messages > 0 and last is not None and message.event != "test" \
+                and getattr(last, "event", None) != "test" \
                 and self._window(self.clock()) + len(self.queue) >= self.storm_messages:
-            self.queue[-1] = merge(self.queue[-1], message)
-            self.gathered += 1
-            if not self._storm_logged:
-                self._storm_logged = True
-                log.warning("notifier %s: more than %d messages within %s: the next ones go out gathered in one "
-                            "message per window (alerts.storm_messages, alerts.storm_window)", self.name,
-                            self.storm_messages, messages.fmt_duration(self.storm_window))
-            return
+            if not isinstance(last, Gathering):
+                last = self.queue[-1] = Gathering(last)
+            if last.size < routing.MAX_GATHERED:
+                last.add(message)
+                self.gathered += 1
+                if not self._storm_logged:
+                    self._storm_logged = True
+                    log.warning("notifier %s: more than %d messages within %s: the next ones go out gathered, up to "
+                                "%d alerts a message (alerts.storm_messages, alerts.storm_window)", self.name,
+                                self.storm_messages, messages.fmt_duration(self.storm_window), routing.MAX_GATHERED)
+                return
+            # full: this one waits on its own and the next ones gather into it
         if len(self.queue) >= self.queue_size:
             self.queue.popleft()
             self.dropped += 1

@@ -133,20 +133,51 @@ class Message:
                 + [("resolved", a) for a in self.resolved])
 
 
-def merge(first: Message, later: Message) -> Message:
-    """Two messages of one channel as one (the storm limit): the later one's news win. An alert
-    resolved in either is listed as resolved; the group is what both share."""
-    resolved = {a["id"]: a for a in first.resolved}
-    resolved.update((a["id"], a) for a in later.resolved)
-    firing = {a["id"]: a for a in first.firing}
-    firing.update((a["id"], a) for a in later.firing)
-    firing = {i: a for i, a in firing.items() if i not in resolved}
-    new = (first.new | later.new) & firing.keys()
-    event = "firing" if new else "resolved" if resolved else "repeat"
-    group = {k: v for k, v in first.group.items() if later.group.get(k, object()) == v}
-    return Message(first.channel, event, group, sorted(firing.values(), key=_order),
-                   sorted(resolved.values(), key=_order), frozenset(new), first.created_at,
-                   first.route if first.route == later.route else "several", first.gathered + later.gathered)
+# At most this many alerts in one gathered message: a webhook body stays under ~1 MB (aiohttp's
+# and many receivers' default limit); beyond it the next message starts gathering.
+MAX_GATHERED = 1000
+_MISSING = object()
+
+
+class Gathering:
+    """Messages of one channel gathered into one by the storm limit, built as they come (each
+    added in time of its own alerts, not of those gathered so far). The later news win: an alert
+    resolved in any of them is listed as resolved; the group is what all share."""
+
+    def __init__(self, first: Message):
+        self.channel, self.created_at, self.route = first.channel, first.created_at, first.route
+        self.group = dict(first.group)
+        self.firing: dict[int, dict] = {}
+        self.resolved: dict[int, dict] = {}
+        self.new: set = set()
+        self.gathered = 0
+        self.add(first)
+
+    @property
+    def size(self) -> int:
+        """Alerts gathered."""
+        return len(self.firing) + len(self.resolved)
+
+    def add(self, later: Message) -> None:
+        for a in later.resolved:
+            self.firing.pop(a["id"], None)
+            self.resolved[a["id"]] = a
+        for a in later.firing:
+            if a["id"] not in self.resolved:
+                self.firing[a["id"]] = a
+        self.new |= later.new
+        if self.group:
+            self.group = {k: v for k, v in self.group.items() if later.group.get(k, _MISSING) == v}
+        if later.route != self.route:
+            self.route = "several"
+        self.gathered += later.gathered
+
+    def message(self) -> Message:
+        """The one message to send."""
+        new = frozenset(self.new & self.firing.keys())
+        event = "firing" if new else "resolved" if self.resolved else "repeat"
+        return Message(self.channel, event, self.group, sorted(self.firing.values(), key=_order),
+                       sorted(self.resolved.values(), key=_order), new, self.created_at, self.route, self.gathered)
 
 
 @dataclass

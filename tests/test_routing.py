@@ -320,3 +320,23 @@ async def test_a_stop_sends_what_the_limit_holds_and_alertmanager_is_never_held(
     assert [len(r["json"]["alerts"]) for r in ops] == [1, 7]
     # Alertmanager groups by itself: each alert on its own, none gathered
     assert len(receiver.at("/am/api/v2/alerts")) == 8 and all(len(r["json"]) == 1 for r in receiver.at("/am/api/v2/alerts"))
+
+
+async def test_a_gathered_message_holds_at_most_max_gathered_alerts(storage, receiver, monkeypatch):
+    # a webhook body of 20,000 alerts (~10 MB) is refused by receivers with a 1 MB limit, aiohttp's
+    import time
+
+    from central import routing
+
+    monkeypatch.setattr(routing, "MAX_GATHERED", 50)
+    engine, dispatcher, by_id = await storm_engine(storage, receiver, 200, limit=5, window=0.3)
+    try:
+        await engine.on_batch([failed(s.id, time.time()) for s in by_id.values()], by_id)
+        await dispatcher.wait_idle()
+    finally:
+        await dispatcher.stop()
+    sent = receiver.at("/ops")
+    # four alone, the fifth gathers 50, then 50, 50 and the last 46 in the next window
+    assert [len(r["json"]["alerts"]) for r in sent] == [1, 1, 1, 1, 50, 50, 50, 46]
+    assert sorted(server for _, server in _events(sent)) == sorted(s.name for s in by_id.values())
+    assert sent[5]["arrived"] - sent[0]["arrived"] >= 0.3 * 0.95
