@@ -29,11 +29,10 @@ from typing import Callable, Mapping, Sequence
 
 import aiohttp
 
-from . import messages
+from . import messages, routing
 from .config import SEVERITIES, AlertsConfig, ConfigError, NotifierConfig, item_key
 from .hosttext import clean
 from .model import StorageUnavailable
-from . import routing
 from .routing import Gathering, Message, Router, build_routes, select_routes
 from .storage import Storage
 
@@ -266,7 +265,7 @@ class Channel:
         oldest message goes when full (logged once per failing stretch)."""
         last = self.queue[-1] if self.queue else None
         if self.storm_messages > 0 and last is not None and message.event != "test" \
-                and getattr(last, "event", None) != "test" \
+                and not (isinstance(last, Message) and last.event == "test") \
                 and self._window(self.clock()) + len(self.queue) >= self.storm_messages:
             if not isinstance(last, Gathering):
                 last = self.queue[-1] = Gathering(last)
