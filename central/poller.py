@@ -131,6 +131,9 @@ class Poller:
         loops = list(self._tasks.values())
         for t in loops + self._main:
             t.cancel()
+        # the connects under way are shielded from the polls that wait for them: give them up, or
+        # they go on (with those waiting for a slot) and take the loop from the flush
+        await self.transports.stop_connecting()
         # the writer's own loop must have ended before the flush writes (never two writers)
         await asyncio.gather(*self._main, return_exceptions=True)
         if loops:

@@ -372,6 +372,16 @@ class SSHPool:
             entry.retry_at = 0.0
             entry.failures = 0
 
+    async def stop_connecting(self, wait: float = 1.0) -> None:
+        """Cancel every connect under way or waiting for a slot, and give them up to wait seconds
+        to end (the poller is stopping: with 10,000 hosts refused, their connects kept the event
+        loop busy through the stop's flush)."""
+        tasks = [e.connecting for e in self._entries.values() if e.connecting is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+
     @staticmethod
     def _close_entry(entry: _Entry) -> None:
         if entry.connecting is not None:

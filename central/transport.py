@@ -113,6 +113,9 @@ class Transport:
     def reset_backoff(self, server_id: int) -> None:
         """Allow an immediate retry (after an operator fixed something)."""
 
+    async def stop_connecting(self) -> None:
+        """Give up the connects under way (the poller is stopping); open connections stay."""
+
     async def close(self) -> None:
         """Release everything."""
 
@@ -220,6 +223,10 @@ class SSHTransport(Transport):
     def reset_backoff(self, server_id: int) -> None:
         """Let the next poll reconnect at once."""
         self.pool.reset_backoff(server_id)
+
+    async def stop_connecting(self) -> None:
+        """Cancel the connects under way and those waiting for a slot."""
+        await self.pool.stop_connecting()
 
     async def close(self) -> None:
         """Close every connection."""
@@ -401,6 +408,11 @@ class Transports:
         """Allow an immediate retry of a server."""
         for transport in self._by_kind.values():
             transport.reset_backoff(server_id)
+
+    async def stop_connecting(self) -> None:
+        """Give up every connect under way (the poller is stopping)."""
+        for transport in self._by_kind.values():
+            await transport.stop_connecting()
 
     async def close(self) -> None:
         """Close every transport."""

@@ -299,3 +299,24 @@ async def test_the_periodic_reload_rereads_servers_only_after_a_write_other_than
         assert [s["ts"] for s in await c.storage.samples(a.id, 0, 10)] == [1.0, 2.0, 4.0]
     finally:
         await c.close()
+
+
+async def test_a_stop_gives_up_the_connects_under_way(config, ssh_host, silent_port):
+    # the polls wait for their connects through a shield: cancelled, they left the connects
+    # going through the stop's flush (10,000 refused hosts kept the event loop busy with them)
+    central = await open_central(config, timeout=30.0, connect_timeout=60.0)
+    try:
+        host = await ssh_host()
+        for i in range(3):
+            await central.storage.add_server(f"tarpit{i}", "127.0.0.1", port=silent_port, host_key=host.host_key_line,
+                                             host_key_fingerprint=host.fingerprint, agent_secret=HARNESS_SECRET)
+        await central.poller.start()
+        entries = central.pool._entries
+        await wait_for(lambda: sum(1 for e in entries.values() if e.connecting is not None) == 3, timeout=20,
+                       what="three connects under way")
+        connects = [e.connecting for e in entries.values()]
+        await central.poller.stop()
+        assert all(c.done() and c.cancelled() for c in connects)
+        assert central.poller.writer.buffered == 0
+    finally:
+        await central.close()

@@ -237,3 +237,30 @@ async def test_a_service_started_without_a_user_in_its_environment_still_connect
     monkeypatch.delenv("LOGNAME")
     make_pool(config)
     assert "LOGNAME" not in os.environ and os.environ["USER"] == "operator-set"
+
+
+async def test_stop_connecting_gives_up_connects_under_way_and_those_waiting_for_a_slot(
+        ssh_host, config, silent_port):
+    # Polls wait for a connect through asyncio.shield, so cancelling them at a stop left the
+    # connects going (10,000 refused hosts kept the event loop busy through the stop's flush).
+    host = await ssh_host()
+    pool = make_pool(config, connect_timeout=60.0, max_concurrent_connects=2)
+    try:
+        servers = [host.server(id=i, name=f"h{i}", port=silent_port) for i in range(1, 6)]
+        polls = [asyncio.ensure_future(pool.connection(s)) for s in servers]
+        for _ in range(100):  # until two connect and three wait for a slot
+            await asyncio.sleep(0.01)
+            if sum(1 for e in pool._entries.values() if e.connecting is not None) == 5:
+                break
+        connects = [pool._entries[s.id].connecting for s in servers]
+        assert all(c is not None and not c.done() for c in connects)
+        for p in polls:  # what Poller.stop does to the polls: they stop waiting, the connects go on
+            p.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+        assert not any(c.done() for c in connects)
+        await asyncio.wait_for(pool.stop_connecting(), 5)
+        results = await asyncio.gather(*connects, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert all(pool._entries[s.id].connecting is None for s in servers)
+    finally:
+        await pool.close()
