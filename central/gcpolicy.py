@@ -76,8 +76,10 @@ class GCPolicy:
         gc.freeze()
         self.settles += 1
 
-    def stop(self) -> None:
-        """Give the collector back its defaults and its frozen objects."""
+    def stop(self, unfreeze: bool = True) -> None:
+        """Give the collector back its defaults and (unfreeze) its frozen objects. A process that
+        ends next keeps them frozen: unfrozen, the collection at interpreter exit walked them all
+        (2.8 s from the central closed to the process gone, at 10,000 servers)."""
         if self._started_at is None:
             return
         self._started_at = None
@@ -85,7 +87,8 @@ class GCPolicy:
             gc.callbacks.remove(self._callback)
         if self._old_thresholds is not None:
             gc.set_threshold(*self._old_thresholds)
-        gc.unfreeze()
+        if unfreeze:
+            gc.unfreeze()
 
     def figures(self) -> dict:
         """Collections and pauses since start (pause seconds per generation: the longest)."""

@@ -19,5 +19,7 @@ ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 ANSWERS = web.AppKey("answers", Answers)
 GC_POLICY = web.AppKey("gc_policy", GCPolicy)
+# The process ends when the app stops (`central serve`): what the GC policy froze stays frozen.
+EXITS_AFTER = web.AppKey("exits_after", bool)
 # Per request: who is calling (set once the credentials were checked; None: anonymous).
 IDENTITY = web.RequestKey("identity", Identity | None)
