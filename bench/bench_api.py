@@ -211,7 +211,8 @@ def main() -> None:
         Path(args.stallwatch).unlink(missing_ok=True)
         command = [sys.executable, str(ROOT / "bench" / "stallwatch.py"), args.stallwatch]
     print(f"load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
-    server = subprocess.Popen([*command, "serve", "--port", str(http_port)], env=env,
+    # cwd: `-m central` puts the working directory first on sys.path, ahead of PYTHONPATH (--code)
+    server = subprocess.Popen([*command, "serve", "--port", str(http_port)], env=env, cwd=args.code,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = []
     try:
