@@ -42,10 +42,17 @@ class PostgresAlerts(PostgresBase):
                   " RETURNING id")
         update = (f"UPDATE alerts SET {', '.join(f'{c} = ${i}' for i, c in enumerate(mutable, 1))}"
                   f" WHERE id = ${len(mutable) + 1}")
-        statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
-        statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
-        statements += [("DELETE FROM alerts WHERE id = $1", (i,)) for i in deletes]
-        return (await self._write(statements))[:len(inserts)]
+        ids = []
+        async with self.transaction() as con:
+            for row in inserts:  # one at a time: each new row's id
+                ids.append(await con.fetchval(insert, *[_alert_column(row, c) for c in cols]))
+            # the rest in one call each (a round trip per row made the minute's rewrite of every
+            # open alert one per alert)
+            if updates:
+                await con.executemany(update, [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates])
+            if deletes:
+                await con.executemany("DELETE FROM alerts WHERE id = $1", [(i,) for i in deletes])
+        return ids
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:

@@ -36,10 +36,17 @@ class SQLiteAlerts(SQLiteBase):
         mutable = [c for c in cols if c not in ("rule", "server_id", "label")]
         insert = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         update = f"UPDATE alerts SET {', '.join(f'{c} = ?' for c in mutable)} WHERE id = ?"
-        statements = [(insert, [_alert_column(row, c) for c in cols]) for row in inserts]
-        statements += [(update, [_alert_column(row, c) for c in mutable] + [row["id"]]) for row in updates]
-        statements += [("DELETE FROM alerts WHERE id = ?", (i,)) for i in deletes]
-        return (await self._write(statements))[:len(inserts)]
+        ids = []
+        async with self.transaction() as db:
+            for row in inserts:  # one at a time: each new row's id
+                ids.append((await db.execute(insert, [_alert_column(row, c) for c in cols])).lastrowid)
+            # the rest in one call each: the minute's rewrite of 10,000 open alerts took 10,000
+            # round trips to the database thread, 0.9 s of the event loop
+            if updates:
+                await db.executemany(update, [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates])
+            if deletes:
+                await db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in deletes])
+        return ids
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:
