@@ -372,10 +372,10 @@ class SSHPool:
             entry.retry_at = 0.0
             entry.failures = 0
 
-    async def stop_connecting(self, wait: float = 1.0) -> None:
+    async def stop_connecting(self, wait: float | None = 1.0) -> None:
         """Cancel every connect under way or waiting for a slot, and give them up to wait seconds
-        to end (the poller is stopping: with 10,000 hosts refused, their connects kept the event
-        loop busy through the stop's flush)."""
+        to end (None: until they have; the poller is stopping: with 10,000 hosts refused, their
+        connects kept the event loop busy through the stop's flush)."""
         tasks = [e.connecting for e in self._entries.values() if e.connecting is not None]
         for task in tasks:
             task.cancel()
@@ -393,12 +393,11 @@ class SSHPool:
 
     async def close(self) -> None:
         """Close every connection and wait for them to finish."""
+        await self.stop_connecting(wait=None)
         entries = list(self._entries.values())
         self._entries.clear()
-        connecting = [e.connecting for e in entries if e.connecting is not None]
         for entry in entries:
             self._close_entry(entry)
-        await asyncio.gather(*connecting, return_exceptions=True)
         for entry in entries:
             if entry.conn is not None:
                 try:

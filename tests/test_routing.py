@@ -3,6 +3,7 @@ dispatcher to real HTTP receivers, driven by an injected clock (no sleeping)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -228,8 +229,6 @@ async def test_a_restart_neither_resends_a_group_nor_forgets_its_repeat(storage,
 # 1,000 the oldest were dropped.
 
 async def storm_engine(storage, receiver, n: int, *, limit: int, window: float, alertmanager: bool = False):
-    import time
-
     cfg = load_config(env={"CENTRAL_DATA_DIR": "/nonexistent"})
     hooks = (NotifierConfig(name="ops", type="webhook", url=receiver.url("/ops"), retries=0),)
     if alertmanager:
@@ -252,8 +251,6 @@ def _events(requests) -> list[tuple[str, str]]:
 
 
 async def test_an_outage_of_200_hosts_is_5_messages_not_200_and_none_is_lost(storage, receiver):
-    import time
-
     engine, dispatcher, by_id = await storm_engine(storage, receiver, 200, limit=5, window=0.5)
     names = sorted(s.name for s in by_id.values())
     try:
@@ -284,8 +281,6 @@ async def test_an_outage_of_200_hosts_is_5_messages_not_200_and_none_is_lost(sto
 
 
 async def test_messages_over_the_limit_wait_for_the_window_and_go_as_one(storage, receiver):
-    import time
-
     engine, dispatcher, by_id = await storm_engine(storage, receiver, 12, limit=2, window=0.6)
     servers = list(by_id.values())
     try:
@@ -305,8 +300,6 @@ async def test_messages_over_the_limit_wait_for_the_window_and_go_as_one(storage
 
 
 async def test_a_stop_sends_what_the_limit_holds_and_alertmanager_is_never_held(storage, receiver):
-    import time
-
     engine, dispatcher, by_id = await storm_engine(storage, receiver, 8, limit=1, window=3600.0, alertmanager=True)
     servers = list(by_id.values())
     try:
@@ -324,8 +317,6 @@ async def test_a_stop_sends_what_the_limit_holds_and_alertmanager_is_never_held(
 
 async def test_a_gathered_message_holds_at_most_max_gathered_alerts(storage, receiver, monkeypatch):
     # a webhook body of 20,000 alerts (~10 MB) is refused by receivers with a 1 MB limit, aiohttp's
-    import time
-
     from central import routing
 
     monkeypatch.setattr(routing, "MAX_GATHERED", 50)
