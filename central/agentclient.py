@@ -114,27 +114,37 @@ class AgentClient:
     async def request(self, method: str, path: str, body: object = None, *, timeout: float) -> tuple[int, bytes]:
         """Send one request, return (status, body bytes). Raises a classified PollError."""
         async with self._lock:
-            self._connecting = False
-            try:
-                # asyncio.timeout, not wait_for: wait_for wraps the request in a new Task on
-                # every poll (about twice the event-loop cost per call, measured in bench/).
-                async with asyncio.timeout(timeout):
-                    return await self._request(method, path, body)
-            except TimeoutError:
-                self.close()
-                if self._connecting:
+            waits = 0
+            while True:
+                self._connecting = False
+                try:
+                    # asyncio.timeout, not wait_for: wait_for wraps the request in a new Task on
+                    # every poll (about twice the event-loop cost per call, measured in bench/).
+                    async with asyncio.timeout(timeout):
+                        return await self._request(method, path, body)
+                except TimeoutError:
+                    self.close()
+                    if not self._connecting:
+                        raise PollError(TIMEOUT, f"the agent did not answer {method} {path} within {timeout:g}s") from None
+                    self._connecting = False
+                    # The connect was still waiting for one of the central's own connect slots
+                    # (a fleet connecting at a start): nothing was asked of the host yet, so
+                    # that is no failure of it. Ask again, with the whole timeout, once the
+                    # connect is on the wire (a slot for the TCP connect, then one for the
+                    # handshake: at most one wait for each).
+                    if waits < 2 and await self.pool.wait_queued(self.server):
+                        waits += 1
+                        continue
                     # no SSH session yet: the host is not answering (a stopped machine whose
                     # address still sits in the neighbour cache swallows SYNs), not the agent
-                    self._connecting = False
                     raise PollError(UNREACHABLE, f"no SSH connection to {self.server.host}:{self.server.port} "
                                                  f"within {timeout:g}s") from None
-                raise PollError(TIMEOUT, f"the agent did not answer {method} {path} within {timeout:g}s") from None
-            except PollError as err:
-                self.close()
-                raise self._unless_ssh_lost(err) from None
-            except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as exc:
-                self.close()
-                raise self._unless_ssh_lost(PollError(AGENT_DOWN, f"the agent channel broke: {exc}")) from None
+                except PollError as err:
+                    self.close()
+                    raise self._unless_ssh_lost(err) from None
+                except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as exc:
+                    self.close()
+                    raise self._unless_ssh_lost(PollError(AGENT_DOWN, f"the agent channel broke: {exc}")) from None
 
     def _unless_ssh_lost(self, err: PollError) -> PollError:
         """err, unless the SSH connection itself is gone: AGENT_DOWN means sshd answered and the

@@ -7,10 +7,12 @@ the whole fleet so a mass reconnect does not overwhelm the central.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pwd
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +153,17 @@ class _Entry:
     last_error: PollError | None = None
     agent: AgentClient | None = None  # kept with the connection
     connecting: asyncio.Task | None = None  # the connect under way, shared by whoever waits for it
+    #: set while that connect waits for one of the central's own slots (not yet on the wire):
+    #: the central's backlog, which a poll's timeout must not blame on the host
+    queued: asyncio.Event | None = None
+
+
+#: TCP connects in flight at once, per handshake slot (ssh.max_concurrent_connects). A TCP
+#: connect costs the central almost nothing, so many go at once and an outage's unanswered
+#: SYNs are found within one connect_timeout; a connected socket then waits for a handshake
+#: slot, holding its dial slot, so at most this many sockets wait at the host's sshd
+#: (LoginGraceTime) for the central to start its handshake.
+DIAL_SLOTS_PER_CONNECT = 20
 
 
 class SSHPool:
@@ -160,7 +173,10 @@ class SSHPool:
         self.ssh = ssh
         self.default_key_path = Path(default_key_path)
         self._entries: dict[int, _Entry] = {}
+        # handshakes (the CPU of a connect) in flight at once, and TCP connects with their
+        # sockets waiting for a handshake slot
         self._connect_slots = asyncio.Semaphore(ssh.max_concurrent_connects)
+        self._dial_slots = asyncio.Semaphore(ssh.max_concurrent_connects * DIAL_SLOTS_PER_CONNECT)
         self._keys: dict[str, list] = {}
         self._authorities: list | None = None
         self._options = connect_options(ssh)
@@ -233,7 +249,7 @@ class SSHPool:
 
     async def _connect_entry(self, server: Server, entry: _Entry, depth: int = 0) -> asyncssh.SSHClientConnection:
         try:
-            conn = await self._connect(server, depth)
+            conn = await self._connect(server, entry, depth)
         except PollError as err:
             self._backoff(entry, err)
             raise
@@ -300,7 +316,57 @@ class SSHPool:
                                                  f"{err.message}") from None
         return await fetch_host_key(host, port, self.ssh, tunnel=conn)
 
-    async def _connect(self, server: Server, depth: int = 0) -> asyncssh.SSHClientConnection:
+    @contextlib.asynccontextmanager
+    async def _waiting(self, entry: _Entry, slots: asyncio.Semaphore):
+        """Hold one of slots, the entry marked queued while it waits for it."""
+        if slots.locked():
+            entry.queued = entry.queued or asyncio.Event()
+        try:
+            await slots.acquire()
+        finally:
+            self._dequeue(entry)
+        try:
+            yield
+        finally:
+            slots.release()
+
+    @staticmethod
+    def _dequeue(entry: _Entry) -> None:
+        if entry.queued is not None:
+            entry.queued.set()
+            entry.queued = None
+
+    async def wait_queued(self, server: Server) -> bool:
+        """Wait while the server's connect waits for one of the central's connect slots (its own
+        backlog, e.g. a whole fleet connecting at a start); True if it was waiting. A poll that
+        timed out there has learnt nothing about the host, and polls again (AgentClient.request)."""
+        entry = self._entries.get(server.id)
+        event = entry.queued if entry is not None else None
+        if event is None:
+            return False
+        await event.wait()
+        return True
+
+    @staticmethod
+    async def _dial(host: str, port: int) -> socket.socket:
+        """A TCP connection to host:port (each address in turn, as asyncio's create_connection)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        first: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                return sock
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, OSError):
+                    raise
+                first = first or exc
+        raise first or OSError(f"no address for {host}")
+
+    async def _connect(self, server: Server, entry: _Entry, depth: int = 0) -> asyncssh.SSHClientConnection:
         slog = server_log(log, server.name)
         cas = [asyncssh.import_public_key(k) for k in self.host_cas(server.host, server.port)]
         if not server.host_key and not cas:
@@ -312,35 +378,45 @@ class SSHPool:
         client_keys = self._client_keys(server)
         via = await self.bastion_of(server, depth)
         tunnel = via[1] if via else ()
-        async with self._connect_slots:
-            try:
-                conn = await asyncio.wait_for(asyncssh.connect(
-                    server.host, server.port,
-                    tunnel=tunnel,
-                    username=server.user,
-                    client_keys=client_keys,
-                    # the pinned key, and/or the CAs whose certificate for this name is accepted
-                    known_hosts=(pinned, cas, []),
-                    **self._options,
-                ), self.ssh.connect_timeout + 1)
-            except BaseException as exc:  # noqa: BLE001 - classified below
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                err = classify(exc)
-                if via and via[1].is_closed():
-                    # the bastion went away under the connect: its failure, not the host's
-                    err = PollError(BASTION_UNREACHABLE, f"unreachable via bastion {via[0].name}: its connection closed")
-                elif via and isinstance(exc, asyncssh.ChannelOpenError):
-                    # the bastion works but cannot open the way on (host down, or not permitted)
-                    err = PollError(UNREACHABLE, f"bastion {via[0].name} cannot reach {server.host}:{server.port}: "
-                                                 f"{exc.reason}")
-                if err.reason == TIMEOUT:
-                    # nothing answered the connect: for the operator that host is unreachable
-                    err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
-                                                 f"within {self.ssh.connect_timeout:g}s")
-                # per attempt, so debug: the poller logs the server's state changes once
-                slog.debug("connect failed: %s", err)
-                raise err from None
+        sock = None
+        try:
+            async with self._waiting(entry, self._dial_slots):
+                try:
+                    if not via:  # the TCP connect, outside the handshake slots (see DIAL_SLOTS_PER_CONNECT)
+                        sock = await asyncio.wait_for(self._dial(server.host, server.port), self.ssh.connect_timeout)
+                    async with self._waiting(entry, self._connect_slots):
+                        conn = await asyncio.wait_for(asyncssh.connect(
+                            server.host, server.port,
+                            sock=sock,
+                            tunnel=tunnel,
+                            username=server.user,
+                            client_keys=client_keys,
+                            # the pinned key, and/or the CAs whose certificate for this name is accepted
+                            known_hosts=(pinned, cas, []),
+                            **self._options,
+                        ), self.ssh.connect_timeout + 1)
+                except BaseException as exc:  # noqa: BLE001 - classified below
+                    if sock is not None:
+                        sock.close()  # never handed over, or already closed by asyncssh's failure
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    err = classify(exc)
+                    if via and via[1].is_closed():
+                        # the bastion went away under the connect: its failure, not the host's
+                        err = PollError(BASTION_UNREACHABLE, f"unreachable via bastion {via[0].name}: its connection closed")
+                    elif via and isinstance(exc, asyncssh.ChannelOpenError):
+                        # the bastion works but cannot open the way on (host down, or not permitted)
+                        err = PollError(UNREACHABLE, f"bastion {via[0].name} cannot reach {server.host}:{server.port}: "
+                                                     f"{exc.reason}")
+                    if err.reason == TIMEOUT:
+                        # nothing answered the connect: for the operator that host is unreachable
+                        err = PollError(UNREACHABLE, f"no SSH answer from {server.host}:{server.port} "
+                                                     f"within {self.ssh.connect_timeout:g}s")
+                    # per attempt, so debug: the poller logs the server's state changes once
+                    slog.debug("connect failed: %s", err)
+                    raise err from None
+        finally:
+            self._dequeue(entry)
         slog.debug("connected to %s:%s%s", server.host, server.port, f" via {via[0].name}" if via else "")
         return conn
 
