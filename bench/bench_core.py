@@ -199,6 +199,10 @@ def report(result: dict) -> None:
           f"machine {result['machine_busy_cores']:.2f} cores busy; back-to-back {result['b2b_total_ms']:.3f} ms/poll "
           f"(request {result['b2b_request_ms']:.3f}, parse {result['b2b_parse_ms']:.3f}, poll {result['b2b_poll_ms']:.3f}, "
           f"store {result['b2b_store_ms']:.3f})", flush=True)
+    if result.get("warmup_polls_failed") is not None:
+        wlag = result.get("warmup_lag_ms_p99")
+        print(f"    while connecting: {result['warmup_polls_failed']} polls failed, lag p99 of the polls of hosts "
+              f"connected {'-' if wlag is None else f'{wlag:.0f} ms'}", flush=True)
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "

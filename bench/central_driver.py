@@ -169,6 +169,11 @@ async def run(spec: dict) -> dict:
         await asyncio.sleep(0.5)
     connected_after = time.time() - t_start
     all_connected = warm()
+    # while connecting: polls failed (a host up but failed behind the central's own queue is a
+    # false alarm) and how late the polls of hosts already connected started
+    warm_records = records[:]
+    warmup_failed = sum(1 for r in warm_records if not r[3])
+    warmup_lags = [((r[1] - phase(r[0], interval)) % interval) * 1000 for r in warm_records if r[3]]
     if membership is not None:
         n = len(membership.owned)
     if spec.get("sync"):
@@ -223,6 +228,7 @@ async def run(spec: dict) -> dict:
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
         "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
+        "warmup_polls_failed": warmup_failed, "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
         "cipher": cipher, "ciphers_offered": spec["ciphers"],
         "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
