@@ -201,7 +201,8 @@ def report(result: dict) -> None:
           f"store {result['b2b_store_ms']:.3f})", flush=True)
     if result.get("warmup_polls_failed") is not None:
         wlag = result.get("warmup_lag_ms_p99")
-        print(f"    while connecting: {result['warmup_polls_failed']} polls failed, lag p99 of the polls of hosts "
+        print(f"    while connecting: {result['warmup_polls_failed']} polls failed "
+              f"{result.get('warmup_failed_reasons') or ''}, lag p99 of the polls of hosts "
               f"connected {'-' if wlag is None else f'{wlag:.0f} ms'}", flush=True)
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "

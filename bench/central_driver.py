@@ -21,6 +21,7 @@ Prints JSON lines on stdout: {"event": "window_start"}, {"event": "window_end"},
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import gc
 import json
@@ -129,7 +130,8 @@ async def run(spec: dict) -> dict:
     async def record(outcomes, servers):
         now = time.time()
         for o in outcomes:
-            records.append((o.server_id, o.ts, o.duration, o.ok, now))
+            records.append((o.server_id, o.ts, o.duration, o.ok, now,
+                            None if o.ok else f"{o.reason}: {' '.join((o.error or '').split()[:4])}"))
             if o.ok:
                 seen_ok.add(o.server_id)
 
@@ -173,6 +175,7 @@ async def run(spec: dict) -> dict:
     # false alarm) and how late the polls of hosts already connected started
     warm_records = records[:]
     warmup_failed = sum(1 for r in warm_records if not r[3])
+    warmup_reasons = collections.Counter(r[5] for r in warm_records if not r[3])
     warmup_lags = [((r[1] - phase(r[0], interval)) % interval) * 1000 for r in warm_records if r[3]]
     if membership is not None:
         n = len(membership.owned)
@@ -228,7 +231,7 @@ async def run(spec: dict) -> dict:
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
         "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
-        "warmup_polls_failed": warmup_failed, "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
+        "warmup_polls_failed": warmup_failed, "warmup_failed_reasons": dict(warmup_reasons), "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
         "cipher": cipher, "ciphers_offered": spec["ciphers"],
         "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
