@@ -17,6 +17,7 @@ from central.model import METRICS, PollOutcome, StorageUnavailable
 from central.storage import TIER_MINUTE, Storage
 from central.storage.postgres import SCHEMA_VERSION, PostgresStorage, safe_url
 from tests.apiclient import start_api, wait_online
+from tests.helpers import wait_for
 from tests.sshharness import document_agent
 from tests.test_poller import stored
 
@@ -163,6 +164,29 @@ async def test_a_lock_held_past_lock_timeout_is_storage_unavailable_and_nothing_
     assert await storage.samples(a.id, 0, NOW + 1) == []  # the refused batch left nothing behind
     assert await storage.write_polls([ok(a.id, NOW)], offline_after=3) == []
     assert len(await storage.samples(a.id, 0, NOW + 1)) == 1
+
+
+async def test_a_write_cancelled_while_its_rows_are_still_being_sent_ends_and_stores_nothing(storage):
+    # asyncpg lost a cancel that came while a large executemany waited for the socket (the
+    # server's side still reading the rows) and then waited for good for an answer: a central
+    # on PostgreSQL stopped with a backlog (its writer cancelled mid-batch) never exited.
+    servers = [await storage.add_server(f"h{i}", "10.0.0.1") for i in range(150)]
+    big = json.dumps({"pad": "x" * 400_000})
+    batch = [dataclasses.replace(ok(s.id, NOW), doc_text=big) for s in servers]
+    write = asyncio.ensure_future(storage.write_polls(batch, offline_after=3))
+
+    def sending() -> bool:  # a connection of the pool waiting to send more of the batch
+        return any(h._con is not None and not h._con._protocol.writing_allowed.is_set()  # noqa: SLF001
+                   for h in storage.pool._holders)  # noqa: SLF001
+    await wait_for(lambda: sending() or write.done(), timeout=30, interval=0.001, what="the rows being sent")
+    assert not write.done()
+    write.cancel()
+    done, _ = await asyncio.wait([write], timeout=10)
+    assert done and write.cancelled()  # the cancel reached the caller (it hung here, forever)
+    assert await storage.samples(servers[0].id, 0, NOW + 1) == []  # rolled back: nothing of the batch
+    assert all(s.status != "online" for s in await storage.list_servers())
+    assert await storage.write_polls(batch[:2], offline_after=3) == []  # the pool goes on
+    assert len(await storage.samples(servers[0].id, 0, NOW + 1)) == 1
 
 
 async def test_a_read_only_database_fails_the_writable_check_until_it_is_writable_again(storage, pg_url, pg_server):

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from ...model import NotFound
 from ..sqlite.alerts import SQLiteAlerts, _alert_column
-from .base import PostgresBase, json_rows
+from .base import PostgresBase, executemany, json_rows
 
 _LOG = ("INSERT INTO notifications (alert_id, channel, event, ts, attempt, ok, detail)"
         " SELECT $1::bigint, $2, $3, $4, $5, $6, $7"
@@ -49,9 +49,9 @@ class PostgresAlerts(PostgresBase):
             # the rest in one call each (a round trip per row made the minute's rewrite of every
             # open alert one per alert)
             if updates:
-                await con.executemany(update, [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates])
+                await executemany(con, update, [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates])
             if deletes:
-                await con.executemany("DELETE FROM alerts WHERE id = $1", [(i,) for i in deletes])
+                await executemany(con, "DELETE FROM alerts WHERE id = $1", [(i,) for i in deletes])
         return ids
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,

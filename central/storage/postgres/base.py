@@ -90,6 +90,29 @@ def deleted(status: str) -> int:
         return 0
 
 
+async def executemany(con: asyncpg.Connection, sql: str, rows) -> None:
+    """con.executemany(sql, rows), safe to cancel.
+
+    asyncpg (0.32) loses a cancel that comes while a large executemany waits to send more rows
+    (the socket's buffer full): it then waits for an answer that PostgreSQL, waiting for the
+    rest of the rows, never sends. A central on PostgreSQL stopped with a backlog hung there
+    for good (bench/bench_core.py --centrals 2 at 10,000 hosts: the writer cancelled mid-batch,
+    the backend in ClientRead for 20 minutes). Here the call runs shielded; a cancel terminates
+    the connection (PostgreSQL rolls the transaction back), ends the call and goes on to the
+    caller."""
+    task = asyncio.ensure_future(con.executemany(sql, rows))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            con.terminate()  # fails the answer it waits for (or will, once it stops sending) ...
+            task.cancel()  # ... and stops its wait to send more, which the lost connection never ends
+            await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancel is what the caller gets
+        raise
+
+
 class PostgresBase:
     """The pool, its setup and the helpers the concept modules share."""
 
@@ -213,10 +236,17 @@ class PostgresBase:
         """A connection of the pool inside one transaction: committed when the block ends,
         rolled back when it raises or the task is cancelled. The server's trouble (down,
         read-only, disk full, a lock not granted in time) raises StorageUnavailable."""
+        cancelled = False
         try:
             async with self.pool.acquire() as con, con.transaction():
-                yield con
+                try:
+                    yield con
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
         except _DRIVER_ERRORS as exc:
+            if cancelled:  # the rollback of a connection executemany() terminated: still a cancel
+                raise asyncio.CancelledError from exc
             mapped = unavailable(exc)
             if mapped is not None:
                 raise mapped from exc
@@ -242,7 +272,7 @@ class PostgresBase:
         async with self.transaction() as con:
             for sql, rows in batches:
                 if rows:
-                    await con.executemany(sql, rows)
+                    await executemany(con, sql, rows)
 
     # partitions
 

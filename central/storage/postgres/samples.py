@@ -13,8 +13,8 @@ from ...model import ERROR, REASONS, PollOutcome
 from .. import history
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import (
-    COLUMNS, INTEGER_COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, PostgresBase, compact, deleted, json_rows,
-    partition_start,
+    COLUMNS, INTEGER_COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, PostgresBase, compact, deleted, executemany,
+    json_rows, partition_start,
 )
 from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
 from .containers import ROLLUP_MIN as CONTAINER_ROLLUP_MIN
@@ -123,7 +123,8 @@ class PostgresSamples(PostgresBase):
                 # one row update per server (its newest outcome): updating one row many times in
                 # a transaction makes each update walk the row's versions
                 newest = list({o.server_id: o for o in ok}.values())
-                await con.executemany(
+                await executemany(
+                    con,
                     "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
                     " consecutive_failures = 0, last_seen = $1, last_poll = $1, poll_duration = $2,"
                     " agent_version = coalesce($3, agent_version), agent_sha256 = coalesce($4, agent_sha256),"
@@ -133,18 +134,20 @@ class PostgresSamples(PostgresBase):
                 docs = list({o.server_id: (o.server_id, o.ts, o.doc_text)
                              for o in ok if o.doc_text is not None}.values())
                 if docs:
-                    await con.executemany(
+                    await executemany(
+                        con,
                         "INSERT INTO latest (server_id, ts, doc) VALUES ($1, $2, $3)"
                         " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc", docs)
                 rows = [(o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS), compact(o.sample.get("top") or []))
                         for o in ok if o.sample is not None]
                 if rows:
-                    await con.executemany(_INSERT_SAMPLE, rows)
+                    await executemany(con, _INSERT_SAMPLE, rows)
                 container = [row for o in ok if o.sample is not None for row in crows[id(o)]]
                 if container:
-                    await con.executemany(INSERT_CONTAINER_SAMPLES, container)
+                    await executemany(con, INSERT_CONTAINER_SAMPLES, container)
             if failed:
-                await con.executemany(
+                await executemany(
+                    con,
                     "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
                     " last_poll = $1, poll_duration = $2, last_error = $3, status_reason = $4,"
                     " status = CASE"
