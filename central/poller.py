@@ -40,6 +40,11 @@ PHASE_QUANTUM = 0.25
 # servers' cancelled loops get at most CANCEL_WAIT to unwind (10,000 of them took 2.5 s on a
 # saturated loop, BENCHMARKS.md), the flush what is left of the budget, never under half of it.
 CANCEL_WAIT = 1.0
+# The writer's own loop, cancelled, ends with the transaction it was in (rolled back). One that
+# has not ended after MAIN_WAIT is stuck in the storage (a driver that lost the cancel: asyncpg
+# did, BENCHMARKS.md): the stop gives up what is queued rather than wait for good, and writes
+# nothing beside it (never two writers).
+MAIN_WAIT = STOP_BUDGET / 2
 MAX_ERROR_CHARS = 500  # a failed poll's stored message (it may quote the host: cleaned)
 
 
@@ -135,7 +140,14 @@ class Poller:
         # they go on (with those waiting for a slot) and take the loop from the flush
         await self.transports.stop_connecting()
         # the writer's own loop must have ended before the flush writes (never two writers)
-        await asyncio.gather(*self._main, return_exceptions=True)
+        done, stuck = await asyncio.wait(self._main, timeout=MAIN_WAIT) if self._main else (set(), set())
+        for t in done:
+            retrieve_result(t)
+        for t in stuck:
+            t.add_done_callback(retrieve_result)
+        if stuck:
+            self.writer.give_up("the storage did not answer the cancel of %s within %.1fs"
+                                % (", ".join(sorted(t.get_name() for t in stuck)), MAIN_WAIT))
         if loops:
             done, unwinding = await asyncio.wait(loops, timeout=CANCEL_WAIT)
             for t in done:
@@ -143,6 +155,8 @@ class Poller:
             for t in unwinding:  # cancelled, still unwinding: they end with the event loop
                 t.add_done_callback(retrieve_result)
         self._tasks.clear()
+        if stuck:
+            return
         spent = self.writer.monotonic() - start
         await self.writer.flush(budget=max(STOP_BUDGET / 2, STOP_BUDGET - spent))
 

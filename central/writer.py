@@ -165,6 +165,15 @@ class Writer:
                     total, budget, skipped, left)
         return self.unwritten_at_stop
 
+    def give_up(self, why: str) -> int:
+        """At a stop that cannot write (its writer stuck in the storage): count what is queued as
+        unwritten, say why in one log line, keep nothing."""
+        self.unwritten_at_stop = self.buffered
+        self._pending.clear()
+        self._document_of.clear()
+        log.error("stopping: %d queued poll outcomes not written: %s", self.unwritten_at_stop, why)
+        return self.unwritten_at_stop
+
     def _lost_at_stop(self, skipped: int = 0) -> int:
         self.unwritten_at_stop = skipped + self.buffered
         log.error("%d poll outcomes could not be written before shutdown: %s", self.unwritten_at_stop,

@@ -286,6 +286,44 @@ async def test_a_stop_does_not_wait_for_loops_slow_to_unwind(serving, monkeypatc
         await task
 
 
+async def test_a_stop_whose_writer_is_stuck_in_the_storage_gives_up_its_queue_and_ends(serving, monkeypatch, caplog):
+    # a storage call that does not end when cancelled (asyncpg 0.32 lost a cancel mid
+    # executemany and waited for good): the stop waits MAIN_WAIT for the writer's loop, then
+    # counts what is queued as unwritten and ends, writing nothing beside the stuck writer
+    from central import poller as poller_module
+
+    monkeypatch.setattr(poller_module, "MAIN_WAIT", 0.1)
+    poller = serving.poller
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck_store(batch):
+        writing.set()
+        cancelled = False
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancelled = True  # not answered until released
+        if cancelled:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(poller.writer, "_store", stuck_store)
+    ss, outcomes = await backlog(serving, 3, 2)
+    poller._main = [asyncio.create_task(poller.writer.run(), name="poller-writer")]
+    for o in outcomes:
+        poller.writer.put(o)
+    await writing.wait()
+    with caplog.at_level(logging.ERROR, logger="central.writer"):
+        await asyncio.wait_for(poller.stop(), 5)
+    assert poller.writer.unwritten_at_stop == len(outcomes)
+    assert "6 queued poll outcomes not written: the storage did not answer the cancel of poller-writer" in caplog.text
+    for s in ss:
+        assert await stored_ts(serving, s.id) == []
+    release.set()
+    await asyncio.wait(poller._main, timeout=5)
+    assert all(t.done() for t in poller._main)
+
+
 async def test_a_stop_sizes_its_last_batches_to_end_about_on_time(serving):
     # on a saturated event loop one batch of 500 took 1-2.5 s: past a 4 s budget by that much.
     # Each outcome here costs 0.3 "seconds": after the first batch (3 s) the writer knows the
