@@ -143,6 +143,7 @@ STOP_BACKLOG: list[int] = []  # --stop-backlog: outcomes queued just before the 
 CODE: list[str] = []  # --code: the central the driver runs (a checkout's root), for before/after runs
 PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM in the driver
 MAX_CONNECTS: list[int] = []  # --max-connects: ssh.max_concurrent_connects in the driver
+RESTART: list[bool] = []  # --restart: the measured serve is a restart on a database of the fleet
 
 
 def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
@@ -155,7 +156,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
             "servers": servers, "warmup_timeout": 120, "measure_intervals": measure_intervals,
             "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM,
             "stop_backlog": STOP_BACKLOG[0] if STOP_BACKLOG else 0,
-            "max_connects": MAX_CONNECTS[0] if MAX_CONNECTS else None}
+            "max_connects": MAX_CONNECTS[0] if MAX_CONNECTS else None, "restart": bool(RESTART)}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=CODE[0] if CODE else str(REPO))
@@ -202,8 +203,13 @@ def report(result: dict) -> None:
     if result.get("warmup_polls_failed") is not None:
         wlag = result.get("warmup_lag_ms_p99")
         print(f"    while connecting: {result['warmup_polls_failed']} polls failed "
-              f"{result.get('warmup_failed_reasons') or ''}, lag p99 of the polls of hosts "
+              f"{result.get('warmup_failed_reasons') or ''}, {result.get('warmup_hosts_offline', '-')} hosts failed "
+              f"poll.offline_after times in a row (a false 'offline'), lag p99 of the polls of hosts "
               f"connected {'-' if wlag is None else f'{wlag:.0f} ms'}", flush=True)
+    if result.get("restart"):
+        first = result.get("first_contact_s")
+        print(f"    restart: the first serve polled every host after {'-' if first is None else f'{first:.0f} s'}; "
+              "the figures are those of the serve started again on its database", flush=True)
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
@@ -536,7 +542,12 @@ def main() -> None:
     p.add_argument("--only-centrals", action="store_true", help="with --centrals: not the one-central runs")
     p.add_argument("--max-connects", type=int, default=None,
                    help="ssh.max_concurrent_connects of the central (default: the config's default)")
+    p.add_argument("--restart", action="store_true",
+                   help="one central: a first serve polls every host once and stops, the measured one restarts on "
+                        "that database (its connect time is a restart's, without the first contact's inventories)")
     args = p.parse_args()
+    if args.restart:
+        RESTART.append(True)
     if args.max_connects:
         MAX_CONNECTS.append(args.max_connects)
     if args.code:

@@ -97,6 +97,26 @@ async def back_to_back(central: Central, server, n: int = 1000) -> dict:
             "b2b_ok": ok}
 
 
+async def first_serve(cfg, n_servers: int, timeout: float) -> float | None:
+    """Serve until every server was polled once, then stop; seconds it took (None: not in timeout)."""
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None)
+    t0 = time.time()
+    await runner.setup()
+    await web.TCPSite(runner, cfg.http.listen, cfg.http.port).start()
+    seen: set[int] = set()
+
+    async def record(outcomes, servers):
+        seen.update(o.server_id for o in outcomes if o.ok)
+
+    app[CENTRAL].poller.hooks.append(record)
+    while len(seen) < n_servers and time.time() < t0 + timeout:
+        await asyncio.sleep(0.5)
+    took = time.time() - t0 if len(seen) >= n_servers else None
+    await runner.cleanup()
+    return took
+
+
 async def run(spec: dict) -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -135,6 +155,12 @@ async def run(spec: dict) -> dict:
             if o.ok:
                 seen_ok.add(o.server_id)
 
+    first_contact = None
+    if spec.get("restart") and not members:
+        # a restart of a central whose fleet it knows (the common start): a first serve polls
+        # every server once (fetching and storing each one's inventory, as for a new fleet) and
+        # stops; the measured serve below then starts on that database
+        first_contact = await first_serve(cfg, n_servers=len(spec["servers"]), timeout=3 * spec["warmup_timeout"])
     # What `central serve` runs (central.web.app.run_app), on an AppRunner so this process can
     # measure it and stop it when done.
     app = create_app(cfg)
@@ -177,6 +203,14 @@ async def run(spec: dict) -> dict:
     warmup_failed = sum(1 for r in warm_records if not r[3])
     warmup_reasons = collections.Counter(r[5] for r in warm_records if not r[3])
     warmup_lags = [((r[1] - phase(r[0], interval)) % interval) * 1000 for r in warm_records if r[3]]
+    # hosts that failed poll.offline_after times in a row while connecting: each one a false
+    # "offline" (and its alert) on a real fleet
+    streak: dict[int, int] = {}
+    went_offline: set[int] = set()
+    for r in sorted(warm_records, key=lambda r: r[1]):
+        streak[r[0]] = 0 if r[3] else streak.get(r[0], 0) + 1
+        if streak[r[0]] >= cfg.poll.offline_after:
+            went_offline.add(r[0])
     if membership is not None:
         n = len(membership.owned)
     if spec.get("sync"):
@@ -231,7 +265,8 @@ async def run(spec: dict) -> dict:
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
         "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
-        "warmup_polls_failed": warmup_failed, "warmup_failed_reasons": dict(warmup_reasons), "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
+        "restart": bool(first_contact is not None or spec.get("restart")), "first_contact_s": first_contact,
+        "warmup_polls_failed": warmup_failed, "warmup_hosts_offline": len(went_offline), "warmup_failed_reasons": dict(warmup_reasons), "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
         "cipher": cipher, "ciphers_offered": spec["ciphers"],
         "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
