@@ -18,7 +18,9 @@ from typing import Awaitable, Callable, Sequence
 from . import inventory
 from .config import Config
 from .hosttext import clean
-from .model import BAD_PAYLOAD, BLOCKING_REASONS, CENTRAL_ERROR, ERROR, ONLINE, PollError, PollOutcome, Server
+from .model import (
+    BAD_PAYLOAD, BLOCKING_REASONS, CENTRAL_ERROR, ERROR, ONLINE, PollError, PollOutcome, Server, StorageUnavailable,
+)
 from .sample import agent_identity, extract_facts, extract_sample, inventory_hash
 from .serverlog import server_log
 from .sshpool import retrieve_result
@@ -329,13 +331,9 @@ class Poller:
         refused = await self.storage.write_polls(batch, self.config.poll.offline_after)
         if refused:
             batch = await self._store_refused(batch, refused)
-        for o in batch:
-            inv = o.extra.get("inventory")
-            if inv is not None:
-                try:
-                    await self._store_inventory(o, inv)
-                except Exception as exc:  # noqa: BLE001 - the polls are stored; the next poll fetches it again
-                    server_log(log, self._name(o.server_id)).warning("inventory not stored: %s", exc)
+        inventories = [(o, o.extra["inventory"]) for o in batch if o.extra.get("inventory") is not None]
+        if inventories:
+            await self._store_inventories(inventories)
         by_id = {o.server_id: self._servers.get(o.server_id) for o in batch}
         for hook in self.hooks:
             try:
@@ -362,19 +360,52 @@ class Poller:
         server = self._servers.get(server_id)
         return server.name if server is not None else f"#{server_id}"
 
-    async def _store_inventory(self, outcome: PollOutcome, inv: dict) -> None:
-        old = await self.storage.inventory_latest(outcome.server_id)
+    async def _store_inventories(self, items: list[tuple[PollOutcome, dict]]) -> None:
+        """The batch's new inventories: one read of the servers' current ones, one transaction for
+        those that changed (a fleet's first contact brings one per server: one at a time, two
+        round trips each, the writer fell behind on a busy event loop). Should that transaction
+        fail, each is stored on its own, so one that cannot be stored loses no other."""
+        try:
+            current = await self.storage.inventories_latest([o.server_id for o, _ in items])
+            rows = []
+            for o, inv in items:
+                row = self._inventory_row(o, inv, current.get(o.server_id))
+                if row is not None:
+                    rows.append(row)
+                    current[o.server_id] = {"hash": row[2], "doc": inv}  # a later poll of it compares with this
+            await self.storage.write_inventories(rows)
+        except StorageUnavailable as exc:  # the polls are stored; the next poll fetches them again
+            log.warning("%d inventories not stored: %s", len(items), exc)
+            return
+        except Exception:  # noqa: BLE001 - one of them, alone below
+            for o, inv in items:
+                try:
+                    row = self._inventory_row(o, inv, await self.storage.inventory_latest(o.server_id))
+                    if row is not None:
+                        await self.storage.write_inventories([row])
+                        self._stored_inventory(row)
+                except Exception as exc:  # noqa: BLE001 - the polls are stored; the next poll fetches it again
+                    server_log(log, self._name(o.server_id)).warning("inventory not stored: %s", exc)
+            return
+        for row in rows:
+            self._stored_inventory(row)
+
+    @staticmethod
+    def _inventory_row(outcome: PollOutcome, inv: dict, old: dict | None) -> tuple | None:
+        """The write_inventories row of a fetched inventory, None when it is no change."""
         # The hash of what was fetched, not the one the poll carried: the agent reuses an
         # inventory up to 25 s old for that one, so the two can differ, and the same document
         # stored under a second hash would count as a change ("no visible change").
         new_hash = inventory.digest(inv)
         if old is not None and (old["hash"] == new_hash or old["doc"] == inv):
-            return
+            return None
         change_type, summary = inventory.classify_change(old["doc"] if old else None, inv)
-        await self.storage.write_inventory(outcome.server_id, outcome.ts, new_hash, inv, change_type, summary)
-        server = self._servers.get(outcome.server_id)
+        return (outcome.server_id, outcome.ts, new_hash, inv, change_type, summary)
+
+    def _stored_inventory(self, row: tuple) -> None:
+        server = self._servers.get(row[0])
         if server is not None:
-            self._servers[outcome.server_id] = _with(server, inventory_hash=new_hash)
+            self._servers[row[0]] = _with(server, inventory_hash=row[2])
 
     async def wait_flushed(self) -> None:
         """Wait until the writer has stored the next batch (for callers that need the data)."""

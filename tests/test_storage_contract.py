@@ -222,6 +222,24 @@ async def test_inventory_history(storage):
     assert (await storage.get_server("a")).inventory_hash == "h2"
 
 
+async def test_inventories_of_many_servers_are_read_and_written_together(storage):
+    servers = [await storage.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(600)]
+    a, b = servers[0], servers[1]
+    await storage.write_inventories([
+        (a.id, NOW, "h1", {"kernel": "6.1"}, "initial", "first inventory"),
+        (b.id, NOW, "g1", {"kernel": "6.1"}, "initial", "first inventory"),
+        (a.id, NOW + 1, "h2", {"kernel": "6.2"}, "os_change", "kernel: 6.1 -> 6.2"),  # in order: the newest wins
+    ])
+    assert await storage.write_inventories([]) is None
+    latest = await storage.inventories_latest([s.id for s in servers])  # more than one query's worth
+    assert set(latest) == {a.id, b.id}
+    assert (latest[a.id]["hash"], latest[a.id]["doc"]) == ("h2", {"kernel": "6.2"})
+    assert latest[a.id] == await storage.inventory_latest(a.id)
+    assert [h["change_type"] for h in await storage.inventory_history(a.id)] == ["os_change", "initial"]
+    assert (await storage.get_server("s0")).inventory_hash == "h2" and (await storage.get_server("s1")).inventory_hash == "g1"
+    assert await storage.inventories_latest([]) == {}
+
+
 async def test_history_reaches_past_the_last_rollup(storage):
     a = await storage.add_server("a", "10.0.0.1")
     # Two days of samples, rolled up until 30 minutes ago; the last 30 minutes are raw only.

@@ -188,9 +188,19 @@ class Inventory(ABC):
         """{ts, hash, doc} of the server's current inventory."""
 
     @abstractmethod
+    async def inventories_latest(self, server_ids: Sequence[int]) -> dict[int, dict]:
+        """{server id: {ts, hash, doc}} of these servers' current inventories (those that have one),
+        in one query per few hundred servers."""
+
+    @abstractmethod
     async def write_inventory(self, server_id: int, ts: float, hash_: str, doc: dict,
                               change_type: str, summary: str) -> None:
         """Store a new inventory as latest, add it to the history and to the server's row."""
+
+    @abstractmethod
+    async def write_inventories(self, rows: Sequence[tuple[int, float, str, dict, str, str]]) -> None:
+        """write_inventory for each (server_id, ts, hash, doc, change_type, summary), in order, in
+        one transaction: all stored or none."""
 
     @abstractmethod
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:

@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 from .base import SQLiteBase, compact
+
+# servers per query of inventories_latest
+_CHUNK = 500
+_LATEST = ("INSERT INTO inventory_latest (server_id, ts, hash, doc) VALUES (?, ?, ?, ?)"
+           " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, doc = excluded.doc")
+_HISTORY = ("INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
+            " VALUES (?, ?, ?, ?, ?, ?)")
+_SERVER = "UPDATE servers SET inventory_hash = ? WHERE id = ?"
 
 
 class SQLiteInventory(SQLiteBase):
@@ -14,18 +23,33 @@ class SQLiteInventory(SQLiteBase):
         row = await self._one("SELECT ts, hash, doc FROM inventory_latest WHERE server_id = ?", (server_id,))
         return {"ts": row["ts"], "hash": row["hash"], "doc": json.loads(row["doc"])} if row else None
 
+    async def inventories_latest(self, server_ids: Sequence[int]) -> dict[int, dict]:
+        """{server id: {ts, hash, doc}} of these servers' current inventories (those that have one)."""
+        out: dict[int, dict] = {}
+        ids = list(dict.fromkeys(server_ids))
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i:i + _CHUNK]
+            rows = await self._all("SELECT server_id, ts, hash, doc FROM inventory_latest"
+                                   f" WHERE server_id IN ({', '.join('?' * len(chunk))})", chunk)
+            out.update((r["server_id"], {"ts": r["ts"], "hash": r["hash"], "doc": json.loads(r["doc"])}) for r in rows)
+        return out
+
     async def write_inventory(self, server_id: int, ts: float, hash_: str, doc: dict,
                               change_type: str, summary: str) -> None:
         """Store a new inventory as latest and add it to the history."""
-        text = compact(doc, sort_keys=True)
-        await self._write([
-            ("INSERT INTO inventory_latest (server_id, ts, hash, doc) VALUES (?, ?, ?, ?)"
-             " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, doc = excluded.doc",
-             (server_id, ts, hash_, text)),
-            ("INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
-             " VALUES (?, ?, ?, ?, ?, ?)", (server_id, ts, change_type, summary, hash_, text)),
-            ("UPDATE servers SET inventory_hash = ? WHERE id = ?", (hash_, server_id)),
-        ])
+        await self.write_inventories([(server_id, ts, hash_, doc, change_type, summary)])
+
+    async def write_inventories(self, rows: Sequence[tuple[int, float, str, dict, str, str]]) -> None:
+        """Several new inventories, in order, in one transaction (a fleet's first contact, or an
+        upgrade across it, is one per server in the same batch of polls)."""
+        latest, history, servers = [], [], []
+        for server_id, ts, hash_, doc, change_type, summary in rows:
+            text = compact(doc, sort_keys=True)
+            latest.append((server_id, ts, hash_, text))
+            history.append((server_id, ts, change_type, summary, hash_, text))
+            servers.append((hash_, server_id))
+        if rows:
+            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)])
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""
