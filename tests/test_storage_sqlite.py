@@ -159,3 +159,29 @@ async def test_rollup_and_prune_hold_the_database_for_a_few_servers_at_a_time(tm
     assert len([t for t in prune_one if any(sql.startswith("DELETE FROM samples") for sql in t)]) == 1
     assert counts == counts_one and counts["samples"] == 5 * 2 * 288 and counts["rollups"] > 0
     assert rows == rows_one
+
+
+async def test_a_batch_of_polls_is_written_in_a_few_statements_not_one_per_row(tmp_path):
+    # executemany steps SQLite once per row, and the database thread gives up the GIL around
+    # each step: with the event loop busy (a fleet connecting) 2,000 rows took seconds and the
+    # writer dropped outcomes. The rows go several to a statement.
+    s = await Storage.open(tmp_path / "c.db")
+    try:
+        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(1200)]
+        batch = [ok(srv.id, NOW) for srv in servers]
+        first, second = ok(servers[0].id, NOW + 10, cpu=55.0), ok(servers[1].id, NOW + 10)
+        first.doc_text = '{"hostname":"newer"}'
+        batch += [first, second]  # a second poll of two servers in the same batch
+        statements = []
+        await s.db.set_trace_callback(statements.append)
+        assert await s.write_polls(batch, 3) == []
+        await s.db.set_trace_callback(None)
+        assert len(statements) < 30, len(statements)  # one per row was more than 3,600
+        a = await s.get_server("s0")
+        assert (a.status, a.last_seen, a.last_poll, a.hostname, a.agent_version) == ("online", NOW + 10, NOW + 10, "h", "1.0.0")
+        assert (await s.get_server("s1199")).last_seen == NOW
+        assert [(r["ts"], r["cpu"]) for r in await s.samples(servers[0].id, 0, NOW + 20)] == [(NOW, 10.0), (NOW + 10, 55.0)]
+        assert await s.latest_document(servers[0].id) == (NOW + 10, {"hostname": "newer"})
+        assert await s.latest_document(servers[1199].id) == (NOW, {"hostname": "h"})
+    finally:
+        await s.close()

@@ -27,6 +27,30 @@ _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 
 # Rollup and prune work on this many servers per transaction.
 MAINTENANCE_CHUNK = 250
+# Rows of a batch go several to a statement (INSERT ... VALUES (...), (...)): executemany steps
+# SQLite once per row, and the database thread gives up the GIL around each step; a busy event
+# loop hands it back once per switch interval, so 2,000 rows took seconds while a fleet
+# connected (the writer fell behind and dropped outcomes: BENCHMARKS.md, "Stop 26"). Bound
+# values per statement: SQLite's default limit since 3.32 (999 before).
+_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_MAX_ROWS = 500  # rows per statement at most
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM: one statement for many servers
+
+
+async def _insert_rows(db, head: str, rows: list[tuple], tail: str = "") -> None:
+    """head VALUES (row), (row), ... tail, for every row in order, in a few statements."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, min(_MAX_ROWS, _MAX_VARIABLES // width))
+    one = "(" + ", ".join("?" * width) + ")"
+    full = len(rows) // per * per
+    if full:
+        await db.executemany(f"{head} VALUES {', '.join([one] * per)}{tail}",
+                             [[v for row in rows[i:i + per] for v in row] for i in range(0, full, per)])
+    if full < len(rows):
+        rest = rows[full:]
+        await db.execute(f"{head} VALUES {', '.join([one] * len(rest))}{tail}", [v for row in rest for v in row])
 
 
 def _chunks(ids: Sequence[int]):
@@ -104,21 +128,34 @@ class SQLiteSamples(SQLiteBase):
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
             failed = [o for o in outcomes if not o.ok and o.server_id in existing]
             if ok:
-                await db.executemany(
-                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                    " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
-                    " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
-                    " hostname = coalesce(?, hostname) WHERE id = ?",
-                    [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in ok],
-                )
-                await db.executemany(
-                    "INSERT INTO latest (server_id, ts, doc) VALUES (?, ?, ?)"
-                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                # one row per server (its newest outcome, as the last of several updates left it),
+                # joined in one statement (UPDATE ... FROM needs SQLite 3.33)
+                newest = list({o.server_id: o for o in ok}.values())
+                if not _UPDATE_FROM:
+                    await db.executemany(
+                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                        " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
+                        " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
+                        " hostname = coalesce(?, hostname) WHERE id = ?",
+                        [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id)
+                         for o in newest])
+                else:
+                    await _insert_rows(
+                        db,
+                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
+                        " consecutive_failures = 0, last_seen = v.column1, last_poll = v.column1, poll_duration = v.column2,"
+                        " agent_version = coalesce(v.column3, agent_version), agent_sha256 = coalesce(v.column4, agent_sha256),"
+                        " hostname = coalesce(v.column5, hostname) FROM (",
+                        [(o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in newest],
+                        ") AS v WHERE servers.id = v.column6",
+                    )
+                await _insert_rows(
+                    db, "INSERT INTO latest (server_id, ts, doc)",
                     [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
                 )
-                await db.executemany(
-                    f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)"
-                    f" VALUES (?, ?, {', '.join('?' * len(COLUMNS))}, ?)",
+                await _insert_rows(
+                    db, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
                     [
                         (o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS),
                          compact(o.sample.get("top") or []))

@@ -1,0 +1,46 @@
+"""write_polls of 2,000 outcomes on SQLite with the event loop idle, then busy (a task that
+computes 1 ms between syscalls, as a saturated central does between its socket calls).
+
+    PYTHONPATH=$PWD python3 bench/bench_write_busy.py CHECKOUT   # e.g. . or a worktree of another commit
+
+The database thread gives up the GIL around every SQLite step and gets it back when the loop's
+thread releases it: one step per row (executemany) made the writer fall behind while a fleet
+connected (BENCHMARKS.md, "Stop 26").
+"""
+import asyncio
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.abspath(sys.argv[1]))
+from central.storage import Storage  # noqa: E402
+from tests.test_storage_contract import ok  # noqa: E402
+
+
+async def main():
+    d = tempfile.mkdtemp()
+    s = await Storage.open(os.path.join(d, "c.db"))
+    servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(2000)]
+    stop = False
+    async def spin():
+        while not stop:
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.001:
+                pass
+            time.sleep(0)  # a syscall: the GIL released, as a real loop does for its socket I/O
+            await asyncio.sleep(0)
+    for busy in (0, 1):
+        tasks = [asyncio.create_task(spin()) for _ in range(busy)]
+        out = []
+        for r in range(3):
+            t0 = time.perf_counter()
+            await s.write_polls([ok(x.id, 1000.0 + r + 10 * busy) for x in servers], 3)
+            out.append((time.perf_counter() - t0) * 1000)
+        stop = True
+        await asyncio.gather(*tasks)
+        stop = False
+        print(f"{sys.argv[1]}: busy loop {busy}: write_polls of 2,000: " + ", ".join(f"{x:.0f}" for x in out) + " ms", flush=True)
+    await s.close()
+
+asyncio.run(main())
