@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from .base import PostgresBase, compact
+from ..sqlite.inventory import inventory_batches
+from .base import PostgresBase
 
 # servers per query of inventories_latest
 _CHUNK = 500
@@ -41,14 +42,8 @@ class PostgresInventory(PostgresBase):
     async def write_inventories(self, rows: Sequence[tuple[int, float, str, dict, str, str]]) -> None:
         """Several new inventories, in order, in one transaction (a fleet's first contact, or an
         upgrade across it, is one per server in the same batch of polls)."""
-        latest, history, servers = [], [], []
-        for server_id, ts, hash_, doc, change_type, summary in rows:
-            text = compact(doc, sort_keys=True)
-            latest.append((server_id, ts, hash_, text))
-            history.append((server_id, ts, change_type, summary, hash_, text))
-            servers.append((hash_, server_id))
         if rows:
-            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)])
+            await self._write_many(inventory_batches(rows, _LATEST, _HISTORY, _SERVER))
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

@@ -15,6 +15,17 @@ _HISTORY = ("INSERT INTO inventory_history (server_id, ts, change_type, change_s
 _SERVER = "UPDATE servers SET inventory_hash = ? WHERE id = ?"
 
 
+def inventory_batches(rows, latest_sql: str, history_sql: str, server_sql: str) -> list[tuple[str, list]]:
+    """write_inventories' rows as (statement, rows) for _write_many, on either backend."""
+    latest, history, servers = [], [], []
+    for server_id, ts, hash_, doc, change_type, summary in rows:
+        text = compact(doc, sort_keys=True)
+        latest.append((server_id, ts, hash_, text))
+        history.append((server_id, ts, change_type, summary, hash_, text))
+        servers.append((hash_, server_id))
+    return [(latest_sql, latest), (history_sql, history), (server_sql, servers)]
+
+
 class SQLiteInventory(SQLiteBase):
     """central.storage.interface.Inventory on SQLite."""
 
@@ -42,14 +53,8 @@ class SQLiteInventory(SQLiteBase):
     async def write_inventories(self, rows: Sequence[tuple[int, float, str, dict, str, str]]) -> None:
         """Several new inventories, in order, in one transaction (a fleet's first contact, or an
         upgrade across it, is one per server in the same batch of polls)."""
-        latest, history, servers = [], [], []
-        for server_id, ts, hash_, doc, change_type, summary in rows:
-            text = compact(doc, sort_keys=True)
-            latest.append((server_id, ts, hash_, text))
-            history.append((server_id, ts, change_type, summary, hash_, text))
-            servers.append((hash_, server_id))
         if rows:
-            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)])
+            await self._write_many(inventory_batches(rows, _LATEST, _HISTORY, _SERVER))
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""
