@@ -78,6 +78,7 @@ class Writer:
         self.dropped = 0  # outcomes dropped from a full buffer, since start
         self.failed_writes = 0  # failed write attempts, since start
         self._outage_dropped = 0
+        self._behind_dropped: int | None = None  # dropped while the storage works but the writer is behind
         self.unwritten_at_stop = 0  # outcomes the last flush() did not write (skipped or left)
         self._told = False  # listeners hear the health once the first write succeeded, then on changes
 
@@ -108,6 +109,14 @@ class Writer:
                 del self._document_of[old.server_id]
             self.dropped += 1
             self._outage_dropped += 1
+            if self.health.ok:
+                # the storage works, the writer is behind (a saturated central): said once when it
+                # starts and once when it has caught up, not per outcome
+                if self._behind_dropped is None:
+                    self._behind_dropped = 0
+                    log.warning("the poll writer is behind: its buffer is full (%d outcomes), the oldest are "
+                                "dropped until it catches up", self.capacity)
+                self._behind_dropped += 1
 
     async def run(self) -> None:
         """Write batches as outcomes arrive, forever (cancel to stop, then flush())."""
@@ -200,6 +209,10 @@ class Writer:
             if self._document_of.get(o.server_id) is o:
                 del self._document_of[o.server_id]
         self.stored += len(batch)
+        if self._behind_dropped is not None and self.buffered <= self.capacity // 2:
+            log.warning("the poll writer caught up: %d poll outcomes were dropped while it was behind",
+                        self._behind_dropped)
+            self._behind_dropped = None
         if not self.health.ok:
             await self._recovered(len(batch))
         elif not self._told:

@@ -139,6 +139,39 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them(serving):
     assert await stored_ts(serving, a.id) == [6.0, 7.0, 8.0, 9.0]  # the newest four
 
 
+async def test_a_writer_behind_a_working_storage_says_when_it_drops_and_when_it_caught_up(serving, caplog):
+    # no outage, only a writer slower than the polls (a central saturated while a fleet
+    # connects): the drops were counted but never logged
+    (a,) = await servers(serving, 1)
+    release = asyncio.Event()
+    calls = []
+
+    async def slow_store(batch):
+        calls.append(len(batch))
+        await release.wait()
+        await serving.poller.store(batch)
+
+    writer = Writer(slow_store, capacity=4)
+    task = asyncio.create_task(writer.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="central.writer"):
+            writer.put(ok(a.id, 0.0))
+            await wait_for(lambda: calls, what="a batch being written")
+            for i in range(1, 10):
+                writer.put(ok(a.id, float(i)))
+            assert writer.dropped == 6 and writer.health.ok
+            behind = [r.getMessage() for r in caplog.records if "behind" in r.getMessage()]
+            assert behind == ["the poll writer is behind: its buffer is full (4 outcomes), the oldest are dropped "
+                              "until it catches up"]
+            release.set()
+            await wait_for(lambda: writer.buffered == 0, what="drained")
+        caught = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
+        assert caught == ["the poll writer caught up: 6 poll outcomes were dropped while it was behind"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_only_the_newest_buffered_outcome_keeps_its_document(serving):
     a, b = await servers(serving, 2)
     writer = Writer(serving.poller.store, capacity=100)
