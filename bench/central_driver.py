@@ -97,19 +97,25 @@ async def back_to_back(central: Central, server, n: int = 1000) -> dict:
             "b2b_ok": ok}
 
 
-async def first_serve(cfg, n_servers: int, timeout: float) -> float | None:
-    """Serve until every server was polled once, then stop; seconds it took (None: not in timeout)."""
-    app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None)
-    t0 = time.time()
+async def serve(cfg) -> tuple[web.AppRunner, Central]:
+    """What `central serve` runs (central.web.app.run_app), on an AppRunner so this process can
+    measure it and stop it when done."""
+    runner = web.AppRunner(create_app(cfg), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, cfg.http.listen, cfg.http.port).start()
+    return runner, runner.app[CENTRAL]
+
+
+async def first_serve(cfg, n_servers: int, timeout: float) -> float | None:
+    """Serve until every server was polled once, then stop; seconds it took (None: not in timeout)."""
+    t0 = time.time()
+    runner, central = await serve(cfg)
     seen: set[int] = set()
 
     async def record(outcomes, servers):
         seen.update(o.server_id for o in outcomes if o.ok)
 
-    app[CENTRAL].poller.hooks.append(record)
+    central.poller.hooks.append(record)
     while len(seen) < n_servers and time.time() < t0 + timeout:
         await asyncio.sleep(0.5)
     took = time.time() - t0 if len(seen) >= n_servers else None
@@ -161,14 +167,8 @@ async def run(spec: dict) -> dict:
         # every server once (fetching and storing each one's inventory, as for a new fleet) and
         # stops; the measured serve below then starts on that database
         first_contact = await first_serve(cfg, n_servers=len(spec["servers"]), timeout=3 * spec["warmup_timeout"])
-    # What `central serve` runs (central.web.app.run_app), on an AppRunner so this process can
-    # measure it and stop it when done.
-    app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None)
     t_start = time.time()
-    await runner.setup()
-    await web.TCPSite(runner, cfg.http.listen, cfg.http.port).start()
-    central = app[CENTRAL]
+    runner, central = await serve(cfg)
     central.poller.hooks.append(record)
     pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection in the window
     gc_t0 = [0.0, 0.0]

@@ -185,3 +185,18 @@ async def test_a_batch_of_polls_is_written_in_a_few_statements_not_one_per_row(t
         assert await s.latest_document(servers[1199].id) == (NOW, {"hostname": "h"})
     finally:
         await s.close()
+
+
+async def test_an_sqlite_without_update_from_still_writes_the_newest_status(tmp_path, monkeypatch):
+    # SQLite before 3.33 has no UPDATE ... FROM: the servers' rows are updated one by one there
+    from central.storage.sqlite import samples
+
+    monkeypatch.setattr(samples, "_UPDATE_FROM", False)
+    s = await Storage.open(tmp_path / "c.db")
+    try:
+        a, b = await s.add_server("a", "10.0.0.1"), await s.add_server("b", "10.0.0.2")
+        assert await s.write_polls([ok(a.id, NOW), ok(b.id, NOW), ok(a.id, NOW + 10)], 3) == []
+        assert ((await s.get_server("a")).last_seen, (await s.get_server("b")).last_seen) == (NOW + 10, NOW)
+        assert (await s.get_server("a")).status == "online"
+    finally:
+        await s.close()

@@ -37,7 +37,7 @@ _MAX_ROWS = 500  # rows per statement at most
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM: one statement for many servers
 
 
-async def _insert_rows(db, head: str, rows: list[tuple], tail: str = "") -> None:
+async def _rows_per_statement(db, head: str, rows: list[tuple], tail: str = "") -> None:
     """head VALUES (row), (row), ... tail, for every row in order, in a few statements."""
     if not rows:
         return
@@ -140,7 +140,7 @@ class SQLiteSamples(SQLiteBase):
                         [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id)
                          for o in newest])
                 else:
-                    await _insert_rows(
+                    await _rows_per_statement(
                         db,
                         "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
                         " consecutive_failures = 0, last_seen = v.column1, last_poll = v.column1, poll_duration = v.column2,"
@@ -149,12 +149,12 @@ class SQLiteSamples(SQLiteBase):
                         [(o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in newest],
                         ") AS v WHERE servers.id = v.column6",
                     )
-                await _insert_rows(
+                await _rows_per_statement(
                     db, "INSERT INTO latest (server_id, ts, doc)",
                     [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
                     " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
                 )
-                await _insert_rows(
+                await _rows_per_statement(
                     db, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
                     [
                         (o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS),
