@@ -1,4 +1,4 @@
-"""write_polls of 2,000 outcomes on SQLite with the event loop idle, then busy (a task that
+"""write_polls of 2,000 outcomes (successes, then failures) and write_inventories of 2,000 on SQLite with the event loop idle, then busy (a task that
 computes 1 ms between syscalls, as a saturated central does between its socket calls).
 
     PYTHONPATH=$PWD python3 bench/bench_write_busy.py CHECKOUT   # e.g. . or a worktree of another commit
@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.abspath(sys.argv[1]))
 from central.storage import Storage  # noqa: E402
-from tests.test_storage_contract import ok  # noqa: E402
+from tests.test_storage_contract import failed, ok  # noqa: E402
 
 
 async def main():
@@ -30,17 +30,32 @@ async def main():
                 pass
             time.sleep(0)  # a syscall: the GIL released, as a real loop does for its socket I/O
             await asyncio.sleep(0)
+    n = [0]
+
+    def ts():
+        n[0] += 1
+        return 1000.0 + n[0]
+
+    kinds = {  # what a batch of 2,000 can be
+        "write_polls, successes": lambda: s.write_polls([ok(x.id, ts()) for x in servers], 3),
+        "write_polls, failures": lambda: s.write_polls([failed(x.id, ts()) for x in servers], 3),
+        "write_inventories (first contact)": lambda: s.write_inventories(
+            [(x.id, ts(), f"h{n[0]}", {"kernel": f"6.{n[0]}", "packages": ["a"] * 50}, "initial", "first")
+             for x in servers]),
+    }
     for busy in (0, 1):
-        tasks = [asyncio.create_task(spin()) for _ in range(busy)]
-        out = []
-        for r in range(3):
-            t0 = time.perf_counter()
-            await s.write_polls([ok(x.id, 1000.0 + r + 10 * busy) for x in servers], 3)
-            out.append((time.perf_counter() - t0) * 1000)
-        stop = True
-        await asyncio.gather(*tasks)
-        stop = False
-        print(f"{sys.argv[1]}: busy loop {busy}: write_polls of 2,000: " + ", ".join(f"{x:.0f}" for x in out) + " ms", flush=True)
+        for what, write in kinds.items():
+            tasks = [asyncio.create_task(spin()) for _ in range(busy)]
+            out = []
+            for r in range(3):
+                t0 = time.perf_counter()
+                await write()
+                out.append((time.perf_counter() - t0) * 1000)
+            stop = True
+            await asyncio.gather(*tasks)
+            stop = False
+            print(f"{sys.argv[1]}: busy loop {busy}: {what} of 2,000: " + ", ".join(f"{x:.0f}" for x in out) + " ms",
+                  flush=True)
     await s.close()
 
 asyncio.run(main())

@@ -106,6 +106,52 @@ async def test_agent_problems_are_error_at_once(storage):
     assert (await storage.get_server("a")).status == "error"
 
 
+async def test_a_batch_leaves_each_server_as_its_outcomes_one_by_one_would(storage):
+    # A batch can hold several outcomes of a server (a writer catching up, an outage's buffer):
+    # stored together they must leave its row as stored one at a time, in time order, would:
+    # a success after failures resets them, failures after a success count from 0, an 'error'
+    # reason holds until the count reaches offline_after.
+    import random
+
+    rnd = random.Random(15)
+    kinds = [None, "unreachable", "agent_down", "timeout"]  # None: a success
+    pairs = []
+    for i in range(40):
+        one = await storage.add_server(f"one{i}", f"10.0.1.{i + 1}")
+        together = await storage.add_server(f"together{i}", f"10.0.2.{i + 1}")
+        before = [rnd.choice(kinds) for _ in range(rnd.randrange(3))]  # the state the batch finds
+        batch = [rnd.choice(kinds) for _ in range(rnd.randrange(1, 7))]
+        pairs.append((one, together, before, batch))
+
+    def outcome(server_id, kind, t):
+        if kind is None:
+            return ok(server_id, t)
+        return failed(server_id, t, reason=kind, error=f"{kind} at {t}")
+
+    for one, together, before, _ in pairs:
+        for k, kind in enumerate(before):
+            for s in (one, together):
+                await storage.write_polls([outcome(s.id, kind, NOW + k)], offline_after=3)
+    big = []
+    for one, together, before, batch in pairs:
+        for k, kind in enumerate(batch):
+            t = NOW + 10 + k
+            await storage.write_polls([outcome(one.id, kind, t)], offline_after=3)
+            big.append(outcome(together.id, kind, t))
+    rnd.shuffle(big)  # the batch's order is not the time order
+    assert await storage.write_polls(big, offline_after=3) == []
+
+    def row(server):
+        return (server.status, server.status_reason, server.consecutive_failures, server.last_error,
+                server.last_poll, server.last_seen, server.poll_duration)
+
+    for one, together, before, batch in pairs:
+        assert row(await storage.get_server(together.name)) == row(await storage.get_server(one.name)), (before, batch)
+    # the cases that matter are in there
+    assert any(b[-1] is None and None not in b[:-1] and len(b) > 1 for *_, b in pairs)  # failures, then a success
+    assert any(b[0] is None and b[-1] is not None for *_, b in pairs)  # a success, then failures
+
+
 @pytest.mark.parametrize("reason", list(REASONS.values()), ids=list(REASONS))
 async def test_each_reason_gives_its_status(storage, reason):
     s = await storage.add_server("a", "10.0.0.1")

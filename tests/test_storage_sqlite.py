@@ -8,7 +8,8 @@ import pytest
 
 from central.storage import Storage
 from central.storage.sqlite import SCHEMA_VERSION
-from tests.test_storage_contract import NOW, ok
+from central.model import CONTAINER_METRICS
+from tests.test_storage_contract import NOW, failed, ok
 
 
 async def test_schema_is_rerunnable_and_versioned(tmp_path):
@@ -187,16 +188,51 @@ async def test_a_batch_of_polls_is_written_in_a_few_statements_not_one_per_row(t
         await s.close()
 
 
+async def test_failures_containers_and_inventories_of_a_batch_also_go_many_rows_to_a_statement(tmp_path):
+    # the same for a batch's failed polls (an outage: 1,200 servers failing at once), its
+    # container samples and its first inventories (a fleet's first contact)
+    s = await Storage.open(tmp_path / "c.db")
+    try:
+        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(1200)]
+        polled = []
+        for srv in servers[:600]:
+            o = ok(srv.id, NOW)
+            o.sample["containers"] = [[f"c{k}", *([1] * len(CONTAINER_METRICS))] for k in range(3)]
+            polled.append(o)
+        polled += [failed(srv.id, NOW) for srv in servers[600:]]
+        polled += [failed(servers[700].id, NOW + 10, reason="agent_down")]
+        statements = []
+        await s.db.set_trace_callback(statements.append)
+        assert await s.write_polls(polled, 3) == []
+        await s.write_inventories([(srv.id, NOW, f"h{srv.id}", {"kernel": "6.1"}, "initial", "first inventory")
+                                   for srv in servers])
+        await s.db.set_trace_callback(None)
+        assert len(statements) < 40, len(statements)  # one per row was more than 6,000
+        assert len(await s.container_names(servers[0].id)) == 3
+        assert [(g.status, g.consecutive_failures) for g in (await s.get_server("s599"), await s.get_server("s600"),
+                                                            await s.get_server("s700"))] == [
+            ("online", 0), ("unknown", 1), ("error", 2)]
+        assert (await s.get_server("s1199")).inventory_hash == f"h{servers[-1].id}"
+        assert len(await s.inventories_latest([srv.id for srv in servers])) == 1200
+    finally:
+        await s.close()
+
+
 async def test_an_sqlite_without_update_from_still_writes_the_newest_status(tmp_path, monkeypatch):
     # SQLite before 3.33 has no UPDATE ... FROM: the servers' rows are updated one by one there
-    from central.storage.sqlite import samples
+    from central.storage.sqlite import base
 
-    monkeypatch.setattr(samples, "_UPDATE_FROM", False)
+    monkeypatch.setattr(base, "UPDATE_FROM", False)
     s = await Storage.open(tmp_path / "c.db")
     try:
         a, b = await s.add_server("a", "10.0.0.1"), await s.add_server("b", "10.0.0.2")
         assert await s.write_polls([ok(a.id, NOW), ok(b.id, NOW), ok(a.id, NOW + 10)], 3) == []
         assert ((await s.get_server("a")).last_seen, (await s.get_server("b")).last_seen) == (NOW + 10, NOW)
         assert (await s.get_server("a")).status == "online"
+        await s.write_polls([failed(b.id, NOW + 10), failed(b.id, NOW + 20, reason="agent_down", error="down")], 3)
+        got = await s.get_server("b")
+        assert (got.status, got.status_reason, got.consecutive_failures, got.last_error) == ("error", "agent_down", 2, "down")
+        await s.write_inventories([(a.id, NOW, "h1", {"k": 1}, "initial", "x"), (a.id, NOW + 1, "h2", {"k": 2}, "os_change", "y")])
+        assert (await s.get_server("a")).inventory_hash == "h2"
     finally:
         await s.close()

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import asyncpg
 
-from ...model import ERROR, REASONS, PollOutcome
-from .. import history
+from ...model import PollOutcome
+from .. import history, polls
 from ..interface import TIER_HOUR, TIER_MINUTE
 from .base import (
     COLUMNS, INTEGER_COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, PostgresBase, compact, deleted, executemany,
@@ -24,7 +24,9 @@ from .containers import check_container_integers
 from .containers import sample_rows as container_rows
 from .schema import PARTITIONS
 
-_ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
+# what the success and failure updates (central.storage.polls) call a row's values
+_PARAMS = ("$1", "$2", "$3", "$4", "$5")
+_FAILURE_PARAMS = ("$1", "$2", "$3", "$4", "$5", "$6::boolean", "$7", "$8::boolean")
 # What the database (or asyncpg encoding an argument) refuses as data: a value out of range, a
 # NUL in text, a lone surrogate, a constraint. A fault of one outcome, never of storage.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError, ValueError, TypeError)
@@ -118,46 +120,32 @@ class PostgresSamples(PostgresBase):
             existing = {r[0] for r in await con.fetch("SELECT id FROM servers WHERE id = ANY($1::bigint[])",
                                                       list({o.server_id for o in outcomes}))}
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
-            failed = [o for o in outcomes if not o.ok and o.server_id in existing]
-            if ok:
-                # one row update per server (its newest outcome): updating one row many times in
-                # a transaction makes each update walk the row's versions
-                newest = list({o.server_id: o for o in ok}.values())
+            # one row update per server: its newest success, then its failures after that
+            # (central.storage.polls); updating one row many times in a transaction makes each
+            # update walk the row's versions
+            newest, failures = polls.fold(o for o in outcomes if o.server_id in existing)
+            if newest:
+                await executemany(con, f"UPDATE servers SET {polls.success_set(_PARAMS)} WHERE id = $6",
+                                  [polls.success_row(o) for o in newest])
+            docs = list({o.server_id: (o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None}.values())
+            if docs:
                 await executemany(
                     con,
-                    "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                    " consecutive_failures = 0, last_seen = $1, last_poll = $1, poll_duration = $2,"
-                    " agent_version = coalesce($3, agent_version), agent_sha256 = coalesce($4, agent_sha256),"
-                    " hostname = coalesce($5, hostname) WHERE id = $6",
-                    [(o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in newest],
-                )
-                docs = list({o.server_id: (o.server_id, o.ts, o.doc_text)
-                             for o in ok if o.doc_text is not None}.values())
-                if docs:
-                    await executemany(
-                        con,
-                        "INSERT INTO latest (server_id, ts, doc) VALUES ($1, $2, $3)"
-                        " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc", docs)
-                rows = [(o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS), compact(o.sample.get("top") or []))
-                        for o in ok if o.sample is not None]
-                if rows:
-                    await executemany(con, _INSERT_SAMPLE, rows)
-                container = [row for o in ok if o.sample is not None for row in crows[id(o)]]
-                if container:
-                    await executemany(con, INSERT_CONTAINER_SAMPLES, container)
-            if failed:
+                    "INSERT INTO latest (server_id, ts, doc) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc", docs)
+            rows = [(o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS), compact(o.sample.get("top") or []))
+                    for o in ok if o.sample is not None]
+            if rows:
+                await executemany(con, _INSERT_SAMPLE, rows)
+            container = [row for o in ok if o.sample is not None for row in crows[id(o)]]
+            if container:
+                await executemany(con, INSERT_CONTAINER_SAMPLES, container)
+            if failures:
+                # The reason says the status (central.model.REASONS): 'error' at once, or
+                # 'offline' after offline_after consecutive failures.
                 await executemany(
-                    con,
-                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
-                    " last_poll = $1, poll_duration = $2, last_error = $3, status_reason = $4,"
-                    " status = CASE"
-                    "   WHEN $5::boolean THEN 'error'"
-                    "   WHEN consecutive_failures + 1 >= $6 THEN 'offline'"
-                    "   ELSE status END"
-                    " WHERE id = $7",
-                    [(o.ts, o.duration, o.error, o.reason, o.reason in _ERROR_AT_ONCE, offline_after, o.server_id)
-                     for o in failed],
-                )
+                    con, f"UPDATE servers SET {polls.failure_set(_FAILURE_PARAMS)} WHERE id = $9",
+                    [polls.failure_row(f, offline_after) for f in failures])
         if self._latest is not None:
             for o in ok:
                 if o.sample is not None:

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence
 
 import aiosqlite
 
@@ -63,6 +63,48 @@ async def _pragma(db: aiosqlite.Connection, setting: str) -> None:
     left open keeps a read transaction, so that connection would go on seeing an old snapshot."""
     async with db.execute("PRAGMA " + setting):
         pass
+
+
+# Rows of a batch go several to a statement (INSERT ... VALUES (...), (...)): executemany steps
+# SQLite once per row, and the database thread gives up the GIL around each step; a busy event
+# loop hands it back once per switch interval, so 2,000 rows took seconds while a fleet
+# connected (the writer fell behind and dropped outcomes: BENCHMARKS.md, "Stop 26"). Bound
+# values per statement: SQLite's default limit since 3.32 (999 before).
+MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+MAX_ROWS = 500  # rows per statement at most
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM: one statement for many servers
+
+
+async def rows_per_statement(db, head: str, rows: list[tuple], tail: str = "") -> None:
+    """head VALUES (row), (row), ... tail, for every row in order, in a few statements."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, min(MAX_ROWS, MAX_VARIABLES // width))
+    one = "(" + ", ".join("?" * width) + ")"
+    full = len(rows) // per * per
+    if full:
+        await db.executemany(f"{head} VALUES {', '.join([one] * per)}{tail}",
+                             [[v for row in rows[i:i + per] for v in row] for i in range(0, full, per)])
+    if full < len(rows):
+        rest = rows[full:]
+        await db.execute(f"{head} VALUES {', '.join([one] * len(rest))}{tail}", [v for row in rest for v in row])
+
+
+async def update_rows(db, table: str, set_clause: Callable[[list[str]], str], rows: list[tuple]) -> None:
+    """UPDATE table SET set_clause(names) WHERE id = <a row's last value>, for every row: names
+    are what the SET clause calls the row's other values. Each id at most once in rows (an
+    UPDATE ... FROM takes any one of several matching rows)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    if UPDATE_FROM:
+        names = [f"v.column{i + 1}" for i in range(width - 1)]
+        await rows_per_statement(db, f"UPDATE {table} SET {set_clause(names)} FROM (", rows,
+                                 f") AS v WHERE {table}.id = v.column{width}")
+    else:
+        names = [f"?{i + 1}" for i in range(width - 1)]
+        await db.executemany(f"UPDATE {table} SET {set_clause(names)} WHERE id = ?{width}", rows)
 
 
 def json_rows(rows: Iterable, **columns: str) -> list[dict]:

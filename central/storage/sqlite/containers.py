@@ -14,8 +14,8 @@ CONTAINER_COLUMNS = tuple(CONTAINER_METRICS)
 _COLS = ", ".join(CONTAINER_COLUMNS)
 _ROLLUP_COLS = ", ".join(f"{m}_min, {m}_avg, {m}_max" for m in CONTAINER_COLUMNS)
 
-INSERT_SAMPLES = (f"INSERT OR REPLACE INTO container_samples (server_id, name, ts, {_COLS})"
-                  f" VALUES (?, ?, ?, {', '.join('?' * len(CONTAINER_COLUMNS))})")
+# (write_polls adds the rows: several to a statement)
+INSERT_HEAD = f"INSERT OR REPLACE INTO container_samples (server_id, name, ts, {_COLS})"
 
 
 def _rollup_select(source_min: str, source_avg: str, source_max: str, weight: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from .base import SQLiteBase, compact
+from .base import SQLiteBase, compact, rows_per_statement, update_rows
 
 # servers per query of inventories_latest
 _CHUNK = 500
@@ -13,6 +13,8 @@ _LATEST = ("INSERT INTO inventory_latest (server_id, ts, hash, doc) VALUES (?, ?
 _HISTORY = ("INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
             " VALUES (?, ?, ?, ?, ?, ?)")
 _SERVER = "UPDATE servers SET inventory_hash = ? WHERE id = ?"
+_LATEST_HEAD, _LATEST_TAIL = _LATEST.split(" VALUES (?, ?, ?, ?)")
+_HISTORY_HEAD = _HISTORY.split(" VALUES ")[0]
 
 
 def inventory_batches(rows, latest_sql: str, history_sql: str, server_sql: str) -> list[tuple[str, list]]:
@@ -53,8 +55,16 @@ class SQLiteInventory(SQLiteBase):
     async def write_inventories(self, rows: Sequence[tuple[int, float, str, dict, str, str]]) -> None:
         """Several new inventories, in order, in one transaction (a fleet's first contact, or an
         upgrade across it, is one per server in the same batch of polls)."""
-        if rows:
-            await self._write_many(inventory_batches(rows, _LATEST, _HISTORY, _SERVER))
+        if not rows:
+            return
+        (_, latest), (_, history), (_, servers) = inventory_batches(rows, _LATEST, _HISTORY, _SERVER)
+        # several rows to a statement (rows_per_statement): a fleet's first contact is 2,000 of
+        # them in a batch, and one SQLite step per row waits for the GIL on a busy event loop
+        async with self.transaction() as db:
+            await rows_per_statement(db, _LATEST_HEAD, latest, _LATEST_TAIL)
+            await rows_per_statement(db, _HISTORY_HEAD, history)
+            newest = {server_id: (hash_, server_id) for hash_, server_id in servers}  # each server once
+            await update_rows(db, "servers", lambda p: f"inventory_hash = {p[0]}", list(newest.values()))
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

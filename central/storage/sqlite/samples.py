@@ -7,18 +7,19 @@ import sqlite3
 import time
 from typing import Sequence
 
-from ...model import ERROR, REASONS, PollOutcome
-from .. import history
+from ...model import PollOutcome
+from .. import history, polls
 from ..interface import TIER_HOUR, TIER_MINUTE
-from .base import COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, json_rows
-from .containers import INSERT_SAMPLES as INSERT_CONTAINER_SAMPLES
+from .base import (
+    COLUMNS, ROLLUP_COLUMNS, SAMPLE_COLUMNS, SQLiteBase, compact, json_rows, rows_per_statement,
+    update_rows,
+)
+from .containers import INSERT_HEAD as CONTAINER_SAMPLES_HEAD
 from .containers import PRUNE as PRUNE_CONTAINERS
 from .containers import ROLLUP_MIN as CONTAINER_ROLLUP_MIN
 from .containers import ROLLUP_RAW as CONTAINER_ROLLUP_RAW
 from .containers import sample_rows as container_rows
 
-# Reasons that make a server 'error' at once (the others: 'offline' after offline_after).
-_ERROR_AT_ONCE = frozenset(r.name for r in REASONS.values() if r.status == ERROR)
 # What the database raises for a value it cannot hold (an integer beyond 64 bits, a lone
 # surrogate, a type it cannot bind, a constraint): a fault of one outcome, never of storage.
 _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError,
@@ -27,32 +28,6 @@ _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 
 # Rollup and prune work on this many servers per transaction.
 MAINTENANCE_CHUNK = 250
-# Rows of a batch go several to a statement (INSERT ... VALUES (...), (...)): executemany steps
-# SQLite once per row, and the database thread gives up the GIL around each step; a busy event
-# loop hands it back once per switch interval, so 2,000 rows took seconds while a fleet
-# connected (the writer fell behind and dropped outcomes: BENCHMARKS.md, "Stop 26"). Bound
-# values per statement: SQLite's default limit since 3.32 (999 before).
-_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_MAX_ROWS = 500  # rows per statement at most
-_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM: one statement for many servers
-
-
-async def _rows_per_statement(db, head: str, rows: list[tuple], tail: str = "") -> None:
-    """head VALUES (row), (row), ... tail, for every row in order, in a few statements."""
-    if not rows:
-        return
-    width = len(rows[0])
-    per = max(1, min(_MAX_ROWS, _MAX_VARIABLES // width))
-    one = "(" + ", ".join("?" * width) + ")"
-    full = len(rows) // per * per
-    if full:
-        await db.executemany(f"{head} VALUES {', '.join([one] * per)}{tail}",
-                             [[v for row in rows[i:i + per] for v in row] for i in range(0, full, per)])
-    if full < len(rows):
-        rest = rows[full:]
-        await db.execute(f"{head} VALUES {', '.join([one] * len(rest))}{tail}", [v for row in rest for v in row])
-
-
 def _chunks(ids: Sequence[int]):
     """(chunk, is_last) over ids in MAINTENANCE_CHUNK slices; one (empty, True) for none."""
     if not ids:
@@ -126,60 +101,27 @@ class SQLiteSamples(SQLiteBase):
                     self._server_ids = (marker, {r[0] for r in await cur.fetchall()})
             existing = self._server_ids[1]
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
-            failed = [o for o in outcomes if not o.ok and o.server_id in existing]
-            if ok:
-                # one row per server (its newest outcome, as the last of several updates left it),
-                # joined in one statement (UPDATE ... FROM needs SQLite 3.33)
-                newest = list({o.server_id: o for o in ok}.values())
-                if not _UPDATE_FROM:
-                    await db.executemany(
-                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                        " consecutive_failures = 0, last_seen = ?, last_poll = ?, poll_duration = ?,"
-                        " agent_version = coalesce(?, agent_version), agent_sha256 = coalesce(?, agent_sha256),"
-                        " hostname = coalesce(?, hostname) WHERE id = ?",
-                        [(o.ts, o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id)
-                         for o in newest])
-                else:
-                    await _rows_per_statement(
-                        db,
-                        "UPDATE servers SET status = 'online', status_reason = NULL, last_error = NULL,"
-                        " consecutive_failures = 0, last_seen = v.column1, last_poll = v.column1, poll_duration = v.column2,"
-                        " agent_version = coalesce(v.column3, agent_version), agent_sha256 = coalesce(v.column4, agent_sha256),"
-                        " hostname = coalesce(v.column5, hostname) FROM (",
-                        [(o.ts, o.duration, o.agent_version, o.agent_sha256, o.hostname, o.server_id) for o in newest],
-                        ") AS v WHERE servers.id = v.column6",
-                    )
-                await _rows_per_statement(
-                    db, "INSERT INTO latest (server_id, ts, doc)",
-                    [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
-                    " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
-                )
-                await _rows_per_statement(
-                    db, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
-                    [
-                        (o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS),
-                         compact(o.sample.get("top") or []))
-                        for o in ok if o.sample is not None
-                    ],
-                )
-                crows = [row for o in ok if o.sample is not None
-                         for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))]
-                if crows:
-                    await db.executemany(INSERT_CONTAINER_SAMPLES, crows)
-            if failed:
-                # The reason says the status (central.model.REASONS): 'error' at once, or
-                # 'offline' after offline_after consecutive failures.
-                await db.executemany(
-                    "UPDATE servers SET consecutive_failures = consecutive_failures + 1,"
-                    " last_poll = ?, poll_duration = ?, last_error = ?, status_reason = ?,"
-                    " status = CASE"
-                    "   WHEN ? THEN 'error'"
-                    "   WHEN consecutive_failures + 1 >= ? THEN 'offline'"
-                    "   ELSE status END"
-                    " WHERE id = ?",
-                    [(o.ts, o.duration, o.error, o.reason, o.reason in _ERROR_AT_ONCE, offline_after, o.server_id)
-                     for o in failed],
-                )
+            # one row update per server: its newest success, then its failures after that
+            # (central.storage.polls), many servers to a statement
+            newest, failures = polls.fold(o for o in outcomes if o.server_id in existing)
+            await update_rows(db, "servers", polls.success_set, [polls.success_row(o) for o in newest])
+            await rows_per_statement(
+                db, "INSERT INTO latest (server_id, ts, doc)",
+                [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
+                " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+            )
+            sampled = [o for o in ok if o.sample is not None]
+            await rows_per_statement(
+                db, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
+                [(o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS), compact(o.sample.get("top") or []))
+                 for o in sampled],
+            )
+            await rows_per_statement(
+                db, CONTAINER_SAMPLES_HEAD,
+                [row for o in sampled for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))])
+            # The reason says the status (central.model.REASONS): 'error' at once, or
+            # 'offline' after offline_after consecutive failures.
+            await update_rows(db, "servers", polls.failure_set, [polls.failure_row(f, offline_after) for f in failures])
         self.poll_commits += 1
         if self._latest is not None:
             for o in ok:
