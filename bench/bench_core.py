@@ -216,7 +216,7 @@ def report(result: dict) -> None:
           f"of CPU), gen 2: {result['gc_gen2_collections']} longest "
           f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; maxrss "
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
-          f"{result['stop_unwritten']} not written",
+          f"{result['stop_unwritten']} not written; writer dropped {result.get('writer_dropped', '-')} outcomes since start",
           flush=True)
 
 

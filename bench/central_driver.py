@@ -281,6 +281,8 @@ async def run(spec: dict) -> dict:
         "gc_pause_cpu_ms_max": max(pause_cpu, default=0) * 1000,
         "stop_s": stop_s, "backlog_at_stop": backlog,
         "stop_unwritten": getattr(central.poller.writer, "unwritten_at_stop", 0),  # older code: no deadline
+        # outcomes dropped from the writer's full buffer since start (a writer behind the polls)
+        "writer_dropped": getattr(central.poller.writer, "dropped", None),
         "maxrss_kb": maxrss, **b2b, "profile": profile_path,
     }
 
