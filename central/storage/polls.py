@@ -56,7 +56,7 @@ def fold(outcomes: Iterable[PollOutcome]) -> tuple[list[PollOutcome], list[Failu
 
 
 def failure_row(f: Failures, offline_after: int) -> tuple:
-    """The values of one server's failure update, in the order of FAILURE_SET's parameters:
+    """The values of one server's failure update, in the order of failure_set's parameters:
     count, last_poll, poll_duration, last_error, status_reason, error now, offline_after,
     error before, server id."""
     o = f.last

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from ..sqlite.inventory import inventory_batches
+from ..sqlite.inventory import inventory_rows
 from .base import PostgresBase
 
 # servers per query of inventories_latest
@@ -43,7 +43,8 @@ class PostgresInventory(PostgresBase):
         """Several new inventories, in order, in one transaction (a fleet's first contact, or an
         upgrade across it, is one per server in the same batch of polls)."""
         if rows:
-            await self._write_many(inventory_batches(rows, _LATEST, _HISTORY, _SERVER))
+            latest, history, servers = inventory_rows(rows)
+            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)])
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

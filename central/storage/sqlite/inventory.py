@@ -8,24 +8,22 @@ from .base import SQLiteBase, compact, rows_per_statement, update_rows
 
 # servers per query of inventories_latest
 _CHUNK = 500
-_LATEST = ("INSERT INTO inventory_latest (server_id, ts, hash, doc) VALUES (?, ?, ?, ?)"
-           " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, doc = excluded.doc")
-_HISTORY = ("INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?)")
-_SERVER = "UPDATE servers SET inventory_hash = ? WHERE id = ?"
-_LATEST_HEAD, _LATEST_TAIL = _LATEST.split(" VALUES (?, ?, ?, ?)")
-_HISTORY_HEAD = _HISTORY.split(" VALUES ")[0]
+# write_inventories adds the rows, several to a statement
+_LATEST_HEAD = "INSERT INTO inventory_latest (server_id, ts, hash, doc)"
+_LATEST_TAIL = " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, hash = excluded.hash, doc = excluded.doc"
+_HISTORY_HEAD = "INSERT INTO inventory_history (server_id, ts, change_type, change_summary, hash, doc)"
 
 
-def inventory_batches(rows, latest_sql: str, history_sql: str, server_sql: str) -> list[tuple[str, list]]:
-    """write_inventories' rows as (statement, rows) for _write_many, on either backend."""
+def inventory_rows(rows) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """write_inventories' rows of inventory_latest, inventory_history and the servers'
+    (hash, id), on either backend."""
     latest, history, servers = [], [], []
     for server_id, ts, hash_, doc, change_type, summary in rows:
         text = compact(doc, sort_keys=True)
         latest.append((server_id, ts, hash_, text))
         history.append((server_id, ts, change_type, summary, hash_, text))
         servers.append((hash_, server_id))
-    return [(latest_sql, latest), (history_sql, history), (server_sql, servers)]
+    return latest, history, servers
 
 
 class SQLiteInventory(SQLiteBase):
@@ -57,7 +55,7 @@ class SQLiteInventory(SQLiteBase):
         upgrade across it, is one per server in the same batch of polls)."""
         if not rows:
             return
-        (_, latest), (_, history), (_, servers) = inventory_batches(rows, _LATEST, _HISTORY, _SERVER)
+        latest, history, servers = inventory_rows(rows)
         # several rows to a statement (rows_per_statement): a fleet's first contact is 2,000 of
         # them in a batch, and one SQLite step per row waits for the GIL on a busy event loop
         async with self.transaction() as db:
