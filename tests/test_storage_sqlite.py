@@ -9,7 +9,7 @@ import pytest
 from central.storage import Storage
 from central.storage.sqlite import SCHEMA_VERSION
 from central.model import CONTAINER_METRICS
-from tests.test_storage_contract import NOW, failed, ok
+from tests.test_storage_contract import NOW, alert_row, failed, ok
 
 
 async def test_schema_is_rerunnable_and_versioned(tmp_path):
@@ -91,7 +91,7 @@ def test_the_backend_offers_callers_nothing_beyond_the_interface():
 
     interface = {n for n in dir(Storage) if not n.startswith("_")}
     backend = {n for n in dir(SQLiteStorage) if not n.startswith("_")}
-    assert backend - interface == {"transaction"}  # the concept modules' shared helper
+    assert backend - interface == {"transaction", "in_transaction"}  # the concept modules' shared helpers
 
 
 def _transactions(trace: list[str]) -> list[list[str]]:
@@ -214,6 +214,74 @@ async def test_failures_containers_and_inventories_of_a_batch_also_go_many_rows_
             ("online", 0), ("unknown", 1), ("error", 2)]
         assert (await s.get_server("s1199")).inventory_hash == f"h{servers[-1].id}"
         assert len(await s.inventories_latest([srv.id for srv in servers])) == 1200
+    finally:
+        await s.close()
+
+
+def _calls_to_the_database_thread(s, monkeypatch) -> list:
+    """Every call the storage makes to its connection's thread from now on (aiosqlite's _execute:
+    each waits for a turn of the event loop to hand back its answer)."""
+    calls = []
+    real = s.db._execute
+
+    async def counted(fn, *args, **kwargs):
+        calls.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(s.db, "_execute", counted)
+    return calls
+
+
+async def test_the_writers_transactions_are_one_call_each_to_the_database_thread(tmp_path, monkeypatch):
+    # Each call to aiosqlite's thread hands its answer back through the event loop: while 10,000
+    # hosts connected a turn of the loop took tens of milliseconds, a batch's dozen statements
+    # most of a second, and the writer fell behind and dropped outcomes. A batch of polls (its
+    # successes, container samples, failures), of inventories and of alert changes is one call.
+    s = await Storage.open(tmp_path / "c.db")
+    try:
+        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(600)]
+        await s.write_polls([ok(srv.id, NOW - 10) for srv in servers], 3)  # the server ids are known now
+        polled = []
+        for srv in servers[:300]:
+            o = ok(srv.id, NOW)
+            o.sample["containers"] = [["c1", *([1] * len(CONTAINER_METRICS))]]
+            polled.append(o)
+        polled += [failed(srv.id, NOW) for srv in servers[300:]]
+        calls = _calls_to_the_database_thread(s, monkeypatch)
+        assert await s.write_polls(polled, 3) == []
+        assert len(calls) == 1
+        await s.write_inventories([(srv.id, NOW, f"h{srv.id}", {"kernel": "6.1"}, "initial", "first") for srv in servers])
+        assert len(calls) == 2
+        ids = await s.save_alerts([alert_row(servers[0].id, "cpu", "pending"), alert_row(servers[1].id, "cpu", "pending")],
+                                  [], [])
+        assert len(calls) == 3 and len(ids) == 2
+        monkeypatch.undo()
+        assert len(await s.inventories_latest([srv.id for srv in servers])) == 600
+        assert [(g.status, g.consecutive_failures) for g in (await s.get_server("s299"), await s.get_server("s300"))] == [
+            ("online", 0), ("online", 1)]  # one failure after a success: not yet offline
+        assert len(await s.container_names(servers[0].id)) == 1
+        assert sorted(a["server_id"] for a in await s.list_alerts()) == [servers[0].id, servers[1].id]
+    finally:
+        await s.close()
+
+
+async def test_a_batch_whose_writer_is_cancelled_is_stored_whole_or_not_at_all(tmp_path):
+    # a stop cancels the writer while its batch runs on the database's thread: that transaction
+    # runs to its commit (or rollback) whatever the caller, and the next write finds no
+    # transaction left open
+    s = await Storage.open(tmp_path / "c.db")
+    try:
+        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(500)]
+        task = asyncio.create_task(s.write_polls([ok(srv.id, NOW) for srv in servers], 3))
+        await asyncio.sleep(0)  # the batch is on its way to the database's thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        b = await s.add_server("after", "10.0.9.1")  # a write after it: its own transaction
+        assert await s.write_polls([ok(b.id, NOW + 10)], 3) == []
+        seen = {srv.name: srv.last_seen for srv in await s.list_servers()}
+        assert seen["after"] == NOW + 10
+        assert len({seen[srv.name] for srv in servers}) == 1  # all of the cancelled batch, or none of it
     finally:
         await s.close()
 

@@ -36,17 +36,21 @@ class SQLiteAlerts(SQLiteBase):
         mutable = [c for c in cols if c not in ("rule", "server_id", "label")]
         insert = f"INSERT INTO alerts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         update = f"UPDATE alerts SET {', '.join(f'{c} = ?' for c in mutable)} WHERE id = ?"
-        ids = []
-        async with self.transaction() as db:
-            for row in inserts:  # one at a time: each new row's id
-                ids.append((await db.execute(insert, [_alert_column(row, c) for c in cols])).lastrowid)
+        insert_rows = [[_alert_column(row, c) for c in cols] for row in inserts]
+        changed = [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates]
+
+        def work(conn) -> list[int]:
+            # one at a time: each new row's id (on the database's thread, all in one call to it:
+            # a fleet's first batch opens an alert per host)
+            ids = [conn.execute(insert, row).lastrowid for row in insert_rows]
             # the rest in one call each: the minute's rewrite of 10,000 open alerts took 10,000
             # round trips to the database thread, 0.9 s of the event loop
-            if updates:
-                await db.executemany(update, [[_alert_column(row, c) for c in mutable] + [row["id"]] for row in updates])
+            if changed:
+                conn.executemany(update, changed)
             if deletes:
-                await db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in deletes])
-        return ids
+                conn.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in deletes])
+            return ids
+        return await self.in_transaction(work)
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:

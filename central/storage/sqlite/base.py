@@ -14,7 +14,7 @@ import sqlite3
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable, Sequence
+from typing import AsyncIterator, Callable, Iterable, Sequence, TypeVar
 
 import aiosqlite
 
@@ -23,6 +23,7 @@ from ...bundled import schema_text
 from ...model import METRICS, StorageUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 3
 # Migrations from version N-1 to N: (N, [statements]). Each must be idempotent. (A key figure
@@ -75,8 +76,9 @@ MAX_ROWS = 500  # rows per statement at most
 UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM: one statement for many servers
 
 
-async def rows_per_statement(db, head: str, rows: list[tuple], tail: str = "") -> None:
-    """head VALUES (row), (row), ... tail, for every row in order, in a few statements."""
+def rows_per_statement(conn: sqlite3.Connection, head: str, rows: list[tuple], tail: str = "") -> None:
+    """head VALUES (row), (row), ... tail, for every row in order, in a few statements (on the
+    database's thread: inside SQLiteBase.in_transaction)."""
     if not rows:
         return
     width = len(rows[0])
@@ -84,27 +86,27 @@ async def rows_per_statement(db, head: str, rows: list[tuple], tail: str = "") -
     one = "(" + ", ".join("?" * width) + ")"
     full = len(rows) // per * per
     if full:
-        await db.executemany(f"{head} VALUES {', '.join([one] * per)}{tail}",
-                             [[v for row in rows[i:i + per] for v in row] for i in range(0, full, per)])
+        conn.executemany(f"{head} VALUES {', '.join([one] * per)}{tail}",
+                         [[v for row in rows[i:i + per] for v in row] for i in range(0, full, per)])
     if full < len(rows):
         rest = rows[full:]
-        await db.execute(f"{head} VALUES {', '.join([one] * len(rest))}{tail}", [v for row in rest for v in row])
+        conn.execute(f"{head} VALUES {', '.join([one] * len(rest))}{tail}", [v for row in rest for v in row])
 
 
-async def update_rows(db, table: str, set_clause: Callable[[list[str]], str], rows: list[tuple]) -> None:
+def update_rows(conn: sqlite3.Connection, table: str, set_clause: Callable[[list[str]], str], rows: list[tuple]) -> None:
     """UPDATE table SET set_clause(names) WHERE id = <a row's last value>, for every row: names
     are what the SET clause calls the row's other values. Each id at most once in rows (an
-    UPDATE ... FROM takes any one of several matching rows)."""
+    UPDATE ... FROM takes any one of several matching rows). On the database's thread."""
     if not rows:
         return
     width = len(rows[0])
     if UPDATE_FROM:
         names = [f"v.column{i + 1}" for i in range(width - 1)]
-        await rows_per_statement(db, f"UPDATE {table} SET {set_clause(names)} FROM (", rows,
-                                 f") AS v WHERE {table}.id = v.column{width}")
+        rows_per_statement(conn, f"UPDATE {table} SET {set_clause(names)} FROM (", rows,
+                           f") AS v WHERE {table}.id = v.column{width}")
     else:
         names = [f"?{i + 1}" for i in range(width - 1)]
-        await db.executemany(f"UPDATE {table} SET {set_clause(names)} WHERE id = ?{width}", rows)
+        conn.executemany(f"UPDATE {table} SET {set_clause(names)} WHERE id = ?{width}", rows)
 
 
 def json_rows(rows: Iterable, **columns: str) -> list[dict]:
@@ -122,6 +124,29 @@ def json_rows(rows: Iterable, **columns: str) -> list[dict]:
 def compact(value: object, **kwargs) -> str:
     """Compact JSON text for a column."""
     return json.dumps(value, separators=(",", ":"), **kwargs)
+
+
+# aiosqlite runs every call of a connection on that connection's own thread, through
+# Connection._execute, with the sqlite3 connection as Connection._conn: not public API, but the
+# one way to run several statements there in one call (tests/test_storage_sqlite.py checks both
+# are there, so an aiosqlite that changes them fails the suite, not a central).
+def _connection(db: aiosqlite.Connection) -> sqlite3.Connection:
+    return db._conn
+
+
+async def _on_thread(db: aiosqlite.Connection, fn: Callable[[], T]) -> T:
+    return await db._execute(fn)
+
+
+async def _first(db: aiosqlite.Connection, sql: str, args: Sequence):
+    """The first row of a query (or None), in one call to the connection's thread."""
+    def run():
+        cur = _connection(db).execute(sql, args)
+        try:
+            return cur.fetchone()
+        finally:
+            cur.close()
+    return await _on_thread(db, run)
 
 
 class SQLiteBase:
@@ -258,13 +283,15 @@ class SQLiteBase:
 
     # reading and writing
 
+    # Each read is one call to the connection's thread (aiosqlite's cursor API takes three:
+    # execute, fetch, close), and each call waits for a turn of the event loop to hand back its
+    # answer: tens of milliseconds a turn while a fleet of 10,000 connects (BENCHMARKS.md, "Stop 28").
+
     async def _one(self, sql: str, args: Sequence = ()):
-        async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await _first(self.db, sql, args)
 
     async def _all(self, sql: str, args: Sequence = ()) -> list:
-        async with self.db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self.db.execute_fetchall(sql, args))
 
     async def _reader(self) -> aiosqlite.Connection:
         if self._rdb is None:
@@ -283,13 +310,11 @@ class SQLiteBase:
 
     async def _read_one(self, sql: str, args: Sequence = ()):
         """_one on the read connection (committed data only: never inside a transaction)."""
-        async with (await self._reader()).execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await _first(await self._reader(), sql, args)
 
     async def _read_all(self, sql: str, args: Sequence = ()) -> list:
         """_all on the read connection (committed data only: never inside a transaction)."""
-        async with (await self._reader()).execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await (await self._reader()).execute_fetchall(sql, args))
 
     async def _data_version(self) -> int:
         """A number that changes whenever any connection (this process's writer or another
@@ -300,8 +325,7 @@ class SQLiteBase:
     async def servers_marker(self) -> tuple[int, int]:
         """(data_version of the writer's connection: another process's commits, this connection's
         commits other than poll batches): equal while nothing but poll batches wrote."""
-        async with self.db.execute("PRAGMA data_version") as cur:
-            (version,) = await cur.fetchone()
+        (version,) = await self._one("PRAGMA data_version")
         return version, self.commits - self.poll_commits
 
     async def change_marker(self) -> tuple[int, int]:
@@ -337,23 +361,52 @@ class SQLiteBase:
         except sqlite3.Error:
             pass  # no transaction open: BEGIN failed, or COMMIT went through
 
+    async def in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """work(connection) in one write transaction, run whole on the connection's thread: one
+        call to that thread, where transaction() takes one per statement (and one to begin and
+        to commit), each waiting for a turn of the event loop to hand back its answer. While a
+        fleet of 10,000 connected a turn took tens of milliseconds, a poll batch of a dozen
+        statements most of a second, and the writer fell behind (BENCHMARKS.md, "Stop 28").
+        work only runs statements on the connection it is given: no awaits, nothing of the
+        event loop's. Committed when it returns, rolled back when it raises; a cancelled caller
+        does not cut it short (it runs to its commit or rollback, before any later statement)."""
+        def run() -> T:
+            conn = _connection(self.db)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # BEGIN failed, or a failed COMMIT already ended it
+                raise
+            return result
+
+        async with self._write_lock:
+            try:
+                result = await _on_thread(self.db, run)
+            except sqlite3.OperationalError as exc:
+                # locked, read-only, full, I/O: the database's trouble, not the caller's data
+                raise StorageUnavailable(f"the database cannot be written: {exc}") from exc
+            self.commits += 1
+            return result
+
     async def check_writable(self) -> None:
         """Commit a small write (the time of this check); raises StorageUnavailable when the
         database cannot be written (read-only file or file system, disk full, locked)."""
-        async with self.transaction() as db:
-            await db.execute("INSERT INTO meta (key, value) VALUES ('writable_checked_at', ?)"
-                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
+        await self._write([("INSERT INTO meta (key, value) VALUES ('writable_checked_at', ?)"
+                             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))])
 
     async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> list[int]:
         """Run statements in one transaction; returns each statement's lastrowid."""
-        ids = []
-        async with self.transaction() as db:
-            for sql, args in statements:
-                ids.append((await db.execute(sql, args)).lastrowid)
-        return ids
+        statements = list(statements)
+        return await self.in_transaction(lambda conn: [conn.execute(sql, args).lastrowid for sql, args in statements])
 
     async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
         """Run each statement over its rows (executemany), all in one transaction."""
-        async with self.transaction() as db:
+        def work(conn: sqlite3.Connection) -> None:
             for sql, rows in batches:
-                await db.executemany(sql, rows)
+                conn.executemany(sql, rows)
+        await self.in_transaction(work)

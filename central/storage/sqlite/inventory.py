@@ -57,12 +57,15 @@ class SQLiteInventory(SQLiteBase):
             return
         latest, history, servers = inventory_rows(rows)
         # several rows to a statement (rows_per_statement): a fleet's first contact is 2,000 of
-        # them in a batch, and one SQLite step per row waits for the GIL on a busy event loop
-        async with self.transaction() as db:
-            await rows_per_statement(db, _LATEST_HEAD, latest, _LATEST_TAIL)
-            await rows_per_statement(db, _HISTORY_HEAD, history)
-            newest = {server_id: (hash_, server_id) for hash_, server_id in servers}  # each server once
-            await update_rows(db, "servers", lambda p: f"inventory_hash = {p[0]}", list(newest.values()))
+        # them in a batch, and one SQLite step per row waits for the GIL on a busy event loop;
+        # all of it in one call to the database's thread (in_transaction)
+        newest = {server_id: (hash_, server_id) for hash_, server_id in servers}  # each server once
+
+        def work(conn) -> None:
+            rows_per_statement(conn, _LATEST_HEAD, latest, _LATEST_TAIL)
+            rows_per_statement(conn, _HISTORY_HEAD, history)
+            update_rows(conn, "servers", lambda p: f"inventory_hash = {p[0]}", list(newest.values()))
+        await self.in_transaction(work)
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

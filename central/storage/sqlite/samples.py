@@ -89,43 +89,48 @@ class SQLiteSamples(SQLiteBase):
         return refused
 
     async def _write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
-        async with self.transaction() as db:
+        # The ids are re-read only when something but a poll batch committed since (a server
+        # added or removed here or by another process): not 10,000 ids per batch.
+        own_commits = self.commits - self.poll_commits
+        known = self._server_ids
+
+        def work(conn) -> tuple[object, set[int]]:
+            marker = (conn.execute("PRAGMA data_version").fetchone()[0], own_commits)
+            ids = known if known is not None and known[0] == marker else (
+                marker, {r[0] for r in conn.execute("SELECT id FROM servers")})
             # A server removed while its poll was queued: drop that outcome, not the batch
             # (its samples would break the foreign key and roll back everyone's).
-            # The ids are re-read only when something but a poll batch committed since (a server
-            # added or removed here or by another process): not 10,000 ids per batch.
-            async with db.execute("PRAGMA data_version") as cur:
-                marker = ((await cur.fetchone())[0], self.commits - self.poll_commits)
-            if self._server_ids is None or self._server_ids[0] != marker:
-                async with db.execute("SELECT id FROM servers") as cur:
-                    self._server_ids = (marker, {r[0] for r in await cur.fetchall()})
-            existing = self._server_ids[1]
+            existing = ids[1]
             ok = [o for o in outcomes if o.ok and o.server_id in existing]
             # one row update per server: its newest success, then its failures after that
             # (central.storage.polls), many servers to a statement
             newest, failures = polls.fold(o for o in outcomes if o.server_id in existing)
-            await update_rows(db, "servers", polls.success_set, [polls.success_row(o) for o in newest])
-            await rows_per_statement(
-                db, "INSERT INTO latest (server_id, ts, doc)",
+            update_rows(conn, "servers", polls.success_set, [polls.success_row(o) for o in newest])
+            rows_per_statement(
+                conn, "INSERT INTO latest (server_id, ts, doc)",
                 [(o.server_id, o.ts, o.doc_text) for o in ok if o.doc_text is not None],
                 " ON CONFLICT (server_id) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
             )
             sampled = [o for o in ok if o.sample is not None]
-            await rows_per_statement(
-                db, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
+            rows_per_statement(
+                conn, f"INSERT OR REPLACE INTO samples (server_id, ts, {SAMPLE_COLUMNS}, top)",
                 [(o.server_id, o.ts, *(o.sample.get(m) for m in COLUMNS), compact(o.sample.get("top") or []))
                  for o in sampled],
             )
-            await rows_per_statement(
-                db, CONTAINER_SAMPLES_HEAD,
-                [row for o in sampled for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))])
+            rows_per_statement(conn, CONTAINER_SAMPLES_HEAD,
+                               [row for o in sampled for row in container_rows(o.server_id, o.ts, o.sample.get("containers"))])
             # The reason says the status (central.model.REASONS): 'error' at once, or
             # 'offline' after offline_after consecutive failures.
-            await update_rows(db, "servers", polls.failure_set, [polls.failure_row(f, offline_after) for f in failures])
+            update_rows(conn, "servers", polls.failure_set, [polls.failure_row(f, offline_after) for f in failures])
+            return ids
+
+        # the whole batch in one call to the database's thread (in_transaction)
+        self._server_ids = await self.in_transaction(work)
         self.poll_commits += 1
+        existing = self._server_ids[1]
         if self._latest is not None:
-            for o in ok:
-                if o.sample is not None:
+            for o in outcomes:
+                if o.ok and o.sample is not None and o.server_id in existing:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
             self.latest_changes += 1
