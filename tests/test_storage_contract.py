@@ -849,7 +849,7 @@ async def test_a_server_behind_a_bastion_and_lookup_by_id(storage):
     assert [s.name for s in await storage.list_servers()] == ["inner"]
 
 
-async def test_the_servers_marker_stays_while_only_poll_batches_write(backend):
+async def test_the_servers_marker_stays_while_only_poll_batches_and_their_inventories_and_alerts_write(backend):
     storage = await backend()
     other = await backend()  # another process on the same database (the CLI)
     try:
@@ -858,6 +858,12 @@ async def test_the_servers_marker_stays_while_only_poll_batches_write(backend):
         assert await storage.servers_marker() == first
         await storage.write_polls([ok(a.id, NOW), failed(a.id, NOW + 30)], offline_after=1)
         assert await storage.servers_marker() == first  # poll batches: the same
+        # nor what goes with them: their inventories (the poller keeps its copy of the hash) and
+        # alert changes (while 10,000 hosts connected each batch made the poller read the list again)
+        await storage.write_inventories([(a.id, NOW, "h1", {"kernel": "6.1"}, "initial", "first inventory")])
+        await storage.save_alerts([alert_row(a.id, "cpu", "pending")], [], [])
+        assert await storage.servers_marker() == first
+        assert (await storage.get_server("a")).inventory_hash == "h1"
         await storage.update_server("a", tags=["x"])
         second = await storage.servers_marker()
         assert second != first

@@ -267,9 +267,12 @@ class PostgresBase:
                 out.append(await con.fetchval(sql, *args))
         return out
 
-    async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
-        """Run each statement over its rows (executemany), all in one transaction."""
+    async def _write_many(self, batches: Sequence[tuple[str, list]], quiet: bool = False) -> None:
+        """Run each statement over its rows (executemany), all in one transaction. quiet: it
+        changes no setting the poller reads from the servers table (the servers marker stays)."""
         async with self.transaction() as con:
+            if quiet:
+                await con.execute("SET LOCAL central.poll_batch = 'on'")
             for sql, rows in batches:
                 if rows:
                     await executemany(con, sql, rows)

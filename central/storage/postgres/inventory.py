@@ -44,7 +44,9 @@ class PostgresInventory(PostgresBase):
         upgrade across it, is one per server in the same batch of polls)."""
         if rows:
             latest, history, servers = inventory_rows(rows)
-            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)])
+            # not a change of the servers' settings (inventory_hash: the poller keeps its own copy
+            # up to date as it stores them): the servers marker stays (schema.py, version 3)
+            await self._write_many([(_LATEST, latest), (_HISTORY, history), (_SERVER, servers)], quiet=True)
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

@@ -50,7 +50,7 @@ class SQLiteAlerts(SQLiteBase):
             if deletes:
                 conn.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in deletes])
             return ids
-        return await self.in_transaction(work)
+        return await self.in_transaction(work, quiet=True)  # the servers stay as they are
 
     async def list_alerts(self, *, firing_only: bool = False, open_only: bool = False, server_id: int | None = None,
                           limit: int = 100) -> list[dict]:

@@ -166,11 +166,12 @@ class SQLiteBase:
         # and /metrics need no query over the samples table (BENCHMARKS.md, HTTP API).
         self._latest: dict[int, dict] | None = None
         self.latest_changes = 0  # bumped whenever that copy changes (for caches of answers built on it)
-        # Commits of this connection, and how many of them were poll batches (write_polls): a commit
-        # that is not one (or another process's: data_version) may have changed the servers table's
-        # settings, so the poller's server list and write_polls' known ids are re-read only then.
+        # Commits of this connection, and how many of them were quiet (in_transaction(quiet=True):
+        # poll batches, their inventories, alert changes): a commit that is not (or another
+        # process's: data_version) may have changed a server's settings or the set of servers, so
+        # the poller's server list and write_polls' known ids are re-read only then.
         self.commits = 0
-        self.poll_commits = 0
+        self.quiet_commits = 0
         self._server_ids: tuple[object, set[int]] | None = None  # (servers marker, ids) for write_polls
         # A second connection, on a thread of its own, for the hot reads of the API (lists,
         # fleet figures, token lookups): on the writer's connection they queued behind poll
@@ -324,9 +325,10 @@ class SQLiteBase:
 
     async def servers_marker(self) -> tuple[int, int]:
         """(data_version of the writer's connection: another process's commits, this connection's
-        commits other than poll batches): equal while nothing but poll batches wrote."""
+        commits other than quiet ones): equal while nothing but poll batches and what goes with
+        them (inventories, alert changes) wrote."""
         (version,) = await self._one("PRAGMA data_version")
-        return version, self.commits - self.poll_commits
+        return version, self.commits - self.quiet_commits
 
     async def change_marker(self) -> tuple[int, int]:
         """(data_version, latest_changes): any commit, and any change of the in-memory latest samples."""
@@ -361,7 +363,7 @@ class SQLiteBase:
         except sqlite3.Error:
             pass  # no transaction open: BEGIN failed, or COMMIT went through
 
-    async def in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def in_transaction(self, work: Callable[[sqlite3.Connection], T], *, quiet: bool = False) -> T:
         """work(connection) in one write transaction, run whole on the connection's thread: one
         call to that thread, where transaction() takes one per statement (and one to begin and
         to commit), each waiting for a turn of the event loop to hand back its answer. While a
@@ -369,7 +371,9 @@ class SQLiteBase:
         statements most of a second, and the writer fell behind (BENCHMARKS.md, "Stop 28").
         work only runs statements on the connection it is given: no awaits, nothing of the
         event loop's. Committed when it returns, rolled back when it raises; a cancelled caller
-        does not cut it short (it runs to its commit or rollback, before any later statement)."""
+        does not cut it short (it runs to its commit or rollback, before any later statement).
+        quiet: it adds or removes no server and changes no setting the poller reads (a poll
+        batch, its inventories, alert changes), so servers_marker() stays as it was."""
         def run() -> T:
             conn = _connection(self.db)
             conn.execute("BEGIN IMMEDIATE")
@@ -391,6 +395,7 @@ class SQLiteBase:
                 # locked, read-only, full, I/O: the database's trouble, not the caller's data
                 raise StorageUnavailable(f"the database cannot be written: {exc}") from exc
             self.commits += 1
+            self.quiet_commits += quiet
             return result
 
     async def check_writable(self) -> None:

@@ -65,7 +65,9 @@ class SQLiteInventory(SQLiteBase):
             rows_per_statement(conn, _LATEST_HEAD, latest, _LATEST_TAIL)
             rows_per_statement(conn, _HISTORY_HEAD, history)
             update_rows(conn, "servers", lambda p: f"inventory_hash = {p[0]}", list(newest.values()))
-        await self.in_transaction(work)
+        # quiet: the servers' inventory_hash is no setting the poller reads from the list (it
+        # keeps its own copy up to date as it stores them)
+        await self.in_transaction(work, quiet=True)
 
     async def inventory_history(self, server_id: int, limit: int = 100) -> list[dict]:
         """Inventory changes of a server, newest first (without the documents)."""

@@ -89,13 +89,12 @@ class SQLiteSamples(SQLiteBase):
         return refused
 
     async def _write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
-        # The ids are re-read only when something but a poll batch committed since (a server
-        # added or removed here or by another process): not 10,000 ids per batch.
-        own_commits = self.commits - self.poll_commits
-        known = self._server_ids
-
+        # The ids are re-read only when something but quiet transactions committed since (a
+        # server added or removed here or by another process): not 10,000 ids per batch.
         def work(conn) -> tuple[object, set[int]]:
-            marker = (conn.execute("PRAGMA data_version").fetchone()[0], own_commits)
+            # (read here, under the write lock: every commit before this one is counted)
+            marker = (conn.execute("PRAGMA data_version").fetchone()[0], self.commits - self.quiet_commits)
+            known = self._server_ids
             ids = known if known is not None and known[0] == marker else (
                 marker, {r[0] for r in conn.execute("SELECT id FROM servers")})
             # A server removed while its poll was queued: drop that outcome, not the batch
@@ -125,8 +124,7 @@ class SQLiteSamples(SQLiteBase):
             return ids
 
         # the whole batch in one call to the database's thread (in_transaction)
-        self._server_ids = await self.in_transaction(work)
-        self.poll_commits += 1
+        self._server_ids = await self.in_transaction(work, quiet=True)
         existing = self._server_ids[1]
         if self._latest is not None:
             for o in outcomes:
