@@ -193,6 +193,11 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     return result
 
 
+
+def _longest(longest: dict | None) -> str:
+    """', gen 1, 12,345 objects freed': the longest collection's generation and what it freed."""
+    return "" if not longest else f", gen {longest['generation']}, {longest['collected']:,} objects freed"
+
 def report(result: dict) -> None:
     """The two lines of one driver's result."""
     print(f"  {result['name']}: {result['cpu_ms_per_poll']:.3f} ms CPU/poll, {result['polls_stored']} polls, "
@@ -213,7 +218,7 @@ def report(result: dict) -> None:
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
-          f"of CPU), gen 2: {result['gc_gen2_collections']} longest "
+          f"of CPU{_longest(result.get('gc_longest'))}), gen 2: {result['gc_gen2_collections']} longest "
           f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; maxrss "
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
           f"{result['stop_unwritten']} not written; writer dropped {result.get('writer_dropped', '-')} outcomes since start",

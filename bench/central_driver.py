@@ -173,6 +173,7 @@ async def run(spec: dict) -> dict:
     pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection in the window
     gc_t0 = [0.0, 0.0]
     pause_cpu: list[float] = []  # the same collections' CPU seconds (the rest of a pause: the process waiting for a core)
+    collected: list[int] = []  # the same collections' unreachable objects freed (their deallocation is in the pause)
 
     def gc_pause(phase_, info):
         if phase_ == "start":
@@ -180,6 +181,7 @@ async def run(spec: dict) -> dict:
         elif measuring[0]:
             pauses.append((info["generation"], time.perf_counter() - gc_t0[0]))
             pause_cpu.append(time.thread_time() - gc_t0[1])
+            collected.append(info.get("collected", 0))
 
     measuring = [False]
     gc.callbacks.append(gc_pause)
@@ -279,6 +281,9 @@ async def run(spec: dict) -> dict:
         "gc_gen2_collections": len(gen2), "gc_gen2_pause_ms_max": max(gen2, default=0) * 1000,
         "gc_pauses_over_100ms": sum(1 for _, t in pauses if t > 0.1),
         "gc_pause_cpu_ms_max": max(pause_cpu, default=0) * 1000,
+        # the longest collection: its generation and how many objects it freed
+        "gc_longest": ({"generation": pauses[i][0], "collected": collected[i]}
+                       if (i := max(range(len(pauses)), key=lambda k: pauses[k][1], default=-1)) >= 0 else None),
         "stop_s": stop_s, "backlog_at_stop": backlog,
         "stop_unwritten": getattr(central.poller.writer, "unwritten_at_stop", 0),  # older code: no deadline
         # outcomes dropped from the writer's full buffer since start (a writer behind the polls)

@@ -5,6 +5,7 @@ import json
 import math
 import sqlite3
 import time
+from functools import partial
 from typing import Sequence
 
 from ...model import PollOutcome
@@ -28,6 +29,17 @@ _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 
 # Rollup and prune work on this many servers per transaction.
 MAINTENANCE_CHUNK = 250
+def _rollup_chunk(conn, *, sqls: Sequence[str], chunk: Sequence[int], tier: int, begin: float, until: float,
+                  last: bool) -> None:
+    """One transaction of rollup(): the buckets from begin to until of a chunk of servers, with
+    each of sqls (the host's, the containers'); the last chunk moves the tier's progress mark."""
+    for sql in sqls:
+        conn.executemany(sql, [(sid, begin, until) for sid in chunk])
+    if last:
+        conn.execute("INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
+                     " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+
+
 def _chunks(ids: Sequence[int]):
     """(chunk, is_last) over ids in MAINTENANCE_CHUNK slices; one (empty, True) for none."""
     if not ids:
@@ -228,15 +240,11 @@ class SQLiteSamples(SQLiteBase):
             # batches and reads run between them (one transaction for 10,000 servers held the
             # connection for seconds). A round cut short redoes the range; INSERT OR REPLACE makes
             # that harmless, and nothing trusts the rollups past the mark before it moves.
+            # Each chunk is one call to the database's thread (in_transaction); containers roll up
+            # in the same pass, so one progress mark covers both.
             for chunk, last in _chunks(ids):
-                async with self.transaction() as db:
-                    await db.executemany(sql, [(sid, begin, until) for sid in chunk])
-                    # containers roll up in the same pass, so one progress mark covers both
-                    await db.executemany(csql, [(sid, begin, until) for sid in chunk])
-                    if last:
-                        await db.execute(
-                            "INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
-                            " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
+                await self.in_transaction(partial(_rollup_chunk, sqls=(sql, csql), chunk=chunk, tier=tier,
+                                                  begin=begin, until=until, last=last), quiet=True)
             done[tier] = (begin, until)
         return done
 
@@ -260,20 +268,25 @@ class SQLiteSamples(SQLiteBase):
         counts = dict.fromkeys(("samples", "rollups", "containers"), 0)
         # one transaction per MAINTENANCE_CHUNK servers (as rollup): poll batches and reads between them;
         # the counts are taken inside each, where no other write runs
+        # (each one call to the database's thread: in_transaction)
+        def work(conn, chunk: list[int]) -> None:
+            for what, sql, cut in per_server:
+                before = conn.total_changes
+                conn.executemany(sql, [(i, cut) for i in chunk])
+                counts[what] += conn.total_changes - before
+
         for chunk, _ in _chunks(ids):
-            async with self.transaction() as db:
-                for what, sql, cut in per_server:
-                    before = db.total_changes
-                    await db.executemany(sql, [(i, cut) for i in chunk])
-                    counts[what] += db.total_changes - before
-        async with self.transaction() as db:
-            before = db.total_changes
+            await self.in_transaction(partial(work, chunk=chunk), quiet=True)
+
+        def events_work(conn) -> int:
+            before = conn.total_changes
             for sql in ("DELETE FROM inventory_history WHERE ts < ? AND id NOT IN"
                         " (SELECT max(id) FROM inventory_history GROUP BY server_id)",
                         "DELETE FROM audit WHERE ts < ?", "DELETE FROM notifications WHERE ts < ?",
                         "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?"):
-                await db.execute(sql, (now - events,))
-            counts["events"] = db.total_changes - before
+                conn.execute(sql, (now - events,))
+            return conn.total_changes - before
+        counts["events"] = await self.in_transaction(events_work, quiet=True)
         return counts
 
     async def import_samples(self, rows: Sequence[tuple]) -> None:
