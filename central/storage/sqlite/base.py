@@ -1,5 +1,7 @@
 """The SQLite backend's shared part: one aiosqlite connection per process, WAL mode, the schema
-and its migrations, and the one transaction helper every concept module writes through.
+and its migrations, and the transaction helpers every concept module writes through
+(transaction(): statement by statement from the event loop; in_transaction(): a whole
+transaction in one call to the connection's thread, for the poll path's batches).
 
 The serving process is the single writer for poll data (the poller hands it batches); the
 CLI opens its own short-lived connection for administrative changes, which WAL and a busy
