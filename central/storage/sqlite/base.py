@@ -411,9 +411,10 @@ class SQLiteBase:
         statements = list(statements)
         return await self.in_transaction(lambda conn: [conn.execute(sql, args).lastrowid for sql, args in statements])
 
-    async def _write_many(self, batches: Sequence[tuple[str, list]]) -> None:
-        """Run each statement over its rows (executemany), all in one transaction."""
+    async def _write_many(self, batches: Sequence[tuple[str, list]], quiet: bool = False) -> None:
+        """Run each statement over its rows (executemany), all in one transaction (quiet: as
+        in_transaction's)."""
         def work(conn: sqlite3.Connection) -> None:
             for sql, rows in batches:
                 conn.executemany(sql, rows)
-        await self.in_transaction(work)
+        await self.in_transaction(work, quiet=quiet)

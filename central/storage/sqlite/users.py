@@ -128,5 +128,6 @@ class SQLiteUsers(SQLiteBase):
     async def touch_tokens(self, last_used: dict[int, float]) -> None:
         """Record when tokens were last used (batched by the caller)."""
         if last_used:
+            # quiet: no server changed, the poller need not read its list again
             await self._write_many([("UPDATE api_tokens SET last_used = ? WHERE id = ?",
-                                     [(ts, tid) for tid, ts in last_used.items()])])
+                                     [(ts, tid) for tid, ts in last_used.items()])], quiet=True)
