@@ -162,13 +162,18 @@ async def test_rollup_and_prune_hold_the_database_for_a_few_servers_at_a_time(tm
     assert rows == rows_one
 
 
+async def _servers(s, n: int) -> list:
+    """n servers s0, s1, ... added to storage s."""
+    return [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(n)]
+
+
 async def test_a_batch_of_polls_is_written_in_a_few_statements_not_one_per_row(tmp_path):
     # executemany steps SQLite once per row, and the database thread gives up the GIL around
     # each step: with the event loop busy (a fleet connecting) 2,000 rows took seconds and the
     # writer dropped outcomes. The rows go several to a statement.
     s = await Storage.open(tmp_path / "c.db")
     try:
-        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(1200)]
+        servers = await _servers(s, 1200)
         batch = [ok(srv.id, NOW) for srv in servers]
         first, second = ok(servers[0].id, NOW + 10, cpu=55.0), ok(servers[1].id, NOW + 10)
         first.doc_text = '{"hostname":"newer"}'
@@ -193,7 +198,7 @@ async def test_failures_containers_and_inventories_of_a_batch_also_go_many_rows_
     # container samples and its first inventories (a fleet's first contact)
     s = await Storage.open(tmp_path / "c.db")
     try:
-        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(1200)]
+        servers = await _servers(s, 1200)
         polled = []
         for srv in servers[:600]:
             o = ok(srv.id, NOW)
@@ -239,7 +244,7 @@ async def test_the_writers_transactions_are_one_call_each_to_the_database_thread
     # successes, container samples, failures), of inventories and of alert changes is one call.
     s = await Storage.open(tmp_path / "c.db")
     try:
-        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(600)]
+        servers = await _servers(s, 600)
         await s.write_polls([ok(srv.id, NOW - 10) for srv in servers], 3)  # the server ids are known now
         polled = []
         for srv in servers[:300]:
@@ -271,7 +276,7 @@ async def test_a_batch_whose_writer_is_cancelled_is_stored_whole_or_not_at_all(t
     # transaction left open
     s = await Storage.open(tmp_path / "c.db")
     try:
-        servers = [await s.add_server(f"s{i}", f"10.0.{i // 250}.{i % 250 + 1}") for i in range(500)]
+        servers = await _servers(s, 500)
         task = asyncio.create_task(s.write_polls([ok(srv.id, NOW) for srv in servers], 3))
         await asyncio.sleep(0)  # the batch is on its way to the database's thread
         task.cancel()
