@@ -195,8 +195,10 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
 
 
 def _longest(longest: dict | None) -> str:
-    """', gen 1, 12,345 objects freed': the longest collection's generation and what it freed."""
-    return "" if not longest else f", gen {longest['generation']}, {longest['collected']:,} objects freed"
+    """', gen 1 of 23,456 objects, 12,345 freed': the longest collection's generation, the objects
+    it walked and those it freed."""
+    return "" if not longest else (f", gen {longest['generation']} of {longest.get('walked', 0):,} objects, "
+                                   f"{longest['collected']:,} freed")
 
 def report(result: dict) -> None:
     """The two lines of one driver's result."""

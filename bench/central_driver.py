@@ -174,14 +174,19 @@ async def run(spec: dict) -> dict:
     gc_t0 = [0.0, 0.0]
     pause_cpu: list[float] = []  # the same collections' CPU seconds (the rest of a pause: the process waiting for a core)
     collected: list[int] = []  # the same collections' unreachable objects freed (their deallocation is in the pause)
+    young: list[int] = []  # the same collections' objects walked (counted before the pause is timed)
+    gc_walks = [0]
 
     def gc_pause(phase_, info):
         if phase_ == "start":
+            # what the collection walks: the objects of the generations it collects
+            gc_walks[0] = sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1)) if measuring[0] else 0
             gc_t0[0], gc_t0[1] = time.perf_counter(), time.thread_time()
         elif measuring[0]:
             pauses.append((info["generation"], time.perf_counter() - gc_t0[0]))
             pause_cpu.append(time.thread_time() - gc_t0[1])
             collected.append(info.get("collected", 0))
+            young.append(gc_walks[0])
 
     measuring = [False]
     gc.callbacks.append(gc_pause)
@@ -282,7 +287,7 @@ async def run(spec: dict) -> dict:
         "gc_pauses_over_100ms": sum(1 for _, t in pauses if t > 0.1),
         "gc_pause_cpu_ms_max": max(pause_cpu, default=0) * 1000,
         # the longest collection: its generation and how many objects it freed
-        "gc_longest": ({"generation": pauses[i][0], "collected": collected[i]}
+        "gc_longest": ({"generation": pauses[i][0], "collected": collected[i], "walked": young[i]}
                        if (i := max(range(len(pauses)), key=lambda k: pauses[k][1], default=-1)) >= 0 else None),
         "stop_s": stop_s, "backlog_at_stop": backlog,
         "stop_unwritten": getattr(central.poller.writer, "unwritten_at_stop", 0),  # older code: no deadline
