@@ -176,11 +176,16 @@ async def run(spec: dict) -> dict:
     collected: list[int] = []  # the same collections' unreachable objects freed (their deallocation is in the pause)
     young: list[int] = []  # the same collections' objects walked (counted before the pause is timed)
     gc_walks = [0]
+    walk_kinds: list[tuple[str, int]] = []  # the biggest walk's most common types of object
 
     def gc_pause(phase_, info):
         if phase_ == "start":
             # what the collection walks: the objects of the generations it collects
             gc_walks[0] = sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1)) if measuring[0] else 0
+            if gc_walks[0] > max(young, default=0) and gc_walks[0] > 20_000:  # the biggest walk so far: what it holds
+                kinds = collections.Counter(type(o).__name__ for g in range(info["generation"] + 1)
+                                            for o in gc.get_objects(g))
+                walk_kinds[:] = kinds.most_common(8)
             gc_t0[0], gc_t0[1] = time.perf_counter(), time.thread_time()
         elif measuring[0]:
             pauses.append((info["generation"], time.perf_counter() - gc_t0[0]))
@@ -287,6 +292,8 @@ async def run(spec: dict) -> dict:
         "gc_pauses_over_100ms": sum(1 for _, t in pauses if t > 0.1),
         "gc_pause_cpu_ms_max": max(pause_cpu, default=0) * 1000,
         # the longest collection: its generation and how many objects it freed
+        "gc_biggest_walk_kinds": walk_kinds,
+        "gc_freed": sum(collected),  # cyclic garbage the window's collections found
         "gc_longest": ({"generation": pauses[i][0], "collected": collected[i], "walked": young[i]}
                        if (i := max(range(len(pauses)), key=lambda k: pauses[k][1], default=-1)) >= 0 else None),
         "stop_s": stop_s, "backlog_at_stop": backlog,
