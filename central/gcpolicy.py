@@ -11,9 +11,14 @@ garbage (measured: none in thousands of polls), so:
   frozen again, without walking it (freezing is O(1); collecting even the young generations
   walked ~100 ms of objects at 2,000 hosts: the poll outcomes waiting for the writer and the
   newest figures);
-- the young generations are collected in small steps (THRESHOLDS: gen 0 every 5,000 net
-  allocations, gen 1 every 5 of those), and the old generation never automatically: what would
-  reach it is frozen at the next settle anyway;
+- the young generations are collected in small steps: at least every YOUNG_EVERY seconds
+  (run(): gc.collect(1), what survived goes to the old generation), and by the thresholds
+  (THRESHOLDS: gen 0 every 5,000 net allocations, gen 1 every 5 of those) in a burst. The
+  thresholds alone came late: they count allocations minus deallocations, and at steady state
+  objects that live one poll interval (each host's newest figures, its poll loop's timer) die
+  about as fast as new ones are made, so a young collection walked seconds of survivors, 92,000
+  to 155,000 objects at 10,000 hosts, 82-152 ms (BENCHMARKS.md, "Stop 28"). The old generation
+  is never collected automatically: what reaches it is frozen at the next settle anyway;
 - once every FULL_EVERY seconds everything is unfrozen and collected, so cycles among old
   objects (a closed connection's) are still freed: the one pause that grows with the fleet.
 
@@ -21,11 +26,13 @@ Each collection's pause is measured (gc.callbacks) for the benches.
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
 THRESHOLDS = (5_000, 5, 1_000_000)  # gen 0 allocations; gen 1 and gen 2 counts (defaults 700, 10, 10)
 FULL_EVERY = 3600.0  # seconds between collections of everything (frozen objects included)
+YOUNG_EVERY = 0.5  # seconds: the young generations are collected at least this often
 
 
 class GCPolicy:
@@ -41,12 +48,15 @@ class GCPolicy:
         self.pause_total = 0.0  # seconds paused in collections
         self.pause_max = [0.0, 0.0, 0.0]  # the longest pause per generation, seconds
         self.settles = 0
+        self.young_ticks = 0  # young collections run() made (none other came within YOUNG_EVERY)
+        self._last_young = 0.0  # when the last collection ended (self.clock)
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
             return
         took = time.perf_counter() - self._t0
+        self._last_young = self.clock()  # any collection collects the young generations too
         gen = info.get("generation", 2)
         self.pauses[gen] += 1
         self.pause_total += took
@@ -60,9 +70,25 @@ class GCPolicy:
         self._old_thresholds = gc.get_threshold()
         gc.callbacks.append(self._callback)
         gc.set_threshold(*THRESHOLDS)
-        self._started_at = self._last_full = self.clock()
+        self._started_at = self._last_full = self._last_young = self.clock()
         gc.collect()  # start-up's garbage, once
         self.settle()
+
+    def tick(self) -> bool:
+        """Collect the young generations (gc.collect(1)) when no collection ran for YOUNG_EVERY
+        seconds; True when it did. Each collection walks only what survived since the last one."""
+        if self._started_at is None or self.clock() - self._last_young < YOUNG_EVERY:
+            return False
+        gc.collect(1)
+        self._last_young = self.clock()
+        self.young_ticks += 1
+        return True
+
+    async def run(self, every: float = YOUNG_EVERY) -> None:
+        """tick() every `every` seconds, until cancelled (the serving app runs it)."""
+        while True:
+            await asyncio.sleep(every)
+            self.tick()
 
     def settle(self) -> None:
         """Freeze what is alive now (after a server-list load); the due full collection first."""
@@ -93,5 +119,5 @@ class GCPolicy:
     def figures(self) -> dict:
         """Collections and pauses since start (pause seconds per generation: the longest)."""
         return {"collections": list(self.pauses), "pause_max_s": [round(p, 4) for p in self.pause_max],
-                "pause_total_s": round(self.pause_total, 3), "settles": self.settles,
+                "pause_total_s": round(self.pause_total, 3), "settles": self.settles, "young_ticks": self.young_ticks,
                 "frozen": gc.get_freeze_count()}
