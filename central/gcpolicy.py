@@ -32,7 +32,7 @@ import time
 
 THRESHOLDS = (5_000, 5, 1_000_000)  # gen 0 allocations; gen 1 and gen 2 counts (defaults 700, 10, 10)
 FULL_EVERY = 3600.0  # seconds between collections of everything (frozen objects included)
-YOUNG_EVERY = 0.5  # seconds: the young generations are collected at least this often
+YOUNG_EVERY = 0.25  # seconds: the young generations are collected at least this often
 
 
 class GCPolicy:
