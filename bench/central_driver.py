@@ -176,12 +176,15 @@ async def run(spec: dict) -> dict:
     collected: list[int] = []  # the same collections' unreachable objects freed (their deallocation is in the pause)
     young: list[int] = []  # the same collections' objects walked (counted before the pause is timed)
     gc_walks = [0]
+    count_walks = bool(spec.get("gc_walks"))
     walk_kinds: list[tuple[str, int]] = []  # the biggest walk's most common types of object
 
     def gc_pause(phase_, info):
         if phase_ == "start":
             # what the collection walks: the objects of the generations it collects
-            gc_walks[0] = sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1)) if measuring[0] else 0
+            # (--gc-walks: get_objects costs about what the collection does)
+            gc_walks[0] = (sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1))
+                           if measuring[0] and count_walks else 0)
             if gc_walks[0] > max(young, default=0) and gc_walks[0] > 20_000:  # the biggest walk so far: what it holds
                 kinds = collections.Counter(type(o).__name__ for g in range(info["generation"] + 1)
                                             for o in gc.get_objects(g))
