@@ -17,7 +17,7 @@ garbage (measured: none in thousands of polls), so:
   thresholds alone came late: they count allocations minus deallocations, and at steady state
   objects that live one poll interval (each host's newest figures, its poll loop's timer) die
   about as fast as new ones are made, so a young collection walked seconds of survivors, 92,000
-  to 155,000 objects at 10,000 hosts, 82-152 ms; every 0.25 s the longest was 18-40 ms
+  to 155,000 objects at 10,000 hosts, 82-152 ms; every 0.25 s the longest was 18-57 ms
   (BENCHMARKS.md, "Stop 28"). The old generation
   is never collected automatically: what reaches it is frozen at the next settle anyway;
 - once every FULL_EVERY seconds everything is unfrozen and collected, so cycles among old
