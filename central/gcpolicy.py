@@ -18,8 +18,8 @@ garbage (measured: none in thousands of polls), so:
   objects that live one poll interval (each host's newest figures, its poll loop's timer) die
   about as fast as new ones are made, so a young collection walked seconds of survivors, 92,000
   to 155,000 objects at 10,000 hosts, 82-152 ms; every 0.25 s the longest was 18-57 ms
-  (BENCHMARKS.md, "Stop 28"). The old generation
-  is never collected automatically: what reaches it is frozen at the next settle anyway;
+  (BENCHMARKS.md, "Stop 28"). The old generation is never collected automatically: what
+  reaches it is frozen at the next settle anyway;
 - once every FULL_EVERY seconds everything is unfrozen and collected, so cycles among old
   objects (a closed connection's) are still freed: the one pause that grows with the fleet.
 
@@ -80,8 +80,7 @@ class GCPolicy:
         seconds; True when it did. Each collection walks only what survived since the last one."""
         if self._started_at is None or self.clock() - self._last_young < YOUNG_EVERY:
             return False
-        gc.collect(1)
-        self._last_young = self.clock()
+        gc.collect(1)  # (its end, as every collection's, is _last_young: _callback)
         self.young_ticks += 1
         return True
 

@@ -140,6 +140,12 @@ async def _on_thread(db: aiosqlite.Connection, fn: Callable[[], T]) -> T:
     return await db._execute(fn)
 
 
+def _cannot_write(exc: sqlite3.OperationalError) -> StorageUnavailable:
+    """A write's OperationalError (locked, read-only, full, I/O): the database's trouble, not the
+    caller's data."""
+    return StorageUnavailable(f"the database cannot be written: {exc}")
+
+
 async def _first(db: aiosqlite.Connection, sql: str, args: Sequence):
     """The first row of a query (or None), in one call to the connection's thread."""
     def run():
@@ -348,9 +354,8 @@ class SQLiteBase:
                 await self.db.execute("COMMIT")
                 self.commits += 1
             except sqlite3.OperationalError as exc:
-                # locked, read-only, full, I/O: the database's trouble, not the caller's data
                 await self._rollback()
-                raise StorageUnavailable(f"the database cannot be written: {exc}") from exc
+                raise _cannot_write(exc) from exc
             except BaseException:
                 await self._rollback()
                 raise
@@ -394,8 +399,7 @@ class SQLiteBase:
             try:
                 result = await _on_thread(self.db, run)
             except sqlite3.OperationalError as exc:
-                # locked, read-only, full, I/O: the database's trouble, not the caller's data
-                raise StorageUnavailable(f"the database cannot be written: {exc}") from exc
+                raise _cannot_write(exc) from exc
             self.commits += 1
             self.quiet_commits += quiet
             return result

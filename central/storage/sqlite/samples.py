@@ -29,6 +29,16 @@ _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErro
 
 # Rollup and prune work on this many servers per transaction.
 MAINTENANCE_CHUNK = 250
+
+
+def _chunks(ids: Sequence[int]):
+    """(chunk, is_last) over ids in MAINTENANCE_CHUNK slices; one (empty, True) for none."""
+    if not ids:
+        yield [], True
+    for k in range(0, len(ids), MAINTENANCE_CHUNK):
+        yield ids[k:k + MAINTENANCE_CHUNK], k + MAINTENANCE_CHUNK >= len(ids)
+
+
 def _rollup_chunk(conn, *, sqls: Sequence[str], chunk: Sequence[int], tier: int, begin: float, until: float,
                   last: bool) -> None:
     """One transaction of rollup(): the buckets from begin to until of a chunk of servers, with
@@ -38,14 +48,6 @@ def _rollup_chunk(conn, *, sqls: Sequence[str], chunk: Sequence[int], tier: int,
     if last:
         conn.execute("INSERT INTO rollup_progress (tier, done_until) VALUES (?, ?)"
                      " ON CONFLICT (tier) DO UPDATE SET done_until = excluded.done_until", (tier, until))
-
-
-def _chunks(ids: Sequence[int]):
-    """(chunk, is_last) over ids in MAINTENANCE_CHUNK slices; one (empty, True) for none."""
-    if not ids:
-        yield [], True
-    for k in range(0, len(ids), MAINTENANCE_CHUNK):
-        yield ids[k:k + MAINTENANCE_CHUNK], k + MAINTENANCE_CHUNK >= len(ids)
 
 
 def _why(exc: BaseException) -> str:
@@ -103,7 +105,7 @@ class SQLiteSamples(SQLiteBase):
     async def _write_polls(self, outcomes: Sequence[PollOutcome], offline_after: int) -> None:
         # The ids are re-read only when something but quiet transactions committed since (a
         # server added or removed here or by another process): not 10,000 ids per batch.
-        def work(conn) -> tuple[object, set[int]]:
+        def work(conn) -> tuple[tuple[object, set[int]], list[PollOutcome]]:
             # (read here, under the write lock: every commit before this one is counted)
             marker = (conn.execute("PRAGMA data_version").fetchone()[0], self.commits - self.quiet_commits)
             known = self._server_ids
@@ -133,14 +135,13 @@ class SQLiteSamples(SQLiteBase):
             # The reason says the status (central.model.REASONS): 'error' at once, or
             # 'offline' after offline_after consecutive failures.
             update_rows(conn, "servers", polls.failure_set, [polls.failure_row(f, offline_after) for f in failures])
-            return ids
+            return ids, ok
 
         # the whole batch in one call to the database's thread (in_transaction)
-        self._server_ids = await self.in_transaction(work, quiet=True)
-        existing = self._server_ids[1]
+        self._server_ids, ok = await self.in_transaction(work, quiet=True)
         if self._latest is not None:
-            for o in outcomes:
-                if o.ok and o.sample is not None and o.server_id in existing:
+            for o in ok:
+                if o.sample is not None:
                     self._latest[o.server_id] = {"ts": o.ts, **{m: o.sample.get(m) for m in COLUMNS},
                                                  "top": list(o.sample.get("top") or [])}
             self.latest_changes += 1
