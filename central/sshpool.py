@@ -29,6 +29,42 @@ from .serverlog import server_log
 log = logging.getLogger(__name__)
 
 
+def _quiet_asyncssh_logging() -> None:
+    """Make asyncssh skip a log record below its level before building it.
+
+    asyncssh's SSHLogger.log turns every argument to text (hosts, algorithm lists, bytes) and only
+    then asks the logger whether the level is enabled (about a dozen records per connection), and
+    every SSH packet sent or received, a poll's too, formats its packet-log line and only then
+    finds that packet logging (debug level 3) is off: together about 2-5 % of the central's CPU
+    in a fleet's handshakes and polls at the default WARNING level, for nothing. Here the checks
+    come first; an enabled record is built and logged exactly as before. Either patch is left
+    out if asyncssh renames what it wraps (tests/test_sshpool.py fails then, naming it).
+    """
+    sshlogger = getattr(asyncssh.logging, "SSHLogger", None)
+    unchecked = getattr(sshlogger, "log", None)
+    if unchecked is not None and not getattr(unchecked, "_central_checked", False):
+        def log(self, level, msg, *args, **kwargs):
+            if self.isEnabledFor(level):
+                unchecked(self, level, msg, *args, **kwargs)
+
+        log._central_checked = True
+        log.__doc__ = unchecked.__doc__
+        sshlogger.log = log
+    packets = getattr(asyncssh.packet, "SSHPacketLogger", None)
+    unchecked_packet = getattr(packets, "_log_packet", None)
+    if unchecked_packet is not None and not getattr(unchecked_packet, "_central_checked", False):
+        def _log_packet(self, msg, pkttype, pktid, packet, note):
+            if self.logger._debug_level >= 3:  # what SSHLogger.packet checks, after the formatting
+                unchecked_packet(self, msg, pkttype, pktid, packet, note)
+
+        _log_packet._central_checked = True
+        _log_packet.__doc__ = unchecked_packet.__doc__
+        packets._log_packet = _log_packet
+
+
+_quiet_asyncssh_logging()
+
+
 def fingerprint(key: asyncssh.SSHKey) -> str:
     """SHA256 fingerprint as ssh-keygen -l prints it."""
     return key.get_fingerprint("sha256")
@@ -351,7 +387,12 @@ class SSHPool:
     async def _dial(host: str, port: int) -> socket.socket:
         """A TCP connection to host:port (each address in turn, as asyncio's create_connection)."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            # an address literal (most fleets' hosts) needs no resolver: answered at once, where
+            # loop.getaddrinfo hands every connect to a thread and back (5 % of a fleet's connects)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         first: OSError | None = None
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)

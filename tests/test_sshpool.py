@@ -264,3 +264,72 @@ async def test_stop_connecting_gives_up_connects_under_way_and_those_waiting_for
         assert all(pool._entries[s.id].connecting is None for s in servers)
     finally:
         await pool.close()
+
+
+async def test_an_address_literal_is_dialled_without_the_resolver_and_a_name_with_it(ssh_host, pool, monkeypatch):
+    host = await ssh_host()
+    loop = asyncio.get_running_loop()
+    asked = []
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(name, *args, **kwargs):
+        asked.append(name)
+        return await resolve(name, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    await pool.connection(host.server())
+    assert asked == []  # 127.0.0.1: no thread, no resolver
+    await pool.connection(host.server(id=2, host="localhost"))
+    assert asked == ["localhost"] and pool.connects == 2
+
+
+class _Counted:
+    """A log argument that counts how often it is turned to text."""
+
+    def __init__(self):
+        self.texts = 0
+
+    def __str__(self):
+        self.texts += 1
+        return "counted"
+
+
+def test_asyncssh_records_below_the_level_are_not_built_and_those_above_are_logged_as_before(caplog):
+    import logging
+
+    import central.sshpool  # noqa: F401 - installs the check
+
+    arg = _Counted()
+    with caplog.at_level(logging.WARNING, logger="asyncssh"):
+        asyncssh.logging.logger.info("opening %s", arg)
+        asyncssh.logging.logger.get_child(context="conn=1").info("opening %s", arg)
+    assert arg.texts == 0 and caplog.records == []
+    with caplog.at_level(logging.INFO, logger="asyncssh"):
+        asyncssh.logging.logger.get_child(context="conn=1").info("opening %s at %s", arg, ("10.0.0.5", 22))
+    assert arg.texts > 0  # by the handlers that format it
+    assert [r.getMessage() for r in caplog.records] == ["[conn=1] opening counted at 10.0.0.5, port 22"]
+
+
+def test_the_asyncssh_names_the_logging_checks_wrap_still_exist():
+    # if asyncssh renames them the checks are silently left out (its logging as slow as before)
+    import central.sshpool  # noqa: F401
+
+    assert asyncssh.logging.SSHLogger.log._central_checked, "asyncssh.logging.SSHLogger.log is not wrapped"
+    assert asyncssh.packet.SSHPacketLogger._log_packet._central_checked, \
+        "asyncssh.packet.SSHPacketLogger._log_packet is not wrapped"
+
+
+async def test_asyncssh_packet_logging_still_logs_each_packet_at_debug_level_3(ssh_host, pool, caplog):
+    import logging
+
+    host = await ssh_host()
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        await pool.connection(host.server())
+        quiet = [r.getMessage() for r in caplog.records if "Sent MSG_" in r.getMessage()]
+        asyncssh.set_debug_level(3)
+        try:
+            await pool.connection(host.server(id=2))
+        finally:
+            asyncssh.set_debug_level(1)
+    sent = [r.getMessage() for r in caplog.records if "Sent MSG_" in r.getMessage()]
+    assert quiet == [] and any("MSG_KEXINIT" in m for m in sent) and any("MSG_USERAUTH_REQUEST" in m for m in sent)
