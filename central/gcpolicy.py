@@ -20,8 +20,15 @@ garbage (measured: none in thousands of polls), so:
   to 155,000 objects at 10,000 hosts, 82-152 ms; every 0.25 s the longest was 18-57 ms
   (BENCHMARKS.md, "Stop 28"). The old generation is never collected automatically: what
   reaches it is frozen at the next settle anyway;
-- once every FULL_EVERY seconds everything is unfrozen and collected, so cycles among old
-  objects (a closed connection's) are still freed: the one pause that grows with the fleet.
+- everything is unfrozen and collected (cycles among old objects, a closed connection's, freed)
+  only when the objects the collector tracks grew by FULL_GROWTH over what the last such
+  collection left alive, and at most once every FULL_EVERY seconds. That collection is the one
+  pause that grows with the fleet: 1.65 s for the 1.56 million tracked objects of 10,000 hosts,
+  freeing nothing at steady state (BENCHMARKS.md, "Stop 29"), so it ran every hour for nothing
+  before. Uncollected cyclic garbage among old objects stays tracked until it is freed, so it
+  shows in the count: it is bounded to FULL_GROWTH of the live objects. Counting them walks the
+  frozen list (about 20 ns an object), so it is done only once a full collection may be due, at
+  most every COUNT_EVERY seconds.
 
 Each collection's pause is measured (gc.callbacks) for the benches.
 """
@@ -32,7 +39,9 @@ import gc
 import time
 
 THRESHOLDS = (5_000, 5, 1_000_000)  # gen 0 allocations; gen 1 and gen 2 counts (defaults 700, 10, 10)
-FULL_EVERY = 3600.0  # seconds between collections of everything (frozen objects included)
+FULL_EVERY = 3600.0  # seconds: at most one collection of everything (frozen objects included) this often
+FULL_GROWTH = 0.25  # ...and only once the tracked objects grew this much over what the last one left
+COUNT_EVERY = 300.0  # seconds between counts of the tracked objects while a full collection may be due
 YOUNG_EVERY = 0.25  # seconds: the young generations are collected at least this often
 
 
@@ -44,6 +53,10 @@ class GCPolicy:
         self._old_thresholds: tuple[int, int, int] | None = None
         self._started_at: float | None = None
         self._last_full = 0.0
+        self._last_count = float("-inf")
+        self.live = 0  # tracked objects the last full collection (or start-up's) left alive
+        self.tracked = 0  # tracked objects at the last count
+        self.full_collections = 0  # since start (start-up's not counted)
         self._t0 = 0.0
         self.pauses = [0, 0, 0]  # collections per generation
         self.pause_total = 0.0  # seconds paused in collections
@@ -73,7 +86,9 @@ class GCPolicy:
         gc.set_threshold(*THRESHOLDS)
         self._started_at = self._last_full = self._last_young = self.clock()
         gc.collect()  # start-up's garbage, once
-        self.settle()
+        gc.freeze()
+        self.live = self.tracked = gc.get_freeze_count()
+        self.settles += 1
 
     def tick(self) -> bool:
         """Collect the young generations (gc.collect(1)) when no collection ran for YOUNG_EVERY
@@ -91,16 +106,28 @@ class GCPolicy:
             self.tick()
 
     def settle(self) -> None:
-        """Freeze what is alive now (after a server-list load); the due full collection first."""
+        """Freeze what is alive now (after a server-list load); then, when due, the collection of
+        everything: FULL_EVERY since the last one, and the tracked objects grown by FULL_GROWTH."""
         if self._started_at is None:
             return
-        now = self.clock()
-        if now - self._last_full >= FULL_EVERY:
-            self._last_full = now
-            gc.unfreeze()
-            gc.collect()  # everything: the one long pause, once per FULL_EVERY
         gc.freeze()
         self.settles += 1
+        now = self.clock()
+        if now - self._last_full < FULL_EVERY or now - self._last_count < COUNT_EVERY:
+            return
+        self._last_count = now
+        self.tracked = gc.get_freeze_count()  # everything tracked is frozen now
+        if self.tracked >= self.live * (1 + FULL_GROWTH):
+            self.full()
+
+    def full(self) -> None:
+        """Unfreeze and collect everything (the one long pause), then freeze what lives on."""
+        self._last_full = self.clock()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.live = self.tracked = gc.get_freeze_count()
+        self.full_collections += 1
 
     def stop(self, unfreeze: bool = True) -> None:
         """Give the collector back its defaults and (unfreeze) its frozen objects. A process that
@@ -120,4 +147,4 @@ class GCPolicy:
         """Collections and pauses since start (pause seconds per generation: the longest)."""
         return {"collections": list(self.pauses), "pause_max_s": [round(p, 4) for p in self.pause_max],
                 "pause_total_s": round(self.pause_total, 3), "settles": self.settles, "young_ticks": self.young_ticks,
-                "frozen": gc.get_freeze_count()}
+                "full_collections": self.full_collections, "live_after_full": self.live, "tracked_at_count": self.tracked}

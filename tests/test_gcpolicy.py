@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from central.gcpolicy import THRESHOLDS, YOUNG_EVERY, GCPolicy
+from central.gcpolicy import COUNT_EVERY, FULL_EVERY, FULL_GROWTH, THRESHOLDS, YOUNG_EVERY, GCPolicy
 from central.web.app import create_app
 from central.web.keys import CENTRAL, GC_POLICY
 from tests.helpers import wait_for
@@ -46,7 +46,15 @@ def test_start_freezes_settle_collects_then_freezes_stop_gives_back():
     assert policy._callback not in gc.callbacks  # noqa: SLF001
 
 
-def test_a_full_collection_unfreezes_the_old_objects_once_due():
+def _grow_tracked_objects(policy, fraction: float) -> list:
+    """Live objects enough for the tracked count to grow by fraction over policy.live."""
+    kept = []
+    while gc.get_freeze_count() + len(gc.get_objects()) < policy.live * (1 + fraction):
+        kept.extend(Cycle() for _ in range(10_000))
+    return kept
+
+
+def test_a_full_collection_waits_for_full_every_and_for_the_tracked_objects_to_grow():
     now = [0.0]
     policy = GCPolicy(clock=lambda: now[0])
     policy.start()
@@ -55,12 +63,32 @@ def test_a_full_collection_unfreezes_the_old_objects_once_due():
         ref = weakref.ref(kept)
         policy.settle()  # kept is frozen now
         del kept
-        now[0] = 3599.0
+        now[0] = FULL_EVERY + 1
         policy.settle()
-        assert ref() is not None  # a frozen cycle is not collected...
-        now[0] = 3601.0
-        policy.settle()  # ...until the full collection is due: everything unfrozen and collected
-        assert ref() is None
+        # due by time, but the count is what start-up left alive (plus a cycle): nothing to gain,
+        # no pause: a frozen cycle is not collected
+        assert ref() is not None and policy.full_collections == 0
+        assert policy.live <= policy.tracked < policy.live * (1 + FULL_GROWTH)
+        grown = _grow_tracked_objects(policy, FULL_GROWTH)
+        now[0] += COUNT_EVERY / 2
+        policy.settle()
+        assert ref() is not None and policy.full_collections == 0  # not counted again so soon
+        now[0] += COUNT_EVERY
+        policy.settle()  # grown by FULL_GROWTH: everything unfrozen and collected
+        assert ref() is None and policy.full_collections == 1
+        assert policy.live == policy.tracked == gc.get_freeze_count() >= len(grown)
+        del grown
+        garbage = Cycle()
+        ref = weakref.ref(garbage)
+        policy.settle()
+        del garbage
+        _grow_tracked_objects(policy, FULL_GROWTH * 2)
+        now[0] += FULL_EVERY - 1
+        policy.settle()
+        assert ref() is not None and policy.full_collections == 1  # grown, but within FULL_EVERY of the last
+        now[0] += 2
+        policy.settle()
+        assert ref() is None and policy.full_collections == 2
     finally:
         policy.stop()
 
