@@ -145,6 +145,7 @@ PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM i
 MAX_CONNECTS: list[int] = []  # --max-connects: ssh.max_concurrent_connects in the driver
 RESTART: list[bool] = []  # --restart: the measured serve is a restart on a database of the fleet
 GC_WALKS: list[bool] = []  # --gc-walks: count the objects each collection walks (costs the central CPU)
+PROFILE_CONNECT: list[int] = []  # --profile-connect S: py-spy over the first S seconds of the serve instead
 
 
 def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str], key: Path,
@@ -166,11 +167,16 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
                             stdout=subprocess.PIPE, stderr=open(data_dir / "driver.log", "w"), text=True, env=env)
     result, o0, m0 = None, None, None
     pids = other_pids() if callable(other_pids) else other_pids
+    if profile == "py-spy" and PROFILE_CONNECT:
+        # the connect phase: from the driver's start (its serve starts within a second)
+        spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(PROFILE_CONNECT[0]),
+                                "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for line in proc.stdout:
         msg = json.loads(line)
         if msg["event"] == "window_start":
             o0, m0 = proc_cpu(pids), machine_busy()
-            if profile == "py-spy":
+            if profile == "py-spy" and not PROFILE_CONNECT:
                 spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),
                                         "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -225,7 +231,9 @@ def report(result: dict) -> None:
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
           f"of CPU{_longest(result.get('gc_longest'))}), gen 2: {result['gc_gen2_collections']} longest "
-          f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; maxrss "
+          f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; the hourly full "
+          f"collection after the window {result.get('gc_full_ms', float('nan')):.0f} ms "
+          f"({result.get('gc_full_objects', 0):,} objects, {result.get('gc_full_freed', 0):,} freed); maxrss "
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
           f"{result['stop_unwritten']} not written; writer dropped {result.get('writer_dropped', '-')} outcomes since start",
           flush=True)
@@ -556,6 +564,8 @@ def main() -> None:
     p.add_argument("--gc-walks", action="store_true",
                    help="count the objects each GC collection walks and what kinds the biggest walk held (about 2 %% "
                         "of the central's CPU samples at 10,000 hosts: off for the CPU figures)")
+    p.add_argument("--profile-connect", type=int, default=0, metavar="S",
+                   help="with --profile py-spy: profile the first S seconds of the serve (the connect phase), not the window")
     p.add_argument("--restart", action="store_true",
                    help="one central: a first serve polls every host once and stops, the measured one restarts on "
                         "that database (its connect time is a restart's, without the first contact's inventories)")
@@ -564,6 +574,8 @@ def main() -> None:
         RESTART.append(True)
     if args.gc_walks:
         GC_WALKS.append(True)
+    if args.profile_connect:
+        PROFILE_CONNECT.append(args.profile_connect)
     if args.max_connects:
         MAX_CONNECTS.append(args.max_connects)
     if args.code:

@@ -37,7 +37,7 @@ from central import poller as poller_module
 from central.poller import phase
 from central.service import Central
 from central.web.app import create_app
-from central.web.keys import CENTRAL
+from central.web.keys import CENTRAL, GC_POLICY
 
 
 def emit(obj: dict) -> None:
@@ -57,6 +57,35 @@ def cpu_now() -> tuple[float, float]:
     """(user, system) CPU seconds of this process, every thread (aiosqlite's included)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime, r.ru_stime
+
+
+async def full_collection(policy) -> dict:
+    """The collection of everything the GC policy makes when due (GCPolicy.full: unfreeze,
+    collect, freeze again), timed at the fleet's steady state after the window: its pause, the
+    objects it walked and the garbage it freed."""
+    await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    frozen = gc.get_freeze_count()  # the policy's count (a walk of the frozen list): its cost
+    count_ms = (time.perf_counter() - t0) * 1000
+    tracked = frozen + len(gc.get_objects())
+    freed = []
+
+    def count(phase_, info):
+        if phase_ == "stop":
+            freed.append(info.get("collected", 0))
+
+    gc.callbacks.append(count)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    if hasattr(policy, "full"):
+        policy.full()
+    else:  # a checkout from before GCPolicy.full: its settle() with the hourly collection due
+        policy._last_full = float("-inf")
+        policy.settle()
+    took, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    gc.callbacks.remove(count)
+    return {"gc_full_ms": took * 1000, "gc_full_cpu_ms": cpu * 1000, "gc_full_objects": tracked,
+            "gc_full_freed": sum(freed),
+            "gc_count_ms": count_ms}
 
 
 async def back_to_back(central: Central, server, n: int = 1000) -> dict:
@@ -261,6 +290,7 @@ async def run(spec: dict) -> dict:
     if profiler:
         profile_path = spec["data_dir"] + "/profile.pstats"
         profiler.dump_stats(profile_path)
+    full_gc = await full_collection(runner.app[GC_POLICY])
     extra = int(spec.get("stop_backlog") or 0)
     if extra:  # a real backlog at stop: copies of a real poll's outcome, spread over every server
         sample = await central.poller.poll(await central.storage.get_server(spec["servers"][0]["name"]))
@@ -278,7 +308,7 @@ async def run(spec: dict) -> dict:
     gen2 = [t for g, t in pauses if g == 2]
     cpu = (c1[0] - c0[0]) + (c1[1] - c0[1])
     return {
-        "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0,
+        "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0, **full_gc,
         "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
         "restart": bool(first_contact is not None or spec.get("restart")), "first_contact_s": first_contact,
         "warmup_polls_failed": warmup_failed, "warmup_hosts_offline": len(went_offline), "warmup_failed_reasons": dict(warmup_reasons), "warmup_lag_ms_p99": pct(warmup_lags, 0.99),
