@@ -49,7 +49,7 @@ def test_start_freezes_settle_collects_then_freezes_stop_gives_back():
 def _grow_tracked_objects(policy, fraction: float) -> list:
     """Live objects enough for the tracked count to grow by fraction over policy.live."""
     kept = []
-    while gc.get_freeze_count() + len(gc.get_objects()) < policy.live * (1 + fraction):
+    while gc.get_freeze_count() + len(gc.get_objects()) < (policy.live or 0) * (1 + fraction) + 1:
         kept.extend(Cycle() for _ in range(10_000))
     return kept
 
@@ -63,12 +63,14 @@ def test_a_full_collection_waits_for_full_every_and_for_the_tracked_objects_to_g
         ref = weakref.ref(kept)
         policy.settle()  # kept is frozen now
         del kept
+        now[0] = FULL_EVERY - 1
+        policy.settle()
+        assert policy.live is None and policy.tracked == 0  # not even counted before FULL_EVERY
         now[0] = FULL_EVERY + 1
         policy.settle()
-        # due by time, but the count is what start-up left alive (plus a cycle): nothing to gain,
-        # no pause: a frozen cycle is not collected
+        # the first count is the baseline: no pause, and a frozen cycle is not collected
         assert ref() is not None and policy.full_collections == 0
-        assert policy.live <= policy.tracked < policy.live * (1 + FULL_GROWTH)
+        assert policy.live == policy.tracked == gc.get_freeze_count()
         grown = _grow_tracked_objects(policy, FULL_GROWTH)
         now[0] += COUNT_EVERY / 2
         policy.settle()
@@ -82,13 +84,17 @@ def test_a_full_collection_waits_for_full_every_and_for_the_tracked_objects_to_g
         ref = weakref.ref(garbage)
         policy.settle()
         del garbage
-        _grow_tracked_objects(policy, FULL_GROWTH * 2)
+        _grow_tracked_objects(policy, FULL_GROWTH * 2)  # cyclic garbage: tracked until collected
         now[0] += FULL_EVERY - 1
         policy.settle()
         assert ref() is not None and policy.full_collections == 1  # grown, but within FULL_EVERY of the last
         now[0] += 2
         policy.settle()
         assert ref() is None and policy.full_collections == 2
+        baseline = policy.live
+        now[0] += FULL_EVERY + 1
+        policy.settle()
+        assert policy.full_collections == 2 and policy.live == baseline  # not grown: no pause
     finally:
         policy.stop()
 
