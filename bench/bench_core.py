@@ -231,9 +231,11 @@ def report(result: dict) -> None:
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
           f"of CPU{_longest(result.get('gc_longest'))}), gen 2: {result['gc_gen2_collections']} longest "
-          f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; the hourly full "
-          f"collection after the window {result.get('gc_full_ms', float('nan')):.0f} ms "
-          f"({result.get('gc_full_objects', 0):,} objects, {result.get('gc_full_freed', 0):,} freed); maxrss "
+          f"{result['gc_gen2_pause_ms_max']:.0f} ms, {result['gc_pauses_over_100ms']} over 100 ms; a full collection "
+          f"after the window {result.get('gc_full_ms', float('nan')):.0f} ms ({result.get('gc_full_objects', 0):,} "
+          f"objects, {result.get('gc_full_freed', 0):,} freed; counting the allocated blocks "
+          f"{result.get('gc_count_ms', float('nan')):.1f} ms, the frozen objects "
+          f"{result.get('gc_freeze_count_ms', float('nan')):.0f} ms); maxrss "
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
           f"{result['stop_unwritten']} not written; writer dropped {result.get('writer_dropped', '-')} outcomes since start",
           flush=True)

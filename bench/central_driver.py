@@ -65,8 +65,11 @@ async def full_collection(policy) -> dict:
     objects it walked and the garbage it freed."""
     await asyncio.sleep(0)
     t0 = time.perf_counter()
-    frozen = gc.get_freeze_count()  # the policy's count (a walk of the frozen list): its cost
+    blocks = sys.getallocatedblocks()  # the policy's count: its cost
     count_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    frozen = gc.get_freeze_count()  # a walk of the frozen list: what counting the objects would cost
+    walk_ms = (time.perf_counter() - t0) * 1000
     tracked = frozen + len(gc.get_objects())
     freed = []
 
@@ -85,7 +88,8 @@ async def full_collection(policy) -> dict:
     gc.callbacks.remove(count)
     return {"gc_full_ms": took * 1000, "gc_full_cpu_ms": cpu * 1000, "gc_full_objects": tracked,
             "gc_full_freed": sum(freed),
-            "gc_count_ms": count_ms}
+            "gc_count_ms": count_ms, "gc_blocks": blocks, "gc_blocks_after": sys.getallocatedblocks(),
+            "gc_freeze_count_ms": walk_ms}
 
 
 async def back_to_back(central: Central, server, n: int = 1000) -> dict:

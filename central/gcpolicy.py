@@ -21,16 +21,16 @@ garbage (measured: none in thousands of polls), so:
   (BENCHMARKS.md, "Stop 28"). The old generation is never collected automatically: what
   reaches it is frozen at the next settle anyway;
 - everything is unfrozen and collected (cycles among old objects, a closed connection's, freed)
-  only when the objects the collector tracks grew by FULL_GROWTH over the baseline, and at most
-  once every FULL_EVERY seconds. The baseline is what the last such collection left alive, and
-  before the first one the count FULL_EVERY after start-up (the fleet loaded and connected by
-  then). That collection is the one pause that grows with the fleet: 1.4-1.7 s for the 1.56
-  million tracked objects of 10,000 hosts, freeing nothing at steady state, even after a fleet's
-  connect phase (BENCHMARKS.md, "Stop 29"); it ran every hour for nothing before. Uncollected
-  cyclic garbage among old objects stays tracked until it is freed, so it shows in the count: it
-  is bounded to FULL_GROWTH of the baseline. Counting walks the frozen list (about 15-30 ns an
-  object), so it is done only once a full collection may be due, at most every COUNT_EVERY
-  seconds.
+  only when the interpreter's allocated memory blocks (sys.getallocatedblocks) grew by
+  FULL_GROWTH over the baseline, and at most once every FULL_EVERY seconds. The baseline is
+  what the last such collection left allocated, and before the first one the count FULL_EVERY
+  after start-up (the fleet loaded and connected by then). That collection is the one pause that
+  grows with the fleet: 1.4-1.9 s for the 1.56 million tracked objects of 10,000 hosts, freeing
+  nothing at steady state, even after a fleet's connect phase (BENCHMARKS.md, "Stop 29"); it ran
+  every hour for nothing before. Uncollected cyclic garbage holds its blocks until it is freed,
+  so it shows in the count: it is bounded to FULL_GROWTH of the baseline. The count is cheap
+  (about 1 ms for 600 MB of objects: it adds up the pools' counters); counting the tracked
+  objects instead (gc.get_freeze_count walks the frozen list) took 190-240 ms at 10,000 hosts.
 
 Each collection's pause is measured (gc.callbacks) for the benches.
 """
@@ -38,26 +38,28 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 
 THRESHOLDS = (5_000, 5, 1_000_000)  # gen 0 allocations; gen 1 and gen 2 counts (defaults 700, 10, 10)
 FULL_EVERY = 3600.0  # seconds: at most one collection of everything (frozen objects included) this often
-FULL_GROWTH = 0.25  # ...and only once the tracked objects grew this much over what the last one left
-COUNT_EVERY = 300.0  # seconds between counts of the tracked objects while a full collection may be due
+FULL_GROWTH = 0.25  # ...and only once the allocated blocks grew this much over what the last one left
+COUNT_EVERY = 60.0  # seconds between counts of the allocated blocks while a full collection may be due
 YOUNG_EVERY = 0.25  # seconds: the young generations are collected at least this often
 
 
 class GCPolicy:
     """Freezes survivors at start-up and after each server-list load; measures every pause."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic, growth: float = FULL_GROWTH):
         self.clock = clock
+        self.growth = growth
         self._old_thresholds: tuple[int, int, int] | None = None
         self._started_at: float | None = None
         self._last_full = 0.0
         self._last_count = float("-inf")
-        self.live: int | None = None  # the baseline: what the last full collection left alive, or the first count
-        self.tracked = 0  # tracked objects at the last count
+        self.baseline: int | None = None  # allocated blocks the last full collection left, or the first count
+        self.blocks = 0  # allocated blocks at the last count
         self.full_collections = 0  # since start (start-up's not counted)
         self._t0 = 0.0
         self.pauses = [0, 0, 0]  # collections per generation
@@ -108,7 +110,7 @@ class GCPolicy:
 
     def settle(self) -> None:
         """Freeze what is alive now (after a server-list load); then, when due, the collection of
-        everything: FULL_EVERY since the last one, and the tracked objects grown by FULL_GROWTH."""
+        everything: FULL_EVERY since the last one, and the allocated blocks grown by FULL_GROWTH."""
         if self._started_at is None:
             return
         gc.freeze()
@@ -117,10 +119,10 @@ class GCPolicy:
         if now - self._last_full < FULL_EVERY or now - self._last_count < COUNT_EVERY:
             return
         self._last_count = now
-        self.tracked = gc.get_freeze_count()  # everything tracked is frozen now
-        if self.live is None:
-            self.live = self.tracked  # the fleet's own objects: the baseline
-        elif self.tracked >= self.live * (1 + FULL_GROWTH):
+        self.blocks = sys.getallocatedblocks()
+        if self.baseline is None:
+            self.baseline = self.blocks  # the fleet's own objects
+        elif self.blocks >= self.baseline * (1 + self.growth):
             self.full()
 
     def full(self) -> None:
@@ -129,7 +131,7 @@ class GCPolicy:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self.live = self.tracked = gc.get_freeze_count()
+        self.baseline = self.blocks = sys.getallocatedblocks()
         self.full_collections += 1
 
     def stop(self, unfreeze: bool = True) -> None:
@@ -150,4 +152,4 @@ class GCPolicy:
         """Collections and pauses since start (pause seconds per generation: the longest)."""
         return {"collections": list(self.pauses), "pause_max_s": [round(p, 4) for p in self.pause_max],
                 "pause_total_s": round(self.pause_total, 3), "settles": self.settles, "young_ticks": self.young_ticks,
-                "full_collections": self.full_collections, "tracked_baseline": self.live, "tracked_at_count": self.tracked}
+                "full_collections": self.full_collections, "blocks_baseline": self.baseline, "blocks_at_count": self.blocks}

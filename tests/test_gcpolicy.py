@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 
 import pytest
 
-from central.gcpolicy import COUNT_EVERY, FULL_EVERY, FULL_GROWTH, THRESHOLDS, YOUNG_EVERY, GCPolicy
+from central.gcpolicy import COUNT_EVERY, FULL_EVERY, THRESHOLDS, YOUNG_EVERY, GCPolicy
 from central.web.app import create_app
 from central.web.keys import CENTRAL, GC_POLICY
 from tests.helpers import wait_for
@@ -46,17 +47,28 @@ def test_start_freezes_settle_collects_then_freezes_stop_gives_back():
     assert policy._callback not in gc.callbacks  # noqa: SLF001
 
 
-def _grow_tracked_objects(policy, fraction: float) -> list:
-    """Live objects enough for the tracked count to grow by fraction over policy.live."""
+GROWTH = 0.02  # the tests' FULL_GROWTH: a few MB of objects, not a quarter of pytest's
+
+
+class Garbage:
+    """A cycle with a payload of its own blocks."""
+
+    def __init__(self):
+        self.me = self
+        self.payload = [str(i) * 3 for i in range(20)]
+
+
+def _grow_blocks(policy, fraction: float, make=Garbage) -> list:
+    """New objects until the allocated blocks grew by fraction over the policy's baseline."""
     kept = []
-    while gc.get_freeze_count() + len(gc.get_objects()) < (policy.live or 0) * (1 + fraction) + 1:
-        kept.extend(Cycle() for _ in range(10_000))
+    while sys.getallocatedblocks() < policy.baseline * (1 + fraction) + 1000:
+        kept.extend(make() for _ in range(1_000))
     return kept
 
 
-def test_a_full_collection_waits_for_full_every_and_for_the_tracked_objects_to_grow():
+def test_a_full_collection_waits_for_full_every_and_for_the_allocated_blocks_to_grow():
     now = [0.0]
-    policy = GCPolicy(clock=lambda: now[0])
+    policy = GCPolicy(clock=lambda: now[0], growth=GROWTH)
     policy.start()
     try:
         kept = Cycle()
@@ -65,36 +77,38 @@ def test_a_full_collection_waits_for_full_every_and_for_the_tracked_objects_to_g
         del kept
         now[0] = FULL_EVERY - 1
         policy.settle()
-        assert policy.live is None and policy.tracked == 0  # not even counted before FULL_EVERY
+        assert policy.baseline is None and policy.blocks == 0  # not even counted before FULL_EVERY
         now[0] = FULL_EVERY + 1
         policy.settle()
         # the first count is the baseline: no pause, and a frozen cycle is not collected
         assert ref() is not None and policy.full_collections == 0
-        assert policy.live == policy.tracked == gc.get_freeze_count()
-        grown = _grow_tracked_objects(policy, FULL_GROWTH)
+        assert policy.baseline == policy.blocks > 0
+        grown = _grow_blocks(policy, GROWTH)
         now[0] += COUNT_EVERY / 2
         policy.settle()
         assert ref() is not None and policy.full_collections == 0  # not counted again so soon
         now[0] += COUNT_EVERY
-        policy.settle()  # grown by FULL_GROWTH: everything unfrozen and collected
+        policy.settle()  # grown by GROWTH: everything unfrozen and collected
         assert ref() is None and policy.full_collections == 1
-        assert policy.live == policy.tracked == gc.get_freeze_count() >= len(grown)
-        del grown
+        assert policy.baseline == policy.blocks
         garbage = Cycle()
         ref = weakref.ref(garbage)
         policy.settle()
-        del garbage
-        _grow_tracked_objects(policy, FULL_GROWTH * 2)  # cyclic garbage: tracked until collected
+        del garbage, grown  # cyclic garbage: its blocks stay allocated until it is collected
+        before = sys.getallocatedblocks()
+        _grow_blocks(policy, GROWTH)  # and more of it
+        assert sys.getallocatedblocks() > before
         now[0] += FULL_EVERY - 1
         policy.settle()
         assert ref() is not None and policy.full_collections == 1  # grown, but within FULL_EVERY of the last
         now[0] += 2
         policy.settle()
         assert ref() is None and policy.full_collections == 2
-        baseline = policy.live
+        assert policy.baseline < before  # the garbage's blocks are free again
+        baseline = policy.baseline
         now[0] += FULL_EVERY + 1
         policy.settle()
-        assert policy.full_collections == 2 and policy.live == baseline  # not grown: no pause
+        assert policy.full_collections == 2 and policy.baseline == baseline  # not grown: no pause
     finally:
         policy.stop()
 
