@@ -190,7 +190,8 @@ async def run(spec: dict) -> dict:
         now = time.time()
         for o in outcomes:
             records.append((o.server_id, o.ts, o.duration, o.ok, now,
-                            None if o.ok else f"{o.reason}: {' '.join((o.error or '').split()[:4])}"))
+                            None if o.ok else f"{o.reason}: {' '.join((o.error or '').split()[:4])}"
+                            + (f" ({(o.error or '').rsplit('(', 1)[1]}" if (o.error or '').endswith(')') else '')))
             if o.ok:
                 seen_ok.add(o.server_id)
 

@@ -115,6 +115,7 @@ class AgentClient:
         """Send one request, return (status, body bytes). Raises a classified PollError."""
         async with self._lock:
             waits = 0
+            handshake_waited = False
             while True:
                 self._connecting = False
                 try:
@@ -135,10 +136,19 @@ class AgentClient:
                     if waits < 2 and await self.pool.wait_queued(self.server):
                         waits += 1
                         continue
+                    # The host has spoken SSH and the handshake goes on (slowly, on the central's
+                    # side when the fleet connects at a start): ask once it is done, with the
+                    # whole timeout; ssh.connect_timeout bounds the wait, a failed handshake is
+                    # the outcome.
+                    if not handshake_waited and await self.pool.wait_handshake(self.server):
+                        handshake_waited = True
+                        continue
                     # no SSH session yet: the host is not answering (a stopped machine whose
                     # address still sits in the neighbour cache swallows SYNs), not the agent
+                    phase = {"tcp": " (its TCP connect unanswered)", "ssh": " (its SSH handshake unfinished)"}.get(
+                        self.pool.connect_phase(self.server), "")
                     raise PollError(UNREACHABLE, f"no SSH connection to {self.server.host}:{self.server.port} "
-                                                 f"within {timeout:g}s") from None
+                                                 f"within {timeout:g}s{phase}") from None
                 except PollError as err:
                     self.close()
                     raise self._unless_ssh_lost(err) from None

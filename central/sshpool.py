@@ -192,6 +192,22 @@ class _Entry:
     #: set while that connect waits for one of the central's own slots (not yet on the wire):
     #: the central's backlog, which a poll's timeout must not blame on the host
     queued: asyncio.Event | None = None
+    #: what the connect under way is doing: "tcp" (its TCP connect), "ssh" (the SSH handshake,
+    #: directly or through a bastion), None (waiting for a slot, or no connect)
+    phase: str | None = None
+    #: the connection its SSH handshake is on, while the handshake runs (_Handshake)
+    handshake: asyncssh.SSHClientConnection | None = None
+
+
+class _Handshake(asyncssh.SSHClient):
+    """Hands the pool's entry the connection a handshake is on as soon as TCP is up (asyncssh
+    returns it only once authenticated), so a poll can tell whether the host has spoken SSH."""
+
+    def __init__(self, entry: "_Entry"):
+        self._entry = entry
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._entry.handshake = conn
 
 
 #: TCP connects in flight at once, per handshake slot (ssh.max_concurrent_connects). A TCP
@@ -372,6 +388,25 @@ class SSHPool:
             entry.queued.set()
             entry.queued = None
 
+    def connect_phase(self, server: Server) -> str | None:
+        """What the server's connect under way is doing: "tcp" (its TCP connect), "ssh" (the SSH
+        handshake), None (waiting for one of the central's slots, or not connecting)."""
+        entry = self._entries.get(server.id)
+        return entry.phase if entry is not None and entry.connecting is not None else None
+
+    async def wait_handshake(self, server: Server) -> bool:
+        """Wait for the end of the server's SSH handshake if the host has spoken SSH already (sent
+        its version): True if it waited. The host answers; what is left is CPU at both ends, which
+        a fleet connecting at a start makes slow on the central's side, and ssh.connect_timeout
+        bounds it. A host that accepts TCP and says nothing is not waited for."""
+        entry = self._entries.get(server.id)
+        task = entry.connecting if entry is not None else None
+        conn = entry.handshake if task is not None else None
+        if conn is None or not conn.get_extra_info("server_version"):
+            return False
+        await asyncio.wait([task])  # its outcome is the caller's next attempt's; a cancel of the caller leaves it
+        return True
+
     async def wait_queued(self, server: Server) -> bool:
         """Wait while the server's connect waits for one of the central's connect slots (its own
         backlog, e.g. a whole fleet connecting at a start); True if it was waiting. A poll that
@@ -424,8 +459,11 @@ class SSHPool:
             async with self._waiting(entry, self._dial_slots):
                 try:
                     if not via:  # the TCP connect, outside the handshake slots (see DIAL_SLOTS_PER_CONNECT)
+                        entry.phase = "tcp"
                         sock = await asyncio.wait_for(self._dial(server.host, server.port), self.ssh.connect_timeout)
+                        entry.phase = None
                     async with self._waiting(entry, self._connect_slots):
+                        entry.phase = "ssh"
                         conn = await asyncio.wait_for(asyncssh.connect(
                             server.host, server.port,
                             sock=sock,
@@ -434,6 +472,7 @@ class SSHPool:
                             client_keys=client_keys,
                             # the pinned key, and/or the CAs whose certificate for this name is accepted
                             known_hosts=(pinned, cas, []),
+                            client_factory=lambda: _Handshake(entry),
                             **self._options,
                         ), self.ssh.connect_timeout + 1)
                 except BaseException as exc:  # noqa: BLE001 - classified below
@@ -458,6 +497,7 @@ class SSHPool:
                     raise err from None
         finally:
             self._dequeue(entry)
+            entry.phase = entry.handshake = None
         slog.debug("connected to %s:%s%s", server.host, server.port, f" via {via[0].name}" if via else "")
         return conn
 

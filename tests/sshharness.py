@@ -115,6 +115,7 @@ class SSHTestHost:
     agent_port: int = 8083
     forwarding: bool = True  # False: every channel is administratively prohibited
     drop_on_connect: bool = False  # True: close every connection as soon as it is accepted
+    auth_delay: float = 0.0  # seconds each handshake stalls after its key exchange (a slow host)
     name: str = "h1"
     secret: str | None = HARNESS_SECRET  # the agent's secret; None: an agent that does not authenticate
     host_key: asyncssh.SSHKey = field(default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519"))
@@ -145,7 +146,7 @@ class SSHTestHost:
             "127.0.0.1",
             self.port,
             family=socket.AF_INET,
-            server_factory=lambda: HostServer(self._route, self._connected),
+            server_factory=lambda: HostServer(self._route, self._connected, self.auth_delay),
             server_host_keys=[self.host_key],
             authorized_client_keys=authorized,
             # no password or keyboard-interactive fallback, like the test sshd

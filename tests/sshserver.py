@@ -220,9 +220,10 @@ class HostServer(asyncssh.SSHServer):
     """An sshd stand-in: ``route(dest_host, dest_port)`` decides each direct-tcpip channel (an
     SSHTCPSession, False for "connection refused", or raise asyncssh.ChannelOpenError)."""
 
-    def __init__(self, route: Callable, on_connect: Callable | None = None):
+    def __init__(self, route: Callable, on_connect: Callable | None = None, auth_delay: float = 0.0):
         self.route = route
         self.on_connect = on_connect
+        self.auth_delay = auth_delay  # seconds the handshake stalls after the key exchange (a slow host)
 
     def connection_made(self, conn):
         if self.on_connect is not None:
@@ -230,6 +231,16 @@ class HostServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         return self.route(dest_host, dest_port)
+
+    def begin_auth(self, username):
+        if not self.auth_delay:
+            return True
+
+        async def slow() -> bool:
+            await asyncio.sleep(self.auth_delay)
+            return True
+
+        return slow()
 
 
 def public_key_line(key: asyncssh.SSHKey) -> str:

@@ -6,6 +6,7 @@ agent's own code) and how each failure is classified. No root needed."""
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 
 import pytest
@@ -195,6 +196,49 @@ async def test_a_host_that_never_speaks_ssh_is_unreachable_within_the_request_ti
     finally:
         await pool.close()
     assert err.reason == "unreachable" and f"no SSH connection to 127.0.0.1:{silent_port} within 0.3s" in err.message
+
+
+async def test_a_request_whose_host_has_spoken_ssh_waits_for_the_handshake_and_asks_with_its_whole_timeout(
+        config, ssh_host):
+    # A fleet connecting at a start: the central's loop is saturated and a healthy host's
+    # handshake outlasts the poll's timeout (450-650 polls "no SSH connection within 5s" while
+    # 10,000 hosts connected, bench/bench_core.py). The host answers: ssh.connect_timeout bounds
+    # the handshake, and the agent then gets the poll's whole timeout.
+    host = await ssh_host(agent=counting(), auth_delay=0.8)
+    pool = make_pool(config, connect_timeout=5.0)
+    try:
+        started = time.monotonic()
+        assert await get(agent_client(pool, host.server()), timeout=0.3) == (200, b'{"n":0}')
+        assert time.monotonic() - started >= 0.8
+        assert len(host.connections) == 1 and len(host.requests) == 1 and pool.connects == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_handshake_slower_than_the_connect_timeout_is_the_hosts_failure(config, ssh_host):
+    host = await ssh_host(agent=counting(), auth_delay=5.0)
+    pool = make_pool(config, connect_timeout=0.6)
+    try:
+        started = time.monotonic()
+        err = await fails(agent_client(pool, host.server()), timeout=0.3)
+        took = time.monotonic() - started
+    finally:
+        await pool.close()
+    assert err.reason == "unreachable" and "no SSH answer from 127.0.0.1" in err.message and "within 0.6s" in err.message
+    assert 0.6 <= took < 3  # the connect's own timeout (+1 s of the pool's slack), not the host's 5 s
+    assert host.requests == []
+
+
+async def test_a_host_that_accepts_tcp_and_never_speaks_ssh_says_so(config, silent_port, ssh_host):
+    pool = make_pool(config, connect_timeout=10)
+    host = await ssh_host()
+    try:
+        started = time.monotonic()
+        err = await fails(agent_client(pool, host.server(port=silent_port)), timeout=0.3)
+        assert time.monotonic() - started < 2  # not waited for: it never sent its SSH version
+    finally:
+        await pool.close()
+    assert err.reason == "unreachable" and err.message.endswith("within 0.3s (its SSH handshake unfinished)")
 
 
 async def test_ssh_failures_reach_the_caller_classified(ssh_host, pool, refused_port):
