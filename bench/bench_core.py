@@ -167,6 +167,8 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
                             stdout=subprocess.PIPE, stderr=open(data_dir / "driver.log", "w"), text=True, env=env)
     result, o0, m0 = None, None, None
     pids = other_pids() if callable(other_pids) else other_pids
+    # the start up to the window (connect phase plus the warm-up's last interval): who had the cores
+    s0, sc0, sm0, st0 = proc_cpu(pids), proc_cpu([proc.pid]), machine_busy(), time.time()
     if profile == "py-spy" and PROFILE_CONNECT:
         # the connect phase: from the driver's start (its serve starts within a second)
         spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(PROFILE_CONNECT[0]),
@@ -176,6 +178,9 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         msg = json.loads(line)
         if msg["event"] == "window_start":
             o0, m0 = proc_cpu(pids), machine_busy()
+            start_phase = {"start_phase_s": time.time() - st0, "start_phase_central_cores": (proc_cpu([proc.pid]) - sc0) / (time.time() - st0),
+                           "start_phase_others_cores": (o0 - s0) / (time.time() - st0),
+                           "start_phase_machine_cores": (m0[0] - sm0[0]) / (m0[1] - sm0[1]) * os.cpu_count()}
             if profile == "py-spy" and not PROFILE_CONNECT:
                 spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),
                                         "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
@@ -190,6 +195,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     if result is None:
         raise RuntimeError(f"{name}: the driver failed; see {data_dir / 'driver.log'}")
     win = result["window_s"]
+    result.update(start_phase)
     result.update(
         name=name,
         others_cpu_s=o1 - o0, others_core_fraction=(o1 - o0) / win,
@@ -227,6 +233,10 @@ def report(result: dict) -> None:
         first = result.get("first_contact_s")
         print(f"    restart: the first serve polled every host after {'-' if first is None else f'{first:.0f} s'}; "
               "the figures are those of the serve started again on its database", flush=True)
+    if result.get("start_phase_s"):
+        print(f"    from the start to the window ({result['start_phase_s']:.0f} s): central {result['start_phase_central_cores']:.2f} "
+              f"core, farm+agents {result['start_phase_others_cores']:.2f}, machine {result['start_phase_machine_cores']:.2f} "
+              "cores busy", flush=True)
     print(f"    connected after {result['connected_after_s']:.0f} s, lag p99 {result['lag_ms_p99']:.0f} ms, start->stored "
           f"p99 {result['start_to_stored_ms_p99']:.0f} ms, {result['polls_failed']} failed; GC: {result['gc_collections']} "
           f"collections, longest {result['gc_pause_ms_max']:.0f} ms ({result.get('gc_pause_cpu_ms_max', float('nan')):.0f} ms "
