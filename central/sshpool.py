@@ -199,6 +199,19 @@ class _Entry:
     handshake: asyncssh.SSHClientConnection | None = None
 
 
+def _address_literal(host: str, port: int) -> list[tuple] | None:
+    """getaddrinfo's answer for an IPv4 or (unscoped) IPv6 address literal, without asking the
+    resolver: most fleets' hosts are addresses, and loop.getaddrinfo hands every connect to a
+    thread and back (and even a numeric getaddrinfo costs tens of microseconds). None for a name."""
+    for family, address in ((socket.AF_INET, (host, port)), (socket.AF_INET6, (host, port, 0, 0))):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return None
+
+
 class _Handshake(asyncssh.SSHClient):
     """Hands the pool's entry the connection a handshake is on as soon as TCP is up (asyncssh
     returns it only once authenticated), so a poll can tell whether the host has spoken SSH."""
@@ -422,11 +435,8 @@ class SSHPool:
     async def _dial(host: str, port: int) -> socket.socket:
         """A TCP connection to host:port (each address in turn, as asyncio's create_connection)."""
         loop = asyncio.get_running_loop()
-        try:
-            # an address literal (most fleets' hosts) needs no resolver: answered at once, where
-            # loop.getaddrinfo hands every connect to a thread and back (5 % of a fleet's connects)
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        except (socket.gaierror, UnicodeError):
+        infos = _address_literal(host, port)
+        if infos is None:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         first: OSError | None = None
         for family, kind, proto, _, address in infos:

@@ -333,3 +333,19 @@ async def test_asyncssh_packet_logging_still_logs_each_packet_at_debug_level_3(s
             asyncssh.set_debug_level(1)
     sent = [r.getMessage() for r in caplog.records if "Sent MSG_" in r.getMessage()]
     assert quiet == [] and any("MSG_KEXINIT" in m for m in sent) and any("MSG_USERAUTH_REQUEST" in m for m in sent)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "::1", "2001:db8::5"])
+def test_an_address_literal_is_answered_as_getaddrinfo_would(host):
+    import socket
+
+    from central.sshpool import _address_literal
+
+    assert _address_literal(host, 2222) == socket.getaddrinfo(host, 2222, type=socket.SOCK_STREAM)
+
+
+@pytest.mark.parametrize("host", ["localhost", "web1.example.org", "127.1", "fe80::1%eth0", "10.0.0.300", ""])
+def test_a_name_or_an_unusual_literal_goes_to_the_resolver(host):
+    from central.sshpool import _address_literal
+
+    assert _address_literal(host, 22) is None
