@@ -73,9 +73,26 @@ async def child(spec: dict) -> None:
     await pool.close()
 
 
-def main() -> None:
-    from bench_core import CLK_TCK, machine_busy, proc_cpu, start_agent, start_farm, stop  # noqa: F401
+def farm_for_central(prefix: str):
+    """A work directory with the central's key and the agent secret, a real agent and the
+    loopback farm in front of it: (work, key path, secret, agent, farm, farm port, host key line)."""
+    from bench_core import start_agent, start_farm
     from central.service import ensure_key_pair
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "no-policy.json").write_text("{}")
+    secret = os.urandom(32).hex()
+    (work / "agent-secret").write_text(secret)
+    os.chmod(work / "agent-secret", 0o600)
+    key = work / "id_ed25519"
+    ensure_key_pair(key)
+    agent, agent_port = start_agent(work)
+    farm, port, host_key = start_farm(work, Path(str(key) + ".pub"), [agent_port], 1.0)
+    return work, key, secret, agent, farm, port, host_key
+
+
+def main() -> None:
+    from bench_core import machine_busy, proc_cpu, stop
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", type=int, default=2000)
@@ -89,15 +106,7 @@ def main() -> None:
     if args.child:
         asyncio.run(child(json.loads(Path(args.child).read_text())))
         return
-    work = Path(tempfile.mkdtemp(prefix="bench-connect-"))
-    (work / "no-policy.json").write_text("{}")
-    secret = os.urandom(32).hex()
-    (work / "agent-secret").write_text(secret)
-    os.chmod(work / "agent-secret", 0o600)
-    key = work / "id_ed25519"
-    ensure_key_pair(key)
-    agent, agent_port = start_agent(work)
-    farm, port, host_key = start_farm(work, Path(str(key) + ".pub"), [agent_port], 1.0)
+    work, key, secret, agent, farm, port, host_key = farm_for_central("bench-connect-")
     try:
         spec = {"hosts": args.hosts, "request": args.request, "max_connects": args.max_connects,
                 "ciphers": [args.cipher], "key_path": str(key), "port": port, "host_key": host_key,

@@ -13,7 +13,6 @@ import asyncio
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +23,10 @@ sys.path.insert(1, str(REPO / "bench"))
 import asyncssh  # noqa: E402
 
 import central.sshpool as sshpool  # noqa: E402 - installs the checks
-from bench_core import start_agent, start_farm, stop  # noqa: E402
+from bench_connect import farm_for_central  # noqa: E402
+from bench_core import stop  # noqa: E402
 from central.config import SSHConfig  # noqa: E402
 from central.model import Server  # noqa: E402
-from central.service import ensure_key_pair  # noqa: E402
 
 CHECKED = (asyncssh.logging.SSHLogger.log, asyncssh.packet.SSHPacketLogger._log_packet)
 UNCHECKED = tuple(f.__closure__[0].cell_contents for f in CHECKED)  # what each check wraps
@@ -86,15 +85,7 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=50, help="kept channels the requests go over")
     p.add_argument("--rounds", type=int, default=10)
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-ssh-logging-"))
-    (work / "no-policy.json").write_text("{}")
-    secret = os.urandom(32).hex()
-    (work / "agent-secret").write_text(secret)
-    os.chmod(work / "agent-secret", 0o600)
-    key = work / "id_ed25519"
-    ensure_key_pair(key)
-    agent, agent_port = start_agent(work)
-    farm, port, host_key = start_farm(work, Path(str(key) + ".pub"), [agent_port], 1.0)
+    work, key, secret, agent, farm, port, host_key = farm_for_central("bench-ssh-logging-")
     try:
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         asyncio.run(run(args, key, port, host_key, secret))
