@@ -178,8 +178,9 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         msg = json.loads(line)
         if msg["event"] == "window_start":
             o0, m0 = proc_cpu(pids), machine_busy()
-            start_phase = {"start_phase_s": time.time() - st0, "start_phase_central_cores": (proc_cpu([proc.pid]) - sc0) / (time.time() - st0),
-                           "start_phase_others_cores": (o0 - s0) / (time.time() - st0),
+            took = time.time() - st0
+            start_phase = {"start_phase_s": took, "start_phase_central_cores": (proc_cpu([proc.pid]) - sc0) / took,
+                           "start_phase_others_cores": (o0 - s0) / took,
                            "start_phase_machine_cores": (m0[0] - sm0[0]) / (m0[1] - sm0[1]) * os.cpu_count()}
             if profile == "py-spy" and not PROFILE_CONNECT:
                 spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),

@@ -29,7 +29,7 @@ from central.config import SSHConfig  # noqa: E402
 from central.model import Server  # noqa: E402
 
 CHECKED = (asyncssh.logging.SSHLogger.log, asyncssh.packet.SSHPacketLogger._log_packet)
-UNCHECKED = tuple(f.__closure__[0].cell_contents for f in CHECKED)  # what each check wraps
+UNCHECKED = tuple(f._central_unchecked for f in CHECKED)  # what each check wraps
 
 
 def use(functions) -> None:

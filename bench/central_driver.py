@@ -59,6 +59,14 @@ def cpu_now() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
+def failure_kind(o) -> str:
+    """A failed outcome's reason, the first words of its error and its closing parenthesis (what
+    part of a connect was unfinished): the key the warm-up's failures are counted by."""
+    error = o.error or ""
+    note = f" ({error.rsplit('(', 1)[1]}" if error.endswith(")") else ""
+    return f"{o.reason}: {' '.join(error.split()[:4])}{note}"
+
+
 async def full_collection(policy) -> dict:
     """The collection of everything the GC policy makes when due (GCPolicy.full: unfreeze,
     collect, freeze again), timed at the fleet's steady state after the window: its pause, the
@@ -189,9 +197,7 @@ async def run(spec: dict) -> dict:
     async def record(outcomes, servers):
         now = time.time()
         for o in outcomes:
-            records.append((o.server_id, o.ts, o.duration, o.ok, now,
-                            None if o.ok else f"{o.reason}: {' '.join((o.error or '').split()[:4])}"
-                            + (f" ({(o.error or '').rsplit('(', 1)[1]}" if (o.error or '').endswith(')') else '')))
+            records.append((o.server_id, o.ts, o.duration, o.ok, now, None if o.ok else failure_kind(o)))
             if o.ok:
                 seen_ok.add(o.server_id)
 

@@ -6,8 +6,8 @@ agent's own code) and how each failure is classified. No root needed."""
 from __future__ import annotations
 
 import asyncio
-import time
 import json
+import time
 
 import pytest
 
