@@ -69,6 +69,19 @@ def proc_cpu(pids) -> float:
     return total
 
 
+def family(pid: int) -> list[int]:
+    """The process and its children (a central's poll workers)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return [pid, *kids]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -145,6 +158,7 @@ PHASE_QUANTUM = None  # --phase-quantum: override central.poller.PHASE_QUANTUM i
 MAX_CONNECTS: list[int] = []  # --max-connects: ssh.max_concurrent_connects in the driver
 RESTART: list[bool] = []  # --restart: the measured serve is a restart on a database of the fleet
 GC_WALKS: list[bool] = []  # --gc-walks: count the objects each collection walks (costs the central CPU)
+WORKERS: list[int] = []  # --workers N: poll.workers in the driver
 PROFILE_CONNECT: list[int] = []  # --profile-connect S: py-spy over the first S seconds of the serve instead
 
 
@@ -159,7 +173,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
             "profile": profile if profile == "cprofile" else None, "phase_quantum": PHASE_QUANTUM,
             "stop_backlog": STOP_BACKLOG[0] if STOP_BACKLOG else 0,
             "max_connects": MAX_CONNECTS[0] if MAX_CONNECTS else None, "restart": bool(RESTART),
-            "gc_walks": bool(GC_WALKS)}
+            "gc_walks": bool(GC_WALKS), "workers": WORKERS[0] if WORKERS else 0}
     spec_path = data_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=CODE[0] if CODE else str(REPO))
@@ -168,7 +182,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     result, o0, m0 = None, None, None
     pids = other_pids() if callable(other_pids) else other_pids
     # the start up to the window (connect phase plus the warm-up's last interval): who had the cores
-    s0, sc0, sm0, st0 = proc_cpu(pids), proc_cpu([proc.pid]), machine_busy(), time.time()
+    s0, sc0, sm0, st0 = proc_cpu(pids), 0.0, machine_busy(), time.time()  # the driver and its workers start at 0
     if profile == "py-spy" and PROFILE_CONNECT:
         # the connect phase: from the driver's start (its serve starts within a second)
         spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(PROFILE_CONNECT[0]),
@@ -179,7 +193,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
         if msg["event"] == "window_start":
             o0, m0 = proc_cpu(pids), machine_busy()
             took = time.time() - st0
-            start_phase = {"start_phase_s": took, "start_phase_central_cores": (proc_cpu([proc.pid]) - sc0) / took,
+            start_phase = {"start_phase_s": took, "start_phase_central_cores": (proc_cpu(family(proc.pid)) - sc0) / took,
                            "start_phase_others_cores": (o0 - s0) / took,
                            "start_phase_machine_cores": (m0[0] - sm0[0]) / (m0[1] - sm0[1]) * os.cpu_count()}
             if profile == "py-spy" and not PROFILE_CONNECT:
@@ -250,6 +264,10 @@ def report(result: dict) -> None:
           f"{result['maxrss_kb'] / 1024:.0f} MB; stop {result['stop_s']:.2f} s with {result['backlog_at_stop']} queued, "
           f"{result['stop_unwritten']} not written; writer dropped {result.get('writer_dropped', '-')} outcomes since start",
           flush=True)
+    if result.get("workers"):
+        print(f"    poll workers: {result['workers']}, their CPU {result['workers_cpu_s']:.1f} s of the window's "
+              f"{result['cpu_s']:.1f} s, peak RSS {', '.join(f'{k / 1024:.0f}' for k in result['workers_maxrss_kb'])} MB, "
+              f"longest GC pause in a worker {result['workers_gc_pause_ms_max']:.0f} ms", flush=True)
 
 
 def _nan_for_none(result: dict) -> dict:
@@ -577,6 +595,8 @@ def main() -> None:
     p.add_argument("--gc-walks", action="store_true",
                    help="count the objects each GC collection walks and what kinds the biggest walk held (about 2 %% "
                         "of the central's CPU samples at 10,000 hosts: off for the CPU figures)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="poll.workers: the central polls its SSH servers in N worker processes")
     p.add_argument("--profile-connect", type=int, default=0, metavar="S",
                    help="with --profile py-spy: profile the first S seconds of the serve (the connect phase), not the window")
     p.add_argument("--restart", action="store_true",
@@ -591,6 +611,8 @@ def main() -> None:
         PROFILE_CONNECT.append(args.profile_connect)
     if args.max_connects:
         MAX_CONNECTS.append(args.max_connects)
+    if args.workers:
+        WORKERS.append(args.workers)
     if args.code:
         CODE.append(args.code)
     STOP_BACKLOG.append(args.stop_backlog)

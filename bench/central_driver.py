@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import gc
 import json
+import os
 import resource
 import socket
 import sys
@@ -57,6 +58,35 @@ def cpu_now() -> tuple[float, float]:
     """(user, system) CPU seconds of this process, every thread (aiosqlite's included)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime, r.ru_stime
+
+
+def worker_pids(central: Central) -> list[int]:
+    """The pids of the central's running poll workers (poll.workers; none before that code)."""
+    workers = getattr(central.transports.ssh, "workers", None)
+    return [w.proc.pid for w in workers.workers if w.proc is not None and w.proc.returncode is None] if workers else []
+
+
+def pids_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def pids_hwm_kb(pids: list[int]) -> list[int]:
+    """Each process's peak resident set (VmHWM), kB."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(next(int(ln.split()[1]) for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM:")))
+        except (OSError, StopIteration):
+            pass
+    return out
 
 
 def failure_kind(o) -> str:
@@ -171,7 +201,8 @@ async def run(spec: dict) -> dict:
     cfg = load_config(env={"CENTRAL_DATA_DIR": spec["data_dir"]})
     cfg = dataclasses.replace(
         cfg, data_dir=spec["data_dir"],
-        poll=dataclasses.replace(PollConfig(), interval=interval, local=False),
+        poll=dataclasses.replace(PollConfig(), interval=interval, local=False,
+                                 **({"workers": spec["workers"]} if spec.get("workers") else {})),
         ssh=dataclasses.replace(SSHConfig(), key_path=spec["key_path"], ciphers=tuple(spec["ciphers"]),
                                 **({"max_concurrent_connects": spec["max_connects"]} if spec.get("max_connects") else {})),
     )
@@ -277,14 +308,18 @@ async def run(spec: dict) -> dict:
         import cProfile
         profiler = cProfile.Profile()
     emit({"event": "window_start"})
-    w0, c0, p0, r0 = time.time(), cpu_now(), time.process_time(), len(records)
+    wpids = worker_pids(central)
+    w0, c0, p0, r0, k0 = time.time(), cpu_now(), time.process_time(), len(records), pids_cpu(wpids)
     measuring[0] = True
     if profiler:
         profiler.enable()
     await asyncio.sleep(interval * spec["measure_intervals"])
     if profiler:
         profiler.disable()
-    w1, c1, p1 = time.time(), cpu_now(), time.process_time()
+    w1, c1, p1, k1 = time.time(), cpu_now(), time.process_time(), pids_cpu(wpids)
+    workers_hwm = pids_hwm_kb(wpids)
+    workers = getattr(central.transports.ssh, "workers", None)
+    workers_gc_ms = max((max(w.gc_pause_max) for w in workers.workers), default=0) * 1000 if workers else None
     measuring[0] = False
     emit({"event": "window_end"})
     stored = [r for r in records[r0:] if r[4] < w1]
@@ -295,7 +330,7 @@ async def run(spec: dict) -> dict:
     to_store = [(r[4] - r[1]) * 1000 for r in ok]
     server0 = await central.storage.get_server(spec["servers"][0]["name"])
     cipher = next((e.conn.get_extra_info("send_cipher") for e in central.pool._entries.values() if e.conn is not None),
-                  None)
+                  "in the workers" if wpids else None)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     profile_path = None
     if profiler:
@@ -317,7 +352,7 @@ async def run(spec: dict) -> dict:
     await runner.cleanup()  # the rest of serve's shutdown: terminal, alerts, notifiers, pool, database
     gc.callbacks.remove(gc_pause)
     gen2 = [t for g, t in pauses if g == 2]
-    cpu = (c1[0] - c0[0]) + (c1[1] - c0[1])
+    cpu = (c1[0] - c0[0]) + (c1[1] - c0[1]) + (k1 - k0)
     return {
         "event": "result", "hosts": n, "interval": interval, "window_s": w1 - w0, **full_gc,
         "connected_after_s": connected_after, "all_connected": all_connected, "member": spec.get("member"),
@@ -326,6 +361,9 @@ async def run(spec: dict) -> dict:
         "cipher": cipher, "ciphers_offered": spec["ciphers"],
         "polls_stored": len(ok), "polls_failed": failed, "polls_per_s": len(ok) / (w1 - w0),
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
+        # poll.workers: the workers' CPU (in cpu_s too), peak RSS each, longest GC pause of any
+        "workers": len(wpids), "workers_cpu_s": k1 - k0, "workers_maxrss_kb": workers_hwm,
+        "workers_gc_pause_ms_max": workers_gc_ms,
         "cpu_ms_per_poll": cpu / len(ok) * 1000 if ok else None,
         "cpu_core_fraction": cpu / (w1 - w0),
         "duration_ms_p50": pct(durations, 0.5), "duration_ms_p99": pct(durations, 0.99),

@@ -124,6 +124,9 @@ class PollConfig:
     local_name: str = "local"
     # How often the poller re-reads the server list (servers added by the CLI show up).
     reload_interval: float = 5.0
+    # Processes that poll the SSH servers beside the serving one (central.pollworker), each a
+    # share of the fleet; 0: the serving process polls them itself.
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -431,6 +434,8 @@ class Config:
         return self.data_path / "session.key"
 
 
+MAX_POLL_WORKERS = 64
+
 # Keys whose values are durations (accept "5m" as well as seconds).
 _DURATIONS = {
     "alerts.storm_window",
@@ -691,6 +696,8 @@ def _check(cfg: Config) -> Config:
     """The checks across settings, after each value has its type."""
     if cfg.poll.timeout >= cfg.poll.interval * 10:
         raise ConfigError(f"poll.timeout: {cfg.poll.timeout:g}s is far longer than poll.interval {cfg.poll.interval:g}s")
+    if not (0 <= cfg.poll.workers <= MAX_POLL_WORKERS):
+        raise ConfigError(f"poll.workers: must be between 0 and {MAX_POLL_WORKERS}, got {cfg.poll.workers}")
     if not (0 < cfg.http.port < 65536):
         raise ConfigError(f"http.port: must be between 1 and 65535, got {cfg.http.port}")
     if not (cfg.retention.raw <= cfg.retention.minute <= cfg.retention.hour):

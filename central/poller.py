@@ -25,7 +25,7 @@ from .sample import agent_identity, extract_facts, extract_sample, inventory_has
 from .serverlog import server_log
 from .sshpool import retrieve_result
 from .storage import Storage
-from .transport import Transports
+from .transport import Transport, Transports
 from .writer import STOP_BUDGET, Writer
 
 log = logging.getLogger(__name__)
@@ -269,39 +269,26 @@ class Poller:
         except Exception as exc:  # noqa: BLE001 - one server's bad poll must not stop its polling
             self.errors_by_reason[CENTRAL_ERROR] = self.errors_by_reason.get(CENTRAL_ERROR, 0) + 1
             was = self._state.get(server.id)
+            remote = getattr(exc, "remote_traceback", None)  # raised in a poll worker (central.pollworker)
             if was is None or was[0] or was[1] != CENTRAL_ERROR:
-                server_log(log, server.name).exception("poll failed inside the central")
+                if remote is None:
+                    server_log(log, server.name).exception("poll failed inside the central")
+                else:
+                    server_log(log, server.name).error("poll failed inside a poll worker:\n%s", remote.rstrip())
+            text = str(exc) if remote is not None else f"{type(exc).__name__}: {exc}"
             return PollOutcome(server_id=server.id, ts=started, duration=time.time() - started, ok=False,
-                               reason=CENTRAL_ERROR,
-                               error=clean(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS))
+                               reason=CENTRAL_ERROR, error=clean(text, MAX_ERROR_CHARS))
 
     async def poll(self, server: Server) -> PollOutcome:
-        """Poll one server now; never raises for a failed poll (the outcome says why)."""
-        started = time.time()
-        t0 = time.perf_counter()
+        """Poll one server now; never raises for a failed poll (the outcome says why). A server
+        whose transport has poll workers (poll.workers) is polled in one of those processes."""
         transport = self.transports.of(server)
-        try:
-            doc, text = await transport.document(server)
-            inv = None
-            if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
-                inv = await transport.inventory(server)
-        except PollError as err:
-            self.errors_by_reason[err.reason] = self.errors_by_reason.get(err.reason, 0) + 1
-            server_log(log, server.name).debug("poll failed: %s", err)  # changes are logged once (_note_state)
-            duration = time.perf_counter() - t0
-            self.durations.observe(duration)
-            return PollOutcome(server_id=server.id, ts=started, duration=duration,
-                               ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
-        version, sha = agent_identity(doc)
-        outcome = PollOutcome(
-            server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
-            doc_text=text, sample=extract_sample(doc), agent_version=version, agent_sha256=sha,
-            hostname=doc["hostname"], inventory_hash=inventory_hash(doc),
-        )
-        if inv is not None:
-            outcome.extra["inventory"] = inv
-        outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
-        self.polls += 1
+        workers = transport.workers
+        outcome = await (workers.poll(server) if workers is not None else poll_once(transport, server))
+        if outcome.ok:
+            self.polls += 1
+        else:
+            self.errors_by_reason[outcome.reason] = self.errors_by_reason.get(outcome.reason, 0) + 1
         self.durations.observe(outcome.duration)
         return outcome
 
@@ -429,3 +416,29 @@ class Poller:
 def _with(server: Server, **changes) -> Server:
     return dataclasses.replace(server, **changes)
 
+
+async def poll_once(transport: Transport, server: Server) -> PollOutcome:
+    """Ask one server's agent for its document (and its inventory when that changed) through
+    its transport; never raises for a failed poll (the outcome says why). The Poller runs it
+    in-process, a poll worker (central.pollworker) in its own."""
+    started = time.time()
+    t0 = time.perf_counter()
+    try:
+        doc, text = await transport.document(server)
+        inv = None
+        if inventory_hash(doc) and inventory_hash(doc) != server.inventory_hash:
+            inv = await transport.inventory(server)
+    except PollError as err:
+        server_log(log, server.name).debug("poll failed: %s", err)  # changes are logged once (_note_state)
+        return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
+                           ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
+    version, sha = agent_identity(doc)
+    outcome = PollOutcome(
+        server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
+        doc_text=text, sample=extract_sample(doc), agent_version=version, agent_sha256=sha,
+        hostname=doc["hostname"], inventory_hash=inventory_hash(doc),
+    )
+    if inv is not None:
+        outcome.extra["inventory"] = inv
+    outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
+    return outcome

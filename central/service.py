@@ -179,6 +179,11 @@ class Central:
         host_authorities(config.ssh)  # a host CA file that cannot be read is one line at start, not a failed poll
         storage = await Storage.open(config.database_target, config.database.lock_timeout if serving else 10.0)
         central = cls(config, storage, SSHPool(config.ssh, config.key_path))
+        if serving and config.poll.workers:
+            from .pollworker import PollWorkers
+
+            central.transports.ssh.workers = PollWorkers(config, {"secret": storage.agent_secret,
+                                                                  "server": storage.server_by_id})
         if config.poll.local:
             await ensure_local_server(central)
         return central

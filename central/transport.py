@@ -67,6 +67,9 @@ class Transport:
     # Collected on the central's own host: never shared among several centrals (central.cluster),
     # each polls only the one of its own name (poll.local_name).
     own_host: bool = False
+    # Poll workers (central.pollworker.PollWorkers) that poll this kind's servers in processes
+    # of their own (poll.workers); None: the poller polls them in-process (central.poller.poll_once).
+    workers = None
 
     def address(self, user: str, host: str, port: int) -> str:
         """How lists show where a server is."""
@@ -217,20 +220,37 @@ class SSHTransport(Transport):
             client.close()
 
     def forget(self, server_id: int) -> None:
-        """Close the server's connection."""
+        """Close the server's connections (the poll worker's too)."""
         self.pool.forget(server_id)
+        if self.workers is not None:
+            self.workers.forget(server_id)
 
     def reset_backoff(self, server_id: int) -> None:
         """Let the next poll reconnect at once."""
         self.pool.reset_backoff(server_id)
+        if self.workers is not None:
+            self.workers.reset_backoff(server_id)
 
     async def stop_connecting(self) -> None:
         """Cancel the connects under way and those waiting for a slot."""
+        if self.workers is not None:
+            await self.workers.stop_connecting()
         await self.pool.stop_connecting()
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (and end the poll workers)."""
+        if self.workers is not None:
+            await self.workers.close()
         await self.pool.close()
+
+    def pool_figures(self) -> dict:
+        """Open connections and successful connects, this process's and its poll workers' together."""
+        figures = {"connections": self.pool.size, "connects": self.pool.connects}
+        if self.workers is not None:
+            figures["connections"] += self.workers.size
+            figures["connects"] += self.workers.connects
+            figures["workers"] = self.workers.figures()
+        return figures
 
 
 class _SSHActionChannel(ActionChannel):

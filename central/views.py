@@ -130,7 +130,7 @@ async def central_status(central: Central) -> dict:
             "polls_failed": sum(poller.errors_by_reason.values()),
             "errors_by_reason": dict(poller.errors_by_reason),
         },
-        "pool": {"connections": central.pool.size, "connects": central.pool.connects},
+        "pool": central.transports.ssh.pool_figures(),
         "notifiers": (await notifications_status(central))["notifiers"],
         "storage": central.poller.writer.status(),
         "cluster": central.membership.status() if central.membership is not None else None,

@@ -74,20 +74,29 @@ async def prometheus_metrics(call: Call) -> web.Response:
     return web.Response(text=text, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
+POLL_WORKER = obj({"index": integer(), "pid": nullable(integer()), "running": boolean(), "restarts": integer(),
+                   "connections": integer(), "polls_under_way": integer(), "last_exit": nullable(string())},
+                  required=["index", "pid", "running", "restarts", "connections", "polls_under_way", "last_exit"])
+
+
 @endpoints.get("/api/v1/status", summary="The central: version, uptime, database size, poller, pool", role=VIEWER,
                response=obj({"version": string(), "pid": integer(), "started_at": number(), "uptime": number(),
                              "database": obj({"path": string(), "bytes": integer()}, required=["path", "bytes"]),
                              "poller": obj({"lag": number(), "servers": integer(), "polls": integer(),
                                             "polls_failed": integer(), "errors_by_reason": obj({}, closed=False)},
                                            required=["lag", "servers", "polls", "polls_failed"]),
-                             "pool": obj({"connections": integer(), "connects": integer()}, required=["connections", "connects"]),
+                             "pool": obj({"connections": integer(), "connects": integer(),
+                                          "workers": array(POLL_WORKER)}, required=["connections", "connects"]),
                              "notifiers": array(NOTIFIER), "storage": STORAGE, "cluster": nullable(CLUSTER)},
                             required=["version", "uptime", "database", "poller", "pool", "storage"]))
 async def central_status(call: Call) -> dict:
     """`poller.lag` is how late (seconds) the last poll started against its slot; `notifiers` is each
     notification channel's health (as in /api/v1/notifiers); `storage` says whether poll outcomes
     can be written and how many wait in memory; `cluster` (null unless cluster.enabled) names this
-    central among the members sharing the database and lists the live ones (docs/scaling.md)."""
+    central among the members sharing the database and lists the live ones (docs/scaling.md);
+    `pool` counts SSH connections and connects, its poll workers' included, and `pool.workers`
+    (with poll.workers) lists each worker process: pid, whether it runs, restarts, connections,
+    polls under way and how the last one ended."""
     return await views.central_status(call.central)
 
 
