@@ -20,8 +20,9 @@ database: a server's agent secret (at each channel open, as in-process) and a ba
 Its log records are sent to the serving process and logged there, under their own logger names.
 
 A worker that exits (a crash, a kill) fails the polls it had under way as central_error, naming
-it and its exit status; the next poll of its share starts a new one (at once the first time,
-then after a backoff doubling up to RESTART_MAX while it keeps dying young). A worker ends when
+it and its exit status; the next poll of its share starts a new one: at once the first time,
+then, while each new one dies within RESTART_MAX of its start, after RESTART_INITIAL doubling up
+to RESTART_MAX (its share's polls fail meanwhile, saying when it starts again). A worker ends when
 the serving process closes it, and when its socket reaches end of file (the serving process
 died). Each takes over the garbage collector as the serving process does (central.gcpolicy):
 its connections are most of the fleet's long-lived objects.
@@ -185,6 +186,7 @@ class _Worker:
         self._started_at = 0.0
         self._retry_at = 0.0
         self._delay = 0.0  # before the next start after a death (0: at once)
+        self._young_deaths = 0  # deaths in a row, each within RESTART_MAX of its start
         self.exited: str | None = None  # how the last process ended
         self.restarts = 0
         self.size = 0
@@ -250,7 +252,8 @@ class _Worker:
         try:
             await asyncio.shield(task)
         except OSError as exc:
-            self._delay = min(RESTART_MAX, max(RESTART_INITIAL, 2 * self._delay))
+            self._young_deaths += 1
+            self._delay = min(RESTART_MAX, RESTART_INITIAL * 2 ** max(0, self._young_deaths - 1))
             self._retry_at = time.monotonic() + self._delay
             self.exited = f"could not start: {exc}"
             log.error("poll worker %d could not start: %s", self.index, exc)
@@ -340,7 +343,8 @@ class _Worker:
         if self.owner.closing:
             return
         lived = time.monotonic() - self._started_at
-        self._delay = 0.0 if lived > RESTART_MAX else min(RESTART_MAX, max(RESTART_INITIAL, 2 * self._delay))
+        self._young_deaths = 0 if lived > RESTART_MAX else self._young_deaths + 1
+        self._delay = 0.0 if self._young_deaths <= 1 else min(RESTART_MAX, RESTART_INITIAL * 2 ** (self._young_deaths - 2))
         self._retry_at = time.monotonic() + self._delay
         log.error("poll worker %d (pid %d) ended (%s) after %.0fs; %s", self.index, proc.pid, self.exited, lived,
                   "the next poll of its servers starts it again" if not self._delay
@@ -383,7 +387,7 @@ class _Forward(logging.Handler):
         try:
             fields = {"name": record.name, "levelno": record.levelno, "levelname": record.levelname,
                       "msg": record.getMessage(), "args": None, "created": record.created,
-                      "msecs": record.msecs, "pathname": record.pathname, "lineno": record.lineno,
+                      "msecs": record.msecs, "pathname": record.pathname, "filename": record.filename, "lineno": record.lineno,
                       "funcName": record.funcName, "module": record.module}
             if record.exc_info:
                 fields["exc_text"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import resource
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,16 @@ def host_config(tmp_path, client_key):
 @pytest.fixture
 async def hcentral(host_config):
     c = await Central.open(host_config)
+    yield c
+    await c.close()
+
+
+@pytest.fixture(params=[0, 2], ids=["in-process", "in-workers"])
+async def pcentral(host_config, request):
+    """A serving central that polls in-process, then one that polls in two poll workers (poll.workers)."""
+    c = await Central.open(dataclasses.replace(host_config, poll=dataclasses.replace(host_config.poll,
+                                                                                     workers=request.param)),
+                           serving=True)
     yield c
     await c.close()
 
@@ -86,26 +97,26 @@ async def test_add_unreachable_host_is_an_error(hcentral, test_host):
     assert await hcentral.storage.find_server(host.name) is None
 
 
-async def test_poll_stores_sample_latest_and_inventory(hcentral, test_host):
+async def test_poll_stores_sample_latest_and_inventory(pcentral, test_host):
     host = test_host()
-    await add(hcentral, host)
-    await hcentral.poller.start()
-    server = await hcentral.storage.get_server(host.name)
+    await add(pcentral, host)
+    await pcentral.poller.start()
+    server = await pcentral.storage.get_server(host.name)
 
     async def sampled():
-        return await hcentral.storage.latest_samples()
+        return await pcentral.storage.latest_samples()
 
     latest = (await wait_for(sampled, what="a stored sample"))[server.id]
     assert 0 <= latest["mem"] <= 100
     assert latest["procs"] >= 2
-    server = await wait_for(lambda: _online(hcentral, host.name), what="online")
+    server = await wait_for(lambda: _online(pcentral, host.name), what="online")
     assert server.hostname == host.name  # the agent reports the host's own UTS name
     assert server.agent_version and len(server.agent_sha256) == 64
-    ts, doc = await hcentral.storage.latest_document(server.id)
+    ts, doc = await pcentral.storage.latest_document(server.id)
     assert doc["hostname"] == host.name
-    inv = await wait_for(lambda: hcentral.storage.inventory_latest(server.id), what="inventory")
+    inv = await wait_for(lambda: pcentral.storage.inventory_latest(server.id), what="inventory")
     assert inv["hash"] == doc["inventory_hash"]
-    history = await hcentral.storage.inventory_history(server.id)
+    history = await pcentral.storage.inventory_history(server.id)
     assert [h["change_type"] for h in history] == ["initial"]
 
 
@@ -132,28 +143,28 @@ async def wait_status(central, name, status, reason):
     await wait_for(reached, what=f"{status}/{reason}")
 
 
-async def test_sshd_stop_goes_offline_and_back_online(hcentral, test_host):
-    host = await polled_host(hcentral, test_host)
+async def test_sshd_stop_goes_offline_and_back_online(pcentral, test_host):
+    host = await polled_host(pcentral, test_host)
     host.stop_sshd()
-    await wait_status(hcentral, host.name, "offline", "unreachable")
+    await wait_status(pcentral, host.name, "offline", "unreachable")
     host.start_sshd()
-    await wait_for(lambda: _online(hcentral, host.name), what="back online")
+    await wait_for(lambda: _online(pcentral, host.name), what="back online")
 
 
-async def test_host_key_change_stops_polling_until_trusted(hcentral, test_host):
-    host = await polled_host(hcentral, test_host)
+async def test_host_key_change_stops_polling_until_trusted(pcentral, test_host):
+    host = await polled_host(pcentral, test_host)
     host.regenerate_host_key()
-    await wait_status(hcentral, host.name, "error", "host_key_mismatch")
-    server = await hcentral.storage.get_server(host.name)
+    await wait_status(pcentral, host.name, "error", "host_key_mismatch")
+    server = await pcentral.storage.get_server(host.name)
     polled_at = server.last_poll
     # Polling has stopped: several intervals pass without another attempt.
-    await _sleep_intervals(hcentral, 3)
-    assert (await hcentral.storage.get_server(host.name)).last_poll == polled_at
+    await _sleep_intervals(pcentral, 3)
+    assert (await pcentral.storage.get_server(host.name)).last_poll == polled_at
 
     with pytest.raises(PollError):
-        await servers.trust_server(hcentral, host.name, "SHA256:" + "B" * 43)
-    await servers.trust_server(hcentral, host.name, host.fingerprint)
-    server = await wait_for(lambda: _online(hcentral, host.name), what="online after trust")
+        await servers.trust_server(pcentral, host.name, "SHA256:" + "B" * 43)
+    await servers.trust_server(pcentral, host.name, host.fingerprint)
+    server = await wait_for(lambda: _online(pcentral, host.name), what="online after trust")
     assert server.host_key_fingerprint == host.fingerprint
 
 
@@ -162,12 +173,12 @@ async def _sleep_intervals(central, n):
     await asyncio.sleep(n * central.config.poll.interval)
 
 
-async def test_agent_stopped_is_its_own_reason(hcentral, test_host):
-    host = await polled_host(hcentral, test_host)
+async def test_agent_stopped_is_its_own_reason(pcentral, test_host):
+    host = await polled_host(pcentral, test_host)
     host.stop_agent()
-    await wait_status(hcentral, host.name, "error", "agent_down")
+    await wait_status(pcentral, host.name, "error", "agent_down")
     host.start_agent()
-    await wait_for(lambda: _online(hcentral, host.name), what="online again")
+    await wait_for(lambda: _online(pcentral, host.name), what="online again")
 
 
 HOSTILE = {
@@ -182,20 +193,20 @@ HOSTILE = {
 }
 
 
-async def test_hostile_agents_are_classified_and_isolated(hcentral, test_host):
+async def test_hostile_agents_are_classified_and_isolated(pcentral, test_host):
     good = test_host()
     bad = test_host.many(len(HOSTILE), agent=False)
-    await add(hcentral, good)
+    await add(pcentral, good)
     for host, mode in zip(bad, HOSTILE):
         host.start_fake_agent(mode)
-        await add(hcentral, host)
+        await add(pcentral, host)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    await hcentral.poller.start()
+    await pcentral.poller.start()
 
     async def all_classified():
         out = {}
         for host, mode in zip(bad, HOSTILE):
-            s = await hcentral.storage.get_server(host.name)
+            s = await pcentral.storage.get_server(host.name)
             if s.status_reason is None:
                 return None
             out[mode] = s.status_reason
@@ -203,10 +214,16 @@ async def test_hostile_agents_are_classified_and_isolated(hcentral, test_host):
 
     reasons = await wait_for(all_classified, timeout=30, what="every hostile agent classified")
     assert reasons == HOSTILE
-    good_server = await hcentral.storage.get_server(good.name)
+    good_server = await pcentral.storage.get_server(good.name)
     assert good_server.status == "online"
-    samples = await hcentral.storage.samples(good_server.id, 0, 2e10)
+    samples = await pcentral.storage.samples(good_server.id, 0, 2e10)
     assert len(samples) >= 2
-    # A 100 MB answer is refused by its Content-Length, never read into memory.
+    # A 100 MB answer is refused by its Content-Length, never read into memory (in a poll
+    # worker: the worker's peak stays far under it).
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kb < 50 * 1024
+    workers = pcentral.transports.ssh.workers
+    for worker in workers.workers if workers is not None else ():
+        status = Path(f"/proc/{worker.proc.pid}/status").read_text()
+        peak_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1])
+        assert peak_kb < 100 * 1024, (worker.index, peak_kb)

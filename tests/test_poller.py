@@ -24,21 +24,35 @@ OTHER_KEY_LINE = " ".join(
 )
 
 
-async def open_central(config, timeout, connect_timeout):
-    """A Central without the local server (only the hosts a test adds), with these timeouts."""
+async def open_central(config, timeout, connect_timeout, workers=0):
+    """A Central without the local server (only the hosts a test adds), with these timeouts;
+    workers: poll.workers, a serving central's (central.pollworker) that poll in processes of their own."""
     return await Central.open(
         dataclasses.replace(
             config,
-            poll=dataclasses.replace(config.poll, local=False, timeout=timeout),
+            poll=dataclasses.replace(config.poll, local=False, timeout=timeout, workers=workers),
             ssh=dataclasses.replace(config.ssh, connect_timeout=connect_timeout),
-        )
+        ),
+        serving=bool(workers),
     )
+
+
+# Each poll's outcome must be the same whether the serving process polls or a poll worker does.
+WHERE = pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "in-a-worker"])
 
 
 @pytest.fixture
 async def central(config):
     """Timeouts long enough for a loaded machine, for every case that must not time out."""
     c = await open_central(config, timeout=3.0, connect_timeout=5.0)
+    yield c
+    await c.close()
+
+
+@pytest.fixture(params=[0, 1], ids=["in-process", "in-a-worker"])
+async def either_central(config, request):
+    """`central`, polling in-process and then in a poll worker."""
+    c = await open_central(config, timeout=3.0, connect_timeout=5.0, workers=request.param)
     yield c
     await c.close()
 
@@ -92,12 +106,14 @@ async def poll(central, server):
         ("no secret", "agent_needs_redeploy", "central deploy"),
     ],
 )
+@WHERE
 async def test_each_failure_becomes_its_reason(
-    config, ssh_host, agent_document, refused_port, silent_port, case, reason, message
+    config, ssh_host, agent_document, refused_port, silent_port, case, reason, message, workers
 ):
     # short timeouts only where the case waits for one to pass (a silent port, a hung agent)
     hasty = reason == "timeout" or case == "silent"
-    central = await open_central(config, timeout=0.6 if hasty else 3.0, connect_timeout=0.4 if hasty else 5.0)
+    central = await open_central(config, timeout=0.6 if hasty else 3.0, connect_timeout=0.4 if hasty else 5.0,
+                                 workers=workers)
     try:
         await _check_failure(central, ssh_host, agent_document, refused_port, silent_port, case, reason, message)
     finally:
@@ -134,7 +150,9 @@ async def _check_failure(central, ssh_host, agent_document, refused_port, silent
     assert central.poller.errors_by_reason == {reason: 1}
 
 
-async def test_a_good_poll_carries_the_document_its_figures_and_the_inventory_once(central, ssh_host, agent_document):
+async def test_a_good_poll_carries_the_document_its_figures_and_the_inventory_once(either_central, ssh_host,
+                                                                                   agent_document):
+    central = either_central
     host = await ssh_host(agent=document_agent(agent_document, inventory={"hostname": "h1", "os": {"id": "debian"}}))
     server = await stored(central, host)
     outcome = await poll(central, server)
