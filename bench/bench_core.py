@@ -186,7 +186,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     if profile == "py-spy" and PROFILE_CONNECT:
         # the connect phase: from the driver's start (its serve starts within a second)
         spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(PROFILE_CONNECT[0]),
-                                "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
+                                "-t", *(["-s"] if WORKERS else []), "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for line in proc.stdout:
         msg = json.loads(line)
@@ -198,7 +198,7 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
                            "start_phase_machine_cores": (m0[0] - sm0[0]) / (m0[1] - sm0[1]) * os.cpu_count()}
             if profile == "py-spy" and not PROFILE_CONNECT:
                 spy = subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(interval * measure_intervals)),
-                                        "-t", "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
+                                        "-t", *(["-s"] if WORKERS else []), "-r", "200", "-f", "raw", "-o", str(data_dir / "py-spy.txt")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif msg["event"] == "window_end":
             o1, m1 = proc_cpu(pids), machine_busy()

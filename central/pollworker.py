@@ -67,6 +67,13 @@ def poll_bound(config: Config) -> float:
     return config.ssh.connect_timeout + 3 * config.poll.timeout + 10.0
 
 
+def polling_config(config: Config) -> Config:
+    """What a worker is given of the config: [poll], [ssh] and the data directory (the polling
+    key's default place); the rest (notifiers, the bot's token file, the database URL, the
+    terminal's key, the HTTP settings) stays with the serving process, and a worker gets their defaults."""
+    return Config(data_dir=str(config.data_path), poll=config.poll, ssh=config.ssh, source=config.source)
+
+
 # framing
 
 def frame(message: object) -> bytes:
@@ -275,7 +282,7 @@ class _Worker:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         levels = {name: logging.getLogger(name).getEffectiveLevel() for name in ("", "central", "asyncssh")}
-        writer.write(frame(("config", self.owner.config, levels)))
+        writer.write(frame(("config", polling_config(self.owner.config), levels)))
         if self._started_at:
             self.restarts += 1
         self._started_at = time.monotonic()

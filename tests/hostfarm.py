@@ -29,6 +29,7 @@ there). Stdlib only; usable without pytest::
         host.run(["hostname"]).stdout      # "web-1\\n"
 """
 import base64
+import collections
 import ctypes
 import fcntl
 import hashlib
@@ -753,6 +754,8 @@ class HostFarm:
         self.hosts = {}
         self.networks = []  # PrivateNetwork, see add_network
         self._next_index = 1
+        # indices of removed hosts, the longest freed first: taken once the 253 fresh ones are used
+        self._free_indices = collections.deque()
         self._lock = threading.Lock()
         # one thread drains every host's syslog socket (a full datagram queue would block the agent)
         self._syslog_lock = threading.Lock()
@@ -885,10 +888,13 @@ class HostFarm:
         with self._lock:
             hosts = []
             for name in names:
-                index = self._next_index
-                if index > 253:
-                    raise HostFarmError("a farm holds at most 253 hosts")
-                self._next_index += 1
+                if self._next_index <= 253:
+                    index = self._next_index
+                    self._next_index += 1
+                elif self._free_indices:
+                    index = self._free_indices.popleft()
+                else:
+                    raise HostFarmError("a farm holds at most 253 hosts at once")
                 name = name or "host-%d-%d" % (self.subnet_index, index)
                 if name in self.hosts:
                     raise HostFarmError("host %s exists already" % name)
@@ -1003,7 +1009,10 @@ class HostFarm:
         """Tear one host down (all its processes, its netns and veth)."""
         host = self.hosts.pop(name)
         self._teardown_host(host)
+        # the address may go to a later host, with another MAC: no neighbour entry may outlive it
+        _ip(["neigh", "flush", "to", host.address], check=False)
         with self._lock:
+            self._free_indices.append(host.index)
             self._write_state()
 
     def _teardown_host(self, host):

@@ -292,3 +292,19 @@ def test_etc_and_var_are_copy_on_write(test_host):
     assert other.run(["ls", "/etc/central-hostfarm-probe"], check=False).returncode != 0
     with open("/etc/os-release") as fh:
         assert host.run(["cat", "/etc/os-release"]).stdout == fh.read()
+
+
+def test_a_removed_hosts_address_serves_a_later_host_once_the_fresh_ones_are_used(client_key):
+    farm = hostfarm.HostFarm()
+    try:
+        first = farm.add_host(name="reused-a", authorized_keys=[client_key.public_key])
+        assert ssh(first, client_key, "hostname").stdout.strip() == "reused-a"  # the machine learns its MAC
+        farm.remove_host(first.name)
+        farm._next_index = 254  # as if the farm had made its 253 hosts
+        later = farm.add_host(name="reused-b", authorized_keys=[client_key.public_key])
+        assert later.address == first.address
+        assert ssh(later, client_key, "hostname").stdout.strip() == "reused-b"
+        with pytest.raises(hostfarm.HostFarmError, match="at most 253 hosts at once"):
+            farm.add_host(name="one-too-many")
+    finally:
+        farm.close()

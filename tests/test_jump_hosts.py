@@ -91,7 +91,20 @@ async def test_hosts_behind_a_bastion_share_its_one_connection_and_its_failure_i
     assert (await servers.poll_now(hcentral, behind[1].name))["ok"]
 
 
-async def test_a_chain_of_two_bastions(hcentral, test_host):
+@pytest.fixture(params=[0, 2], ids=["in-process", "in-workers"])
+async def pcentral(tmp_path, client_key, request):
+    """A serving central that polls in-process, then one that polls in two poll workers (each
+    worker asks the serving process for a bastion's record and connects through it itself)."""
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(cfg, ssh=dataclasses.replace(cfg.ssh, key_path=str(client_key.path)),
+                              poll=dataclasses.replace(cfg.poll, local=False, workers=request.param))
+    c = await Central.open(cfg, serving=True)
+    yield c
+    await c.close()
+
+
+async def test_a_chain_of_two_bastions(pcentral, test_host):
+    hcentral = pcentral
     outer, inner = test_host.network(), test_host.network()
     (deep,) = test_host.many(1, network=inner)
     bastion2 = test_host(network=outer, extra_networks=[inner], permit_open=[f"{deep.address}:22"])

@@ -236,3 +236,12 @@ async def test_a_cli_central_starts_no_worker(config):
         assert central.transports.ssh.workers is None
     finally:
         await central.close()
+
+
+def test_a_worker_is_given_only_the_polling_settings(config):
+    cfg = dataclasses.replace(config, storage=dataclasses.replace(config.storage, url="postgresql://u:pw@db/c"),
+                              telegram=dataclasses.replace(config.telegram, token_file="/etc/central/bot"))
+    given = pollworker.polling_config(cfg)
+    assert given.poll == cfg.poll and given.ssh == cfg.ssh and given.key_path == cfg.key_path
+    assert given.storage.url == "" and given.telegram.token_file == "" and given.notifiers == ()
+    assert given.terminal_key_path != cfg.key_path
