@@ -269,13 +269,13 @@ class Poller:
         except Exception as exc:  # noqa: BLE001 - one server's bad poll must not stop its polling
             self.errors_by_reason[CENTRAL_ERROR] = self.errors_by_reason.get(CENTRAL_ERROR, 0) + 1
             was = self._state.get(server.id)
-            remote = getattr(exc, "remote_traceback", None)  # raised in a poll worker (central.pollworker)
+            # raised in a poll worker (central.pollworker.RemoteError): its own type and message
+            # as the text, its traceback in the logged one
+            remote = getattr(exc, "remote_text", None)
             if was is None or was[0] or was[1] != CENTRAL_ERROR:
-                if remote is None:
-                    server_log(log, server.name).exception("poll failed inside the central")
-                else:
-                    server_log(log, server.name).error("poll failed inside a poll worker:\n%s", remote.rstrip())
-            text = str(exc) if remote is not None else f"{type(exc).__name__}: {exc}"
+                server_log(log, server.name).exception("poll failed inside %s", "the central" if remote is None
+                                                       else "a poll worker")
+            text = remote if remote is not None else f"{type(exc).__name__}: {exc}"
             return PollOutcome(server_id=server.id, ts=started, duration=time.time() - started, ok=False,
                                reason=CENTRAL_ERROR, error=clean(text, MAX_ERROR_CHARS))
 

@@ -105,12 +105,13 @@ async def receive(reader: asyncio.StreamReader, loads: Callable[[bytes], object]
 
 
 class RemoteError(Exception):
-    """A poll raised inside a worker (a bug in the central): its type, message and traceback."""
+    """A poll raised inside a worker (a bug in the central): remote_text is its type and message
+    ("KeyError: 'x'"), and the exception's text goes on with the worker's traceback (so a
+    logged traceback shows where in the worker it was raised)."""
 
     def __init__(self, text: str, remote_traceback: str):
-        super().__init__(text)
-        self.text = text
-        self.remote_traceback = remote_traceback
+        super().__init__(f"{text}\nraised in the poll worker:\n{remote_traceback.rstrip()}")
+        self.remote_text = text
 
 
 def exit_text(code: int | None) -> str:
@@ -189,6 +190,7 @@ class _Worker:
         self._reading: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._answering: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
         self._started_at = 0.0
         self._retry_at = 0.0
@@ -305,8 +307,10 @@ class _Worker:
                     if future is not None and not future.done():
                         future.set_exception(RemoteError(message[2], message[3]))
                 elif kind == "ask":
-                    asyncio.create_task(self._answer(message[1], message[2], message[3]),
-                                        name=f"poll-worker-{self.index}-ask")
+                    task = asyncio.create_task(self._answer(message[1], message[2], message[3]),
+                                               name=f"poll-worker-{self.index}-ask")
+                    self._answering.add(task)  # a task only the loop refers to may be collected
+                    task.add_done_callback(self._answering.discard)
                 elif kind == "log":
                     _emit(message[1], self.index)
                 elif kind == "stats":

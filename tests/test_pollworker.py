@@ -245,3 +245,20 @@ def test_a_worker_is_given_only_the_polling_settings(config):
     assert given.poll == cfg.poll and given.ssh == cfg.ssh and given.key_path == cfg.key_path
     assert given.storage.url == "" and given.telegram.token_file == "" and given.notifiers == ()
     assert given.terminal_key_path != cfg.key_path
+
+
+async def test_a_bug_inside_a_worker_fails_that_poll_as_central_error_with_the_workers_traceback(
+        wcentral, ssh_host, agent_document, caplog):
+    host = await ssh_host(agent=document_agent(agent_document))
+    server = await wcentral.storage.get_server((await stored(wcentral, host)).name)
+    # a record no stored server can have (the database's agent port is an integer): the worker's poll raises
+    broken = dataclasses.replace(server, agent_port="eighty")
+    outcome = await wcentral.poller._poll_surviving(broken)
+    assert not outcome.ok and outcome.reason == "central_error"
+    assert outcome.error == "AttributeError: 'str' object has no attribute 'to_bytes'"  # the worker's own exception
+    logged = [r for r in caplog.records if r.getMessage() == "[h1] poll failed inside a poll worker"]
+    assert len(logged) == 1
+    shown = logged[0].exc_info[1]
+    assert "raised in the poll worker:" in str(shown) and "in poll_once" in str(shown)
+    # the worker survives its poll's bug: the server's next, good poll works
+    assert (await wcentral.poller.poll(server)).ok
