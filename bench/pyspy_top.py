@@ -1,7 +1,7 @@
 """Top functions of a py-spy raw profile (`py-spy record -t -f raw`, as bench_core.py --profile
 py-spy writes it), without the samples of idle threads (waiting in a queue or in epoll).
 
-    python3 bench/pyspy_top.py PROFILE.txt [--top 15]
+    python3 bench/pyspy_top.py PROFILE.txt [--top 15] [--by-process]
 
 Prints two lists: by self time (the innermost frame) and by inclusive time for central's own
 functions (any frame of a central/ module), each as a percentage of the busy samples.
@@ -22,7 +22,18 @@ def _function(frame: str) -> str:
     return head + ")" if tail.endswith(")") and tail[:-1].isdigit() else frame
 
 
-def top(path: str, n: int) -> str:
+def processes(path: str) -> list[str]:
+    """The processes of a profile recorded with --subprocesses (its stacks start 'process N:...'),
+    in the order first seen; [] for one process."""
+    seen: dict[str, None] = {}
+    for line in open(path):
+        head = line.split(";", 1)[0]
+        if head.startswith("process "):
+            seen.setdefault(head.split(":", 1)[0])
+    return list(seen)
+
+
+def top(path: str, n: int, process: str | None = None) -> str:
     self_time: collections.Counter = collections.Counter()
     inclusive: collections.Counter = collections.Counter()
     busy = idle = 0
@@ -31,6 +42,10 @@ def top(path: str, n: int) -> str:
         if not stack:
             continue
         frames = stack.split(";")
+        if frames[0].startswith("process "):
+            if process is not None and frames[0].split(":", 1)[0] != process:
+                continue
+            frames = frames[1:]
         k = int(count)
         if any(frames[-1].startswith(i) or i in frames[-1] for i in IDLE):
             idle += k
@@ -51,8 +66,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("profile")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--by-process", action="store_true",
+                   help="a profile of several processes (py-spy --subprocesses: a central and its poll workers): each apart")
     args = p.parse_args()
-    print(top(args.profile, args.top))
+    if args.by_process:
+        for process in processes(args.profile):
+            print(f"{process}:\n{top(args.profile, args.top, process)}\n")
+    else:
+        print(top(args.profile, args.top))
 
 
 if __name__ == "__main__":

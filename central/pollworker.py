@@ -4,7 +4,7 @@ A central's polling ran on its one event loop: every SSH handshake, every packet
 and framing, every agent document's parsing. At 10,000 hosts on a 2-core machine that loop was
 the limit (BENCHMARKS.md, "Stop 29": the connect phase took 51-96 s with the central at 0.7-0.9
 core and the machine's second core half idle). With `poll.workers = N` the serving process
-starts N worker processes (`python -c ... central.pollworker`) and gives each a fixed share of
+starts N worker processes (`python -P -m central.pollworker FD`) and gives each a fixed share of
 the SSH servers (server id modulo N). A worker holds its share's SSH connections (its own
 central.sshpool.SSHPool) and runs exactly what the in-process poll runs, central.poller.poll_once:
 the agent's document, its inventory when that changed, parsed and checked there. It sends back
@@ -56,9 +56,9 @@ RESTART_INITIAL = 1.0  # seconds before a worker that died young is started agai
 RESTART_MAX = 30.0  # ...up to this; a worker that lived longer than this restarts at once
 STATS_EVERY = 1.0  # seconds between a worker's figures (open connections, connects)
 CLOSE_WAIT = 2.0  # seconds a closed worker gets to close its connections before it is killed
-# The package's own directory's parent: a worker imports the very code the serving process runs.
+# The package's own directory's parent, first on the worker's path: it imports the very code the
+# serving process runs, never a `central` of the working directory (-P: not on its path).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LAUNCH = "import sys; sys.path[0] = sys.argv[1]; from central.pollworker import main; main(sys.argv[2])"
 
 
 def poll_bound(config: Config) -> float:
@@ -274,9 +274,11 @@ class _Worker:
     async def _start(self) -> None:
         ours, theirs = socket.socketpair()
         try:
+            path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _LAUNCH, _ROOT, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL)
+                sys.executable, "-P", "-m", "central.pollworker", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path})
         except BaseException:
             ours.close()
             raise
@@ -520,3 +522,7 @@ def main(fd: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     asyncio.run(serve(int(fd)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -262,3 +262,19 @@ async def test_a_bug_inside_a_worker_fails_that_poll_as_central_error_with_the_w
     assert "raised in the poll worker:" in str(shown) and "in poll_once" in str(shown)
     # the worker survives its poll's bug: the server's next, good poll works
     assert (await wcentral.poller.poll(server)).ok
+
+
+async def test_a_worker_imports_the_serving_processes_code_never_a_central_in_the_working_directory(
+        config, ssh_host, agent_document, tmp_path, monkeypatch):
+    planted = tmp_path / "cwd" / "central"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise SystemExit('the planted package ran')\n")
+    monkeypatch.chdir(planted.parent)
+    central = await open_central(config, workers=1)
+    try:
+        host = await ssh_host(agent=document_agent(agent_document))
+        server = await central.storage.get_server((await stored(central, host)).name)
+        outcome = await central.poller.poll(server)
+        assert outcome.ok, outcome
+    finally:
+        await central.close()
