@@ -278,3 +278,23 @@ async def test_a_worker_imports_the_serving_processes_code_never_a_central_in_th
         assert outcome.ok, outcome
     finally:
         await central.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_big_fleet_polled_in_process_is_told_of_poll_workers_at_start(config, monkeypatch, caplog, workers,
+                                                                              refused_port):
+    from central import poller
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(poller, "WORKERS_HINT_AT", 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    central = await open_central(config, workers=workers)
+    try:
+        for i in range(3):
+            await central.storage.add_server(f"s{i}", "127.0.0.1", port=refused_port)  # loopback only
+        await central.poller.start()
+        hints = [r.getMessage() for r in caplog.records if "poll.workers spreads them" in r.getMessage()]
+        assert hints == (["3 SSH servers are polled by this one process, on one of the machine's 2 cores: poll.workers "
+                          "spreads them over more (docs/scaling.md, \"Poll workers\")"] if not workers else [])
+    finally:
+        await central.close()
