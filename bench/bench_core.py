@@ -207,6 +207,8 @@ def run_driver(workdir: Path, name: str, servers: list[dict], ciphers: list[str]
     proc.wait()
     if profile == "py-spy":
         spy.wait()
+    # the driver's log (the central's own: errors, tracebacks) outlives the work dir
+    shutil.copy(data_dir / "driver.log", REPO / "bench" / "results" / f"core-{name}-driver.log")
     if result is None:
         raise RuntimeError(f"{name}: the driver failed; see {data_dir / 'driver.log'}")
     win = result["window_s"]

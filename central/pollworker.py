@@ -45,7 +45,7 @@ from typing import Awaitable, Callable
 
 from .config import Config
 from .hosttext import clean
-from .model import CENTRAL_ERROR, TIMEOUT, PollError, PollOutcome, Server
+from .model import CENTRAL_ERROR, PollError, PollOutcome, Server
 from .poller import MAX_ERROR_CHARS, poll_once
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,15 @@ MAX_FRAME = 64 * 1024 * 1024  # far above a poll's outcome (max_response_bytes i
 RESTART_INITIAL = 1.0  # seconds before a worker that died young is started again; doubling...
 RESTART_MAX = 30.0  # ...up to this; a worker that lived longer than this restarts at once
 STATS_EVERY = 1.0  # seconds between a worker's figures (open connections, connects)
+# A worker that sent nothing this long (its figures come every STATS_EVERY) is hung: killed (by
+# its pid) and started again. A poll in a worker has no bound of its own beyond the poll's and
+# the connect's timeouts, as in-process: one waiting for a connect slot in a fleet's start is
+# no failure.
+HUNG_AFTER = 30.0
 CLOSE_WAIT = 2.0  # seconds a closed worker gets to close its connections before it is killed
 # The package's own directory's parent, first on the worker's path: it imports the very code the
 # serving process runs, never a `central` of the working directory (-P: not on its path).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def poll_bound(config: Config) -> float:
-    """How long the serving process waits for a worker's outcome before failing the poll: far
-    beyond what a poll in the worker can take (a connect, its handshake, /api/all and the inventory)."""
-    return config.ssh.connect_timeout + 3 * config.poll.timeout + 10.0
 
 
 def polling_config(config: Config) -> Config:
@@ -188,6 +187,9 @@ class _Worker:
         self.proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task | None = None
+        self._watching: asyncio.Task | None = None
+        self._heard = 0.0  # when the worker's last frame came (time.monotonic)
+        self.hung = False  # killed for sending nothing for HUNG_AFTER
         self._starting: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._answering: set[asyncio.Task] = set()
@@ -228,25 +230,14 @@ class _Worker:
         if self._writer is None:
             raise PollError(CENTRAL_ERROR, f"poll worker {self.index} ended ({self.exited})")
         rid = next(self._ids)
-        loop = asyncio.get_running_loop()
-        future = self._pending[rid] = loop.create_future()
-        bound = poll_bound(self.owner.config)
-        expiry = loop.call_later(bound, self._expire, rid, bound)
+        future = self._pending[rid] = asyncio.get_running_loop().create_future()
         self._writer.write(frame(("poll", rid, server)))
         try:
             return await future
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the poller stops: the worker's poll is cancelled too
             if self._pending.pop(rid, None) is not None:
                 self.send(("cancel", rid))
             raise
-        finally:
-            expiry.cancel()
-
-    def _expire(self, rid: int, bound: float) -> None:
-        future = self._pending.pop(rid, None)
-        if future is not None and not future.done():
-            self.send(("cancel", rid))
-            future.set_exception(PollError(TIMEOUT, f"poll worker {self.index} gave no outcome within {bound:.0f}s"))
 
     async def _ensure(self) -> None:
         if self.owner.closing:
@@ -291,14 +282,28 @@ class _Worker:
             self.restarts += 1
         self._started_at = time.monotonic()
         self._writer = writer
+        self._heard = time.monotonic()
         self._reading = asyncio.create_task(self._read(reader, self.proc), name=f"poll-worker-{self.index}")
+        self._watching = asyncio.create_task(self._watch(self.proc), name=f"poll-worker-{self.index}-watch")
         log.info("poll worker %d started (pid %d)", self.index, self.proc.pid)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the worker when it sent nothing for HUNG_AFTER (its reader then fails its polls)."""
+        while proc.returncode is None:
+            await asyncio.sleep(min(STATS_EVERY * 5, HUNG_AFTER / 2))
+            silent = time.monotonic() - self._heard
+            if silent > HUNG_AFTER and proc.returncode is None:
+                log.error("poll worker %d (pid %d) sent nothing for %.0fs: killing it", self.index, proc.pid, silent)
+                self.hung = True
+                proc.kill()  # our own child, by its pid
+                return
 
     async def _read(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
         why = ""
         try:
             while True:
                 message = await receive(reader, loads_from_worker)
+                self._heard = time.monotonic()
                 kind = message[0]
                 if kind == "outcome":
                     future = self._pending.pop(message[1], None)
@@ -338,6 +343,8 @@ class _Worker:
 
     async def _lost(self, proc: asyncio.subprocess.Process, why: str) -> None:
         writer, self._writer = self._writer, None
+        if self._watching is not None:
+            self._watching.cancel()
         if writer is not None:
             writer.close()
         if proc.returncode is None:
@@ -346,7 +353,8 @@ class _Worker:
             except asyncio.TimeoutError:
                 proc.kill()  # our own child, by its pid
                 await proc.wait()
-        self.exited = why or exit_text(proc.returncode)
+        self.exited = why or (f"hung, {exit_text(proc.returncode)}" if self.hung else exit_text(proc.returncode))
+        self.hung = False
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

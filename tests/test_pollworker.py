@@ -298,3 +298,25 @@ async def test_a_big_fleet_polled_in_process_is_told_of_poll_workers_at_start(co
                           "spreads them over more (docs/scaling.md, \"Poll workers\")"] if not workers else [])
     finally:
         await central.close()
+
+
+async def test_a_hung_worker_is_killed_and_its_polls_fail_then_another_one_polls(
+        config, ssh_host, agent_document, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(pollworker, "HUNG_AFTER", 1.0)
+    central = await open_central(config, workers=1)
+    try:
+        host = await ssh_host(agent=document_agent(agent_document))
+        server = await central.storage.get_server((await stored(central, host)).name)
+        assert (await central.poller.poll(server)).ok
+        worker = workers_of(central)[0]
+        pid = worker.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # the worker this test's central started: it answers nothing now
+        outcome = await central.poller.poll(server)
+        assert not outcome.ok and outcome.reason == "central_error"
+        assert outcome.error == f"poll worker 0 (pid {pid}) ended during the poll (hung, killed by SIGKILL)"
+        assert any(r.getMessage().startswith(f"poll worker 0 (pid {pid}) sent nothing for ") for r in caplog.records)
+        outcome = await central.poller.poll(server)
+        assert outcome.ok and worker.proc.pid != pid and worker.restarts == 1
+    finally:
+        await central.close()
