@@ -269,7 +269,10 @@ def report(result: dict) -> None:
     if result.get("workers"):
         print(f"    poll workers: {result['workers']}, their CPU {result['workers_cpu_s']:.1f} s of the window's "
               f"{result['cpu_s']:.1f} s, peak RSS {', '.join(f'{k / 1024:.0f}' for k in result['workers_maxrss_kb'])} MB, "
-              f"longest GC pause in a worker {result['workers_gc_pause_ms_max']:.0f} ms", flush=True)
+              f"longest GC pause in a worker since its start {result['workers_gc_pause_ms_max']:.0f} ms "
+              f"(the most CPU one took {result.get('workers_gc_pause_cpu_ms_max', float('nan')):.0f} ms), "
+              f"in the window {result.get('workers_gc_long_pauses', '-')} over 100 ms "
+              f"({result.get('workers_gc_long_pauses_cpu', '-')} of CPU)", flush=True)
 
 
 def _nan_for_none(result: dict) -> dict:

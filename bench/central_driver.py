@@ -309,6 +309,13 @@ async def run(spec: dict) -> dict:
         profiler = cProfile.Profile()
     emit({"event": "window_start"})
     wpids = worker_pids(central)
+    workers = getattr(central.transports.ssh, "workers", None)
+
+    def worker_long_pauses() -> tuple[int, int]:
+        return (sum(w.gc.get("long_pauses", 0) for w in workers.workers),
+                sum(w.gc.get("long_pauses_cpu", 0) for w in workers.workers)) if workers else (0, 0)
+
+    wl0 = worker_long_pauses()
     w0, c0, p0, r0, k0 = time.time(), cpu_now(), time.process_time(), len(records), pids_cpu(wpids)
     measuring[0] = True
     if profiler:
@@ -317,9 +324,12 @@ async def run(spec: dict) -> dict:
     if profiler:
         profiler.disable()
     w1, c1, p1, k1 = time.time(), cpu_now(), time.process_time(), pids_cpu(wpids)
+    await asyncio.sleep(1.5)  # the workers' figures of the window's end (sent every second)
+    wl1 = worker_long_pauses()
     workers_hwm = pids_hwm_kb(wpids)
-    workers = getattr(central.transports.ssh, "workers", None)
-    workers_gc_ms = max((max(w.gc_pause_max) for w in workers.workers), default=0) * 1000 if workers else None
+    workers_gc_ms = max((max(w.gc.get("pause_max", [0])) for w in workers.workers), default=0) * 1000 if workers else None
+    workers_gc_cpu_ms = (max((max(w.gc.get("pause_cpu_max", [0])) for w in workers.workers), default=0) * 1000
+                         if workers else None)
     measuring[0] = False
     emit({"event": "window_end"})
     stored = [r for r in records[r0:] if r[4] < w1]
@@ -363,7 +373,9 @@ async def run(spec: dict) -> dict:
         "cpu_s": cpu, "user_s": c1[0] - c0[0], "sys_s": c1[1] - c0[1], "process_time_s": p1 - p0,
         # poll.workers: the workers' CPU (in cpu_s too), peak RSS each, longest GC pause of any
         "workers": len(wpids), "workers_cpu_s": k1 - k0, "workers_maxrss_kb": workers_hwm,
-        "workers_gc_pause_ms_max": workers_gc_ms,
+        "workers_gc_pause_ms_max": workers_gc_ms, "workers_gc_pause_cpu_ms_max": workers_gc_cpu_ms,
+        # the workers' collections that paused over 100 ms in the window (and of CPU)
+        "workers_gc_long_pauses": wl1[0] - wl0[0], "workers_gc_long_pauses_cpu": wl1[1] - wl0[1],
         "cpu_ms_per_poll": cpu / len(ok) * 1000 if ok else None,
         "cpu_core_fraction": cpu / (w1 - w0),
         "duration_ms_p50": pct(durations, 0.5), "duration_ms_p99": pct(durations, 0.99),

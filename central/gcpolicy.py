@@ -45,6 +45,7 @@ THRESHOLDS = (5_000, 5, 1_000_000)  # gen 0 allocations; gen 1 and gen 2 counts 
 FULL_EVERY = 3600.0  # seconds: at most one collection of everything (frozen objects included) this often
 FULL_GROWTH = 0.25  # ...and only once the allocated blocks grew this much over what the last one left
 COUNT_EVERY = 60.0  # seconds between counts of the allocated blocks while a full collection may be due
+LONG_PAUSE = 0.1  # seconds: a collection pausing longer is counted (the issue's bound on any pause)
 YOUNG_EVERY = 0.25  # seconds: the young generations are collected at least this often
 
 
@@ -62,24 +63,35 @@ class GCPolicy:
         self.blocks = 0  # allocated blocks at the last count
         self.full_collections = 0  # since start (start-up's not counted)
         self._t0 = 0.0
+        self._cpu0 = 0.0
         self.pauses = [0, 0, 0]  # collections per generation
         self.pause_total = 0.0  # seconds paused in collections
         self.pause_max = [0.0, 0.0, 0.0]  # the longest pause per generation, seconds
+        self.pause_cpu_max = [0.0, 0.0, 0.0]  # the most CPU one collection took per generation (the rest of
+        # a pause: the process waiting for a core), seconds
+        self.long_pauses = 0  # collections that paused over LONG_PAUSE
+        self.long_pauses_cpu = 0  # ...and those that took over LONG_PAUSE of CPU
         self.settles = 0
         self.young_ticks = 0  # young collections run() made (none other came within YOUNG_EVERY)
         self._last_young = 0.0  # when the last collection ended (self.clock)
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._t0 = time.perf_counter()
+            self._t0, self._cpu0 = time.perf_counter(), time.thread_time()
             return
         took = time.perf_counter() - self._t0
+        cpu = time.thread_time() - self._cpu0
         self._last_young = self.clock()  # any collection collects the young generations too
         gen = info.get("generation", 2)
         self.pauses[gen] += 1
         self.pause_total += took
         if took > self.pause_max[gen]:
             self.pause_max[gen] = took
+        if cpu > self.pause_cpu_max[gen]:
+            self.pause_cpu_max[gen] = cpu
+        if took > LONG_PAUSE:
+            self.long_pauses += 1
+            self.long_pauses_cpu += cpu > LONG_PAUSE
 
     def start(self) -> None:
         """Take over the collector (after start-up: config, database, server list loaded)."""

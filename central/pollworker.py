@@ -22,7 +22,9 @@ Its log records are sent to the serving process and logged there, under their ow
 A worker that exits (a crash, a kill) fails the polls it had under way as central_error, naming
 it and its exit status; the next poll of its share starts a new one: at once the first time,
 then, while each new one dies within RESTART_MAX of its start, after RESTART_INITIAL doubling up
-to RESTART_MAX (its share's polls fail meanwhile, saying when it starts again). A worker ends when
+to RESTART_MAX (its share's polls fail meanwhile, saying when it starts again). A worker that
+sent nothing for HUNG_AFTER (it reports its figures every STATS_EVERY) is taken as hung and
+killed, and the same follows. A worker ends when
 the serving process closes it, and when its socket reaches end of file (the serving process
 died). Each takes over the garbage collector as the serving process does (central.gcpolicy):
 its connections are most of the fleet's long-lived objects.
@@ -202,7 +204,9 @@ class _Worker:
         self.restarts = 0
         self.size = 0
         self.connects = 0
-        self.gc_pause_max = [0.0, 0.0, 0.0]  # the worker's longest collection per generation, seconds
+        # the worker's collections (central.gcpolicy): the longest pause and the most CPU one
+        # took per generation (seconds), how many paused over gcpolicy.LONG_PAUSE (of CPU too)
+        self.gc: dict = {}
 
     def figures(self) -> dict:
         return {"index": self.index, "pid": self.proc.pid if self.proc is not None else None,
@@ -321,7 +325,7 @@ class _Worker:
                 elif kind == "log":
                     _emit(message[1], self.index)
                 elif kind == "stats":
-                    self.size, self.connects, self.gc_pause_max = message[1], message[2], message[3]
+                    self.size, self.connects, self.gc = message[1], message[2], message[3]
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except (pickle.UnpicklingError, ValueError, IndexError, TypeError, EOFError, AttributeError) as exc:
@@ -454,7 +458,9 @@ class _Serving:
 
     async def stats(self, pool, policy) -> None:
         while True:
-            self.send(("stats", pool.size, pool.connects, list(policy.pause_max)))
+            self.send(("stats", pool.size, pool.connects,
+                       {"pause_max": policy.pause_max, "pause_cpu_max": policy.pause_cpu_max,
+                        "long_pauses": policy.long_pauses, "long_pauses_cpu": policy.long_pauses_cpu}))
             await asyncio.sleep(STATS_EVERY)
 
 
