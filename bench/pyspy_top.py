@@ -13,7 +13,8 @@ import collections
 
 # innermost frames that mean the thread was waiting, not working
 IDLE = ("_worker (concurrent/futures/thread.py:81)", "_connection_worker_thread (aiosqlite/core.py:59)",
-        "select (selectors.py:", "wait (threading.py:", "_wait_for_tstate_lock")
+        "select (selectors.py:", "wait (threading.py:", "_wait_for_tstate_lock",
+        "_do_waitpid (asyncio/unix_events.py")  # asyncio's thread waiting for a child (a poll worker) to end
 
 
 def _function(frame: str) -> str:
@@ -27,10 +28,18 @@ def processes(path: str) -> list[str]:
     in the order first seen; [] for one process."""
     seen: dict[str, None] = {}
     for line in open(path):
-        head = line.split(";", 1)[0]
-        if head.startswith("process "):
-            seen.setdefault(head.split(":", 1)[0])
+        label, _ = _process_of(line.split(";"))
+        if label is not None:
+            seen.setdefault(label)
     return list(seen)
+
+
+def _process_of(frames: list[str]) -> tuple[str | None, list[str]]:
+    """('process N', the stack's own frames): a child's stack starts with its parents' 'process' frames."""
+    k = 0
+    while k < len(frames) and frames[k].startswith("process "):
+        k += 1
+    return (frames[k - 1].split(":", 1)[0] if k else None), frames[k:]
 
 
 def top(path: str, n: int, process: str | None = None) -> str:
@@ -41,11 +50,9 @@ def top(path: str, n: int, process: str | None = None) -> str:
         stack, _, count = line.rstrip("\n").rpartition(" ")
         if not stack:
             continue
-        frames = stack.split(";")
-        if frames[0].startswith("process "):
-            if process is not None and frames[0].split(":", 1)[0] != process:
-                continue
-            frames = frames[1:]
+        label, frames = _process_of(stack.split(";"))
+        if process is not None and label != process:
+            continue
         k = int(count)
         if any(frames[-1].startswith(i) or i in frames[-1] for i in IDLE):
             idle += k
