@@ -24,9 +24,8 @@ it and its exit status; the next poll of its share starts a new one: at once the
 then, while each new one dies within RESTART_MAX of its start, after RESTART_INITIAL doubling up
 to RESTART_MAX (its share's polls fail meanwhile, saying when it starts again). A worker that
 sent nothing for HUNG_AFTER (it reports its figures every STATS_EVERY) is taken as hung and
-killed, and the same follows. A worker ends when
-the serving process closes it, and when its socket reaches end of file (the serving process
-died). Each takes over the garbage collector as the serving process does (central.gcpolicy):
+killed, and the same follows. A worker ends when the serving process closes it, and when its
+socket reaches end of file (the serving process died). Each takes over the garbage collector as the serving process does (central.gcpolicy):
 its connections are most of the fleet's long-lived objects.
 """
 from __future__ import annotations
@@ -53,7 +52,9 @@ from .poller import MAX_ERROR_CHARS, poll_once
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
-MAX_FRAME = 64 * 1024 * 1024  # far above a poll's outcome (max_response_bytes is 4 MB by default)
+# A frame's bound: far above a poll's outcome (its document is at most poll.max_response_bytes,
+# 4 MB by default, and escaping its control characters can grow it: frame_bound).
+MAX_FRAME = 64 * 1024 * 1024
 RESTART_INITIAL = 1.0  # seconds before a worker that died young is started again; doubling...
 RESTART_MAX = 30.0  # ...up to this; a worker that lived longer than this restarts at once
 STATS_EVERY = 1.0  # seconds between a worker's figures (open connections, connects)
@@ -97,11 +98,17 @@ def loads_from_worker(data: bytes) -> object:
     return _Allowlist(io.BytesIO(data)).load()
 
 
-async def receive(reader: asyncio.StreamReader, loads: Callable[[bytes], object] = pickle.loads) -> object:
+def frame_bound(config: Config) -> int:
+    """The longest frame a worker may send for this config."""
+    return max(MAX_FRAME, 8 * config.poll.max_response_bytes)
+
+
+async def receive(reader: asyncio.StreamReader, loads: Callable[[bytes], object] = pickle.loads,
+                  limit: int = MAX_FRAME) -> object:
     """The next message; asyncio.IncompleteReadError at end of file, ValueError on a bad length."""
     size, = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if size > MAX_FRAME:
-        raise ValueError(f"a frame of {size} bytes (at most {MAX_FRAME})")
+    if size > limit:
+        raise ValueError(f"a frame of {size} bytes (at most {limit})")
     return loads(await reader.readexactly(size))
 
 
@@ -304,9 +311,10 @@ class _Worker:
 
     async def _read(self, reader: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
         why = ""
+        bound = frame_bound(self.owner.config)
         try:
             while True:
-                message = await receive(reader, loads_from_worker)
+                message = await receive(reader, loads_from_worker, bound)
                 self._heard = time.monotonic()
                 kind = message[0]
                 if kind == "outcome":

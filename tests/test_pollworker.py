@@ -213,11 +213,19 @@ def test_a_frame_from_a_worker_holds_plain_values_and_outcomes_only():
             pollworker.loads_from_worker(pickle.dumps(("outcome", 1, hostile)))
 
 
-async def test_a_frame_longer_than_the_bound_is_refused_before_it_is_read():
+async def test_a_frame_longer_than_the_bound_is_refused_before_it_is_read(config):
+    big_config = dataclasses.replace(config, poll=dataclasses.replace(config.poll, max_response_bytes=16 * 1024 * 1024))
+    assert pollworker.frame_bound(config) == pollworker.MAX_FRAME
     reader = asyncio.StreamReader()
     reader.feed_data((pollworker.MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(ValueError, match="a frame of"):
         await pollworker.receive(reader)
+    # a config whose documents may be bigger: its bound grows with them
+    reader = asyncio.StreamReader()
+    reader.feed_data((pollworker.MAX_FRAME + 1).to_bytes(4, "big") + b"x")
+    reader.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):  # read, not refused (then the stream ends)
+        await pollworker.receive(reader, limit=pollworker.frame_bound(big_config))
     reader = asyncio.StreamReader()
     reader.feed_data(pollworker.frame(("stats", 1, 2, [0.0, 0.0, 0.0])))
     assert await pollworker.receive(reader, pollworker.loads_from_worker) == ("stats", 1, 2, [0.0, 0.0, 0.0])
