@@ -40,6 +40,7 @@ sys.path.insert(1, str(REPO / "bench"))
 SECRET: list[str] = []  # the agent secret of the bench's real agent and loopback farm
 
 from central.model import PollOutcome  # noqa: E402
+from procstat import CLK_TCK, family, proc_cpu  # noqa: E402 (proc_cpu: the other benches import it from here)
 from central.sample import extract_sample, parse_document  # noqa: E402
 from central.service import ensure_key_pair  # noqa: E402
 from central.sshpool import public_key_line  # noqa: E402
@@ -47,7 +48,6 @@ from central.storage import Storage  # noqa: E402
 
 AES = ["aes128-gcm@openssh.com"]
 CHACHA = ["chacha20-poly1305@openssh.com"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -55,31 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def proc_cpu(pids) -> float:
-    """User + system CPU seconds of these processes (vanished ones count 0)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError):
-            pass
-    return total
-
-
-def family(pid: int) -> list[int]:
-    """The process and its children (a central's poll workers)."""
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return [pid, *kids]
 
 
 def machine_busy() -> tuple[float, float]:

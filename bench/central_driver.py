@@ -25,7 +25,6 @@ import collections
 import dataclasses
 import gc
 import json
-import os
 import resource
 import socket
 import sys
@@ -33,6 +32,7 @@ import time
 
 from aiohttp import web
 
+from procstat import peak_rss_kb, proc_cpu
 from central.config import ClusterConfig, PollConfig, SSHConfig, StorageConfig, load_config
 from central import poller as poller_module
 from central.poller import phase
@@ -60,33 +60,14 @@ def cpu_now() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def worker_pids(central: Central) -> list[int]:
-    """The pids of the central's running poll workers (poll.workers; none before that code)."""
-    workers = getattr(central.transports.ssh, "workers", None)
+def poll_workers(central: Central):
+    """The central's poll workers (poll.workers; None without, or before that code)."""
+    return getattr(central.transports.ssh, "workers", None)
+
+
+def worker_pids(workers) -> list[int]:
+    """The pids of the running poll workers."""
     return [w.proc.pid for w in workers.workers if w.proc is not None and w.proc.returncode is None] if workers else []
-
-
-def pids_cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError):
-            pass
-    return total
-
-
-def pids_hwm_kb(pids: list[int]) -> list[int]:
-    """Each process's peak resident set (VmHWM), kB."""
-    out = []
-    for pid in pids:
-        try:
-            out.append(next(int(ln.split()[1]) for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM:")))
-        except (OSError, StopIteration):
-            pass
-    return out
 
 
 def failure_kind(o) -> str:
@@ -308,25 +289,25 @@ async def run(spec: dict) -> dict:
         import cProfile
         profiler = cProfile.Profile()
     emit({"event": "window_start"})
-    wpids = worker_pids(central)
-    workers = getattr(central.transports.ssh, "workers", None)
+    workers = poll_workers(central)
+    wpids = worker_pids(workers)
 
     def worker_long_pauses() -> tuple[int, int]:
         return (sum(w.gc.get("long_pauses", 0) for w in workers.workers),
                 sum(w.gc.get("long_pauses_cpu", 0) for w in workers.workers)) if workers else (0, 0)
 
     wl0 = worker_long_pauses()
-    w0, c0, p0, r0, k0 = time.time(), cpu_now(), time.process_time(), len(records), pids_cpu(wpids)
+    w0, c0, p0, r0, k0 = time.time(), cpu_now(), time.process_time(), len(records), proc_cpu(wpids)
     measuring[0] = True
     if profiler:
         profiler.enable()
     await asyncio.sleep(interval * spec["measure_intervals"])
     if profiler:
         profiler.disable()
-    w1, c1, p1, k1 = time.time(), cpu_now(), time.process_time(), pids_cpu(wpids)
+    w1, c1, p1, k1 = time.time(), cpu_now(), time.process_time(), proc_cpu(wpids)
     await asyncio.sleep(1.5)  # the workers' figures of the window's end (sent every second)
     wl1 = worker_long_pauses()
-    workers_hwm = pids_hwm_kb(wpids)
+    workers_hwm = peak_rss_kb(wpids)
     workers_gc_ms = max((max(w.gc.get("pause_max", [0])) for w in workers.workers), default=0) * 1000 if workers else None
     workers_gc_cpu_ms = (max((max(w.gc.get("pause_cpu_max", [0])) for w in workers.workers), default=0) * 1000
                          if workers else None)

@@ -445,8 +445,7 @@ async def poll_once(transport: Transport, server: Server) -> PollOutcome:
             inv = await transport.inventory(server)
     except PollError as err:
         server_log(log, server.name).debug("poll failed: %s", err)  # changes are logged once (_note_state)
-        return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
-                           ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
+        return failed_outcome(server, started, t0, err)
     version, sha = agent_identity(doc)
     outcome = PollOutcome(
         server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=True,
@@ -457,3 +456,9 @@ async def poll_once(transport: Transport, server: Server) -> PollOutcome:
         outcome.extra["inventory"] = inv
     outcome.extra["facts"] = extract_facts(doc)  # for alert rules, without a second parse
     return outcome
+
+
+def failed_outcome(server: Server, started: float, t0: float, err: PollError) -> PollOutcome:
+    """A poll failed with err: started (time.time) and t0 (time.perf_counter) when it began."""
+    return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0,
+                       ok=False, reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))

@@ -45,9 +45,8 @@ import traceback
 from typing import Awaitable, Callable
 
 from .config import Config
-from .hosttext import clean
 from .model import CENTRAL_ERROR, PollError, PollOutcome, Server
-from .poller import MAX_ERROR_CHARS, poll_once
+from .poller import failed_outcome, poll_once
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +231,7 @@ class _Worker:
         try:
             return await self._poll(server)
         except PollError as err:
-            return PollOutcome(server_id=server.id, ts=started, duration=time.perf_counter() - t0, ok=False,
-                               reason=err.reason, error=clean(err.message, MAX_ERROR_CHARS))
+            return failed_outcome(server, started, t0, err)
 
     async def _poll(self, server: Server) -> PollOutcome:
         if self._writer is None:
@@ -528,9 +526,10 @@ async def serve(fd: int) -> None:
             elif kind == "close":
                 break
     finally:
-        for task in list(state.polls.values()) + background:
+        tasks = [*state.polls.values(), *background]  # a cancelled poll drops itself from state.polls
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*state.polls.values(), *background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
         policy.stop(unfreeze=False)
         writer.close()
